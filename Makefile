@@ -1,0 +1,76 @@
+# qkv - build the library, the tests and the programs.
+#
+#   make               optimised for this machine (-O3 -march=native -fopenmp)
+#   make test          build and run every test; ends with "N passed, N failed"
+#   make bench         matmul GFLOPS
+#   make DEBUG=1 ...   -O0 -g                          (objects in build-debug/)
+#   make SAN=1 ...     AddressSanitizer + UBSan        (objects in build-san/)
+#   make NATIVE=0      portable code (no -march=native)
+#   make OMP=0         single-threaded, no OpenMP
+#   make CC=clang      clang works as well as gcc
+
+CC      ?= cc
+NATIVE  ?= 1
+OMP     ?= 1
+DEBUG   ?= 0
+SAN     ?= 0
+
+CFLAGS  := -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror \
+           -Wshadow -Wstrict-prototypes -Icore
+LDLIBS  := -lm
+
+ifeq ($(SAN),1)
+  BUILD   ?= build-san
+  CFLAGS  += -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+             -fno-sanitize-recover=all
+  LDFLAGS += -fsanitize=address,undefined
+else ifeq ($(DEBUG),1)
+  BUILD   ?= build-debug
+  CFLAGS  += -O0 -g
+else
+  BUILD   ?= build
+  CFLAGS  += -O3 -g
+endif
+ifeq ($(NATIVE),1)
+  CFLAGS  += -march=native
+endif
+ifeq ($(OMP),1)
+  CFLAGS  += -fopenmp
+  LDFLAGS += -fopenmp
+endif
+
+CORE_SRC  := $(wildcard core/*.c)
+LIB_SRC   := $(CORE_SRC)
+LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB       := $(BUILD)/libqkv.a
+
+TEST_SRC  := $(wildcard tests/test_*.c)
+TEST_BIN  := $(TEST_SRC:%.c=$(BUILD)/%)
+BENCH_BIN := $(BUILD)/tests/bench_matmul
+
+.PHONY: all test bench clean format
+.SECONDARY:
+all: $(LIB) $(TEST_BIN) $(BENCH_BIN)
+
+$(BUILD)/%.o: %.c $(wildcard core/*.h) tests/test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+test: $(TEST_BIN)
+	@sh tests/run.sh $(TEST_BIN)
+
+bench: $(BENCH_BIN)
+	$(BENCH_BIN)
+
+format:
+	clang-format -i core/*.[ch] tests/*.[ch]
+
+clean:
+	rm -rf build build-debug build-san

@@ -1,0 +1,72 @@
+#include "common.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+void qkv_fatal_at(const char *file, int line, const char *fmt, ...) {
+    const char *base = strrchr(file, '/');
+    fprintf(stderr, "qkv: %s:%d: ", base ? base + 1 : file, line);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    fflush(stderr);
+    exit(1);
+}
+
+static QKV_NORETURN void oom(size_t bytes, const char *what) {
+    fprintf(stderr, "qkv: out of memory allocating %zu bytes for %s\n", bytes,
+            what);
+    exit(1);
+}
+
+void *qkv_malloc(size_t bytes, const char *what) {
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) oom(bytes, what);
+    return p;
+}
+
+void *qkv_calloc(size_t count, size_t size, const char *what) {
+    size_t bytes;
+    if (!qkv_mul_size(count, size, &bytes)) oom(SIZE_MAX, what);
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) oom(bytes, what);
+    return p;
+}
+
+void *qkv_malloc_aligned(size_t bytes, const char *what) {
+    size_t rounded;
+    if (!qkv_add_size(bytes, 63, &rounded)) oom(SIZE_MAX, what);
+    rounded &= ~(size_t)63;
+    void *p = aligned_alloc(64, rounded ? rounded : 64);
+    if (!p) oom(bytes, what);
+    return p;
+}
+
+void *qkv_realloc(void *p, size_t bytes, const char *what) {
+    void *q = realloc(p, bytes ? bytes : 1);
+    if (!q) oom(bytes, what);
+    return q;
+}
+
+void qkv_set_threads(int n) {
+#ifdef _OPENMP
+    if (n > 0) omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
+
+int qkv_get_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}

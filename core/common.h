@@ -1,0 +1,68 @@
+/* common.h - error checks and checked allocation shared by all of qkv.
+ *
+ * Three kinds of error (STYLE.md rule 5):
+ *   - programmer errors (bad shapes, misuse): QKV_CHECK(cond, fmt, ...) stays on
+ *     in release builds, prints "qkv: file:line: message" and exits with 1;
+ *   - user input errors: functions return an error code and a message;
+ *   - out of memory: qkv_malloc prints what it could not allocate and exits.
+ *
+ *   size_t n;
+ *   QKV_CHECK(qkv_mul_size(rows, cols, &n), "matrix %zu x %zu overflows", rows, cols);
+ *   float *x = qkv_malloc(n * sizeof *x, "activations");
+ */
+#ifndef QKV_COMMON_H
+#define QKV_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define QKV_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#define QKV_NORETURN __attribute__((noreturn))
+#else
+#define QKV_PRINTF(f, a)
+#define QKV_NORETURN
+#endif
+
+/* Prints "qkv: FILE:LINE: message" to stderr and exits with status 1. */
+QKV_NORETURN void qkv_fatal_at(const char *file, int line, const char *fmt, ...)
+    QKV_PRINTF(3, 4);
+
+#define QKV_CHECK(cond, ...)                                                   \
+    do {                                                                       \
+        if (!(cond)) qkv_fatal_at(__FILE__, __LINE__, __VA_ARGS__);            \
+    } while (0)
+
+#define QKV_FATAL(...) qkv_fatal_at(__FILE__, __LINE__, __VA_ARGS__)
+
+/* *out = a * b; returns 0 on size_t overflow (and leaves *out undefined). */
+static inline int qkv_mul_size(size_t a, size_t b, size_t *out) {
+    return !__builtin_mul_overflow(a, b, out);
+}
+/* *out = a + b; returns 0 on overflow. */
+static inline int qkv_add_size(size_t a, size_t b, size_t *out) {
+    return !__builtin_add_overflow(a, b, out);
+}
+
+/* malloc / calloc that never return NULL: on failure they print
+ * "qkv: out of memory allocating N bytes for WHAT" and exit. */
+void *qkv_malloc(size_t bytes, const char *what);
+void *qkv_calloc(size_t count, size_t size, const char *what);
+/* Aligned to 64 bytes (one cache line, one AVX-512 register); free with free(). */
+void *qkv_malloc_aligned(size_t bytes, const char *what);
+void *qkv_realloc(void *p, size_t bytes, const char *what);
+
+/* Sets the number of OpenMP threads used by kernels (no-op without OpenMP). */
+void qkv_set_threads(int n);
+int qkv_get_threads(void);
+
+
+/* QKV_OMP(omp parallel for if (n > 4096)) - an OpenMP pragma that vanishes in
+ * builds without OpenMP (so -Wunknown-pragmas stays quiet). */
+#ifdef _OPENMP
+#define QKV_OMP(x) _Pragma(#x)
+#else
+#define QKV_OMP(x)
+#endif
+
+#endif

@@ -1,0 +1,501 @@
+/* matmul.c - packed, cache-blocked, register-blocked SGEMM (row-major).
+ *
+ * The scheme is the one of Goto & van de Geijn, "Anatomy of High-Performance
+ * Matrix Multiplication" (ACM TOMS 34(3), 2008), with the loop order and the
+ * small "micro-kernel" of BLIS (Van Zee & van de Geijn, "BLIS: A Framework
+ * for Rapidly Instantiating BLAS Functionality", ACM TOMS 41(3), 2015):
+ *
+ *   for jc in N step NC:                      B panel   op(B)[kc, nc]  -> L3
+ *     for pc in K step KC:                    pack it into pb (KC x NC)
+ *       for ic in M step MC:                  A block   op(A)[mc, kc]  -> L2
+ *         pack it into pa (MC x KC)
+ *         for jr in nc step NR:               B sliver  [kc, NR]       -> L1
+ *           for ir in mc step MR:             A sliver  [MR, kc] streams from L2
+ *             C[ir:+MR, jr:+NR] (+)= pa sliver * pb sliver   (micro-kernel)
+ *
+ * Packing copies a block of op(A) (or op(B)) into the exact order the
+ * micro-kernel reads it: A slivers as [kc][MR] (the MR values of one column k
+ * are adjacent, to be broadcast), B slivers as [kc][NR] (one row of NR values,
+ * NR/16 vector loads). The transposes ta/tb are absorbed here, so the kernel
+ * sees one layout, and ragged edges are zero-padded so the kernel always runs
+ * full MR x NR tiles (an edge tile lands in a local buffer; only its valid
+ * part is copied out).
+ *
+ * The micro-kernel keeps the whole MR x NR tile of C in registers (AVX-512:
+ * 12 x 32 = 24 zmm accumulators) and per k does NR/16 loads of B, MR
+ * broadcasts of A and MR*NR/16 FMAs: 24 FMAs against 14 loads, enough to keep
+ * both FMA pipes busy with 24 independent dependency chains (FMA latency 4).
+ *
+ * Determinism: C[i][j] is the sum over KC blocks taken in order, each block
+ * summed by one accumulator with k ascending. That depends only on K (and the
+ * build's kernel), not on which tile of C a thread owns, so threads split C
+ * into row/column ranges and the bits do not depend on the thread count.
+ */
+#include "matmul.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
+
+/* Micro-tile MR x NR per instruction set. NR is a multiple of the vector
+ * width; MR * NR / width accumulators + NR / width B vectors + 1 broadcast must
+ * fit the register file (32 zmm, 16 ymm, 16 xmm). */
+#if defined(__AVX512F__)
+#define KERNEL_NAME "avx512"
+#define MR 8
+#define NR 32
+#elif defined(__AVX2__) && defined(__FMA__)
+#define KERNEL_NAME "avx2"
+#define MR 6
+#define NR 16
+#else
+#define KERNEL_NAME "portable"
+#define MR 4
+#define NR 8
+#endif
+
+/* Cache blocks (Zen 5: L1d 48 KiB, L2 1 MiB per core). A B sliver KC x NR
+ * (32 KiB for AVX-512) stays in L1 while the MR-row slivers of A stream past
+ * it; the packed A block MC x KC (240 KiB) lives in L2; the packed B panel
+ * KC x NC (1 MiB) in L2/L3. MC must be a multiple of MR and NC of NR. */
+#ifndef KC
+#define KC 256
+#endif
+#ifndef MC
+#define MC (MR * 20)
+#endif
+#ifndef NC
+#define NC 1024
+#endif
+
+/* Below this many flops one thread is faster than waking the team. */
+#define PAR_MIN_FLOPS 2.0e6
+
+/* Packing buffers, one pair per thread (static TLS: kernels never allocate).
+ * 64-byte aligned so the kernel's loads of B are aligned. */
+static _Thread_local _Alignas(64) float pack_a_buf[MC * KC];
+static _Thread_local _Alignas(64) float pack_b_buf[KC * NC];
+
+/* ------------------------------------------------------------------------ */
+/* Micro-kernels: c[MR, NR] (+)= a[MR, kc] b[kc, NR], kc >= 1.
+ *   a: packed A sliver, a[k * MR + i] = op(A)[i][k]
+ *   b: packed B sliver, b[k * NR + j] = op(B)[k][j], 64-byte aligned
+ *   c: row stride ldc; add == 0: c = ab, add == 1: c = c + ab.
+ * All three keep one accumulator per C element, summed in k order. */
+
+#if defined(__AVX512F__)
+static void kernel(int kc, const float *restrict a, const float *restrict b,
+                   float *restrict c, size_t ldc, int add)
+{
+    __m512 acc[MR][2];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++)
+        acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int k = 0; k < kc; k++) {
+        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) {
+            __m512 ai = _mm512_set1_ps(a[i]);
+            acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+        }
+        a += MR;
+        b += NR;
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+        float *ci = c + (size_t)i * ldc;
+        if (add) {
+            acc[i][0] = _mm512_add_ps(_mm512_loadu_ps(ci), acc[i][0]);
+            acc[i][1] = _mm512_add_ps(_mm512_loadu_ps(ci + 16), acc[i][1]);
+        }
+        _mm512_storeu_ps(ci, acc[i][0]);
+        _mm512_storeu_ps(ci + 16, acc[i][1]);
+    }
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+static void kernel(int kc, const float *restrict a, const float *restrict b,
+                   float *restrict c, size_t ldc, int add)
+{
+    __m256 acc[MR][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++)
+        acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++) {
+            __m256 ai = _mm256_broadcast_ss(a + i);
+            acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
+        }
+        a += MR;
+        b += NR;
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+        float *ci = c + (size_t)i * ldc;
+        if (add) {
+            acc[i][0] = _mm256_add_ps(_mm256_loadu_ps(ci), acc[i][0]);
+            acc[i][1] = _mm256_add_ps(_mm256_loadu_ps(ci + 8), acc[i][1]);
+        }
+        _mm256_storeu_ps(ci, acc[i][0]);
+        _mm256_storeu_ps(ci + 8, acc[i][1]);
+    }
+}
+#else
+/* Plain C; at -O3 the j loops become SSE2 multiplies and adds. */
+static void kernel(int kc, const float *restrict a, const float *restrict b,
+                   float *restrict c, size_t ldc, int add)
+{
+    float acc[MR][NR] = {{0}};
+    for (int k = 0; k < kc; k++) {
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++)
+                acc[i][j] += a[i] * b[j];
+        a += MR;
+        b += NR;
+    }
+    for (int i = 0; i < MR; i++) {
+        float *ci = c + (size_t)i * ldc;
+        for (int j = 0; j < NR; j++)
+            ci[j] = add ? ci[j] + acc[i][j] : acc[i][j];
+    }
+}
+#endif
+
+/* One mr x nr tile of C (mr <= MR, nr <= NR). A partial tile goes through a
+ * local buffer: its valid elements get exactly the same operations (one
+ * accumulator, then c + acc) as in a full tile, so results do not depend on
+ * where the tile boundaries fall. */
+static void tile(int mr, int nr, int kc, const float *a, const float *b,
+                 float *c, size_t ldc, int add)
+{
+    if (mr == MR && nr == NR) {
+        kernel(kc, a, b, c, ldc, add);
+        return;
+    }
+    _Alignas(64) float t[MR * NR];
+    kernel(kc, a, b, t, NR, 0);
+    for (int i = 0; i < mr; i++) {
+        float *ci = c + (size_t)i * ldc;
+        const float *ti = t + i * NR;
+        for (int j = 0; j < nr; j++)
+            ci[j] = add ? ci[j] + ti[j] : ti[j];
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Packing. Both operands reduce to two patterns, with width = MR (A) or NR
+ * (B) and n <= width valid lanes, the rest zero-padded:
+ *   copy:      dst[k][i] = src[k * lds + i]   (op(A) with ta=1, op(B) with tb=0)
+ *   transpose: dst[k][i] = src[i * lds + k]   (op(A) with ta=0, op(B) with tb=1)
+ * dst is one sliver [kc][width]. */
+
+/* The copy pattern for a whole block of n lanes (ceil(n / width) slivers).
+ * Going sliver by sliver would walk src down its columns with stride lds, and
+ * going k by k across all slivers would write to many streams one sliver
+ * (often a power of two bytes) apart; both map to a few L1 sets. So take 16
+ * rows of src at a time (they stay in L1) and fill each sliver's 16 rows. */
+static void pack_copy(int n, int width, int kc, const float *src, size_t lds,
+                      float *restrict dst)
+{
+    for (int k0 = 0; k0 < kc; k0 += 16) {
+        int k1 = kc - k0 < 16 ? kc : k0 + 16;
+        float *d = dst;
+        for (int i0 = 0; i0 < n; i0 += width, d += (size_t)width * kc) {
+            int w = n - i0 < width ? n - i0 : width;
+            for (int k = k0; k < k1; k++) {
+                const float *s = src + (size_t)k * lds + i0;
+                float *dk = d + (size_t)k * width;
+                if (w == width) { /* constant trip count: vector moves */
+                    for (int i = 0; i < width; i++)
+                        dk[i] = s[i];
+                } else {
+                    for (int i = 0; i < w; i++)
+                        dk[i] = s[i];
+                    for (int i = w; i < width; i++)
+                        dk[i] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
+#if defined(__AVX512F__)
+/* In-register transpose of a 16 x 16 block, r[i][j] <- r[j][i], in three
+ * rounds of shuffles (64 in all): 2x2 blocks of floats, 2x2 blocks of
+ * float pairs, then the 128-bit lanes. */
+static inline void transpose16(__m512 r[16])
+{
+    __m512 t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* u[4g + c], 128-bit lane l = rows 4g..4g+3 at column 4l + c */
+    for (int g = 0; g < 16; g += 4) {
+        __m512d t0 = _mm512_castps_pd(t[g]), t1 = _mm512_castps_pd(t[g + 1]);
+        __m512d t2 = _mm512_castps_pd(t[g + 2]), t3 = _mm512_castps_pd(t[g + 3]);
+        u[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+        u[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+        u[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+        u[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+    }
+    /* column 4l + c = lane l of u[c], u[4 + c], u[8 + c], u[12 + c] */
+    for (int c = 0; c < 4; c++) {
+        __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44);
+        __m512 v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+        __m512 w0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44);
+        __m512 w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+        r[c] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+        r[4 + c] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
+        r[8 + c] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+        r[12 + c] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
+    }
+}
+#endif
+
+static inline void pack_transpose(int n, int width, int kc, const float *src,
+                                  size_t lds, float *restrict dst)
+{
+    int k0 = 0;
+#if defined(__AVX512F__)
+    /* 16 k at a time: load up to 16 rows (zeros past n), transpose, store
+     * the first `width` lanes of each k. About 3x faster than scalar. */
+    for (; k0 + 16 <= kc; k0 += 16)
+        for (int i0 = 0; i0 < width; i0 += 16) {
+            __m512 r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = i0 + i < n
+                           ? _mm512_loadu_ps(src + (size_t)(i0 + i) * lds + k0)
+                           : _mm512_setzero_ps();
+            transpose16(r);
+            int w = width - i0 < 16 ? width - i0 : 16;
+            __mmask16 m = (__mmask16)((1u << w) - 1u);
+            for (int k = 0; k < 16; k++)
+                _mm512_mask_storeu_ps(dst + (size_t)(k0 + k) * width + i0, m,
+                                      r[k]);
+        }
+#endif
+    for (int i = 0; i < n; i++) {
+        const float *s = src + (size_t)i * lds;
+        for (int k = k0; k < kc; k++)
+            dst[(size_t)k * width + i] = s[k];
+    }
+    for (int i = n; i < width; i++)
+        for (int k = k0; k < kc; k++)
+            dst[(size_t)k * width + i] = 0.0f;
+}
+
+/* pa <- op(A)[mc, kc] as ceil(mc / MR) slivers of [kc][MR]. A points at
+ * op(A)[0][0] of the block: op(A)[i][k] = ta ? A[k lda + i] : A[i lda + k]. */
+static void pack_a(int ta, int mc, int kc, const float *A, size_t lda,
+                   float *restrict pa)
+{
+    if (ta) {
+        pack_copy(mc, MR, kc, A, lda, pa);
+        return;
+    }
+    for (int ir = 0; ir < mc; ir += MR, pa += (size_t)MR * kc) {
+        int mr = mc - ir < MR ? mc - ir : MR;
+        pack_transpose(mr, MR, kc, A + (size_t)ir * lda, lda, pa);
+    }
+}
+
+/* pb <- op(B)[kc, nc] as ceil(nc / NR) slivers of [kc][NR]. B points at
+ * op(B)[0][0] of the block: op(B)[k][j] = tb ? B[j ldb + k] : B[k ldb + j]. */
+static void pack_b(int tb, int kc, int nc, const float *B, size_t ldb,
+                   float *restrict pb)
+{
+    if (!tb) {
+        pack_copy(nc, NR, kc, B, ldb, pb);
+        return;
+    }
+    for (int jr = 0; jr < nc; jr += NR, pb += (size_t)NR * kc) {
+        int nr = nc - jr < NR ? nc - jr : NR;
+        pack_transpose(nr, NR, kc, B + (size_t)jr * ldb, ldb, pb);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* The five loops on the calling thread. M, N, K >= 1, arguments checked. */
+static void gemm_blocked(int ta, int tb, int M, int N, int K, const float *A,
+                         size_t lda, const float *B, size_t ldb,
+                         int accumulate, float *C, size_t ldc)
+{
+    float *pa = pack_a_buf, *pb = pack_b_buf;
+    for (int jc = 0; jc < N; jc += NC) {
+        int nc = N - jc < NC ? N - jc : NC;
+        for (int pc = 0; pc < K; pc += KC) {
+            int kc = K - pc < KC ? K - pc : KC;
+            const float *Bp = tb ? B + (size_t)jc * ldb + pc
+                                 : B + (size_t)pc * ldb + jc;
+            pack_b(tb, kc, nc, Bp, ldb, pb);
+            int add = accumulate || pc > 0;
+            for (int ic = 0; ic < M; ic += MC) {
+                int mc = M - ic < MC ? M - ic : MC;
+                const float *Ap = ta ? A + (size_t)pc * lda + ic
+                                     : A + (size_t)ic * lda + pc;
+                pack_a(ta, mc, kc, Ap, lda, pa);
+                for (int jr = 0; jr < nc; jr += NR) {
+                    int nr = nc - jr < NR ? nc - jr : NR;
+                    for (int ir = 0; ir < mc; ir += MR) {
+                        int mr = mc - ir < MR ? mc - ir : MR;
+                        tile(mr, nr, kc, pa + (size_t)ir * kc,
+                             pb + (size_t)jr * kc,
+                             C + (size_t)(ic + ir) * ldc + jc + jr, ldc, add);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Programmer errors abort with the numbers; they stay on in release builds. */
+static void check_args(int ta, int tb, int M, int N, int K, const float *A,
+                       int lda, const float *B, int ldb, const float *C,
+                       int ldc)
+{
+    const char *what = NULL;
+    char msg[160];
+    int arow = ta ? M : K, brow = tb ? K : N;
+    if (M < 0 || N < 0 || K < 0)
+        what = "negative size";
+    else if (lda < arow || ldb < brow || ldc < N)
+        what = "row stride smaller than the row length";
+    else if ((A == NULL && (int64_t)M * K > 0) ||
+             (B == NULL && (int64_t)K * N > 0) ||
+             (C == NULL && (int64_t)M * N > 0))
+        what = "NULL matrix with nonzero size";
+    if (!what)
+        return;
+    snprintf(msg, sizeof msg,
+             "ta=%d tb=%d M=%d N=%d K=%d lda=%d (>= %d) ldb=%d (>= %d) "
+             "ldc=%d (>= %d) A=%p B=%p C=%p",
+             ta, tb, M, N, K, lda, arow, ldb, brow, ldc, N, (const void *)A,
+             (const void *)B, (const void *)C);
+    fprintf(stderr, "qkv: sgemm: %s: %s\n", what, msg);
+    abort();
+}
+
+/* Handles the empty cases; returns 1 if nothing is left to do. */
+static int gemm_trivial(int M, int N, int K, int accumulate, float *C, int ldc)
+{
+    if (M == 0 || N == 0)
+        return 1;
+    if (K == 0) {
+        if (!accumulate)
+            for (int i = 0; i < M; i++)
+                memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
+        return 1;
+    }
+    return 0;
+}
+
+void qkv_sgemm_serial(int ta, int tb, int M, int N, int K, const float *A,
+                      int lda, const float *B, int ldb, int accumulate,
+                      float *C, int ldc)
+{
+    ta = ta != 0, tb = tb != 0, accumulate = accumulate != 0;
+    check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+    if (gemm_trivial(M, N, K, accumulate, C, ldc))
+        return;
+    gemm_blocked(ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb, accumulate,
+                 C, (size_t)ldc);
+}
+
+#ifdef _OPENMP
+/* Thread t of nt computes one rectangle of a pm x pn grid over C, cut at
+ * multiples of MR rows and NR columns. Each thread packs its own A rows and
+ * B columns, so the grid shape trades packing work (pn copies of A, pm of B)
+ * against load balance; with 2 threads it splits the longer side. */
+static void gemm_part(int t, int nt, int ta, int tb, int M, int N, int K,
+                      const float *A, size_t lda, const float *B, size_t ldb,
+                      int accumulate, float *C, size_t ldc)
+{
+    int tm = (M + MR - 1) / MR, tn = (N + NR - 1) / NR; /* tiles per side */
+    int pm = nt, pn = 1;
+    double best = -1.0;
+    for (int d = 1; d <= nt; d++) {
+        if (nt % d)
+            continue;
+        int e = nt / d;
+        /* per-thread cost in element operations: flops / 16 + packing */
+        double rows = (double)((tm + d - 1) / d) * MR;
+        double cols = (double)((tn + e - 1) / e) * NR;
+        double cost = rows * cols / 16.0 + rows + cols;
+        if (best < 0.0 || cost < best)
+            best = cost, pm = d, pn = e;
+    }
+    int im = t / pn, in = t % pn;
+    int m0 = (int)((int64_t)tm * im / pm) * MR;
+    int m1 = (int)((int64_t)tm * (im + 1) / pm) * MR;
+    int n0 = (int)((int64_t)tn * in / pn) * NR;
+    int n1 = (int)((int64_t)tn * (in + 1) / pn) * NR;
+    m1 = m1 < M ? m1 : M;
+    n1 = n1 < N ? n1 : N;
+    if (m0 >= m1 || n0 >= n1)
+        return;
+    const float *Ap = ta ? A + m0 : A + (size_t)m0 * lda;
+    const float *Bp = tb ? B + (size_t)n0 * ldb : B + n0;
+    gemm_blocked(ta, tb, m1 - m0, n1 - n0, K, Ap, lda, Bp, ldb, accumulate,
+                 C + (size_t)m0 * ldc + n0, ldc);
+}
+#endif
+
+void qkv_sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
+               const float *B, int ldb, int accumulate, float *C, int ldc)
+{
+    ta = ta != 0, tb = tb != 0, accumulate = accumulate != 0;
+    check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+    if (gemm_trivial(M, N, K, accumulate, C, ldc))
+        return;
+#ifdef _OPENMP
+    double flops = 2.0 * M * N * K;
+    int nt = omp_get_max_threads();
+    int tiles = ((M + MR - 1) / MR) * ((N + NR - 1) / NR);
+    if (nt > tiles)
+        nt = tiles;
+    if (nt > flops / PAR_MIN_FLOPS)
+        nt = (int)(flops / PAR_MIN_FLOPS);
+    if (nt > 1 && !omp_in_parallel()) {
+#pragma omp parallel num_threads(nt)
+        gemm_part(omp_get_thread_num(), omp_get_num_threads(), ta, tb, M, N,
+                  K, A, (size_t)lda, B, (size_t)ldb, accumulate, C,
+                  (size_t)ldc);
+        return;
+    }
+#endif
+    gemm_blocked(ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb, accumulate,
+                 C, (size_t)ldc);
+}
+
+void qkv_sgemm_ref(int ta, int tb, int M, int N, int K, const float *A,
+                   int lda, const float *B, int ldb, int accumulate, float *C,
+                   int ldc)
+{
+    check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            float s = 0.0f;
+            for (int k = 0; k < K; k++) {
+                float a = ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k];
+                float b = tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j];
+                s += a * b;
+            }
+            float *c = C + (size_t)i * ldc + j;
+            *c = accumulate ? *c + s : s;
+        }
+}
+
+const char *qkv_sgemm_kernel_name(void) { return KERNEL_NAME; }

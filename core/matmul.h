@@ -1,0 +1,38 @@
+/* matmul.h - single-precision matrix multiply kernels (row-major).
+ *
+ *   C[M,N] (+)= op(A)[M,K] * op(B)[K,N]
+ *
+ * op(A) = A (ta == 0, A is M x K with row stride lda) or A^T (ta == 1, A is
+ * stored K x M with row stride lda); likewise op(B) with tb and ldb. With
+ * accumulate == 0, C is overwritten; with accumulate == 1, the product is added
+ * to C. Kernels never allocate: packing buffers are thread-local and static.
+ *
+ * Determinism: every C element is summed over k in one fixed order that
+ * depends only on (M, N, K, ta, tb), never on the thread count, so results are
+ * bitwise identical for any number of OpenMP threads.
+ *
+ *   float A[2*3], B[3*4], C[2*4];
+ *   qkv_sgemm(0, 0, 2, 4, 3, A, 3, B, 4, 0, C, 4);   // C = A B
+ *   qkv_sgemm(1, 0, 3, 4, 2, A, 3, C, 4, 1, B, 4);   // B += A^T C
+ */
+#ifndef QKV_MATMUL_H
+#define QKV_MATMUL_H
+
+/* C (+)= op(A) op(B). Uses OpenMP threads when the product is big enough and
+ * the caller is not already inside a parallel region. */
+void qkv_sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
+               const float *B, int ldb, int accumulate, float *C, int ldc);
+
+/* Same contract, always on the calling thread (for use inside parallel loops). */
+void qkv_sgemm_serial(int ta, int tb, int M, int N, int K, const float *A,
+                      int lda, const float *B, int ldb, int accumulate,
+                      float *C, int ldc);
+
+/* Plain triple loop, the reference the fast kernels are tested against. */
+void qkv_sgemm_ref(int ta, int tb, int M, int N, int K, const float *A, int lda,
+                   const float *B, int ldb, int accumulate, float *C, int ldc);
+
+/* Which kernel the build selected: "avx512", "avx2" or "portable". */
+const char *qkv_sgemm_kernel_name(void);
+
+#endif

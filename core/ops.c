@@ -1,0 +1,670 @@
+/* ops.c - forward and backward of every op but attention (attention.c).
+ *
+ * Layout of each op: the forward (public, checks shapes, computes, records a
+ * node) and right below it the backward (static, starts with the forward line
+ * it differentiates, accumulates into the inputs' gradients). The op table at
+ * the end ties the qkv_op enum to the backwards and their names.
+ *
+ * Threads: loops split independent rows/elements only; every reduction runs in
+ * a fixed order, so results are bitwise identical for any thread count.
+ */
+#include "ops.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "matmul.h"
+#include "op_table.h"
+
+/* Elementwise loops go parallel above this many elements. */
+#define PAR_MIN 32768
+
+/* Output tensor of the given shape from the arena. */
+static qkv_tensor *new_like(qkv_graph *g, const qkv_tensor *x) {
+    return qkv_tensor_new(g, x->ndim, x->shape);
+}
+
+/* Wants a gradient for input t of this node? */
+static int wants(const qkv_tensor *t) { return t && t->requires_grad; }
+
+/* ---------------------------------------------------------------- matmul */
+
+/* Shapes of one matmul: batch matrices, each op(A) M x K times op(B) K x N. */
+typedef struct mm_dims {
+    int M, N, K;
+    size_t batch;     /* matrices in a (1 when flattened) */
+    int b_shared;     /* b is one matrix used by every batch element */
+} mm_dims;
+
+static mm_dims mm_shapes(const qkv_tensor *a, const qkv_tensor *b, int ta,
+                         int tb) {
+    char sa[64], sb[64];
+    QKV_CHECK(a->ndim >= 2 && b->ndim >= 2,
+              "matmul: operands need >= 2 dims, got a %s, b %s",
+              qkv_shape_str(a, sa), qkv_shape_str(b, sb));
+    mm_dims d;
+    int ar = a->shape[a->ndim - 2], ac = a->shape[a->ndim - 1];
+    int br = b->shape[b->ndim - 2], bc = b->shape[b->ndim - 1];
+    d.M = ta ? ac : ar;
+    d.K = ta ? ar : ac;
+    d.N = tb ? br : bc;
+    int kb = tb ? bc : br;
+    QKV_CHECK(d.K == kb,
+              "matmul: inner dims differ: a %s%s x b %s%s (%d vs %d)",
+              qkv_shape_str(a, sa), ta ? "^T" : "", qkv_shape_str(b, sb),
+              tb ? "^T" : "", d.K, kb);
+    d.b_shared = b->ndim == 2;
+    if (!d.b_shared) {
+        int same = a->ndim == b->ndim;
+        for (int i = 0; same && i < a->ndim - 2; i++)
+            same = a->shape[i] == b->shape[i];
+        QKV_CHECK(same,
+                  "matmul: batch dims differ: a %s, b %s (b must be 2-D or "
+                  "have a's leading dims)",
+                  qkv_shape_str(a, sa), qkv_shape_str(b, sb));
+    }
+    d.batch = 1;
+    for (int i = 0; i < a->ndim - 2; i++) d.batch *= (size_t)a->shape[i];
+    /* A shared B and untransposed A: the batch is one tall matrix. */
+    if (d.b_shared && !ta && d.batch > 1) {
+        QKV_CHECK((size_t)d.M * d.batch <= INT32_MAX,
+                  "matmul: a %s has too many rows", qkv_shape_str(a, sa));
+        d.M = (int)((size_t)d.M * d.batch);
+        d.batch = 1;
+    }
+    return d;
+}
+
+qkv_tensor *qkv_matmul(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int ta,
+                       int tb) {
+    mm_dims d = mm_shapes(a, b, ta, tb);
+    int shape[QKV_MAX_DIMS];
+    for (int i = 0; i < a->ndim - 2; i++) shape[i] = a->shape[i];
+    shape[a->ndim - 2] = ta ? a->shape[a->ndim - 1] : a->shape[a->ndim - 2];
+    shape[a->ndim - 1] = d.N;
+    qkv_tensor *y = qkv_tensor_new(g, a->ndim, shape);
+    size_t sa = (size_t)d.M * d.K, sb = d.b_shared ? 0 : (size_t)d.K * d.N,
+           sy = (size_t)d.M * d.N;
+    int lda = ta ? d.M : d.K, ldb = tb ? d.K : d.N;
+    for (size_t i = 0; i < d.batch; i++)
+        qkv_sgemm(ta, tb, d.M, d.N, d.K, a->data + i * sa, lda,
+                  b->data + i * sb, ldb, 0, y->data + i * sy, d.N);
+    qkv_node *nd = qkv_record(g, QKV_OP_MATMUL, y, a, b, NULL);
+    if (nd) {
+        nd->s.matmul.ta = ta;
+        nd->s.matmul.tb = tb;
+    }
+    return y;
+}
+
+static void matmul_backward(qkv_graph *g, qkv_node *nd) {
+    /* C = op(A) op(B);  dA += dC op(B)^T (shaped as A),  dB += op(A)^T dC */
+    qkv_tensor *a = nd->in[0], *b = nd->in[1], *c = nd->out;
+    int ta = nd->s.matmul.ta, tb = nd->s.matmul.tb;
+    mm_dims d = mm_shapes(a, b, ta, tb);
+    int M = d.M, N = d.N, K = d.K;
+    size_t sa = (size_t)M * K, sb = d.b_shared ? 0 : (size_t)K * N,
+           sc = (size_t)M * N;
+    const float *dC = c->grad;
+    if (wants(a)) {
+        float *dA = qkv_grad(g, a);
+        for (size_t i = 0; i < d.batch; i++) {
+            const float *B = b->data + i * sb, *G = dC + i * sc;
+            float *dAi = dA + i * sa;
+            if (!ta && !tb) /* A (M,K) += dC (M,N) B^T, B (K,N) */
+                qkv_sgemm(0, 1, M, K, N, G, N, B, N, 1, dAi, K);
+            else if (!ta && tb) /* A (M,K) += dC B, B (N,K) */
+                qkv_sgemm(0, 0, M, K, N, G, N, B, K, 1, dAi, K);
+            else if (ta && !tb) /* A (K,M) += B dC^T, B (K,N) */
+                qkv_sgemm(0, 1, K, M, N, B, N, G, N, 1, dAi, M);
+            else /* A (K,M) += B^T dC^T, B (N,K) */
+                qkv_sgemm(1, 1, K, M, N, B, K, G, N, 1, dAi, M);
+        }
+    }
+    if (wants(b)) {
+        float *dB = qkv_grad(g, b);
+        /* A shared B sums every batch element's contribution, in batch order. */
+        for (size_t i = 0; i < d.batch; i++) {
+            const float *A = a->data + i * sa, *G = dC + i * sc;
+            float *dBi = dB + i * sb;
+            if (!ta && !tb) /* B (K,N) += A^T dC, A (M,K) */
+                qkv_sgemm(1, 0, K, N, M, A, K, G, N, 1, dBi, N);
+            else if (!ta && tb) /* B (N,K) += dC^T A */
+                qkv_sgemm(1, 0, N, K, M, G, N, A, K, 1, dBi, K);
+            else if (ta && !tb) /* B (K,N) += A dC, A (K,M) */
+                qkv_sgemm(0, 0, K, N, M, A, M, G, N, 1, dBi, N);
+            else /* B (N,K) += dC^T A^T */
+                qkv_sgemm(1, 1, N, K, M, G, N, A, M, 1, dBi, K);
+        }
+    }
+}
+
+/* ------------------------------------------------------------- add, mul */
+
+/* b must have a's shape or a's trailing dims; returns b's period in a. */
+static size_t bcast_period(const char *op, const qkv_tensor *a,
+                           const qkv_tensor *b) {
+    char sa[64], sb[64];
+    int ok = b->ndim <= a->ndim;
+    for (int i = 0; ok && i < b->ndim; i++)
+        ok = b->shape[b->ndim - 1 - i] == a->shape[a->ndim - 1 - i];
+    QKV_CHECK(ok, "%s: shapes do not broadcast: a %s, b %s (b must be a's "
+                  "shape or a's trailing dims)",
+              op, qkv_shape_str(a, sa), qkv_shape_str(b, sb));
+    return b->n;
+}
+
+qkv_tensor *qkv_add(qkv_graph *g, qkv_tensor *a, qkv_tensor *b) {
+    size_t nb = bcast_period("add", a, b), n = a->n;
+    qkv_tensor *y = new_like(g, a);
+    if (nb == n) {
+        QKV_OMP(omp parallel for if (n > PAR_MIN))
+        for (size_t i = 0; i < n; i++) y->data[i] = a->data[i] + b->data[i];
+    } else if (nb > 0) {
+        QKV_OMP(omp parallel for if (n > PAR_MIN))
+        for (size_t r = 0; r < n / nb; r++)
+            for (size_t j = 0; j < nb; j++)
+                y->data[r * nb + j] = a->data[r * nb + j] + b->data[j];
+    }
+    qkv_record(g, QKV_OP_ADD, y, a, b, NULL);
+    return y;
+}
+
+/* Sums the rows of dy (n / nb rows of nb) into db, in row order. */
+static void sum_rows_into(float *db, const float *dy, size_t n, size_t nb) {
+    for (size_t r = 0; r < n / nb; r++)
+        for (size_t j = 0; j < nb; j++) db[j] += dy[r * nb + j];
+}
+
+static void add_backward(qkv_graph *g, qkv_node *nd) {
+    /* y = a + b;  da += dy,  db += dy summed over the broadcast dims */
+    qkv_tensor *a = nd->in[0], *b = nd->in[1];
+    const float *dy = nd->out->grad;
+    size_t n = a->n;
+    if (wants(a)) {
+        float *da = qkv_grad(g, a);
+        QKV_OMP(omp parallel for if (n > PAR_MIN))
+        for (size_t i = 0; i < n; i++) da[i] += dy[i];
+    }
+    if (wants(b) && b->n) sum_rows_into(qkv_grad(g, b), dy, n, b->n);
+}
+
+qkv_tensor *qkv_mul(qkv_graph *g, qkv_tensor *a, qkv_tensor *b) {
+    size_t nb = bcast_period("mul", a, b), n = a->n;
+    qkv_tensor *y = new_like(g, a);
+    QKV_OMP(omp parallel for if (n > PAR_MIN))
+    for (size_t i = 0; i < n; i++) y->data[i] = a->data[i] * b->data[i % nb];
+    qkv_record(g, QKV_OP_MUL, y, a, b, NULL);
+    return y;
+}
+
+static void mul_backward(qkv_graph *g, qkv_node *nd) {
+    /* y = a * b;  da += dy * b,  db += dy * a (summed over broadcast dims) */
+    qkv_tensor *a = nd->in[0], *b = nd->in[1];
+    const float *dy = nd->out->grad;
+    size_t n = a->n, nb = b->n;
+    if (wants(a)) {
+        float *da = qkv_grad(g, a);
+        QKV_OMP(omp parallel for if (n > PAR_MIN))
+        for (size_t i = 0; i < n; i++) da[i] += dy[i] * b->data[i % nb];
+    }
+    if (wants(b)) {
+        float *db = qkv_grad(g, b);
+        for (size_t r = 0; r < n / nb; r++)
+            for (size_t j = 0; j < nb; j++)
+                db[j] += dy[r * nb + j] * a->data[r * nb + j];
+    }
+}
+
+/* -------------------------------------------------- scale, relu, gelu */
+
+qkv_tensor *qkv_scale(qkv_graph *g, qkv_tensor *x, float s) {
+    qkv_tensor *y = new_like(g, x);
+    size_t n = x->n;
+    QKV_OMP(omp parallel for if (n > PAR_MIN))
+    for (size_t i = 0; i < n; i++) y->data[i] = s * x->data[i];
+    qkv_node *nd = qkv_record(g, QKV_OP_SCALE, y, x, NULL, NULL);
+    if (nd) nd->s.scale.s = s;
+    return y;
+}
+
+static void scale_backward(qkv_graph *g, qkv_node *nd) {
+    /* y = s x;  dx += s dy */
+    float *dx = qkv_grad(g, nd->in[0]), s = nd->s.scale.s;
+    const float *dy = nd->out->grad;
+    size_t n = nd->out->n;
+    QKV_OMP(omp parallel for if (n > PAR_MIN))
+    for (size_t i = 0; i < n; i++) dx[i] += s * dy[i];
+}
+
+qkv_tensor *qkv_relu(qkv_graph *g, qkv_tensor *x) {
+    qkv_tensor *y = new_like(g, x);
+    size_t n = x->n;
+    QKV_OMP(omp parallel for if (n > PAR_MIN))
+    for (size_t i = 0; i < n; i++) y->data[i] = x->data[i] > 0 ? x->data[i] : 0;
+    qkv_record(g, QKV_OP_RELU, y, x, NULL, NULL);
+    return y;
+}
+
+static void relu_backward(qkv_graph *g, qkv_node *nd) {
+    /* y = max(x, 0);  dx += dy where x > 0 */
+    const float *x = nd->in[0]->data, *dy = nd->out->grad;
+    float *dx = qkv_grad(g, nd->in[0]);
+    size_t n = nd->out->n;
+    QKV_OMP(omp parallel for if (n > PAR_MIN))
+    for (size_t i = 0; i < n; i++) dx[i] += x[i] > 0 ? dy[i] : 0;
+}
+
+qkv_tensor *qkv_gelu(qkv_graph *g, qkv_tensor *x) {
+    qkv_tensor *y = new_like(g, x);
+    size_t n = x->n;
+    QKV_OMP(omp parallel for if (n > PAR_MIN / 8))
+    for (size_t i = 0; i < n; i++) {
+        float v = x->data[i];
+        y->data[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    }
+    qkv_record(g, QKV_OP_GELU, y, x, NULL, NULL);
+    return y;
+}
+
+static void gelu_backward(qkv_graph *g, qkv_node *nd) {
+    /* y = x Phi(x);  dx += dy (Phi(x) + x phi(x)), phi the normal density */
+    const float *x = nd->in[0]->data, *dy = nd->out->grad;
+    float *dx = qkv_grad(g, nd->in[0]);
+    size_t n = nd->out->n;
+    const float inv_sqrt_2pi = 0.3989422804014327f;
+    QKV_OMP(omp parallel for if (n > PAR_MIN / 8))
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
+        float pdf = inv_sqrt_2pi * expf(-0.5f * v * v);
+        dx[i] += dy[i] * (cdf + v * pdf);
+    }
+}
+
+/* ---------------------------------------------------------------- dropout */
+
+qkv_tensor *qkv_dropout(qkv_graph *g, qkv_tensor *x, float p, qkv_pcg32 *rng) {
+    QKV_CHECK(p >= 0.0f && p < 1.0f, "dropout: p = %g is not in [0, 1)",
+              (double)p);
+    if (!g->training || p == 0.0f) return x;
+    QKV_CHECK(rng, "dropout: training with p = %g needs an rng", (double)p);
+    qkv_tensor *y = new_like(g, x);
+    float *mask = qkv_arena_alloc(&g->arena, x->n * sizeof(float));
+    float keep = 1.0f / (1.0f - p);
+    /* Drawn in order on one thread: the mask depends only on the rng state. */
+    for (size_t i = 0; i < x->n; i++) {
+        mask[i] = qkv_pcg32_float(rng) < p ? 0.0f : keep;
+        y->data[i] = x->data[i] * mask[i];
+    }
+    qkv_node *nd = qkv_record(g, QKV_OP_DROPOUT, y, x, NULL, NULL);
+    if (nd) nd->s.dropout.mask = mask;
+    return y;
+}
+
+static void dropout_backward(qkv_graph *g, qkv_node *nd) {
+    /* y = x * mask;  dx += dy * mask */
+    const float *m = nd->s.dropout.mask, *dy = nd->out->grad;
+    float *dx = qkv_grad(g, nd->in[0]);
+    for (size_t i = 0; i < nd->out->n; i++) dx[i] += dy[i] * m[i];
+}
+
+/* ---------------------------------------------------------------- softmax */
+
+qkv_tensor *qkv_softmax(qkv_graph *g, qkv_tensor *x) {
+    qkv_tensor *y = new_like(g, x);
+    size_t rows = qkv_tensor_rows(x);
+    int C = qkv_tensor_cols(x);
+    QKV_OMP(omp parallel for if (x->n > PAR_MIN / 4))
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x->data + r * C;
+        float *yr = y->data + r * C, mx = -INFINITY, sum = 0.0f;
+        for (int j = 0; j < C; j++) mx = xr[j] > mx ? xr[j] : mx;
+        for (int j = 0; j < C; j++) sum += yr[j] = expf(xr[j] - mx);
+        for (int j = 0; j < C; j++) yr[j] /= sum;
+    }
+    qkv_record(g, QKV_OP_SOFTMAX, y, x, NULL, NULL);
+    return y;
+}
+
+static void softmax_backward(qkv_graph *g, qkv_node *nd) {
+    /* y = softmax(x);  dx += y * (dy - sum_j dy_j y_j) */
+    const float *y = nd->out->data, *dy = nd->out->grad;
+    float *dx = qkv_grad(g, nd->in[0]);
+    size_t rows = qkv_tensor_rows(nd->out);
+    int C = qkv_tensor_cols(nd->out);
+    QKV_OMP(omp parallel for if (nd->out->n > PAR_MIN / 4))
+    for (size_t r = 0; r < rows; r++) {
+        const float *yr = y + r * C, *gr = dy + r * C;
+        float dot = 0.0f;
+        for (int j = 0; j < C; j++) dot += gr[j] * yr[j];
+        for (int j = 0; j < C; j++) dx[r * C + j] += yr[j] * (gr[j] - dot);
+    }
+}
+
+/* -------------------------------------------------------------- layernorm */
+
+qkv_tensor *qkv_layernorm(qkv_graph *g, qkv_tensor *x, qkv_tensor *gamma,
+                          qkv_tensor *beta, float eps) {
+    int D = qkv_tensor_cols(x);
+    char sx[64], sg[64], sb[64];
+    QKV_CHECK(gamma->n == (size_t)D && beta->n == (size_t)D,
+              "layernorm: x %s needs gamma and beta of (%d), got %s and %s",
+              qkv_shape_str(x, sx), D, qkv_shape_str(gamma, sg),
+              qkv_shape_str(beta, sb));
+    QKV_CHECK(eps >= 0.0f, "layernorm: eps = %g is negative", (double)eps);
+    size_t rows = qkv_tensor_rows(x);
+    qkv_tensor *y = new_like(g, x);
+    float *mean = qkv_arena_alloc(&g->arena, rows * sizeof(float));
+    float *rstd = qkv_arena_alloc(&g->arena, rows * sizeof(float));
+    QKV_OMP(omp parallel for if (x->n > PAR_MIN / 4))
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x->data + r * D;
+        float *yr = y->data + r * D, m = 0.0f, v = 0.0f;
+        for (int j = 0; j < D; j++) m += xr[j];
+        m /= (float)D;
+        for (int j = 0; j < D; j++) v += (xr[j] - m) * (xr[j] - m);
+        float s = 1.0f / sqrtf(v / (float)D + eps);
+        for (int j = 0; j < D; j++)
+            yr[j] = (xr[j] - m) * s * gamma->data[j] + beta->data[j];
+        mean[r] = m;
+        rstd[r] = s;
+    }
+    qkv_node *nd = qkv_record(g, QKV_OP_LAYERNORM, y, x, gamma, beta);
+    if (nd) {
+        nd->s.layernorm.mean = mean;
+        nd->s.layernorm.rstd = rstd;
+    }
+    return y;
+}
+
+static void layernorm_backward(qkv_graph *g, qkv_node *nd) {
+    /* y = xhat * gamma + beta, xhat = (x - mean) * rstd;
+     * dx += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),
+     * dxhat = dy * gamma;  dgamma += sum_rows dy * xhat;  dbeta += sum_rows dy */
+    qkv_tensor *x = nd->in[0], *gamma = nd->in[1], *beta = nd->in[2];
+    const float *dy = nd->out->grad, *mean = nd->s.layernorm.mean,
+                *rstd = nd->s.layernorm.rstd;
+    int D = qkv_tensor_cols(x);
+    size_t rows = qkv_tensor_rows(x);
+    if (wants(x)) {
+        float *dx = qkv_grad(g, x);
+        QKV_OMP(omp parallel for if (x->n > PAR_MIN / 4))
+        for (size_t r = 0; r < rows; r++) {
+            const float *xr = x->data + r * D, *gr = dy + r * D;
+            float m1 = 0.0f, m2 = 0.0f;
+            for (int j = 0; j < D; j++) {
+                float dxhat = gr[j] * gamma->data[j];
+                m1 += dxhat;
+                m2 += dxhat * (xr[j] - mean[r]) * rstd[r];
+            }
+            m1 /= (float)D;
+            m2 /= (float)D;
+            for (int j = 0; j < D; j++) {
+                float xhat = (xr[j] - mean[r]) * rstd[r];
+                dx[r * D + j] += rstd[r] * (gr[j] * gamma->data[j] - m1 - xhat * m2);
+            }
+        }
+    }
+    if (wants(gamma) || wants(beta)) {
+        float *dg = qkv_grad(g, gamma), *db = qkv_grad(g, beta);
+        for (size_t r = 0; r < rows; r++) {
+            const float *xr = x->data + r * D, *gr = dy + r * D;
+            for (int j = 0; j < D; j++) {
+                dg[j] += gr[j] * (xr[j] - mean[r]) * rstd[r];
+                db[j] += gr[j];
+            }
+        }
+    }
+}
+
+/* -------------------------------------------------------------- embedding */
+
+qkv_tensor *qkv_embedding(qkv_graph *g, qkv_tensor *table, const int32_t *ids,
+                          int ndim, const int *shape) {
+    char st[64];
+    QKV_CHECK(table->ndim == 2, "embedding: table must be (V, D), got %s",
+              qkv_shape_str(table, st));
+    QKV_CHECK(ndim >= 1 && ndim < QKV_MAX_DIMS,
+              "embedding: ids need 1..%d dims, got %d", QKV_MAX_DIMS - 1, ndim);
+    int V = table->shape[0], D = table->shape[1], yshape[QKV_MAX_DIMS];
+    for (int i = 0; i < ndim; i++) yshape[i] = shape[i];
+    yshape[ndim] = D;
+    size_t rows = qkv_shape_numel(ndim, shape, "embedding ids");
+    for (size_t i = 0; i < rows; i++)
+        QKV_CHECK(ids[i] >= 0 && ids[i] < V,
+                  "embedding: id %d at position %zu is outside the table %s",
+                  (int)ids[i], i, qkv_shape_str(table, st));
+    qkv_tensor *y = qkv_tensor_new(g, ndim + 1, yshape);
+    for (size_t i = 0; i < rows; i++)
+        memcpy(y->data + i * D, table->data + (size_t)ids[i] * D,
+               (size_t)D * sizeof(float));
+    qkv_node *nd = qkv_record(g, QKV_OP_EMBEDDING, y, table, NULL, NULL);
+    if (nd) nd->s.embedding.ids = qkv_graph_copy(g, ids, rows * sizeof *ids);
+    return y;
+}
+
+static void embedding_backward(qkv_graph *g, qkv_node *nd) {
+    /* y[i] = table[ids[i]];  dtable[ids[i]] += dy[i] (in order: ids repeat) */
+    qkv_tensor *table = nd->in[0];
+    float *dt = qkv_grad(g, table);
+    const float *dy = nd->out->grad;
+    int D = table->shape[1];
+    size_t rows = nd->out->n / (size_t)D;
+    for (size_t i = 0; i < rows; i++) {
+        float *row = dt + (size_t)nd->s.embedding.ids[i] * D;
+        for (int j = 0; j < D; j++) row[j] += dy[i * D + j];
+    }
+}
+
+/* -------------------------------------------------- reshape and heads */
+
+qkv_tensor *qkv_reshape(qkv_graph *g, qkv_tensor *x, int ndim,
+                        const int *shape) {
+    size_t n = qkv_shape_numel(ndim, shape, "reshape");
+    char sx[64];
+    QKV_CHECK(n == x->n, "reshape: %s has %zu elements, the new shape %zu",
+              qkv_shape_str(x, sx), x->n, n);
+    qkv_tensor *y = qkv_arena_alloc(&g->arena, sizeof *y);
+    memset(y, 0, sizeof *y);
+    y->ndim = ndim;
+    for (int i = 0; i < ndim; i++) y->shape[i] = shape[i];
+    y->n = n;
+    y->data = x->data; /* a view; the gradient stays separate */
+    qkv_record(g, QKV_OP_RESHAPE, y, x, NULL, NULL);
+    return y;
+}
+
+static void reshape_backward(qkv_graph *g, qkv_node *nd) {
+    /* y = x (new shape);  dx += dy */
+    float *dx = qkv_grad(g, nd->in[0]);
+    const float *dy = nd->out->grad;
+    for (size_t i = 0; i < nd->out->n; i++) dx[i] += dy[i];
+}
+
+/* Copies between (B, T, H*K) and (B, H, T, K); `to_heads` picks the way. */
+static void permute_heads(float *dst, const float *src, int B, int T, int H,
+                          int K, int to_heads, int accumulate) {
+    QKV_OMP(omp parallel for collapse(2) if ((size_t)B * T * H * K > PAR_MIN))
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < T; t++) {
+                size_t flat = (((size_t)b * T + t) * H + h) * K;
+                size_t head = (((size_t)b * H + h) * T + t) * K;
+                float *d = dst + (to_heads ? head : flat);
+                const float *s = src + (to_heads ? flat : head);
+                if (accumulate)
+                    for (int k = 0; k < K; k++) d[k] += s[k];
+                else
+                    memcpy(d, s, (size_t)K * sizeof(float));
+            }
+}
+
+qkv_tensor *qkv_split_heads(qkv_graph *g, qkv_tensor *x, int heads) {
+    char sx[64];
+    QKV_CHECK(x->ndim == 3 && heads > 0 && x->shape[2] % heads == 0,
+              "split_heads: x %s must be (B, T, H*K) with H = %d dividing the "
+              "last dim",
+              qkv_shape_str(x, sx), heads);
+    int B = x->shape[0], T = x->shape[1], K = x->shape[2] / heads;
+    qkv_tensor *y = qkv_tensor_new(g, 4, (int[]){B, heads, T, K});
+    permute_heads(y->data, x->data, B, T, heads, K, 1, 0);
+    qkv_node *nd = qkv_record(g, QKV_OP_SPLIT_HEADS, y, x, NULL, NULL);
+    if (nd) nd->s.heads.heads = heads;
+    return y;
+}
+
+static void split_heads_backward(qkv_graph *g, qkv_node *nd) {
+    /* y (B,H,T,K) = x (B,T,H*K) permuted;  dx += dy permuted back */
+    qkv_tensor *y = nd->out;
+    permute_heads(qkv_grad(g, nd->in[0]), y->grad, y->shape[0], y->shape[2],
+                  y->shape[1], y->shape[3], 0, 1);
+}
+
+qkv_tensor *qkv_merge_heads(qkv_graph *g, qkv_tensor *x) {
+    char sx[64];
+    QKV_CHECK(x->ndim == 4, "merge_heads: x %s must be (B, H, T, K)",
+              qkv_shape_str(x, sx));
+    int B = x->shape[0], H = x->shape[1], T = x->shape[2], K = x->shape[3];
+    QKV_CHECK((int64_t)H * K <= INT32_MAX, "merge_heads: x %s is too wide", sx);
+    qkv_tensor *y = qkv_tensor_new(g, 3, (int[]){B, T, H * K});
+    permute_heads(y->data, x->data, B, T, H, K, 0, 0);
+    qkv_node *nd = qkv_record(g, QKV_OP_MERGE_HEADS, y, x, NULL, NULL);
+    if (nd) nd->s.heads.heads = H;
+    return y;
+}
+
+static void merge_heads_backward(qkv_graph *g, qkv_node *nd) {
+    /* y (B,T,H*K) = x (B,H,T,K) permuted;  dx += dy permuted back */
+    qkv_tensor *x = nd->in[0];
+    permute_heads(qkv_grad(g, x), nd->out->grad, x->shape[0], x->shape[2],
+                  x->shape[1], x->shape[3], 1, 1);
+}
+
+/* ---------------------------------------------------------- cross-entropy */
+
+qkv_tensor *qkv_cross_entropy(qkv_graph *g, qkv_tensor *logits,
+                              const int32_t *target, int ignore_index,
+                              float label_smoothing) {
+    char sl[64];
+    int V = qkv_tensor_cols(logits);
+    size_t N = qkv_tensor_rows(logits);
+    QKV_CHECK(logits->ndim >= 1 && V > 0, "cross_entropy: logits %s are empty",
+              qkv_shape_str(logits, sl));
+    QKV_CHECK(label_smoothing >= 0.0f && label_smoothing <= 1.0f,
+              "cross_entropy: label smoothing %g is not in [0, 1]",
+              (double)label_smoothing);
+    for (size_t i = 0; i < N; i++)
+        QKV_CHECK(target[i] == ignore_index || (target[i] >= 0 && target[i] < V),
+                  "cross_entropy: target %d at row %zu is outside [0, %d) for "
+                  "logits %s",
+                  (int)target[i], i, V, qkv_shape_str(logits, sl));
+    float *prob = qkv_arena_alloc(&g->arena, logits->n * sizeof(float));
+    double *row_loss = qkv_arena_alloc(&g->arena, N * sizeof(double));
+    float ls = label_smoothing;
+    QKV_OMP(omp parallel for if (logits->n > PAR_MIN / 4))
+    for (size_t i = 0; i < N; i++) {
+        const float *x = logits->data + i * V;
+        float *p = prob + i * V, mx = -INFINITY;
+        for (int j = 0; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+        double sum = 0.0, sum_x = 0.0;
+        for (int j = 0; j < V; j++) {
+            p[j] = expf(x[j] - mx);
+            sum += p[j];
+            sum_x += x[j];
+        }
+        for (int j = 0; j < V; j++) p[j] = (float)(p[j] / sum);
+        double lse = mx + log(sum); /* log p_j = x_j - lse */
+        row_loss[i] = 0.0;
+        if (target[i] != ignore_index)
+            row_loss[i] = -(1.0 - ls) * (x[target[i]] - lse) -
+                          ls * (sum_x / V - lse);
+    }
+    double total = 0.0;
+    size_t count = 0;
+    for (size_t i = 0; i < N; i++)
+        if (target[i] != ignore_index) {
+            total += row_loss[i];
+            count++;
+        }
+    qkv_tensor *y = qkv_tensor_new(g, 0, NULL);
+    y->data[0] = count ? (float)(total / (double)count) : 0.0f;
+    qkv_node *nd = qkv_record(g, QKV_OP_CROSS_ENTROPY, y, logits, NULL, NULL);
+    if (nd) {
+        nd->s.xent.prob = prob;
+        nd->s.xent.target = qkv_graph_copy(g, target, N * sizeof *target);
+        nd->s.xent.ignore_index = ignore_index;
+        nd->s.xent.smoothing = ls;
+        nd->s.xent.count = (float)count;
+    }
+    return y;
+}
+
+static void cross_entropy_backward(qkv_graph *g, qkv_node *nd) {
+    /* loss = mean_i -sum_j q_ij log p_ij, q = (1-ls) onehot + ls/V;
+     * dlogits_ij += dloss / count * (p_ij - q_ij) on rows not ignored */
+    qkv_tensor *logits = nd->in[0];
+    if (nd->s.xent.count == 0) return;
+    float *dx = qkv_grad(g, logits);
+    int V = qkv_tensor_cols(logits);
+    size_t N = qkv_tensor_rows(logits);
+    float gs = nd->out->grad[0] / nd->s.xent.count, ls = nd->s.xent.smoothing;
+    const float *prob = nd->s.xent.prob;
+    const int32_t *target = nd->s.xent.target;
+    QKV_OMP(omp parallel for if (logits->n > PAR_MIN / 4))
+    for (size_t i = 0; i < N; i++) {
+        if (target[i] == nd->s.xent.ignore_index) continue;
+        const float *p = prob + i * V;
+        float *d = dx + i * V;
+        for (int j = 0; j < V; j++) d[j] += gs * (p[j] - ls / (float)V);
+        d[target[i]] -= gs * (1.0f - ls);
+    }
+}
+
+/* -------------------------------------------------------------- sum, mean */
+
+static qkv_tensor *reduce(qkv_graph *g, qkv_tensor *x, qkv_op op) {
+    double s = 0.0;
+    for (size_t i = 0; i < x->n; i++) s += x->data[i];
+    qkv_tensor *y = qkv_tensor_new(g, 0, NULL);
+    y->data[0] = (float)(op == QKV_OP_MEAN && x->n ? s / (double)x->n : s);
+    qkv_record(g, op, y, x, NULL, NULL);
+    return y;
+}
+
+qkv_tensor *qkv_sum(qkv_graph *g, qkv_tensor *x) {
+    return reduce(g, x, QKV_OP_SUM);
+}
+qkv_tensor *qkv_mean(qkv_graph *g, qkv_tensor *x) {
+    return reduce(g, x, QKV_OP_MEAN);
+}
+
+static void reduce_backward(qkv_graph *g, qkv_node *nd) {
+    /* y = sum x (or mean);  dx += dy (or dy / n) */
+    qkv_tensor *x = nd->in[0];
+    float *dx = qkv_grad(g, x), d = nd->out->grad[0];
+    if (nd->op == QKV_OP_MEAN) d /= (float)x->n;
+    for (size_t i = 0; i < x->n; i++) dx[i] += d;
+}
+
+/* -------------------------------------------------------------- the table */
+
+const qkv_op_info qkv_op_table[QKV_OP_COUNT] = {
+    [QKV_OP_MATMUL] = {"matmul", matmul_backward},
+    [QKV_OP_ADD] = {"add", add_backward},
+    [QKV_OP_MUL] = {"mul", mul_backward},
+    [QKV_OP_SCALE] = {"scale", scale_backward},
+    [QKV_OP_RELU] = {"relu", relu_backward},
+    [QKV_OP_GELU] = {"gelu", gelu_backward},
+    [QKV_OP_DROPOUT] = {"dropout", dropout_backward},
+    [QKV_OP_SOFTMAX] = {"softmax", softmax_backward},
+    [QKV_OP_LAYERNORM] = {"layernorm", layernorm_backward},
+    [QKV_OP_EMBEDDING] = {"embedding", embedding_backward},
+    [QKV_OP_RESHAPE] = {"reshape", reshape_backward},
+    [QKV_OP_SPLIT_HEADS] = {"split_heads", split_heads_backward},
+    [QKV_OP_MERGE_HEADS] = {"merge_heads", merge_heads_backward},
+    [QKV_OP_ATTENTION] = {"attention", qkv_attention_backward},
+    [QKV_OP_CROSS_ENTROPY] = {"cross_entropy", cross_entropy_backward},
+    [QKV_OP_SUM] = {"sum", reduce_backward},
+    [QKV_OP_MEAN] = {"mean", reduce_backward},
+};

@@ -1,0 +1,79 @@
+/* ops.h - differentiable ops on qkv_tensors.
+ *
+ * Each op allocates its output from the graph arena, computes it eagerly and,
+ * if recording is on and an input requires grad, records a tape node so that
+ * qkv_backward can send gradients back. Shapes are checked on every call; a
+ * mismatch exits with a message naming the op and the shapes.
+ *
+ *   qkv_tensor *h = qkv_relu(g, qkv_matmul(g, x, w1, 0, 1));   // relu(x W1^T)
+ *   qkv_tensor *loss = qkv_cross_entropy(g, qkv_matmul(g, h, w2, 0, 1),
+ *                                        targets, -1, 0.0f);
+ *   qkv_backward(g, loss);
+ */
+#ifndef QKV_OPS_H
+#define QKV_OPS_H
+
+#include "tape.h"
+
+/* y = op(a) op(b), op = transpose when ta/tb is 1. a: (..., M, K) or (..., K, M);
+ * b: (K, N) or (N, K), shared by every matrix of a's batch, or batched like a
+ * with the same leading dims. y: (..., M, N). Linear layers: x W^T = (x, W, 0, 1). */
+qkv_tensor *qkv_matmul(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int ta,
+                       int tb);
+/* y = a + b; b has a's shape, or a's trailing dims (broadcast over the rest). */
+qkv_tensor *qkv_add(qkv_graph *g, qkv_tensor *a, qkv_tensor *b);
+/* y = a * b elementwise; b broadcast as in qkv_add. */
+qkv_tensor *qkv_mul(qkv_graph *g, qkv_tensor *a, qkv_tensor *b);
+/* y = s * x */
+qkv_tensor *qkv_scale(qkv_graph *g, qkv_tensor *x, float s);
+/* y = max(x, 0) */
+qkv_tensor *qkv_relu(qkv_graph *g, qkv_tensor *x);
+/* y = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))  (exact GELU, PyTorch's default) */
+qkv_tensor *qkv_gelu(qkv_graph *g, qkv_tensor *x);
+/* y = x * m / (1 - p), m ~ Bernoulli(1 - p) drawn from rng; identity when not
+ * training or p == 0. */
+qkv_tensor *qkv_dropout(qkv_graph *g, qkv_tensor *x, float p, qkv_pcg32 *rng);
+/* y = exp(x - max) / sum exp(x - max) over the last dim */
+qkv_tensor *qkv_softmax(qkv_graph *g, qkv_tensor *x);
+/* y = (x - mean) / sqrt(var + eps) * gamma + beta over the last dim D;
+ * gamma, beta: (D); var is the biased variance (Ba, Kiros, Hinton 2016). */
+qkv_tensor *qkv_layernorm(qkv_graph *g, qkv_tensor *x, qkv_tensor *gamma,
+                          qkv_tensor *beta, float eps);
+/* y[i, :] = table[ids[i], :]; table (V, D), ids of shape `shape` (ndim <= 3),
+ * y of shape (shape..., D). The ids are copied. */
+qkv_tensor *qkv_embedding(qkv_graph *g, qkv_tensor *table, const int32_t *ids,
+                          int ndim, const int *shape);
+/* y = x viewed with a new shape of the same size (shares x's data). */
+qkv_tensor *qkv_reshape(qkv_graph *g, qkv_tensor *x, int ndim, const int *shape);
+/* (B, T, H*K) -> (B, H, T, K) */
+qkv_tensor *qkv_split_heads(qkv_graph *g, qkv_tensor *x, int heads);
+/* (B, H, T, K) -> (B, T, H*K) */
+qkv_tensor *qkv_merge_heads(qkv_graph *g, qkv_tensor *x);
+
+typedef struct qkv_attn_opts {
+    int causal;             /* key j is visible to query i iff j <= i + (S - T) */
+    const uint8_t *key_pad; /* (B, S), nonzero = padding key; NULL: none */
+    float scale;            /* scores are scaled by this; 0 means 1/sqrt(K) */
+    float *weights;         /* if non-NULL, receives the (B, H, T, S) weights */
+} qkv_attn_opts;
+
+/* y = softmax(mask(scale * q k^T)) v per batch and head (Vaswani et al. 2017,
+ * eq. 1). q: (B, H, T, K); k, v: (B, H, S, K); y: (B, H, T, K). Masked
+ * scores are -inf; a row with every key masked gets weights 0 and y = 0.
+ * opts may be NULL (no mask, scale 1/sqrt(K)). */
+qkv_tensor *qkv_attention(qkv_graph *g, qkv_tensor *q, qkv_tensor *k,
+                          qkv_tensor *v, const qkv_attn_opts *opts);
+/* loss = mean over rows i with target[i] != ignore_index of
+ *   -(1 - ls) log p[i, target[i]] - (ls / V) sum_j log p[i, j],
+ * p = softmax(logits[i, :]); logits (..., V), target one id per row.
+ * Matches torch.nn.functional.cross_entropy(label_smoothing=ls). A batch with
+ * every row ignored has loss 0. */
+qkv_tensor *qkv_cross_entropy(qkv_graph *g, qkv_tensor *logits,
+                              const int32_t *target, int ignore_index,
+                              float label_smoothing);
+/* y = sum_i x_i (scalar) */
+qkv_tensor *qkv_sum(qkv_graph *g, qkv_tensor *x);
+/* y = sum_i x_i / n (scalar) */
+qkv_tensor *qkv_mean(qkv_graph *g, qkv_tensor *x);
+
+#endif

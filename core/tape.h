@@ -1,0 +1,112 @@
+/* tape.h - the graph: activation arena + autodiff tape (reverse mode).
+ *
+ * Every op computes its output eagerly. When recording is on and an input
+ * requires a gradient, the op also appends a node (kind, inputs, output, saved
+ * state) to the tape. qkv_backward(g, loss) seeds d(loss) = 1 and walks the
+ * tape in reverse; each node's backward ACCUMULATES (+=) into its inputs'
+ * gradients, so a tensor used twice receives both contributions. Gradients of
+ * activations are allocated from the arena when first needed; parameters'
+ * gradients are views into the parameter store's flat buffer.
+ *
+ *   qkv_graph g;
+ *   qkv_graph_init(&g, 0);
+ *   for (step...) {
+ *       qkv_graph_reset(&g);                   // frees last step's activations
+ *       qkv_tensor *loss = forward(&g, ...);   // ops record nodes
+ *       qkv_params_zero_grad(&ps);
+ *       qkv_backward(&g, loss);
+ *   }
+ *   qkv_graph_free(&g);
+ */
+#ifndef QKV_TAPE_H
+#define QKV_TAPE_H
+
+#include "pcg.h"
+#include "tensor.h"
+
+typedef enum qkv_op {
+    QKV_OP_MATMUL,
+    QKV_OP_ADD,
+    QKV_OP_MUL,
+    QKV_OP_SCALE,
+    QKV_OP_RELU,
+    QKV_OP_GELU,
+    QKV_OP_DROPOUT,
+    QKV_OP_SOFTMAX,
+    QKV_OP_LAYERNORM,
+    QKV_OP_EMBEDDING,
+    QKV_OP_RESHAPE,
+    QKV_OP_SPLIT_HEADS,
+    QKV_OP_MERGE_HEADS,
+    QKV_OP_ATTENTION,
+    QKV_OP_CROSS_ENTROPY,
+    QKV_OP_SUM,
+    QKV_OP_MEAN,
+    QKV_OP_COUNT
+} qkv_op;
+
+/* What a node's backward needs, in named slots per op. Pointers point into
+ * the graph arena, so they live exactly as long as the tape. */
+typedef struct qkv_node {
+    qkv_op op;
+    qkv_tensor *out;
+    qkv_tensor *in[3];
+    union {
+        struct { int ta, tb; } matmul;
+        struct { float s; } scale;
+        struct { const float *mask; } dropout;          /* (n) 0 or 1/(1-p) */
+        struct { const float *mean, *rstd; } layernorm; /* (rows) each */
+        struct { const int32_t *ids; } embedding;       /* (rows) token ids */
+        struct { int heads; } heads;
+        struct {
+            const float *p;        /* (B,H,T,S) attention weights */
+            float scale;
+        } attention;
+        struct {
+            const float *prob;     /* (N,V) softmax of the logits */
+            const int32_t *target; /* (N) class ids */
+            int ignore_index;
+            float smoothing;
+            float count;           /* rows not ignored */
+        } xent;
+    } s;
+} qkv_node;
+
+typedef struct qkv_graph {
+    qkv_arena arena;
+    qkv_node *nodes;    /* the tape, in execution order */
+    int n_nodes, cap_nodes;
+    size_t n_reallocs;  /* tape growths so far (tests watch this) */
+    int recording;      /* 1: ops record nodes (grad mode); 0: no_grad */
+    int training;       /* 1: dropout is active */
+} qkv_graph;
+
+/* Starts recording and training; `arena_bytes` may be 0 (grows as needed). */
+void qkv_graph_init(qkv_graph *g, size_t arena_bytes);
+/* Drops all activations, gradients and nodes of the previous step. */
+void qkv_graph_reset(qkv_graph *g);
+void qkv_graph_free(qkv_graph *g);
+/* Turns recording on (1) or off (0: no_grad); returns the previous setting. */
+int qkv_graph_set_grad(qkv_graph *g, int on);
+
+/* New activation tensor from the arena, uninitialised. */
+qkv_tensor *qkv_tensor_new(qkv_graph *g, int ndim, const int *shape);
+qkv_tensor *qkv_tensor_zeros(qkv_graph *g, int ndim, const int *shape);
+/* Copies n elements of `src` into the arena (for ids and masks the tape keeps). */
+void *qkv_graph_copy(qkv_graph *g, const void *src, size_t bytes);
+
+/* t->grad, allocated from the arena and zeroed if it was NULL. */
+float *qkv_grad(qkv_graph *g, qkv_tensor *t);
+
+/* Appends a node for op if recording and an input requires grad, marking the
+ * output as requiring grad. Returns the node (to fill its saved state) or NULL. */
+qkv_node *qkv_record(qkv_graph *g, qkv_op op, qkv_tensor *out, qkv_tensor *a,
+                     qkv_tensor *b, qkv_tensor *c);
+
+/* d(loss)/d(everything) for a scalar loss; accumulates into gradients. */
+void qkv_backward(qkv_graph *g, qkv_tensor *loss);
+
+/* Printable op name ("matmul"), for errors and the profiler. */
+const char *qkv_op_name(qkv_op op);
+
+#endif

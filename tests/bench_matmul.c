@@ -1,0 +1,141 @@
+/* bench_matmul.c - GFLOPS of qkv_sgemm on square and transformer shapes.
+ *
+ * Each number is the median of 7 runs; a run repeats the call until at least
+ * 50 ms have passed (CLOCK_MONOTONIC). GFLOPS = 2 M N K / seconds / 1e9.
+ * Usage: bench_matmul [quick]           all shapes ("quick": 1 run of >= 10 ms)
+ *        bench_matmul ta tb M N K      one shape
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "matmul.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static int n_runs = 7;
+static double min_run_s = 0.05;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+typedef void (*gemm_fn)(int, int, int, int, int, const float *, int,
+                        const float *, int, int, float *, int);
+
+static void set_threads(int nt)
+{
+#ifdef _OPENMP
+    omp_set_num_threads(nt);
+#else
+    (void)nt;
+#endif
+}
+
+/* median GFLOPS of fn on C[M,N] = op(A)[M,K] op(B)[K,N] with nt threads */
+static double bench(gemm_fn fn, int nt, int ta, int tb, int M, int N, int K)
+{
+    size_t na = (size_t)M * K, nb = (size_t)K * N, nc = (size_t)M * N;
+    float *A = malloc(na * sizeof(float)), *B = malloc(nb * sizeof(float));
+    float *C = malloc(nc * sizeof(float));
+    if (!A || !B || !C) {
+        fprintf(stderr, "bench_matmul: out of memory\n");
+        exit(1);
+    }
+    uint32_t x = 12345;
+    for (size_t i = 0; i < na; i++)
+        x = x * 1664525u + 1013904223u, A[i] = (float)(x >> 9) / 8388608.0f - 0.5f;
+    for (size_t i = 0; i < nb; i++)
+        x = x * 1664525u + 1013904223u, B[i] = (float)(x >> 9) / 8388608.0f - 0.5f;
+    memset(C, 0, nc * sizeof(float));
+    int lda = ta ? M : K, ldb = tb ? K : N;
+    set_threads(nt);
+    fn(ta, tb, M, N, K, A, lda, B, ldb, 0, C, N); /* warm up */
+    double rate[16];
+    for (int r = 0; r < n_runs; r++) {
+        long reps = 0;
+        double t0 = now(), t;
+        do {
+            fn(ta, tb, M, N, K, A, lda, B, ldb, 0, C, N);
+            reps++;
+            t = now() - t0;
+        } while (t < min_run_s);
+        rate[r] = 2.0 * M * N * K * (double)reps / t / 1e9;
+    }
+    qsort(rate, (size_t)n_runs, sizeof(double), cmp_double);
+    free(A);
+    free(B);
+    free(C);
+    return rate[n_runs / 2];
+}
+
+static void row(const char *label, int ta, int tb, int M, int N, int K)
+{
+    double g1 = bench(qkv_sgemm, 1, ta, tb, M, N, K);
+    double g2 = bench(qkv_sgemm, 2, ta, tb, M, N, K);
+    printf("%-22s %2d %2d %5d %5d %5d %9.1f %9.1f\n", label, ta, tb, M, N, K,
+           g1, g2);
+    fflush(stdout);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "quick") == 0)
+        n_runs = 1, min_run_s = 0.01;
+    if (argc == 6) {
+        int d[5];
+        for (int i = 0; i < 5; i++)
+            d[i] = atoi(argv[i + 1]);
+        if (d[2] < 1 || d[3] < 1 || d[4] < 1) {
+            fprintf(stderr, "bench_matmul: M N K must be positive\n");
+            return 1;
+        }
+        row("shape", d[0] != 0, d[1] != 0, d[2], d[3], d[4]);
+        return 0;
+    }
+    printf("qkv_sgemm kernel: %s, GFLOPS (median of %d runs)\n",
+           qkv_sgemm_kernel_name(), n_runs);
+    printf("%-22s %2s %2s %5s %5s %5s %9s %9s\n", "case", "ta", "tb", "M", "N",
+           "K", "1 thread", "2 threads");
+    static const int sq[] = {16, 64, 128, 256, 512, 1024};
+    for (int i = 0; i < 6; i++)
+        row("square", 0, 0, sq[i], sq[i], sq[i]);
+    row("square A^T", 1, 0, 512, 512, 512);
+    row("square B^T", 0, 1, 512, 512, 512);
+    row("square A^T B^T", 1, 1, 512, 512, 512);
+
+    /* forward Y[M,N] = X[M,K] W[K,N], and its backward passes
+     * dX[M,K] = dY[M,N] W^T (tb = 1) and dW[K,N] = X^T dY (ta = 1) */
+    static const int tf[][3] = {{512, 64, 64},     {512, 256, 64},
+                                {512, 64, 256},    {2048, 256, 256},
+                                {2048, 1024, 256}, {2048, 256, 1024},
+                                {2048, 1000, 256}};
+    for (int i = 0; i < 7; i++) {
+        int M = tf[i][0], N = tf[i][1], K = tf[i][2];
+        row("fwd   X W", 0, 0, M, N, K);
+        row("bwd  dY W^T", 0, 1, M, K, N);
+        row("bwd  X^T dY", 1, 0, K, N, M);
+    }
+    row("attn  Q K^T", 0, 1, 64, 64, 32);
+    row("attn  P V", 0, 0, 64, 32, 64);
+    row("attn  tiny", 0, 1, 16, 16, 16);
+
+    double gr = bench(qkv_sgemm_ref, 1, 0, 0, 256, 256, 256);
+    printf("%-22s %2d %2d %5d %5d %5d %9.1f %9s\n", "reference triple loop", 0,
+           0, 256, 256, 256, gr, "-");
+    return 0;
+}
