@@ -15,9 +15,9 @@ OMP     ?= 1
 DEBUG   ?= 0
 SAN     ?= 0
 
-CFLAGS  := -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror \
-           -Wshadow -Wstrict-prototypes -Icore
-LDLIBS  := -lm
+CFLAGS  := -std=c11 -D_POSIX_C_SOURCE=200809L -fno-math-errno -Wall -Wextra -Werror \
+           -Wshadow -Wstrict-prototypes -Icore -Inn -Ioptim -Idata
+LDLIBS  := -lcjson -lm
 
 ifeq ($(SAN),1)
   BUILD   ?= build-san
@@ -39,8 +39,8 @@ ifeq ($(OMP),1)
   LDFLAGS += -fopenmp
 endif
 
-CORE_SRC  := $(wildcard core/*.c)
-LIB_SRC   := $(CORE_SRC)
+LIB_SRC   := $(wildcard core/*.c nn/*.c optim/*.c data/*.c)
+LIB_HDR   := $(wildcard core/*.h nn/*.h optim/*.h data/*.h)
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB       := $(BUILD)/libqkv.a
 
@@ -52,7 +52,7 @@ BENCH_BIN := $(BUILD)/tests/bench_matmul
 .SECONDARY:
 all: $(LIB) $(TEST_BIN) $(BENCH_BIN)
 
-$(BUILD)/%.o: %.c $(wildcard core/*.h) tests/test.h
+$(BUILD)/%.o: %.c $(LIB_HDR) tests/test.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -70,7 +70,7 @@ bench: $(BENCH_BIN)
 	$(BENCH_BIN)
 
 format:
-	clang-format -i core/*.[ch] tests/*.[ch]
+	clang-format -i $(LIB_SRC) $(LIB_HDR) tests/*.[ch]
 
 clean:
 	rm -rf build build-debug build-san

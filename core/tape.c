@@ -40,6 +40,18 @@ qkv_tensor *qkv_tensor_new(qkv_graph *g, int ndim, const int *shape) {
     return t;
 }
 
+qkv_tensor *qkv_tensor_wrap(qkv_graph *g, float *data, int ndim,
+                            const int *shape) {
+    size_t n = qkv_shape_numel(ndim, shape, "tensor_wrap");
+    qkv_tensor *t = qkv_arena_alloc(&g->arena, sizeof *t);
+    memset(t, 0, sizeof *t);
+    t->ndim = ndim;
+    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
+    t->n = n;
+    t->data = data;
+    return t;
+}
+
 qkv_tensor *qkv_tensor_zeros(qkv_graph *g, int ndim, const int *shape) {
     qkv_tensor *t = qkv_tensor_new(g, ndim, shape);
     memset(t->data, 0, t->n * sizeof(float));

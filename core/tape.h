@@ -92,6 +92,10 @@ int qkv_graph_set_grad(qkv_graph *g, int on);
 /* New activation tensor from the arena, uninitialised. */
 qkv_tensor *qkv_tensor_new(qkv_graph *g, int ndim, const int *shape);
 qkv_tensor *qkv_tensor_zeros(qkv_graph *g, int ndim, const int *shape);
+/* A constant tensor (no gradient) viewing memory the caller owns and keeps
+ * alive until the graph is reset, e.g. a table of positional encodings. */
+qkv_tensor *qkv_tensor_wrap(qkv_graph *g, float *data, int ndim,
+                            const int *shape);
 /* Copies n elements of `src` into the arena (for ids and masks the tape keeps). */
 void *qkv_graph_copy(qkv_graph *g, const void *src, size_t bytes);
 

@@ -5,7 +5,9 @@
  * Usage: bench_matmul [quick]           all shapes ("quick": 1 run of >= 10 ms)
  *        bench_matmul ta tb M N K      one shape
  */
+#ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
+#endif
 #include "matmul.h"
 
 #include <stdint.h>

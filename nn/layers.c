@@ -1,0 +1,183 @@
+#include "layers.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+/* out = prefix + "." + suffix (out holds QKV_NAME_MAX bytes) */
+static const char *join(char *out, const char *prefix, const char *suffix) {
+    int len = snprintf(out, QKV_NAME_MAX, "%s.%s", prefix, suffix);
+    QKV_CHECK(len > 0 && len < QKV_NAME_MAX, "parameter name %s.%s is too long",
+              prefix, suffix);
+    return out;
+}
+
+qkv_tensor *qkv_param(qkv_params *ps, const char *prefix, const char *suffix,
+                      int ndim, const int *shape) {
+    char name[QKV_NAME_MAX];
+    return qkv_params_add(ps, join(name, prefix, suffix), ndim, shape);
+}
+
+void qkv_xavier_init(qkv_params *ps, qkv_pcg32 *rng) {
+    for (int i = 0; i < ps->count; i++) {
+        qkv_tensor *t = ps->list[i];
+        if (t->ndim >= 2) {
+            /* PyTorch's fans: fan_in = shape[1] * receptive, fan_out = shape[0] * receptive */
+            size_t rf = t->n / ((size_t)t->shape[0] * (size_t)t->shape[1]);
+            double fan_in = (double)t->shape[1] * (double)rf,
+                   fan_out = (double)t->shape[0] * (double)rf;
+            float a = (float)sqrt(6.0 / (fan_in + fan_out));
+            for (size_t j = 0; j < t->n; j++)
+                t->data[j] = a * (2.0f * qkv_pcg32_float(rng) - 1.0f);
+        } else {
+            size_t len = strlen(t->name);
+            int gamma = len >= 6 && strcmp(t->name + len - 6, ".gamma") == 0;
+            for (size_t j = 0; j < t->n; j++) t->data[j] = gamma ? 1.0f : 0.0f;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ linear */
+
+void qkv_linear_init(qkv_linear *l, qkv_params *ps, const char *name, int in,
+                     int out) {
+    l->w = qkv_params_add(ps, name, 2, (int[]){out, in});
+}
+
+qkv_tensor *qkv_linear_forward(const qkv_linear *l, qkv_graph *g,
+                               qkv_tensor *x) {
+    return qkv_matmul(g, x, l->w, 0, 1);
+}
+
+/* -------------------------------------------------------------- layer norm */
+
+void qkv_norm_init(qkv_norm *n, qkv_params *ps, const char *name, int d,
+                   float eps) {
+    n->gamma = qkv_param(ps, name, "gamma", 1, &d);
+    n->beta = qkv_param(ps, name, "beta", 1, &d);
+    n->eps = eps;
+}
+
+qkv_tensor *qkv_norm_forward(const qkv_norm *n, qkv_graph *g, qkv_tensor *x) {
+    return qkv_layernorm(g, x, n->gamma, n->beta, n->eps);
+}
+
+/* ----------------------------------------------------- multi-head attention */
+
+void qkv_mha_init(qkv_mha *a, qkv_params *ps, const char *name, int d_model,
+                  int heads) {
+    QKV_CHECK(heads > 0 && d_model % heads == 0,
+              "%s: h = %d heads do not divide d_model = %d", name, heads,
+              d_model);
+    char sub[QKV_NAME_MAX];
+    const char *w[4] = {"w_q", "w_k", "w_v", "w_o"};
+    qkv_linear *l[4] = {&a->w_q, &a->w_k, &a->w_v, &a->w_o};
+    for (int i = 0; i < 4; i++) {
+        qkv_linear_init(l[i], ps, join(sub, name, w[i]), d_model, d_model);
+    }
+    a->heads = heads;
+}
+
+qkv_tensor *qkv_mha_forward(const qkv_mha *a, qkv_graph *g, qkv_tensor *x,
+                            qkv_tensor *mem, const uint8_t *key_pad, int causal,
+                            float *weights) {
+    qkv_tensor *q = qkv_split_heads(g, qkv_linear_forward(&a->w_q, g, x), a->heads);
+    qkv_tensor *k = qkv_split_heads(g, qkv_linear_forward(&a->w_k, g, mem), a->heads);
+    qkv_tensor *v = qkv_split_heads(g, qkv_linear_forward(&a->w_v, g, mem), a->heads);
+    qkv_attn_opts o = {.causal = causal, .key_pad = key_pad, .weights = weights};
+    qkv_tensor *y = qkv_merge_heads(g, qkv_attention(g, q, k, v, &o));
+    return qkv_linear_forward(&a->w_o, g, y);
+}
+
+/* -------------------------------------------------------------------- ffn */
+
+void qkv_ffn_init(qkv_ffn *f, qkv_params *ps, const char *name, int d_model,
+                  int d_ff, qkv_act act) {
+    char sub[QKV_NAME_MAX];
+        qkv_linear_init(&f->w1, ps, join(sub, name, "w1"), d_model, d_ff);
+        qkv_linear_init(&f->w2, ps, join(sub, name, "w2"), d_ff, d_model);
+    f->act = act;
+}
+
+qkv_tensor *qkv_ffn_forward(const qkv_ffn *f, qkv_graph *g, qkv_tensor *x) {
+    qkv_tensor *h = qkv_linear_forward(&f->w1, g, x);
+    h = f->act == QKV_ACT_GELU ? qkv_gelu(g, h) : qkv_relu(g, h);
+    return qkv_linear_forward(&f->w2, g, h);
+}
+
+/* ------------------------------------------------ residual sub-layers */
+
+/* The residual connection around one sub-layer (sec. 5.4: dropout on the
+ * sub-layer output before it is added): post-norm LN(x + drop(y)), or
+ * pre-norm x + drop(y), where y was computed from LN(x). */
+static qkv_tensor *residual(const qkv_sublayer_ctx *c, qkv_graph *g,
+                            const qkv_norm *n, qkv_tensor *x, qkv_tensor *y) {
+    qkv_tensor *s = qkv_add(g, x, qkv_dropout(g, y, c->dropout, c->rng));
+    return c->norm == QKV_NORM_POST ? qkv_norm_forward(n, g, s) : s;
+}
+
+/* The input a sub-layer sees: LN(x) for pre-norm, x for post-norm. */
+static qkv_tensor *sub_input(const qkv_sublayer_ctx *c, qkv_graph *g,
+                             const qkv_norm *n, qkv_tensor *x) {
+    return c->norm == QKV_NORM_PRE ? qkv_norm_forward(n, g, x) : x;
+}
+
+void qkv_encoder_layer_init(qkv_encoder_layer *l, qkv_params *ps,
+                            const char *name, int d_model, int heads,
+                            int d_ff, qkv_act act, float eps) {
+    char sub[QKV_NAME_MAX];
+        qkv_mha_init(&l->self_attn, ps, join(sub, name, "self_attn"), d_model, heads);
+        qkv_ffn_init(&l->ffn, ps, join(sub, name, "ffn"), d_model, d_ff, act);
+        qkv_norm_init(&l->norm1, ps, join(sub, name, "norm1"), d_model, eps);
+        qkv_norm_init(&l->norm2, ps, join(sub, name, "norm2"), d_model, eps);
+}
+
+qkv_tensor *qkv_encoder_layer_forward(const qkv_encoder_layer *l, qkv_graph *g,
+                                      const qkv_sublayer_ctx *c, qkv_tensor *x,
+                                      const uint8_t *src_pad, float *weights) {
+    qkv_tensor *h = sub_input(c, g, &l->norm1, x);
+    x = residual(c, g, &l->norm1, x,
+                 qkv_mha_forward(&l->self_attn, g, h, h, src_pad, 0, weights));
+    h = sub_input(c, g, &l->norm2, x);
+    return residual(c, g, &l->norm2, x, qkv_ffn_forward(&l->ffn, g, h));
+}
+
+void qkv_decoder_layer_init(qkv_decoder_layer *l, qkv_params *ps,
+                            const char *name, int d_model, int heads,
+                            int d_ff, qkv_act act, float eps, int has_cross) {
+    char sub[QKV_NAME_MAX];
+    memset(l, 0, sizeof *l);
+        qkv_mha_init(&l->self_attn, ps, join(sub, name, "self_attn"), d_model, heads);
+    if (has_cross) {
+                qkv_mha_init(&l->cross_attn, ps, join(sub, name, "cross_attn"), d_model, heads);
+    }
+        qkv_ffn_init(&l->ffn, ps, join(sub, name, "ffn"), d_model, d_ff, act);
+        qkv_norm_init(&l->norm1, ps, join(sub, name, "norm1"), d_model, eps);
+        qkv_norm_init(&l->norm2, ps, join(sub, name, "norm2"), d_model, eps);
+    if (has_cross) {
+                qkv_norm_init(&l->norm3, ps, join(sub, name, "norm3"), d_model, eps);
+    }
+    l->has_cross = has_cross;
+}
+
+qkv_tensor *qkv_decoder_layer_forward(const qkv_decoder_layer *l, qkv_graph *g,
+                                      const qkv_sublayer_ctx *c, qkv_tensor *x,
+                                      qkv_tensor *mem, const uint8_t *tgt_pad,
+                                      const uint8_t *src_pad, float *self_w,
+                                      float *cross_w) {
+    qkv_tensor *h = sub_input(c, g, &l->norm1, x);
+    x = residual(c, g, &l->norm1, x,
+                 qkv_mha_forward(&l->self_attn, g, h, h, tgt_pad, 1, self_w));
+    const qkv_norm *ffn_norm = &l->norm2;
+    if (l->has_cross) {
+        QKV_CHECK(mem, "decoder layer with cross-attention needs the encoder "
+                       "output");
+        h = sub_input(c, g, &l->norm2, x);
+        x = residual(c, g, &l->norm2, x,
+                     qkv_mha_forward(&l->cross_attn, g, h, mem, src_pad, 0,
+                                     cross_w));
+        ffn_norm = &l->norm3;
+    }
+    h = sub_input(c, g, ffn_norm, x);
+    return residual(c, g, ffn_norm, x, qkv_ffn_forward(&l->ffn, g, h));
+}

@@ -1,0 +1,261 @@
+#include "model.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+qkv_model_config qkv_model_defaults(qkv_model_kind kind) {
+    qkv_model_config c = {
+        .kind = kind,
+        .d_model = 64,
+        .heads = 4,
+        .d_ff = 256,
+        .n_enc = kind == QKV_MODEL_ENCDEC ? 2 : 0,
+        .n_dec = 2,
+        .max_len = 256,
+        .dropout = 0.1f,
+        .ln_eps = 1e-5f,
+        .pos = QKV_POS_SIN,
+        .norm = QKV_NORM_POST,
+        .act = QKV_ACT_RELU,
+        .scale_emb = 1,
+        .tie_output = 0,
+        .pad_id = 0,
+    };
+    return c;
+}
+
+static int config_error(char *err, size_t len, const char *fmt, ...)
+    QKV_PRINTF(3, 4);
+static int config_error(char *err, size_t len, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, len, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int check_config(const qkv_model_config *c, char *err, size_t len) {
+    int encdec = c->kind == QKV_MODEL_ENCDEC;
+    if (c->d_model <= 0 || c->d_ff <= 0 || c->heads <= 0)
+        return config_error(err, len, "d_model (%d), d_ff and h (%d) must be positive",
+                            c->d_model, c->heads);
+    if (c->d_model % c->heads)
+        return config_error(err, len, "h = %d does not divide d_model = %d",
+                            c->heads, c->d_model);
+    if (c->tgt_vocab < 2 || (encdec && c->src_vocab < 2))
+        return config_error(err, len, "vocabularies need >= 2 tokens (got %d, %d)",
+                            c->src_vocab, c->tgt_vocab);
+    if (c->n_dec < 1 || (encdec && c->n_enc < 1) || c->n_dec > 64 || c->n_enc > 64)
+        return config_error(err, len, "layer counts must be 1..64 (N_enc %d, N_dec %d)",
+                            c->n_enc, c->n_dec);
+    if (c->max_len < 1)
+        return config_error(err, len, "max_len must be positive (%d)", c->max_len);
+    if (!(c->dropout >= 0.0f && c->dropout < 1.0f))
+        return config_error(err, len, "dropout %g is not in [0, 1)", (double)c->dropout);
+    if (!(c->ln_eps > 0.0f))
+        return config_error(err, len, "layer norm eps %g must be positive", (double)c->ln_eps);
+    if (c->pad_id < 0 || c->pad_id >= c->tgt_vocab)
+        return config_error(err, len, "pad id %d outside the vocabulary (%d)",
+                            c->pad_id, c->tgt_vocab);
+    return 0;
+}
+
+int qkv_model_init(qkv_model *m, const qkv_model_config *cfg, uint64_t seed,
+                   char *err, size_t errlen) {
+    memset(m, 0, sizeof *m);
+    if (check_config(cfg, err, errlen)) return -1;
+    const qkv_model_config *c = &m->cfg;
+    m->cfg = *cfg;
+    if (c->kind == QKV_MODEL_DECODER) m->cfg.n_enc = 0;
+    int D = c->d_model, L = c->max_len;
+    qkv_params *ps = &m->params;
+    qkv_params_init(ps);
+
+    if (c->kind == QKV_MODEL_ENCDEC) {
+        m->src_embed = qkv_params_add(ps, "src_embed.weight", 2, (int[]){c->src_vocab, D});
+        if (c->pos == QKV_POS_LEARNED)
+            m->src_pos = qkv_params_add(ps, "src_pos.weight", 2, (int[]){L, D});
+    }
+    m->tgt_embed = qkv_params_add(ps, "tgt_embed.weight", 2, (int[]){c->tgt_vocab, D});
+    if (c->pos == QKV_POS_LEARNED)
+        m->tgt_pos = qkv_params_add(ps, "tgt_pos.weight", 2, (int[]){L, D});
+
+    char name[64];
+    m->enc = qkv_calloc((size_t)c->n_enc + 1, sizeof *m->enc, "encoder layers");
+    m->dec = qkv_calloc((size_t)c->n_dec, sizeof *m->dec, "decoder layers");
+    for (int i = 0; i < c->n_enc; i++) {
+        snprintf(name, sizeof name, "encoder.layers.%d", i);
+        qkv_encoder_layer_init(&m->enc[i], ps, name, D, c->heads, c->d_ff,
+                               c->act, c->ln_eps);
+    }
+    if (c->norm == QKV_NORM_PRE && c->n_enc)
+        qkv_norm_init(&m->enc_norm, ps, "encoder.norm", D, c->ln_eps);
+    for (int i = 0; i < c->n_dec; i++) {
+        snprintf(name, sizeof name, "decoder.layers.%d", i);
+        qkv_decoder_layer_init(&m->dec[i], ps, name, D, c->heads, c->d_ff,
+                               c->act, c->ln_eps, c->kind == QKV_MODEL_ENCDEC);
+    }
+    if (c->norm == QKV_NORM_PRE)
+        qkv_norm_init(&m->dec_norm, ps, "decoder.norm", D, c->ln_eps);
+    m->generator = c->tie_output
+                       ? m->tgt_embed
+                       : qkv_params_add(ps, "generator.weight", 2,
+                                        (int[]){c->tgt_vocab, D});
+    qkv_params_alloc(ps);
+
+    qkv_pcg32 init;
+    qkv_pcg32_seed(&init, seed, 0x1417); /* one stream for weights */
+    qkv_xavier_init(ps, &init);
+    qkv_pcg32_seed(&m->rng, seed, 0xd209); /* another for dropout */
+
+    /* PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(...) (sec. 3.5) */
+    m->pe = qkv_malloc_aligned((size_t)L * D * sizeof(float), "positional table");
+    for (int p = 0; p < L; p++)
+        for (int i = 0; i < D; i += 2) {
+            double angle = p / pow(10000.0, (double)i / D);
+            m->pe[(size_t)p * D + i] = (float)sin(angle);
+            if (i + 1 < D) m->pe[(size_t)p * D + i + 1] = (float)cos(angle);
+        }
+    return 0;
+}
+
+void qkv_model_free(qkv_model *m) {
+    qkv_params_free(&m->params);
+    free(m->enc);
+    free(m->dec);
+    free(m->pe);
+    memset(m, 0, sizeof *m);
+}
+
+void qkv_model_print_params(const qkv_model *m, FILE *f) {
+    char sh[64];
+    for (int i = 0; i < m->params.count; i++) {
+        const qkv_tensor *t = m->params.list[i];
+        fprintf(f, "%-44s %-12s %9zu\n", t->name, qkv_shape_str(t, sh), t->n);
+    }
+    fprintf(f, "%-44s %-12s %9zu\n", "total", "", m->params.n);
+}
+
+/* ---------------------------------------------------------------- forward */
+
+/* x = drop(embed(ids) * sqrt(D)? + pos[0..T)) : (B, T, D) */
+static qkv_tensor *embed(qkv_model *m, qkv_graph *g, qkv_tensor *table,
+                         qkv_tensor *pos, const int32_t *ids, int B, int T) {
+    const qkv_model_config *c = &m->cfg;
+    QKV_CHECK(T >= 1 && T <= c->max_len,
+              "model: sequence length %d is outside 1..max_len = %d", T,
+              c->max_len);
+    int D = c->d_model;
+    qkv_tensor *x = qkv_embedding(g, table, ids, 2, (int[]){B, T});
+    if (c->scale_emb) x = qkv_scale(g, x, sqrtf((float)D));
+    qkv_tensor *p;
+    if (pos) {
+        int32_t *at = qkv_arena_alloc(&g->arena, (size_t)T * sizeof *at);
+        for (int t = 0; t < T; t++) at[t] = t;
+        p = qkv_embedding(g, pos, at, 1, &T);
+    } else {
+        p = qkv_tensor_wrap(g, m->pe, 2, (int[]){T, D});
+    }
+    return qkv_dropout(g, qkv_add(g, x, p), c->dropout, &m->rng);
+}
+
+static qkv_sublayer_ctx sublayer_ctx(qkv_model *m) {
+    qkv_sublayer_ctx c = {m->cfg.norm, m->cfg.dropout, &m->rng};
+    return c;
+}
+
+qkv_tensor *qkv_model_encode(qkv_model *m, qkv_graph *g, const int32_t *src,
+                             const uint8_t *src_pad, int B, int S,
+                             float *weights) {
+    QKV_CHECK(m->cfg.kind == QKV_MODEL_ENCDEC, "model: decoder-only has no encoder");
+    qkv_sublayer_ctx c = sublayer_ctx(m);
+    qkv_tensor *x = embed(m, g, m->src_embed, m->src_pos, src, B, S);
+    size_t per = (size_t)B * m->cfg.heads * S * S;
+    for (int i = 0; i < m->cfg.n_enc; i++)
+        x = qkv_encoder_layer_forward(&m->enc[i], g, &c, x, src_pad,
+                                      weights ? weights + i * per : NULL);
+    if (m->cfg.norm == QKV_NORM_PRE) x = qkv_norm_forward(&m->enc_norm, g, x);
+    return x;
+}
+
+qkv_tensor *qkv_model_decode(qkv_model *m, qkv_graph *g, const int32_t *tgt,
+                             const uint8_t *tgt_pad, int B, int T,
+                             qkv_tensor *mem, const uint8_t *src_pad,
+                             float *self_w, float *cross_w) {
+    qkv_sublayer_ctx c = sublayer_ctx(m);
+    qkv_tensor *x = embed(m, g, m->tgt_embed, m->tgt_pos, tgt, B, T);
+    int S = mem ? mem->shape[1] : 0;
+    size_t per_self = (size_t)B * m->cfg.heads * T * T,
+           per_cross = (size_t)B * m->cfg.heads * T * S;
+    for (int i = 0; i < m->cfg.n_dec; i++)
+        x = qkv_decoder_layer_forward(
+            &m->dec[i], g, &c, x, mem, tgt_pad, src_pad,
+            self_w ? self_w + i * per_self : NULL,
+            cross_w ? cross_w + i * per_cross : NULL);
+    if (m->cfg.norm == QKV_NORM_PRE) x = qkv_norm_forward(&m->dec_norm, g, x);
+    return qkv_matmul(g, x, m->generator, 0, 1);
+}
+
+qkv_tensor *qkv_model_forward(qkv_model *m, qkv_graph *g, const qkv_batch *b) {
+    qkv_tensor *mem = NULL;
+    if (m->cfg.kind == QKV_MODEL_ENCDEC) {
+        QKV_CHECK(b->src, "model: the encoder-decoder needs a source batch");
+        mem = qkv_model_encode(m, g, b->src, b->src_pad, b->B, b->S, NULL);
+    }
+    return qkv_model_decode(m, g, b->tgt_in, b->tgt_pad, b->B, b->T, mem,
+                            b->src_pad, NULL, NULL);
+}
+
+qkv_tensor *qkv_model_loss(qkv_model *m, qkv_graph *g, const qkv_batch *b,
+                           float label_smoothing) {
+    qkv_tensor *logits = qkv_model_forward(m, g, b);
+    return qkv_cross_entropy(g, logits, b->tgt_out, m->cfg.pad_id,
+                             label_smoothing);
+}
+
+/* --------------------------------------------------------------- decoding */
+
+static int argmax(const float *x, int n) {
+    int best = 0;
+    for (int j = 1; j < n; j++)
+        if (x[j] > x[best]) best = j;
+    return best;
+}
+
+void qkv_model_greedy(qkv_model *m, qkv_graph *g, const int32_t *src,
+                      const uint8_t *src_pad, int B, int S, int bos, int eos,
+                      int max_out, int32_t *out) {
+    int was_rec = qkv_graph_set_grad(g, 0), was_train = g->training;
+    g->training = 0;
+    int encdec = m->cfg.kind == QKV_MODEL_ENCDEC, V = m->cfg.tgt_vocab;
+    int prefix = encdec ? 1 : S, L = prefix + max_out;
+    int32_t *seq = qkv_malloc((size_t)B * L * sizeof *seq, "decode buffer");
+    uint8_t *done = qkv_calloc((size_t)B, 1, "decode state");
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < prefix; t++)
+            seq[(size_t)b * L + t] = encdec ? bos : src[(size_t)b * S + t];
+    qkv_graph_reset(g);
+    qkv_tensor *mem = encdec ? qkv_model_encode(m, g, src, src_pad, B, S, NULL) : NULL;
+    int32_t *cur = qkv_malloc((size_t)B * L * sizeof *cur, "decode buffer");
+    for (int t = prefix; t < L; t++) {
+        /* the whole prefix again: simple, and cheap at these lengths */
+        for (int b = 0; b < B; b++)
+            memcpy(cur + (size_t)b * t, seq + (size_t)b * L, (size_t)t * sizeof *cur);
+        qkv_tensor *logits = qkv_model_decode(m, g, cur, NULL, B, t, mem,
+                                              src_pad, NULL, NULL);
+        for (int b = 0; b < B; b++) {
+            int tok = done[b] ? m->cfg.pad_id
+                              : argmax(logits->data + ((size_t)b * t + t - 1) * V, V);
+            seq[(size_t)b * L + t] = tok;
+            out[(size_t)b * max_out + t - prefix] = tok;
+            if (tok == eos) done[b] = 1;
+        }
+    }
+    free(cur);
+    free(seq);
+    free(done);
+    g->training = was_train;
+    qkv_graph_set_grad(g, was_rec);
+}

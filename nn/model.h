@@ -1,0 +1,112 @@
+/* model.h - the two models: encoder-decoder (translation) and decoder-only.
+ *
+ * The encoder-decoder is the Transformer of Vaswani et al. 2017 without
+ * biases: embeddings (optionally * sqrt(D)) + positions (sinusoidal or
+ * learned) -> dropout -> N_enc encoder layers; the decoder likewise with
+ * N_dec layers of masked self-attention, cross-attention and FFN; then the
+ * generator, a (V, D) linear (optionally tied to the target embedding).
+ * Post-norm is the paper's; pre-norm adds a final norm after each stack.
+ * The decoder-only model is the decoder without cross-attention.
+ *
+ * Every parameter lives in m->params under a stable dotted name
+ * (encoder.layers.0.self_attn.w_q) that checkpoints and the PyTorch golden
+ * test share.
+ *
+ *   qkv_model m;
+ *   qkv_model_config c = qkv_model_defaults(QKV_MODEL_ENCDEC);
+ *   c.src_vocab = c.tgt_vocab = 11;
+ *   if (qkv_model_init(&m, &c, 42, err, sizeof err)) die(err);
+ *   qkv_tensor *loss = qkv_model_loss(&m, &g, &batch, 0.0f);
+ */
+#ifndef QKV_MODEL_H
+#define QKV_MODEL_H
+
+#include <stdio.h>
+
+#include "layers.h"
+
+typedef enum qkv_model_kind { QKV_MODEL_ENCDEC, QKV_MODEL_DECODER } qkv_model_kind;
+typedef enum qkv_pos_kind { QKV_POS_SIN, QKV_POS_LEARNED } qkv_pos_kind;
+
+typedef struct qkv_model_config {
+    qkv_model_kind kind;
+    int src_vocab, tgt_vocab; /* decoder-only uses tgt_vocab */
+    int d_model, heads, d_ff;
+    int n_enc, n_dec;         /* layers; n_enc unused by decoder-only */
+    int max_len;              /* longest sequence the positions cover */
+    float dropout;            /* on sub-layer outputs and embedding sums */
+    float ln_eps;             /* layer norm epsilon (1e-5) */
+    qkv_pos_kind pos;
+    qkv_norm_kind norm;
+    qkv_act act;
+    int scale_emb;            /* embeddings * sqrt(d_model) (paper sec. 3.4) */
+    int tie_output;           /* generator shares the target embedding */
+    int pad_id;               /* padding token: masked, and ignored by the loss */
+} qkv_model_config;
+
+/* The paper's base shape, scaled down: D 64, H 4, F 256, N 2+2, post-norm,
+ * sinusoidal positions, ReLU, dropout 0.1, pad 0, max_len 256. Vocab 0: set it. */
+qkv_model_config qkv_model_defaults(qkv_model_kind kind);
+
+typedef struct qkv_model {
+    qkv_model_config cfg;
+    qkv_params params;
+    qkv_tensor *src_embed, *tgt_embed; /* (V, D) */
+    qkv_tensor *src_pos, *tgt_pos;     /* (max_len, D) when learned, else NULL */
+    qkv_tensor *generator;             /* (V_tgt, D), == tgt_embed when tied */
+    qkv_encoder_layer *enc;            /* n_enc */
+    qkv_decoder_layer *dec;            /* n_dec */
+    qkv_norm enc_norm, dec_norm;       /* pre-norm only */
+    float *pe;                         /* (max_len, D) sinusoidal table */
+    qkv_pcg32 rng;                     /* dropout masks */
+} qkv_model;
+
+/* Checks the config (a bad one returns -1 with a one-line reason in err),
+ * registers and allocates the parameters, and initialises them with Xavier
+ * uniform from PCG32 stream `seed`. */
+int qkv_model_init(qkv_model *m, const qkv_model_config *cfg, uint64_t seed,
+                   char *err, size_t errlen);
+void qkv_model_free(qkv_model *m);
+/* Writes one line per parameter (name, shape, count) and the total. */
+void qkv_model_print_params(const qkv_model *m, FILE *f);
+
+/* A batch of token ids, padded with cfg.pad_id. For decoder-only, src is NULL
+ * and tgt_in is the whole input sequence. tgt_out holds the next tokens, with
+ * pad_id wherever no loss is wanted. Pad masks: nonzero = padding. */
+typedef struct qkv_batch {
+    int B, S, T;
+    const int32_t *src;     /* (B, S) */
+    const uint8_t *src_pad; /* (B, S) */
+    const int32_t *tgt_in;  /* (B, T) */
+    const int32_t *tgt_out; /* (B, T) */
+    const uint8_t *tgt_pad; /* (B, T) */
+} qkv_batch;
+
+/* Encoder output (B, S, D). weights, if non-NULL, receives per layer the
+ * (B, H, S, S) self-attention weights, layer after layer. */
+qkv_tensor *qkv_model_encode(qkv_model *m, qkv_graph *g, const int32_t *src,
+                             const uint8_t *src_pad, int B, int S,
+                             float *weights);
+/* Logits (B, T, V). mem: encoder output (NULL for decoder-only). self_w and
+ * cross_w, if non-NULL, receive per layer the (B, H, T, T) and (B, H, T, S)
+ * weights. */
+qkv_tensor *qkv_model_decode(qkv_model *m, qkv_graph *g, const int32_t *tgt,
+                             const uint8_t *tgt_pad, int B, int T,
+                             qkv_tensor *mem, const uint8_t *src_pad,
+                             float *self_w, float *cross_w);
+/* Logits (B, T, V) of a batch. */
+qkv_tensor *qkv_model_forward(qkv_model *m, qkv_graph *g, const qkv_batch *b);
+/* Mean cross-entropy over the non-pad targets of a batch. */
+qkv_tensor *qkv_model_loss(qkv_model *m, qkv_graph *g, const qkv_batch *b,
+                           float label_smoothing);
+
+/* Greedy decoding, batched, without a tape. Encoder-decoder: src (B, S)
+ * -> out (B, max_out), starting from bos; a row stops at eos (eos < 0: never)
+ * and is padded with pad_id after it. Decoder-only: src is the prompt
+ * (B, S, no padding) and out receives the max_out tokens that follow it.
+ * Uses (and resets) graph g. */
+void qkv_model_greedy(qkv_model *m, qkv_graph *g, const int32_t *src,
+                      const uint8_t *src_pad, int B, int S, int bos, int eos,
+                      int max_out, int32_t *out);
+
+#endif

@@ -1,0 +1,191 @@
+/* End-to-end learning: the models must learn the toy tasks, judged by exact
+ * match of greedy decoding on 200 fresh random sequences, and a run must
+ * repeat bit for bit with 1 and 2 threads. Prints steps and seconds. */
+#include <time.h>
+
+#include "optim.h"
+#include "tasks.h"
+#include "test.h"
+
+/* Sanitizer builds run ~50x slower: there each case trains a few steps and
+ * decodes a few sequences, a memory-safety pass over the same code paths; the
+ * accuracy targets are asserted by the normal build's `make test`. */
+#if defined(__SANITIZE_ADDRESS__)
+#define QUICK 1
+#else
+#define QUICK 0
+#endif
+
+typedef struct learn_case {
+    const char *name;
+    qkv_task task;
+    qkv_model_config mc;
+    int batch, max_steps, eval_every;
+    float lr, target; /* exact-match accuracy to reach */
+} learn_case;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static qkv_model_config model_for(qkv_model_kind kind, int vocab) {
+    qkv_model_config c = qkv_model_defaults(kind);
+    c.src_vocab = c.tgt_vocab = vocab;
+    c.d_model = 64;
+    c.heads = 4;
+    c.d_ff = 128;
+    c.n_enc = kind == QKV_MODEL_ENCDEC ? 2 : 0;
+    c.n_dec = 2;
+    c.max_len = 32;
+    c.dropout = 0.0f;
+    return c;
+}
+
+/* Exact-match accuracy of greedy decoding on n fresh sequences. */
+static double exact_match(qkv_model *m, qkv_graph *g, const qkv_task *t, int n) {
+    qkv_pcg32 rng;
+    qkv_pcg32_seed(&rng, 777, 778); /* never the training stream */
+    qkv_task_batch b;
+    qkv_task_batch_init(&b, t, n);
+    qkv_task_sample(t, &rng, &b);
+    int L = t->max_len + (t->use_eos ? 1 : 0), right = 0;
+    int32_t *out = malloc((size_t)n * L * sizeof *out), y[1025];
+    int32_t *prompt = NULL;
+    if (t->decoder_only) { /* prompt = x bos, fixed length here */
+        int P = t->max_len + 1;
+        prompt = malloc((size_t)n * P * sizeof *prompt);
+        for (int i = 0; i < n; i++)
+            memcpy(prompt + (size_t)i * P, b.tgt_in + (size_t)i * b.view.T,
+                   (size_t)P * sizeof *prompt);
+        qkv_model_greedy(m, g, prompt, NULL, n, P, QKV_BOS,
+                         t->use_eos ? QKV_EOS : -1, L, out);
+    } else {
+        qkv_model_greedy(m, g, b.src, b.src_pad, n, b.view.S, QKV_BOS,
+                         t->use_eos ? QKV_EOS : -1, L, out);
+    }
+    for (int i = 0; i < n; i++) {
+        int len = b.len[i];
+        const int32_t *x = t->decoder_only ? b.tgt_in + (size_t)i * b.view.T
+                                           : b.src + (size_t)i * b.view.S;
+        qkv_task_answer(t, x, len, y);
+        if (t->use_eos) y[len++] = QKV_EOS;
+        right += memcmp(y, out + (size_t)i * L, (size_t)len * sizeof *y) == 0;
+    }
+    free(out);
+    free(prompt);
+    qkv_task_batch_free(&b);
+    return (double)right / n;
+}
+
+/* Trains until the target accuracy (checked every eval_every steps) or
+ * max_steps; returns the final accuracy. losses (if non-NULL) gets the
+ * loss of every step. */
+static double train(const learn_case *lc, int threads, float *losses,
+                    int *steps, double *seconds) {
+    qkv_set_threads(threads);
+    qkv_model m;
+    char err[200];
+    if (qkv_model_init(&m, &lc->mc, 42, err, sizeof err)) {
+        CHECK(0, "%s", err);
+        return 0;
+    }
+    qkv_optim opt;
+    qkv_optim_config oc = qkv_optim_defaults(QKV_OPTIM_ADAM);
+    qkv_optim_init(&opt, &oc, &m.params);
+    int warm = lc->max_steps < 1000 ? lc->max_steps / 4 : 100;
+    qkv_schedule sched = {QKV_SCHEDULE_COSINE, lc->lr, warm, lc->max_steps,
+                          lc->lr / 20, 0};
+    qkv_pcg32 data;
+    qkv_pcg32_seed(&data, 42, 1);
+    qkv_task_batch b;
+    qkv_task_batch_init(&b, &lc->task, lc->batch);
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    double t0 = now(), acc = 0;
+    int step;
+    for (step = 1; step <= lc->max_steps; step++) {
+        qkv_task_sample(&lc->task, &data, &b);
+        qkv_graph_reset(&g);
+        qkv_tensor *loss = qkv_model_loss(&m, &g, &b.view, 0.0f);
+        if (losses) losses[step - 1] = loss->data[0];
+        qkv_params_zero_grad(&m.params);
+        qkv_backward(&g, loss);
+        qkv_clip_grad_norm(&m.params, 1.0f);
+        qkv_optim_step(&opt, &m.params, qkv_schedule_lr(&sched, step));
+        if (lc->eval_every && step % lc->eval_every == 0) {
+            acc = exact_match(&m, &g, &lc->task, QUICK ? 10 : 200);
+            if (acc >= lc->target) break;
+        }
+    }
+    *seconds = now() - t0;
+    *steps = step > lc->max_steps ? lc->max_steps : step;
+    qkv_graph_free(&g);
+    qkv_task_batch_free(&b);
+    qkv_optim_free(&opt);
+    qkv_model_free(&m);
+    return acc;
+}
+
+static void run_case(const learn_case *lc0) {
+    learn_case quick = *lc0, *lc = &quick;
+    if (QUICK) {
+        quick.max_steps = quick.eval_every = 20;
+        quick.batch = 8;
+    }
+    int steps = 0;
+    double secs = 0, acc = train(lc, 2, NULL, &steps, &secs);
+    if (QUICK) {
+        printf("  %-24s sanitizer pass: %d steps, %.1f%% exact match\n",
+               lc->name, steps, 100 * acc);
+        return;
+    }
+    printf("  %-24s %5.1f%% exact match after %d steps, %.1f s\n", lc->name,
+           100 * acc, steps, secs);
+    CHECK(acc >= lc->target, "%s: %.1f%% < %.1f%%", lc->name, 100 * acc,
+          100 * lc->target);
+}
+
+static void test_copy_encdec(void) {
+    learn_case lc = {"copy (enc-dec)", {QKV_TASK_COPY, 11, 10, 10, 0, 0},
+                     model_for(QKV_MODEL_ENCDEC, 11), 64, 3000, 100, 2e-3f, 1.0f};
+    run_case(&lc);
+}
+
+static void test_reverse_encdec(void) {
+    learn_case lc = {"reverse (enc-dec)", {QKV_TASK_REVERSE, 11, 10, 10, 0, 0},
+                     model_for(QKV_MODEL_ENCDEC, 11), 64, 3000, 100, 2e-3f, 0.99f};
+    run_case(&lc);
+}
+
+static void test_copy_decoder_only(void) {
+    learn_case lc = {"copy x BOS x (decoder)", {QKV_TASK_COPY, 11, 10, 10, 0, 1},
+                     model_for(QKV_MODEL_DECODER, 11), 64, 3000, 100, 2e-3f, 0.99f};
+    run_case(&lc);
+}
+
+static void test_same_seed_same_curve_any_threads(void) {
+    learn_case lc = {"determinism", {QKV_TASK_COPY, 11, 10, 10, 0, 0},
+                     model_for(QKV_MODEL_ENCDEC, 11), 32, 40, 0, 2e-3f, 0};
+    lc.mc.dropout = 0.1f; /* dropout masks too must repeat */
+    if (QUICK) lc.batch = 4;
+    float a[40], b[40], c[40];
+    int steps;
+    double secs;
+    train(&lc, 1, a, &steps, &secs);
+    train(&lc, 2, b, &steps, &secs);
+    train(&lc, 2, c, &steps, &secs);
+    CHECK(memcmp(a, b, sizeof a) == 0, "1 and 2 threads differ");
+    CHECK(memcmp(b, c, sizeof b) == 0, "two runs differ");
+    CHECK(a[39] < a[0], "loss did not fall: %g -> %g", (double)a[0], (double)a[39]);
+}
+
+int main(void) {
+    test_prog = "learn";
+    RUN(test_same_seed_same_curve_any_threads);
+    RUN(test_copy_encdec);
+    RUN(test_reverse_encdec);
+    RUN(test_copy_decoder_only);
+    return test_summary();
+}

@@ -1,0 +1,241 @@
+/* The models: parameter names and counts, config errors, and finite-difference
+ * gradients of the whole loss with respect to every parameter, in each
+ * variant (post/pre-norm, sinusoidal/learned positions, tied output, GELU,
+ * decoder-only), with real padding in the batch. */
+#include "model.h"
+#include "test.h"
+
+/* A batch of 2 with padding: source lengths 5 and 3, target lengths 4 and 2. */
+enum { B = 2, S = 5, T = 4 };
+static const int32_t src[B * S] = {3, 4, 5, 6, 2, 4, 4, 6, 0, 0};
+static const uint8_t src_pad[B * S] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1};
+static const int32_t tgt_in[B * T] = {1, 5, 2, 6, 1, 3, 0, 0};
+static const int32_t tgt_out[B * T] = {5, 2, 6, 3, 3, 4, 0, 0};
+static const uint8_t tgt_pad[B * T] = {0, 0, 0, 0, 0, 0, 1, 1};
+
+static qkv_batch batch(int decoder_only) {
+    qkv_batch b = {B, S, T, src, src_pad, tgt_in, tgt_out, tgt_pad};
+    if (decoder_only) b.src = NULL, b.src_pad = NULL, b.S = 0;
+    return b;
+}
+
+static qkv_model_config tiny(qkv_model_kind kind) {
+    qkv_model_config c = qkv_model_defaults(kind);
+    c.src_vocab = 7;
+    c.tgt_vocab = 7;
+    c.d_model = 8;
+    c.heads = 2;
+    c.d_ff = 12;
+    c.n_enc = kind == QKV_MODEL_ENCDEC ? 2 : 0;
+    c.n_dec = 1;
+    c.max_len = 8;
+    c.dropout = 0.0f;
+    return c;
+}
+
+static void test_names_and_counts(void) {
+    qkv_model m;
+    char err[200];
+    qkv_model_config c = tiny(QKV_MODEL_ENCDEC);
+    CHECK(qkv_model_init(&m, &c, 1, err, sizeof err) == 0, "init: %s", err);
+    const char *want[] = {"src_embed.weight", "tgt_embed.weight",
+                          "encoder.layers.0.self_attn.w_q",
+                          "encoder.layers.1.ffn.w2",
+                          "encoder.layers.1.norm2.gamma",
+                          "decoder.layers.0.self_attn.w_o",
+                          "decoder.layers.0.cross_attn.w_k",
+                          "decoder.layers.0.norm3.beta", "generator.weight"};
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++)
+        CHECK(qkv_params_find(&m.params, want[i]), "no parameter %s", want[i]);
+    /* embeddings 2*7*8, encoder 2*(4*64 + 2*96 + 4*8), decoder 8*64 + 2*96 +
+     * 6*8, generator 7*8 */
+    size_t n = 2 * 56 + 2 * (256 + 192 + 32) + (512 + 192 + 48) + 56;
+    CHECK(m.params.n == n, "parameters: %zu, want %zu", m.params.n, n);
+    qkv_tensor *g = qkv_params_find(&m.params, "decoder.layers.0.norm1.gamma");
+    CHECK(g && g->data[0] == 1.0f, "gamma starts at 1");
+    qkv_tensor *w = qkv_params_find(&m.params, "encoder.layers.0.ffn.w1");
+    float a = sqrtf(6.0f / (8 + 12)), mx = 0;
+    for (size_t i = 0; w && i < w->n; i++) mx = fmaxf(mx, fabsf(w->data[i]));
+    CHECK(mx <= a && mx > 0.8f * a, "xavier bound %g, max |w| %g", (double)a, (double)mx);
+    qkv_model_free(&m);
+
+    c.norm = QKV_NORM_PRE;
+    c.pos = QKV_POS_LEARNED;
+    c.tie_output = 1;
+    CHECK(qkv_model_init(&m, &c, 1, err, sizeof err) == 0, "init: %s", err);
+    CHECK(qkv_params_find(&m.params, "encoder.norm.gamma") &&
+              qkv_params_find(&m.params, "decoder.norm.beta"),
+          "pre-norm has final norms");
+    CHECK(qkv_params_find(&m.params, "src_pos.weight"), "learned positions");
+    CHECK(!qkv_params_find(&m.params, "generator.weight") &&
+              m.generator == m.tgt_embed,
+          "tied generator");
+    qkv_model_free(&m);
+
+    qkv_model_config d = tiny(QKV_MODEL_DECODER);
+    CHECK(qkv_model_init(&m, &d, 1, err, sizeof err) == 0, "init: %s", err);
+    CHECK(!qkv_params_find(&m.params, "decoder.layers.0.cross_attn.w_q"),
+          "decoder-only has no cross-attention");
+    CHECK(m.params.n == 56 + 256 + 192 + 32 + 56, "decoder-only count %zu", m.params.n);
+    qkv_model_free(&m);
+}
+
+static void test_bad_config(void) {
+    qkv_model m;
+    char err[200] = "";
+    qkv_model_config c = tiny(QKV_MODEL_ENCDEC);
+    c.heads = 3;
+    CHECK(qkv_model_init(&m, &c, 1, err, sizeof err) == -1, "h = 3, d = 8 accepted");
+    CHECK(strstr(err, "h = 3 does not divide d_model = 8"), "message: %s", err);
+    c = tiny(QKV_MODEL_ENCDEC);
+    c.dropout = 1.0f;
+    CHECK(qkv_model_init(&m, &c, 1, err, sizeof err) == -1, "dropout 1 accepted");
+    CHECK(strstr(err, "dropout"), "message: %s", err);
+}
+
+/* A fingerprint of which ReLU inputs are positive, read off the tape. */
+static uint64_t relu_pattern(const qkv_graph *g) {
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (int i = 0; i < g->n_nodes; i++)
+        if (g->nodes[i].op == QKV_OP_RELU) {
+            const qkv_tensor *x = g->nodes[i].in[0];
+            for (size_t j = 0; j < x->n; j++)
+                h = (h ^ (uint64_t)(x->data[j] > 0)) * 1099511628211ull;
+        }
+    return h;
+}
+
+/* L(params) in double; the tape records so relu_pattern can read it. */
+static double loss_of(qkv_model *m, qkv_graph *g, const qkv_batch *b,
+                      uint64_t *pattern) {
+    qkv_graph_reset(g);
+    double l = qkv_model_loss(m, g, b, 0.1f)->data[0];
+    *pattern = relu_pattern(g);
+    return l;
+}
+
+/* Central differences over every parameter; returns the worst error.
+ * With ReLU the loss has kinks: where a step flips the sign of any ReLU
+ * input, the difference straddles a kink and the entry is skipped (and
+ * counted), as STYLE.md asks. */
+static double model_gradcheck(const qkv_model_config *c, double *skipped) {
+    qkv_model m;
+    char err[200];
+    if (qkv_model_init(&m, c, 7, err, sizeof err)) {
+        CHECK(0, "init: %s", err);
+        return 1;
+    }
+    qkv_batch b = batch(c->kind == QKV_MODEL_DECODER);
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    qkv_params_zero_grad(&m.params);
+    qkv_tensor *loss = qkv_model_loss(&m, &g, &b, 0.1f);
+    uint64_t base = relu_pattern(&g), pp, pm;
+    qkv_backward(&g, loss);
+    double s = 0, worst = 0;
+    for (size_t i = 0; i < m.params.n; i++) s += fabs(m.params.grads[i]);
+    s /= (double)m.params.n;
+    const double h = 1e-2;
+    size_t skip = 0;
+    for (size_t i = 0; i < m.params.n; i++) {
+        float keep = m.params.values[i];
+        float xp = (float)(keep + h), xm = (float)(keep - h);
+        m.params.values[i] = xp;
+        double lp = loss_of(&m, &g, &b, &pp);
+        m.params.values[i] = xm;
+        double lm = loss_of(&m, &g, &b, &pm);
+        m.params.values[i] = keep;
+        if (pp != base || pm != base) {
+            skip++;
+            continue;
+        }
+        double fd = (lp - lm) / ((double)xp - (double)xm), an = m.params.grads[i];
+        double e = fabs(fd - an) / (fabs(an) + s);
+        if (e > worst) worst = e;
+    }
+    *skipped = (double)skip / (double)m.params.n;
+    qkv_graph_free(&g);
+    qkv_model_free(&m);
+    return worst;
+}
+
+/* Tolerance 5e-3: the loss of a whole model in float32 has rounding noise of
+ * ~1e-7 relative, magnified by 1/(2h) = 50, and the stacked nonlinearities
+ * have larger third derivatives than one op (truncation ~ h^2 f'''/6).
+ * Measured worst errors (~1e-3) are printed; a wrong backward anywhere (a
+ * dropped residual, a mask applied on one side only) gives errors of order 1. */
+static void check_variant(const char *name, qkv_model_config c) {
+    double skipped = 0, e = model_gradcheck(&c, &skipped);
+    printf("  %-30s max err %.2e (%.1f%% skipped at ReLU kinks)\n", name, e,
+           100 * skipped);
+    CHECK(e < 5e-3, "%s: gradient error %.3e", name, e);
+    CHECK(skipped < 0.05, "%s: %.1f%% of entries at kinks", name, 100 * skipped);
+}
+
+static void test_gradients_post_norm_sinusoidal(void) {
+    check_variant("post-norm, sinusoidal", tiny(QKV_MODEL_ENCDEC));
+}
+static void test_gradients_pre_norm_learned_tied_gelu(void) {
+    qkv_model_config c = tiny(QKV_MODEL_ENCDEC);
+    c.norm = QKV_NORM_PRE;
+    c.pos = QKV_POS_LEARNED;
+    c.tie_output = 1;
+    c.act = QKV_ACT_GELU;
+    c.scale_emb = 0;
+    check_variant("pre-norm, learned, tied, gelu", c);
+}
+static void test_gradients_decoder_only(void) {
+    check_variant("decoder-only", tiny(QKV_MODEL_DECODER));
+}
+static void test_gradients_post_norm_gelu(void) {
+    qkv_model_config c = tiny(QKV_MODEL_ENCDEC);
+    c.act = QKV_ACT_GELU;
+    check_variant("post-norm, sinusoidal, gelu", c);
+}
+
+static void test_padding_is_invisible(void) {
+    /* Changing the ids under the padding changes neither the logits of the
+     * real positions nor the loss. */
+    qkv_model m;
+    char err[200];
+    qkv_model_config c = tiny(QKV_MODEL_ENCDEC);
+    CHECK(qkv_model_init(&m, &c, 3, err, sizeof err) == 0, "%s", err);
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    qkv_batch b = batch(0);
+    qkv_tensor *l1 = qkv_model_forward(&m, &g, &b);
+    float loss1 = qkv_model_loss(&m, &g, &b, 0.0f)->data[0];
+    int32_t src2[B * S], tgt2[B * T];
+    memcpy(src2, src, sizeof src2);
+    memcpy(tgt2, tgt_in, sizeof tgt2);
+    src2[8] = src2[9] = 5; /* under src padding */
+    tgt2[6] = tgt2[7] = 4; /* under tgt padding */
+    qkv_batch b2 = b;
+    b2.src = src2;
+    b2.tgt_in = tgt2;
+    qkv_tensor *l2 = qkv_model_forward(&m, &g, &b2);
+    float loss2 = qkv_model_loss(&m, &g, &b2, 0.0f)->data[0];
+    int V = c.tgt_vocab;
+    for (int bb = 0; bb < B; bb++)
+        for (int t = 0; t < T; t++)
+            if (!tgt_pad[bb * T + t])
+                for (int v = 0; v < V; v++) {
+                    size_t i = ((size_t)bb * T + t) * V + v;
+                    CHECK(l1->data[i] == l2->data[i], "logit (%d,%d,%d) moved", bb, t, v);
+                }
+    CHECK(loss1 == loss2, "loss %g vs %g", (double)loss1, (double)loss2);
+    qkv_graph_free(&g);
+    qkv_model_free(&m);
+}
+
+int main(void) {
+    test_prog = "model";
+    RUN(test_names_and_counts);
+    RUN(test_bad_config);
+    RUN(test_gradients_post_norm_sinusoidal);
+    RUN(test_gradients_pre_norm_learned_tied_gelu);
+    RUN(test_gradients_post_norm_gelu);
+    RUN(test_gradients_decoder_only);
+    RUN(test_padding_is_invisible);
+    return test_summary();
+}
