@@ -3,6 +3,7 @@
 #   make               optimised for this machine (-O3 -march=native -fopenmp)
 #   make test          build and run every test; ends with "N passed, N failed"
 #   make bench         matmul GFLOPS
+#   make golden        regenerate tests/golden/*.safetensors with PyTorch
 #   make DEBUG=1 ...   -O0 -g                          (objects in build-debug/)
 #   make SAN=1 ...     AddressSanitizer + UBSan        (objects in build-san/)
 #   make NATIVE=0      portable code (no -march=native)
@@ -48,7 +49,7 @@ TEST_SRC  := $(wildcard tests/test_*.c)
 TEST_BIN  := $(TEST_SRC:%.c=$(BUILD)/%)
 BENCH_BIN := $(BUILD)/tests/bench_matmul
 
-.PHONY: all test bench clean format
+.PHONY: all test bench golden clean format
 .SECONDARY:
 all: $(LIB) $(TEST_BIN) $(BENCH_BIN)
 
@@ -68,6 +69,10 @@ test: $(TEST_BIN)
 
 bench: $(BENCH_BIN)
 	$(BENCH_BIN)
+
+# Regenerates the committed PyTorch golden files (needs Debian's python3-torch).
+golden:
+	/usr/bin/python3 tests/golden/make_golden.py tests/golden
 
 format:
 	clang-format -i $(LIB_SRC) $(LIB_HDR) tests/*.[ch]

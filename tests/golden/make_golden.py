@@ -1,0 +1,258 @@
+#!/usr/bin/python3
+"""Golden values for qkv's encoder-decoder, computed with PyTorch.
+
+Builds the same bias-free encoder-decoder as nn/model.c (same parameter
+names, same formulas), written functionally in torch so every step is
+visible, runs one batch with real padding and writes to a safetensors file:
+
+  param.<name>        the weights qkv loads (random; gamma/beta perturbed)
+  batch.<field>       token ids and pad masks (as float32)
+  expect.logits       (B, T, V) logits
+  expect.loss         cross-entropy (ignore pad, label smoothing 0.1)
+  grad.<name>         d loss / d param after one backward
+  expect.adam_losses  the loss before each of 10 Adam steps on this batch
+
+The "__metadata__" holds the model config, read by tests/test_golden.c.
+Usage (Debian's python3-torch): /usr/bin/python3 make_golden.py OUT_DIR
+Run by `make golden`; the files it writes are committed so `make test` needs
+no PyTorch.
+"""
+import json
+import math
+import struct
+import sys
+
+import torch
+import torch.nn.functional as F
+
+torch.set_num_threads(1)
+torch.use_deterministic_algorithms(True)
+
+PAD, BOS = 0, 1
+
+
+def pos_table(L, D):
+    """PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(...)."""
+    pe = torch.zeros(L, D, dtype=torch.float64)
+    for p in range(L):
+        for i in range(0, D, 2):
+            a = p / math.pow(10000.0, i / D)
+            pe[p, i] = math.sin(a)
+            if i + 1 < D:
+                pe[p, i + 1] = math.cos(a)
+    return pe.float()
+
+
+def make_params(cfg, gen):
+    D, F_, L = cfg["d_model"], cfg["d_ff"], cfg["max_len"]
+    shapes = {"src_embed.weight": (cfg["src_vocab"], D)}
+    if cfg["pos"] == "learned":
+        shapes["src_pos.weight"] = (L, D)
+    shapes["tgt_embed.weight"] = (cfg["tgt_vocab"], D)
+    if cfg["pos"] == "learned":
+        shapes["tgt_pos.weight"] = (L, D)
+
+    def attn(prefix):
+        for w in ("w_q", "w_k", "w_v", "w_o"):
+            shapes[f"{prefix}.{w}"] = (D, D)
+
+    def ffn(prefix):
+        shapes[f"{prefix}.w1"] = (F_, D)
+        shapes[f"{prefix}.w2"] = (D, F_)
+
+    def norm(prefix):
+        shapes[f"{prefix}.gamma"] = (D,)
+        shapes[f"{prefix}.beta"] = (D,)
+
+    for i in range(cfg["n_enc"]):
+        p = f"encoder.layers.{i}"
+        attn(p + ".self_attn"); ffn(p + ".ffn"); norm(p + ".norm1"); norm(p + ".norm2")
+    if cfg["norm"] == "pre":
+        norm("encoder.norm")
+    for i in range(cfg["n_dec"]):
+        p = f"decoder.layers.{i}"
+        attn(p + ".self_attn"); attn(p + ".cross_attn"); ffn(p + ".ffn")
+        norm(p + ".norm1"); norm(p + ".norm2"); norm(p + ".norm3")
+    if cfg["norm"] == "pre":
+        norm("decoder.norm")
+    if not cfg["tie_output"]:
+        shapes["generator.weight"] = (cfg["tgt_vocab"], D)
+
+    params = {}
+    for name, shape in shapes.items():
+        t = torch.empty(shape)
+        if len(shape) >= 2:
+            _xavier(t, gen)
+        elif name.endswith(".gamma"):
+            t = 1 + 0.1 * torch.randn(shape, generator=gen)
+        else:
+            t = 0.1 * torch.randn(shape, generator=gen)
+        params[name] = t.requires_grad_(True)
+    return params
+
+
+def _xavier(t, gen):
+    """Glorot uniform, drawn from gen (torch 1.13's init takes no generator)."""
+    a = math.sqrt(6.0 / (t.shape[0] + t.shape[1]))
+    with torch.no_grad():
+        t.copy_((torch.rand(t.shape, generator=gen) * 2 - 1) * a)
+
+
+def layernorm(P, name, x, eps):
+    return F.layer_norm(x, x.shape[-1:], P[name + ".gamma"], P[name + ".beta"], eps)
+
+
+def mha(P, name, x, mem, heads, key_pad, causal):
+    B, T, D = x.shape
+    S, K = mem.shape[1], D // heads
+    q = (x @ P[name + ".w_q"].T).view(B, T, heads, K).transpose(1, 2)
+    k = (mem @ P[name + ".w_k"].T).view(B, S, heads, K).transpose(1, 2)
+    v = (mem @ P[name + ".w_v"].T).view(B, S, heads, K).transpose(1, 2)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(K)           # (B, H, T, S)
+    hide = torch.zeros(B, 1, T, S, dtype=torch.bool)
+    if key_pad is not None:
+        hide = hide | key_pad.view(B, 1, 1, S)
+    if causal:
+        i = torch.arange(T).view(T, 1)
+        j = torch.arange(S).view(1, S)
+        hide = hide | (j > i + (S - T)).view(1, 1, T, S)
+    a = torch.softmax(scores.masked_fill(hide, float("-inf")), dim=-1)
+    y = (a @ v).transpose(1, 2).reshape(B, T, D)
+    return y @ P[name + ".w_o"].T
+
+
+def ffn(P, name, x, act):
+    h = x @ P[name + ".w1"].T
+    h = F.gelu(h) if act == "gelu" else F.relu(h)
+    return h @ P[name + ".w2"].T
+
+
+def sublayer(cfg, P, norm, x, f):
+    """post-norm: LN(x + f(x)); pre-norm: x + f(LN(x)) (dropout is 0 here)."""
+    if cfg["norm"] == "post":
+        return layernorm(P, norm, x + f(x), cfg["ln_eps"])
+    return x + f(layernorm(P, norm, x, cfg["ln_eps"]))
+
+
+def embed(cfg, P, table, pos, ids):
+    x = P[table][ids]
+    if cfg["scale_emb"]:
+        x = x * math.sqrt(cfg["d_model"])
+    T = ids.shape[1]
+    p = P[pos][:T] if cfg["pos"] == "learned" else pos_table(T, cfg["d_model"])
+    return x + p
+
+
+def forward(cfg, P, b):
+    H = cfg["heads"]
+    x = embed(cfg, P, "src_embed.weight", "src_pos.weight", b["src"])
+    for i in range(cfg["n_enc"]):
+        p = f"encoder.layers.{i}"
+        x = sublayer(cfg, P, p + ".norm1", x,
+                     lambda h: mha(P, p + ".self_attn", h, h, H, b["src_pad"], False))
+        x = sublayer(cfg, P, p + ".norm2", x,
+                     lambda h: ffn(P, p + ".ffn", h, cfg["act"]))
+    if cfg["norm"] == "pre":
+        x = layernorm(P, "encoder.norm", x, cfg["ln_eps"])
+    mem = x
+    y = embed(cfg, P, "tgt_embed.weight", "tgt_pos.weight", b["tgt_in"])
+    for i in range(cfg["n_dec"]):
+        p = f"decoder.layers.{i}"
+        y = sublayer(cfg, P, p + ".norm1", y,
+                     lambda h: mha(P, p + ".self_attn", h, h, H, b["tgt_pad"], True))
+        y = sublayer(cfg, P, p + ".norm2", y,
+                     lambda h: mha(P, p + ".cross_attn", h, mem, H, b["src_pad"], False))
+        y = sublayer(cfg, P, p + ".norm3", y,
+                     lambda h: ffn(P, p + ".ffn", h, cfg["act"]))
+    if cfg["norm"] == "pre":
+        y = layernorm(P, "decoder.norm", y, cfg["ln_eps"])
+    gen = P["tgt_embed.weight"] if cfg["tie_output"] else P["generator.weight"]
+    return y @ gen.T
+
+
+def loss_of(cfg, logits, b):
+    V = logits.shape[-1]
+    return F.cross_entropy(logits.reshape(-1, V), b["tgt_out"].reshape(-1),
+                           ignore_index=PAD, label_smoothing=cfg["smoothing"])
+
+
+def make_batch(cfg, gen):
+    """Random ids with real padding: every row has its own length."""
+    B, S, T = cfg["batch"], cfg["src_len"], cfg["tgt_len"]
+    src = torch.randint(3, cfg["src_vocab"], (B, S), generator=gen)
+    tgt = torch.randint(3, cfg["tgt_vocab"], (B, T), generator=gen)
+    src_pad = torch.zeros(B, S, dtype=torch.bool)
+    tgt_pad = torch.zeros(B, T, dtype=torch.bool)
+    for r in range(B):
+        ls, lt = S - (r % 3), T - 2 * (r % 2)
+        src_pad[r, ls:] = True
+        tgt_pad[r, lt:] = True
+    src = src.masked_fill(src_pad, PAD)
+    tgt_out = tgt.masked_fill(tgt_pad, PAD)
+    tgt_in = torch.cat([torch.full((B, 1), BOS), tgt_out[:, :-1]], 1)
+    tgt_in = tgt_in.masked_fill(tgt_pad, PAD)
+    return {"src": src, "src_pad": src_pad, "tgt_in": tgt_in,
+            "tgt_out": tgt_out, "tgt_pad": tgt_pad}
+
+
+def write_safetensors(path, tensors, meta):
+    """safetensors: u64 LE header length, JSON header, F32 LE data."""
+    header, blobs, off = {"__metadata__": meta}, [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().float().contiguous()
+        raw = t.numpy().astype("<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape),
+                        "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for raw in blobs:
+            f.write(raw)
+
+
+def golden(name, cfg, out_dir):
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    P = make_params(cfg, gen)
+    b = make_batch(cfg, gen)
+    logits = forward(cfg, P, b)
+    loss = loss_of(cfg, logits, b)
+    loss.backward()
+    tensors = {f"param.{k}": v for k, v in P.items()}
+    tensors.update({f"grad.{k}": v.grad for k, v in P.items()})
+    tensors.update({f"batch.{k}": v.float() for k, v in b.items()})
+    tensors["expect.logits"] = logits
+    tensors["expect.loss"] = loss.reshape(())
+    snapshot = {k: v.detach().clone() for k, v in tensors.items()}
+
+    opt = torch.optim.Adam(P.values(), lr=cfg["adam_lr"], betas=(0.9, 0.98),
+                           eps=1e-9, foreach=False)
+    losses = []
+    for _ in range(10):
+        opt.zero_grad()
+        l = loss_of(cfg, forward(cfg, P, b), b)
+        losses.append(l.item())
+        l.backward()
+        opt.step()
+    snapshot["expect.adam_losses"] = torch.tensor(losses)
+    meta = {k: str(v) for k, v in cfg.items()}
+    meta["torch"] = torch.__version__
+    path = f"{out_dir}/{name}.safetensors"
+    write_safetensors(path, snapshot, meta)
+    print(f"{path}: loss {loss.item():.6f}, adam losses {losses[0]:.5f} .. "
+          f"{losses[-1]:.5f}")
+
+
+BASE = dict(src_vocab=11, tgt_vocab=13, d_model=16, heads=4, d_ff=32, n_enc=2,
+            n_dec=2, max_len=16, ln_eps=1e-5, scale_emb=1, tie_output=0,
+            act="relu", smoothing=0.1, batch=3, src_len=7, tgt_len=6,
+            adam_lr=3e-3)
+
+if __name__ == "__main__":
+    out = sys.argv[1] if len(sys.argv) > 1 else "tests/golden"
+    golden("post_sin", dict(BASE, norm="post", pos="sin", seed=1), out)
+    golden("pre_learned", dict(BASE, norm="pre", pos="learned", act="gelu",
+                               tie_output=1, seed=2), out)
