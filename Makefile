@@ -75,7 +75,7 @@ golden:
 	/usr/bin/python3 tests/golden/make_golden.py tests/golden
 
 format:
-	clang-format -i $(LIB_SRC) $(LIB_HDR) tests/*.[ch]
+	clang-format -i $(LIB_SRC) $(LIB_HDR) tests/*.[ch] examples/*.c
 
 clean:
 	rm -rf build build-debug build-san

@@ -1,14 +1,14 @@
 /* common.h - error checks and checked allocation shared by all of qkv.
  *
  * Three kinds of error (STYLE.md rule 5):
- *   - programmer errors (bad shapes, misuse): QKV_CHECK(cond, fmt, ...) stays on
- *     in release builds, prints "qkv: file:line: message" and exits with 1;
+ *   - programmer errors (bad shapes, misuse): QKV_CHECK(cond, fmt, ...) stays
+ * on in release builds, prints "qkv: file:line: message" and exits with 1;
  *   - user input errors: functions return an error code and a message;
  *   - out of memory: qkv_malloc prints what it could not allocate and exits.
  *
  *   size_t n;
- *   QKV_CHECK(qkv_mul_size(rows, cols, &n), "matrix %zu x %zu overflows", rows, cols);
- *   float *x = qkv_malloc(n * sizeof *x, "activations");
+ *   QKV_CHECK(qkv_mul_size(rows, cols, &n), "matrix %zu x %zu overflows", rows,
+ * cols); float *x = qkv_malloc(n * sizeof *x, "activations");
  */
 #ifndef QKV_COMMON_H
 #define QKV_COMMON_H
@@ -18,7 +18,7 @@
 
 #if defined(__GNUC__)
 #define QKV_PRINTF(f, a) __attribute__((format(printf, f, a)))
-#define QKV_NORETURN __attribute__((noreturn))
+#define QKV_NORETURN     __attribute__((noreturn))
 #else
 #define QKV_PRINTF(f, a)
 #define QKV_NORETURN
@@ -48,14 +48,14 @@ static inline int qkv_add_size(size_t a, size_t b, size_t *out) {
  * "qkv: out of memory allocating N bytes for WHAT" and exit. */
 void *qkv_malloc(size_t bytes, const char *what);
 void *qkv_calloc(size_t count, size_t size, const char *what);
-/* Aligned to 64 bytes (one cache line, one AVX-512 register); free with free(). */
+/* Aligned to 64 bytes (one cache line, one AVX-512 register); free with free().
+ */
 void *qkv_malloc_aligned(size_t bytes, const char *what);
 void *qkv_realloc(void *p, size_t bytes, const char *what);
 
 /* Sets the number of OpenMP threads used by kernels (no-op without OpenMP). */
 void qkv_set_threads(int n);
 int qkv_get_threads(void);
-
 
 /* QKV_OMP(omp parallel for if (n > 4096)) - an OpenMP pragma that vanishes in
  * builds without OpenMP (so -Wunknown-pragmas stays quiet). */

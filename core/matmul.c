@@ -10,8 +10,8 @@
  *       for ic in M step MC:                  A block   op(A)[mc, kc]  -> L2
  *         pack it into pa (MC x KC)
  *         for jr in nc step NR:               B sliver  [kc, NR]       -> L1
- *           for ir in mc step MR:             A sliver  [MR, kc] streams from L2
- *             C[ir:+MR, jr:+NR] (+)= pa sliver * pb sliver   (micro-kernel)
+ *           for ir in mc step MR:             A sliver  [MR, kc] streams from
+ * L2 C[ir:+MR, jr:+NR] (+)= pa sliver * pb sliver   (micro-kernel)
  *
  * Packing copies a block of op(A) (or op(B)) into the exact order the
  * micro-kernel reads it: A slivers as [kc][MR] (the MR values of one column k
@@ -52,16 +52,16 @@
  * fit the register file (32 zmm, 16 ymm, 16 xmm). */
 #if defined(__AVX512F__)
 #define KERNEL_NAME "avx512"
-#define MR 8
-#define NR 32
+#define MR          8
+#define NR          32
 #elif defined(__AVX2__) && defined(__FMA__)
 #define KERNEL_NAME "avx2"
-#define MR 6
-#define NR 16
+#define MR          6
+#define NR          16
 #else
 #define KERNEL_NAME "portable"
-#define MR 4
-#define NR 8
+#define MR          4
+#define NR          8
 #endif
 
 /* Cache blocks (Zen 5: L1d 48 KiB, L2 1 MiB per core). A B sliver KC x NR
@@ -100,12 +100,10 @@ static _Thread_local _Alignas(64) float pack_b_buf[KC * NC];
 
 #if defined(__AVX512F__)
 static void kernel(int kc, const float *restrict a, const float *restrict b,
-                   float *restrict c, size_t ldc, int add)
-{
+                   float *restrict c, size_t ldc, int add) {
     __m512 acc[MR][2];
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; i++)
-        acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
     for (int k = 0; k < kc; k++) {
         __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
 #pragma GCC unroll 16
@@ -130,12 +128,10 @@ static void kernel(int kc, const float *restrict a, const float *restrict b,
 }
 #elif defined(__AVX2__) && defined(__FMA__)
 static void kernel(int kc, const float *restrict a, const float *restrict b,
-                   float *restrict c, size_t ldc, int add)
-{
+                   float *restrict c, size_t ldc, int add) {
     __m256 acc[MR][2];
 #pragma GCC unroll 8
-    for (int i = 0; i < MR; i++)
-        acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     for (int k = 0; k < kc; k++) {
         __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
 #pragma GCC unroll 8
@@ -161,13 +157,11 @@ static void kernel(int kc, const float *restrict a, const float *restrict b,
 #else
 /* Plain C; at -O3 the j loops become SSE2 multiplies and adds. */
 static void kernel(int kc, const float *restrict a, const float *restrict b,
-                   float *restrict c, size_t ldc, int add)
-{
+                   float *restrict c, size_t ldc, int add) {
     float acc[MR][NR] = {{0}};
     for (int k = 0; k < kc; k++) {
         for (int i = 0; i < MR; i++)
-            for (int j = 0; j < NR; j++)
-                acc[i][j] += a[i] * b[j];
+            for (int j = 0; j < NR; j++) acc[i][j] += a[i] * b[j];
         a += MR;
         b += NR;
     }
@@ -184,8 +178,7 @@ static void kernel(int kc, const float *restrict a, const float *restrict b,
  * accumulator, then c + acc) as in a full tile, so results do not depend on
  * where the tile boundaries fall. */
 static void tile(int mr, int nr, int kc, const float *a, const float *b,
-                 float *c, size_t ldc, int add)
-{
+                 float *c, size_t ldc, int add) {
     if (mr == MR && nr == NR) {
         kernel(kc, a, b, c, ldc, add);
         return;
@@ -195,18 +188,17 @@ static void tile(int mr, int nr, int kc, const float *a, const float *b,
     for (int i = 0; i < mr; i++) {
         float *ci = c + (size_t)i * ldc;
         const float *ti = t + i * NR;
-        for (int j = 0; j < nr; j++)
-            ci[j] = add ? ci[j] + ti[j] : ti[j];
+        for (int j = 0; j < nr; j++) ci[j] = add ? ci[j] + ti[j] : ti[j];
     }
 }
 
 /* ------------------------------------------------------------------------ */
 /* Packing. Both operands reduce to two patterns, with width = MR (A) or NR
  * (B) and n <= width valid lanes, the rest zero-padded:
- *   copy:      dst[k][i] = src[k * lds + i]   (op(A) with ta=1, op(B) with tb=0)
- *   transpose: dst[k][i] = src[i * lds + k]   (op(A) with ta=0, op(B) with tb=1)
- * where dst is a sliver [kc][width]; pack_copy fills all slivers of a block,
- * pack_transpose one. */
+ *   copy:      dst[k][i] = src[k * lds + i]   (op(A) with ta=1, op(B) with
+ * tb=0) transpose: dst[k][i] = src[i * lds + k]   (op(A) with ta=0, op(B) with
+ * tb=1) where dst is a sliver [kc][width]; pack_copy fills all slivers of a
+ * block, pack_transpose one. */
 
 /* The copy pattern for a whole block of n lanes (ceil(n / width) slivers).
  * Going sliver by sliver would walk src down its columns with stride lds, and
@@ -214,8 +206,7 @@ static void tile(int mr, int nr, int kc, const float *a, const float *b,
  * (often a power of two bytes) apart; both map to a few L1 sets. So take 16
  * rows of src at a time (they stay in L1) and fill each sliver's 16 rows. */
 static void pack_copy(int n, int width, int kc, const float *src, size_t lds,
-                      float *restrict dst)
-{
+                      float *restrict dst) {
     for (int k0 = 0; k0 < kc; k0 += 16) {
         int k1 = kc - k0 < 16 ? kc : k0 + 16;
         float *d = dst;
@@ -239,8 +230,7 @@ static void pack_copy(int n, int width, int kc, const float *src, size_t lds,
 /* In-register transpose of a 16 x 16 block, r[i][j] <- r[j][i], in three
  * rounds of shuffles (64 in all): 2x2 blocks of floats, 2x2 blocks of
  * float pairs, then the 128-bit lanes. */
-static inline void transpose16(__m512 r[16])
-{
+static inline void transpose16(__m512 r[16]) {
     __m512 t[16], u[16];
     for (int i = 0; i < 16; i += 2) {
         t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
@@ -249,7 +239,8 @@ static inline void transpose16(__m512 r[16])
     /* u[4g + c], 128-bit lane l = rows 4g..4g+3 at column 4l + c */
     for (int g = 0; g < 16; g += 4) {
         __m512d t0 = _mm512_castps_pd(t[g]), t1 = _mm512_castps_pd(t[g + 1]);
-        __m512d t2 = _mm512_castps_pd(t[g + 2]), t3 = _mm512_castps_pd(t[g + 3]);
+        __m512d t2 = _mm512_castps_pd(t[g + 2]),
+                t3 = _mm512_castps_pd(t[g + 3]);
         u[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
         u[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
         u[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
@@ -270,8 +261,7 @@ static inline void transpose16(__m512 r[16])
 #endif
 
 static inline void pack_transpose(int n, int width, int kc, const float *src,
-                                  size_t lds, float *restrict dst)
-{
+                                  size_t lds, float *restrict dst) {
     int k0 = 0;
 #if defined(__AVX512F__)
     /* 16 k at a time: load up to 16 rows (zeros past n), transpose, store
@@ -294,19 +284,16 @@ static inline void pack_transpose(int n, int width, int kc, const float *src,
 #endif
     for (int i = 0; i < n; i++) {
         const float *s = src + (size_t)i * lds;
-        for (int k = k0; k < kc; k++)
-            dst[(size_t)k * width + i] = s[k];
+        for (int k = k0; k < kc; k++) dst[(size_t)k * width + i] = s[k];
     }
     for (int i = n; i < width; i++)
-        for (int k = k0; k < kc; k++)
-            dst[(size_t)k * width + i] = 0.0f;
+        for (int k = k0; k < kc; k++) dst[(size_t)k * width + i] = 0.0f;
 }
 
 /* pa <- op(A)[mc, kc] as ceil(mc / MR) slivers of [kc][MR]. A points at
  * op(A)[0][0] of the block: op(A)[i][k] = ta ? A[k lda + i] : A[i lda + k]. */
 static void pack_a(int ta, int mc, int kc, const float *A, size_t lda,
-                   float *restrict pa)
-{
+                   float *restrict pa) {
     if (ta) {
         pack_copy(mc, MR, kc, A, lda, pa);
         return;
@@ -320,8 +307,7 @@ static void pack_a(int ta, int mc, int kc, const float *A, size_t lda,
 /* pb <- op(B)[kc, nc] as ceil(nc / NR) slivers of [kc][NR]. B points at
  * op(B)[0][0] of the block: op(B)[k][j] = tb ? B[j ldb + k] : B[k ldb + j]. */
 static void pack_b(int tb, int kc, int nc, const float *B, size_t ldb,
-                   float *restrict pb)
-{
+                   float *restrict pb) {
     if (!tb) {
         pack_copy(nc, NR, kc, B, ldb, pb);
         return;
@@ -335,22 +321,21 @@ static void pack_b(int tb, int kc, int nc, const float *B, size_t ldb,
 /* ------------------------------------------------------------------------ */
 /* The five loops on the calling thread. M, N, K >= 1, arguments checked. */
 static void gemm_blocked(int ta, int tb, int M, int N, int K, const float *A,
-                         size_t lda, const float *B, size_t ldb,
-                         int accumulate, float *C, size_t ldc)
-{
+                         size_t lda, const float *B, size_t ldb, int accumulate,
+                         float *C, size_t ldc) {
     float *pa = pack_a_buf, *pb = pack_b_buf;
     for (int jc = 0; jc < N; jc += NC) {
         int nc = N - jc < NC ? N - jc : NC;
         for (int pc = 0; pc < K; pc += KC) {
             int kc = K - pc < KC ? K - pc : KC;
-            const float *Bp = tb ? B + (size_t)jc * ldb + pc
-                                 : B + (size_t)pc * ldb + jc;
+            const float *Bp =
+                tb ? B + (size_t)jc * ldb + pc : B + (size_t)pc * ldb + jc;
             pack_b(tb, kc, nc, Bp, ldb, pb);
             int add = accumulate || pc > 0;
             for (int ic = 0; ic < M; ic += MC) {
                 int mc = M - ic < MC ? M - ic : MC;
-                const float *Ap = ta ? A + (size_t)pc * lda + ic
-                                     : A + (size_t)ic * lda + pc;
+                const float *Ap =
+                    ta ? A + (size_t)pc * lda + ic : A + (size_t)ic * lda + pc;
                 pack_a(ta, mc, kc, Ap, lda, pa);
                 for (int jr = 0; jr < nc; jr += NR) {
                     int nr = nc - jr < NR ? nc - jr : NR;
@@ -369,8 +354,7 @@ static void gemm_blocked(int ta, int tb, int M, int N, int K, const float *A,
 /* Programmer errors abort with the numbers; they stay on in release builds. */
 static void check_args(int ta, int tb, int M, int N, int K, const float *A,
                        int lda, const float *B, int ldb, const float *C,
-                       int ldc)
-{
+                       int ldc) {
     const char *what = NULL;
     char msg[160];
     int arow = ta ? M : K, brow = tb ? K : N;
@@ -382,8 +366,7 @@ static void check_args(int ta, int tb, int M, int N, int K, const float *A,
              (B == NULL && (int64_t)K * N > 0) ||
              (C == NULL && (int64_t)M * N > 0))
         what = "NULL matrix with nonzero size";
-    if (!what)
-        return;
+    if (!what) return;
     snprintf(msg, sizeof msg,
              "ta=%d tb=%d M=%d N=%d K=%d lda=%d (>= %d) ldb=%d (>= %d) "
              "ldc=%d (>= %d) A=%p B=%p C=%p",
@@ -394,10 +377,9 @@ static void check_args(int ta, int tb, int M, int N, int K, const float *A,
 }
 
 /* Handles the empty cases; returns 1 if nothing is left to do. */
-static int gemm_trivial(int M, int N, int K, int accumulate, float *C, int ldc)
-{
-    if (M == 0 || N == 0)
-        return 1;
+static int gemm_trivial(int M, int N, int K, int accumulate, float *C,
+                        int ldc) {
+    if (M == 0 || N == 0) return 1;
     if (K == 0) {
         if (!accumulate)
             for (int i = 0; i < M; i++)
@@ -409,14 +391,12 @@ static int gemm_trivial(int M, int N, int K, int accumulate, float *C, int ldc)
 
 void qkv_sgemm_serial(int ta, int tb, int M, int N, int K, const float *A,
                       int lda, const float *B, int ldb, int accumulate,
-                      float *C, int ldc)
-{
+                      float *C, int ldc) {
     ta = ta != 0, tb = tb != 0, accumulate = accumulate != 0;
     check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
-    if (gemm_trivial(M, N, K, accumulate, C, ldc))
-        return;
-    gemm_blocked(ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb, accumulate,
-                 C, (size_t)ldc);
+    if (gemm_trivial(M, N, K, accumulate, C, ldc)) return;
+    gemm_blocked(ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb, accumulate, C,
+                 (size_t)ldc);
 }
 
 #ifdef _OPENMP
@@ -426,21 +406,18 @@ void qkv_sgemm_serial(int ta, int tb, int M, int N, int K, const float *A,
  * against load balance; with 2 threads it splits the longer side. */
 static void gemm_part(int t, int nt, int ta, int tb, int M, int N, int K,
                       const float *A, size_t lda, const float *B, size_t ldb,
-                      int accumulate, float *C, size_t ldc)
-{
+                      int accumulate, float *C, size_t ldc) {
     int tm = (M + MR - 1) / MR, tn = (N + NR - 1) / NR; /* tiles per side */
     int pm = nt, pn = 1;
     double best = -1.0;
     for (int d = 1; d <= nt; d++) {
-        if (nt % d)
-            continue;
+        if (nt % d) continue;
         int e = nt / d;
         /* per-thread cost in element operations: flops / 16 + packing */
         double rows = (double)((tm + d - 1) / d) * MR;
         double cols = (double)((tn + e - 1) / e) * NR;
         double cost = rows * cols / 16.0 + rows + cols;
-        if (best < 0.0 || cost < best)
-            best = cost, pm = d, pn = e;
+        if (best < 0.0 || cost < best) best = cost, pm = d, pn = e;
     }
     int im = t / pn, in = t % pn;
     int m0 = (int)((int64_t)tm * im / pm) * MR;
@@ -449,8 +426,7 @@ static void gemm_part(int t, int nt, int ta, int tb, int M, int N, int K,
     int n1 = (int)((int64_t)tn * (in + 1) / pn) * NR;
     m1 = m1 < M ? m1 : M;
     n1 = n1 < N ? n1 : N;
-    if (m0 >= m1 || n0 >= n1)
-        return;
+    if (m0 >= m1 || n0 >= n1) return;
     const float *Ap = ta ? A + m0 : A + (size_t)m0 * lda;
     const float *Bp = tb ? B + (size_t)n0 * ldb : B + n0;
     gemm_blocked(ta, tb, m1 - m0, n1 - n0, K, Ap, lda, Bp, ldb, accumulate,
@@ -459,36 +435,29 @@ static void gemm_part(int t, int nt, int ta, int tb, int M, int N, int K,
 #endif
 
 void qkv_sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
-               const float *B, int ldb, int accumulate, float *C, int ldc)
-{
+               const float *B, int ldb, int accumulate, float *C, int ldc) {
     ta = ta != 0, tb = tb != 0, accumulate = accumulate != 0;
     check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
-    if (gemm_trivial(M, N, K, accumulate, C, ldc))
-        return;
+    if (gemm_trivial(M, N, K, accumulate, C, ldc)) return;
 #ifdef _OPENMP
     double flops = 2.0 * M * N * K;
     int nt = omp_get_max_threads();
     int tiles = ((M + MR - 1) / MR) * ((N + NR - 1) / NR);
-    if (nt > tiles)
-        nt = tiles;
-    if (nt > flops / PAR_MIN_FLOPS)
-        nt = (int)(flops / PAR_MIN_FLOPS);
+    if (nt > tiles) nt = tiles;
+    if (nt > flops / PAR_MIN_FLOPS) nt = (int)(flops / PAR_MIN_FLOPS);
     if (nt > 1 && !omp_in_parallel()) {
 #pragma omp parallel num_threads(nt)
-        gemm_part(omp_get_thread_num(), omp_get_num_threads(), ta, tb, M, N,
-                  K, A, (size_t)lda, B, (size_t)ldb, accumulate, C,
-                  (size_t)ldc);
+        gemm_part(omp_get_thread_num(), omp_get_num_threads(), ta, tb, M, N, K,
+                  A, (size_t)lda, B, (size_t)ldb, accumulate, C, (size_t)ldc);
         return;
     }
 #endif
-    gemm_blocked(ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb, accumulate,
-                 C, (size_t)ldc);
+    gemm_blocked(ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb, accumulate, C,
+                 (size_t)ldc);
 }
 
-void qkv_sgemm_ref(int ta, int tb, int M, int N, int K, const float *A,
-                   int lda, const float *B, int ldb, int accumulate, float *C,
-                   int ldc)
-{
+void qkv_sgemm_ref(int ta, int tb, int M, int N, int K, const float *A, int lda,
+                   const float *B, int ldb, int accumulate, float *C, int ldc) {
     check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
@@ -503,4 +472,6 @@ void qkv_sgemm_ref(int ta, int tb, int M, int N, int K, const float *A,
         }
 }
 
-const char *qkv_sgemm_kernel_name(void) { return KERNEL_NAME; }
+const char *qkv_sgemm_kernel_name(void) {
+    return KERNEL_NAME;
+}

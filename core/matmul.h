@@ -23,7 +23,8 @@
 void qkv_sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
                const float *B, int ldb, int accumulate, float *C, int ldc);
 
-/* Same contract, always on the calling thread (for use inside parallel loops). */
+/* Same contract, always on the calling thread (for use inside parallel loops).
+ */
 void qkv_sgemm_serial(int ta, int tb, int M, int N, int K, const float *A,
                       int lda, const float *B, int ldb, int accumulate,
                       float *C, int ldc);

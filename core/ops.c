@@ -25,15 +25,17 @@ static qkv_tensor *new_like(qkv_graph *g, const qkv_tensor *x) {
 }
 
 /* Wants a gradient for input t of this node? */
-static int wants(const qkv_tensor *t) { return t && t->requires_grad; }
+static int wants(const qkv_tensor *t) {
+    return t && t->requires_grad;
+}
 
 /* ---------------------------------------------------------------- matmul */
 
 /* Shapes of one matmul: batch matrices, each op(A) M x K times op(B) K x N. */
 typedef struct mm_dims {
     int M, N, K;
-    size_t batch;     /* matrices in a (1 when flattened) */
-    int b_shared;     /* b is one matrix used by every batch element */
+    size_t batch; /* matrices in a (1 when flattened) */
+    int b_shared; /* b is one matrix used by every batch element */
 } mm_dims;
 
 static mm_dims mm_shapes(const qkv_tensor *a, const qkv_tensor *b, int ta,
@@ -123,7 +125,8 @@ static void matmul_backward(qkv_graph *g, qkv_node *nd) {
     }
     if (wants(b)) {
         float *dB = qkv_grad(g, b);
-        /* A shared B sums every batch element's contribution, in batch order. */
+        /* A shared B sums every batch element's contribution, in batch order.
+         */
         for (size_t i = 0; i < d.batch; i++) {
             const float *A = a->data + i * sa, *G = dC + i * sc;
             float *dBi = dB + i * sb;
@@ -148,8 +151,9 @@ static size_t bcast_period(const char *op, const qkv_tensor *a,
     int ok = b->ndim <= a->ndim;
     for (int i = 0; ok && i < b->ndim; i++)
         ok = b->shape[b->ndim - 1 - i] == a->shape[a->ndim - 1 - i];
-    QKV_CHECK(ok, "%s: shapes do not broadcast: a %s, b %s (b must be a's "
-                  "shape or a's trailing dims)",
+    QKV_CHECK(ok,
+              "%s: shapes do not broadcast: a %s, b %s (b must be a's "
+              "shape or a's trailing dims)",
               op, qkv_shape_str(a, sa), qkv_shape_str(b, sb));
     return b->n;
 }
@@ -381,7 +385,8 @@ qkv_tensor *qkv_layernorm(qkv_graph *g, qkv_tensor *x, qkv_tensor *gamma,
 static void layernorm_backward(qkv_graph *g, qkv_node *nd) {
     /* y = xhat * gamma + beta, xhat = (x - mean) * rstd;
      * dx += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),
-     * dxhat = dy * gamma;  dgamma += sum_rows dy * xhat;  dbeta += sum_rows dy */
+     * dxhat = dy * gamma;  dgamma += sum_rows dy * xhat;  dbeta += sum_rows dy
+     */
     qkv_tensor *x = nd->in[0], *gamma = nd->in[1], *beta = nd->in[2];
     const float *dy = nd->out->grad, *mean = nd->s.layernorm.mean,
                 *rstd = nd->s.layernorm.rstd;
@@ -402,7 +407,8 @@ static void layernorm_backward(qkv_graph *g, qkv_node *nd) {
             m2 /= (float)D;
             for (int j = 0; j < D; j++) {
                 float xhat = (xr[j] - mean[r]) * rstd[r];
-                dx[r * D + j] += rstd[r] * (gr[j] * gamma->data[j] - m1 - xhat * m2);
+                dx[r * D + j] +=
+                    rstd[r] * (gr[j] * gamma->data[j] - m1 - xhat * m2);
             }
         }
     }
@@ -555,7 +561,8 @@ qkv_tensor *qkv_cross_entropy(qkv_graph *g, qkv_tensor *logits,
               "cross_entropy: label smoothing %g is not in [0, 1]",
               (double)label_smoothing);
     for (size_t i = 0; i < N; i++)
-        QKV_CHECK(target[i] == ignore_index || (target[i] >= 0 && target[i] < V),
+        QKV_CHECK(target[i] == ignore_index ||
+                      (target[i] >= 0 && target[i] < V),
                   "cross_entropy: target %d at row %zu is outside [0, %d) for "
                   "logits %s",
                   (int)target[i], i, V, qkv_shape_str(logits, sl));
@@ -577,8 +584,8 @@ qkv_tensor *qkv_cross_entropy(qkv_graph *g, qkv_tensor *logits,
         double lse = mx + log(sum); /* log p_j = x_j - lse */
         row_loss[i] = 0.0;
         if (target[i] != ignore_index)
-            row_loss[i] = -(1.0 - ls) * (x[target[i]] - lse) -
-                          ls * (sum_x / V - lse);
+            row_loss[i] =
+                -(1.0 - ls) * (x[target[i]] - lse) - ls * (sum_x / V - lse);
     }
     double total = 0.0;
     size_t count = 0;

@@ -15,12 +15,14 @@
 
 #include "tape.h"
 
-/* y = op(a) op(b), op = transpose when ta/tb is 1. a: (..., M, K) or (..., K, M);
- * b: (K, N) or (N, K), shared by every matrix of a's batch, or batched like a
- * with the same leading dims. y: (..., M, N). Linear layers: x W^T = (x, W, 0, 1). */
+/* y = op(a) op(b), op = transpose when ta/tb is 1. a: (..., M, K) or (..., K,
+ * M); b: (K, N) or (N, K), shared by every matrix of a's batch, or batched like
+ * a with the same leading dims. y: (..., M, N). Linear layers: x W^T = (x, W,
+ * 0, 1). */
 qkv_tensor *qkv_matmul(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int ta,
                        int tb);
-/* y = a + b; b has a's shape, or a's trailing dims (broadcast over the rest). */
+/* y = a + b; b has a's shape, or a's trailing dims (broadcast over the rest).
+ */
 qkv_tensor *qkv_add(qkv_graph *g, qkv_tensor *a, qkv_tensor *b);
 /* y = a * b elementwise; b broadcast as in qkv_add. */
 qkv_tensor *qkv_mul(qkv_graph *g, qkv_tensor *a, qkv_tensor *b);
@@ -28,7 +30,8 @@ qkv_tensor *qkv_mul(qkv_graph *g, qkv_tensor *a, qkv_tensor *b);
 qkv_tensor *qkv_scale(qkv_graph *g, qkv_tensor *x, float s);
 /* y = max(x, 0) */
 qkv_tensor *qkv_relu(qkv_graph *g, qkv_tensor *x);
-/* y = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))  (exact GELU, PyTorch's default) */
+/* y = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))  (exact GELU, PyTorch's default)
+ */
 qkv_tensor *qkv_gelu(qkv_graph *g, qkv_tensor *x);
 /* y = x * m / (1 - p), m ~ Bernoulli(1 - p) drawn from rng; identity when not
  * training or p == 0. */
@@ -44,14 +47,15 @@ qkv_tensor *qkv_layernorm(qkv_graph *g, qkv_tensor *x, qkv_tensor *gamma,
 qkv_tensor *qkv_embedding(qkv_graph *g, qkv_tensor *table, const int32_t *ids,
                           int ndim, const int *shape);
 /* y = x viewed with a new shape of the same size (shares x's data). */
-qkv_tensor *qkv_reshape(qkv_graph *g, qkv_tensor *x, int ndim, const int *shape);
+qkv_tensor *qkv_reshape(qkv_graph *g, qkv_tensor *x, int ndim,
+                        const int *shape);
 /* (B, T, H*K) -> (B, H, T, K) */
 qkv_tensor *qkv_split_heads(qkv_graph *g, qkv_tensor *x, int heads);
 /* (B, H, T, K) -> (B, T, H*K) */
 qkv_tensor *qkv_merge_heads(qkv_graph *g, qkv_tensor *x);
 
 typedef struct qkv_attn_opts {
-    int causal;             /* key j is visible to query i iff j <= i + (S - T) */
+    int causal; /* key j is visible to query i iff j <= i + (S - T) */
     const uint8_t *key_pad; /* (B, S), nonzero = padding key; NULL: none */
     float scale;            /* scores are scaled by this; 0 means 1/sqrt(K) */
     float *weights;         /* if non-NULL, receives the (B, H, T, S) weights */

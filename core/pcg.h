@@ -26,13 +26,15 @@ typedef struct qkv_pcg32 {
 void qkv_pcg32_seed(qkv_pcg32 *rng, uint64_t initstate, uint64_t initseq);
 /* Next uniformly distributed 32-bit value. */
 uint32_t qkv_pcg32_next(qkv_pcg32 *rng);
-/* Uniform integer in [0, bound), unbiased (rejection below 2^32 mod bound). bound > 0. */
+/* Uniform integer in [0, bound), unbiased (rejection below 2^32 mod bound).
+ * bound > 0. */
 uint32_t qkv_pcg32_bounded(qkv_pcg32 *rng, uint32_t bound);
 /* Uniform float in [0, 1) with 24 random bits. */
 float qkv_pcg32_float(qkv_pcg32 *rng);
 /* Standard normal N(0, 1) by the Box-Muller transform (two draws per value). */
 float qkv_pcg32_normal(qkv_pcg32 *rng);
-/* Fisher-Yates shuffle of n elements of `size` bytes each, in place. n < 2^32. */
+/* Fisher-Yates shuffle of n elements of `size` bytes each, in place. n < 2^32.
+ */
 void qkv_pcg32_shuffle(qkv_pcg32 *rng, void *base, size_t n, size_t size);
 
 #endif

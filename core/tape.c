@@ -80,8 +80,8 @@ qkv_node *qkv_record(qkv_graph *g, qkv_op op, qkv_tensor *out, qkv_tensor *a,
         return NULL;
     if (g->n_nodes == g->cap_nodes) {
         g->cap_nodes = g->cap_nodes ? 2 * g->cap_nodes : 256;
-        g->nodes = qkv_realloc(g->nodes, (size_t)g->cap_nodes * sizeof *g->nodes,
-                               "tape");
+        g->nodes = qkv_realloc(g->nodes,
+                               (size_t)g->cap_nodes * sizeof *g->nodes, "tape");
         g->n_reallocs++;
     }
     qkv_node *nd = &g->nodes[g->n_nodes++];

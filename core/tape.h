@@ -52,14 +52,26 @@ typedef struct qkv_node {
     qkv_tensor *out;
     qkv_tensor *in[3];
     union {
-        struct { int ta, tb; } matmul;
-        struct { float s; } scale;
-        struct { const float *mask; } dropout;          /* (n) 0 or 1/(1-p) */
-        struct { const float *mean, *rstd; } layernorm; /* (rows) each */
-        struct { const int32_t *ids; } embedding;       /* (rows) token ids */
-        struct { int heads; } heads;
         struct {
-            const float *p;        /* (B,H,T,S) attention weights */
+            int ta, tb;
+        } matmul;
+        struct {
+            float s;
+        } scale;
+        struct {
+            const float *mask;
+        } dropout; /* (n) 0 or 1/(1-p) */
+        struct {
+            const float *mean, *rstd;
+        } layernorm; /* (rows) each */
+        struct {
+            const int32_t *ids;
+        } embedding; /* (rows) token ids */
+        struct {
+            int heads;
+        } heads;
+        struct {
+            const float *p; /* (B,H,T,S) attention weights */
             float scale;
         } attention;
         struct {
@@ -67,18 +79,18 @@ typedef struct qkv_node {
             const int32_t *target; /* (N) class ids */
             int ignore_index;
             float smoothing;
-            float count;           /* rows not ignored */
+            float count; /* rows not ignored */
         } xent;
     } s;
 } qkv_node;
 
 typedef struct qkv_graph {
     qkv_arena arena;
-    qkv_node *nodes;    /* the tape, in execution order */
+    qkv_node *nodes; /* the tape, in execution order */
     int n_nodes, cap_nodes;
-    size_t n_reallocs;  /* tape growths so far (tests watch this) */
-    int recording;      /* 1: ops record nodes (grad mode); 0: no_grad */
-    int training;       /* 1: dropout is active */
+    size_t n_reallocs; /* tape growths so far (tests watch this) */
+    int recording;     /* 1: ops record nodes (grad mode); 0: no_grad */
+    int training;      /* 1: dropout is active */
 } qkv_graph;
 
 /* Starts recording and training; `arena_bytes` may be 0 (grows as needed). */
@@ -96,14 +108,16 @@ qkv_tensor *qkv_tensor_zeros(qkv_graph *g, int ndim, const int *shape);
  * alive until the graph is reset, e.g. a table of positional encodings. */
 qkv_tensor *qkv_tensor_wrap(qkv_graph *g, float *data, int ndim,
                             const int *shape);
-/* Copies n elements of `src` into the arena (for ids and masks the tape keeps). */
+/* Copies n elements of `src` into the arena (for ids and masks the tape keeps).
+ */
 void *qkv_graph_copy(qkv_graph *g, const void *src, size_t bytes);
 
 /* t->grad, allocated from the arena and zeroed if it was NULL. */
 float *qkv_grad(qkv_graph *g, qkv_tensor *t);
 
 /* Appends a node for op if recording and an input requires grad, marking the
- * output as requiring grad. Returns the node (to fill its saved state) or NULL. */
+ * output as requiring grad. Returns the node (to fill its saved state) or NULL.
+ */
 qkv_node *qkv_record(qkv_graph *g, qkv_op op, qkv_tensor *out, qkv_tensor *a,
                      qkv_tensor *b, qkv_tensor *c);
 

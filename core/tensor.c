@@ -112,7 +112,9 @@ void qkv_arena_free(qkv_arena *a) {
 
 /* ---- parameter store ---- */
 
-void qkv_params_init(qkv_params *ps) { memset(ps, 0, sizeof *ps); }
+void qkv_params_init(qkv_params *ps) {
+    memset(ps, 0, sizeof *ps);
+}
 
 qkv_tensor *qkv_params_add(qkv_params *ps, const char *name, int ndim,
                            const int *shape) {

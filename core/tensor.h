@@ -25,13 +25,13 @@
 #define QKV_MAX_DIMS 4
 
 typedef struct qkv_tensor {
-    float *data;          /* n values, row-major */
-    float *grad;          /* n gradients; NULL until backward reaches it */
-    size_t n;             /* product of shape[0..ndim) (1 for a scalar) */
-    int ndim;             /* 0 (scalar) .. QKV_MAX_DIMS */
+    float *data; /* n values, row-major */
+    float *grad; /* n gradients; NULL until backward reaches it */
+    size_t n;    /* product of shape[0..ndim) (1 for a scalar) */
+    int ndim;    /* 0 (scalar) .. QKV_MAX_DIMS */
     int shape[QKV_MAX_DIMS];
-    int requires_grad;    /* parameters, and outputs of ops on them */
-    const char *name;     /* parameters: stable dotted name; others NULL */
+    int requires_grad; /* parameters, and outputs of ops on them */
+    const char *name;  /* parameters: stable dotted name; others NULL */
 } qkv_tensor;
 
 /* Element count of a shape; exits with a message naming `what` on overflow
@@ -50,12 +50,12 @@ int qkv_same_shape(const qkv_tensor *a, const qkv_tensor *b);
 typedef struct qkv_arena_chunk qkv_arena_chunk;
 
 typedef struct qkv_arena {
-    char *base;               /* main block, 64-byte aligned */
-    size_t cap, used;         /* bytes in base, bytes handed out from base */
-    qkv_arena_chunk *extra;   /* overflow blocks allocated since the last reset */
-    size_t total;             /* bytes handed out since the last reset */
-    size_t peak;              /* largest `total` seen: the size a step needs */
-    size_t n_mallocs;         /* malloc calls made so far (tests watch this) */
+    char *base;             /* main block, 64-byte aligned */
+    size_t cap, used;       /* bytes in base, bytes handed out from base */
+    qkv_arena_chunk *extra; /* overflow blocks allocated since the last reset */
+    size_t total;           /* bytes handed out since the last reset */
+    size_t peak;            /* largest `total` seen: the size a step needs */
+    size_t n_mallocs;       /* malloc calls made so far (tests watch this) */
 } qkv_arena;
 
 /* Starts with a main block of `bytes` (0: grow on first use). */
@@ -70,11 +70,11 @@ void qkv_arena_free(qkv_arena *a);
 /* ---- parameter store ---- */
 
 typedef struct qkv_params {
-    qkv_tensor **list;  /* count views, in registration order */
+    qkv_tensor **list; /* count views, in registration order */
     int count, cap;
-    size_t n;           /* total floats */
-    float *values;      /* (n) all parameters, contiguous */
-    float *grads;       /* (n) all gradients, same layout */
+    size_t n;      /* total floats */
+    float *values; /* (n) all parameters, contiguous */
+    float *grads;  /* (n) all gradients, same layout */
 } qkv_params;
 
 void qkv_params_init(qkv_params *ps);
@@ -83,7 +83,8 @@ void qkv_params_init(qkv_params *ps);
  * Names must be unique. */
 qkv_tensor *qkv_params_add(qkv_params *ps, const char *name, int ndim,
                            const int *shape);
-/* Allocates the two flat buffers (values zeroed) and points every view into them. */
+/* Allocates the two flat buffers (values zeroed) and points every view into
+ * them. */
 void qkv_params_alloc(qkv_params *ps);
 /* Parameter by name, or NULL. */
 qkv_tensor *qkv_params_find(const qkv_params *ps, const char *name);

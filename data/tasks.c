@@ -4,7 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int first_symbol(const qkv_task *t) { return t->use_eos ? 3 : 2; }
+static int first_symbol(const qkv_task *t) {
+    return t->use_eos ? 3 : 2;
+}
 
 int qkv_task_check(const qkv_task *t, char *err, size_t errlen) {
     if (t->vocab - first_symbol(t) < 2) {
@@ -13,8 +15,10 @@ int qkv_task_check(const qkv_task *t, char *err, size_t errlen) {
         return -1;
     }
     if (t->min_len < 1 || t->max_len < t->min_len) {
-        snprintf(err, errlen, "task lengths %d..%d are not a range of positive "
-                 "lengths", t->min_len, t->max_len);
+        snprintf(err, errlen,
+                 "task lengths %d..%d are not a range of positive "
+                 "lengths",
+                 t->min_len, t->max_len);
         return -1;
     }
     if (t->min_len != t->max_len && !t->use_eos) {
@@ -26,7 +30,9 @@ int qkv_task_check(const qkv_task *t, char *err, size_t errlen) {
 }
 
 /* Sequence lengths of the two layouts. */
-static int src_len(const qkv_task *t) { return t->decoder_only ? 0 : t->max_len; }
+static int src_len(const qkv_task *t) {
+    return t->decoder_only ? 0 : t->max_len;
+}
 static int tgt_len(const qkv_task *t) {
     int y = t->max_len + (t->use_eos ? 1 : 0);
     return t->decoder_only ? t->max_len + y : y;
@@ -40,8 +46,13 @@ void qkv_task_batch_init(qkv_task_batch *b, const qkv_task *t, int B) {
     b->tgt_out = qkv_calloc(n * T, sizeof *b->tgt_out, "task batch");
     b->tgt_pad = qkv_calloc(n * T, 1, "task batch");
     b->len = qkv_calloc(n, sizeof *b->len, "task batch");
-    qkv_batch v = {B, (int)S, (int)T, t->decoder_only ? NULL : b->src,
-                   t->decoder_only ? NULL : b->src_pad, b->tgt_in, b->tgt_out,
+    qkv_batch v = {B,
+                   (int)S,
+                   (int)T,
+                   t->decoder_only ? NULL : b->src,
+                   t->decoder_only ? NULL : b->src_pad,
+                   b->tgt_in,
+                   b->tgt_out,
                    b->tgt_pad};
     b->view = v;
 }
@@ -72,15 +83,18 @@ void qkv_task_sample(const qkv_task *t, qkv_pcg32 *rng, qkv_task_batch *b) {
     int32_t x[1024], y[1025], seq[2100];
     QKV_CHECK(t->max_len <= 1024, "task: max_len %d > 1024", t->max_len);
     for (int i = 0; i < B; i++) {
-        int len = t->min_len +
-                  (int)qkv_pcg32_bounded(rng, (uint32_t)(t->max_len - t->min_len + 1));
+        int len =
+            t->min_len + (int)qkv_pcg32_bounded(
+                             rng, (uint32_t)(t->max_len - t->min_len + 1));
         b->len[i] = len;
         for (int j = 0; j < len; j++)
-            x[j] = sym + (int32_t)qkv_pcg32_bounded(rng, (uint32_t)(t->vocab - sym));
+            x[j] = sym +
+                   (int32_t)qkv_pcg32_bounded(rng, (uint32_t)(t->vocab - sym));
         qkv_task_answer(t, x, len, y);
         int ylen = len;
         if (t->use_eos) y[ylen++] = QKV_EOS;
-        int32_t *in = b->tgt_in + (size_t)i * T, *out = b->tgt_out + (size_t)i * T;
+        int32_t *in = b->tgt_in + (size_t)i * T,
+                *out = b->tgt_out + (size_t)i * T;
         uint8_t *pad = b->tgt_pad + (size_t)i * T;
         for (int j = 0; j < T; j++) in[j] = out[j] = QKV_PAD, pad[j] = 1;
         if (!t->decoder_only) {

@@ -41,7 +41,7 @@ typedef struct qkv_task {
 typedef struct qkv_task_batch {
     int32_t *src, *tgt_in, *tgt_out;
     uint8_t *src_pad, *tgt_pad;
-    int *len;             /* (B) length of each x */
+    int *len; /* (B) length of each x */
     qkv_batch view;
 } qkv_task_batch;
 

@@ -22,7 +22,8 @@ void qkv_xavier_init(qkv_params *ps, qkv_pcg32 *rng) {
     for (int i = 0; i < ps->count; i++) {
         qkv_tensor *t = ps->list[i];
         if (t->ndim >= 2) {
-            /* PyTorch's fans: fan_in = shape[1] * receptive, fan_out = shape[0] * receptive */
+            /* PyTorch's fans: fan_in = shape[1] * receptive, fan_out = shape[0]
+             * * receptive */
             size_t rf = t->n / ((size_t)t->shape[0] * (size_t)t->shape[1]);
             double fan_in = (double)t->shape[1] * (double)rf,
                    fan_out = (double)t->shape[0] * (double)rf;
@@ -81,10 +82,14 @@ void qkv_mha_init(qkv_mha *a, qkv_params *ps, const char *name, int d_model,
 qkv_tensor *qkv_mha_forward(const qkv_mha *a, qkv_graph *g, qkv_tensor *x,
                             qkv_tensor *mem, const uint8_t *key_pad, int causal,
                             float *weights) {
-    qkv_tensor *q = qkv_split_heads(g, qkv_linear_forward(&a->w_q, g, x), a->heads);
-    qkv_tensor *k = qkv_split_heads(g, qkv_linear_forward(&a->w_k, g, mem), a->heads);
-    qkv_tensor *v = qkv_split_heads(g, qkv_linear_forward(&a->w_v, g, mem), a->heads);
-    qkv_attn_opts o = {.causal = causal, .key_pad = key_pad, .weights = weights};
+    qkv_tensor *q =
+        qkv_split_heads(g, qkv_linear_forward(&a->w_q, g, x), a->heads);
+    qkv_tensor *k =
+        qkv_split_heads(g, qkv_linear_forward(&a->w_k, g, mem), a->heads);
+    qkv_tensor *v =
+        qkv_split_heads(g, qkv_linear_forward(&a->w_v, g, mem), a->heads);
+    qkv_attn_opts o = {
+        .causal = causal, .key_pad = key_pad, .weights = weights};
     qkv_tensor *y = qkv_merge_heads(g, qkv_attention(g, q, k, v, &o));
     return qkv_linear_forward(&a->w_o, g, y);
 }
@@ -94,8 +99,8 @@ qkv_tensor *qkv_mha_forward(const qkv_mha *a, qkv_graph *g, qkv_tensor *x,
 void qkv_ffn_init(qkv_ffn *f, qkv_params *ps, const char *name, int d_model,
                   int d_ff, qkv_act act) {
     char sub[QKV_NAME_MAX];
-        qkv_linear_init(&f->w1, ps, join(sub, name, "w1"), d_model, d_ff);
-        qkv_linear_init(&f->w2, ps, join(sub, name, "w2"), d_ff, d_model);
+    qkv_linear_init(&f->w1, ps, join(sub, name, "w1"), d_model, d_ff);
+    qkv_linear_init(&f->w2, ps, join(sub, name, "w2"), d_ff, d_model);
     f->act = act;
 }
 
@@ -123,13 +128,14 @@ static qkv_tensor *sub_input(const qkv_sublayer_ctx *c, qkv_graph *g,
 }
 
 void qkv_encoder_layer_init(qkv_encoder_layer *l, qkv_params *ps,
-                            const char *name, int d_model, int heads,
-                            int d_ff, qkv_act act, float eps) {
+                            const char *name, int d_model, int heads, int d_ff,
+                            qkv_act act, float eps) {
     char sub[QKV_NAME_MAX];
-        qkv_mha_init(&l->self_attn, ps, join(sub, name, "self_attn"), d_model, heads);
-        qkv_ffn_init(&l->ffn, ps, join(sub, name, "ffn"), d_model, d_ff, act);
-        qkv_norm_init(&l->norm1, ps, join(sub, name, "norm1"), d_model, eps);
-        qkv_norm_init(&l->norm2, ps, join(sub, name, "norm2"), d_model, eps);
+    qkv_mha_init(&l->self_attn, ps, join(sub, name, "self_attn"), d_model,
+                 heads);
+    qkv_ffn_init(&l->ffn, ps, join(sub, name, "ffn"), d_model, d_ff, act);
+    qkv_norm_init(&l->norm1, ps, join(sub, name, "norm1"), d_model, eps);
+    qkv_norm_init(&l->norm2, ps, join(sub, name, "norm2"), d_model, eps);
 }
 
 qkv_tensor *qkv_encoder_layer_forward(const qkv_encoder_layer *l, qkv_graph *g,
@@ -143,19 +149,21 @@ qkv_tensor *qkv_encoder_layer_forward(const qkv_encoder_layer *l, qkv_graph *g,
 }
 
 void qkv_decoder_layer_init(qkv_decoder_layer *l, qkv_params *ps,
-                            const char *name, int d_model, int heads,
-                            int d_ff, qkv_act act, float eps, int has_cross) {
+                            const char *name, int d_model, int heads, int d_ff,
+                            qkv_act act, float eps, int has_cross) {
     char sub[QKV_NAME_MAX];
     memset(l, 0, sizeof *l);
-        qkv_mha_init(&l->self_attn, ps, join(sub, name, "self_attn"), d_model, heads);
+    qkv_mha_init(&l->self_attn, ps, join(sub, name, "self_attn"), d_model,
+                 heads);
     if (has_cross) {
-                qkv_mha_init(&l->cross_attn, ps, join(sub, name, "cross_attn"), d_model, heads);
+        qkv_mha_init(&l->cross_attn, ps, join(sub, name, "cross_attn"), d_model,
+                     heads);
     }
-        qkv_ffn_init(&l->ffn, ps, join(sub, name, "ffn"), d_model, d_ff, act);
-        qkv_norm_init(&l->norm1, ps, join(sub, name, "norm1"), d_model, eps);
-        qkv_norm_init(&l->norm2, ps, join(sub, name, "norm2"), d_model, eps);
+    qkv_ffn_init(&l->ffn, ps, join(sub, name, "ffn"), d_model, d_ff, act);
+    qkv_norm_init(&l->norm1, ps, join(sub, name, "norm1"), d_model, eps);
+    qkv_norm_init(&l->norm2, ps, join(sub, name, "norm2"), d_model, eps);
     if (has_cross) {
-                qkv_norm_init(&l->norm3, ps, join(sub, name, "norm3"), d_model, eps);
+        qkv_norm_init(&l->norm3, ps, join(sub, name, "norm3"), d_model, eps);
     }
     l->has_cross = has_cross;
 }
@@ -173,9 +181,9 @@ qkv_tensor *qkv_decoder_layer_forward(const qkv_decoder_layer *l, qkv_graph *g,
         QKV_CHECK(mem, "decoder layer with cross-attention needs the encoder "
                        "output");
         h = sub_input(c, g, &l->norm2, x);
-        x = residual(c, g, &l->norm2, x,
-                     qkv_mha_forward(&l->cross_attn, g, h, mem, src_pad, 0,
-                                     cross_w));
+        x = residual(
+            c, g, &l->norm2, x,
+            qkv_mha_forward(&l->cross_attn, g, h, mem, src_pad, 0, cross_w));
         ffn_norm = &l->norm3;
     }
     h = sub_input(c, g, ffn_norm, x);

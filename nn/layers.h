@@ -8,7 +8,8 @@
  *
  *   qkv_mha att;
  *   qkv_mha_init(&att, &ps, "decoder.layers.0.self_attn", 64, 4);
- *   ...  y = qkv_mha_forward(&att, g, x, x, NULL, 1);   // causal self-attention
+ *   ...  y = qkv_mha_forward(&att, g, x, x, NULL, 1);   // causal
+ * self-attention
  */
 #ifndef QKV_LAYERS_H
 #define QKV_LAYERS_H
@@ -35,9 +36,11 @@ typedef struct qkv_linear {
 } qkv_linear;
 void qkv_linear_init(qkv_linear *l, qkv_params *ps, const char *name, int in,
                      int out);
-qkv_tensor *qkv_linear_forward(const qkv_linear *l, qkv_graph *g, qkv_tensor *x);
+qkv_tensor *qkv_linear_forward(const qkv_linear *l, qkv_graph *g,
+                               qkv_tensor *x);
 
-/* y = layernorm(x) * gamma + beta over the last dim (gamma 1, beta 0 at init) */
+/* y = layernorm(x) * gamma + beta over the last dim (gamma 1, beta 0 at init)
+ */
 typedef struct qkv_norm {
     qkv_tensor *gamma, *beta; /* (D) */
     float eps;
@@ -77,7 +80,7 @@ qkv_tensor *qkv_ffn_forward(const qkv_ffn *f, qkv_graph *g, qkv_tensor *x);
 typedef struct qkv_sublayer_ctx {
     qkv_norm_kind norm; /* post: LN(x + drop(f(x)));  pre: x + drop(f(LN(x))) */
     float dropout;
-    qkv_pcg32 *rng;     /* dropout masks */
+    qkv_pcg32 *rng; /* dropout masks */
 } qkv_sublayer_ctx;
 
 typedef struct qkv_encoder_layer {
@@ -86,8 +89,8 @@ typedef struct qkv_encoder_layer {
     qkv_norm norm1, norm2;
 } qkv_encoder_layer;
 void qkv_encoder_layer_init(qkv_encoder_layer *l, qkv_params *ps,
-                            const char *name, int d_model, int heads,
-                            int d_ff, qkv_act act, float eps);
+                            const char *name, int d_model, int heads, int d_ff,
+                            qkv_act act, float eps);
 /* x: (B, S, D) -> (B, S, D); src_pad: (B, S) or NULL */
 qkv_tensor *qkv_encoder_layer_forward(const qkv_encoder_layer *l, qkv_graph *g,
                                       const qkv_sublayer_ctx *c, qkv_tensor *x,
@@ -101,8 +104,8 @@ typedef struct qkv_decoder_layer {
     int has_cross;
 } qkv_decoder_layer;
 void qkv_decoder_layer_init(qkv_decoder_layer *l, qkv_params *ps,
-                            const char *name, int d_model, int heads,
-                            int d_ff, qkv_act act, float eps, int has_cross);
+                            const char *name, int d_model, int heads, int d_ff,
+                            qkv_act act, float eps, int has_cross);
 /* x: (B, T, D) -> (B, T, D); mem: (B, S, D) or NULL (decoder-only);
  * tgt_pad (B, T), src_pad (B, S) or NULL; self_w/cross_w receive weights. */
 qkv_tensor *qkv_decoder_layer_forward(const qkv_decoder_layer *l, qkv_graph *g,

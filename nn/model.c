@@ -39,23 +39,30 @@ static int config_error(char *err, size_t len, const char *fmt, ...) {
 static int check_config(const qkv_model_config *c, char *err, size_t len) {
     int encdec = c->kind == QKV_MODEL_ENCDEC;
     if (c->d_model <= 0 || c->d_ff <= 0 || c->heads <= 0)
-        return config_error(err, len, "d_model (%d), d_ff and h (%d) must be positive",
+        return config_error(err, len,
+                            "d_model (%d), d_ff and h (%d) must be positive",
                             c->d_model, c->heads);
     if (c->d_model % c->heads)
         return config_error(err, len, "h = %d does not divide d_model = %d",
                             c->heads, c->d_model);
     if (c->tgt_vocab < 2 || (encdec && c->src_vocab < 2))
-        return config_error(err, len, "vocabularies need >= 2 tokens (got %d, %d)",
+        return config_error(err, len,
+                            "vocabularies need >= 2 tokens (got %d, %d)",
                             c->src_vocab, c->tgt_vocab);
-    if (c->n_dec < 1 || (encdec && c->n_enc < 1) || c->n_dec > 64 || c->n_enc > 64)
-        return config_error(err, len, "layer counts must be 1..64 (N_enc %d, N_dec %d)",
+    if (c->n_dec < 1 || (encdec && c->n_enc < 1) || c->n_dec > 64 ||
+        c->n_enc > 64)
+        return config_error(err, len,
+                            "layer counts must be 1..64 (N_enc %d, N_dec %d)",
                             c->n_enc, c->n_dec);
     if (c->max_len < 1)
-        return config_error(err, len, "max_len must be positive (%d)", c->max_len);
+        return config_error(err, len, "max_len must be positive (%d)",
+                            c->max_len);
     if (!(c->dropout >= 0.0f && c->dropout < 1.0f))
-        return config_error(err, len, "dropout %g is not in [0, 1)", (double)c->dropout);
+        return config_error(err, len, "dropout %g is not in [0, 1)",
+                            (double)c->dropout);
     if (!(c->ln_eps > 0.0f))
-        return config_error(err, len, "layer norm eps %g must be positive", (double)c->ln_eps);
+        return config_error(err, len, "layer norm eps %g must be positive",
+                            (double)c->ln_eps);
     if (c->pad_id < 0 || c->pad_id >= c->tgt_vocab)
         return config_error(err, len, "pad id %d outside the vocabulary (%d)",
                             c->pad_id, c->tgt_vocab);
@@ -74,11 +81,13 @@ int qkv_model_init(qkv_model *m, const qkv_model_config *cfg, uint64_t seed,
     qkv_params_init(ps);
 
     if (c->kind == QKV_MODEL_ENCDEC) {
-        m->src_embed = qkv_params_add(ps, "src_embed.weight", 2, (int[]){c->src_vocab, D});
+        m->src_embed =
+            qkv_params_add(ps, "src_embed.weight", 2, (int[]){c->src_vocab, D});
         if (c->pos == QKV_POS_LEARNED)
             m->src_pos = qkv_params_add(ps, "src_pos.weight", 2, (int[]){L, D});
     }
-    m->tgt_embed = qkv_params_add(ps, "tgt_embed.weight", 2, (int[]){c->tgt_vocab, D});
+    m->tgt_embed =
+        qkv_params_add(ps, "tgt_embed.weight", 2, (int[]){c->tgt_vocab, D});
     if (c->pos == QKV_POS_LEARNED)
         m->tgt_pos = qkv_params_add(ps, "tgt_pos.weight", 2, (int[]){L, D});
 
@@ -99,10 +108,9 @@ int qkv_model_init(qkv_model *m, const qkv_model_config *cfg, uint64_t seed,
     }
     if (c->norm == QKV_NORM_PRE)
         qkv_norm_init(&m->dec_norm, ps, "decoder.norm", D, c->ln_eps);
-    m->generator = c->tie_output
-                       ? m->tgt_embed
-                       : qkv_params_add(ps, "generator.weight", 2,
-                                        (int[]){c->tgt_vocab, D});
+    m->generator = c->tie_output ? m->tgt_embed
+                                 : qkv_params_add(ps, "generator.weight", 2,
+                                                  (int[]){c->tgt_vocab, D});
     qkv_params_alloc(ps);
 
     qkv_pcg32 init;
@@ -110,8 +118,10 @@ int qkv_model_init(qkv_model *m, const qkv_model_config *cfg, uint64_t seed,
     qkv_xavier_init(ps, &init);
     qkv_pcg32_seed(&m->rng, seed, 0xd209); /* another for dropout */
 
-    /* PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(...) (sec. 3.5) */
-    m->pe = qkv_malloc_aligned((size_t)L * D * sizeof(float), "positional table");
+    /* PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(...)
+     * (sec. 3.5) */
+    m->pe =
+        qkv_malloc_aligned((size_t)L * D * sizeof(float), "positional table");
     for (int p = 0; p < L; p++)
         for (int i = 0; i < D; i += 2) {
             double angle = p / pow(10000.0, (double)i / D);
@@ -169,7 +179,8 @@ static qkv_sublayer_ctx sublayer_ctx(qkv_model *m) {
 qkv_tensor *qkv_model_encode(qkv_model *m, qkv_graph *g, const int32_t *src,
                              const uint8_t *src_pad, int B, int S,
                              float *weights) {
-    QKV_CHECK(m->cfg.kind == QKV_MODEL_ENCDEC, "model: decoder-only has no encoder");
+    QKV_CHECK(m->cfg.kind == QKV_MODEL_ENCDEC,
+              "model: decoder-only has no encoder");
     qkv_sublayer_ctx c = sublayer_ctx(m);
     qkv_tensor *x = embed(m, g, m->src_embed, m->src_pos, src, B, S);
     size_t per = (size_t)B * m->cfg.heads * S * S;
@@ -190,10 +201,10 @@ qkv_tensor *qkv_model_decode(qkv_model *m, qkv_graph *g, const int32_t *tgt,
     size_t per_self = (size_t)B * m->cfg.heads * T * T,
            per_cross = (size_t)B * m->cfg.heads * T * S;
     for (int i = 0; i < m->cfg.n_dec; i++)
-        x = qkv_decoder_layer_forward(
-            &m->dec[i], g, &c, x, mem, tgt_pad, src_pad,
-            self_w ? self_w + i * per_self : NULL,
-            cross_w ? cross_w + i * per_cross : NULL);
+        x = qkv_decoder_layer_forward(&m->dec[i], g, &c, x, mem, tgt_pad,
+                                      src_pad,
+                                      self_w ? self_w + i * per_self : NULL,
+                                      cross_w ? cross_w + i * per_cross : NULL);
     if (m->cfg.norm == QKV_NORM_PRE) x = qkv_norm_forward(&m->dec_norm, g, x);
     return qkv_matmul(g, x, m->generator, 0, 1);
 }
@@ -237,17 +248,20 @@ void qkv_model_greedy(qkv_model *m, qkv_graph *g, const int32_t *src,
         for (int t = 0; t < prefix; t++)
             seq[(size_t)b * L + t] = encdec ? bos : src[(size_t)b * S + t];
     qkv_graph_reset(g);
-    qkv_tensor *mem = encdec ? qkv_model_encode(m, g, src, src_pad, B, S, NULL) : NULL;
+    qkv_tensor *mem =
+        encdec ? qkv_model_encode(m, g, src, src_pad, B, S, NULL) : NULL;
     int32_t *cur = qkv_malloc((size_t)B * L * sizeof *cur, "decode buffer");
     for (int t = prefix; t < L; t++) {
         /* the whole prefix again: simple, and cheap at these lengths */
         for (int b = 0; b < B; b++)
-            memcpy(cur + (size_t)b * t, seq + (size_t)b * L, (size_t)t * sizeof *cur);
-        qkv_tensor *logits = qkv_model_decode(m, g, cur, NULL, B, t, mem,
-                                              src_pad, NULL, NULL);
+            memcpy(cur + (size_t)b * t, seq + (size_t)b * L,
+                   (size_t)t * sizeof *cur);
+        qkv_tensor *logits =
+            qkv_model_decode(m, g, cur, NULL, B, t, mem, src_pad, NULL, NULL);
         for (int b = 0; b < B; b++) {
-            int tok = done[b] ? m->cfg.pad_id
-                              : argmax(logits->data + ((size_t)b * t + t - 1) * V, V);
+            int tok =
+                done[b] ? m->cfg.pad_id
+                        : argmax(logits->data + ((size_t)b * t + t - 1) * V, V);
             seq[(size_t)b * L + t] = tok;
             out[(size_t)b * max_out + t - prefix] = tok;
             if (tok == eos) done[b] = 1;

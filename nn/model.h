@@ -25,40 +25,44 @@
 
 #include "layers.h"
 
-typedef enum qkv_model_kind { QKV_MODEL_ENCDEC, QKV_MODEL_DECODER } qkv_model_kind;
+typedef enum qkv_model_kind {
+    QKV_MODEL_ENCDEC,
+    QKV_MODEL_DECODER
+} qkv_model_kind;
 typedef enum qkv_pos_kind { QKV_POS_SIN, QKV_POS_LEARNED } qkv_pos_kind;
 
 typedef struct qkv_model_config {
     qkv_model_kind kind;
     int src_vocab, tgt_vocab; /* decoder-only uses tgt_vocab */
     int d_model, heads, d_ff;
-    int n_enc, n_dec;         /* layers; n_enc unused by decoder-only */
-    int max_len;              /* longest sequence the positions cover */
-    float dropout;            /* on sub-layer outputs and embedding sums */
-    float ln_eps;             /* layer norm epsilon (1e-5) */
+    int n_enc, n_dec; /* layers; n_enc unused by decoder-only */
+    int max_len;      /* longest sequence the positions cover */
+    float dropout;    /* on sub-layer outputs and embedding sums */
+    float ln_eps;     /* layer norm epsilon (1e-5) */
     qkv_pos_kind pos;
     qkv_norm_kind norm;
     qkv_act act;
-    int scale_emb;            /* embeddings * sqrt(d_model) (paper sec. 3.4) */
-    int tie_output;           /* generator shares the target embedding */
-    int pad_id;               /* padding token: masked, and ignored by the loss */
+    int scale_emb;  /* embeddings * sqrt(d_model) (paper sec. 3.4) */
+    int tie_output; /* generator shares the target embedding */
+    int pad_id;     /* padding token: masked, and ignored by the loss */
 } qkv_model_config;
 
 /* The paper's base shape, scaled down: D 64, H 4, F 256, N 2+2, post-norm,
- * sinusoidal positions, ReLU, dropout 0.1, pad 0, max_len 256. Vocab 0: set it. */
+ * sinusoidal positions, ReLU, dropout 0.1, pad 0, max_len 256. Vocab 0: set it.
+ */
 qkv_model_config qkv_model_defaults(qkv_model_kind kind);
 
 typedef struct qkv_model {
     qkv_model_config cfg;
     qkv_params params;
     qkv_tensor *src_embed, *tgt_embed; /* (V, D) */
-    qkv_tensor *src_pos, *tgt_pos;     /* (max_len, D) when learned, else NULL */
-    qkv_tensor *generator;             /* (V_tgt, D), == tgt_embed when tied */
-    qkv_encoder_layer *enc;            /* n_enc */
-    qkv_decoder_layer *dec;            /* n_dec */
-    qkv_norm enc_norm, dec_norm;       /* pre-norm only */
-    float *pe;                         /* (max_len, D) sinusoidal table */
-    qkv_pcg32 rng;                     /* dropout masks */
+    qkv_tensor *src_pos, *tgt_pos; /* (max_len, D) when learned, else NULL */
+    qkv_tensor *generator;         /* (V_tgt, D), == tgt_embed when tied */
+    qkv_encoder_layer *enc;        /* n_enc */
+    qkv_decoder_layer *dec;        /* n_dec */
+    qkv_norm enc_norm, dec_norm;   /* pre-norm only */
+    float *pe;                     /* (max_len, D) sinusoidal table */
+    qkv_pcg32 rng;                 /* dropout masks */
 } qkv_model;
 
 /* Checks the config (a bad one returns -1 with a one-line reason in err),

@@ -17,7 +17,8 @@
 #define NAME_FMT "'%.100s'"
 
 /* err->msg = "PATH: message" on one line: control bytes (from names or a
- * hostile path) are shown as '?'. Returns -1 so callers can `return fail(..)`. */
+ * hostile path) are shown as '?'. Returns -1 so callers can `return fail(..)`.
+ */
 static int fail(qkv_st_error *err, const char *path, const char *fmt, ...)
     QKV_PRINTF(3, 4);
 static int fail(qkv_st_error *err, const char *path, const char *fmt, ...) {
@@ -68,8 +69,10 @@ static size_t bad_utf8_at(const unsigned char *s, size_t len) {
             i++;
             continue;
         }
-        size_t n = c >= 0xC2 && c <= 0xDF ? 1 : c >= 0xE0 && c <= 0xEF ? 2
-                 : c >= 0xF0 && c <= 0xF4 ? 3 : 0;
+        size_t n = c >= 0xC2 && c <= 0xDF   ? 1
+                   : c >= 0xE0 && c <= 0xEF ? 2
+                   : c >= 0xF0 && c <= 0xF4 ? 3
+                                            : 0;
         if (n == 0 || len - i <= n) return i;
         unsigned c1 = s[i + 1];
         unsigned lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
@@ -138,14 +141,15 @@ static unsigned char *build_header(const char *path, const qkv_st_entry *e,
                                    int count, const char *const *keys,
                                    const char *const *vals, int mcount,
                                    size_t *len, qkv_st_error *err) {
-    if (count < 0 || mcount < 0 || (count && !e) || (mcount && (!keys || !vals))) {
+    if (count < 0 || mcount < 0 || (count && !e) ||
+        (mcount && (!keys || !vals))) {
         fail(err, path, "write: bad arguments (count %d, metadata count %d)",
              count, mcount);
         return NULL;
     }
     size_t nnames = (size_t)(count > mcount ? count : mcount);
-    const char **names = qkv_malloc((nnames ? nnames : 1) * sizeof *names,
-                                    "safetensors names");
+    const char **names =
+        qkv_malloc((nnames ? nnames : 1) * sizeof *names, "safetensors names");
     cJSON *root = need(cJSON_CreateObject());
     const char *dup;
     if (mcount) {
@@ -160,15 +164,18 @@ static unsigned char *build_header(const char *path, const qkv_st_entry *e,
                     strlen(vals[i]) ||
                 bad_utf8_at((const unsigned char *)keys[i], strlen(keys[i])) <
                     strlen(keys[i])) {
-                fail(err, path, "write: metadata " NAME_FMT
-                     " is not valid UTF-8 text", keys[i]);
+                fail(err, path,
+                     "write: metadata " NAME_FMT " is not valid UTF-8 text",
+                     keys[i]);
                 goto fail;
             }
             names[i] = keys[i];
-            cJSON_AddItemToObject(meta, keys[i], need(cJSON_CreateString(vals[i])));
+            cJSON_AddItemToObject(meta, keys[i],
+                                  need(cJSON_CreateString(vals[i])));
         }
         if ((dup = first_duplicate(names, (size_t)mcount))) {
-            fail(err, path, "write: metadata key " NAME_FMT " appears twice", dup);
+            fail(err, path, "write: metadata key " NAME_FMT " appears twice",
+                 dup);
             goto fail;
         }
     }
@@ -176,21 +183,26 @@ static unsigned char *build_header(const char *path, const qkv_st_entry *e,
     for (int i = 0; i < count; i++) {
         const char *name = e[i].name;
         if (!name || !*name || strcmp(name, "__metadata__") == 0 ||
-            bad_utf8_at((const unsigned char *)name, strlen(name)) < strlen(name)) {
+            bad_utf8_at((const unsigned char *)name, strlen(name)) <
+                strlen(name)) {
             fail(err, path, "write: tensor %d has a bad name %s%.100s%s", i,
                  name ? "'" : "", name ? name : "(NULL)", name ? "'" : "");
             goto fail;
         }
         if (e[i].ndim < 0 || e[i].ndim > QKV_MAX_DIMS) {
-            fail(err, path, "write: tensor " NAME_FMT " has %d dimensions (0 to %d)",
-                 name, e[i].ndim, QKV_MAX_DIMS);
+            fail(err, path,
+                 "write: tensor " NAME_FMT " has %d dimensions (0 to %d)", name,
+                 e[i].ndim, QKV_MAX_DIMS);
             goto fail;
         }
         size_t n = 1, bytes;
         for (int d = 0; d < e[i].ndim; d++) {
-            if (e[i].shape[d] < 0 || !qkv_mul_size(n, (size_t)e[i].shape[d], &n)) {
-                fail(err, path, "write: tensor " NAME_FMT
-                     " has a negative or overflowing shape", name);
+            if (e[i].shape[d] < 0 ||
+                !qkv_mul_size(n, (size_t)e[i].shape[d], &n)) {
+                fail(err, path,
+                     "write: tensor " NAME_FMT
+                     " has a negative or overflowing shape",
+                     name);
                 goto fail;
             }
         }
@@ -207,7 +219,8 @@ static unsigned char *build_header(const char *path, const qkv_st_entry *e,
         cJSON *t = need(cJSON_CreateObject());
         cJSON_AddItemToObject(root, name, t);
         need(cJSON_AddStringToObject(t, "dtype", "F32"));
-        cJSON_AddItemToObject(t, "shape", need(cJSON_CreateIntArray(e[i].shape, e[i].ndim)));
+        cJSON_AddItemToObject(
+            t, "shape", need(cJSON_CreateIntArray(e[i].shape, e[i].ndim)));
         cJSON *off = need(cJSON_CreateArray());
         cJSON_AddItemToArray(off, need(cJSON_CreateNumber((double)offset)));
         offset += bytes;
@@ -221,7 +234,8 @@ static unsigned char *build_header(const char *path, const qkv_st_entry *e,
     char *json = need(cJSON_PrintUnformatted(root));
     size_t jlen = strlen(json), padded = (jlen + 7) & ~(size_t)7;
     unsigned char *buf = qkv_malloc(8 + padded, "safetensors header");
-    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)padded >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        buf[i] = (unsigned char)((uint64_t)padded >> (8 * i));
     memcpy(buf + 8, json, jlen);
     memset(buf + 8 + jlen, ' ', padded - jlen);
     *len = 8 + padded;
@@ -241,9 +255,12 @@ static int sync_dir(const char *path) {
     char *dir = qkv_malloc(len + 2, "directory name");
     memcpy(dir, path, len + 1);
     char *slash = strrchr(dir, '/');
-    if (!slash) strcpy(dir, ".");
-    else if (slash == dir) dir[1] = '\0';
-    else *slash = '\0';
+    if (!slash)
+        strcpy(dir, ".");
+    else if (slash == dir)
+        dir[1] = '\0';
+    else
+        *slash = '\0';
     int fd = open(dir, O_RDONLY | O_DIRECTORY), rc = -1;
     if (fd >= 0) {
         /* EINVAL: this file system cannot sync directories; nothing to do. */
@@ -259,7 +276,8 @@ static int sync_dir(const char *path) {
 int qkv_st_write(const char *path, const qkv_st_entry *entries, int count,
                  const char *const *meta_keys, const char *const *meta_values,
                  int meta_count, qkv_st_error *err) {
-    if (!path || !*path) return fail(err, "(no path)", "write: empty file name");
+    if (!path || !*path)
+        return fail(err, "(no path)", "write: empty file name");
     size_t hlen;
     unsigned char *head = build_header(path, entries, count, meta_keys,
                                        meta_values, meta_count, &hlen, err);
@@ -279,7 +297,8 @@ int qkv_st_write(const char *path, const qkv_st_entry *entries, int count,
     int ok = write_all(fd, head, hlen) == 0;
     for (int i = 0; ok && i < count; i++) {
         size_t n = 1;
-        for (int d = 0; d < entries[i].ndim; d++) n *= (size_t)entries[i].shape[d];
+        for (int d = 0; d < entries[i].ndim; d++)
+            n *= (size_t)entries[i].shape[d];
         ok = n == 0 || write_floats(fd, entries[i].data, n) == 0;
     }
     if (ok && fsync(fd) != 0) ok = 0, what = "fsync";
@@ -309,11 +328,12 @@ int qkv_st_write_params(const char *path, const qkv_params *ps,
                         qkv_st_error *err) {
     QKV_CHECK(ps->values || ps->count == 0,
               "st_write_params: parameter store not allocated");
-    qkv_st_entry *e = qkv_malloc((size_t)(ps->count ? ps->count : 1) * sizeof *e,
-                                 "checkpoint entries");
+    qkv_st_entry *e = qkv_malloc(
+        (size_t)(ps->count ? ps->count : 1) * sizeof *e, "checkpoint entries");
     for (int i = 0; i < ps->count; i++) {
         const qkv_tensor *t = ps->list[i];
-        e[i] = (qkv_st_entry){.name = t->name, .data = t->data, .ndim = t->ndim};
+        e[i] =
+            (qkv_st_entry){.name = t->name, .data = t->data, .ndim = t->ndim};
         memcpy(e[i].shape, t->shape, sizeof e[i].shape);
     }
     int rc = qkv_st_write(path, e, ps->count, meta_keys, meta_values,
@@ -348,45 +368,59 @@ static int parse_entry(const char *path, const cJSON *item, uint64_t data_size,
     t->name = name;
     if (!*name) return fail(err, path, "a tensor has an empty name");
     if (!cJSON_IsObject(item))
-        return fail(err, path, "tensor " NAME_FMT ": entry is not a JSON object", name);
+        return fail(err, path,
+                    "tensor " NAME_FMT ": entry is not a JSON object", name);
     const cJSON *dtype = NULL, *shape = NULL, *offs = NULL;
     for (const cJSON *c = item->child; c; c = c->next) {
-        const cJSON **slot = strcmp(c->string, "dtype") == 0 ? &dtype
-                           : strcmp(c->string, "shape") == 0 ? &shape
-                           : strcmp(c->string, "data_offsets") == 0 ? &offs : NULL;
+        const cJSON **slot = strcmp(c->string, "dtype") == 0          ? &dtype
+                             : strcmp(c->string, "shape") == 0        ? &shape
+                             : strcmp(c->string, "data_offsets") == 0 ? &offs
+                                                                      : NULL;
         if (!slot)
-            return fail(err, path, "tensor " NAME_FMT ": unexpected key '%.40s'",
-                        name, c->string);
+            return fail(err, path,
+                        "tensor " NAME_FMT ": unexpected key '%.40s'", name,
+                        c->string);
         if (*slot)
-            return fail(err, path, "tensor " NAME_FMT ": key '%s' appears twice",
-                        name, c->string);
+            return fail(err, path,
+                        "tensor " NAME_FMT ": key '%s' appears twice", name,
+                        c->string);
         *slot = c;
     }
     if (!dtype || !shape || !offs)
         return fail(err, path, "tensor " NAME_FMT ": missing \"%s\"", name,
-                    !dtype ? "dtype" : !shape ? "shape" : "data_offsets");
+                    !dtype   ? "dtype"
+                    : !shape ? "shape"
+                             : "data_offsets");
     if (!cJSON_IsString(dtype))
-        return fail(err, path, "tensor " NAME_FMT ": dtype is not a string", name);
+        return fail(err, path, "tensor " NAME_FMT ": dtype is not a string",
+                    name);
     if (strcmp(dtype->valuestring, "F32") != 0)
-        return fail(err, path, "tensor " NAME_FMT ": dtype %.20s not supported; "
-                    "qkv stores F32", name, dtype->valuestring);
+        return fail(err, path,
+                    "tensor " NAME_FMT ": dtype %.20s not supported; "
+                    "qkv stores F32",
+                    name, dtype->valuestring);
 
     if (!cJSON_IsArray(shape))
-        return fail(err, path, "tensor " NAME_FMT ": shape is not an array", name);
+        return fail(err, path, "tensor " NAME_FMT ": shape is not an array",
+                    name);
     t->ndim = 0;
     size_t n = 1, bytes;
     for (const cJSON *c = shape->child; c; c = c->next) {
         if (t->ndim == QKV_MAX_DIMS)
-            return fail(err, path, "tensor " NAME_FMT ": shape has %d dimensions "
-                        "(qkv supports at most %d)", name,
-                        cJSON_GetArraySize(shape), QKV_MAX_DIMS);
+            return fail(err, path,
+                        "tensor " NAME_FMT ": shape has %d dimensions "
+                        "(qkv supports at most %d)",
+                        name, cJSON_GetArraySize(shape), QKV_MAX_DIMS);
         uint64_t d;
         if (!json_uint(c, INT_MAX, &d))
-            return fail(err, path, "tensor " NAME_FMT ": shape[%d] is not an "
-                        "integer from 0 to %d", name, t->ndim, INT_MAX);
+            return fail(err, path,
+                        "tensor " NAME_FMT ": shape[%d] is not an "
+                        "integer from 0 to %d",
+                        name, t->ndim, INT_MAX);
         t->shape[t->ndim++] = (int)d;
         if (!qkv_mul_size(n, (size_t)d, &n))
-            return fail(err, path, "tensor " NAME_FMT ": shape overflows", name);
+            return fail(err, path, "tensor " NAME_FMT ": shape overflows",
+                        name);
     }
     if (!qkv_mul_size(n, sizeof(float), &bytes))
         return fail(err, path, "tensor " NAME_FMT ": shape overflows", name);
@@ -396,23 +430,30 @@ static int parse_entry(const char *path, const cJSON *item, uint64_t data_size,
     if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2 ||
         !json_uint(offs->child, MAX_JSON_INT, &t->begin) ||
         !json_uint(offs->child->next, MAX_JSON_INT, &t->end))
-        return fail(err, path, "tensor " NAME_FMT ": data_offsets is not two "
-                    "non-negative integers", name);
+        return fail(err, path,
+                    "tensor " NAME_FMT ": data_offsets is not two "
+                    "non-negative integers",
+                    name);
     if (t->begin > t->end)
-        return fail(err, path, "tensor " NAME_FMT ": data_offsets [%llu, %llu] "
-                    "end before they begin", name,
-                    (unsigned long long)t->begin, (unsigned long long)t->end);
+        return fail(err, path,
+                    "tensor " NAME_FMT ": data_offsets [%llu, %llu] "
+                    "end before they begin",
+                    name, (unsigned long long)t->begin,
+                    (unsigned long long)t->end);
     if (t->end - t->begin != bytes)
-        return fail(err, path, "tensor " NAME_FMT ": data_offsets [%llu, %llu] "
-                    "hold %llu bytes but shape %s needs %zu bytes of F32", name,
-                    (unsigned long long)t->begin, (unsigned long long)t->end,
+        return fail(err, path,
+                    "tensor " NAME_FMT ": data_offsets [%llu, %llu] "
+                    "hold %llu bytes but shape %s needs %zu bytes of F32",
+                    name, (unsigned long long)t->begin,
+                    (unsigned long long)t->end,
                     (unsigned long long)(t->end - t->begin),
                     shape_str(t->ndim, t->shape, sbuf), bytes);
     if (t->end > data_size)
-        return fail(err, path, "tensor " NAME_FMT ": data_offsets [%llu, %llu] "
-                    "go beyond the data buffer (%llu bytes)", name,
-                    (unsigned long long)t->begin, (unsigned long long)t->end,
-                    (unsigned long long)data_size);
+        return fail(err, path,
+                    "tensor " NAME_FMT ": data_offsets [%llu, %llu] "
+                    "go beyond the data buffer (%llu bytes)",
+                    name, (unsigned long long)t->begin,
+                    (unsigned long long)t->end, (unsigned long long)data_size);
     return 0;
 }
 
@@ -432,27 +473,32 @@ static int cmp_info_offset(const void *a, const void *b) {
  * trailing bytes (the reference reader's rule). info is sorted by name. */
 static int check_tiling(const char *path, entry_info *info, size_t count,
                         uint64_t data_size, qkv_st_error *err) {
-    entry_info **by = qkv_malloc((count ? count : 1) * sizeof *by, "tensor order");
+    entry_info **by =
+        qkv_malloc((count ? count : 1) * sizeof *by, "tensor order");
     for (size_t i = 0; i < count; i++) by[i] = &info[i];
     qsort(by, count, sizeof *by, cmp_info_offset);
     uint64_t at = 0;
     int rc = 0;
     for (size_t i = 0; i < count && rc == 0; i++) {
         if (by[i]->begin < at)
-            rc = fail(err, path, "tensors " NAME_FMT " and " NAME_FMT " overlap "
-                      "(bytes [%llu, %llu) and [%llu, %llu))", by[i - 1]->name,
-                      by[i]->name, (unsigned long long)by[i - 1]->begin,
+            rc = fail(err, path,
+                      "tensors " NAME_FMT " and " NAME_FMT " overlap "
+                      "(bytes [%llu, %llu) and [%llu, %llu))",
+                      by[i - 1]->name, by[i]->name,
+                      (unsigned long long)by[i - 1]->begin,
                       (unsigned long long)by[i - 1]->end,
                       (unsigned long long)by[i]->begin,
                       (unsigned long long)by[i]->end);
         else if (by[i]->begin > at)
-            rc = fail(err, path, "hole in the data buffer: bytes [%llu, %llu) "
-                      "belong to no tensor", (unsigned long long)at,
-                      (unsigned long long)by[i]->begin);
+            rc = fail(err, path,
+                      "hole in the data buffer: bytes [%llu, %llu) "
+                      "belong to no tensor",
+                      (unsigned long long)at, (unsigned long long)by[i]->begin);
         at = by[i]->end;
     }
     if (rc == 0 && at != data_size)
-        rc = fail(err, path, "%llu trailing bytes after the last tensor (data "
+        rc = fail(err, path,
+                  "%llu trailing bytes after the last tensor (data "
                   "buffer %llu bytes, tensors cover %llu)",
                   (unsigned long long)(data_size - at),
                   (unsigned long long)data_size, (unsigned long long)at);
@@ -480,22 +526,28 @@ static int parse_header(const char *path, const cJSON *root, uint64_t data_size,
             return fail(err, path, "\"__metadata__\" is not a JSON object");
         for (const cJSON *m = meta->child; m; m = m->next, nmeta++)
             if (!cJSON_IsString(m))
-                return fail(err, path, "\"__metadata__\" value of '%.100s' is "
-                            "not a string", m->string);
+                return fail(err, path,
+                            "\"__metadata__\" value of '%.100s' is "
+                            "not a string",
+                            m->string);
     }
     if (count > INT_MAX)
         return fail(err, path, "%zu tensors is too many", count);
     if (nmeta) {
         const char **keys = qkv_malloc(nmeta * sizeof *keys, "metadata keys");
         size_t i = 0;
-        for (const cJSON *m = meta->child; m; m = m->next) keys[i++] = m->string;
+        for (const cJSON *m = meta->child; m; m = m->next)
+            keys[i++] = m->string;
         const char *dup = first_duplicate(keys, nmeta);
-        int rc = dup ? fail(err, path, "\"__metadata__\" key " NAME_FMT
-                            " appears twice", dup) : 0;
+        int rc =
+            dup ? fail(err, path,
+                       "\"__metadata__\" key " NAME_FMT " appears twice", dup)
+                : 0;
         free(keys);
         if (rc) return rc;
     }
-    entry_info *info = qkv_malloc((count ? count : 1) * sizeof *info, "tensor entries");
+    entry_info *info =
+        qkv_malloc((count ? count : 1) * sizeof *info, "tensor entries");
     size_t i = 0;
     for (const cJSON *c = root->child; c; c = c->next) {
         if (c == meta) continue;
@@ -537,7 +589,8 @@ int qkv_st_read(const char *path, qkv_st_file *f, qkv_st_error *err) {
     const uint64_t fsize = (uint64_t)st.st_size;
     unsigned char lenb[8];
     if (fsize < 8) {
-        fail(err, path, "file is %llu bytes, too short for the 8-byte header "
+        fail(err, path,
+             "file is %llu bytes, too short for the 8-byte header "
              "length (not a safetensors file, or truncated)",
              (unsigned long long)fsize);
         goto fail;
@@ -553,14 +606,17 @@ int qkv_st_read(const char *path, qkv_st_file *f, qkv_st_error *err) {
         goto fail;
     }
     if (hlen > QKV_ST_MAX_HEADER) {
-        fail(err, path, "header length %llu is absurd (over %u bytes): not a "
-             "safetensors file", (unsigned long long)hlen, QKV_ST_MAX_HEADER);
+        fail(err, path,
+             "header length %llu is absurd (over %u bytes): not a "
+             "safetensors file",
+             (unsigned long long)hlen, QKV_ST_MAX_HEADER);
         goto fail;
     }
     if (hlen > fsize - 8) {
-        fail(err, path, "header length %llu exceeds the file size %llu (not a "
-             "safetensors file, or truncated)", (unsigned long long)hlen,
-             (unsigned long long)fsize);
+        fail(err, path,
+             "header length %llu exceeds the file size %llu (not a "
+             "safetensors file, or truncated)",
+             (unsigned long long)hlen, (unsigned long long)fsize);
         goto fail;
     }
     hdr = qkv_malloc((size_t)hlen + 1, "safetensors header");
@@ -570,7 +626,8 @@ int qkv_st_read(const char *path, qkv_st_file *f, qkv_st_error *err) {
     }
     hdr[hlen] = '\0';
     if (hdr[0] != '{') {
-        fail(err, path, "header does not start with '{' (not a safetensors file)");
+        fail(err, path,
+             "header does not start with '{' (not a safetensors file)");
         goto fail;
     }
     size_t bad = bad_utf8_at((const unsigned char *)hdr, (size_t)hlen);
@@ -582,9 +639,11 @@ int qkv_st_read(const char *path, qkv_st_file *f, qkv_st_error *err) {
     const char *end = NULL;
     root = cJSON_ParseWithLengthOpts(hdr, (size_t)hlen, &end, 0);
     if (!root) {
-        size_t at = end && end >= hdr && end <= hdr + hlen ? (size_t)(end - hdr) : 0;
-        fail(err, path, "header is not valid JSON (error near byte %zu of %llu)",
-             at, (unsigned long long)hlen);
+        size_t at =
+            end && end >= hdr && end <= hdr + hlen ? (size_t)(end - hdr) : 0;
+        fail(err, path,
+             "header is not valid JSON (error near byte %zu of %llu)", at,
+             (unsigned long long)hlen);
         goto fail;
     }
     for (; end < hdr + hlen; end++)
@@ -614,8 +673,10 @@ int qkv_st_read(const char *path, qkv_st_file *f, qkv_st_error *err) {
         if (t->n == 0) continue;
         if (fseeko(fp, (off_t)(data_start + info[i].begin), SEEK_SET) != 0 ||
             fread(t->data, sizeof(float), t->n, fp) != t->n) {
-            fail(err, path, "read error in tensor " NAME_FMT " (file changed "
-                 "while reading?)", t->name);
+            fail(err, path,
+                 "read error in tensor " NAME_FMT " (file changed "
+                 "while reading?)",
+                 t->name);
             goto fail;
         }
         if (!host_is_little_endian()) swap_bytes32(t->data, t->n);
@@ -641,7 +702,8 @@ static int cmp_find(const void *key, const void *t) {
 
 const qkv_st_tensor *qkv_st_find(const qkv_st_file *f, const char *name) {
     if (!f->count) return NULL;
-    return bsearch(name, f->tensors, (size_t)f->count, sizeof *f->tensors, cmp_find);
+    return bsearch(name, f->tensors, (size_t)f->count, sizeof *f->tensors,
+                   cmp_find);
 }
 
 const char *qkv_st_meta(const qkv_st_file *f, const char *key) {
@@ -661,7 +723,8 @@ void qkv_st_free(qkv_st_file *f) {
 
 /* Appends to a message being built in buf (cap bytes); ends it with "..." once
  * it no longer fits. */
-static void append(char *buf, size_t cap, const char *fmt, ...) QKV_PRINTF(3, 4);
+static void append(char *buf, size_t cap, const char *fmt, ...)
+    QKV_PRINTF(3, 4);
 static void append(char *buf, size_t cap, const char *fmt, ...) {
     size_t k = strlen(buf);
     if (k + 4 >= cap) return;
@@ -689,7 +752,8 @@ int qkv_st_load_params(const qkv_st_file *f, qkv_params *ps, const char *path,
     for (int i = 0; i < ps->count; i++)
         if (!qkv_st_find(f, ps->list[i]->name))
             append(msg, sizeof msg, "%s%.80s",
-                   lead(&k, msg, "missing from the file: ", h), ps->list[i]->name);
+                   lead(&k, msg, "missing from the file: ", h),
+                   ps->list[i]->name);
     k = 0;
     for (int i = 0; i < f->count; i++)
         if (!qkv_params_find(ps, f->tensors[i].name))
@@ -699,11 +763,14 @@ int qkv_st_load_params(const qkv_st_file *f, qkv_params *ps, const char *path,
     for (int i = 0; i < ps->count; i++) {
         const qkv_tensor *p = ps->list[i];
         const qkv_st_tensor *t = qkv_st_find(f, p->name);
-        if (t && (t->ndim != p->ndim ||
-                  memcmp(t->shape, p->shape, (size_t)p->ndim * sizeof(int)) != 0))
-            append(msg, sizeof msg, "%s%.80s is %s in the file but %s in the model",
+        if (t &&
+            (t->ndim != p->ndim ||
+             memcmp(t->shape, p->shape, (size_t)p->ndim * sizeof(int)) != 0))
+            append(msg, sizeof msg,
+                   "%s%.80s is %s in the file but %s in the model",
                    lead(&k, msg, "shape mismatch: ", h), p->name,
-                   shape_str(t->ndim, t->shape, a), shape_str(p->ndim, p->shape, b));
+                   shape_str(t->ndim, t->shape, a),
+                   shape_str(p->ndim, p->shape, b));
     }
     if (*msg) return fail(err, path, "does not match the model: %s", msg);
     for (int i = 0; i < ps->count; i++) {

@@ -11,17 +11,17 @@
  * Writes are atomic: PATH.tmp.<pid> is written, fsynced and renamed over PATH,
  * then the directory is fsynced; on failure the temporary file is removed and
  * PATH is untouched (except a failed directory fsync, reported after the
- * rename: PATH then holds the new file). Reads validate everything before allocating tensor memory
- * (sizes, offsets, shapes, dtype, overflow, the tensors tiling the data buffer
- * exactly) and refuse a bad file with one line naming it and the fault.
+ * rename: PATH then holds the new file). Reads validate everything before
+ * allocating tensor memory (sizes, offsets, shapes, dtype, overflow, the
+ * tensors tiling the data buffer exactly) and refuse a bad file with one line
+ * naming it and the fault.
  *
  * Every function returns 0 on success and -1 on failure with err->msg set.
  * A qkv_st_file owns its tensors, names and metadata; free with qkv_st_free.
  *
  *   qkv_st_error err;
- *   if (qkv_st_write_params("ckpt.safetensors", &ps, keys, vals, 2, &err)) die(err.msg);
- *   qkv_st_file f;
- *   if (qkv_st_read("ckpt.safetensors", &f, &err) ||
+ *   if (qkv_st_write_params("ckpt.safetensors", &ps, keys, vals, 2, &err))
+ * die(err.msg); qkv_st_file f; if (qkv_st_read("ckpt.safetensors", &f, &err) ||
  *       qkv_st_load_params(&f, &ps, "ckpt.safetensors", &err)) die(err.msg);
  *   const char *step = qkv_st_meta(&f, "step");  ...  qkv_st_free(&f);
  */
@@ -46,9 +46,9 @@ typedef struct qkv_st_error {
 /* ---- writing ---- */
 
 typedef struct qkv_st_entry {
-    const char *name;   /* unique, non-empty, not "__metadata__" */
-    const float *data;  /* numel values, row-major (may be NULL if numel is 0) */
-    int ndim;           /* 0 (scalar) .. QKV_MAX_DIMS */
+    const char *name;  /* unique, non-empty, not "__metadata__" */
+    const float *data; /* numel values, row-major (may be NULL if numel is 0) */
+    int ndim;          /* 0 (scalar) .. QKV_MAX_DIMS */
     int shape[QKV_MAX_DIMS];
 } qkv_st_entry;
 
@@ -67,17 +67,18 @@ int qkv_st_write_params(const char *path, const qkv_params *ps,
 /* ---- reading ---- */
 
 typedef struct qkv_st_tensor {
-    char *name;   /* owned */
-    int ndim;     /* 0 .. QKV_MAX_DIMS */
+    char *name; /* owned */
+    int ndim;   /* 0 .. QKV_MAX_DIMS */
     int shape[QKV_MAX_DIMS];
-    size_t n;     /* product of shape (1 for a scalar) */
-    float *data;  /* (n) owned, 64-byte aligned, host byte order */
+    size_t n;    /* product of shape (1 for a scalar) */
+    float *data; /* (n) owned, 64-byte aligned, host byte order */
 } qkv_st_tensor;
 
 typedef struct qkv_st_file {
     qkv_st_tensor *tensors; /* count tensors, sorted by name */
     int count;
-    cJSON *metadata;        /* the "__metadata__" object (all values strings) or NULL; owned */
+    cJSON *metadata; /* the "__metadata__" object (all values strings) or NULL;
+                        owned */
 } qkv_st_file;
 
 /* Loads and validates the whole file. On failure *f is left empty (count 0),

@@ -10,7 +10,8 @@
 #include <string.h>
 
 qkv_optim_config qkv_optim_defaults(qkv_optim_kind kind) {
-    qkv_optim_config c = {.kind = kind, .beta1 = 0.9f, .beta2 = 0.98f, .eps = 1e-9f};
+    qkv_optim_config c = {
+        .kind = kind, .beta1 = 0.9f, .beta2 = 0.98f, .eps = 1e-9f};
     if (kind == QKV_OPTIM_ADAMW) c.weight_decay = 0.01f;
     if (kind == QKV_OPTIM_SGD) c.momentum = 0.9f;
     return c;
@@ -18,33 +19,39 @@ qkv_optim_config qkv_optim_defaults(qkv_optim_kind kind) {
 
 static float *zeros(size_t n, const char *what) {
     size_t bytes;
-    QKV_CHECK(qkv_mul_size(n, sizeof(float), &bytes), "optim: %zu floats overflow", n);
+    QKV_CHECK(qkv_mul_size(n, sizeof(float), &bytes),
+              "optim: %zu floats overflow", n);
     float *p = qkv_malloc_aligned(bytes, what);
     memset(p, 0, bytes);
     return p;
 }
 
-void qkv_optim_init(qkv_optim *o, const qkv_optim_config *cfg, const qkv_params *ps) {
+void qkv_optim_init(qkv_optim *o, const qkv_optim_config *cfg,
+                    const qkv_params *ps) {
     const qkv_optim_config c = *cfg;
-    QKV_CHECK(c.kind == QKV_OPTIM_ADAM || c.kind == QKV_OPTIM_ADAMW || c.kind == QKV_OPTIM_SGD,
+    QKV_CHECK(c.kind == QKV_OPTIM_ADAM || c.kind == QKV_OPTIM_ADAMW ||
+                  c.kind == QKV_OPTIM_SGD,
               "optim_init: unknown optimiser kind %d", (int)c.kind);
-    QKV_CHECK(ps->values && ps->grads, "optim_init: call qkv_params_alloc first");
+    QKV_CHECK(ps->values && ps->grads,
+              "optim_init: call qkv_params_alloc first");
     QKV_CHECK(c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1,
               "optim_init: betas (%g, %g) must lie in [0, 1)", (double)c.beta1,
               (double)c.beta2);
-    QKV_CHECK(c.eps >= 0 && isfinite(c.eps), "optim_init: eps %g must be finite and >= 0",
-              (double)c.eps);
+    QKV_CHECK(c.eps >= 0 && isfinite(c.eps),
+              "optim_init: eps %g must be finite and >= 0", (double)c.eps);
     QKV_CHECK(c.weight_decay >= 0 && isfinite(c.weight_decay),
-              "optim_init: weight_decay %g must be finite and >= 0", (double)c.weight_decay);
-    QKV_CHECK(c.momentum >= 0 && c.momentum < 1, "optim_init: momentum %g must lie in [0, 1)",
-              (double)c.momentum);
+              "optim_init: weight_decay %g must be finite and >= 0",
+              (double)c.weight_decay);
+    QKV_CHECK(c.momentum >= 0 && c.momentum < 1,
+              "optim_init: momentum %g must lie in [0, 1)", (double)c.momentum);
     QKV_CHECK(!c.nesterov || (c.kind == QKV_OPTIM_SGD && c.momentum > 0),
               "optim_init: nesterov needs SGD with momentum > 0");
 
     memset(o, 0, sizeof *o);
     o->cfg = c;
     o->n = ps->n;
-    if (c.kind != QKV_OPTIM_SGD || c.momentum > 0) o->m = zeros(ps->n, "optimiser m");
+    if (c.kind != QKV_OPTIM_SGD || c.momentum > 0)
+        o->m = zeros(ps->n, "optimiser m");
     if (c.kind != QKV_OPTIM_SGD) o->v = zeros(ps->n, "optimiser v");
     if (c.weight_decay > 0 && !c.decay_all) {
         o->decay = qkv_calloc(ps->n, 1, "weight decay mask");
@@ -52,7 +59,8 @@ void qkv_optim_init(qkv_optim *o, const qkv_optim_config *cfg, const qkv_params 
             const qkv_tensor *t = ps->list[i];
             size_t off = (size_t)(t->data - ps->values);
             QKV_CHECK(t->data >= ps->values && off + t->n <= ps->n,
-                      "optim_init: parameter %s is not inside the store", t->name);
+                      "optim_init: parameter %s is not inside the store",
+                      t->name);
             if (t->ndim >= 2) memset(o->decay + off, 1, t->n);
         }
     }
@@ -67,12 +75,11 @@ void qkv_optim_free(qkv_optim *o) {
 
 /* torch.optim.Adam / AdamW, one element at a time (t = step):
  *   Adam:  g += wd*p                       (L2, only where decay applies)
- *   AdamW: p *= 1 - lr*wd                  (decoupled, only where decay applies)
- *   m = lerp(m, g, 1-b1) = m + (1-b1)(g - m)   i.e. b1*m + (1-b1)*g
- *   v = b2*v + (1-b2)*g*g
- *   p -= lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps)
- * The bias corrections (Kingma & Ba 2015, sec. 2 and 3) undo the moments'
- * zero start, so the first update is about lr*sign(g) whatever g's scale. */
+ *   AdamW: p *= 1 - lr*wd                  (decoupled, only where decay
+ * applies) m = lerp(m, g, 1-b1) = m + (1-b1)(g - m)   i.e. b1*m + (1-b1)*g v =
+ * b2*v + (1-b2)*g*g p -= lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps) The
+ * bias corrections (Kingma & Ba 2015, sec. 2 and 3) undo the moments' zero
+ * start, so the first update is about lr*sign(g) whatever g's scale. */
 static void adam_step(qkv_optim *o, float *p, const float *grad, float lr) {
     const qkv_optim_config *c = &o->cfg;
     const double t = (double)o->step;
@@ -89,8 +96,10 @@ static void adam_step(qkv_optim *o, float *p, const float *grad, float lr) {
     for (size_t i = 0; i < n; i++) {
         float g = grad[i];
         if (wd != 0 && (!decay || decay[i])) {
-            if (decoupled) p[i] *= shrink;
-            else g += wd * p[i];
+            if (decoupled)
+                p[i] *= shrink;
+            else
+                g += wd * p[i];
         }
         m[i] += w1 * (g - m[i]);
         v[i] = v[i] * b2 + w2 * g * g;
@@ -124,45 +133,56 @@ static void sgd_step(qkv_optim *o, float *p, const float *grad, float lr) {
 }
 
 void qkv_optim_step(qkv_optim *o, qkv_params *ps, float lr) {
-    QKV_CHECK(isfinite(lr) && lr >= 0, "optim_step: learning rate %g must be finite and >= 0",
+    QKV_CHECK(isfinite(lr) && lr >= 0,
+              "optim_step: learning rate %g must be finite and >= 0",
               (double)lr);
-    QKV_CHECK(ps->n == o->n && ps->values && ps->grads,
-              "optim_step: optimiser built for %zu floats, parameters have %zu%s", o->n, ps->n,
-              ps->values ? "" : " (not allocated)");
+    QKV_CHECK(
+        ps->n == o->n && ps->values && ps->grads,
+        "optim_step: optimiser built for %zu floats, parameters have %zu%s",
+        o->n, ps->n, ps->values ? "" : " (not allocated)");
     o->step++;
-    if (o->cfg.kind == QKV_OPTIM_SGD) sgd_step(o, ps->values, ps->grads, lr);
-    else adam_step(o, ps->values, ps->grads, lr);
+    if (o->cfg.kind == QKV_OPTIM_SGD)
+        sgd_step(o, ps->values, ps->grads, lr);
+    else
+        adam_step(o, ps->values, ps->grads, lr);
 }
 
 /* ---- schedules ---- */
 
 float qkv_schedule_lr(const qkv_schedule *s, int64_t t) {
-    QKV_CHECK(t >= 1, "schedule_lr: step %lld; steps count from 1 (the first update)",
+    QKV_CHECK(t >= 1,
+              "schedule_lr: step %lld; steps count from 1 (the first update)",
               (long long)t);
-    QKV_CHECK(isfinite(s->lr) && s->lr >= 0, "schedule_lr: lr %g must be finite and >= 0",
-              (double)s->lr);
-    QKV_CHECK(s->warmup >= 0, "schedule_lr: warmup %lld < 0", (long long)s->warmup);
+    QKV_CHECK(isfinite(s->lr) && s->lr >= 0,
+              "schedule_lr: lr %g must be finite and >= 0", (double)s->lr);
+    QKV_CHECK(s->warmup >= 0, "schedule_lr: warmup %lld < 0",
+              (long long)s->warmup);
     const double lr = s->lr, step = (double)t, warmup = (double)s->warmup;
     switch (s->kind) {
     case QKV_SCHEDULE_CONSTANT:
         return s->lr;
     case QKV_SCHEDULE_NOAM: {
-        QKV_CHECK(s->d_model > 0, "schedule_lr: noam needs d_model > 0, got %d", s->d_model);
+        QKV_CHECK(s->d_model > 0, "schedule_lr: noam needs d_model > 0, got %d",
+                  s->d_model);
         double r = 1.0 / sqrt(step);
         if (s->warmup > 0) r = fmin(r, step * pow(warmup, -1.5));
         return (float)(lr / sqrt((double)s->d_model) * r);
     }
     case QKV_SCHEDULE_COSINE: {
         QKV_CHECK(s->total > 0 && s->total >= s->warmup,
-                  "schedule_lr: cosine needs total > 0 and >= warmup, got total %lld, "
-                  "warmup %lld", (long long)s->total, (long long)s->warmup);
+                  "schedule_lr: cosine needs total > 0 and >= warmup, got "
+                  "total %lld, "
+                  "warmup %lld",
+                  (long long)s->total, (long long)s->warmup);
         QKV_CHECK(isfinite(s->min_lr) && s->min_lr >= 0,
-                  "schedule_lr: min_lr %g must be finite and >= 0", (double)s->min_lr);
+                  "schedule_lr: min_lr %g must be finite and >= 0",
+                  (double)s->min_lr);
         if (t <= s->warmup) return (float)(lr * step / warmup);
         if (t >= s->total) return s->min_lr;
         const double progress = (step - warmup) / ((double)s->total - warmup);
         const double pi = 3.14159265358979323846;
-        return (float)(s->min_lr + (lr - s->min_lr) * 0.5 * (1.0 + cos(pi * progress)));
+        return (float)(s->min_lr +
+                       (lr - s->min_lr) * 0.5 * (1.0 + cos(pi * progress)));
     }
     }
     QKV_FATAL("schedule_lr: unknown schedule kind %d", (int)s->kind);
@@ -193,8 +213,8 @@ float qkv_grad_norm(const qkv_params *ps) {
 }
 
 float qkv_clip_grad_norm(qkv_params *ps, float max_norm) {
-    QKV_CHECK(max_norm > 0 && isfinite(max_norm), "clip_grad_norm: max_norm %g must be > 0",
-              (double)max_norm);
+    QKV_CHECK(max_norm > 0 && isfinite(max_norm),
+              "clip_grad_norm: max_norm %g must be > 0", (double)max_norm);
     const float norm = qkv_grad_norm(ps);
     const float coef = max_norm / (norm + 1e-6f);
     if (isfinite(norm) && coef < 1.0f) {

@@ -12,11 +12,10 @@
  *   qkv_optim opt;
  *   qkv_optim_config cfg = qkv_optim_defaults(QKV_OPTIM_ADAMW);
  *   qkv_optim_init(&opt, &cfg, &ps);                 // after qkv_params_alloc
- *   qkv_schedule sched = {QKV_SCHEDULE_NOAM, .lr = 1, .warmup = 4000, .d_model = 512};
- *   for (int64_t step = 1; ...; step++) {
- *       qkv_params_zero_grad(&ps);  ...forward, backward...
- *       qkv_clip_grad_norm(&ps, 1.0f);
- *       qkv_optim_step(&opt, &ps, qkv_schedule_lr(&sched, step));
+ *   qkv_schedule sched = {QKV_SCHEDULE_NOAM, .lr = 1, .warmup = 4000, .d_model
+ * = 512}; for (int64_t step = 1; ...; step++) { qkv_params_zero_grad(&ps);
+ * ...forward, backward... qkv_clip_grad_norm(&ps, 1.0f); qkv_optim_step(&opt,
+ * &ps, qkv_schedule_lr(&sched, step));
  *   }
  *   qkv_optim_free(&opt);
  */
@@ -29,8 +28,10 @@
 #include "tensor.h"
 
 typedef enum qkv_optim_kind {
-    QKV_OPTIM_ADAM,  /* Kingma & Ba 2015, "Adam: A Method for Stochastic Optimization" */
-    QKV_OPTIM_ADAMW, /* Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization" */
+    QKV_OPTIM_ADAM,  /* Kingma & Ba 2015, "Adam: A Method for Stochastic
+                        Optimization" */
+    QKV_OPTIM_ADAMW, /* Loshchilov & Hutter 2019, "Decoupled Weight Decay
+                        Regularization" */
     QKV_OPTIM_SGD    /* with optional (Nesterov) momentum, as torch.optim.SGD */
 } qkv_optim_kind;
 
@@ -57,17 +58,20 @@ qkv_optim_config qkv_optim_defaults(qkv_optim_kind kind);
 
 typedef struct qkv_optim {
     qkv_optim_config cfg;
-    size_t n;              /* floats, equal to the params' n */
-    float *m;              /* (n) Adam first moment / SGD momentum buffer; NULL for plain SGD */
-    float *v;              /* (n) Adam second moment; NULL for SGD */
-    unsigned char *decay;  /* (n) 1 where weight decay applies; NULL: everywhere (or no decay) */
-    int64_t step;          /* updates taken; Adam's bias correction uses it, so
-                            * a checkpoint saves it with m and v */
+    size_t n; /* floats, equal to the params' n */
+    float *
+        m; /* (n) Adam first moment / SGD momentum buffer; NULL for plain SGD */
+    float *v;             /* (n) Adam second moment; NULL for SGD */
+    unsigned char *decay; /* (n) 1 where weight decay applies; NULL: everywhere
+                             (or no decay) */
+    int64_t step;         /* updates taken; Adam's bias correction uses it, so
+                           * a checkpoint saves it with m and v */
 } qkv_optim;
 
 /* Allocates zeroed state for the parameters of ps (already allocated) and
  * builds the decay mask from the views' ndim. Checks the config. */
-void qkv_optim_init(qkv_optim *o, const qkv_optim_config *cfg, const qkv_params *ps);
+void qkv_optim_init(qkv_optim *o, const qkv_optim_config *cfg,
+                    const qkv_params *ps);
 /* One update of ps->values from ps->grads with learning rate lr (finite,
  * >= 0); step += 1 first, so the first call uses t = 1. Elementwise, so the
  * result does not depend on the number of threads. */
@@ -90,11 +94,11 @@ typedef enum qkv_schedule_kind {
 
 typedef struct qkv_schedule {
     qkv_schedule_kind kind;
-    float lr;        /* constant: the rate; noam: the factor; cosine: the peak */
-    int64_t warmup;  /* noam and cosine: steps of linear warm-up (0: none) */
-    int64_t total;   /* cosine: reaches min_lr at this step, > 0 and >= warmup */
-    float min_lr;    /* cosine: the floor, >= 0 */
-    int d_model;     /* noam: > 0 */
+    float lr;       /* constant: the rate; noam: the factor; cosine: the peak */
+    int64_t warmup; /* noam and cosine: steps of linear warm-up (0: none) */
+    int64_t total;  /* cosine: reaches min_lr at this step, > 0 and >= warmup */
+    float min_lr;   /* cosine: the floor, >= 0 */
+    int d_model;    /* noam: > 0 */
 } qkv_schedule;
 
 /* The learning rate for update number t, counted from 1 (the first update),

@@ -23,15 +23,13 @@
 static int n_runs = 7;
 static double min_run_s = 0.05;
 
-static double now(void)
-{
+static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
+static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
 }
@@ -39,8 +37,7 @@ static int cmp_double(const void *a, const void *b)
 typedef void (*gemm_fn)(int, int, int, int, int, const float *, int,
                         const float *, int, int, float *, int);
 
-static void set_threads(int nt)
-{
+static void set_threads(int nt) {
 #ifdef _OPENMP
     omp_set_num_threads(nt);
 #else
@@ -49,8 +46,7 @@ static void set_threads(int nt)
 }
 
 /* median GFLOPS of fn on C[M,N] = op(A)[M,K] op(B)[K,N] with nt threads */
-static double bench(gemm_fn fn, int nt, int ta, int tb, int M, int N, int K)
-{
+static double bench(gemm_fn fn, int nt, int ta, int tb, int M, int N, int K) {
     size_t na = (size_t)M * K, nb = (size_t)K * N, nc = (size_t)M * N;
     float *A = malloc(na * sizeof(float)), *B = malloc(nb * sizeof(float));
     float *C = malloc(nc * sizeof(float));
@@ -60,9 +56,11 @@ static double bench(gemm_fn fn, int nt, int ta, int tb, int M, int N, int K)
     }
     uint32_t x = 12345;
     for (size_t i = 0; i < na; i++)
-        x = x * 1664525u + 1013904223u, A[i] = (float)(x >> 9) / 8388608.0f - 0.5f;
+        x = x * 1664525u + 1013904223u,
+        A[i] = (float)(x >> 9) / 8388608.0f - 0.5f;
     for (size_t i = 0; i < nb; i++)
-        x = x * 1664525u + 1013904223u, B[i] = (float)(x >> 9) / 8388608.0f - 0.5f;
+        x = x * 1664525u + 1013904223u,
+        B[i] = (float)(x >> 9) / 8388608.0f - 0.5f;
     memset(C, 0, nc * sizeof(float));
     int lda = ta ? M : K, ldb = tb ? K : N;
     set_threads(nt);
@@ -85,8 +83,7 @@ static double bench(gemm_fn fn, int nt, int ta, int tb, int M, int N, int K)
     return rate[n_runs / 2];
 }
 
-static void row(const char *label, int ta, int tb, int M, int N, int K)
-{
+static void row(const char *label, int ta, int tb, int M, int N, int K) {
     double g1 = bench(qkv_sgemm, 1, ta, tb, M, N, K);
     double g2 = bench(qkv_sgemm, 2, ta, tb, M, N, K);
     printf("%-22s %2d %2d %5d %5d %5d %9.1f %9.1f\n", label, ta, tb, M, N, K,
@@ -94,14 +91,11 @@ static void row(const char *label, int ta, int tb, int M, int N, int K)
     fflush(stdout);
 }
 
-int main(int argc, char **argv)
-{
-    if (argc > 1 && strcmp(argv[1], "quick") == 0)
-        n_runs = 1, min_run_s = 0.01;
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "quick") == 0) n_runs = 1, min_run_s = 0.01;
     if (argc == 6) {
         int d[5];
-        for (int i = 0; i < 5; i++)
-            d[i] = atoi(argv[i + 1]);
+        for (int i = 0; i < 5; i++) d[i] = atoi(argv[i + 1]);
         if (d[2] < 1 || d[3] < 1 || d[4] < 1) {
             fprintf(stderr, "bench_matmul: M N K must be positive\n");
             return 1;
@@ -114,8 +108,7 @@ int main(int argc, char **argv)
     printf("%-22s %2s %2s %5s %5s %5s %9s %9s\n", "case", "ta", "tb", "M", "N",
            "K", "1 thread", "2 threads");
     static const int sq[] = {16, 64, 128, 256, 512, 1024};
-    for (int i = 0; i < 6; i++)
-        row("square", 0, 0, sq[i], sq[i], sq[i]);
+    for (int i = 0; i < 6; i++) row("square", 0, 0, sq[i], sq[i], sq[i]);
     row("square A^T", 1, 0, 512, 512, 512);
     row("square B^T", 0, 1, 512, 512, 512);
     row("square A^T B^T", 1, 1, 512, 512, 512);

@@ -52,6 +52,8 @@ static void test_run(const char *name, void (*fn)(void)) {
     fflush(stdout);
 }
 
-static int test_summary(void) { return test_cases_failed ? 1 : 0; }
+static int test_summary(void) {
+    return test_cases_failed ? 1 : 0;
+}
 
 #endif

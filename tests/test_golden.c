@@ -65,13 +65,17 @@ static void check_file(const char *name) {
     c.ln_eps = (float)atof(meta_str(&f, "ln_eps"));
     c.scale_emb = meta_int(&f, "scale_emb");
     c.tie_output = meta_int(&f, "tie_output");
-    c.norm = strcmp(meta_str(&f, "norm"), "pre") == 0 ? QKV_NORM_PRE : QKV_NORM_POST;
-    c.pos = strcmp(meta_str(&f, "pos"), "learned") == 0 ? QKV_POS_LEARNED : QKV_POS_SIN;
-    c.act = strcmp(meta_str(&f, "act"), "gelu") == 0 ? QKV_ACT_GELU : QKV_ACT_RELU;
+    c.norm =
+        strcmp(meta_str(&f, "norm"), "pre") == 0 ? QKV_NORM_PRE : QKV_NORM_POST;
+    c.pos = strcmp(meta_str(&f, "pos"), "learned") == 0 ? QKV_POS_LEARNED
+                                                        : QKV_POS_SIN;
+    c.act =
+        strcmp(meta_str(&f, "act"), "gelu") == 0 ? QKV_ACT_GELU : QKV_ACT_RELU;
     c.dropout = 0.0f;
     float smoothing = (float)atof(meta_str(&f, "smoothing"));
     float lr = (float)atof(meta_str(&f, "adam_lr"));
-    int B = meta_int(&f, "batch"), S = meta_int(&f, "src_len"), T = meta_int(&f, "tgt_len");
+    int B = meta_int(&f, "batch"), S = meta_int(&f, "src_len"),
+        T = meta_int(&f, "tgt_len");
 
     qkv_model m;
     char merr[200];
@@ -82,9 +86,11 @@ static void check_file(const char *name) {
     }
     /* weights: every qkv parameter from param.<name>, and no torch extra */
     int n_param_files = 0;
-    for (int i = 0; i < f.count; i++) n_param_files += strncmp(f.tensors[i].name, "param.", 6) == 0;
-    CHECK(n_param_files == m.params.count, "%s: %d weights in the file, %d in qkv",
-          name, n_param_files, m.params.count);
+    for (int i = 0; i < f.count; i++)
+        n_param_files += strncmp(f.tensors[i].name, "param.", 6) == 0;
+    CHECK(n_param_files == m.params.count,
+          "%s: %d weights in the file, %d in qkv", name, n_param_files,
+          m.params.count);
     for (int i = 0; i < m.params.count; i++) {
         qkv_tensor *p = m.params.list[i];
         char key[160];
@@ -94,7 +100,8 @@ static void check_file(const char *name) {
     }
     /* the batch */
     size_t bs = (size_t)B * S, bt = (size_t)B * T;
-    int32_t *src = malloc(bs * 4), *tin = malloc(bt * 4), *tout = malloc(bt * 4);
+    int32_t *src = malloc(bs * 4), *tin = malloc(bt * 4),
+            *tout = malloc(bt * 4);
     uint8_t *spad = malloc(bs), *tpad = malloc(bt);
     const qkv_st_tensor *t_src = need(&f, "batch.src", bs),
                         *t_spad = need(&f, "batch.src_pad", bs),
@@ -102,7 +109,8 @@ static void check_file(const char *name) {
                         *t_tout = need(&f, "batch.tgt_out", bt),
                         *t_tpad = need(&f, "batch.tgt_pad", bt);
     if (!(t_src && t_spad && t_tin && t_tout && t_tpad)) goto done;
-    for (size_t i = 0; i < bs; i++) src[i] = (int32_t)t_src->data[i], spad[i] = t_spad->data[i] != 0;
+    for (size_t i = 0; i < bs; i++)
+        src[i] = (int32_t)t_src->data[i], spad[i] = t_spad->data[i] != 0;
     for (size_t i = 0; i < bt; i++) {
         tin[i] = (int32_t)t_tin->data[i];
         tout[i] = (int32_t)t_tout->data[i];
@@ -119,7 +127,8 @@ static void check_file(const char *name) {
     qkv_tensor *loss = qkv_cross_entropy(&g, logits, tout, c.pad_id, smoothing);
     const qkv_st_tensor *e_logits = need(&f, "expect.logits", logits->n),
                         *e_loss = need(&f, "expect.loss", 1);
-    double err_logits = e_logits ? rel_err(logits->data, e_logits->data, logits->n) : 1;
+    double err_logits =
+        e_logits ? rel_err(logits->data, e_logits->data, logits->n) : 1;
     double err_loss = e_loss ? fabs(loss->data[0] - e_loss->data[0]) : 1;
     qkv_params_zero_grad(&m.params);
     qkv_backward(&g, loss);
@@ -141,19 +150,21 @@ static void check_file(const char *name) {
     double err_adam = 0;
     for (int s = 0; s < 10 && e_adam; s++) {
         qkv_graph_reset(&g);
-        qkv_tensor *l = qkv_cross_entropy(&g, qkv_model_forward(&m, &g, &b), tout,
-                                          c.pad_id, smoothing);
+        qkv_tensor *l = qkv_cross_entropy(&g, qkv_model_forward(&m, &g, &b),
+                                          tout, c.pad_id, smoothing);
         double e = fabs(l->data[0] - e_adam->data[s]);
         err_adam = fmax(err_adam, e);
         qkv_params_zero_grad(&m.params);
         qkv_backward(&g, l);
         qkv_optim_step(&opt, &m.params, lr);
     }
-    printf("  %-12s logits %.1e  loss %.1e  grads %.1e (worst %s)  adam losses %.1e\n",
+    printf("  %-12s logits %.1e  loss %.1e  grads %.1e (worst %s)  adam losses "
+           "%.1e\n",
            name, err_logits, err_loss, err_grad, worst, err_adam);
     CHECK(err_logits <= 1e-4, "%s: logits differ by %.2e", name, err_logits);
     CHECK(err_loss <= 1e-4, "%s: loss differs by %.2e", name, err_loss);
-    CHECK(err_grad <= 1e-4, "%s: gradient of %s differs by %.2e", name, worst, err_grad);
+    CHECK(err_grad <= 1e-4, "%s: gradient of %s differs by %.2e", name, worst,
+          err_grad);
     CHECK(err_adam <= 1e-4, "%s: Adam losses differ by %.2e", name, err_adam);
     qkv_optim_free(&opt);
     qkv_graph_free(&g);
@@ -163,8 +174,12 @@ done:
     qkv_st_free(&f);
 }
 
-static void test_post_norm_sinusoidal_relu(void) { check_file("post_sin"); }
-static void test_pre_norm_learned_gelu_tied(void) { check_file("pre_learned"); }
+static void test_post_norm_sinusoidal_relu(void) {
+    check_file("post_sin");
+}
+static void test_pre_norm_learned_gelu_tied(void) {
+    check_file("pre_learned");
+}
 
 int main(void) {
     test_prog = "golden";

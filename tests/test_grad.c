@@ -32,18 +32,18 @@ typedef struct case_ctx case_ctx;
 typedef qkv_tensor *(*fwd_fn)(qkv_graph *g, qkv_tensor **x, case_ctx *c);
 
 struct case_ctx {
-    int ta, tb;             /* matmul */
-    int heads;              /* split_heads */
-    int32_t ids[64];        /* embedding ids / cross-entropy targets */
+    int ta, tb;      /* matmul */
+    int heads;       /* split_heads */
+    int32_t ids[64]; /* embedding ids / cross-entropy targets */
     int id_shape[2];
-    uint8_t pad[64];        /* attention key padding */
+    uint8_t pad[64]; /* attention key padding */
     qkv_attn_opts attn;
-    float p;                /* dropout */
+    float p; /* dropout */
     uint64_t seed;
     float smoothing;
     int ignore;
     int new_shape[4], new_ndim;
-    float tamper;           /* self-test: value written into a scale node */
+    float tamper; /* self-test: value written into a scale node */
 };
 
 static qkv_pcg32 rng;
@@ -57,7 +57,8 @@ static double weigh(const qkv_tensor *y) {
     qkv_pcg32 r;
     qkv_pcg32_seed(&r, 99, 1);
     double L = 0;
-    for (size_t i = 0; i < y->n; i++) L += (double)y->data[i] * qkv_pcg32_normal(&r);
+    for (size_t i = 0; i < y->n; i++)
+        L += (double)y->data[i] * qkv_pcg32_normal(&r);
     return L;
 }
 
@@ -142,7 +143,8 @@ static void test_matmul(void) {
     for (int trial = 0; trial < 12; trial++) {
         case_ctx c = {.ta = trial & 1, .tb = (trial >> 1) & 1};
         int M = rnd(1, 5), N = rnd(1, 5), K = rnd(1, 5), Bt = rnd(2, 3);
-        int mode = trial / 4; /* 0: 2-D, 1: batched a with shared b, 2: both batched */
+        int mode =
+            trial / 4; /* 0: 2-D, 1: batched a with shared b, 2: both batched */
         int ar = c.ta ? K : M, ac = c.ta ? M : K, br = c.tb ? N : K,
             bc = c.tb ? K : N;
         qkv_params ps;
@@ -187,8 +189,12 @@ static void check_binary(fwd_fn f, const char *name) {
     report(name, tol);
 }
 
-static void test_add(void) { check_binary(f_add, "add"); }
-static void test_mul(void) { check_binary(f_mul, "mul"); }
+static void test_add(void) {
+    check_binary(f_add, "add");
+}
+static void test_mul(void) {
+    check_binary(f_mul, "mul");
+}
 
 static qkv_tensor *f_scale(qkv_graph *g, qkv_tensor **x, case_ctx *c) {
     qkv_tensor *y = qkv_scale(g, x[0], -1.75f);
@@ -249,12 +255,24 @@ static void check_unary(fwd_fn f, const char *name, double tol, case_ctx *c,
     report(name, tol);
 }
 
-static void test_scale(void) { check_unary(f_scale, "scale", 2e-4, NULL, 0); }
-static void test_relu(void) { check_unary(f_relu, "relu", 2e-4, NULL, 1); }
-static void test_gelu(void) { check_unary(f_gelu, "gelu", 2e-3, NULL, 0); }
-static void test_softmax(void) { check_unary(f_softmax, "softmax", 2e-3, NULL, 0); }
-static void test_sum(void) { check_unary(f_sum, "sum", 2e-4, NULL, 0); }
-static void test_mean(void) { check_unary(f_mean, "mean", 2e-4, NULL, 0); }
+static void test_scale(void) {
+    check_unary(f_scale, "scale", 2e-4, NULL, 0);
+}
+static void test_relu(void) {
+    check_unary(f_relu, "relu", 2e-4, NULL, 1);
+}
+static void test_gelu(void) {
+    check_unary(f_gelu, "gelu", 2e-3, NULL, 0);
+}
+static void test_softmax(void) {
+    check_unary(f_softmax, "softmax", 2e-3, NULL, 0);
+}
+static void test_sum(void) {
+    check_unary(f_sum, "sum", 2e-4, NULL, 0);
+}
+static void test_mean(void) {
+    check_unary(f_mean, "mean", 2e-4, NULL, 0);
+}
 static void test_reshape(void) {
     case_ctx c = {0};
     check_unary(f_reshape, "reshape", 2e-3, &c, 0);

@@ -44,7 +44,8 @@ static qkv_model_config model_for(qkv_model_kind kind, int vocab) {
 }
 
 /* Exact-match accuracy of greedy decoding on n fresh sequences. */
-static double exact_match(qkv_model *m, qkv_graph *g, const qkv_task *t, int n) {
+static double exact_match(qkv_model *m, qkv_graph *g, const qkv_task *t,
+                          int n) {
     qkv_pcg32 rng;
     qkv_pcg32_seed(&rng, 777, 778); /* never the training stream */
     qkv_task_batch b;
@@ -95,8 +96,8 @@ static double train(const learn_case *lc, int threads, float *losses,
     qkv_optim_config oc = qkv_optim_defaults(QKV_OPTIM_ADAM);
     qkv_optim_init(&opt, &oc, &m.params);
     int warm = lc->max_steps < 1000 ? lc->max_steps / 4 : 100;
-    qkv_schedule sched = {QKV_SCHEDULE_COSINE, lc->lr, warm, lc->max_steps,
-                          lc->lr / 20, 0};
+    qkv_schedule sched = {QKV_SCHEDULE_COSINE, lc->lr,      warm,
+                          lc->max_steps,       lc->lr / 20, 0};
     qkv_pcg32 data;
     qkv_pcg32_seed(&data, 42, 1);
     qkv_task_batch b;
@@ -148,26 +149,50 @@ static void run_case(const learn_case *lc0) {
 }
 
 static void test_copy_encdec(void) {
-    learn_case lc = {"copy (enc-dec)", {QKV_TASK_COPY, 11, 10, 10, 0, 0},
-                     model_for(QKV_MODEL_ENCDEC, 11), 64, 3000, 100, 2e-3f, 1.0f};
+    learn_case lc = {"copy (enc-dec)",
+                     {QKV_TASK_COPY, 11, 10, 10, 0, 0},
+                     model_for(QKV_MODEL_ENCDEC, 11),
+                     64,
+                     3000,
+                     100,
+                     2e-3f,
+                     1.0f};
     run_case(&lc);
 }
 
 static void test_reverse_encdec(void) {
-    learn_case lc = {"reverse (enc-dec)", {QKV_TASK_REVERSE, 11, 10, 10, 0, 0},
-                     model_for(QKV_MODEL_ENCDEC, 11), 64, 3000, 100, 2e-3f, 0.99f};
+    learn_case lc = {"reverse (enc-dec)",
+                     {QKV_TASK_REVERSE, 11, 10, 10, 0, 0},
+                     model_for(QKV_MODEL_ENCDEC, 11),
+                     64,
+                     3000,
+                     100,
+                     2e-3f,
+                     0.99f};
     run_case(&lc);
 }
 
 static void test_copy_decoder_only(void) {
-    learn_case lc = {"copy x BOS x (decoder)", {QKV_TASK_COPY, 11, 10, 10, 0, 1},
-                     model_for(QKV_MODEL_DECODER, 11), 64, 3000, 100, 2e-3f, 0.99f};
+    learn_case lc = {"copy x BOS x (decoder)",
+                     {QKV_TASK_COPY, 11, 10, 10, 0, 1},
+                     model_for(QKV_MODEL_DECODER, 11),
+                     64,
+                     3000,
+                     100,
+                     2e-3f,
+                     0.99f};
     run_case(&lc);
 }
 
 static void test_same_seed_same_curve_any_threads(void) {
-    learn_case lc = {"determinism", {QKV_TASK_COPY, 11, 10, 10, 0, 0},
-                     model_for(QKV_MODEL_ENCDEC, 11), 32, 40, 0, 2e-3f, 0};
+    learn_case lc = {"determinism",
+                     {QKV_TASK_COPY, 11, 10, 10, 0, 0},
+                     model_for(QKV_MODEL_ENCDEC, 11),
+                     32,
+                     40,
+                     0,
+                     2e-3f,
+                     0};
     lc.mc.dropout = 0.1f; /* dropout masks too must repeat */
     if (QUICK) lc.batch = 4;
     float a[40], b[40], c[40];
@@ -178,7 +203,8 @@ static void test_same_seed_same_curve_any_threads(void) {
     train(&lc, 2, c, &steps, &secs);
     CHECK(memcmp(a, b, sizeof a) == 0, "1 and 2 threads differ");
     CHECK(memcmp(b, c, sizeof b) == 0, "two runs differ");
-    CHECK(a[39] < a[0], "loss did not fall: %g -> %g", (double)a[0], (double)a[39]);
+    CHECK(a[39] < a[0], "loss did not fall: %g -> %g", (double)a[0],
+          (double)a[39]);
 }
 
 int main(void) {

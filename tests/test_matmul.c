@@ -22,8 +22,7 @@ static int n_fail;
 
 /* xorshift32 -> uniform in [-1, 1) */
 static uint32_t rng_state = 0x9e3779b9u;
-static float frand(void)
-{
+static float frand(void) {
     uint32_t x = rng_state;
     x ^= x << 13;
     x ^= x >> 17;
@@ -32,15 +31,13 @@ static float frand(void)
     return (float)(x >> 8) * (2.0f / 16777216.0f) - 1.0f;
 }
 
-static float *alloc_rand(size_t n)
-{
+static float *alloc_rand(size_t n) {
     float *p = malloc((n ? n : 1) * sizeof(float));
     if (!p) {
         fprintf(stderr, "test_matmul: out of memory (%zu floats)\n", n);
         exit(1);
     }
-    for (size_t i = 0; i < n; i++)
-        p[i] = frand();
+    for (size_t i = 0; i < n; i++) p[i] = frand();
     return p;
 }
 
@@ -49,9 +46,8 @@ typedef void (*gemm_fn)(int, int, int, int, int, const float *, int,
 
 /* Runs one (ta, tb, M, N, K, accumulate, padding) case through fn and checks
  * it against the reference. Returns 0 on success, else writes detail. */
-static int check_case(gemm_fn fn, int ta, int tb, int M, int N, int K,
-                      int acc, int pad, char *detail, size_t dlen)
-{
+static int check_case(gemm_fn fn, int ta, int tb, int M, int N, int K, int acc,
+                      int pad, char *detail, size_t dlen) {
     int arows = ta ? K : M, acols = ta ? M : K;
     int brows = tb ? N : K, bcols = tb ? K : N;
     int lda = acols + pad, ldb = bcols + 2 * pad, ldc = N + 3 * pad;
@@ -87,8 +83,9 @@ static int check_case(gemm_fn fn, int ta, int tb, int M, int N, int K,
             }
             double err = fabs((double)C[o] - R[o]);
             if (!(err <= 1e-5 * mag + 1e-30)) {
-                snprintf(detail, dlen, "C[%d][%d] = %.9g, ref %.9g (bound %.3g)",
-                         i, j, C[o], R[o], 1e-5 * mag + 1e-30);
+                snprintf(detail, dlen,
+                         "C[%d][%d] = %.9g, ref %.9g (bound %.3g)", i, j, C[o],
+                         R[o], 1e-5 * mag + 1e-30);
                 bad = 1;
             }
         }
@@ -100,8 +97,7 @@ static int check_case(gemm_fn fn, int ta, int tb, int M, int N, int K,
     return bad;
 }
 
-static void report(const char *name, int bad, const char *detail)
-{
+static void report(const char *name, int bad, const char *detail) {
     if (bad) {
         printf("FAIL test_matmul/%s: %s\n", name, detail);
         n_fail++;
@@ -112,8 +108,7 @@ static void report(const char *name, int bad, const char *detail)
 
 /* One shape, all (ta, tb, accumulate, padding) combinations, both entry
  * points; one output line. */
-static void test_shape(int M, int N, int K)
-{
+static void test_shape(int M, int N, int K) {
     char name[64], detail[256] = "";
     int bad = 0;
     snprintf(name, sizeof name, "%dx%dx%d", M, N, K);
@@ -124,10 +119,9 @@ static void test_shape(int M, int N, int K)
         for (int f = 0; f < 2 && !bad; f++) {
             char d[200];
             if (check_case(fns[f], ta, tb, M, N, K, acc, pad, d, sizeof d)) {
-                snprintf(detail, sizeof detail,
-                         "%s ta=%d tb=%d acc=%d pad=%d: %s",
-                         f ? "qkv_sgemm_serial" : "qkv_sgemm", ta, tb, acc,
-                         pad, d);
+                snprintf(
+                    detail, sizeof detail, "%s ta=%d tb=%d acc=%d pad=%d: %s",
+                    f ? "qkv_sgemm_serial" : "qkv_sgemm", ta, tb, acc, pad, d);
                 bad = 1;
             }
         }
@@ -137,8 +131,7 @@ static void test_shape(int M, int N, int K)
 
 /* qkv_sgemm with 1, 2 and 4 threads == qkv_sgemm_serial, bitwise (4 threads
  * on 2 cores still exercises a 2 x 2 split of C). */
-static void test_determinism(int ta, int tb, int M, int N, int K)
-{
+static void test_determinism(int ta, int tb, int M, int N, int K) {
     char name[64], detail[160] = "";
     snprintf(name, sizeof name, "determinism_%s%s_%dx%dx%d", ta ? "t" : "n",
              tb ? "t" : "n", M, N, K);
@@ -148,8 +141,7 @@ static void test_determinism(int ta, int tb, int M, int N, int K)
     float *C[4];
     for (int r = 0; r < 4; r++) {
         C[r] = malloc((size_t)M * N * sizeof(float));
-        if (!C[r])
-            exit(1);
+        if (!C[r]) exit(1);
         memcpy(C[r], C0, (size_t)M * N * sizeof(float));
     }
 #ifdef _OPENMP
@@ -185,43 +177,41 @@ static void test_determinism(int ta, int tb, int M, int N, int K)
     free(A);
     free(B);
     free(C0);
-    for (int r = 0; r < 4; r++)
-        free(C[r]);
+    for (int r = 0; r < 4; r++) free(C[r]);
 }
 
 /* K == 0: C = 0, or C unchanged when accumulating. */
-static void test_k0(void)
-{
+static void test_k0(void) {
     float C[3 * 5], C0[3 * 5], A[1] = {1}, B[1] = {1};
     int bad = 0;
-    for (int i = 0; i < 15; i++)
-        C[i] = C0[i] = frand();
+    for (int i = 0; i < 15; i++) C[i] = C0[i] = frand();
     qkv_sgemm(0, 0, 3, 4, 0, A, 0, B, 4, 1, C, 5);
     bad |= memcmp(C, C0, sizeof C) != 0;
     qkv_sgemm_serial(1, 1, 3, 4, 0, A, 3, B, 0, 0, C, 5);
     for (int i = 0; i < 3; i++)
         for (int j = 0; j < 5; j++)
             bad |= C[i * 5 + j] != (j < 4 ? 0.0f : C0[i * 5 + j]);
-    report("k0", bad, "K == 0 must give C = 0 (or C unchanged when accumulating)");
+    report("k0", bad,
+           "K == 0 must give C = 0 (or C unchanged when accumulating)");
 }
 
-int main(void)
-{
-    static const int sizes[] = {1, 2, 7, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129};
+int main(void) {
+    static const int sizes[] = {1,  2,  7,  15, 16,  17, 31,
+                                33, 63, 64, 65, 127, 129};
     int ns = (int)(sizeof sizes / sizeof sizes[0]);
     /* each size on the diagonal and against a few others in every role */
-    for (int i = 0; i < ns; i++)
-        test_shape(sizes[i], sizes[i], sizes[i]);
+    for (int i = 0; i < ns; i++) test_shape(sizes[i], sizes[i], sizes[i]);
     for (int i = 0; i < ns; i++) {
-        int s = sizes[i], t = sizes[(i * 5 + 3) % ns], u = sizes[(i * 7 + 1) % ns];
+        int s = sizes[i], t = sizes[(i * 5 + 3) % ns],
+            u = sizes[(i * 7 + 1) % ns];
         test_shape(s, t, u);
         test_shape(t, u, s);
     }
-    test_shape(257, 130, 300);  /* several KC blocks, ragged edges */
-    test_shape(300, 1100, 20);  /* more than one NC panel */
-    test_shape(1, 1000, 513);   /* matrix-vector shapes */
+    test_shape(257, 130, 300); /* several KC blocks, ragged edges */
+    test_shape(300, 1100, 20); /* more than one NC panel */
+    test_shape(1, 1000, 513);  /* matrix-vector shapes */
     test_shape(1000, 1, 513);
-    test_shape(16, 16, 16);     /* attention-sized */
+    test_shape(16, 16, 16); /* attention-sized */
     test_shape(64, 64, 32);
     test_k0();
     test_determinism(0, 0, 300, 517, 129);

@@ -38,13 +38,15 @@ static void test_names_and_counts(void) {
     char err[200];
     qkv_model_config c = tiny(QKV_MODEL_ENCDEC);
     CHECK(qkv_model_init(&m, &c, 1, err, sizeof err) == 0, "init: %s", err);
-    const char *want[] = {"src_embed.weight", "tgt_embed.weight",
+    const char *want[] = {"src_embed.weight",
+                          "tgt_embed.weight",
                           "encoder.layers.0.self_attn.w_q",
                           "encoder.layers.1.ffn.w2",
                           "encoder.layers.1.norm2.gamma",
                           "decoder.layers.0.self_attn.w_o",
                           "decoder.layers.0.cross_attn.w_k",
-                          "decoder.layers.0.norm3.beta", "generator.weight"};
+                          "decoder.layers.0.norm3.beta",
+                          "generator.weight"};
     for (size_t i = 0; i < sizeof want / sizeof *want; i++)
         CHECK(qkv_params_find(&m.params, want[i]), "no parameter %s", want[i]);
     /* embeddings 2*7*8, encoder 2*(4*64 + 2*96 + 4*8), decoder 8*64 + 2*96 +
@@ -56,7 +58,8 @@ static void test_names_and_counts(void) {
     qkv_tensor *w = qkv_params_find(&m.params, "encoder.layers.0.ffn.w1");
     float a = sqrtf(6.0f / (8 + 12)), mx = 0;
     for (size_t i = 0; w && i < w->n; i++) mx = fmaxf(mx, fabsf(w->data[i]));
-    CHECK(mx <= a && mx > 0.8f * a, "xavier bound %g, max |w| %g", (double)a, (double)mx);
+    CHECK(mx <= a && mx > 0.8f * a, "xavier bound %g, max |w| %g", (double)a,
+          (double)mx);
     qkv_model_free(&m);
 
     c.norm = QKV_NORM_PRE;
@@ -76,7 +79,8 @@ static void test_names_and_counts(void) {
     CHECK(qkv_model_init(&m, &d, 1, err, sizeof err) == 0, "init: %s", err);
     CHECK(!qkv_params_find(&m.params, "decoder.layers.0.cross_attn.w_q"),
           "decoder-only has no cross-attention");
-    CHECK(m.params.n == 56 + 256 + 192 + 32 + 56, "decoder-only count %zu", m.params.n);
+    CHECK(m.params.n == 56 + 256 + 192 + 32 + 56, "decoder-only count %zu",
+          m.params.n);
     qkv_model_free(&m);
 }
 
@@ -85,11 +89,13 @@ static void test_bad_config(void) {
     char err[200] = "";
     qkv_model_config c = tiny(QKV_MODEL_ENCDEC);
     c.heads = 3;
-    CHECK(qkv_model_init(&m, &c, 1, err, sizeof err) == -1, "h = 3, d = 8 accepted");
+    CHECK(qkv_model_init(&m, &c, 1, err, sizeof err) == -1,
+          "h = 3, d = 8 accepted");
     CHECK(strstr(err, "h = 3 does not divide d_model = 8"), "message: %s", err);
     c = tiny(QKV_MODEL_ENCDEC);
     c.dropout = 1.0f;
-    CHECK(qkv_model_init(&m, &c, 1, err, sizeof err) == -1, "dropout 1 accepted");
+    CHECK(qkv_model_init(&m, &c, 1, err, sizeof err) == -1,
+          "dropout 1 accepted");
     CHECK(strstr(err, "dropout"), "message: %s", err);
 }
 
@@ -149,7 +155,8 @@ static double model_gradcheck(const qkv_model_config *c, double *skipped) {
             skip++;
             continue;
         }
-        double fd = (lp - lm) / ((double)xp - (double)xm), an = m.params.grads[i];
+        double fd = (lp - lm) / ((double)xp - (double)xm),
+               an = m.params.grads[i];
         double e = fabs(fd - an) / (fabs(an) + s);
         if (e > worst) worst = e;
     }
@@ -163,13 +170,15 @@ static double model_gradcheck(const qkv_model_config *c, double *skipped) {
  * ~1e-7 relative, magnified by 1/(2h) = 50, and the stacked nonlinearities
  * have larger third derivatives than one op (truncation ~ h^2 f'''/6).
  * Measured worst errors (~1e-3) are printed; a wrong backward anywhere (a
- * dropped residual, a mask applied on one side only) gives errors of order 1. */
+ * dropped residual, a mask applied on one side only) gives errors of order 1.
+ */
 static void check_variant(const char *name, qkv_model_config c) {
     double skipped = 0, e = model_gradcheck(&c, &skipped);
     printf("  %-30s max err %.2e (%.1f%% skipped at ReLU kinks)\n", name, e,
            100 * skipped);
     CHECK(e < 5e-3, "%s: gradient error %.3e", name, e);
-    CHECK(skipped < 0.05, "%s: %.1f%% of entries at kinks", name, 100 * skipped);
+    CHECK(skipped < 0.05, "%s: %.1f%% of entries at kinks", name,
+          100 * skipped);
 }
 
 static void test_gradients_post_norm_sinusoidal(void) {
@@ -221,7 +230,8 @@ static void test_padding_is_invisible(void) {
             if (!tgt_pad[bb * T + t])
                 for (int v = 0; v < V; v++) {
                     size_t i = ((size_t)bb * T + t) * V + v;
-                    CHECK(l1->data[i] == l2->data[i], "logit (%d,%d,%d) moved", bb, t, v);
+                    CHECK(l1->data[i] == l2->data[i], "logit (%d,%d,%d) moved",
+                          bb, t, v);
                 }
     CHECK(loss1 == loss2, "loss %g vs %g", (double)loss1, (double)loss2);
     qkv_graph_free(&g);

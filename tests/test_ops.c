@@ -42,19 +42,22 @@ static void test_attention_known(void) {
     const float X[12] = {1, 0, 1, 0, 0, 1, 0, 1, 1, 1, 1, 1};
     float I[16] = {0};
     for (int i = 0; i < 4; i++) I[i * 4 + i] = 1;
-    qkv_tensor *x = from(&g, 2, (int[]){3, 4}, X), *w = from(&g, 2, (int[]){4, 4}, I);
+    qkv_tensor *x = from(&g, 2, (int[]){3, 4}, X),
+               *w = from(&g, 2, (int[]){4, 4}, I);
     qkv_tensor *q = qkv_matmul(&g, x, w, 0, 1), *k = qkv_matmul(&g, x, w, 0, 1),
                *v = qkv_matmul(&g, x, w, 0, 1);
     int s4[4] = {1, 1, 3, 4};
     float weights[9];
     qkv_attn_opts o = {.scale = 0.5f, .weights = weights};
-    qkv_tensor *y = qkv_attention(&g, qkv_reshape(&g, q, 4, s4),
-                                  qkv_reshape(&g, k, 4, s4),
-                                  qkv_reshape(&g, v, 4, s4), &o);
+    qkv_tensor *y =
+        qkv_attention(&g, qkv_reshape(&g, q, 4, s4), qkv_reshape(&g, k, 4, s4),
+                      qkv_reshape(&g, v, 4, s4), &o);
     const float wthe[3] = {0.4223f, 0.1554f, 0.4223f};
     const float ythe[4] = {0.8446f, 0.5777f, 0.8446f, 0.5777f};
-    for (int j = 0; j < 3; j++) CHECK_NEAR(weights[j], wthe[j], 5e-5, "weight of The");
-    for (int j = 0; j < 4; j++) CHECK_NEAR(y->data[j], ythe[j], 5e-5, "output for The");
+    for (int j = 0; j < 3; j++)
+        CHECK_NEAR(weights[j], wthe[j], 5e-5, "weight of The");
+    for (int j = 0; j < 4; j++)
+        CHECK_NEAR(y->data[j], ythe[j], 5e-5, "output for The");
     for (int i = 0; i < 3; i++) {
         double s = 0;
         for (int j = 0; j < 3; j++) s += weights[i * 3 + j];
@@ -75,7 +78,8 @@ static void test_layernorm_known(void) {
     qkv_tensor *ga = from(&g, 1, (int[]){4}, (float[]){1, 1, 2, 1});
     qkv_tensor *be = from(&g, 1, (int[]){4}, (float[]){0, 0, 0, 1});
     qkv_tensor *y = qkv_layernorm(&g, x, ga, be, 1e-5f);
-    /* mean 2.5, biased var 1.25: xhat = (-1.5, -.5, .5, 1.5) / sqrt(1.25 + 1e-5) */
+    /* mean 2.5, biased var 1.25: xhat = (-1.5, -.5, .5, 1.5) / sqrt(1.25 +
+     * 1e-5) */
     double r = 1 / sqrt(1.25 + 1e-5);
     CHECK_NEAR(y->data[0], -1.5 * r, 1e-6, "y0");
     CHECK_NEAR(y->data[2], 2 * 0.5 * r, 1e-6, "y2 (gamma 2)");
@@ -87,7 +91,8 @@ static void test_gelu_and_xent_known(void) {
     qkv_graph g;
     qkv_graph_init(&g, 0);
     /* torch.nn.functional.gelu(torch.tensor([-1., 0.5, 2.])) */
-    qkv_tensor *y = qkv_gelu(&g, from(&g, 1, (int[]){3}, (float[]){-1, 0.5f, 2}));
+    qkv_tensor *y =
+        qkv_gelu(&g, from(&g, 1, (int[]){3}, (float[]){-1, 0.5f, 2}));
     CHECK_NEAR(y->data[0], -0.158655, 1e-6, "gelu(-1)");
     CHECK_NEAR(y->data[1], 0.345731, 1e-6, "gelu(0.5)");
     CHECK_NEAR(y->data[2], 1.954500, 1e-6, "gelu(2)");
@@ -120,9 +125,11 @@ static void test_causal_and_padding_masks(void) {
     qkv_tensor *x[3];
     for (int i = 0; i < 3; i++) {
         x[i] = qkv_tensor_new(&g, 4, sh);
-        for (size_t j = 0; j < x[i]->n; j++) x[i]->data[j] = 3 * qkv_pcg32_normal(&r);
+        for (size_t j = 0; j < x[i]->n; j++)
+            x[i]->data[j] = 3 * qkv_pcg32_normal(&r);
     }
-    uint8_t pad[10] = {0, 0, 0, 1, 1, /* batch 1: all keys padded */ 1, 1, 1, 1, 1};
+    uint8_t pad[10] = {0, 0, 0, 1, 1, /* batch 1: all keys padded */ 1,
+                       1, 1, 1, 1};
     float w[2 * 2 * 5 * 5];
     qkv_attn_opts o = {.causal = 1, .key_pad = pad, .weights = w};
     qkv_tensor *y = qkv_attention(&g, x[0], x[1], x[2], &o);
@@ -131,8 +138,11 @@ static void test_causal_and_padding_masks(void) {
             const float *row = w + ((size_t)(0 * H + h) * T + i) * T;
             double s = 0;
             for (int j = 0; j < T; j++) {
-                if (j > i) CHECK(row[j] == 0.0f, "causal: query %d sees key %d", i, j);
-                if (pad[j]) CHECK(row[j] == 0.0f, "padded key %d has weight %g", j, (double)row[j]);
+                if (j > i)
+                    CHECK(row[j] == 0.0f, "causal: query %d sees key %d", i, j);
+                if (pad[j])
+                    CHECK(row[j] == 0.0f, "padded key %d has weight %g", j,
+                          (double)row[j]);
                 s += row[j];
             }
             CHECK_NEAR(s, 1.0, 1e-6, "visible weights sum to 1");
@@ -142,8 +152,9 @@ static void test_causal_and_padding_masks(void) {
         CHECK(w[j] == 0.0f, "fully masked weight %g", (double)w[j]);
     for (size_t j = y->n / 2; j < y->n; j++)
         CHECK(y->data[j] == 0.0f, "fully masked output %g", (double)y->data[j]);
-    /* Causal changes nothing in the past: outputs at t depend only on keys <= t.
-     * Perturb the last key/value; outputs before the last query are unchanged. */
+    /* Causal changes nothing in the past: outputs at t depend only on keys <=
+     * t. Perturb the last key/value; outputs before the last query are
+     * unchanged. */
     float before[2 * 5 * 3];
     memcpy(before, y->data, sizeof before);
     for (int h = 0; h < H; h++)
@@ -160,7 +171,8 @@ static void test_causal_and_padding_masks(void) {
         for (int t = 0; t < T - 1; t++)
             for (int k = 0; k < K; k++) {
                 size_t i = ((size_t)h * T + t) * K + k;
-                CHECK(y1->data[i] == y2->data[i], "all-zero padding mask changes y");
+                CHECK(y1->data[i] == y2->data[i],
+                      "all-zero padding mask changes y");
                 (void)before;
             }
     qkv_graph_free(&g);
@@ -195,11 +207,13 @@ static void test_tape_accumulates(void) {
     qkv_graph g;
     qkv_graph_init(&g, 0);
     qkv_backward(&g, qkv_sum(&g, qkv_add(&g, qkv_mul(&g, x, x), x)));
-    for (int i = 0; i < 3; i++) CHECK_NEAR(x->grad[i], 2 * xv[i] + 1, 1e-6, "dx");
+    for (int i = 0; i < 3; i++)
+        CHECK_NEAR(x->grad[i], 2 * xv[i] + 1, 1e-6, "dx");
     /* backward again without zeroing accumulates, as in PyTorch */
     qkv_graph_reset(&g);
     qkv_backward(&g, qkv_sum(&g, qkv_scale(&g, x, 3)));
-    for (int i = 0; i < 3; i++) CHECK_NEAR(x->grad[i], 2 * xv[i] + 4, 1e-6, "accumulated");
+    for (int i = 0; i < 3; i++)
+        CHECK_NEAR(x->grad[i], 2 * xv[i] + 4, 1e-6, "accumulated");
     qkv_params_zero_grad(&ps);
     for (int i = 0; i < 3; i++) CHECK(x->grad[i] == 0.0f, "zero_grad");
     qkv_graph_free(&g);
@@ -238,8 +252,10 @@ static void test_params_layout(void) {
     qkv_tensor *b = qkv_params_add(&ps, "enc.gamma", 1, (int[]){7});
     qkv_params_alloc(&ps);
     CHECK(ps.n == 22, "total %zu", ps.n);
-    CHECK(a->data == ps.values && b->data == ps.values + 15, "values are one buffer");
-    CHECK(a->grad == ps.grads && b->grad == ps.grads + 15, "grads mirror values");
+    CHECK(a->data == ps.values && b->data == ps.values + 15,
+          "values are one buffer");
+    CHECK(a->grad == ps.grads && b->grad == ps.grads + 15,
+          "grads mirror values");
     CHECK(qkv_params_find(&ps, "enc.gamma") == b, "find by name");
     CHECK(qkv_params_find(&ps, "nope") == NULL, "missing name");
     CHECK(((uintptr_t)ps.values & 63) == 0, "values 64-byte aligned");
@@ -266,7 +282,8 @@ static void test_arena_steady_state(void) {
         }
         qkv_tensor *x = qkv_tensor_zeros(&g, 3, (int[]){4, 8, 16});
         for (size_t i = 0; i < x->n; i++) x->data[i] = (float)(i % 5);
-        qkv_tensor *h = qkv_layernorm(&g, qkv_matmul(&g, x, w, 0, 1), ga, be, 1e-5f);
+        qkv_tensor *h =
+            qkv_layernorm(&g, qkv_matmul(&g, x, w, 0, 1), ga, be, 1e-5f);
         qkv_tensor *q = qkv_split_heads(&g, h, 4);
         qkv_tensor *a = qkv_merge_heads(&g, qkv_attention(&g, q, q, q, NULL));
         int32_t tgt[32] = {0};
@@ -300,7 +317,8 @@ static void block_grads(int threads, float *out, size_t n) {
     qkv_params_alloc(&ps);
     qkv_pcg32 r;
     qkv_pcg32_seed(&r, 11, 12);
-    for (size_t i = 0; i < ps.n; i++) ps.values[i] = 0.2f * qkv_pcg32_normal(&r);
+    for (size_t i = 0; i < ps.n; i++)
+        ps.values[i] = 0.2f * qkv_pcg32_normal(&r);
     int32_t ids[8 * 32];
     for (int i = 0; i < B * T; i++) ids[i] = (int32_t)qkv_pcg32_bounded(&r, V);
     qkv_graph g;
@@ -364,7 +382,8 @@ static void expect_error(const char *name, const char *const *want) {
         CHECK(strstr(buf, want[i]), "%s: message lacks \"%s\": %s", name,
               want[i], buf);
     char *nl = strchr(buf, '\n');
-    CHECK(nl && nl[1] == 0, "%s: message is not exactly one line: %s", name, buf);
+    CHECK(nl && nl[1] == 0, "%s: message is not exactly one line: %s", name,
+          buf);
 }
 
 static void bad_matmul(void) {
@@ -395,7 +414,8 @@ static void bad_embedding(void) {
     qkv_graph g;
     qkv_graph_init(&g, 0);
     int32_t ids[2] = {1, 7};
-    qkv_embedding(&g, qkv_tensor_zeros(&g, 2, (int[]){5, 3}), ids, 1, (int[]){2});
+    qkv_embedding(&g, qkv_tensor_zeros(&g, 2, (int[]){5, 3}), ids, 1,
+                  (int[]){2});
 }
 static void bad_target(void) {
     qkv_graph g;
@@ -437,7 +457,8 @@ static const struct {
 #define N_MISUSE (int)(sizeof misuse / sizeof misuse[0])
 
 static void test_misuse_is_a_clear_error(void) {
-    for (int i = 0; i < N_MISUSE; i++) expect_error(misuse[i].name, misuse[i].want);
+    for (int i = 0; i < N_MISUSE; i++)
+        expect_error(misuse[i].name, misuse[i].want);
 }
 
 int main(int argc, char **argv) {

@@ -31,12 +31,14 @@ static void small_params(qkv_params *ps) {
 /* Gradients of mixed scales (10 and 0.1) that change sign over the steps. */
 static void set_grads(qkv_params *ps, int t) {
     for (size_t i = 0; i < ps->n; i++)
-        ps->grads[i] = (float)(sin(1.3 * (double)i + 0.7 * t) * (i % 3 == 0 ? 10 : 0.1));
+        ps->grads[i] =
+            (float)(sin(1.3 * (double)i + 0.7 * t) * (i % 3 == 0 ? 10 : 0.1));
 }
 
 /* torch.optim.Adam/AdamW step t in double; decay[i]: weight decay applies. */
-static void ref_adam(const qkv_optim_config *c, double lr, int t, const float *g,
-                     const int *decay, double *p, double *m, double *v) {
+static void ref_adam(const qkv_optim_config *c, double lr, int t,
+                     const float *g, const int *decay, double *p, double *m,
+                     double *v) {
     double b1 = c->beta1, b2 = c->beta2, wd = c->weight_decay;
     for (int i = 0; i < N_SMALL; i++) {
         double gi = g[i];
@@ -67,8 +69,9 @@ static void adam_vs_reference(const qkv_optim_config *cfg, const char *what) {
         qkv_optim_step(&o, &ps, lr);
         ref_adam(cfg, lr, t, ps.grads, decay, p, m, v);
         for (int i = 0; i < N_SMALL; i++)
-            CHECK(fabs(ps.values[i] - p[i]) <= 3e-7, "%s: step %d p[%d] = %.9g, reference %.9g",
-                  what, t, i, (double)ps.values[i], p[i]);
+            CHECK(fabs(ps.values[i] - p[i]) <= 3e-7,
+                  "%s: step %d p[%d] = %.9g, reference %.9g", what, t, i,
+                  (double)ps.values[i], p[i]);
     }
     CHECK(o.step == 6, "%s: step count %lld", what, (long long)o.step);
     qkv_optim_free(&o);
@@ -77,7 +80,8 @@ static void adam_vs_reference(const qkv_optim_config *cfg, const char *what) {
 
 static void test_adam_matches_reference(void) {
     qkv_optim_config c = qkv_optim_defaults(QKV_OPTIM_ADAM);
-    CHECK(c.beta1 == 0.9f && c.beta2 == 0.98f && c.eps == 1e-9f && c.weight_decay == 0,
+    CHECK(c.beta1 == 0.9f && c.beta2 == 0.98f && c.eps == 1e-9f &&
+              c.weight_decay == 0,
           "Adam defaults (%g, %g, %g, wd %g)", (double)c.beta1, (double)c.beta2,
           (double)c.eps, (double)c.weight_decay);
     adam_vs_reference(&c, "adam defaults");
@@ -88,7 +92,8 @@ static void test_adam_matches_reference(void) {
     c.decay_all = 1;
     adam_vs_reference(&c, "adam L2 0.1 on all");
     c = qkv_optim_defaults(QKV_OPTIM_ADAMW);
-    CHECK(c.weight_decay == 0.01f, "AdamW default decay %g", (double)c.weight_decay);
+    CHECK(c.weight_decay == 0.01f, "AdamW default decay %g",
+          (double)c.weight_decay);
     c.weight_decay = 0.5f;
     adam_vs_reference(&c, "adamw 0.5");
     c.decay_all = 1;
@@ -106,12 +111,14 @@ static void test_adam_first_step_is_lr(void) {
         qkv_optim_init(&o, &c, &ps);
         float before[N_SMALL];
         memcpy(before, ps.values, sizeof before);
-        for (int i = 0; i < N_SMALL; i++) ps.grads[i] = (float)(scales[s] * (1 + i));
+        for (int i = 0; i < N_SMALL; i++)
+            ps.grads[i] = (float)(scales[s] * (1 + i));
         qkv_optim_step(&o, &ps, 0.001f);
         for (int i = 0; i < N_SMALL; i++) {
             double moved = (double)before[i] - ps.values[i];
             CHECK(fabs(fabs(moved) - 0.001) <= 1e-7 && moved * scales[s] > 0,
-                  "grad scale %g: p[%d] moved %.9g, want 0.001 against the gradient",
+                  "grad scale %g: p[%d] moved %.9g, want 0.001 against the "
+                  "gradient",
                   scales[s], i, moved);
         }
         qkv_optim_free(&o);
@@ -126,11 +133,13 @@ static void test_adam_minimises_quadratic(void) {
     qkv_optim_config cfg = qkv_optim_defaults(QKV_OPTIM_ADAM);
     qkv_optim o;
     qkv_optim_init(&o, &cfg, &ps);
-    qkv_schedule s = {QKV_SCHEDULE_COSINE, .lr = 0.05f, .warmup = 50, .total = 2000};
+    qkv_schedule s = {QKV_SCHEDULE_COSINE, .lr = 0.05f, .warmup = 50,
+                      .total = 2000};
     float target[N_SMALL];
     for (int i = 0; i < N_SMALL; i++) target[i] = 3.0f * (float)cos(i) - 1.0f;
     for (int t = 1; t <= 2000; t++) {
-        for (int i = 0; i < N_SMALL; i++) ps.grads[i] = 2 * (ps.values[i] - target[i]);
+        for (int i = 0; i < N_SMALL; i++)
+            ps.grads[i] = 2 * (ps.values[i] - target[i]);
         qkv_optim_step(&o, &ps, qkv_schedule_lr(&s, t));
     }
     for (int i = 0; i < N_SMALL; i++)
@@ -155,10 +164,15 @@ static void test_adamw_decay_mask(void) {
             qkv_optim_step(&o, &ps, lr);
             double w = pow(1 - 0.5 * 0.1, t); /* 0.95^t */
             for (int i = 0; i < 6; i++)
-                CHECK_NEAR(ps.values[i], w, 2e-7, "2-D weight shrinks by 1 - lr*wd");
+                CHECK_NEAR(ps.values[i], w, 2e-7,
+                           "2-D weight shrinks by 1 - lr*wd");
             for (int i = 6; i < N_SMALL; i++) {
-                if (all) CHECK_NEAR(ps.values[i], w, 2e-7, "decay_all: gamma shrinks too");
-                else CHECK(ps.values[i] == 1.0f, "gamma decayed to %.9g", (double)ps.values[i]);
+                if (all)
+                    CHECK_NEAR(ps.values[i], w, 2e-7,
+                               "decay_all: gamma shrinks too");
+                else
+                    CHECK(ps.values[i] == 1.0f, "gamma decayed to %.9g",
+                          (double)ps.values[i]);
             }
         }
         qkv_optim_free(&o);
@@ -167,8 +181,8 @@ static void test_adamw_decay_mask(void) {
 }
 
 /* torch.optim.SGD step in double (dampening 0). */
-static void ref_sgd(const qkv_optim_config *c, double lr, int t, const float *g, double *p,
-                    double *buf) {
+static void ref_sgd(const qkv_optim_config *c, double lr, int t, const float *g,
+                    double *p, double *buf) {
     for (int i = 0; i < N_SMALL; i++) {
         double gi = g[i] + (i < 6 ? c->weight_decay * p[i] : 0);
         if (c->momentum > 0) {
@@ -184,7 +198,8 @@ static void test_sgd(void) {
      *   plain:    0.95, 0.9
      *   momentum: buf 0.5 -> p 0.95; buf 0.95 -> p 0.855
      *   nesterov: g 0.5+0.45 -> p 0.905; g 0.5+0.855 -> p 0.7695 */
-    const float want[3][2] = {{0.95f, 0.9f}, {0.95f, 0.855f}, {0.905f, 0.7695f}};
+    const float want[3][2] = {
+        {0.95f, 0.9f}, {0.95f, 0.855f}, {0.905f, 0.7695f}};
     for (int k = 0; k < 3; k++) {
         qkv_params ps;
         qkv_params_init(&ps);
@@ -196,7 +211,8 @@ static void test_sgd(void) {
         c.nesterov = k == 2;
         qkv_optim o;
         qkv_optim_init(&o, &c, &ps);
-        CHECK((o.m == NULL) == (k == 0) && o.v == NULL, "SGD keeps a buffer only with momentum");
+        CHECK((o.m == NULL) == (k == 0) && o.v == NULL,
+              "SGD keeps a buffer only with momentum");
         for (int t = 0; t < 2; t++) {
             ps.grads[0] = 0.5f;
             qkv_optim_step(&o, &ps, 0.1f);
@@ -223,8 +239,10 @@ static void test_sgd(void) {
             ref_sgd(&c, 0.02f, t, ps.grads, p, buf);
             for (int i = 0; i < N_SMALL; i++)
                 CHECK(fabs(ps.values[i] - p[i]) <= 1e-6,
-                      "SGD momentum %g nesterov %d: step %d p[%d] %.9g, reference %.9g",
-                      (double)c.momentum, c.nesterov, t, i, (double)ps.values[i], p[i]);
+                      "SGD momentum %g nesterov %d: step %d p[%d] %.9g, "
+                      "reference %.9g",
+                      (double)c.momentum, c.nesterov, t, i,
+                      (double)ps.values[i], p[i]);
         }
         qkv_optim_free(&o);
         qkv_params_free(&ps);
@@ -233,37 +251,49 @@ static void test_sgd(void) {
 
 static void test_schedules(void) {
     qkv_schedule c = {QKV_SCHEDULE_CONSTANT, .lr = 3e-4f};
-    CHECK(qkv_schedule_lr(&c, 1) == 3e-4f && qkv_schedule_lr(&c, 1000000) == 3e-4f,
+    CHECK(qkv_schedule_lr(&c, 1) == 3e-4f &&
+              qkv_schedule_lr(&c, 1000000) == 3e-4f,
           "constant");
 
     /* Noam, the paper's setting: peak 512^-0.5 * 4000^-0.5 at step 4000. */
-    qkv_schedule n = {QKV_SCHEDULE_NOAM, .lr = 1, .warmup = 4000, .d_model = 512};
+    qkv_schedule n = {QKV_SCHEDULE_NOAM, .lr = 1, .warmup = 4000,
+                      .d_model = 512};
     const double peak = 1 / sqrt(512.0 * 4000.0);
     CHECK_NEAR(peak, 6.9877e-4, 1e-8, "peak by hand");
     CHECK_NEAR(qkv_schedule_lr(&n, 4000), peak, 1e-10, "noam peak");
     CHECK_NEAR(qkv_schedule_lr(&n, 1), peak / 4000, 1e-12, "noam step 1");
-    CHECK_NEAR(qkv_schedule_lr(&n, 1000), peak / 4, 1e-10, "noam linear warm-up");
-    CHECK_NEAR(qkv_schedule_lr(&n, 2000), peak / 2, 1e-10, "noam linear warm-up");
-    CHECK_NEAR(qkv_schedule_lr(&n, 16000), peak / 2, 1e-10, "noam decays as t^-0.5");
-    CHECK_NEAR(qkv_schedule_lr(&n, 400000), peak / 10, 1e-10, "noam decays as t^-0.5");
+    CHECK_NEAR(qkv_schedule_lr(&n, 1000), peak / 4, 1e-10,
+               "noam linear warm-up");
+    CHECK_NEAR(qkv_schedule_lr(&n, 2000), peak / 2, 1e-10,
+               "noam linear warm-up");
+    CHECK_NEAR(qkv_schedule_lr(&n, 16000), peak / 2, 1e-10,
+               "noam decays as t^-0.5");
+    CHECK_NEAR(qkv_schedule_lr(&n, 400000), peak / 10, 1e-10,
+               "noam decays as t^-0.5");
     CHECK(qkv_schedule_lr(&n, 3999) < qkv_schedule_lr(&n, 4000) &&
               qkv_schedule_lr(&n, 4001) < qkv_schedule_lr(&n, 4000),
           "noam peaks at the warm-up's end");
     n.lr = 2;
-    CHECK_NEAR(qkv_schedule_lr(&n, 4000), 2 * peak, 1e-10, "noam factor scales");
+    CHECK_NEAR(qkv_schedule_lr(&n, 4000), 2 * peak, 1e-10,
+               "noam factor scales");
 
-    qkv_schedule s = {QKV_SCHEDULE_COSINE, .lr = 1e-3f, .warmup = 100, .total = 1100,
-                      .min_lr = 1e-5f};
-    CHECK_NEAR(qkv_schedule_lr(&s, 1), 1e-5, 1e-12, "cosine warm-up starts near 0");
-    CHECK_NEAR(qkv_schedule_lr(&s, 50), 5e-4, 1e-10, "cosine half-way through warm-up");
+    qkv_schedule s = {QKV_SCHEDULE_COSINE, .lr = 1e-3f, .warmup = 100,
+                      .total = 1100, .min_lr = 1e-5f};
+    CHECK_NEAR(qkv_schedule_lr(&s, 1), 1e-5, 1e-12,
+               "cosine warm-up starts near 0");
+    CHECK_NEAR(qkv_schedule_lr(&s, 50), 5e-4, 1e-10,
+               "cosine half-way through warm-up");
     CHECK_NEAR(qkv_schedule_lr(&s, 100), 1e-3, 1e-10, "cosine peak at warmup");
-    CHECK_NEAR(qkv_schedule_lr(&s, 600), (1e-3 + 1e-5) / 2, 1e-10, "cosine half-way");
-    CHECK_NEAR(qkv_schedule_lr(&s, 350), 1e-5 + (1e-3 - 1e-5) * (1 + sqrt(0.5)) / 2, 1e-10,
+    CHECK_NEAR(qkv_schedule_lr(&s, 600), (1e-3 + 1e-5) / 2, 1e-10,
+               "cosine half-way");
+    CHECK_NEAR(qkv_schedule_lr(&s, 350),
+               1e-5 + (1e-3 - 1e-5) * (1 + sqrt(0.5)) / 2, 1e-10,
                "cosine quarter-way");
     CHECK(qkv_schedule_lr(&s, 1100) == 1e-5f, "cosine at total");
     CHECK(qkv_schedule_lr(&s, 100000) == 1e-5f, "cosine after total");
     for (int t = 101; t < 1100; t++)
-        CHECK(qkv_schedule_lr(&s, t + 1) <= qkv_schedule_lr(&s, t), "cosine decays at %d", t);
+        CHECK(qkv_schedule_lr(&s, t + 1) <= qkv_schedule_lr(&s, t),
+              "cosine decays at %d", t);
 }
 
 static void test_clip(void) {
@@ -271,29 +301,36 @@ static void test_clip(void) {
     small_params(&ps);
     memset(ps.grads, 0, ps.n * sizeof(float));
     ps.grads[0] = 3, ps.grads[9] = 4;
-    CHECK(qkv_grad_norm(&ps) == 5.0f, "norm of (3, 4) is %.9g", (double)qkv_grad_norm(&ps));
+    CHECK(qkv_grad_norm(&ps) == 5.0f, "norm of (3, 4) is %.9g",
+          (double)qkv_grad_norm(&ps));
 
     set_grads(&ps, 1);
     double sq = 0;
     for (int i = 0; i < N_SMALL; i++) sq += (double)ps.grads[i] * ps.grads[i];
-    for (int i = 0; i < N_SMALL; i++) ps.grads[i] *= (float)(10 / sqrt(sq)); /* norm 10 */
+    for (int i = 0; i < N_SMALL; i++)
+        ps.grads[i] *= (float)(10 / sqrt(sq)); /* norm 10 */
     float before[N_SMALL];
     memcpy(before, ps.grads, sizeof before);
     float pre = qkv_clip_grad_norm(&ps, 1.0f);
     CHECK_NEAR(pre, 10, 1e-5, "returns the norm before clipping");
     CHECK_NEAR(qkv_grad_norm(&ps), 1, 1e-6, "clipped norm");
     for (int i = 0; i < N_SMALL; i++)
-        CHECK_NEAR(ps.grads[i] / before[i], 1 / (10 + 1e-6), 1e-7, "direction kept");
+        CHECK_NEAR(ps.grads[i] / before[i], 1 / (10 + 1e-6), 1e-7,
+                   "direction kept");
 
     memcpy(ps.grads, before, sizeof before);
     pre = qkv_clip_grad_norm(&ps, 20.0f);
     CHECK_NEAR(pre, 10, 1e-5, "returned norm below the threshold");
-    CHECK(memcmp(ps.grads, before, sizeof before) == 0, "below the threshold: untouched");
+    CHECK(memcmp(ps.grads, before, sizeof before) == 0,
+          "below the threshold: untouched");
 
-    ps.grads[3] = INFINITY; /* an overflowed backward: left for the caller to skip */
+    ps.grads[3] =
+        INFINITY; /* an overflowed backward: left for the caller to skip */
     memcpy(before, ps.grads, sizeof before);
-    CHECK(isinf(qkv_clip_grad_norm(&ps, 1.0f)), "an infinite gradient gives an infinite norm");
-    CHECK(memcmp(ps.grads, before, sizeof before) == 0, "non-finite norm: untouched");
+    CHECK(isinf(qkv_clip_grad_norm(&ps, 1.0f)),
+          "an infinite gradient gives an infinite norm");
+    CHECK(memcmp(ps.grads, before, sizeof before) == 0,
+          "non-finite norm: untouched");
     qkv_params_free(&ps);
 }
 
@@ -333,13 +370,14 @@ static void test_threads_bitwise(void) {
         qkv_optim_free(&o);
     }
     omp_set_num_threads(saved);
-    CHECK(fabs(norm[0] - sqrt(sq)) <= 1e-6 * sqrt(sq), "norm %.9g vs %.9g", (double)norm[0],
-          sqrt(sq));
+    CHECK(fabs(norm[0] - sqrt(sq)) <= 1e-6 * sqrt(sq), "norm %.9g vs %.9g",
+          (double)norm[0], sqrt(sq));
     for (int k = 1; k < 3; k++) {
         CHECK(memcmp(&norm[0], &norm[k], sizeof(float)) == 0,
-              "grad norm with 1 thread %.9g, with %d %.9g", (double)norm[0], k + 1,
-              (double)norm[k]);
-        CHECK(memcmp(vals[0], vals[k], bytes) == 0, "AdamW differs with %d threads", k + 1);
+              "grad norm with 1 thread %.9g, with %d %.9g", (double)norm[0],
+              k + 1, (double)norm[k]);
+        CHECK(memcmp(vals[0], vals[k], bytes) == 0,
+              "AdamW differs with %d threads", k + 1);
     }
     for (int k = 0; k < 3; k++) free(vals[k]);
     free(p0);
@@ -371,9 +409,11 @@ static void expect_error(const char *name, const char *const *want) {
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) != 0,
           "%s: expected a clean error exit, got status 0x%x", name, status);
     for (int i = 0; want[i]; i++)
-        CHECK(strstr(buf, want[i]), "%s: message lacks \"%s\": %s", name, want[i], buf);
+        CHECK(strstr(buf, want[i]), "%s: message lacks \"%s\": %s", name,
+              want[i], buf);
     char *nl = strchr(buf, '\n');
-    CHECK(nl && nl[1] == 0, "%s: message is not exactly one line: %s", name, buf);
+    CHECK(nl && nl[1] == 0, "%s: message is not exactly one line: %s", name,
+          buf);
 }
 
 static void bad_lr(void) {
@@ -404,7 +444,8 @@ static void bad_size(void) {
     qkv_optim_step(&o, &b, 0.1f);
 }
 static void bad_step(void) {
-    qkv_schedule s = {QKV_SCHEDULE_NOAM, .lr = 1, .warmup = 4000, .d_model = 512};
+    qkv_schedule s = {QKV_SCHEDULE_NOAM, .lr = 1, .warmup = 4000,
+                      .d_model = 512};
     qkv_schedule_lr(&s, 0);
 }
 static void bad_total(void) {
@@ -426,7 +467,8 @@ static const struct {
 #define N_MISUSE (int)(sizeof misuse / sizeof misuse[0])
 
 static void test_misuse_is_a_clear_error(void) {
-    for (int i = 0; i < N_MISUSE; i++) expect_error(misuse[i].name, misuse[i].want);
+    for (int i = 0; i < N_MISUSE; i++)
+        expect_error(misuse[i].name, misuse[i].want);
 }
 
 int main(int argc, char **argv) {

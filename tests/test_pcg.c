@@ -10,7 +10,8 @@ static void test_reference_outputs(void) {
                               0x83d2f293, 0xbfa4784b, 0xcbed606e};
     for (int i = 0; i < 6; i++) {
         uint32_t got = qkv_pcg32_next(&r);
-        CHECK(got == want[i], "output %d: 0x%08x, want 0x%08x", i, got, want[i]);
+        CHECK(got == want[i], "output %d: 0x%08x, want 0x%08x", i, got,
+              want[i]);
     }
 }
 
@@ -38,7 +39,8 @@ static void test_streams_differ(void) {
     qkv_pcg32_seed(&a, 42u, 54u);
     qkv_pcg32_seed(&b, 42u, 55u);
     int same = 0;
-    for (int i = 0; i < 100; i++) same += qkv_pcg32_next(&a) == qkv_pcg32_next(&b);
+    for (int i = 0; i < 100; i++)
+        same += qkv_pcg32_next(&a) == qkv_pcg32_next(&b);
     CHECK(same < 3, "streams 54 and 55 share %d of 100 outputs", same);
 }
 
@@ -92,7 +94,8 @@ static void test_shuffle(void) {
         if (a[i] >= 0 && a[i] < 100) seen[a[i]]++;
         moved += a[i] != i;
     }
-    for (int i = 0; i < 100; i++) CHECK(seen[i] == 1, "value %d seen %d times", i, seen[i]);
+    for (int i = 0; i < 100; i++)
+        CHECK(seen[i] == 1, "value %d seen %d times", i, seen[i]);
     CHECK(moved > 90, "only %d of 100 moved", moved);
     /* Every permutation of 3 is reachable, each about 1/6 of the time. */
     int perm[6] = {0};
@@ -102,13 +105,15 @@ static void test_shuffle(void) {
         perm[p[0] * 2 + (p[1] > p[2])]++;
     }
     for (int i = 0; i < 6; i++)
-        CHECK(abs(perm[i] - 10000) < 500, "permutation %d drawn %d times", i, perm[i]);
+        CHECK(abs(perm[i] - 10000) < 500, "permutation %d drawn %d times", i,
+              perm[i]);
     /* Elements larger than the swap buffer move whole. */
     char big[5][100];
     for (int i = 0; i < 5; i++) memset(big[i], 'a' + i, 100);
     qkv_pcg32_shuffle(&r, big, 5, 100);
     for (int i = 0; i < 5; i++)
-        for (int j = 1; j < 100; j++) CHECK(big[i][j] == big[i][0], "row %d torn", i);
+        for (int j = 1; j < 100; j++)
+            CHECK(big[i][j] == big[i][0], "row %d torn", i);
 }
 
 static void test_repeatable(void) {
