@@ -2,6 +2,7 @@
 #
 #   make               optimised for this machine (-O3 -march=native -fopenmp)
 #   make test          build and run every test; ends with "N passed, N failed"
+#   make demo          train the copy task and plot its loss (runs/copy/)
 #   make bench         matmul GFLOPS
 #   make golden        regenerate tests/golden/*.safetensors with PyTorch
 #   make DEBUG=1 ...   -O0 -g                          (objects in build-debug/)
@@ -40,6 +41,13 @@ ifeq ($(OMP),1)
   LDFLAGS += -fopenmp
 endif
 
+# cJSON (checkpoints) is the one library qkv needs beyond libc and libm.
+ifneq ($(MAKECMDGOALS),clean)
+ifeq ($(wildcard /usr/include/cjson/cJSON.h),)
+  $(error cJSON is missing: apt-get install libcjson-dev)
+endif
+endif
+
 LIB_SRC   := $(wildcard core/*.c nn/*.c optim/*.c data/*.c)
 LIB_HDR   := $(wildcard core/*.h nn/*.h optim/*.h data/*.h)
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -48,10 +56,11 @@ LIB       := $(BUILD)/libqkv.a
 TEST_SRC  := $(wildcard tests/test_*.c)
 TEST_BIN  := $(TEST_SRC:%.c=$(BUILD)/%)
 BENCH_BIN := $(BUILD)/tests/bench_matmul
+EXAMPLES  := $(patsubst %.c,$(BUILD)/%,$(wildcard examples/*.c))
 
-.PHONY: all test bench golden clean format
+.PHONY: all test bench demo golden clean format
 .SECONDARY:
-all: $(LIB) $(TEST_BIN) $(BENCH_BIN)
+all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(EXAMPLES)
 
 $(BUILD)/%.o: %.c $(LIB_HDR) tests/test.h
 	@mkdir -p $(dir $@)
@@ -63,6 +72,18 @@ $(LIB): $(LIB_OBJ)
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(BUILD)/examples/%: $(BUILD)/examples/%.o $(LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+# The main job: train the copy task (~10 s), then plot its loss curve.
+demo: $(BUILD)/examples/copy_demo
+	$(BUILD)/examples/copy_demo runs/copy
+	@if command -v gnuplot >/dev/null; then \
+	    gnuplot -c examples/loss.gp runs/copy/log.csv runs/copy/loss.png && \
+	    gnuplot -c examples/loss.gp runs/copy/log.csv dumb && \
+	    echo "plotted runs/copy/loss.png"; \
+	else echo "gnuplot is not installed (apt-get install gnuplot-nox): the curve is in runs/copy/log.csv"; fi
 
 test: $(TEST_BIN)
 	@sh tests/run.sh $(TEST_BIN)
