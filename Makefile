@@ -4,6 +4,7 @@
 #   make test          build and run every test; ends with "N passed, N failed"
 #   make demo          train the copy task and plot its loss (runs/copy/)
 #   make bench         matmul GFLOPS
+#   make valgrind      the tests under valgrind (portable build, no AVX-512)
 #   make golden        regenerate tests/golden/*.safetensors with PyTorch
 #   make DEBUG=1 ...   -O0 -g                          (objects in build-debug/)
 #   make SAN=1 ...     AddressSanitizer + UBSan        (objects in build-san/)
@@ -58,7 +59,7 @@ TEST_BIN  := $(TEST_SRC:%.c=$(BUILD)/%)
 BENCH_BIN := $(BUILD)/tests/bench_matmul
 EXAMPLES  := $(patsubst %.c,$(BUILD)/%,$(wildcard examples/*.c))
 
-.PHONY: all test bench demo golden clean format
+.PHONY: all test bench demo golden valgrind clean format
 .SECONDARY:
 all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(EXAMPLES)
 
@@ -91,6 +92,12 @@ test: $(TEST_BIN)
 bench: $(BENCH_BIN)
 	$(BENCH_BIN)
 
+# Every test but the long learning run under valgrind (memcheck), built
+# without -march=native: valgrind 3.19 cannot decode AVX-512.
+valgrind:
+	$(MAKE) NATIVE=0 BUILD=build-vg all
+	@RUNNER=tests/vg.sh sh tests/run.sh $(patsubst %,build-vg/tests/%,$(filter-out test_learn,$(notdir $(TEST_BIN))))
+
 # Regenerates the committed PyTorch golden files (needs Debian's python3-torch).
 golden:
 	/usr/bin/python3 tests/golden/make_golden.py tests/golden
@@ -99,4 +106,4 @@ format:
 	clang-format -i $(LIB_SRC) $(LIB_HDR) tests/*.[ch] examples/*.c
 
 clean:
-	rm -rf build build-debug build-san
+	rm -rf build build-debug build-san build-vg build-clang build-portable

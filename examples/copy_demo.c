@@ -30,8 +30,9 @@ static long arg_int(const char *what, const char *s, long max) {
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || *end || v < 1 || v > max) {
-        fprintf(stderr, "copy_demo: %s must be an integer in 1..%ld, got '%s'\n",
-                what, max, s);
+        fprintf(stderr,
+                "copy_demo: %s must be an integer in 1..%ld, got '%s'\n", what,
+                max, s);
         exit(2);
     }
     return v;
@@ -73,16 +74,19 @@ static int make_dirs(const char *dir) {
 int main(int argc, char **argv) {
     const char *dir = argc > 1 ? argv[1] : "runs/copy";
     int steps = argc > 2 ? (int)arg_int("STEPS", argv[2], 10000000) : 800;
-    uint64_t seed = argc > 3 ? (uint64_t)arg_int("SEED", argv[3], 1L << 30) : 42;
+    uint64_t seed =
+        argc > 3 ? (uint64_t)arg_int("SEED", argv[3], 1L << 30) : 42;
     if (make_dirs(dir)) {
-        fprintf(stderr, "copy_demo: cannot create %s: %s\n", dir, strerror(errno));
+        fprintf(stderr, "copy_demo: cannot create %s: %s\n", dir,
+                strerror(errno));
         return 1;
     }
     char path[4096];
     snprintf(path, sizeof path, "%s/log.csv", dir);
     FILE *log = fopen(path, "w");
     if (!log) {
-        fprintf(stderr, "copy_demo: cannot write %s: %s\n", path, strerror(errno));
+        fprintf(stderr, "copy_demo: cannot write %s: %s\n", path,
+                strerror(errno));
         return 1;
     }
 
@@ -101,12 +105,17 @@ int main(int argc, char **argv) {
     qkv_optim opt;
     qkv_optim_config oc = qkv_optim_defaults(QKV_OPTIM_ADAM);
     qkv_optim_init(&opt, &oc, &m.params);
-    qkv_schedule sched = {QKV_SCHEDULE_COSINE, 2e-3f, steps < 400 ? steps / 4 : 100,
-                          steps, 1e-4f, 0};
-    printf("copy task: encoder-decoder N=%d+%d h=%d d_model=%d, %zu parameters, "
-           "%d steps, seed %llu\n",
-           c.n_enc, c.n_dec, c.heads, c.d_model, m.params.n, steps,
-           (unsigned long long)seed);
+    qkv_schedule sched = {QKV_SCHEDULE_COSINE,
+                          2e-3f,
+                          steps < 400 ? steps / 4 : 100,
+                          steps,
+                          1e-4f,
+                          0};
+    printf(
+        "copy task: encoder-decoder N=%d+%d h=%d d_model=%d, %zu parameters, "
+        "%d steps, seed %llu\n",
+        c.n_enc, c.n_dec, c.heads, c.d_model, m.params.n, steps,
+        (unsigned long long)seed);
 
     qkv_pcg32 data, vdata;
     qkv_pcg32_seed(&data, seed, 1);
@@ -144,8 +153,8 @@ int main(int argc, char **argv) {
         if (eval)
             printf("step %5d/%d  loss %.4f  val loss %.4f  val exact match "
                    "%5.1f%%  %.0f tok/s\n",
-                   step, steps, (double)train_loss, (double)vloss,
-                   100.0 * vacc, tokens / secs);
+                   step, steps, (double)train_loss, (double)vloss, 100.0 * vacc,
+                   tokens / secs);
     }
     if (fclose(log)) {
         fprintf(stderr, "copy_demo: writing %s failed\n", path);
@@ -158,7 +167,8 @@ int main(int argc, char **argv) {
     qkv_task_batch e;
     qkv_task_batch_init(&e, &task, 3);
     qkv_task_sample(&task, &vdata, &e);
-    qkv_model_greedy(&m, &g, e.src, e.src_pad, 3, e.view.S, QKV_BOS, -1, 10, out);
+    qkv_model_greedy(&m, &g, e.src, e.src_pad, 3, e.view.S, QKV_BOS, -1, 10,
+                     out);
     for (int i = 0; i < 3; i++) {
         printf("  input ");
         for (int j = 0; j < 10; j++) printf(" %2d", e.src[i * 10 + j]);

@@ -2,13 +2,13 @@
 # Runs each test program given as an argument and totals its PASS/FAIL lines.
 # A program that dies or exits non-zero without printing a FAIL line counts as
 # one failure. Ends with exactly one line "N passed, N failed"; exits 1 on any
-# failure.
+# failure. RUNNER, if set, is a command that runs each program (tests/vg.sh).
 passed=0
 failed=0
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 for t in "$@"; do
-    "$t" >"$out" 2>&1
+    $RUNNER "$t" >"$out" 2>&1
     rc=$?
     cat "$out"
     p=$(grep -c '^PASS ' "$out")
