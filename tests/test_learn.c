@@ -83,6 +83,8 @@ static double exact_match(qkv_model *m, qkv_graph *g, const qkv_task *t,
 /* Trains until the target accuracy (checked every eval_every steps) or
  * max_steps; returns the final accuracy. losses (if non-NULL) gets the
  * loss of every step. */
+static size_t n_params; /* of the last model trained */
+
 static double train(const learn_case *lc, int threads, float *losses,
                     int *steps, double *seconds) {
     qkv_set_threads(threads);
@@ -92,6 +94,7 @@ static double train(const learn_case *lc, int threads, float *losses,
         CHECK(0, "%s", err);
         return 0;
     }
+    n_params = m.params.n;
     qkv_optim opt;
     qkv_optim_config oc = qkv_optim_defaults(QKV_OPTIM_ADAM);
     qkv_optim_init(&opt, &oc, &m.params);
@@ -142,8 +145,8 @@ static void run_case(const learn_case *lc0) {
                lc->name, steps, 100 * acc);
         return;
     }
-    printf("  %-24s %5.1f%% exact match after %d steps, %.1f s\n", lc->name,
-           100 * acc, steps, secs);
+    printf("  %-24s %5.1f%% exact match after %d steps, %.1f s, %zu parameters\n",
+           lc->name, 100 * acc, steps, secs, n_params);
     CHECK(acc >= lc->target, "%s: %.1f%% < %.1f%%", lc->name, 100 * acc,
           100 * lc->target);
 }
