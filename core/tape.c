@@ -29,26 +29,21 @@ int qkv_graph_set_grad(qkv_graph *g, int on) {
     return was;
 }
 
-qkv_tensor *qkv_tensor_new(qkv_graph *g, int ndim, const int *shape) {
-    size_t n = qkv_shape_numel(ndim, shape, "tensor_new");
-    qkv_tensor *t = qkv_arena_alloc(&g->arena, sizeof *t);
-    memset(t, 0, sizeof *t);
-    t->ndim = ndim;
-    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
-    t->n = n;
-    t->data = qkv_arena_alloc(&g->arena, n * sizeof(float));
-    return t;
-}
-
 qkv_tensor *qkv_tensor_wrap(qkv_graph *g, float *data, int ndim,
                             const int *shape) {
-    size_t n = qkv_shape_numel(ndim, shape, "tensor_wrap");
+    size_t n = qkv_shape_numel(ndim, shape, "tensor");
     qkv_tensor *t = qkv_arena_alloc(&g->arena, sizeof *t);
     memset(t, 0, sizeof *t);
     t->ndim = ndim;
     for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
     t->n = n;
     t->data = data;
+    return t;
+}
+
+qkv_tensor *qkv_tensor_new(qkv_graph *g, int ndim, const int *shape) {
+    qkv_tensor *t = qkv_tensor_wrap(g, NULL, ndim, shape);
+    t->data = qkv_arena_alloc(&g->arena, t->n * sizeof(float));
     return t;
 }
 

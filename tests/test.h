@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static const char *test_prog = "test";
 static int test_failures_case; /* failed checks in the running case */
@@ -54,6 +56,73 @@ static void test_run(const char *name, void (*fn)(void)) {
 
 static int test_summary(void) {
     return test_cases_failed ? 1 : 0;
+}
+
+/* ---- misuse tests: a fatal error must be one clear line and exit != 0 ----
+ *
+ *   static const test_misuse misuse[] = {{"matmul", bad_matmul, {"matmul",
+ * "(2,3)"}}}; int main(int argc, char **argv) { if (test_die(argc, argv,
+ * misuse, 1)) return 0;   // the child's side
+ *       ...  RUN(...);  test_misuse_all(misuse, 1);  ...
+ *   }
+ * Each case runs in a fresh process (`PROG --die NAME`, re-executed, so no
+ * threads or state are inherited). */
+typedef struct test_misuse {
+    const char *name;
+    void (*fn)(void);    /* must end the process with an error */
+    const char *want[4]; /* strings the message must contain */
+} test_misuse;
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#define TEST_LEAKS_ARE_FINE() __lsan_disable()
+#else
+#define TEST_LEAKS_ARE_FINE() ((void)0)
+#endif
+
+/* The child's side: runs case NAME if argv is `--die NAME`; returns 1 if it
+ * did (the misuse went unnoticed), 0 if argv asked for nothing. */
+static inline int test_die(int argc, char **argv, const test_misuse *cases,
+                           int n) {
+    if (argc != 3 || strcmp(argv[1], "--die") != 0) return 0;
+    for (int i = 0; i < n; i++)
+        if (strcmp(argv[2], cases[i].name) == 0) {
+            TEST_LEAKS_ARE_FINE(); /* it dies holding memory, on purpose */
+            cases[i].fn();
+        }
+    return 1;
+}
+
+/* The parent's side: one check per case. */
+static inline void test_expect_error(const char *name,
+                                     const char *const *want) {
+    char self[512] = {0}, cmd[1100], buf[1024] = {0};
+    if (readlink("/proc/self/exe", self, sizeof self - 1) <= 0) {
+        CHECK(0, "cannot find this program");
+        return;
+    }
+    snprintf(cmd, sizeof cmd, "'%s' --die %s 2>&1 >/dev/null", self, name);
+    fflush(stdout);
+    FILE *p = popen(cmd, "r");
+    if (!p) {
+        CHECK(0, "popen %s", cmd);
+        return;
+    }
+    size_t len = fread(buf, 1, sizeof buf - 1, p);
+    buf[len] = 0;
+    int status = pclose(p);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) != 0,
+          "%s: expected a clean error exit, got status 0x%x", name, status);
+    for (int i = 0; i < 4 && want[i]; i++)
+        CHECK(strstr(buf, want[i]), "%s: message lacks \"%s\": %s", name,
+              want[i], buf);
+    char *nl = strchr(buf, '\n');
+    CHECK(nl && nl[1] == 0, "%s: message is not exactly one line: %s", name,
+          buf);
+}
+
+static inline void test_misuse_all(const test_misuse *cases, int n) {
+    for (int i = 0; i < n; i++) test_expect_error(cases[i].name, cases[i].want);
 }
 
 #endif

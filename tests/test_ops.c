@@ -1,16 +1,7 @@
 /* Known values, masks, tape semantics, memory and misuse of the core ops. */
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include "qkv.h"
 #include "test.h"
-
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/lsan_interface.h>
-#define LEAKS_ARE_FINE() __lsan_disable()
-#else
-#define LEAKS_ARE_FINE() ((void)0)
-#endif
 
 static qkv_tensor *from(qkv_graph *g, int ndim, const int *shape,
                         const float *v) {
@@ -357,35 +348,6 @@ static void test_threads_bitwise_identical(void) {
 
 /* ------------------------------------------------------------------ misuse */
 
-/* Runs this program again as `test_ops --die NAME`, which calls the misuse
- * case NAME (a fresh process: no threads or state inherited); passes if it
- * exits non-zero with one line on stderr containing every string of want. */
-static void expect_error(const char *name, const char *const *want) {
-    char self[512] = {0}, cmd[1100], buf[1024] = {0};
-    if (readlink("/proc/self/exe", self, sizeof self - 1) <= 0) {
-        CHECK(0, "cannot find this program");
-        return;
-    }
-    snprintf(cmd, sizeof cmd, "'%s' --die %s 2>&1 >/dev/null", self, name);
-    fflush(stdout);
-    FILE *p = popen(cmd, "r");
-    if (!p) {
-        CHECK(0, "popen %s", cmd);
-        return;
-    }
-    size_t len = fread(buf, 1, sizeof buf - 1, p);
-    buf[len] = 0;
-    int status = pclose(p);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) != 0,
-          "%s: expected a clean error exit, got status 0x%x", name, status);
-    for (int i = 0; want[i]; i++)
-        CHECK(strstr(buf, want[i]), "%s: message lacks \"%s\": %s", name,
-              want[i], buf);
-    char *nl = strchr(buf, '\n');
-    CHECK(nl && nl[1] == 0, "%s: message is not exactly one line: %s", name,
-          buf);
-}
-
 static void bad_matmul(void) {
     qkv_graph g;
     qkv_graph_init(&g, 0);
@@ -439,11 +401,7 @@ static void bad_reshape(void) {
     qkv_reshape(&g, qkv_tensor_zeros(&g, 2, (int[]){2, 3}), 1, (int[]){5});
 }
 
-static const struct {
-    const char *name;
-    void (*fn)(void);
-    const char *want[4];
-} misuse[] = {
+static const test_misuse misuse[] = {
     {"matmul", bad_matmul, {"matmul", "(2,3)", "(4,5)"}},
     {"add", bad_add, {"add", "(2,3)", "(2)"}},
     {"heads", bad_heads, {"split_heads", "(2,3,10)", "4"}},
@@ -457,20 +415,11 @@ static const struct {
 #define N_MISUSE (int)(sizeof misuse / sizeof misuse[0])
 
 static void test_misuse_is_a_clear_error(void) {
-    for (int i = 0; i < N_MISUSE; i++)
-        expect_error(misuse[i].name, misuse[i].want);
+    test_misuse_all(misuse, N_MISUSE);
 }
 
 int main(int argc, char **argv) {
-    if (argc == 3 && strcmp(argv[1], "--die") == 0) {
-        for (int i = 0; i < N_MISUSE; i++)
-            if (strcmp(argv[2], misuse[i].name) == 0) {
-                LEAKS_ARE_FINE(); /* it dies holding its graph, on purpose */
-                misuse[i].fn();
-                return 0; /* the misuse went unnoticed */
-            }
-        return 0;
-    }
+    if (test_die(argc, argv, misuse, N_MISUSE)) return 0;
     test_prog = "ops";
     RUN(test_softmax_known);
     RUN(test_attention_known);

@@ -1,7 +1,5 @@
 /* Optimisers against double-precision references of torch's formulas, the
  * schedules at known points, clipping, thread determinism and misuse. */
-#include <sys/wait.h>
-#include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -9,13 +7,6 @@
 #include "optim.h"
 #include "pcg.h"
 #include "test.h"
-
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/lsan_interface.h>
-#define LEAKS_ARE_FINE() __lsan_disable()
-#else
-#define LEAKS_ARE_FINE() ((void)0)
-#endif
 
 /* A store with a (2,3) weight and a (4) layer-norm gain: n = 10, values
  * 0.5 - 0.1*i so that some are negative. */
@@ -387,35 +378,6 @@ static void test_threads_bitwise(void) {
 
 /* ------------------------------------------------------------------ misuse */
 
-/* Runs this program again as `test_optim --die NAME`, which calls the misuse
- * case NAME in a fresh process; passes if it exits non-zero with one line on
- * stderr containing every string of want. */
-static void expect_error(const char *name, const char *const *want) {
-    char self[512] = {0}, cmd[1100], buf[1024] = {0};
-    if (readlink("/proc/self/exe", self, sizeof self - 1) <= 0) {
-        CHECK(0, "cannot find this program");
-        return;
-    }
-    snprintf(cmd, sizeof cmd, "'%s' --die %s 2>&1 >/dev/null", self, name);
-    fflush(stdout);
-    FILE *p = popen(cmd, "r");
-    if (!p) {
-        CHECK(0, "popen %s", cmd);
-        return;
-    }
-    size_t len = fread(buf, 1, sizeof buf - 1, p);
-    buf[len] = 0;
-    int status = pclose(p);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) != 0,
-          "%s: expected a clean error exit, got status 0x%x", name, status);
-    for (int i = 0; want[i]; i++)
-        CHECK(strstr(buf, want[i]), "%s: message lacks \"%s\": %s", name,
-              want[i], buf);
-    char *nl = strchr(buf, '\n');
-    CHECK(nl && nl[1] == 0, "%s: message is not exactly one line: %s", name,
-          buf);
-}
-
 static void bad_lr(void) {
     qkv_params ps;
     small_params(&ps);
@@ -453,11 +415,7 @@ static void bad_total(void) {
     qkv_schedule_lr(&s, 1);
 }
 
-static const struct {
-    const char *name;
-    void (*fn)(void);
-    const char *want[4];
-} misuse[] = {
+static const test_misuse misuse[] = {
     {"lr", bad_lr, {"optim_step", "learning rate -0.5"}},
     {"beta", bad_beta, {"optim_init", "betas (0.9, 1)", "[0, 1)"}},
     {"size", bad_size, {"optim_step", "10 floats", "have 12"}},
@@ -467,20 +425,11 @@ static const struct {
 #define N_MISUSE (int)(sizeof misuse / sizeof misuse[0])
 
 static void test_misuse_is_a_clear_error(void) {
-    for (int i = 0; i < N_MISUSE; i++)
-        expect_error(misuse[i].name, misuse[i].want);
+    test_misuse_all(misuse, N_MISUSE);
 }
 
 int main(int argc, char **argv) {
-    if (argc == 3 && strcmp(argv[1], "--die") == 0) {
-        for (int i = 0; i < N_MISUSE; i++)
-            if (strcmp(argv[2], misuse[i].name) == 0) {
-                LEAKS_ARE_FINE(); /* it dies holding its buffers, on purpose */
-                misuse[i].fn();
-                return 0; /* the misuse went unnoticed */
-            }
-        return 0;
-    }
+    if (test_die(argc, argv, misuse, N_MISUSE)) return 0;
     test_prog = "optim";
     RUN(test_adam_matches_reference);
     RUN(test_adam_first_step_is_lr);
