@@ -145,8 +145,9 @@ static void run_case(const learn_case *lc0) {
                lc->name, steps, 100 * acc);
         return;
     }
-    printf("  %-24s %5.1f%% exact match after %d steps, %.1f s, %zu parameters\n",
-           lc->name, 100 * acc, steps, secs, n_params);
+    printf(
+        "  %-24s %5.1f%% exact match after %d steps, %.1f s, %zu parameters\n",
+        lc->name, 100 * acc, steps, secs, n_params);
     CHECK(acc >= lc->target, "%s: %.1f%% < %.1f%%", lc->name, 100 * acc,
           100 * lc->target);
 }
