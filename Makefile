@@ -78,15 +78,15 @@ $(BUILD)/examples/%: $(BUILD)/examples/%.o $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 # The main job: train the copy task (~10 s), then plot its loss curve.
-demo: $(BUILD)/examples/copy_demo
-	$(BUILD)/examples/copy_demo runs/copy
+demo: $(BUILD)/examples/qkv
+	$(BUILD)/examples/qkv train --task copy --steps 800 --out runs/copy
 	@if command -v gnuplot >/dev/null; then \
 	    gnuplot -c examples/loss.gp runs/copy/log.csv runs/copy/loss.png && \
 	    gnuplot -c examples/loss.gp runs/copy/log.csv dumb && \
 	    echo "plotted runs/copy/loss.png"; \
 	else echo "gnuplot is not installed (apt-get install gnuplot-nox): the curve is in runs/copy/log.csv"; fi
 
-test: $(TEST_BIN)
+test: $(TEST_BIN) $(EXAMPLES)
 	@sh tests/run.sh $(TEST_BIN)
 
 bench: $(BENCH_BIN)
