@@ -5,6 +5,7 @@
 #   make demo          train the copy task and plot its loss (runs/copy/)
 #   make bench         matmul GFLOPS
 #   make valgrind      the tests under valgrind (portable build, no AVX-512)
+#   make corpora       regenerate data/corpora with data/gen/make_corpora.py
 #   make golden        regenerate tests/golden/*.safetensors with PyTorch
 #   make DEBUG=1 ...   -O0 -g                          (objects in build-debug/)
 #   make SAN=1 ...     AddressSanitizer + UBSan        (objects in build-san/)
@@ -59,7 +60,7 @@ TEST_BIN  := $(TEST_SRC:%.c=$(BUILD)/%)
 BENCH_BIN := $(BUILD)/tests/bench_matmul
 EXAMPLES  := $(patsubst %.c,$(BUILD)/%,$(wildcard examples/*.c))
 
-.PHONY: all test bench demo golden valgrind clean format
+.PHONY: all test bench demo golden corpora valgrind clean format
 .SECONDARY:
 all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(EXAMPLES)
 
@@ -101,6 +102,10 @@ valgrind:
 # Regenerates the committed PyTorch golden files (needs Debian's python3-torch).
 golden:
 	/usr/bin/python3 tests/golden/make_golden.py tests/golden
+
+# Regenerates the shipped toy corpora (data/corpora/*/{train,valid,test}.tsv).
+corpora:
+	/usr/bin/python3 data/gen/make_corpora.py data/corpora
 
 format:
 	clang-format -i $(LIB_SRC) $(LIB_HDR) tests/*.[ch] examples/*.c
