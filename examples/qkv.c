@@ -3,9 +3,11 @@
  *   qkv train --task copy --N 2 --h 4 --steps 800 --out runs/copy
  *   qkv --help | qkv train --help
  *
- * This first version trains on the generated tasks (copy, reverse, sort) and
- * writes DIR/log.csv and DIR/config.json; corpora, checkpoints, eval, decode,
- * sweep, plot and attn arrive with issues 4 and 5.
+ * This version trains on the generated tasks (copy, reverse, sort), writes
+ * DIR/log.csv, DIR/config.json and DIR/ckpt.safetensors (every --save-every
+ * steps, at the end, and on Ctrl-C), and `--resume DIR` continues a run bit
+ * for bit. Corpora, eval, decode, sweep, plot and attn arrive with issues 4
+ * and 5.
  *
  * Every flag lives in one table (name, type, where it goes, help), which the
  * parser, --help and config.json all read, so they cannot disagree.
@@ -22,6 +24,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <signal.h>
+
+#include "checkpoint.h"
 #include "optim.h"
 #include "tasks.h"
 
@@ -169,7 +174,56 @@ static char *flags_json(const flag *flags, int n) {
     return s;
 }
 
+/* Sets every flag found in a config.json object (strings point into j). */
+static void flags_from_json(const char *cmd, const flag *flags, int n,
+                            const cJSON *j) {
+    for (int i = 0; i < n; i++) {
+        const flag *f = &flags[i];
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, f->name);
+        if (!v) continue;
+        int ok = f->type == FLAG_STR ? cJSON_IsString(v)
+                 : f->type == FLAG_BOOL ? cJSON_IsBool(v)
+                                        : cJSON_IsNumber(v);
+        if (!ok) die("%s: the saved setting %s has the wrong type", cmd, f->name);
+        switch (f->type) {
+        case FLAG_INT: *(int *)f->dst = v->valueint; break;
+        case FLAG_FLOAT: *(float *)f->dst = (float)v->valuedouble; break;
+        case FLAG_STR: *(const char **)f->dst = v->valuestring; break;
+        case FLAG_BOOL: *(int *)f->dst = cJSON_IsTrue(v); break;
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ train */
+
+static volatile sig_atomic_t interrupted;
+static void on_sigint(int sig) {
+    (void)sig;
+    interrupted = 1;
+}
+
+/* Keeps the rows of log.csv up to `step` (a resumed run rewrites the rest). */
+static FILE *reopen_log(const char *path, int step) {
+    FILE *in = fopen(path, "r");
+    if (!in) die("train: --resume: cannot read %s: %s", path, strerror(errno));
+    char tmp[4300];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *out = fopen(tmp, "w");
+    if (!out) die("train: cannot write %s: %s", tmp, strerror(errno));
+    char *line = NULL;
+    size_t cap = 0;
+    int first = 1;
+    while (getline(&line, &cap, in) > 0) {
+        if (first || atoi(line) <= step) fputs(line, out);
+        first = 0;
+    }
+    free(line);
+    fclose(in);
+    if (fclose(out) || rename(tmp, path)) die("train: cannot rewrite %s", path);
+    FILE *log = fopen(path, "a");
+    if (!log) die("train: cannot append to %s: %s", path, strerror(errno));
+    return log;
+}
 
 typedef struct train_opts {
     const char *task, *model, *pos, *norm, *act, *optim, *schedule, *out;
@@ -177,6 +231,8 @@ typedef struct train_opts {
     int N, n_enc, n_dec, h, d_model, d_ff;
     float dropout, label_smoothing, lr, clip, weight_decay;
     int warmup, batch, steps, seed, threads, eval_every, eval_size, quiet;
+    int save_every;
+    const char *resume;
 } train_opts;
 
 static double now(void) {
@@ -287,7 +343,7 @@ static int cmd_train(int argc, char **argv) {
         .threads = 0,
         .eval_every = 50,
         .eval_size = 200,
-        .quiet = 0,
+        .quiet = 0, .save_every = 0, .resume = "",
     };
     const flag flags[] = {
         {"task", FLAG_STR, &o.task, "copy|reverse|sort", "generated task"},
@@ -329,11 +385,45 @@ static int cmd_train(int argc, char **argv) {
         {"eval-every", FLAG_INT, &o.eval_every, NULL,
          "steps between validations"},
         {"eval-size", FLAG_INT, &o.eval_size, NULL, "validation sequences"},
-        {"out", FLAG_STR, &o.out, NULL, "run directory (log.csv, config.json)"},
+        {"out", FLAG_STR, &o.out, NULL, "run directory (log.csv, config.json, ckpt.safetensors)"},
+        {"save-every", FLAG_INT, &o.save_every, NULL, "steps between checkpoints (0: only at the end)"},
+        {"resume", FLAG_STR, &o.resume, NULL, "continue the run in this directory where it stopped"},
         {"quiet", FLAG_BOOL, &o.quiet, NULL, "print only the final line"},
     };
     int nf = (int)(sizeof flags / sizeof flags[0]);
     parse_flags("train", "[flags]", flags, nf, argc, argv, 2);
+
+    /* --resume: the checkpoint holds the run's settings; only these may be
+     * given again (more --steps extends the run with a new schedule). */
+    qkv_st_file meta = {0};
+    cJSON *saved = NULL;
+    char err[256], ckpt_path[4200];
+    if (*o.resume) {
+        const char *keep[] = {"resume", "threads", "quiet", "steps", "save-every"};
+        for (int i = 2; i < argc; i++) {
+            if (strncmp(argv[i], "--", 2) != 0) continue;
+            int ok = 0;
+            for (size_t k = 0; k < sizeof keep / sizeof *keep; k++)
+                ok |= strcmp(argv[i] + 2, keep[k]) == 0;
+            if (!ok)
+                die("train: %s cannot change when resuming (the checkpoint "
+                    "holds the run's settings)", argv[i]);
+        }
+        if (strlen(o.resume) > 4000) die("train: --resume path is too long");
+        snprintf(ckpt_path, sizeof ckpt_path, "%s/ckpt.safetensors", o.resume);
+        qkv_model probe;
+        if (qkv_ckpt_load(ckpt_path, &probe, NULL, NULL, NULL, 0, &meta, err, sizeof err))
+            die("train: --resume: %s", err);
+        qkv_model_free(&probe);
+        const char *cli = qkv_st_meta(&meta, "cli");
+        if (!cli || !(saved = cJSON_Parse(cli)))
+            die("train: --resume: %s was not written by qkv train (no settings)", ckpt_path);
+        const char *dir = o.resume;
+        flags_from_json("train", flags, nf, saved);
+        parse_flags("train", "[flags]", flags, nf, argc, argv, 2);
+        o.out = dir;
+        o.resume = dir;
+    }
 
     /* Everything is checked before anything is written. */
     if (o.steps < 1) die("train: --steps must be positive, got %d", o.steps);
@@ -359,7 +449,6 @@ static int cmd_train(int argc, char **argv) {
                      o.max_len,
                      o.min_len != o.max_len,
                      strcmp(o.model, "decoder") == 0};
-    char err[256];
     if (qkv_task_check(&task, err, sizeof err)) die("train: %s", err);
     qkv_model_config c = qkv_model_defaults(
         task.decoder_only ? QKV_MODEL_DECODER : QKV_MODEL_ENCDEC);
@@ -378,6 +467,7 @@ static int cmd_train(int argc, char **argv) {
     if (qkv_model_init(&m, &c, (uint64_t)o.seed, err, sizeof err))
         die("train: %s", err);
     if (o.threads) qkv_set_threads(o.threads);
+    if (o.save_every < 0) die("train: --save-every must be >= 0, got %d", o.save_every);
 
     qkv_optim opt;
     qkv_optim_config oc =
@@ -398,21 +488,43 @@ static int cmd_train(int argc, char **argv) {
                           o.d_model};
     if (sched.kind == QKV_SCHEDULE_NOAM && warm < 1) sched.warmup = 1;
 
-    make_dirs(o.out);
-    char path[4200];
-    if (strlen(o.out) > 4000) die("train: --out path is too long");
-    char *cfg = flags_json(flags, nf);
-    snprintf(path, sizeof path, "%s/config.json", o.out);
-    write_file(path, cfg);
-    free(cfg);
-    snprintf(path, sizeof path, "%s/log.csv", o.out);
-    FILE *log = fopen(path, "w");
-    if (!log) die("train: cannot write %s: %s", path, strerror(errno));
-    fprintf(log, "step,tokens,seconds,lr,train_loss,val_loss,val_acc\n");
-
     qkv_pcg32 data, vdata;
     qkv_pcg32_seed(&data, (uint64_t)o.seed, 1);
     qkv_pcg32_seed(&vdata, (uint64_t)o.seed, 2);
+    qkv_ckpt_rng rngs[1] = {{"data", &data}};
+    int64_t start = 0;
+    long tokens = 0;
+    double secs0 = 0;
+    if (*o.resume) { /* weights, Adam state, dropout and data streams, step */
+        qkv_model_free(&m);
+        qkv_optim_free(&opt);
+        if (qkv_ckpt_load(ckpt_path, &m, &opt, &start, rngs, 1, NULL, err, sizeof err))
+            die("train: --resume: %s", err);
+        const char *t = qkv_st_meta(&meta, "tokens"), *sec = qkv_st_meta(&meta, "seconds");
+        tokens = t ? atol(t) : 0;
+        secs0 = sec ? atof(sec) : 0;
+        if (start >= o.steps)
+            die("train: --resume: the run already has %lld of %d steps (give more --steps)",
+                (long long)start, o.steps);
+    }
+
+    if (strlen(o.out) > 4000) die("train: --out path is too long");
+    make_dirs(o.out);
+    char path[4200];
+    snprintf(ckpt_path, sizeof ckpt_path, "%s/ckpt.safetensors", o.out);
+    char *cfg = flags_json(flags, nf);
+    snprintf(path, sizeof path, "%s/config.json", o.out);
+    write_file(path, cfg);
+    snprintf(path, sizeof path, "%s/log.csv", o.out);
+    FILE *log;
+    if (*o.resume) {
+        log = reopen_log(path, (int)start);
+    } else {
+        log = fopen(path, "w");
+        if (!log) die("train: cannot write %s: %s", path, strerror(errno));
+        fprintf(log, "step,tokens,seconds,lr,train_loss,val_loss,val_acc\n");
+    }
+    signal(SIGINT, on_sigint);
     qkv_task_batch b, vb;
     qkv_task_batch_init(&b, &task, o.batch);
     qkv_task_batch_init(&vb, &task, o.eval_size);
@@ -425,10 +537,10 @@ static int cmd_train(int argc, char **argv) {
                "steps\n",
                o.task, o.model, c.n_enc, c.n_dec, c.heads, c.d_model,
                m.params.n, o.steps);
-    double t0 = now();
-    long tokens = 0;
+    double t0 = now() - secs0;
     float vloss = NAN, vacc = NAN, train_loss = 0;
-    for (int step = 1; step <= o.steps; step++) {
+    int step;
+    for (step = (int)start + 1; step <= o.steps; step++) {
         qkv_task_sample(&task, &data, &b);
         qkv_graph_reset(&g);
         qkv_tensor *loss = qkv_model_loss(&m, &g, &b.view, o.label_smoothing);
@@ -448,8 +560,22 @@ static int cmd_train(int argc, char **argv) {
             fprintf(log, "%.6f,%.4f\n", (double)vloss, (double)vacc);
         else
             fputs(",\n", log);
+        int save = step == o.steps || interrupted ||
+                   (o.save_every && step % o.save_every == 0);
+        if (save) { /* the log first, so it never lags the checkpoint */
+            fflush(log);
+            char tok[32], sec[32];
+            snprintf(tok, sizeof tok, "%ld", tokens);
+            snprintf(sec, sizeof sec, "%.3f", secs);
+            const char *keys[3] = {"cli", "tokens", "seconds"};
+            const char *vals[3] = {cfg, tok, sec};
+            if (qkv_ckpt_save(ckpt_path, &m, &opt, step, rngs, 1, keys, vals, 3,
+                              err, sizeof err))
+                die("train: %s", err);
+        }
+        if (interrupted) break;
         if (o.quiet) continue;
-        double eta = secs / step * (o.steps - step);
+        double eta = (secs - secs0) / (double)(step - start) * (o.steps - step);
         if (tty)
             printf("\rstep %d/%d  loss %.4f  val loss %.4f  val acc %5.1f%%  "
                    "%.0f tok/s  ETA %.0fs ",
@@ -464,17 +590,24 @@ static int cmd_train(int argc, char **argv) {
     }
     if (fclose(log)) die("train: writing %s failed", path);
     if (tty) printf("\n");
-    printf("done: %d steps in %.1f s, train loss %.4f, val loss %.4f, val "
-           "exact match %.1f%%; "
-           "log in %s\n",
+    if (interrupted)
+        fprintf(stderr, "qkv: interrupted at step %d; checkpoint saved in %s "
+                        "(continue with: qkv train --resume %s)\n",
+                step, ckpt_path, o.out);
+    else
+        printf("done: %d steps in %.1f s, train loss %.4f, val loss %.4f, val "
+           "exact match %.1f%%; log in %s, checkpoint %s\n",
            o.steps, now() - t0, (double)train_loss, (double)vloss, 100.0 * vacc,
-           path);
+           path, ckpt_path);
+    free(cfg);
+    cJSON_Delete(saved);
+    qkv_st_free(&meta);
     qkv_task_batch_free(&b);
     qkv_task_batch_free(&vb);
     qkv_graph_free(&g);
     qkv_optim_free(&opt);
     qkv_model_free(&m);
-    return 0;
+    return interrupted ? 130 : 0;
 }
 
 /* ------------------------------------------------------------------- main */

@@ -11,8 +11,9 @@ static char qkv[600], dir[64];
 /* Runs `qkv ARGS`, capturing stdout+stderr into out; returns the exit status.
  */
 static int run(const char *args, char *out, size_t cap) {
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "'%s' %s 2>&1", qkv, args);
+    char cmd[3000];
+    if (snprintf(cmd, sizeof cmd, "'%s' %s 2>&1", qkv, args) >= (int)sizeof cmd)
+        return -1;
     FILE *p = popen(cmd, "r");
     if (!p) return -1;
     size_t n = fread(out, 1, cap - 1, p);
@@ -149,6 +150,38 @@ static void test_same_seed_same_log(void) {
     CHECK(system(full) == 0, "1 and 2 threads give different losses");
 }
 
+/* Ctrl-C saves a checkpoint; --resume continues and the log then equals an
+ * uninterrupted run's, step for step (seconds aside). */
+static void test_interrupt_and_resume_equal_uninterrupted(void) {
+    const char *flags = "--steps 1500 --d-model 16 --d-ff 32 --batch 8 --dropout 0.1 "
+                        "--eval-every 500 --eval-size 10 --save-every 100 --quiet";
+    char cmd[2000], out[4096];
+    snprintf(cmd, sizeof cmd, "train %s --out %s/straight", flags, dir);
+    CHECK(run(cmd, out, sizeof out) == 0, "straight run failed: %s", out);
+    snprintf(cmd, sizeof cmd,
+             "bash -c \"'%s' train %s --out %s/cut >/dev/null 2>&1 & p=\\$!; "
+             "sleep 0.3; kill -INT \\$p; wait \\$p; echo rc=\\$?\"",
+             qkv, flags, dir);
+    FILE *p = popen(cmd, "r");
+    size_t n = p ? fread(out, 1, sizeof out - 1, p) : 0;
+    out[n] = 0;
+    if (p) pclose(p);
+    CHECK(strstr(out, "rc=130"), "the interrupted run did not exit 130: %s", out);
+    snprintf(cmd, sizeof cmd, "train --resume %s/cut --quiet", dir);
+    CHECK(run(cmd, out, sizeof out) == 0, "resume failed: %s", out);
+    snprintf(cmd, sizeof cmd,
+             "bash -c 'cmp -s <(cut -d, -f1,2,4- %s/straight/log.csv) "
+             "<(cut -d, -f1,2,4- %s/cut/log.csv)'",
+             dir, dir);
+    CHECK(system(cmd) == 0, "the resumed log differs from the uninterrupted one");
+    snprintf(cmd, sizeof cmd, "train --resume %s/cut --h 2", dir);
+    CHECK(run(cmd, out, sizeof out) == 2 && strstr(out, "--h cannot change"),
+          "a model flag on --resume: %s", out);
+    snprintf(cmd, sizeof cmd, "train --resume %s/none", dir);
+    CHECK(run(cmd, out, sizeof out) == 2 && strstr(out, "cannot open"),
+          "--resume of a missing run: %s", out);
+}
+
 int main(void) {
     test_prog = "cli";
     char self[512] = {0};
@@ -160,6 +193,7 @@ int main(void) {
     RUN(test_bad_input_is_one_line_and_exit_2);
     RUN(test_train_writes_log_and_config);
     RUN(test_same_seed_same_log);
+    RUN(test_interrupt_and_resume_equal_uninterrupted);
     char rm[128];
     snprintf(rm, sizeof rm, "rm -rf '%s'", dir);
     if (system(rm) != 0) return 1;
