@@ -281,33 +281,7 @@ static void validate(qkv_model *m, qkv_graph *g, const qkv_task *t,
     g->training = 0;
     qkv_graph_reset(g);
     *loss = qkv_model_loss(m, g, &vb->view, 0.0f)->data[0];
-    int B = vb->view.B, L = t->max_len + (t->use_eos ? 1 : 0), right = 0;
-    int32_t *out = qkv_malloc((size_t)B * L * sizeof *out, "validation");
-    int32_t y[1025];
-    int P = t->max_len + 1; /* decoder-only prompt: x bos (fixed length) */
-    int32_t *prompt = NULL;
-    if (t->decoder_only) {
-        prompt = qkv_malloc((size_t)B * P * sizeof *prompt, "validation");
-        for (int i = 0; i < B; i++)
-            memcpy(prompt + (size_t)i * P, vb->tgt_in + (size_t)i * vb->view.T,
-                   (size_t)P * sizeof *prompt);
-        qkv_model_greedy(m, g, prompt, NULL, B, P, QKV_BOS,
-                         t->use_eos ? QKV_EOS : -1, L, out);
-    } else {
-        qkv_model_greedy(m, g, vb->src, vb->src_pad, B, vb->view.S, QKV_BOS,
-                         t->use_eos ? QKV_EOS : -1, L, out);
-    }
-    for (int i = 0; i < B; i++) {
-        const int32_t *x = t->decoder_only ? vb->tgt_in + (size_t)i * vb->view.T
-                                           : vb->src + (size_t)i * vb->view.S;
-        int len = vb->len[i];
-        qkv_task_answer(t, x, len, y);
-        if (t->use_eos) y[len++] = QKV_EOS;
-        right += memcmp(y, out + (size_t)i * L, (size_t)len * sizeof *y) == 0;
-    }
-    *acc = (float)right / (float)B;
-    free(out);
-    free(prompt);
+    *acc = (float)qkv_task_exact_match(m, g, t, vb);
     g->training = train;
     qkv_graph_set_grad(g, was);
 }

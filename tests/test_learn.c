@@ -51,33 +51,9 @@ static double exact_match(qkv_model *m, qkv_graph *g, const qkv_task *t,
     qkv_task_batch b;
     qkv_task_batch_init(&b, t, n);
     qkv_task_sample(t, &rng, &b);
-    int L = t->max_len + (t->use_eos ? 1 : 0), right = 0;
-    int32_t *out = malloc((size_t)n * L * sizeof *out), y[1025];
-    int32_t *prompt = NULL;
-    if (t->decoder_only) { /* prompt = x bos, fixed length here */
-        int P = t->max_len + 1;
-        prompt = malloc((size_t)n * P * sizeof *prompt);
-        for (int i = 0; i < n; i++)
-            memcpy(prompt + (size_t)i * P, b.tgt_in + (size_t)i * b.view.T,
-                   (size_t)P * sizeof *prompt);
-        qkv_model_greedy(m, g, prompt, NULL, n, P, QKV_BOS,
-                         t->use_eos ? QKV_EOS : -1, L, out);
-    } else {
-        qkv_model_greedy(m, g, b.src, b.src_pad, n, b.view.S, QKV_BOS,
-                         t->use_eos ? QKV_EOS : -1, L, out);
-    }
-    for (int i = 0; i < n; i++) {
-        int len = b.len[i];
-        const int32_t *x = t->decoder_only ? b.tgt_in + (size_t)i * b.view.T
-                                           : b.src + (size_t)i * b.view.S;
-        qkv_task_answer(t, x, len, y);
-        if (t->use_eos) y[len++] = QKV_EOS;
-        right += memcmp(y, out + (size_t)i * L, (size_t)len * sizeof *y) == 0;
-    }
-    free(out);
-    free(prompt);
+    double acc = qkv_task_exact_match(m, g, t, &b);
     qkv_task_batch_free(&b);
-    return (double)right / n;
+    return acc;
 }
 
 /* Trains until the target accuracy (checked every eval_every steps) or
@@ -188,6 +164,12 @@ static void test_copy_decoder_only(void) {
     run_case(&lc);
 }
 
+static void test_sort_varying_lengths_decoder_only(void) {
+    learn_case lc = {"sort 3-6 + eos (decoder)", {QKV_TASK_SORT, 12, 3, 6, 1, 1},
+                     model_for(QKV_MODEL_DECODER, 12), 64, 3000, 100, 2e-3f, 0.99f};
+    run_case(&lc);
+}
+
 static void test_same_seed_same_curve_any_threads(void) {
     learn_case lc = {"determinism",
                      {QKV_TASK_COPY, 11, 10, 10, 0, 0},
@@ -217,5 +199,6 @@ int main(void) {
     RUN(test_copy_encdec);
     RUN(test_reverse_encdec);
     RUN(test_copy_decoder_only);
+    RUN(test_sort_varying_lengths_decoder_only);
     return test_summary();
 }
