@@ -158,10 +158,14 @@ static void test_interrupt_and_resume_equal_uninterrupted(void) {
     char cmd[2000], out[4096];
     snprintf(cmd, sizeof cmd, "train %s --out %s/straight", flags, dir);
     CHECK(run(cmd, out, sizeof out) == 0, "straight run failed: %s", out);
+    /* SIGINT once the first checkpoint (step 100 of 1500) exists: by then
+     * the handler is installed and the run is mid-way, however loaded the
+     * machine; the wait gives up after 60 s. */
     snprintf(cmd, sizeof cmd,
              "bash -c \"'%s' train %s --out %s/cut >/dev/null 2>&1 & p=\\$!; "
-             "sleep 0.3; kill -INT \\$p; wait \\$p; echo rc=\\$?\"",
-             qkv, flags, dir);
+             "for i in \\$(seq 6000); do [ -e %s/cut/ckpt.safetensors ] && break; "
+             "sleep 0.01; done; kill -INT \\$p; wait \\$p; echo rc=\\$?\"",
+             qkv, flags, dir, dir);
     FILE *p = popen(cmd, "r");
     size_t n = p ? fread(out, 1, sizeof out - 1, p) : 0;
     out[n] = 0;
