@@ -128,46 +128,30 @@ static void run_case(const learn_case *lc0) {
           100 * lc->target);
 }
 
+/* One learning case: batch 64, up to 3000 steps, evaluated every 100, peak
+ * learning rate 2e-3; passes at `target` exact match. */
+static void learn(const char *name, qkv_task task, qkv_model_kind kind,
+                  float target) {
+    learn_case lc = {name,  task,  model_for(kind, task.vocab), 64, 3000, 100,
+                     2e-3f, target};
+    run_case(&lc);
+}
+
 static void test_copy_encdec(void) {
-    learn_case lc = {"copy (enc-dec)",
-                     {QKV_TASK_COPY, 11, 10, 10, 0, 0},
-                     model_for(QKV_MODEL_ENCDEC, 11),
-                     64,
-                     3000,
-                     100,
-                     2e-3f,
-                     1.0f};
-    run_case(&lc);
+    learn("copy (enc-dec)", (qkv_task){QKV_TASK_COPY, 11, 10, 10, 0, 0},
+          QKV_MODEL_ENCDEC, 1.0f);
 }
-
 static void test_reverse_encdec(void) {
-    learn_case lc = {"reverse (enc-dec)",
-                     {QKV_TASK_REVERSE, 11, 10, 10, 0, 0},
-                     model_for(QKV_MODEL_ENCDEC, 11),
-                     64,
-                     3000,
-                     100,
-                     2e-3f,
-                     0.99f};
-    run_case(&lc);
+    learn("reverse (enc-dec)", (qkv_task){QKV_TASK_REVERSE, 11, 10, 10, 0, 0},
+          QKV_MODEL_ENCDEC, 0.99f);
 }
-
 static void test_copy_decoder_only(void) {
-    learn_case lc = {"copy x BOS x (decoder)",
-                     {QKV_TASK_COPY, 11, 10, 10, 0, 1},
-                     model_for(QKV_MODEL_DECODER, 11),
-                     64,
-                     3000,
-                     100,
-                     2e-3f,
-                     0.99f};
-    run_case(&lc);
+    learn("copy x BOS x (decoder)", (qkv_task){QKV_TASK_COPY, 11, 10, 10, 0, 1},
+          QKV_MODEL_DECODER, 0.99f);
 }
-
 static void test_sort_varying_lengths_decoder_only(void) {
-    learn_case lc = {"sort 3-6 + eos (decoder)", {QKV_TASK_SORT, 12, 3, 6, 1, 1},
-                     model_for(QKV_MODEL_DECODER, 12), 64, 3000, 100, 2e-3f, 0.99f};
-    run_case(&lc);
+    learn("sort 3-6 + eos (decoder)", (qkv_task){QKV_TASK_SORT, 12, 3, 6, 1, 1},
+          QKV_MODEL_DECODER, 0.99f);
 }
 
 static void test_same_seed_same_curve_any_threads(void) {
