@@ -58,13 +58,19 @@ LIB       := $(BUILD)/libqkv.a
 TEST_SRC  := $(wildcard tests/test_*.c)
 TEST_BIN  := $(TEST_SRC:%.c=$(BUILD)/%)
 BENCH_BIN := $(BUILD)/tests/bench_matmul
-EXAMPLES  := $(patsubst %.c,$(BUILD)/%,$(wildcard examples/*.c))
+QKV_SRC   := $(wildcard examples/cli/*.c)
+QKV_OBJ   := $(QKV_SRC:%.c=$(BUILD)/%.o)
+EXAMPLES  := $(patsubst %.c,$(BUILD)/%,$(wildcard examples/*.c)) $(BUILD)/examples/qkv
 
 .PHONY: all test bench demo golden corpora valgrind clean format
 .SECONDARY:
 all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(EXAMPLES)
 
 $(BUILD)/%.o: %.c $(LIB_HDR) tests/test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/examples/cli/%.o: examples/cli/%.c examples/cli/cli.h $(LIB_HDR)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -76,6 +82,10 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 $(BUILD)/examples/%: $(BUILD)/examples/%.o $(LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+# The qkv program: one subcommand per file in examples/cli/.
+$(BUILD)/examples/qkv: $(QKV_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 # The main job: train the copy task (~10 s), then plot its loss curve.
@@ -108,7 +118,7 @@ corpora:
 	/usr/bin/python3 data/gen/make_corpora.py data/corpora
 
 format:
-	clang-format -i $(LIB_SRC) $(LIB_HDR) tests/*.[ch] examples/*.c
+	clang-format -i $(LIB_SRC) $(LIB_HDR) tests/*.[ch] examples/cli/*.[ch]
 
 clean:
 	rm -rf build build-debug build-san build-vg build-clang build-portable

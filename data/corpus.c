@@ -467,9 +467,31 @@ void qkv_corpus_batch_free(qkv_corpus_batch *b) {
     memset(b, 0, sizeof *b);
 }
 
-/* Tokens a batch of B pairs needs: B * max(S, T), T = y + 1 for bos/eos. */
+/* Tokens a batch of B pairs needs: B * max(S, T) (S = 0 for decoder-only). */
 static size_t batch_cost(int B, int S, int T) {
     return (size_t)B * (size_t)(S > T ? S : T);
+}
+
+/* The S and T that pair q alone needs in p's layout: enc-dec S = x, T = y + 1
+ * (bos y / y eos); decoder-only S = 0, T = x + 1 + y (x bos y / .. y eos). */
+static void pair_dims(const qkv_pairs *p, const qkv_pair *q, int *S, int *T) {
+    if (!p->decoder_only) {
+        *S = q->src_len, *T = q->tgt_len + 1;
+        return;
+    }
+    QKV_CHECK(q->src_len < INT_MAX - q->tgt_len,
+              "pairs: a pair of %d + %d tokens is too long", q->src_len,
+              q->tgt_len);
+    *S = 0, *T = q->src_len + 1 + q->tgt_len;
+}
+
+/* Token j of the sequence a row is cut from: x bos y eos in the decoder-only
+ * layout (a = |x|), bos y eos in the enc-dec one (a = 0; x is the source). */
+static int32_t seq_at(const int32_t *x, int a, const int32_t *y, int t, int j) {
+    return j < a        ? x[j]
+           : j == a     ? QKV_BOS
+           : j <= a + t ? y[j - a - 1]
+                        : QKV_EOS;
 }
 
 void qkv_pairs_batch(const qkv_pairs *p, const int *idx, int B,
@@ -479,9 +501,10 @@ void qkv_pairs_batch(const qkv_pairs *p, const int *idx, int B,
     for (int i = 0; i < B; i++) {
         QKV_CHECK(idx[i] >= 0 && idx[i] < p->n,
                   "pairs_batch: pair %d of %d pairs", idx[i], p->n);
-        const qkv_pair *q = &p->pair[idx[i]];
-        if (q->src_len > S) S = q->src_len;
-        if (q->tgt_len + 1 > T) T = q->tgt_len + 1;
+        int s, t;
+        pair_dims(p, &p->pair[idx[i]], &s, &t);
+        if (s > S) S = s;
+        if (t > T) T = t;
     }
     QKV_CHECK(batch_cost(B, S, T) <= (size_t)b->max_tokens,
               "pairs_batch: %d pairs of (S %d, T %d) need %zu tokens, the "
@@ -496,19 +519,29 @@ void qkv_pairs_batch(const qkv_pairs *p, const int *idx, int B,
             src[j] = j < q->src_len ? x[j] : QKV_PAD;
             sp[j] = j >= q->src_len;
         }
+        /* the row reads seq[0 .. a + t] and predicts seq[1 .. a + t + 1],
+         * scored from position a on (pad over x) */
+        int a = p->decoder_only ? q->src_len : 0, n = a + q->tgt_len + 1;
         int32_t *in = b->tgt_in + (size_t)i * T,
                 *out = b->tgt_out + (size_t)i * T;
         uint8_t *tp = b->tgt_pad + (size_t)i * T;
         for (int j = 0; j < T; j++) {
-            int live = j <= q->tgt_len; /* bos y / y eos: tgt_len + 1 tokens */
-            in[j] = !live ? QKV_PAD : j == 0 ? QKV_BOS : y[j - 1];
-            out[j] = !live ? QKV_PAD : j == q->tgt_len ? QKV_EOS : y[j];
-            tp[j] = !live;
+            in[j] = j < n ? seq_at(x, a, y, q->tgt_len, j) : QKV_PAD;
+            out[j] =
+                j < n && j >= a ? seq_at(x, a, y, q->tgt_len, j + 1) : QKV_PAD;
+            tp[j] = j >= n;
         }
         b->index[i] = idx[i];
     }
-    qkv_batch v = {B,          S,         T,          b->src,
-                   b->src_pad, b->tgt_in, b->tgt_out, b->tgt_pad};
+    int dec = p->decoder_only;
+    qkv_batch v = {B,
+                   S,
+                   T,
+                   dec ? NULL : b->src,
+                   dec ? NULL : b->src_pad,
+                   b->tgt_in,
+                   b->tgt_out,
+                   b->tgt_pad};
     b->view = v;
 }
 
@@ -522,11 +555,15 @@ int qkv_batcher_init(qkv_batcher *it, const qkv_pairs *p, int max_tokens,
                  p->dropped);
         return -1;
     }
-    int longest = p->longest_src > p->longest_tgt + 1 ? p->longest_src
-                                                      : p->longest_tgt + 1;
-    if (max_tokens < longest) {
+    size_t longest = 0; /* exact: the costliest single pair */
+    for (int i = 0; i < p->n; i++) {
+        int s, t;
+        pair_dims(p, &p->pair[i], &s, &t);
+        if (batch_cost(1, s, t) > longest) longest = batch_cost(1, s, t);
+    }
+    if ((size_t)max_tokens < longest) {
         snprintf(err, errlen,
-                 "a batch of %d tokens cannot hold the longest pair (%d "
+                 "a batch of %d tokens cannot hold the longest pair (%zu "
                  "tokens); raise the batch size or lower the length limits",
                  max_tokens, longest);
         return -1;
@@ -564,21 +601,22 @@ void qkv_batcher_epoch(qkv_batcher *it, qkv_pcg32 *rng) {
     pair_key *k = qkv_malloc((size_t)n * sizeof *k, "batcher");
     for (int i = 0; i < n; i++) {
         const qkv_pair *q = &p->pair[i];
-        int T = q->tgt_len + 1;
-        pair_key ki = {q->src_len > T ? q->src_len : T, q->src_len, q->tgt_len,
-                       rank[i], i};
+        int s, t;
+        pair_dims(p, q, &s, &t);
+        pair_key ki = {s > t ? s : t, q->src_len, q->tgt_len, rank[i], i};
         k[i] = ki;
     }
     qsort(k, (size_t)n, sizeof *k, cmp_key);
     /* greedy cut: add pairs while B * max(S, T) stays within the budget */
     int nb = 0, B = 0, S = 0, T = 0;
     for (int i = 0; i < n; i++) {
-        int s = k[i].src_len > S ? k[i].src_len : S;
-        int t = k[i].tgt_len + 1 > T ? k[i].tgt_len + 1 : T;
+        int ps, pt;
+        pair_dims(p, &p->pair[k[i].pair], &ps, &pt);
+        int s = ps > S ? ps : S, t = pt > T ? pt : T;
         if (B && batch_cost(B + 1, s, t) > (size_t)it->max_tokens) {
             it->start[nb++] = i - B;
             B = 0;
-            s = k[i].src_len, t = k[i].tgt_len + 1;
+            s = ps, t = pt;
         }
         B++, S = s, T = t;
         it->order[i] = k[i].pair;

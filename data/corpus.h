@@ -149,6 +149,11 @@ typedef struct qkv_pairs {
     size_t n_tokens; /* kept tokens (both sides) */
     qkv_pair *pair;  /* (n) */
     int32_t *ids;    /* every kept sequence back to back */
+    /* Batch layout: 0 (as qkv_pairs_encode leaves it) encoder-decoder; set it
+     * to 1 before batching (before qkv_batcher_init) to lay each pair out as
+     * one sequence x bos y eos for a decoder-only model. qkv_pairs_batch and
+     * the batcher both read it. */
+    int decoder_only;
 } qkv_pairs;
 
 /* Encodes c with the source and target vocabularies (may be the same one)
@@ -163,12 +168,18 @@ void qkv_pairs_free(qkv_pairs *p);
 /* ----------------------------------------------------------------- batches */
 
 /* Buffers for batches of at most max_tokens = B * max(S, T) tokens, and the
- * qkv_batch view over them (the encoder-decoder layout of tasks.h):
+ * qkv_batch view over them, in one of the two layouts of tasks.h. For a pair
+ * of x (s tokens) and y (t tokens), encoder-decoder (p->decoder_only 0):
  *   src     (B, S) = x, then pad            src_pad = 1 on the padding
  *   tgt_in  (B, T) = bos y, then pad        tgt_pad = 1 on the padding
  *   tgt_out (B, T) = y eos, then pad (no loss there)
- * S is the longest x of the batch and T the longest y plus one. The source
- * gets no bos or eos, as in tasks.h. */
+ * S is the longest s of the batch and T the longest t + 1. The source gets no
+ * bos or eos, as in tasks.h. Decoder-only (p->decoder_only 1), the sequence
+ * x bos y eos, of which the model reads all but the last token:
+ *   src, src_pad NULL, S = 0
+ *   tgt_in  (B, T) = x bos y, then pad      tgt_pad = 1 on the padding
+ *   tgt_out (B, T) = pad*s y eos, then pad  (no loss over x or the padding)
+ * T is the longest s + 1 + t of the batch, which is also its cost per row. */
 typedef struct qkv_corpus_batch {
     int max_tokens;
     int32_t *src, *tgt_in, *tgt_out; /* (max_tokens) each */
@@ -180,14 +191,16 @@ typedef struct qkv_corpus_batch {
 void qkv_corpus_batch_init(qkv_corpus_batch *b, int max_tokens);
 void qkv_corpus_batch_free(qkv_corpus_batch *b);
 /* Fills b with the pairs idx[0..B) of p, in that order (e.g. a whole test set
- * in file order, for decoding). B * max(S, T) must fit in b->max_tokens. */
+ * in file order, for decoding), in p's layout. B * max(S, T) must fit in
+ * b->max_tokens. */
 void qkv_pairs_batch(const qkv_pairs *p, const int *idx, int B,
                      qkv_corpus_batch *b);
 
-/* Epochs of batches by token budget. Each epoch visits every pair exactly
- * once: pairs are sorted by length (cost max(x, y + 1), then x, then y; pairs
- * of equal lengths in a random order), cut greedily into batches of at most
- * max_tokens = B * max(S, T), and the batches are visited in a random order.
+/* Epochs of batches by token budget, in p's layout. Each epoch visits every
+ * pair exactly once: pairs are sorted by length (cost max(s, t + 1), or
+ * s + 1 + t for decoder-only, then s, then t; pairs of equal lengths in a
+ * random order), cut greedily into batches of at most max_tokens =
+ * B * max(S, T), and the batches are visited in a random order.
  * Sorting keeps the padding small; shuffling keeps the gradient unbiased.
  * Deterministic for a given rng state. */
 typedef struct qkv_batcher {
@@ -200,8 +213,9 @@ typedef struct qkv_batcher {
     int next;      /* batches served this epoch */
 } qkv_batcher;
 
-/* -1 and a message if max_tokens cannot hold the longest pair
- * (max(longest_src, longest_tgt + 1) tokens) or p has no pairs. */
+/* -1 and a message if max_tokens cannot hold the costliest pair (the largest
+ * max(s, t + 1), or s + 1 + t for decoder-only) or p has no pairs. The layout
+ * must not change while the batcher is in use. */
 int qkv_batcher_init(qkv_batcher *it, const qkv_pairs *p, int max_tokens,
                      char *err, size_t errlen);
 /* Starts an epoch. rng NULL: no shuffling (pairs of equal lengths in corpus

@@ -266,6 +266,14 @@ void qkv_model_greedy(qkv_model *m, qkv_graph *g, const int32_t *src,
             out[(size_t)b * max_out + t - prefix] = tok;
             if (tok == eos) done[b] = 1;
         }
+        int all = 1;
+        for (int b = 0; b < B; b++) all &= done[b];
+        if (all) { /* every row has its eos: the rest is padding */
+            for (int b = 0; b < B; b++)
+                for (int k = t + 1 - prefix; k < max_out; k++)
+                    out[(size_t)b * max_out + k] = m->cfg.pad_id;
+            break;
+        }
     }
     free(cur);
     free(seq);

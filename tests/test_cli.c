@@ -3,6 +3,11 @@
  * this test's build directory. */
 #include <cjson/cJSON.h>
 #include <libgen.h>
+#include <math.h>
+#include <sys/stat.h>
+
+#include "pcg.h"
+#include "safetensors.h"
 
 #include "test.h"
 
@@ -89,7 +94,8 @@ static void test_train_writes_log_and_config(void) {
         CHECK(fgets(line, sizeof line, f) &&
                   strcmp(
                       line,
-                      "step,tokens,seconds,lr,train_loss,val_loss,val_acc\n") ==
+                      "step,tokens,seconds,lr,train_loss,val_loss,val_acc,"
+                      "val_bleu\n") ==
                       0,
               "header: %s", line);
         float first = 0, last = 0;
@@ -104,7 +110,7 @@ static void test_train_writes_log_and_config(void) {
             CHECK(step == rows, "step %d on row %d", step, rows);
             if (rows == 1) first = loss;
             last = loss;
-            evals += line[strlen(line) - 2] != ',';
+            evals += strstr(line, ",,\n") == NULL;
         }
         fclose(f);
         CHECK(rows == 40 && evals == 2, "%d rows, %d evaluations", rows, evals);
@@ -152,38 +158,362 @@ static void test_same_seed_same_log(void) {
 
 /* Ctrl-C saves a checkpoint; --resume continues and the log then equals an
  * uninterrupted run's, step for step (seconds aside). */
-static void test_interrupt_and_resume_equal_uninterrupted(void) {
-    const char *flags = "--steps 1500 --d-model 16 --d-ff 32 --batch 8 --dropout 0.1 "
-                        "--eval-every 500 --eval-size 10 --save-every 100 --quiet";
-    char cmd[2000], out[4096];
-    snprintf(cmd, sizeof cmd, "train %s --out %s/straight", flags, dir);
+static void interrupt_and_resume(const char *flags, const char *name) {
+    char cmd[3000], out[4096];
+    snprintf(cmd, sizeof cmd, "train %s --out %s/%s-straight", flags, dir,
+             name);
     CHECK(run(cmd, out, sizeof out) == 0, "straight run failed: %s", out);
     /* SIGINT once the first checkpoint (step 100 of 1500) exists: by then
      * the handler is installed and the run is mid-way, however loaded the
      * machine; the wait gives up after 60 s. */
     snprintf(cmd, sizeof cmd,
-             "bash -c \"'%s' train %s --out %s/cut >/dev/null 2>&1 & p=\\$!; "
-             "for i in \\$(seq 6000); do [ -e %s/cut/ckpt.safetensors ] && break; "
-             "sleep 0.01; done; kill -INT \\$p; wait \\$p; echo rc=\\$?\"",
-             qkv, flags, dir, dir);
+             "bash -c \"'%s' train %s --out %s/%s-cut >/dev/null 2>&1 & "
+             "p=\\$!; for i in \\$(seq 6000); do "
+             "[ -e %s/%s-cut/ckpt.safetensors ] && break; sleep 0.01; done; "
+             "kill -INT \\$p; wait \\$p; echo rc=\\$?\"",
+             qkv, flags, dir, name, dir, name);
     FILE *p = popen(cmd, "r");
     size_t n = p ? fread(out, 1, sizeof out - 1, p) : 0;
     out[n] = 0;
     if (p) pclose(p);
-    CHECK(strstr(out, "rc=130"), "the interrupted run did not exit 130: %s", out);
-    snprintf(cmd, sizeof cmd, "train --resume %s/cut --quiet", dir);
+    CHECK(strstr(out, "rc=130"), "the interrupted run did not exit 130: %s",
+          out);
+    snprintf(cmd, sizeof cmd, "train --resume %s/%s-cut --quiet", dir, name);
     CHECK(run(cmd, out, sizeof out) == 0, "resume failed: %s", out);
     snprintf(cmd, sizeof cmd,
-             "bash -c 'cmp -s <(cut -d, -f1,2,4- %s/straight/log.csv) "
-             "<(cut -d, -f1,2,4- %s/cut/log.csv)'",
-             dir, dir);
-    CHECK(system(cmd) == 0, "the resumed log differs from the uninterrupted one");
-    snprintf(cmd, sizeof cmd, "train --resume %s/cut --h 2", dir);
+             "bash -c 'cmp -s <(cut -d, -f1,2,4- %s/%s-straight/log.csv) "
+             "<(cut -d, -f1,2,4- %s/%s-cut/log.csv)'",
+             dir, name, dir, name);
+    CHECK(system(cmd) == 0,
+          "%s: the resumed log differs from the uninterrupted one", name);
+}
+
+static void test_interrupt_and_resume_equal_uninterrupted(void) {
+    interrupt_and_resume("--steps 1500 --d-model 16 --d-ff 32 --batch 8 "
+                         "--dropout 0.1 --eval-every 500 --eval-size 10 "
+                         "--save-every 100 --quiet",
+                         "task");
+    char cmd[600], out[4096];
+    snprintf(cmd, sizeof cmd, "train --resume %s/task-cut --h 2", dir);
     CHECK(run(cmd, out, sizeof out) == 2 && strstr(out, "--h cannot change"),
           "a model flag on --resume: %s", out);
     snprintf(cmd, sizeof cmd, "train --resume %s/none", dir);
     CHECK(run(cmd, out, sizeof out) == 2 && strstr(out, "cannot open"),
           "--resume of a missing run: %s", out);
+}
+
+/* ---------------------------------------------------------------- corpora */
+
+static const char *const words[] = {"ka", "lo", "mi", "nu", "pe",
+                                    "ro", "su", "grüß"};
+
+/* A TSV corpus of n pairs "w1 .. wk<TAB>wk .. w1" (k in 2..5), drawn with
+ * PCG32: word-level reversal, which needs attention to positions. */
+static void write_reverse_corpus(const char *path, int n, uint64_t seed) {
+    FILE *f = fopen(path, "w");
+    if (!f) return;
+    qkv_pcg32 rng;
+    qkv_pcg32_seed(&rng, seed, 9);
+    for (int i = 0; i < n; i++) {
+        int k = 2 + (int)qkv_pcg32_bounded(&rng, 4), w[5];
+        for (int j = 0; j < k; j++) w[j] = (int)qkv_pcg32_bounded(&rng, 8);
+        for (int j = 0; j < k; j++) fprintf(f, "%s%s", j ? " " : "", words[w[j]]);
+        fputc('\t', f);
+        for (int j = k - 1; j >= 0; j--)
+            fprintf(f, "%s%s", j < k - 1 ? " " : "", words[w[j]]);
+        fputc('\n', f);
+    }
+    fclose(f);
+}
+
+static char corpus_dir[200];
+
+static void make_corpora(void) {
+    char p[300];
+    snprintf(corpus_dir, sizeof corpus_dir, "%s/corpus", dir);
+    mkdir(corpus_dir, 0777);
+    snprintf(p, sizeof p, "%s/train.tsv", corpus_dir);
+    write_reverse_corpus(p, 2000, 1);
+    snprintf(p, sizeof p, "%s/valid.tsv", corpus_dir);
+    write_reverse_corpus(p, 100, 2);
+    snprintf(p, sizeof p, "%s/test.tsv", corpus_dir);
+    write_reverse_corpus(p, 200, 3);
+}
+
+/* The number after `key` in text (NAN if absent). */
+static double figure(const char *text, const char *key) {
+    const char *s = strstr(text, key);
+    return s ? atof(s + strlen(key)) : NAN;
+}
+
+/* Last row of a log.csv, split into its 8 columns. */
+static int last_row(const char *path, double col[8]) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char line[512], last[512] = "";
+    while (fgets(line, sizeof line, f)) memcpy(last, line, sizeof line);
+    fclose(f);
+    char *s = last;
+    for (int i = 0; i < 8; i++) {
+        col[i] = *s && *s != ',' && *s != '\n' ? atof(s) : NAN;
+        s = strchr(s, ',');
+        if (!s && i < 7) return -1;
+        if (s) s++;
+    }
+    return 0;
+}
+
+/* train on a corpus -> checkpoint -> eval: eval on the validation file
+ * reproduces the run's last validation figures, and the model has learned
+ * the task on the held-out test file. Then decode. */
+static void test_corpus_train_eval_decode(void) {
+    char cmd[2000], out[8192], path[400];
+    snprintf(cmd, sizeof cmd,
+             "train --data %s/train.tsv --valid %s/valid.tsv --eval-size 1000 "
+             "--steps 400 --eval-every 200 --batch 32 --d-model 32 --d-ff 64 "
+             "--lr 3e-3 --quiet --out %s/rev",
+             corpus_dir, corpus_dir, dir);
+    CHECK(run(cmd, out, sizeof out) == 0, "corpus train failed: %s", out);
+    double row[8];
+    snprintf(path, sizeof path, "%s/rev/log.csv", dir);
+    CHECK(last_row(path, row) == 0 && row[0] == 400, "last log row");
+    snprintf(cmd, sizeof cmd,
+             "eval --ckpt %s/rev/ckpt.safetensors --data %s/valid.tsv", dir,
+             corpus_dir);
+    CHECK(run(cmd, out, sizeof out) == 0, "eval failed: %s", out);
+    double loss = figure(out, "loss "), exact = figure(out, "exact match ");
+    double bleu = figure(out, "BLEU ");
+    CHECK(fabs(loss - row[5]) < 2e-6 + 1e-5 * row[5],
+          "eval loss %.6f, train's last val loss %.6f", loss, row[5]);
+    CHECK(fabs(exact - 100 * row[6]) < 0.01, "eval exact %.2f, log %.4f",
+          exact, row[6]);
+    CHECK(fabs(bleu - row[7]) < 0.01, "eval BLEU %.2f, log %.2f", bleu,
+          row[7]);
+    CHECK(strstr(out, "100 sequences"), "eval counts: %s", out);
+    snprintf(cmd, sizeof cmd,
+             "eval --ckpt %s/rev/ckpt.safetensors --data %s/test.tsv", dir,
+             corpus_dir);
+    CHECK(run(cmd, out, sizeof out) == 0, "eval failed: %s", out);
+    exact = figure(out, "exact match ");
+    bleu = figure(out, "BLEU ");
+    double ppl = figure(out, "perplexity "), acc = figure(out, "accuracy ");
+    CHECK(exact >= 90 && bleu >= 90 && acc >= 97 && ppl < 1.2,
+          "reversal not learned: %s", out);
+    /* beam search does at least as well here */
+    snprintf(cmd, sizeof cmd,
+             "eval --ckpt %s/rev/ckpt.safetensors --data %s/test.tsv --beam 4",
+             dir, corpus_dir);
+    CHECK(run(cmd, out, sizeof out) == 0 && figure(out, "exact match ") >= 90,
+          "beam eval: %s", out);
+    snprintf(cmd, sizeof cmd,
+             "decode --ckpt %s/rev/ckpt.safetensors 'ka lo grüß' 'su mi'", dir);
+    CHECK(run(cmd, out, sizeof out) == 0 &&
+              strcmp(out, "grüß lo ka\nmi su\n") == 0,
+          "decode: %s", out);
+    snprintf(cmd, sizeof cmd,
+             "bash -c \"printf 'pe nu\\nro ka\\n' | '%s' decode --ckpt "
+             "%s/rev/ckpt.safetensors --beam 3\"",
+             qkv, dir);
+    FILE *p = popen(cmd, "r");
+    size_t n = p ? fread(out, 1, sizeof out - 1, p) : 0;
+    out[n] = 0;
+    if (p) pclose(p);
+    CHECK(strcmp(out, "nu pe\nka ro\n") == 0, "decode from stdin: %s", out);
+    /* an unknown word is <unk>, not an error */
+    snprintf(cmd, sizeof cmd,
+             "decode --ckpt %s/rev/ckpt.safetensors 'ka zzz'", dir);
+    CHECK(run(cmd, out, sizeof out) == 0, "decode of an unknown word: %s",
+          out);
+}
+
+/* Decoder-only on a corpus: x bos y in one sequence. Trains, evaluates and
+ * continues a prompt. */
+static void test_corpus_decoder_only(void) {
+    char cmd[2000], out[8192];
+    snprintf(cmd, sizeof cmd,
+             "train --model decoder --data %s/train.tsv --valid %s/valid.tsv "
+             "--steps 800 --eval-every 800 --batch 32 --d-model 32 --d-ff 64 "
+             "--lr 3e-3 --quiet --out %s/lm",
+             corpus_dir, corpus_dir, dir);
+    CHECK(run(cmd, out, sizeof out) == 0, "decoder train failed: %s", out);
+    snprintf(cmd, sizeof cmd,
+             "eval --ckpt %s/lm/ckpt.safetensors --data %s/test.tsv", dir,
+             corpus_dir);
+    CHECK(run(cmd, out, sizeof out) == 0, "eval failed: %s", out);
+    CHECK(figure(out, "exact match ") >= 80, "decoder-only: %s", out);
+    snprintf(cmd, sizeof cmd, "decode --ckpt %s/lm/ckpt.safetensors 'mi ro'",
+             dir);
+    CHECK(run(cmd, out, sizeof out) == 0 && strcmp(out, "ro mi\n") == 0,
+          "decoder-only decode: %s", out);
+    snprintf(cmd, sizeof cmd,
+             "decode --ckpt %s/lm/ckpt.safetensors --temp 1 --top-k 3 "
+             "--seed 5 'mi ro' 'mi ro'",
+             dir);
+    CHECK(run(cmd, out, sizeof out) == 0, "sampling: %s", out);
+    snprintf(cmd, sizeof cmd, "decode --ckpt %s/lm/ckpt.safetensors --beam 2 x",
+             dir);
+    CHECK(run(cmd, out, sizeof out) == 2 &&
+              strstr(out, "--beam needs an encoder-decoder"),
+          "beam on decoder-only: %s", out);
+}
+
+static void test_corpus_resume_equals_uninterrupted(void) {
+    char flags[1000];
+    /* 2000 pairs in ~60 batches: 1500 steps cross many epochs */
+    snprintf(flags, sizeof flags,
+             "--data %s/train.tsv --valid %s/valid.tsv --steps 1500 "
+             "--d-model 16 --d-ff 32 --batch 32 --dropout 0.1 --eval-every "
+             "500 --eval-size 20 --save-every 100 --quiet",
+             corpus_dir, corpus_dir);
+    interrupt_and_resume(flags, "corpus");
+}
+
+/* A task checkpoint: eval draws fresh sequences, decode reads numbers. */
+static void test_task_eval_decode(void) {
+    char cmd[600], out[8192];
+    snprintf(cmd, sizeof cmd, "eval --ckpt %s/run/ckpt.safetensors --size 50",
+             dir);
+    CHECK(run(cmd, out, sizeof out) == 0 && strstr(out, "50 sequences") &&
+              figure(out, "perplexity ") > 1,
+          "task eval: %s", out);
+    snprintf(cmd, sizeof cmd,
+             "decode --ckpt %s/run/ckpt.safetensors '3 4 5 6 7 8 9 10 3 4'",
+             dir);
+    CHECK(run(cmd, out, sizeof out) == 0, "task decode: %s", out);
+    int k = 0;
+    for (char *s = out; *s; s++) k += *s == ' ';
+    CHECK(k == 9 && out[strlen(out) - 1] == '\n', "10 symbols out: %s", out);
+}
+
+/* ------------------------------------------------------------- bad input */
+
+static void write_text(const char *path, const char *text, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return;
+    fwrite(text, 1, n ? n : strlen(text), f);
+    fclose(f);
+}
+
+/* The run rev's checkpoint with one tensor's shape transposed (same bytes):
+ * a checkpoint of another shape. */
+static void write_other_shape(const char *from, const char *to) {
+    qkv_st_file f;
+    qkv_st_error e;
+    if (qkv_st_read(from, &f, &e)) return;
+    qkv_st_entry *en = calloc((size_t)f.count, sizeof *en);
+    for (int i = 0; i < f.count; i++) {
+        qkv_st_entry x = {f.tensors[i].name, f.tensors[i].data,
+                          f.tensors[i].ndim, {0}};
+        memcpy(x.shape, f.tensors[i].shape, sizeof x.shape);
+        if (strcmp(x.name, "generator.weight") == 0) {
+            int t = x.shape[0];
+            x.shape[0] = x.shape[1], x.shape[1] = t;
+        }
+        en[i] = x;
+    }
+    int nm = cJSON_GetArraySize(f.metadata), k = 0;
+    const char **keys = calloc((size_t)nm, sizeof *keys),
+               **vals = calloc((size_t)nm, sizeof *vals);
+    for (cJSON *m = f.metadata->child; m; m = m->next, k++)
+        keys[k] = m->string, vals[k] = m->valuestring;
+    qkv_st_write(to, en, f.count, keys, vals, nm, &e);
+    free(keys);
+    free(vals);
+    free(en);
+    qkv_st_free(&f);
+}
+
+static void test_bad_files_are_one_line_and_nothing_is_damaged(void) {
+    char p[64][300];
+    int np = 0;
+#define FILE_(name) (snprintf(p[np], sizeof p[np], "%s/%s", dir, name), p[np++])
+    const char *empty = FILE_("empty.tsv"), *notab = FILE_("notab.tsv"),
+               *badutf = FILE_("badutf.tsv"), *trunc = FILE_("trunc.st"),
+               *foreign = FILE_("foreign.st"), *shape = FILE_("shape.st"),
+               *junk = FILE_("junk.st");
+    FILE *ef = fopen(empty, "w");
+    if (ef) fclose(ef);
+    write_text(notab, "a b\tb a\nno tab here\n", 0);
+    write_text(badutf, "a b\tb a\nc \xc3\x28\td\n", 0);
+    write_text(junk, "hello, I am not a checkpoint\n", 0);
+    char ckpt[300], cmd[3000], out[8192];
+    snprintf(ckpt, sizeof ckpt, "%s/rev/ckpt.safetensors", dir);
+    {   /* the first 1000 bytes of a real checkpoint */
+        FILE *in = fopen(ckpt, "rb");
+        char buf[1000];
+        size_t n = in ? fread(buf, 1, sizeof buf, in) : 0;
+        if (in) fclose(in);
+        write_text(trunc, buf, n);
+    }
+    {   /* a safetensors file another program wrote (no qkv metadata) */
+        float w[4] = {1, 2, 3, 4};
+        qkv_st_entry e = {"weight", w, 2, {2, 2}};
+        qkv_st_error err;
+        qkv_st_write(foreign, &e, 1, NULL, NULL, 0, &err);
+    }
+    write_other_shape(ckpt, shape);
+    static const struct {
+        const char *args, *want;
+    } bad[] = {
+        {"train --data %s/nope.tsv", "nope.tsv"},
+        {"train --data %s/empty.tsv", "empty.tsv"},
+        {"train --data %s/notab.tsv", "line 2 has no tab"},
+        {"train --data %s/badutf.tsv", "line 2 is not valid UTF-8"},
+        {"train --data %s/corpus/train.tsv --valid %s/notab.tsv", "notab.tsv"},
+        {"train --valid %s/notab.tsv", "--valid needs --data"},
+        {"train --epochs 2", "--epochs needs --data"},
+        {"train --data %s/corpus/train.tsv --batch-tokens 3", "cannot hold"},
+        {"eval --ckpt %s/trunc.st --data %s/corpus/test.tsv", "trunc.st"},
+        {"eval --ckpt %s/junk.st --data %s/corpus/test.tsv", "junk.st"},
+        {"eval --ckpt %s/foreign.st --data %s/corpus/test.tsv", "foreign.st"},
+        {"eval --ckpt %s/shape.st --data %s/corpus/test.tsv", "shape"},
+        {"eval --ckpt %s/nope.st", "nope.st"},
+        {"eval --data %s/corpus/test.tsv", "--ckpt is required"},
+        {"eval --ckpt %s/rev/ckpt.safetensors", "--data is required"},
+        {"eval --ckpt %s/rev/ckpt.safetensors --data %s/notab.tsv",
+         "line 2 has no tab"},
+        {"eval --ckpt %s/rev/ckpt.safetensors --data %s/badutf.tsv",
+         "not valid UTF-8"},
+        {"eval --ckpt %s/rev/ckpt.safetensors --data %s/empty.tsv", "empty"},
+        {"eval --ckpt %s/rev/ckpt.safetensors --data x --beam 0",
+         "--beam must be positive"},
+        {"decode --ckpt %s/shape.st ka", "shape"},
+        {"decode --ckpt %s/run/ckpt.safetensors '3 99'",
+         "'99' is not a symbol of the task"},
+        {"decode --ckpt %s/run/ckpt.safetensors '3 x'", "'x' is not a symbol"},
+        {"decode --ckpt %s/rev/ckpt.safetensors \"$(printf 'ka \\377')\"",
+         "not valid UTF-8"},
+        {"decode --ckpt %s/rev/ckpt.safetensors --temp 1 ka",
+         "--temp and --top-k are for decoder-only"},
+        {"decode --ckpt %s/rev/ckpt.safetensors --bogus", "unknown flag"},
+    };
+    /* a finished run must survive every failed command */
+    char log[300], before[65536], after[65536];
+    snprintf(log, sizeof log, "%s/rev/log.csv", dir);
+    FILE *f = fopen(log, "r");
+    size_t nb = f ? fread(before, 1, sizeof before, f) : 0;
+    if (f) fclose(f);
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char args[1000];
+        snprintf(args, sizeof args, bad[i].args, dir, dir);
+        /* train failures aim at the finished run's directory */
+        snprintf(cmd, sizeof cmd, "%s%s%s/rev", args,
+                 strncmp(args, "train", 5) == 0 ? " --quiet --out " : "",
+                 strncmp(args, "train", 5) == 0 ? dir : "");
+        if (strncmp(args, "train", 5) != 0) snprintf(cmd, sizeof cmd, "%s", args);
+        int rc = run(cmd, out, sizeof out);
+        CHECK(rc == 2, "qkv %s: exit %d, want 2: %s", cmd, rc, out);
+        CHECK(strstr(out, bad[i].want), "qkv %s: %s", cmd, out);
+        char *nl = strchr(out, '\n');
+        CHECK(nl && nl[1] == 0 && strncmp(out, "qkv: ", 5) == 0,
+              "qkv %s: not one line: %s", cmd, out);
+    }
+    f = fopen(log, "r");
+    size_t na = f ? fread(after, 1, sizeof after, f) : 0;
+    if (f) fclose(f);
+    CHECK(nb > 0 && na == nb && memcmp(before, after, nb) == 0,
+          "a failed command changed %s", log);
+#undef FILE_
 }
 
 int main(void) {
@@ -198,6 +528,12 @@ int main(void) {
     RUN(test_train_writes_log_and_config);
     RUN(test_same_seed_same_log);
     RUN(test_interrupt_and_resume_equal_uninterrupted);
+    make_corpora();
+    RUN(test_task_eval_decode);
+    RUN(test_corpus_train_eval_decode);
+    RUN(test_corpus_decoder_only);
+    RUN(test_corpus_resume_equals_uninterrupted);
+    RUN(test_bad_files_are_one_line_and_nothing_is_damaged);
     char rm[128];
     snprintf(rm, sizeof rm, "rm -rf '%s'", dir);
     if (system(rm) != 0) return 1;

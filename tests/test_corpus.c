@@ -433,8 +433,32 @@ static void random_pairs(qkv_corpus *c, int n) {
     free(text);
 }
 
-/* Serves one epoch; checks every batch against p and the budget; counts
- * how often each pair is seen and appends the row order to trace. */
+/* Wrong ids or masks in row i of the decoder-only batch v for pair q: the
+ * row is the sequence x bos y eos less its last token, scored on y eos. */
+static int lm_row_errors(const qkv_pairs *p, const qkv_pair *q,
+                         const qkv_batch *v, int i) {
+    int32_t seq[128];
+    int n = 0;
+    if (q->src_len + q->tgt_len + 2 > 128) return 1;
+    for (int j = 0; j < q->src_len; j++) seq[n++] = p->ids[q->src + (size_t)j];
+    seq[n++] = QKV_BOS;
+    for (int j = 0; j < q->tgt_len; j++) seq[n++] = p->ids[q->tgt + (size_t)j];
+    seq[n++] = QKV_EOS;
+    int bad = 0;
+    for (int j = 0; j < v->T; j++) {
+        int pad = j >= n - 1;
+        int32_t in = pad ? QKV_PAD : seq[j];
+        int32_t out = pad || j < q->src_len ? QKV_PAD : seq[j + 1];
+        bad += v->tgt_in[i * v->T + j] != in;
+        bad += v->tgt_out[i * v->T + j] != out;
+        bad += v->tgt_pad[i * v->T + j] != pad;
+    }
+    return bad;
+}
+
+/* Serves one epoch; checks every batch against p (in its layout) and the
+ * budget; counts how often each pair is seen and appends the row order to
+ * trace. */
 static void run_epoch(qkv_batcher *it, qkv_pcg32 *rng, qkv_corpus_batch *b,
                       int *seen, int *trace) {
     const qkv_pairs *p = it->pairs;
@@ -450,11 +474,19 @@ static void run_epoch(qkv_batcher *it, qkv_pcg32 *rng, qkv_corpus_batch *b,
                   (size_t)it->max_tokens,
               "batch %d x max(%d, %d) over budget %d", v->B, v->S, v->T,
               it->max_tokens);
+        CHECK(!p->decoder_only || (v->S == 0 && !v->src && !v->src_pad),
+              "decoder-only batch with a source (S %d)", v->S);
         int S = 0, T = 0;
         for (int i = 0; i < v->B; i++) {
             const qkv_pair *q = &p->pair[b->index[i]];
             seen[b->index[i]]++;
             trace[rows++] = b->index[i];
+            if (p->decoder_only) {
+                if (q->src_len + 1 + q->tgt_len > T)
+                    T = q->src_len + 1 + q->tgt_len;
+                bad += lm_row_errors(p, q, v, i);
+                continue;
+            }
             if (q->src_len > S) S = q->src_len;
             if (q->tgt_len + 1 > T) T = q->tgt_len + 1;
             for (int j = 0; j < v->S; j++) {
@@ -581,6 +613,226 @@ static void test_batches(void) {
     qkv_corpus_free(&c);
 }
 
+/* Three pairs of different lengths as one sequence each (word tokens):
+ * exact ids and masks, written out token by token. */
+static void test_decoder_only_batch(void) {
+    qkv_corpus c;
+    if (load_str("a b c\tx y\n"   /* 3 2: 6 tokens */
+                 "d\tp q r s t\n" /* 1 5: 7 tokens */
+                 "b c\tz\n",      /* 2 1: 4 tokens */
+                 &c))
+        return;
+    qkv_vocab v;
+    qkv_vocab_build(&v, &c, QKV_SIDE_BOTH, QKV_TOK_WORD, 1);
+    qkv_pairs p;
+    qkv_pairs_encode(&p, &c, QKV_TOK_WORD, &v, &v, 0, 0);
+    CHECK(p.decoder_only == 0, "encode leaves the enc-dec layout");
+    p.decoder_only = 1;
+    qkv_corpus_batch b;
+    qkv_corpus_batch_init(&b, 21);
+    int rows[3] = {0, 1, 2};
+    qkv_pairs_batch(&p, rows, 3, &b);
+    const char *in[3][7] = {
+        {"a", "b", "c", "<bos>", "x", "y", "<pad>"},
+        {"d", "<bos>", "p", "q", "r", "s", "t"},
+        {"b", "c", "<bos>", "z", "<pad>", "<pad>", "<pad>"}};
+    const char *out[3][7] = {
+        {"<pad>", "<pad>", "<pad>", "x", "y", "<eos>", "<pad>"},
+        {"<pad>", "p", "q", "r", "s", "t", "<eos>"},
+        {"<pad>", "<pad>", "z", "<eos>", "<pad>", "<pad>", "<pad>"}};
+    const int len[3] = {6, 7, 4};
+    const qkv_batch *w = &b.view;
+    CHECK(w->B == 3 && w->S == 0 && w->T == 7, "B %d S %d T %d, want 3 0 7",
+          w->B, w->S, w->T);
+    CHECK(!w->src && !w->src_pad, "decoder-only batch has a source");
+    if (w->B != 3 || w->T != 7) goto done;
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 7; j++) {
+            int32_t wi = qkv_vocab_find(&v, in[i][j], strlen(in[i][j]));
+            int32_t wo = qkv_vocab_find(&v, out[i][j], strlen(out[i][j]));
+            CHECK(w->tgt_in[i * 7 + j] == wi, "tgt_in[%d][%d] %d, want %s", i,
+                  j, (int)w->tgt_in[i * 7 + j], in[i][j]);
+            CHECK(w->tgt_out[i * 7 + j] == wo, "tgt_out[%d][%d] %d, want %s", i,
+                  j, (int)w->tgt_out[i * 7 + j], out[i][j]);
+            CHECK(w->tgt_pad[i * 7 + j] == (j >= len[i]), "tgt_pad[%d][%d] %d",
+                  i, j, w->tgt_pad[i * 7 + j]);
+        }
+    /* T follows the longest row of the batch: without pair 1 it is 6 */
+    int two[2] = {2, 0};
+    qkv_pairs_batch(&p, two, 2, &b);
+    CHECK(w->B == 2 && w->T == 6 && b.index[0] == 2 &&
+              w->tgt_in[0] == qkv_vocab_find(&v, "b", 1) &&
+              w->tgt_in[6 + 3] == QKV_BOS && w->tgt_out[6 + 5] == QKV_EOS &&
+              w->tgt_pad[4] && !w->tgt_pad[6 + 5],
+          "batch of pairs 2 and 0 (T %d)", w->T);
+
+    /* the budget counts s + 1 + t per row: 7 for pair 1, although its
+     * enc-dec cost is max(1, 5 + 1) = 6 and longest_src + longest_tgt + 1
+     * is 9 */
+    qkv_batcher it;
+    char err[256] = "";
+    CHECK(qkv_batcher_init(&it, &p, 6, err, sizeof err) == -1 &&
+              strstr(err, "longest pair") && strstr(err, "(7 tokens)"),
+          "budget 6: %s", err);
+    CHECK(qkv_batcher_init(&it, &p, 7, err, sizeof err) == 0, "%s", err);
+    int served = 0, batches = 0;
+    qkv_batcher_epoch(&it, NULL);
+    while (qkv_batcher_next(&it, &b)) {
+        served += w->B, batches++;
+        CHECK(w->B * w->T <= 7 && w->S == 0, "batch %d x %d over 7", w->B,
+              w->T);
+    }
+    CHECK(served == 3 && batches == 3, "served %d rows in %d batches", served,
+          batches);
+    qkv_batcher_free(&it);
+    p.decoder_only = 0; /* the same pairs enc-dec fit in 6 */
+    CHECK(qkv_batcher_init(&it, &p, 6, err, sizeof err) == 0, "%s", err);
+    qkv_batcher_free(&it);
+done:
+    qkv_corpus_batch_free(&b);
+    qkv_pairs_free(&p);
+    qkv_vocab_free(&v);
+    qkv_corpus_free(&c);
+}
+
+/* Decoder-only epochs: every pair once per epoch, every batch within the
+ * budget and laid out right, evaluation batches shortest first, and the
+ * budget check on the costliest pair. */
+static void test_batches_decoder_only(void) {
+    qkv_corpus c;
+    random_pairs(&c, 1000);
+    if (c.n != 1000) return;
+    qkv_vocab v;
+    qkv_vocab_build(&v, &c, QKV_SIDE_BOTH, QKV_TOK_WORD, 1);
+    qkv_pairs p;
+    qkv_pairs_encode(&p, &c, QKV_TOK_WORD, &v, &v, 0, 0);
+    p.decoder_only = 1;
+    int budget = 300;
+    qkv_batcher it;
+    char err[256];
+    if (qkv_batcher_init(&it, &p, budget, err, sizeof err)) {
+        CHECK(0, "%s", err);
+        return;
+    }
+    qkv_corpus_batch b;
+    qkv_corpus_batch_init(&b, budget);
+    int *seen = calloc((size_t)p.n, sizeof *seen);
+    int *t1 = calloc((size_t)p.n, sizeof *t1), *t2 = calloc((size_t)p.n, 4);
+    qkv_pcg32 r;
+    qkv_pcg32_seed(&r, 7, 1);
+    run_epoch(&it, &r, &b, seen, t1);
+    run_epoch(&it, &r, &b, seen, t2);
+    int wrong = 0;
+    for (int i = 0; i < p.n; i++) wrong += seen[i] != 2;
+    CHECK(wrong == 0, "%d pairs not seen exactly once per epoch", wrong);
+    qkv_batcher_epoch(&it, NULL);
+    size_t real = 0, padded = 0;
+    int last = 0, sorted = 1;
+    while (qkv_batcher_next(&it, &b)) {
+        sorted &= b.view.T >= last;
+        last = b.view.T;
+        for (int i = 0; i < b.view.B; i++) {
+            const qkv_pair *q = &p.pair[b.index[i]];
+            real += (size_t)(q->src_len + 1 + q->tgt_len);
+        }
+        padded += (size_t)b.view.B * (size_t)b.view.T;
+    }
+    CHECK(sorted, "evaluation batches not shortest first");
+    CHECK(real * 20 >= padded * 19, "padding %zu of %zu tokens", padded - real,
+          padded);
+    free(seen);
+    free(t1);
+    free(t2);
+    qkv_corpus_batch_free(&b);
+    qkv_batcher_free(&it);
+
+    int longest = 0;
+    for (int i = 0; i < p.n; i++)
+        if (p.pair[i].src_len + 1 + p.pair[i].tgt_len > longest)
+            longest = p.pair[i].src_len + 1 + p.pair[i].tgt_len;
+    CHECK(qkv_batcher_init(&it, &p, longest - 1, err, sizeof err) == -1 &&
+              strstr(err, "longest pair"),
+          "budget %d below the longest pair %d: %s", longest - 1, longest, err);
+    CHECK(qkv_batcher_init(&it, &p, longest, err, sizeof err) == 0, "%s", err);
+    qkv_corpus_batch_init(&b, longest);
+    int total = 0;
+    qkv_batcher_epoch(&it, &r);
+    while (qkv_batcher_next(&it, &b)) total += b.view.B;
+    CHECK(total == p.n, "tight budget served %d of %d", total, p.n);
+    qkv_corpus_batch_free(&b);
+    qkv_batcher_free(&it);
+    qkv_pairs_free(&p);
+    qkv_vocab_free(&v);
+    qkv_corpus_free(&c);
+}
+
+/* A decoder-only batch is what qkv_model_loss expects: its loss equals the
+ * mean cross-entropy, in double, of y eos after x bos y[..j) computed from
+ * the logits of each sequence alone, unpadded (so a target over x, a shift
+ * by one or padding that leaked into the scored positions would fail). */
+static void test_decoder_only_loss(void) {
+    qkv_corpus c;
+    if (load_str("a b c\tx y\nd\tp q r s t\nb c\tz\n", &c)) return;
+    qkv_vocab v;
+    qkv_vocab_build(&v, &c, QKV_SIDE_BOTH, QKV_TOK_WORD, 1);
+    qkv_pairs p;
+    qkv_pairs_encode(&p, &c, QKV_TOK_WORD, &v, &v, 0, 0);
+    p.decoder_only = 1;
+    qkv_model_config cfg = qkv_model_defaults(QKV_MODEL_DECODER);
+    cfg.tgt_vocab = v.size;
+    cfg.d_model = 16;
+    cfg.heads = 2;
+    cfg.d_ff = 32;
+    cfg.max_len = 16;
+    cfg.dropout = 0.0f;
+    qkv_model m;
+    char err[200];
+    if (qkv_model_init(&m, &cfg, 3, err, sizeof err)) {
+        CHECK(0, "%s", err);
+        return;
+    }
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    g.training = 0;
+    qkv_corpus_batch b;
+    qkv_corpus_batch_init(&b, 21);
+    int rows[3] = {2, 0, 1};
+    qkv_pairs_batch(&p, rows, 3, &b);
+    float loss = qkv_model_loss(&m, &g, &b.view, 0.0f)->data[0];
+    double sum = 0.0;
+    int count = 0, V = v.size;
+    for (int r = 0; r < 3; r++) {
+        const qkv_pair *q = &p.pair[rows[r]];
+        int32_t seq[16];
+        int n = 0;
+        for (int j = 0; j < q->src_len; j++) seq[n++] = p.ids[q->src + j];
+        seq[n++] = QKV_BOS;
+        for (int j = 0; j < q->tgt_len; j++) seq[n++] = p.ids[q->tgt + j];
+        seq[n++] = QKV_EOS;
+        qkv_graph_reset(&g);
+        const float *lg = qkv_model_decode(&m, &g, seq, NULL, 1, n - 1, NULL,
+                                           NULL, NULL, NULL)
+                              ->data;
+        for (int j = q->src_len; j < n - 1; j++) {
+            const float *x = lg + (size_t)j * V;
+            double mx = x[0], z = 0.0;
+            for (int k = 1; k < V; k++) mx = x[k] > mx ? x[k] : mx;
+            for (int k = 0; k < V; k++) z += exp((double)x[k] - mx);
+            sum += mx + log(z) - x[seq[j + 1]];
+            count++;
+        }
+    }
+    CHECK(count == 3 + 6 + 2, "%d scored tokens", count);
+    CHECK(isfinite(loss), "loss %g", (double)loss);
+    CHECK_NEAR(loss, sum / count, 1e-5, "batch loss vs by hand");
+    qkv_corpus_batch_free(&b);
+    qkv_graph_free(&g);
+    qkv_model_free(&m);
+    qkv_pairs_free(&p);
+    qkv_vocab_free(&v);
+    qkv_corpus_free(&c);
+}
+
 /* --------------------------------------------------------- shipped corpora */
 
 static int cmp_str(const void *a, const void *b) {
@@ -663,6 +915,9 @@ int main(void) {
     RUN(test_load_good);
     RUN(test_length_filter);
     RUN(test_batches);
+    RUN(test_decoder_only_batch);
+    RUN(test_batches_decoder_only);
+    RUN(test_decoder_only_loss);
     RUN(test_shipped_dates);
     RUN(test_shipped_grammar);
     char cmd[128];

@@ -1,0 +1,475 @@
+/* cli.c - flags, errors, files, run data and scoring for the qkv commands. */
+#include "cli.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------ flags */
+
+void cli_die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("qkv: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(2);
+}
+
+/* 1 if s is one of the '|'-separated words of choices. */
+static int is_choice(const char *s, const char *choices) {
+    size_t n = strlen(s);
+    for (const char *c = choices; *c;) {
+        const char *end = strchr(c, '|');
+        size_t len = end ? (size_t)(end - c) : strlen(c);
+        if (len == n && strncmp(c, s, n) == 0) return 1;
+        if (!end) break;
+        c = end + 1;
+    }
+    return 0;
+}
+
+static void set_flag(const char *cmd, const flag *f, const char *v) {
+    char *end;
+    errno = 0;
+    switch (f->type) {
+    case FLAG_INT: {
+        long x = strtol(v, &end, 10);
+        if (errno || end == v || *end || x < INT_MIN || x > INT_MAX)
+            cli_die("%s: --%s wants an integer, got '%s'", cmd, f->name, v);
+        *(int *)f->dst = (int)x;
+        break;
+    }
+    case FLAG_FLOAT: {
+        double x = strtod(v, &end);
+        if (errno || end == v || *end || !isfinite(x))
+            cli_die("%s: --%s wants a number, got '%s'", cmd, f->name, v);
+        *(float *)f->dst = (float)x;
+        break;
+    }
+    case FLAG_STR:
+        if (f->choices && !is_choice(v, f->choices))
+            cli_die("%s: --%s must be one of %s, got '%s'", cmd, f->name,
+                    f->choices, v);
+        *(const char **)f->dst = v;
+        break;
+    case FLAG_BOOL:
+        *(int *)f->dst = 1;
+        break;
+    }
+}
+
+static void print_help(const char *cmd, const char *usage, const flag *flags,
+                       int n) {
+    printf("usage: qkv %s %s\n\n", cmd, usage);
+    for (int i = 0; i < n; i++) {
+        const flag *f = &flags[i];
+        char def[64] = "";
+        switch (f->type) {
+        case FLAG_INT:
+            snprintf(def, sizeof def, "%d", *(int *)f->dst);
+            break;
+        case FLAG_FLOAT:
+            snprintf(def, sizeof def, "%g", (double)*(float *)f->dst);
+            break;
+        case FLAG_STR:
+            snprintf(def, sizeof def, "%s",
+                     **(const char **)f->dst ? *(const char **)f->dst
+                                             : "none");
+            break;
+        case FLAG_BOOL:
+            snprintf(def, sizeof def, "off");
+            break;
+        }
+        char name[48];
+        snprintf(name, sizeof name, "--%s%s", f->name,
+                 f->type == FLAG_BOOL ? ""
+                 : f->choices         ? " WORD"
+                 : f->type == FLAG_STR ? " PATH"
+                                       : " N");
+        printf("  %-22s %s (default %s)\n", name, f->help, def);
+    }
+}
+
+void cli_parse(const char *cmd, const char *usage, const flag *flags, int n,
+               int argc, char **argv, int first, const char **positional,
+               int max_pos, int *n_pos) {
+    if (n_pos) *n_pos = 0;
+    for (int i = first; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            print_help(cmd, usage, flags, n);
+            exit(0);
+        }
+        if (strncmp(a, "--", 2) != 0 || !a[2]) {
+            if (!positional || *n_pos >= max_pos)
+                cli_die("%s: unexpected argument '%s'", cmd, a);
+            positional[(*n_pos)++] = a;
+            continue;
+        }
+        const flag *f = NULL;
+        for (int k = 0; k < n && !f; k++)
+            if (strcmp(a + 2, flags[k].name) == 0) f = &flags[k];
+        if (!f)
+            cli_die("%s: unknown flag %s (see qkv %s --help)", cmd, a, cmd);
+        if (f->type == FLAG_BOOL) {
+            set_flag(cmd, f, "");
+            continue;
+        }
+        if (i + 1 >= argc) cli_die("%s: %s needs a value", cmd, a);
+        set_flag(cmd, f, argv[++i]);
+    }
+}
+
+char *cli_flags_json(const flag *flags, int n) {
+    cJSON *o = cJSON_CreateObject();
+    for (int i = 0; i < n; i++) {
+        const flag *f = &flags[i];
+        switch (f->type) {
+        case FLAG_INT:
+            cJSON_AddNumberToObject(o, f->name, *(int *)f->dst);
+            break;
+        case FLAG_FLOAT:
+            cJSON_AddNumberToObject(o, f->name, *(float *)f->dst);
+            break;
+        case FLAG_STR:
+            cJSON_AddStringToObject(o, f->name, *(const char **)f->dst);
+            break;
+        case FLAG_BOOL:
+            cJSON_AddBoolToObject(o, f->name, *(int *)f->dst);
+            break;
+        }
+    }
+    char *s = cJSON_Print(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+void cli_flags_from_json(const char *cmd, const flag *flags, int n,
+                         const void *json) {
+    const cJSON *j = json;
+    for (int i = 0; i < n; i++) {
+        const flag *f = &flags[i];
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, f->name);
+        if (!v) continue;
+        int ok = f->type == FLAG_STR    ? cJSON_IsString(v)
+                 : f->type == FLAG_BOOL ? cJSON_IsBool(v)
+                                        : cJSON_IsNumber(v);
+        if (!ok)
+            cli_die("%s: the saved setting %s has the wrong type", cmd,
+                    f->name);
+        switch (f->type) {
+        case FLAG_INT: *(int *)f->dst = v->valueint; break;
+        case FLAG_FLOAT: *(float *)f->dst = (float)v->valuedouble; break;
+        case FLAG_STR: *(const char **)f->dst = v->valuestring; break;
+        case FLAG_BOOL: *(int *)f->dst = cJSON_IsTrue(v); break;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ files */
+
+double cli_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void cli_make_dirs(const char *cmd, const char *dir) {
+    char p[4096];
+    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p)
+        cli_die("%s: path %s is too long", cmd, dir);
+    for (char *s = p + 1;; s++) {
+        if (*s == '/' || !*s) {
+            char c = *s;
+            *s = 0;
+            if (mkdir(p, 0777) && errno != EEXIST)
+                cli_die("%s: cannot create %s: %s", cmd, p, strerror(errno));
+            *s = c;
+            if (!c) break;
+        }
+    }
+}
+
+void cli_write_file(const char *cmd, const char *path, const char *text) {
+    char tmp[4300];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >=
+        (int)sizeof tmp)
+        cli_die("%s: path %s is too long", cmd, path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) cli_die("%s: cannot write %s: %s", cmd, tmp, strerror(errno));
+    int ok = fputs(text, f) >= 0;
+    ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, path)) {
+        remove(tmp);
+        cli_die("%s: cannot write %s: %s", cmd, path, strerror(errno));
+    }
+}
+
+/* -------------------------------------------------------------- run data */
+
+void cli_data_free(cli_data *d) {
+    if (d->corpus) {
+        qkv_vocab_free(&d->sv);
+        qkv_vocab_free(&d->tv);
+    }
+    memset(d, 0, sizeof *d);
+}
+
+static char *vocab_json(const qkv_vocab *v) {
+    cJSON *a = cJSON_CreateArray();
+    for (int i = 0; i < v->size; i++)
+        cJSON_AddItemToArray(a, cJSON_CreateString(v->tokens[i]));
+    char *s = cJSON_PrintUnformatted(a);
+    cJSON_Delete(a);
+    if (!s) QKV_CHECK(0, "out of memory writing a vocabulary");
+    return s;
+}
+
+static char *dup_str(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = qkv_malloc(n, "string");
+    memcpy(d, s, n);
+    return d;
+}
+
+int cli_data_meta(const cli_data *d, const char **keys, char **vals) {
+    if (!d->corpus) return 0;
+    keys[0] = "tok", vals[0] = dup_str(d->tok == QKV_TOK_CHAR ? "char" : "word");
+    keys[1] = "vocab.src", vals[1] = vocab_json(&d->sv);
+    keys[2] = "vocab.tgt", vals[2] = vocab_json(&d->tv);
+    return 3;
+}
+
+static int vocab_from_meta(qkv_vocab *v, const qkv_st_file *meta,
+                           const char *key, char *err, size_t errlen) {
+    const char *s = qkv_st_meta(meta, key);
+    if (!s) {
+        snprintf(err, errlen, "no \"%s\" in the metadata", key);
+        return -1;
+    }
+    cJSON *a = cJSON_Parse(s);
+    int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : -1, rc = -1;
+    const char **tokens = n > 0 ? qkv_malloc((size_t)n * sizeof *tokens,
+                                             "vocabulary")
+                                : NULL;
+    for (int i = 0; i < n; i++) {
+        const cJSON *t = cJSON_GetArrayItem(a, i);
+        if (!cJSON_IsString(t)) {
+            n = -1;
+            break;
+        }
+        tokens[i] = t->valuestring;
+    }
+    if (n < 1)
+        snprintf(err, errlen, "\"%s\" is not a JSON array of strings", key);
+    else if (qkv_vocab_from_list(v, tokens, n, err, errlen) == 0)
+        rc = 0;
+    free(tokens);
+    cJSON_Delete(a);
+    return rc;
+}
+
+int cli_data_from_meta(cli_data *d, const qkv_st_file *meta, char *err,
+                       size_t errlen) {
+    memset(d, 0, sizeof *d);
+    const char *cli = qkv_st_meta(meta, "cli");
+    cJSON *j = cli ? cJSON_Parse(cli) : NULL;
+    if (!j) {
+        snprintf(err, errlen, "no training settings (\"cli\") in the metadata: "
+                              "not written by qkv train");
+        return -1;
+    }
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(j, "model");
+    const cJSON *data = cJSON_GetObjectItemCaseSensitive(j, "data");
+    d->decoder_only = cJSON_IsString(model) &&
+                      strcmp(model->valuestring, "decoder") == 0;
+    d->corpus = cJSON_IsString(data) && data->valuestring[0];
+    int rc = 0;
+    if (d->corpus) {
+        const char *tok = qkv_st_meta(meta, "tok");
+        d->tok = tok && strcmp(tok, "char") == 0 ? QKV_TOK_CHAR : QKV_TOK_WORD;
+        if (!tok || (strcmp(tok, "char") && strcmp(tok, "word"))) {
+            snprintf(err, errlen, "\"tok\" must be word or char");
+            rc = -1;
+        } else if (vocab_from_meta(&d->sv, meta, "vocab.src", err, errlen)) {
+            rc = -1;
+        } else if (vocab_from_meta(&d->tv, meta, "vocab.tgt", err, errlen)) {
+            qkv_vocab_free(&d->sv);
+            rc = -1;
+        }
+    } else {
+        const char *names[] = {"vocab", "min-len", "max-len"};
+        int v[3];
+        for (int i = 0; i < 3 && rc == 0; i++) {
+            const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, names[i]);
+            if (!cJSON_IsNumber(x)) {
+                snprintf(err, errlen, "the saved setting %s is missing",
+                         names[i]);
+                rc = -1;
+            }
+            v[i] = rc ? 0 : x->valueint;
+        }
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "task");
+        const char *kind = cJSON_IsString(t) ? t->valuestring : "copy";
+        qkv_task task = {strcmp(kind, "reverse") == 0 ? QKV_TASK_REVERSE
+                         : strcmp(kind, "sort") == 0  ? QKV_TASK_SORT
+                                                      : QKV_TASK_COPY,
+                         v[0], v[1], v[2], v[1] != v[2], d->decoder_only};
+        d->task = task;
+        if (rc == 0) rc = qkv_task_check(&d->task, err, errlen);
+    }
+    cJSON_Delete(j);
+    if (rc) memset(d, 0, sizeof *d);
+    return rc;
+}
+
+void cli_detokenize(const cli_data *d, const int32_t *ids, int n, char **text,
+                    size_t *cap) {
+    if (*cap == 0) {
+        *cap = 256;
+        *text = qkv_malloc(*cap, "text");
+    }
+    size_t need = qkv_detokenize(&d->tv, d->tok, ids, n, *text, *cap);
+    if (need + 1 > *cap) {
+        *cap = need + 1;
+        *text = qkv_realloc(*text, *cap, "text");
+        qkv_detokenize(&d->tv, d->tok, ids, n, *text, *cap);
+    }
+}
+
+/* ---------------------------------------------------------------- scoring */
+
+int cli_max_out(const qkv_model *m, const cli_data *d, const qkv_batch *b) {
+    int longest = 0; /* the longest reference: y, and eos if any */
+    for (int r = 0; r < b->B; r++) {
+        int n = 0;
+        for (int j = 0; j < b->T; j++)
+            n += b->tgt_out[(size_t)r * b->T + j] != QKV_PAD;
+        if (n > longest) longest = n;
+    }
+    if (!(d->corpus || d->task.use_eos)) return longest;
+    int n = 2 * longest + 8;
+    return n < m->cfg.max_len ? n : m->cfg.max_len;
+}
+
+/* The non-pad tokens of row r of tgt_out: y, and eos if there is one. */
+static int reference(const qkv_batch *b, int r, int32_t *ref) {
+    int n = 0;
+    for (int j = 0; j < b->T; j++) {
+        int32_t y = b->tgt_out[(size_t)r * b->T + j];
+        if (y != QKV_PAD) ref[n++] = y;
+    }
+    return n;
+}
+
+/* Length of a decoded row up to and including its eos. */
+static int hyp_length(const int32_t *h, int max_out) {
+    for (int j = 0; j < max_out; j++)
+        if (h[j] == QKV_EOS) return j + 1;
+    return max_out;
+}
+
+void cli_score_batch(qkv_model *m, qkv_graph *g, const cli_data *d,
+                     const qkv_batch *b, int beam, float alpha, int max_out,
+                     cli_scores *s, int32_t *hyps) {
+    int was = qkv_graph_set_grad(g, 0), train = g->training;
+    g->training = 0;
+    qkv_graph_reset(g);
+    int B = b->B, T = b->T, V = m->cfg.tgt_vocab;
+    /* teacher forcing: cross-entropy in double, argmax accuracy */
+    const float *logits = qkv_model_forward(m, g, b)->data;
+    for (size_t i = 0; i < (size_t)B * T; i++) {
+        int32_t y = b->tgt_out[i];
+        if (y == QKV_PAD) continue;
+        const float *z = logits + i * V;
+        int best = 0;
+        for (int v = 1; v < V; v++)
+            if (z[v] > z[best]) best = v;
+        double sum = 0;
+        for (int v = 0; v < V; v++) sum += exp((double)z[v] - z[best]);
+        s->loss_sum += log(sum) - ((double)z[y] - z[best]);
+        s->right += best == y;
+        s->tokens++;
+    }
+    /* decoding */
+    int eos = d->corpus || d->task.use_eos ? QKV_EOS : -1;
+    int32_t *out = hyps ? hyps
+                        : qkv_malloc((size_t)B * max_out * sizeof *out, "hyps");
+    if (!d->decoder_only && beam <= 1) {
+        qkv_model_greedy(m, g, b->src, b->src_pad, B, b->S, QKV_BOS, eos,
+                         max_out, out);
+    } else if (!d->decoder_only) {
+        for (int r = 0; r < B; r++)
+            qkv_beam_search(m, g, b->src + (size_t)r * b->S,
+                            b->src_pad + (size_t)r * b->S, b->S, beam, alpha,
+                            QKV_BOS, eos, max_out, out + (size_t)r * max_out,
+                            NULL);
+    } else {
+        /* The prompt of row r is x bos, up to the first scored target; rows
+         * with prompts of one length decode together. */
+        int *plen = qkv_malloc((size_t)B * sizeof *plen, "prompts");
+        int *rows = qkv_malloc((size_t)B * sizeof *rows, "prompts");
+        for (int r = 0; r < B; r++) {
+            int j = 0;
+            while (j < T && b->tgt_out[(size_t)r * T + j] == QKV_PAD) j++;
+            plen[r] = j + 1;
+        }
+        for (size_t i = 0; i < (size_t)B * max_out; i++) out[i] = QKV_PAD;
+        int32_t *prompt = qkv_malloc((size_t)B * T * sizeof *prompt, "prompts");
+        int32_t *gen =
+            qkv_malloc((size_t)B * max_out * sizeof *gen, "prompts");
+        for (int r = 0; r < B; r++) {
+            if (plen[r] < 0) continue; /* decoded with an earlier group */
+            int P = plen[r], n = 0;
+            for (int q = r; q < B; q++)
+                if (plen[q] == P) {
+                    rows[n] = q;
+                    memcpy(prompt + (size_t)n * P, b->tgt_in + (size_t)q * T,
+                           (size_t)P * sizeof *prompt);
+                    n++;
+                }
+            int room = m->cfg.max_len - P;
+            int L = max_out < room ? max_out : room;
+            if (L > 0)
+                qkv_model_greedy(m, g, prompt, NULL, n, P, QKV_BOS, eos, L,
+                                 gen);
+            for (int k = 0; k < n; k++) {
+                memcpy(out + (size_t)rows[k] * max_out, gen + (size_t)k * L,
+                       (size_t)(L > 0 ? L : 0) * sizeof *out);
+                plen[rows[k]] = -1;
+            }
+        }
+        free(gen);
+        free(prompt);
+        free(rows);
+        free(plen);
+    }
+    int32_t *ref = qkv_malloc((size_t)T * sizeof *ref, "reference");
+    for (int r = 0; r < B; r++) {
+        const int32_t *h = out + (size_t)r * max_out;
+        int nr = reference(b, r, ref), nh = hyp_length(h, max_out);
+        s->seqs++;
+        s->exact += nh == nr && memcmp(h, ref, (size_t)nr * sizeof *ref) == 0;
+        /* BLEU on the tokens without eos; an unknown reference token
+         * matches nothing (not even a predicted <unk>). */
+        if (nr && ref[nr - 1] == QKV_EOS) nr--;
+        if (nh && h[nh - 1] == QKV_EOS) nh--;
+        for (int j = 0; j < nr; j++)
+            if (ref[j] == QKV_UNK) ref[j] = -1;
+        qkv_bleu_add(&s->bleu, h, nh, ref, nr);
+    }
+    free(ref);
+    if (!hyps) free(out);
+    qkv_graph_reset(g);
+    g->training = train;
+    qkv_graph_set_grad(g, was);
+}

@@ -1,0 +1,111 @@
+/* cli.h - what the qkv subcommands share: the flag table, errors, files, and
+ * a run's data (a generated task or a TSV corpus with its vocabularies).
+ *
+ * Every flag of a command lives in one table (name, type, where it goes,
+ * help), which the parser, --help and config.json all read, so they cannot
+ * disagree. User errors end the program through cli_die: one line on stderr,
+ * "qkv: CMD: what was wrong", exit status 2.
+ *
+ *   flag flags[] = {{"steps", FLAG_INT, &steps, NULL, "training steps"}};
+ *   cli_parse("train", "[flags]", flags, 1, argc, argv, 2);
+ */
+#ifndef QKV_CLI_H
+#define QKV_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "bleu.h"
+#include "checkpoint.h"
+#include "corpus.h"
+#include "decode.h"
+#include "tasks.h"
+
+/* ------------------------------------------------------------------ flags */
+
+typedef enum flag_type { FLAG_INT, FLAG_FLOAT, FLAG_STR, FLAG_BOOL } flag_type;
+
+typedef struct flag {
+    const char *name;    /* without the leading "--" */
+    flag_type type;
+    void *dst;           /* int*, float*, const char**, int* */
+    const char *choices; /* FLAG_STR: "a|b|c", or NULL for any string */
+    const char *help;
+} flag;
+
+/* One line "qkv: ..." on stderr and exit(2). */
+void cli_die(const char *fmt, ...) QKV_PRINTF(1, 2);
+
+/* Parses argv[first..] against flags. Arguments that do not start with "--"
+ * are collected into positional (at most max_pos of them, *n_pos counts
+ * them); with positional NULL any such argument is an error. --help prints
+ * the command's flags with their defaults and exits 0. */
+void cli_parse(const char *cmd, const char *usage, const flag *flags, int n,
+               int argc, char **argv, int first, const char **positional,
+               int max_pos, int *n_pos);
+/* config.json: every flag's value, as a JSON object (malloc'd). */
+char *cli_flags_json(const flag *flags, int n);
+/* Sets every flag found in the JSON object j (strings point into j). */
+void cli_flags_from_json(const char *cmd, const flag *flags, int n,
+                         const void *j /* const cJSON * */);
+
+/* ------------------------------------------------------------------ files */
+
+double cli_now(void);                     /* monotonic seconds */
+void cli_make_dirs(const char *cmd, const char *dir);   /* mkdir -p */
+/* Writes path atomically (temp file + rename): never half a file. */
+void cli_write_file(const char *cmd, const char *path, const char *text);
+
+/* ------------------------------------------------------------- run data */
+
+/* What a model was trained on, enough to encode inputs and score outputs:
+ * a generated task, or a corpus tokenizer with its two vocabularies
+ * (decoder-only models share one vocabulary: tv is a copy of sv). */
+typedef struct cli_data {
+    int corpus;       /* 0: task, 1: TSV corpus */
+    int decoder_only; /* sequences x bos y eos in one decoder */
+    qkv_task task;    /* task only */
+    qkv_tok tok;      /* corpus only */
+    qkv_vocab sv, tv; /* corpus only: source and target vocabularies */
+} cli_data;
+
+void cli_data_free(cli_data *d);
+/* Metadata pairs a checkpoint stores for d ("tok", "vocab.src",
+ * "vocab.tgt", JSON arrays of the tokens in id order): appends up to 3 pairs
+ * to keys/vals (values malloc'd; free them with free()) and returns how many. */
+int cli_data_meta(const cli_data *d, const char **keys, char **vals);
+/* Rebuilds d from a checkpoint's metadata (the "cli" settings, and the
+ * vocabularies for a corpus model). -1 and one line in err if it is bad. */
+int cli_data_from_meta(cli_data *d, const qkv_st_file *meta, char *err,
+                       size_t errlen);
+
+/* Text of the target ids[0..n) (up to eos) into *text, a malloc'd buffer
+ * of *cap bytes that grows as needed (start with NULL, 0). */
+void cli_detokenize(const cli_data *d, const int32_t *ids, int n, char **text,
+                    size_t *cap);
+
+/* Sums over an evaluation set; cli_scores_* turn them into figures. */
+typedef struct cli_scores {
+    double loss_sum; /* cross-entropy summed over target tokens */
+    long tokens;     /* target tokens scored (eos included) */
+    long right;      /* of those, predicted right by argmax (teacher forcing) */
+    long seqs, exact; /* sequences decoded, and exactly right */
+    qkv_bleu bleu;
+} cli_scores;
+
+/* Scores one batch b of d's layout into s: teacher-forced loss and token
+ * accuracy, then decoding (greedy, or beam search when beam > 1, enc-dec
+ * only) for exact match and BLEU. If hyps is non-NULL it receives each
+ * row's decoded tokens (B rows of max_out ids, pad after eos). Without a
+ * tape; uses and resets g. */
+void cli_score_batch(qkv_model *m, qkv_graph *g, const cli_data *d,
+                     const qkv_batch *b, int beam, float alpha, int max_out,
+                     cli_scores *s, int32_t *hyps);
+
+/* How many tokens to decode for batch b: the answer's length when the data
+ * has no eos, else room for a wrong, longer answer (twice the longest
+ * reference, within the model's positions). */
+int cli_max_out(const qkv_model *m, const cli_data *d, const qkv_batch *b);
+
+#endif

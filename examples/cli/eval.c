@@ -1,0 +1,364 @@
+/* eval.c - `qkv eval` (scores on a test set) and `qkv decode` (translate or
+ * continue text), both from one checkpoint file.
+ *
+ *   qkv eval --ckpt runs/dates/ckpt.safetensors \
+ *            --data data/corpora/dates/test.tsv
+ *   qkv decode --ckpt runs/dates/ckpt.safetensors "3 March 2001"
+ *   echo "we see a dog ." | qkv decode --ckpt runs/grammar/ckpt.safetensors
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+/* The model and its data description from a checkpoint written by qkv
+ * train; any problem ends the program with one line. */
+static void load_model(const char *cmd, const char *path, qkv_model *m,
+                       cli_data *d) {
+    char err[512];
+    qkv_st_file meta;
+    if (!*path) cli_die("%s: --ckpt is required (a file qkv train wrote)", cmd);
+    if (qkv_ckpt_load(path, m, NULL, NULL, NULL, 0, &meta, err, sizeof err))
+        cli_die("%s: --ckpt: %s", cmd, err);
+    if (cli_data_from_meta(d, &meta, err, sizeof err))
+        cli_die("%s: --ckpt: %s: %s", cmd, path, err);
+    qkv_st_free(&meta);
+    int sv = d->corpus ? d->sv.size : d->task.vocab;
+    int tv = d->corpus ? d->tv.size : d->task.vocab;
+    int decoder = m->cfg.kind == QKV_MODEL_DECODER;
+    if ((!decoder && m->cfg.src_vocab != sv) || m->cfg.tgt_vocab != tv ||
+        decoder != d->decoder_only)
+        cli_die("%s: --ckpt: %s: the stored vocabularies (%d, %d) do not fit "
+                "the model (%d, %d)",
+                cmd, path, sv, tv, m->cfg.src_vocab, m->cfg.tgt_vocab);
+}
+
+/* Longest source and target (in tokens) whose layout fits the model's
+ * positions. */
+static void side_limits(const qkv_model *m, int *max_src, int *max_tgt) {
+    int L = m->cfg.max_len;
+    if (m->cfg.kind == QKV_MODEL_DECODER)
+        *max_src = *max_tgt = (L - 1) / 2;
+    else
+        *max_src = L, *max_tgt = L - 1;
+}
+
+int cmd_eval(int argc, char **argv) {
+    const char *ckpt = "", *data = "";
+    int beam = 1, batch_tokens = 4096, size = 1000, seed = 7, threads = 0,
+        show = 0;
+    float alpha = 0.6f;
+    const flag flags[] = {
+        {"ckpt", FLAG_STR, &ckpt, NULL, "checkpoint written by qkv train"},
+        {"data", FLAG_STR, &data, NULL,
+         "test corpus, TSV (a task model draws fresh sequences instead)"},
+        {"beam", FLAG_INT, &beam, NULL,
+         "beam width for decoding (1: greedy; encoder-decoder only)"},
+        {"alpha", FLAG_FLOAT, &alpha, NULL, "beam length penalty (GNMT)"},
+        {"batch-tokens", FLAG_INT, &batch_tokens, NULL, "tokens per batch"},
+        {"size", FLAG_INT, &size, NULL, "task models: sequences to draw"},
+        {"seed", FLAG_INT, &seed, NULL, "task models: PCG32 seed"},
+        {"show", FLAG_INT, &show, NULL,
+         "print the first N pairs with their outputs"},
+        {"threads", FLAG_INT, &threads, NULL, "OpenMP threads (0: all cores)"},
+    };
+    int nf = (int)(sizeof flags / sizeof flags[0]);
+    cli_parse("eval", "--ckpt FILE [--data TEST.tsv] [flags]", flags, nf,
+              argc, argv, 2, NULL, 0, NULL);
+    if (beam < 1) cli_die("eval: --beam must be positive, got %d", beam);
+    if (size < 1) cli_die("eval: --size must be positive, got %d", size);
+    if (batch_tokens < 1)
+        cli_die("eval: --batch-tokens must be positive, got %d", batch_tokens);
+    if (threads < 0) cli_die("eval: --threads must be >= 0, got %d", threads);
+    if (alpha < 0) cli_die("eval: --alpha must be >= 0, got %g", (double)alpha);
+    if (threads) qkv_set_threads(threads);
+    qkv_model m;
+    cli_data d;
+    load_model("eval", ckpt, &m, &d);
+    if (beam > 1 && d.decoder_only)
+        cli_die("eval: --beam needs an encoder-decoder model");
+    if (d.corpus && !*data)
+        cli_die("eval: --data is required: %s was trained on a corpus", ckpt);
+    if (!d.corpus && *data)
+        cli_die("eval: --data: %s was trained on a generated task, not a "
+                "corpus",
+                ckpt);
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    cli_scores s;
+    memset(&s, 0, sizeof s);
+    char err[512];
+    int shown = 0, dropped = 0;
+    char *text = NULL;
+    size_t text_cap = 0;
+    if (!d.corpus) {
+        qkv_pcg32 rng;
+        qkv_pcg32_seed(&rng, (uint64_t)seed, 3);
+        qkv_task_batch tb;
+        for (int done = 0; done < size;) {
+            int B = size - done < 256 ? size - done : 256;
+            qkv_task_batch_init(&tb, &d.task, B);
+            qkv_task_sample(&d.task, &rng, &tb);
+            int max_out = cli_max_out(&m, &d, &tb.view);
+            int32_t *hyp = qkv_malloc((size_t)B * max_out * sizeof *hyp, "hyps");
+            cli_score_batch(&m, &g, &d, &tb.view, beam, alpha, max_out, &s,
+                            hyp);
+            for (int r = 0; r < B && shown < show; r++, shown++) {
+                const int32_t *x = d.decoder_only
+                                       ? tb.tgt_in + (size_t)r * tb.view.T
+                                       : tb.src + (size_t)r * tb.view.S;
+                printf("in: ");
+                for (int j = 0; j < tb.len[r]; j++) printf(" %d", x[j]);
+                printf("\nout:");
+                for (int j = 0; j < max_out; j++) {
+                    int32_t y = hyp[(size_t)r * max_out + j];
+                    if (y == QKV_PAD) break;
+                    printf(" %d", y);
+                    if (y == QKV_EOS) break;
+                }
+                printf("\n");
+            }
+            free(hyp);
+            qkv_task_batch_free(&tb);
+            done += B;
+        }
+    } else {
+        qkv_corpus c;
+        if (qkv_corpus_load(data, &c, err, sizeof err))
+            cli_die("eval: --data: %s", err);
+        qkv_pairs p;
+        int max_src, max_tgt;
+        side_limits(&m, &max_src, &max_tgt);
+        qkv_pairs_encode(&p, &c, d.tok, &d.sv, &d.tv, max_src, max_tgt);
+        p.decoder_only = d.decoder_only;
+        dropped = p.dropped;
+        if (p.n < 1)
+            cli_die("eval: --data: %s: no pair fits the model's %d positions",
+                    data, m.cfg.max_len);
+        qkv_batcher it;
+        int longest = d.decoder_only
+                          ? p.longest_src + p.longest_tgt + 1
+                          : (p.longest_src > p.longest_tgt + 1
+                                 ? p.longest_src
+                                 : p.longest_tgt + 1);
+        int budget = batch_tokens > longest ? batch_tokens : longest;
+        if (qkv_batcher_init(&it, &p, budget, err, sizeof err))
+            cli_die("eval: %s", err);
+        qkv_corpus_batch b;
+        qkv_corpus_batch_init(&b, budget);
+        /* file order, so --show prints the first pairs of the file */
+        int *idx = qkv_malloc((size_t)p.n * sizeof *idx, "eval");
+        for (int i = 0; i < p.n; i++) idx[i] = i;
+        int32_t *hyp = NULL;
+        for (int i = 0; i < p.n;) {
+            int n = 0, S = 0, T = 0;
+            while (i + n < p.n) { /* as many as fit in the budget */
+                const qkv_pair *q = &p.pair[i + n];
+                int s2 = d.decoder_only ? 0 : q->src_len > S ? q->src_len : S;
+                int need = d.decoder_only ? q->src_len + q->tgt_len + 1
+                                          : q->tgt_len + 1;
+                int t2 = need > T ? need : T;
+                if (n && (size_t)(n + 1) * (size_t)(s2 > t2 ? s2 : t2) >
+                             (size_t)budget)
+                    break;
+                S = s2, T = t2, n++;
+            }
+            qkv_pairs_batch(&p, idx + i, n, &b);
+            int max_out = cli_max_out(&m, &d, &b.view);
+            hyp = qkv_realloc(hyp, (size_t)n * max_out * sizeof *hyp, "hyps");
+            cli_score_batch(&m, &g, &d, &b.view, beam, alpha, max_out, &s,
+                            hyp);
+            for (int r = 0; r < n && shown < show; r++, shown++) {
+                const qkv_pair *q = &p.pair[i + r];
+                cli_detokenize(&d, hyp + (size_t)r * max_out, max_out, &text,
+                               &text_cap);
+                printf("src: %s\nref: %s\nout: %s\n\n", c.src[q->index],
+                       c.tgt[q->index], text);
+            }
+            i += n;
+        }
+        free(hyp);
+        free(idx);
+        qkv_corpus_batch_free(&b);
+        qkv_batcher_free(&it);
+        qkv_pairs_free(&p);
+        qkv_corpus_free(&c);
+    }
+    double loss = s.loss_sum / (double)s.tokens;
+    printf("%s: %ld sequences", *data ? data : "task", s.seqs);
+    if (dropped)
+        printf(" (%d more dropped: longer than the model's %d positions)",
+               dropped, m.cfg.max_len);
+    printf("\nloss %.6f  perplexity %.4f  token accuracy %.2f%%  exact match "
+           "%.2f%%  BLEU %.2f\n",
+           loss, exp(loss), 100.0 * (double)s.right / (double)s.tokens,
+           100.0 * (double)s.exact / (double)s.seqs,
+           100.0 * qkv_bleu_score(&s.bleu));
+    free(text);
+    qkv_graph_free(&g);
+    cli_data_free(&d);
+    qkv_model_free(&m);
+    return 0;
+}
+
+/* Token ids of one input: text through the source vocabulary, or, for a
+ * task model, symbols written as numbers ("3 4 5"). -1 and a message if it
+ * is bad. */
+static int encode_input(const cli_data *d, const char *s, int32_t **ids,
+                        int *cap, int *n, char *err, size_t errlen) {
+    if (!d->corpus) {
+        int k = 0;
+        const char *p = s;
+        for (;;) {
+            while (*p == ' ' || *p == '\t') p++;
+            if (!*p) break;
+            char *end;
+            errno = 0;
+            long v = strtol(p, &end, 10);
+            int first = d->task.use_eos ? 3 : 2; /* ids below are specials */
+            if (end == p || errno || (*end && *end != ' ' && *end != '\t') ||
+                v < first || v >= d->task.vocab) {
+                int w = 0;
+                while (p[w] && p[w] != ' ' && p[w] != '\t') w++;
+                snprintf(err, errlen,
+                         "'%.*s' is not a symbol of the task (whole numbers "
+                         "%d..%d separated by spaces)",
+                         w, p, first, d->task.vocab - 1);
+                return -1;
+            }
+            if (k >= *cap) {
+                *cap = 2 * *cap + 16;
+                *ids = qkv_realloc(*ids, (size_t)*cap * sizeof **ids, "input");
+            }
+            (*ids)[k++] = (int32_t)v;
+            p = end;
+        }
+        *n = k;
+        return 0;
+    }
+    size_t len = strlen(s), bad = qkv_utf8_check(s, len);
+    if (bad < len) {
+        snprintf(err, errlen, "not valid UTF-8 (byte %zu)", bad + 1);
+        return -1;
+    }
+    int k = qkv_encode(&d->sv, d->tok, s, NULL, 0);
+    if (k > *cap) {
+        *cap = k;
+        *ids = qkv_realloc(*ids, (size_t)*cap * sizeof **ids, "input");
+    }
+    qkv_encode(&d->sv, d->tok, s, *ids, k);
+    *n = k;
+    return 0;
+}
+
+int cmd_decode(int argc, char **argv) {
+    const char *ckpt = "";
+    int beam = 1, max_out = 0, top_k = 0, seed = 1, threads = 0;
+    float alpha = 0.6f, temp = 0.0f;
+    const flag flags[] = {
+        {"ckpt", FLAG_STR, &ckpt, NULL, "checkpoint written by qkv train"},
+        {"beam", FLAG_INT, &beam, NULL,
+         "beam width (1: greedy; encoder-decoder only)"},
+        {"alpha", FLAG_FLOAT, &alpha, NULL, "beam length penalty (GNMT)"},
+        {"max-out", FLAG_INT, &max_out, NULL,
+         "longest output in tokens (0: twice the input + 8)"},
+        {"temp", FLAG_FLOAT, &temp, NULL,
+         "decoder-only: sampling temperature (0: greedy)"},
+        {"top-k", FLAG_INT, &top_k, NULL,
+         "decoder-only: sample among the k likeliest (0: all)"},
+        {"seed", FLAG_INT, &seed, NULL, "decoder-only: PCG32 seed"},
+        {"threads", FLAG_INT, &threads, NULL, "OpenMP threads (0: all cores)"},
+    };
+    int nf = (int)(sizeof flags / sizeof flags[0]);
+    enum { MAX_POS = 64 };
+    const char *inputs[MAX_POS];
+    int n_in = 0;
+    cli_parse("decode", "--ckpt FILE [flags] [\"text\" ...]  (or lines on "
+              "stdin)",
+              flags, nf, argc, argv, 2, inputs, MAX_POS, &n_in);
+    if (beam < 1) cli_die("decode: --beam must be positive, got %d", beam);
+    if (max_out < 0) cli_die("decode: --max-out must be >= 0, got %d", max_out);
+    if (!(temp >= 0))
+        cli_die("decode: --temp must be >= 0, got %g", (double)temp);
+    if (threads < 0) cli_die("decode: --threads must be >= 0, got %d", threads);
+    if (threads) qkv_set_threads(threads);
+    qkv_model m;
+    cli_data d;
+    load_model("decode", ckpt, &m, &d);
+    if (beam > 1 && d.decoder_only)
+        cli_die("decode: --beam needs an encoder-decoder model (use --temp "
+                "and --top-k to sample)");
+    if (!d.decoder_only && (temp > 0 || top_k))
+        cli_die("decode: --temp and --top-k are for decoder-only models (use "
+                "--beam)");
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    qkv_pcg32 rng;
+    qkv_pcg32_seed(&rng, (uint64_t)seed, 4);
+    int eos = d.corpus || d.task.use_eos ? QKV_EOS : -1;
+    int32_t *ids = NULL, *out = NULL;
+    int cap = 0;
+    char *line = NULL, *text = NULL, err[512];
+    size_t line_cap = 0, text_cap = 0;
+    for (int k = 0;; k++) {
+        const char *s;
+        if (n_in) {
+            if (k >= n_in) break;
+            s = inputs[k];
+        } else {
+            ssize_t len = getline(&line, &line_cap, stdin);
+            if (len < 0) break;
+            while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+                line[--len] = 0;
+            s = line;
+        }
+        int n = 0;
+        if (encode_input(&d, s, &ids, &cap, &n, err, sizeof err))
+            cli_die("decode: input %d: %s", k + 1, err);
+        if (n == 0) { /* nothing to translate */
+            printf("\n");
+            continue;
+        }
+        int P = d.decoder_only ? n + 1 : n;
+        int room = d.decoder_only ? m.cfg.max_len - P : m.cfg.max_len;
+        if (room < 1 || (!d.decoder_only && n > m.cfg.max_len))
+            cli_die("decode: input %d has %d tokens; the model takes at most "
+                    "%d",
+                    k + 1, n, d.decoder_only ? m.cfg.max_len - 2 : m.cfg.max_len);
+        int L = max_out ? max_out : eos < 0 ? n : 2 * n + 8;
+        if (L > room) L = room;
+        out = qkv_realloc(out, (size_t)L * sizeof *out, "output");
+        if (d.decoder_only) {
+            if (P > cap) {
+                cap = P;
+                ids = qkv_realloc(ids, (size_t)cap * sizeof *ids, "input");
+            }
+            ids[n] = QKV_BOS;
+            qkv_sample(&m, &g, ids, P, L, temp, top_k, eos, &rng, out);
+        } else {
+            qkv_beam_search(&m, &g, ids, NULL, n, beam, alpha, QKV_BOS, eos, L,
+                            out, NULL);
+        }
+        if (!d.corpus) {
+            const char *sep = "";
+            for (int j = 0; j < L && out[j] != QKV_PAD && out[j] != QKV_EOS;
+                 j++, sep = " ")
+                printf("%s%d", sep, out[j]);
+            printf("\n");
+        } else {
+            cli_detokenize(&d, out, L, &text, &text_cap);
+            printf("%s\n", text);
+        }
+        fflush(stdout);
+    }
+    free(line);
+    free(text);
+    free(ids);
+    free(out);
+    qkv_graph_free(&g);
+    cli_data_free(&d);
+    qkv_model_free(&m);
+    return 0;
+}
