@@ -88,7 +88,7 @@ $(BUILD)/examples/%: $(BUILD)/examples/%.o $(LIB)
 $(BUILD)/examples/qkv: $(QKV_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
-# The main job: train the copy task (~10 s), then plot its loss curve.
+# The main job: train the copy task (~10 s), plot its loss curve, decode.
 demo: $(BUILD)/examples/qkv
 	$(BUILD)/examples/qkv train --task copy --steps 800 --out runs/copy
 	@if command -v gnuplot >/dev/null; then \
@@ -96,6 +96,8 @@ demo: $(BUILD)/examples/qkv
 	    gnuplot -c examples/loss.gp runs/copy/log.csv dumb && \
 	    echo "plotted runs/copy/loss.png"; \
 	else echo "gnuplot is not installed (apt-get install gnuplot-nox): the curve is in runs/copy/log.csv"; fi
+	@echo 'qkv decode --ckpt runs/copy/ckpt.safetensors "3 9 4 4 10 2 7 5 8 6"'
+	@$(BUILD)/examples/qkv decode --ckpt runs/copy/ckpt.safetensors "3 9 4 4 10 2 7 5 8 6"
 
 test: $(TEST_BIN) $(EXAMPLES)
 	@sh tests/run.sh $(TEST_BIN)

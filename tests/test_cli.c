@@ -46,6 +46,33 @@ static void test_help_lists_every_flag_with_default(void) {
     for (char *s = out; (s = strstr(s, "(default ")); s++) defaults++;
     CHECK(lines == defaults && lines >= 24, "%d flags, %d defaults", lines,
           defaults);
+    const char *more[] = {"--data", "--valid", "--tok", "--epochs",
+                          "--min-freq", "--filter-len", "--batch-tokens",
+                          "--resume", "--save-every"};
+    for (size_t i = 0; i < sizeof more / sizeof *more; i++)
+        CHECK(strstr(out, more[i]), "train --help lacks %s", more[i]);
+    static const struct {
+        const char *cmd, *flags[6];
+    } other[] = {
+        {"eval", {"--ckpt", "--data", "--beam", "--threads", "--show", NULL}},
+        {"decode", {"--ckpt", "--beam", "--temp", "--top-k", "--max-out", NULL}},
+    };
+    for (size_t c = 0; c < sizeof other / sizeof *other; c++) {
+        char args[64];
+        snprintf(args, sizeof args, "%s --help", other[c].cmd);
+        CHECK(run(args, out, sizeof out) == 0, "%s failed", args);
+        for (int i = 0; other[c].flags[i]; i++)
+            CHECK(strstr(out, other[c].flags[i]), "%s lacks %s", args,
+                  other[c].flags[i]);
+        lines = defaults = 0;
+        for (char *s = out; (s = strstr(s, "\n  --")); s++) lines++;
+        for (char *s = out; (s = strstr(s, "(default ")); s++) defaults++;
+        CHECK(lines == defaults && lines >= 5, "%s: %d flags, %d defaults",
+              args, lines, defaults);
+    }
+    CHECK(run("--help", out, sizeof out) == 0 && strstr(out, "eval") &&
+              strstr(out, "decode"),
+          "qkv --help lacks a command: %s", out);
 }
 
 static void test_bad_input_is_one_line_and_exit_2(void) {
@@ -385,6 +412,33 @@ static void test_task_eval_decode(void) {
     CHECK(k == 9 && out[strlen(out) - 1] == '\n', "10 symbols out: %s", out);
 }
 
+/* A task without eos whose symbols include id 2 (eos's id when a task has
+ * one): scoring and decoding must treat 2 as a symbol. Copy of 6 symbols
+ * from {2, 3}, learned to 100% in a few seconds. */
+static void test_task_symbol_2_is_not_eos(void) {
+    char cmd[600], out[8192];
+    snprintf(cmd, sizeof cmd,
+             "train --task copy --vocab 4 --min-len 6 --max-len 6 --steps 300 "
+             "--d-model 32 --d-ff 64 --batch 32 --eval-every 300 --quiet "
+             "--out %s/c2",
+             dir);
+    CHECK(run(cmd, out, sizeof out) == 0, "train: %s", out);
+    double row[8];
+    snprintf(cmd, sizeof cmd, "%s/c2/log.csv", dir);
+    CHECK(last_row(cmd, row) == 0 && row[6] == 1.0, "val exact match %g",
+          row[6]);
+    snprintf(cmd, sizeof cmd, "eval --ckpt %s/c2/ckpt.safetensors --size 300",
+             dir);
+    CHECK(run(cmd, out, sizeof out) == 0 && figure(out, "exact match ") == 100,
+          "eval: %s", out);
+    snprintf(cmd, sizeof cmd,
+             "decode --ckpt %s/c2/ckpt.safetensors '2 3 2 2 3 2' '3 3 2 2 2 2'",
+             dir);
+    CHECK(run(cmd, out, sizeof out) == 0 &&
+              strcmp(out, "2 3 2 2 3 2\n3 3 2 2 2 2\n") == 0,
+          "decode: %s", out);
+}
+
 /* ------------------------------------------------------------- bad input */
 
 static void write_text(const char *path, const char *text, size_t n) {
@@ -530,6 +584,7 @@ int main(void) {
     RUN(test_interrupt_and_resume_equal_uninterrupted);
     make_corpora();
     RUN(test_task_eval_decode);
+    RUN(test_task_symbol_2_is_not_eos);
     RUN(test_corpus_train_eval_decode);
     RUN(test_corpus_decoder_only);
     RUN(test_corpus_resume_equals_uninterrupted);

@@ -371,10 +371,11 @@ static int reference(const qkv_batch *b, int r, int32_t *ref) {
     return n;
 }
 
-/* Length of a decoded row up to and including its eos. */
-static int hyp_length(const int32_t *h, int max_out) {
+/* Length of a decoded row up to and including its eos (eos < 0: none, and
+ * id 2 is an ordinary symbol). */
+static int hyp_length(const int32_t *h, int max_out, int eos) {
     for (int j = 0; j < max_out; j++)
-        if (h[j] == QKV_EOS) return j + 1;
+        if (h[j] == eos || h[j] == QKV_PAD) return j + (h[j] == eos);
     return max_out;
 }
 
@@ -456,13 +457,13 @@ void cli_score_batch(qkv_model *m, qkv_graph *g, const cli_data *d,
     int32_t *ref = qkv_malloc((size_t)T * sizeof *ref, "reference");
     for (int r = 0; r < B; r++) {
         const int32_t *h = out + (size_t)r * max_out;
-        int nr = reference(b, r, ref), nh = hyp_length(h, max_out);
+        int nr = reference(b, r, ref), nh = hyp_length(h, max_out, eos);
         s->seqs++;
         s->exact += nh == nr && memcmp(h, ref, (size_t)nr * sizeof *ref) == 0;
         /* BLEU on the tokens without eos; an unknown reference token
          * matches nothing (not even a predicted <unk>). */
-        if (nr && ref[nr - 1] == QKV_EOS) nr--;
-        if (nh && h[nh - 1] == QKV_EOS) nh--;
+        if (eos >= 0 && nr && ref[nr - 1] == eos) nr--;
+        if (eos >= 0 && nh && h[nh - 1] == eos) nh--;
         for (int j = 0; j < nr; j++)
             if (ref[j] == QKV_UNK) ref[j] = -1;
         qkv_bleu_add(&s->bleu, h, nh, ref, nr);

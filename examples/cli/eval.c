@@ -114,9 +114,9 @@ int cmd_eval(int argc, char **argv) {
                 printf("\nout:");
                 for (int j = 0; j < max_out; j++) {
                     int32_t y = hyp[(size_t)r * max_out + j];
-                    if (y == QKV_PAD) break;
+                    if (y == QKV_PAD || (d.task.use_eos && y == QKV_EOS))
+                        break;
                     printf(" %d", y);
-                    if (y == QKV_EOS) break;
                 }
                 printf("\n");
             }
@@ -343,7 +343,7 @@ int cmd_decode(int argc, char **argv) {
         }
         if (!d.corpus) {
             const char *sep = "";
-            for (int j = 0; j < L && out[j] != QKV_PAD && out[j] != QKV_EOS;
+            for (int j = 0; j < L && out[j] != QKV_PAD && out[j] != eos;
                  j++, sep = " ")
                 printf("%s%d", sep, out[j]);
             printf("\n");
