@@ -46,16 +46,17 @@ static void test_help_lists_every_flag_with_default(void) {
     for (char *s = out; (s = strstr(s, "(default ")); s++) defaults++;
     CHECK(lines == defaults && lines >= 24, "%d flags, %d defaults", lines,
           defaults);
-    const char *more[] = {"--data", "--valid", "--tok", "--epochs",
-                          "--min-freq", "--filter-len", "--batch-tokens",
-                          "--resume", "--save-every"};
+    const char *more[] = {"--data",         "--valid",    "--tok",
+                          "--epochs",       "--min-freq", "--filter-len",
+                          "--batch-tokens", "--resume",   "--save-every"};
     for (size_t i = 0; i < sizeof more / sizeof *more; i++)
         CHECK(strstr(out, more[i]), "train --help lacks %s", more[i]);
     static const struct {
         const char *cmd, *flags[6];
     } other[] = {
         {"eval", {"--ckpt", "--data", "--beam", "--threads", "--show", NULL}},
-        {"decode", {"--ckpt", "--beam", "--temp", "--top-k", "--max-out", NULL}},
+        {"decode",
+         {"--ckpt", "--beam", "--temp", "--top-k", "--max-out", NULL}},
     };
     for (size_t c = 0; c < sizeof other / sizeof *other; c++) {
         char args[64];
@@ -119,11 +120,9 @@ static void test_train_writes_log_and_config(void) {
         char line[256];
         int rows = 0, evals = 0;
         CHECK(fgets(line, sizeof line, f) &&
-                  strcmp(
-                      line,
-                      "step,tokens,seconds,lr,train_loss,val_loss,val_acc,"
-                      "val_bleu\n") ==
-                      0,
+                  strcmp(line,
+                         "step,tokens,seconds,lr,train_loss,val_loss,val_acc,"
+                         "val_bleu\n") == 0,
               "header: %s", line);
         float first = 0, last = 0;
         while (fgets(line, sizeof line, f)) {
@@ -231,8 +230,8 @@ static void test_interrupt_and_resume_equal_uninterrupted(void) {
 
 /* ---------------------------------------------------------------- corpora */
 
-static const char *const words[] = {"ka", "lo", "mi", "nu", "pe",
-                                    "ro", "su", "grüß"};
+static const char *const words[] = {"ka", "lo", "mi", "nu",
+                                    "pe", "ro", "su", "grüß"};
 
 /* A TSV corpus of n pairs "w1 .. wk<TAB>wk .. w1" (k in 2..5), drawn with
  * PCG32: word-level reversal, which needs attention to positions. */
@@ -244,7 +243,8 @@ static void write_reverse_corpus(const char *path, int n, uint64_t seed) {
     for (int i = 0; i < n; i++) {
         int k = 2 + (int)qkv_pcg32_bounded(&rng, 4), w[5];
         for (int j = 0; j < k; j++) w[j] = (int)qkv_pcg32_bounded(&rng, 8);
-        for (int j = 0; j < k; j++) fprintf(f, "%s%s", j ? " " : "", words[w[j]]);
+        for (int j = 0; j < k; j++)
+            fprintf(f, "%s%s", j ? " " : "", words[w[j]]);
         fputc('\t', f);
         for (int j = k - 1; j >= 0; j--)
             fprintf(f, "%s%s", j < k - 1 ? " " : "", words[w[j]]);
@@ -312,10 +312,9 @@ static void test_corpus_train_eval_decode(void) {
     double bleu = figure(out, "BLEU ");
     CHECK(fabs(loss - row[5]) < 2e-6 + 1e-5 * row[5],
           "eval loss %.6f, train's last val loss %.6f", loss, row[5]);
-    CHECK(fabs(exact - 100 * row[6]) < 0.01, "eval exact %.2f, log %.4f",
-          exact, row[6]);
-    CHECK(fabs(bleu - row[7]) < 0.01, "eval BLEU %.2f, log %.2f", bleu,
-          row[7]);
+    CHECK(fabs(exact - 100 * row[6]) < 0.01, "eval exact %.2f, log %.4f", exact,
+          row[6]);
+    CHECK(fabs(bleu - row[7]) < 0.01, "eval BLEU %.2f, log %.2f", bleu, row[7]);
     CHECK(strstr(out, "100 sequences"), "eval counts: %s", out);
     snprintf(cmd, sizeof cmd,
              "eval --ckpt %s/rev/ckpt.safetensors --data %s/test.tsv", dir,
@@ -347,10 +346,9 @@ static void test_corpus_train_eval_decode(void) {
     if (p) pclose(p);
     CHECK(strcmp(out, "nu pe\nka ro\n") == 0, "decode from stdin: %s", out);
     /* an unknown word is <unk>, not an error */
-    snprintf(cmd, sizeof cmd,
-             "decode --ckpt %s/rev/ckpt.safetensors 'ka zzz'", dir);
-    CHECK(run(cmd, out, sizeof out) == 0, "decode of an unknown word: %s",
-          out);
+    snprintf(cmd, sizeof cmd, "decode --ckpt %s/rev/ckpt.safetensors 'ka zzz'",
+             dir);
+    CHECK(run(cmd, out, sizeof out) == 0, "decode of an unknown word: %s", out);
 }
 
 /* Decoder-only on a corpus: x bos y in one sequence. Trains, evaluates and
@@ -456,8 +454,8 @@ static void write_other_shape(const char *from, const char *to) {
     if (qkv_st_read(from, &f, &e)) return;
     qkv_st_entry *en = calloc((size_t)f.count, sizeof *en);
     for (int i = 0; i < f.count; i++) {
-        qkv_st_entry x = {f.tensors[i].name, f.tensors[i].data,
-                          f.tensors[i].ndim, {0}};
+        qkv_st_entry x = {
+            f.tensors[i].name, f.tensors[i].data, f.tensors[i].ndim, {0}};
         memcpy(x.shape, f.tensors[i].shape, sizeof x.shape);
         if (strcmp(x.name, "generator.weight") == 0) {
             int t = x.shape[0];
@@ -492,14 +490,14 @@ static void test_bad_files_are_one_line_and_nothing_is_damaged(void) {
     write_text(junk, "hello, I am not a checkpoint\n", 0);
     char ckpt[300], cmd[3000], out[8192];
     snprintf(ckpt, sizeof ckpt, "%s/rev/ckpt.safetensors", dir);
-    {   /* the first 1000 bytes of a real checkpoint */
+    { /* the first 1000 bytes of a real checkpoint */
         FILE *in = fopen(ckpt, "rb");
         char buf[1000];
         size_t n = in ? fread(buf, 1, sizeof buf, in) : 0;
         if (in) fclose(in);
         write_text(trunc, buf, n);
     }
-    {   /* a safetensors file another program wrote (no qkv metadata) */
+    { /* a safetensors file another program wrote (no qkv metadata) */
         float w[4] = {1, 2, 3, 4};
         qkv_st_entry e = {"weight", w, 2, {2, 2}};
         qkv_st_error err;
@@ -554,7 +552,8 @@ static void test_bad_files_are_one_line_and_nothing_is_damaged(void) {
         snprintf(cmd, sizeof cmd, "%s%s%s/rev", args,
                  strncmp(args, "train", 5) == 0 ? " --quiet --out " : "",
                  strncmp(args, "train", 5) == 0 ? dir : "");
-        if (strncmp(args, "train", 5) != 0) snprintf(cmd, sizeof cmd, "%s", args);
+        if (strncmp(args, "train", 5) != 0)
+            snprintf(cmd, sizeof cmd, "%s", args);
         int rc = run(cmd, out, sizeof out);
         CHECK(rc == 2, "qkv %s: exit %d, want 2: %s", cmd, rc, out);
         CHECK(strstr(out, bad[i].want), "qkv %s: %s", cmd, out);

@@ -82,8 +82,7 @@ static void print_help(const char *cmd, const char *usage, const flag *flags,
             break;
         case FLAG_STR:
             snprintf(def, sizeof def, "%s",
-                     **(const char **)f->dst ? *(const char **)f->dst
-                                             : "none");
+                     **(const char **)f->dst ? *(const char **)f->dst : "none");
             break;
         case FLAG_BOOL:
             snprintf(def, sizeof def, "off");
@@ -91,8 +90,8 @@ static void print_help(const char *cmd, const char *usage, const flag *flags,
         }
         char name[48];
         snprintf(name, sizeof name, "--%s%s", f->name,
-                 f->type == FLAG_BOOL ? ""
-                 : f->choices         ? " WORD"
+                 f->type == FLAG_BOOL  ? ""
+                 : f->choices          ? " WORD"
                  : f->type == FLAG_STR ? " PATH"
                                        : " N");
         printf("  %-22s %s (default %s)\n", name, f->help, def);
@@ -118,8 +117,7 @@ void cli_parse(const char *cmd, const char *usage, const flag *flags, int n,
         const flag *f = NULL;
         for (int k = 0; k < n && !f; k++)
             if (strcmp(a + 2, flags[k].name) == 0) f = &flags[k];
-        if (!f)
-            cli_die("%s: unknown flag %s (see qkv %s --help)", cmd, a, cmd);
+        if (!f) cli_die("%s: unknown flag %s (see qkv %s --help)", cmd, a, cmd);
         if (f->type == FLAG_BOOL) {
             set_flag(cmd, f, "");
             continue;
@@ -167,10 +165,18 @@ void cli_flags_from_json(const char *cmd, const flag *flags, int n,
             cli_die("%s: the saved setting %s has the wrong type", cmd,
                     f->name);
         switch (f->type) {
-        case FLAG_INT: *(int *)f->dst = v->valueint; break;
-        case FLAG_FLOAT: *(float *)f->dst = (float)v->valuedouble; break;
-        case FLAG_STR: *(const char **)f->dst = v->valuestring; break;
-        case FLAG_BOOL: *(int *)f->dst = cJSON_IsTrue(v); break;
+        case FLAG_INT:
+            *(int *)f->dst = v->valueint;
+            break;
+        case FLAG_FLOAT:
+            *(float *)f->dst = (float)v->valuedouble;
+            break;
+        case FLAG_STR:
+            *(const char **)f->dst = v->valuestring;
+            break;
+        case FLAG_BOOL:
+            *(int *)f->dst = cJSON_IsTrue(v);
+            break;
         }
     }
 }
@@ -243,7 +249,8 @@ static char *dup_str(const char *s) {
 
 int cli_data_meta(const cli_data *d, const char **keys, char **vals) {
     if (!d->corpus) return 0;
-    keys[0] = "tok", vals[0] = dup_str(d->tok == QKV_TOK_CHAR ? "char" : "word");
+    keys[0] = "tok",
+    vals[0] = dup_str(d->tok == QKV_TOK_CHAR ? "char" : "word");
     keys[1] = "vocab.src", vals[1] = vocab_json(&d->sv);
     keys[2] = "vocab.tgt", vals[2] = vocab_json(&d->tv);
     return 3;
@@ -258,9 +265,8 @@ static int vocab_from_meta(qkv_vocab *v, const qkv_st_file *meta,
     }
     cJSON *a = cJSON_Parse(s);
     int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : -1, rc = -1;
-    const char **tokens = n > 0 ? qkv_malloc((size_t)n * sizeof *tokens,
-                                             "vocabulary")
-                                : NULL;
+    const char **tokens =
+        n > 0 ? qkv_malloc((size_t)n * sizeof *tokens, "vocabulary") : NULL;
     for (int i = 0; i < n; i++) {
         const cJSON *t = cJSON_GetArrayItem(a, i);
         if (!cJSON_IsString(t)) {
@@ -284,14 +290,15 @@ int cli_data_from_meta(cli_data *d, const qkv_st_file *meta, char *err,
     const char *cli = qkv_st_meta(meta, "cli");
     cJSON *j = cli ? cJSON_Parse(cli) : NULL;
     if (!j) {
-        snprintf(err, errlen, "no training settings (\"cli\") in the metadata: "
-                              "not written by qkv train");
+        snprintf(err, errlen,
+                 "no training settings (\"cli\") in the metadata: "
+                 "not written by qkv train");
         return -1;
     }
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(j, "model");
     const cJSON *data = cJSON_GetObjectItemCaseSensitive(j, "data");
-    d->decoder_only = cJSON_IsString(model) &&
-                      strcmp(model->valuestring, "decoder") == 0;
+    d->decoder_only =
+        cJSON_IsString(model) && strcmp(model->valuestring, "decoder") == 0;
     d->corpus = cJSON_IsString(data) && data->valuestring[0];
     int rc = 0;
     if (d->corpus) {
@@ -323,7 +330,11 @@ int cli_data_from_meta(cli_data *d, const qkv_st_file *meta, char *err,
         qkv_task task = {strcmp(kind, "reverse") == 0 ? QKV_TASK_REVERSE
                          : strcmp(kind, "sort") == 0  ? QKV_TASK_SORT
                                                       : QKV_TASK_COPY,
-                         v[0], v[1], v[2], v[1] != v[2], d->decoder_only};
+                         v[0],
+                         v[1],
+                         v[2],
+                         v[1] != v[2],
+                         d->decoder_only};
         d->task = task;
         if (rc == 0) rc = qkv_task_check(&d->task, err, errlen);
     }
@@ -403,8 +414,8 @@ void cli_score_batch(qkv_model *m, qkv_graph *g, const cli_data *d,
     }
     /* decoding */
     int eos = d->corpus || d->task.use_eos ? QKV_EOS : -1;
-    int32_t *out = hyps ? hyps
-                        : qkv_malloc((size_t)B * max_out * sizeof *out, "hyps");
+    int32_t *out =
+        hyps ? hyps : qkv_malloc((size_t)B * max_out * sizeof *out, "hyps");
     if (!d->decoder_only && beam <= 1) {
         qkv_model_greedy(m, g, b->src, b->src_pad, B, b->S, QKV_BOS, eos,
                          max_out, out);
@@ -426,8 +437,7 @@ void cli_score_batch(qkv_model *m, qkv_graph *g, const cli_data *d,
         }
         for (size_t i = 0; i < (size_t)B * max_out; i++) out[i] = QKV_PAD;
         int32_t *prompt = qkv_malloc((size_t)B * T * sizeof *prompt, "prompts");
-        int32_t *gen =
-            qkv_malloc((size_t)B * max_out * sizeof *gen, "prompts");
+        int32_t *gen = qkv_malloc((size_t)B * max_out * sizeof *gen, "prompts");
         for (int r = 0; r < B; r++) {
             if (plen[r] < 0) continue; /* decoded with an earlier group */
             int P = plen[r], n = 0;

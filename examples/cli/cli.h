@@ -27,7 +27,7 @@
 typedef enum flag_type { FLAG_INT, FLAG_FLOAT, FLAG_STR, FLAG_BOOL } flag_type;
 
 typedef struct flag {
-    const char *name;    /* without the leading "--" */
+    const char *name; /* without the leading "--" */
     flag_type type;
     void *dst;           /* int*, float*, const char**, int* */
     const char *choices; /* FLAG_STR: "a|b|c", or NULL for any string */
@@ -52,8 +52,8 @@ void cli_flags_from_json(const char *cmd, const flag *flags, int n,
 
 /* ------------------------------------------------------------------ files */
 
-double cli_now(void);                     /* monotonic seconds */
-void cli_make_dirs(const char *cmd, const char *dir);   /* mkdir -p */
+double cli_now(void);                                 /* monotonic seconds */
+void cli_make_dirs(const char *cmd, const char *dir); /* mkdir -p */
 /* Writes path atomically (temp file + rename): never half a file. */
 void cli_write_file(const char *cmd, const char *path, const char *text);
 
@@ -73,7 +73,8 @@ typedef struct cli_data {
 void cli_data_free(cli_data *d);
 /* Metadata pairs a checkpoint stores for d ("tok", "vocab.src",
  * "vocab.tgt", JSON arrays of the tokens in id order): appends up to 3 pairs
- * to keys/vals (values malloc'd; free them with free()) and returns how many. */
+ * to keys/vals (values malloc'd; free them with free()) and returns how many.
+ */
 int cli_data_meta(const cli_data *d, const char **keys, char **vals);
 /* Rebuilds d from a checkpoint's metadata (the "cli" settings, and the
  * vocabularies for a corpus model). -1 and one line in err if it is bad. */

@@ -65,8 +65,8 @@ int cmd_eval(int argc, char **argv) {
         {"threads", FLAG_INT, &threads, NULL, "OpenMP threads (0: all cores)"},
     };
     int nf = (int)(sizeof flags / sizeof flags[0]);
-    cli_parse("eval", "--ckpt FILE [--data TEST.tsv] [flags]", flags, nf,
-              argc, argv, 2, NULL, 0, NULL);
+    cli_parse("eval", "--ckpt FILE [--data TEST.tsv] [flags]", flags, nf, argc,
+              argv, 2, NULL, 0, NULL);
     if (beam < 1) cli_die("eval: --beam must be positive, got %d", beam);
     if (size < 1) cli_die("eval: --size must be positive, got %d", size);
     if (batch_tokens < 1)
@@ -102,7 +102,8 @@ int cmd_eval(int argc, char **argv) {
             qkv_task_batch_init(&tb, &d.task, B);
             qkv_task_sample(&d.task, &rng, &tb);
             int max_out = cli_max_out(&m, &d, &tb.view);
-            int32_t *hyp = qkv_malloc((size_t)B * max_out * sizeof *hyp, "hyps");
+            int32_t *hyp =
+                qkv_malloc((size_t)B * max_out * sizeof *hyp, "hyps");
             cli_score_batch(&m, &g, &d, &tb.view, beam, alpha, max_out, &s,
                             hyp);
             for (int r = 0; r < B && shown < show; r++, shown++) {
@@ -114,8 +115,7 @@ int cmd_eval(int argc, char **argv) {
                 printf("\nout:");
                 for (int j = 0; j < max_out; j++) {
                     int32_t y = hyp[(size_t)r * max_out + j];
-                    if (y == QKV_PAD || (d.task.use_eos && y == QKV_EOS))
-                        break;
+                    if (y == QKV_PAD || (d.task.use_eos && y == QKV_EOS)) break;
                     printf(" %d", y);
                 }
                 printf("\n");
@@ -138,11 +138,10 @@ int cmd_eval(int argc, char **argv) {
             cli_die("eval: --data: %s: no pair fits the model's %d positions",
                     data, m.cfg.max_len);
         qkv_batcher it;
-        int longest = d.decoder_only
-                          ? p.longest_src + p.longest_tgt + 1
-                          : (p.longest_src > p.longest_tgt + 1
-                                 ? p.longest_src
-                                 : p.longest_tgt + 1);
+        int longest = d.decoder_only ? p.longest_src + p.longest_tgt + 1
+                                     : (p.longest_src > p.longest_tgt + 1
+                                            ? p.longest_src
+                                            : p.longest_tgt + 1);
         int budget = batch_tokens > longest ? batch_tokens : longest;
         if (qkv_batcher_init(&it, &p, budget, err, sizeof err))
             cli_die("eval: %s", err);
@@ -168,8 +167,7 @@ int cmd_eval(int argc, char **argv) {
             qkv_pairs_batch(&p, idx + i, n, &b);
             int max_out = cli_max_out(&m, &d, &b.view);
             hyp = qkv_realloc(hyp, (size_t)n * max_out * sizeof *hyp, "hyps");
-            cli_score_batch(&m, &g, &d, &b.view, beam, alpha, max_out, &s,
-                            hyp);
+            cli_score_batch(&m, &g, &d, &b.view, beam, alpha, max_out, &s, hyp);
             for (int r = 0; r < n && shown < show; r++, shown++) {
                 const qkv_pair *q = &p.pair[i + r];
                 cli_detokenize(&d, hyp + (size_t)r * max_out, max_out, &text,
@@ -275,7 +273,8 @@ int cmd_decode(int argc, char **argv) {
     enum { MAX_POS = 64 };
     const char *inputs[MAX_POS];
     int n_in = 0;
-    cli_parse("decode", "--ckpt FILE [flags] [\"text\" ...]  (or lines on "
+    cli_parse("decode",
+              "--ckpt FILE [flags] [\"text\" ...]  (or lines on "
               "stdin)",
               flags, nf, argc, argv, 2, inputs, MAX_POS, &n_in);
     if (beam < 1) cli_die("decode: --beam must be positive, got %d", beam);
@@ -326,7 +325,8 @@ int cmd_decode(int argc, char **argv) {
         if (room < 1 || (!d.decoder_only && n > m.cfg.max_len))
             cli_die("decode: input %d has %d tokens; the model takes at most "
                     "%d",
-                    k + 1, n, d.decoder_only ? m.cfg.max_len - 2 : m.cfg.max_len);
+                    k + 1, n,
+                    d.decoder_only ? m.cfg.max_len - 2 : m.cfg.max_len);
         int L = max_out ? max_out : eos < 0 ? n : 2 * n + 8;
         if (L > room) L = room;
         out = qkv_realloc(out, (size_t)L * sizeof *out, "output");

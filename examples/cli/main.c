@@ -19,8 +19,7 @@ static const struct {
     int (*run)(int, char **);
     const char *help;
 } commands[] = {
-    {"train", cmd_train,
-     "train a model on a generated task or a TSV corpus"},
+    {"train", cmd_train, "train a model on a generated task or a TSV corpus"},
     {"eval", cmd_eval,
      "loss, perplexity, token accuracy, exact match and BLEU of a checkpoint"},
     {"decode", cmd_decode,

@@ -48,8 +48,7 @@ static FILE *reopen_log(const char *path, int step) {
     if (fclose(out) || rename(tmp, path))
         cli_die("train: cannot rewrite %s", path);
     FILE *log = fopen(path, "a");
-    if (!log)
-        cli_die("train: cannot append to %s: %s", path, strerror(errno));
+    if (!log) cli_die("train: cannot append to %s: %s", path, strerror(errno));
     return log;
 }
 
@@ -122,16 +121,45 @@ static void validate(qkv_model *m, qkv_graph *g, const cli_data *d,
 
 int cmd_train(int argc, char **argv) {
     train_opts o = {
-        .task = "copy", .data = "", .valid = "", .tok = "word",
-        .model = "encdec", .pos = "sin", .norm = "post", .act = "relu",
-        .optim = "adam", .schedule = "cosine", .out = "runs/qkv", .resume = "",
-        .vocab = 11, .min_len = 10, .max_len = 10, .min_freq = 1,
-        .filter_len = 0, .batch_tokens = 0, .epochs = 0,
-        .N = 2, .n_enc = 0, .n_dec = 0, .h = 4, .d_model = 64, .d_ff = 128,
-        .dropout = 0.0f, .label_smoothing = 0.0f, .lr = 2e-3f, .clip = 1.0f,
-        .weight_decay = 0.01f, .warmup = 100, .batch = 64, .steps = 800,
-        .seed = 42, .threads = 0, .eval_every = 50, .eval_size = 200,
-        .quiet = 0, .save_every = 0,
+        .task = "copy",
+        .data = "",
+        .valid = "",
+        .tok = "word",
+        .model = "encdec",
+        .pos = "sin",
+        .norm = "post",
+        .act = "relu",
+        .optim = "adam",
+        .schedule = "cosine",
+        .out = "runs/qkv",
+        .resume = "",
+        .vocab = 11,
+        .min_len = 10,
+        .max_len = 10,
+        .min_freq = 1,
+        .filter_len = 0,
+        .batch_tokens = 0,
+        .epochs = 0,
+        .N = 2,
+        .n_enc = 0,
+        .n_dec = 0,
+        .h = 4,
+        .d_model = 64,
+        .d_ff = 128,
+        .dropout = 0.0f,
+        .label_smoothing = 0.0f,
+        .lr = 2e-3f,
+        .clip = 1.0f,
+        .weight_decay = 0.01f,
+        .warmup = 100,
+        .batch = 64,
+        .steps = 800,
+        .seed = 42,
+        .threads = 0,
+        .eval_every = 50,
+        .eval_size = 200,
+        .quiet = 0,
+        .save_every = 0,
     };
     const flag flags[] = {
         {"task", FLAG_STR, &o.task, "copy|reverse|sort",
@@ -208,8 +236,8 @@ int cmd_train(int argc, char **argv) {
     char err[512], ckpt_path[4200];
     cli_data d = {0};
     if (*o.resume) {
-        const char *keep[] = {"resume",     "threads", "quiet",
-                              "steps",      "epochs",  "save-every"};
+        const char *keep[] = {"resume", "threads", "quiet",
+                              "steps",  "epochs",  "save-every"};
         for (int i = 2; i < argc; i++) {
             if (strncmp(argv[i], "--", 2) != 0) continue;
             int ok = 0;
@@ -220,7 +248,8 @@ int cmd_train(int argc, char **argv) {
                         "checkpoint holds the run's settings)",
                         argv[i]);
         }
-        if (strlen(o.resume) > 4000) cli_die("train: --resume path is too long");
+        if (strlen(o.resume) > 4000)
+            cli_die("train: --resume path is too long");
         snprintf(ckpt_path, sizeof ckpt_path, "%s/ckpt.safetensors", o.resume);
         qkv_model probe;
         if (qkv_ckpt_load(ckpt_path, &probe, NULL, NULL, NULL, 0, &meta, err,
@@ -247,8 +276,10 @@ int cmd_train(int argc, char **argv) {
 
     /* Everything is checked before anything is written. */
     int corpus = *o.data != 0, decoder = strcmp(o.model, "decoder") == 0;
-    if (o.steps < 1) cli_die("train: --steps must be positive, got %d", o.steps);
-    if (o.batch < 1) cli_die("train: --batch must be positive, got %d", o.batch);
+    if (o.steps < 1)
+        cli_die("train: --steps must be positive, got %d", o.steps);
+    if (o.batch < 1)
+        cli_die("train: --batch must be positive, got %d", o.batch);
     if (o.eval_every < 1)
         cli_die("train: --eval-every must be positive, got %d", o.eval_every);
     if (o.eval_size < 1)
@@ -278,8 +309,8 @@ int cmd_train(int argc, char **argv) {
         cli_die("train: --max-len must be at most 512, got %d", o.max_len);
     if (o.threads) qkv_set_threads(o.threads);
 
-    qkv_model_config c = qkv_model_defaults(decoder ? QKV_MODEL_DECODER
-                                                    : QKV_MODEL_ENCDEC);
+    qkv_model_config c =
+        qkv_model_defaults(decoder ? QKV_MODEL_DECODER : QKV_MODEL_ENCDEC);
     corpus_run cr;
     memset(&cr, 0, sizeof cr);
     if (!corpus) {
@@ -310,8 +341,8 @@ int cmd_train(int argc, char **argv) {
                             d.tok, o.min_freq);
             qkv_corpus_free(&tc);
         }
-        load_pairs("--data", o.data, &d, o.filter_len, o.filter_len,
-                   &cr.train, o.quiet);
+        load_pairs("--data", o.data, &d, o.filter_len, o.filter_len, &cr.train,
+                   o.quiet);
         int ls = cr.train.longest_src, lt = cr.train.longest_tgt;
         /* Positions for sentences up to twice the longest training one. */
         c.max_len = decoder ? 2 * (ls + lt + 1) + 8
@@ -327,7 +358,8 @@ int cmd_train(int argc, char **argv) {
             load_pairs("--valid", o.valid, &d, side, side, &cr.valid, o.quiet);
             if (cr.valid.n > o.eval_size) cr.valid.n = o.eval_size;
             int vls = cr.valid.longest_src, vlt = cr.valid.longest_tgt;
-            int vlong = decoder ? vls + vlt + 1 : (vls > vlt + 1 ? vls : vlt + 1);
+            int vlong =
+                decoder ? vls + vlt + 1 : (vls > vlt + 1 ? vls : vlt + 1);
             int vbudget = budget > vlong ? budget : vlong;
             if (qkv_batcher_init(&cr.vit, &cr.valid, vbudget, err, sizeof err))
                 cli_die("train: --valid: %s", err);
@@ -426,10 +458,10 @@ int cmd_train(int argc, char **argv) {
         log = reopen_log(path, (int)start);
     } else {
         log = fopen(path, "w");
-        if (!log)
-            cli_die("train: cannot write %s: %s", path, strerror(errno));
-        fprintf(log,
-                "step,tokens,seconds,lr,train_loss,val_loss,val_acc,val_bleu\n");
+        if (!log) cli_die("train: cannot write %s: %s", path, strerror(errno));
+        fprintf(
+            log,
+            "step,tokens,seconds,lr,train_loss,val_loss,val_acc,val_bleu\n");
     }
     const char *dkeys[3];
     char *dvals[3];
@@ -483,7 +515,8 @@ int cmd_train(int argc, char **argv) {
         float lr = qkv_schedule_lr(&sched, step);
         qkv_optim_step(&opt, &m.params, lr);
         tokens += batch_tokens(bv);
-        int eval = do_valid && (step % o.eval_every == 0 || step == o.steps);
+        int report = step % o.eval_every == 0 || step == o.steps;
+        int eval = do_valid && report;
         if (eval) {
             cli_scores s;
             validate(&m, &g, &d, &vb, &cr, &s);
@@ -509,7 +542,8 @@ int cmd_train(int argc, char **argv) {
             snprintf(sec, sizeof sec, "%.3f", secs);
             snprintf(ep, sizeof ep, "%d", cr.epoch);
             snprintf(bt, sizeof bt, "%d", cr.it.next);
-            const char *keys[8] = {"cli", "tokens", "seconds", "epoch", "batch"};
+            const char *keys[8] = {"cli", "tokens", "seconds", "epoch",
+                                   "batch"};
             const char *vals[8] = {cfg, tok, sec, ep, bt};
             for (int k = 0; k < n_dmeta; k++)
                 keys[5 + k] = dkeys[k], vals[5 + k] = dvals[k];
@@ -521,11 +555,13 @@ int cmd_train(int argc, char **argv) {
         if (o.quiet) continue;
         double eta = (secs - secs0) / (double)(step - start) * (o.steps - step);
         char line[256];
-        int n = snprintf(line, sizeof line,
-                         "step %d/%d  loss %.4f  val loss %.4f  exact %5.1f%%",
-                         step, o.steps, (double)train_loss, vloss,
-                         100.0 * vacc);
-        if (corpus && n < (int)sizeof line)
+        int n = snprintf(line, sizeof line, "step %d/%d  loss %.4f", step,
+                         o.steps, (double)train_loss);
+        if (do_valid)
+            n +=
+                snprintf(line + n, sizeof line - (size_t)n,
+                         "  val loss %.4f  exact %5.1f%%", vloss, 100.0 * vacc);
+        if (corpus && do_valid && n < (int)sizeof line)
             n += snprintf(line + n, sizeof line - (size_t)n, "  BLEU %.1f",
                           vbleu);
         if (n < (int)sizeof line)
@@ -533,7 +569,7 @@ int cmd_train(int argc, char **argv) {
                      "  %.0f tok/s  ETA %.0fs", (double)tokens / secs, eta);
         if (tty)
             printf("\r%s ", line);
-        else if (eval)
+        else if (report)
             printf("%s\n", line);
         fflush(stdout);
     }
@@ -544,6 +580,11 @@ int cmd_train(int argc, char **argv) {
                 "qkv: interrupted at step %d; checkpoint saved in %s "
                 "(continue with: qkv train --resume %s)\n",
                 step, ckpt_path, o.out);
+    else if (!do_valid)
+        printf("done: %d steps (%d epochs) in %.1f s, train loss %.4f (no "
+               "--valid: no validation); log in %s, checkpoint %s\n",
+               o.steps, cr.epoch, cli_now() - t0, (double)train_loss, path,
+               ckpt_path);
     else if (corpus)
         printf("done: %d steps (%d epochs) in %.1f s, train loss %.4f, val "
                "loss %.4f, exact match %.1f%%, BLEU %.1f; log in %s, "
@@ -553,8 +594,8 @@ int cmd_train(int argc, char **argv) {
     else
         printf("done: %d steps in %.1f s, train loss %.4f, val loss %.4f, val "
                "exact match %.1f%%; log in %s, checkpoint %s\n",
-               o.steps, cli_now() - t0, (double)train_loss, vloss,
-               100.0 * vacc, path, ckpt_path);
+               o.steps, cli_now() - t0, (double)train_loss, vloss, 100.0 * vacc,
+               path, ckpt_path);
     for (int k = 0; k < n_dmeta; k++) free(dvals[k]);
     free(cfg);
     cJSON_Delete(saved);
