@@ -230,6 +230,11 @@ void cli_data_free(cli_data *d) {
     memset(d, 0, sizeof *d);
 }
 
+int cli_pair_cost(const qkv_pairs *p) {
+    int s = p->longest_src, t = p->longest_tgt;
+    return p->decoder_only ? s + 1 + t : s > t + 1 ? s : t + 1;
+}
+
 static char *vocab_json(const qkv_vocab *v) {
     cJSON *a = cJSON_CreateArray();
     for (int i = 0; i < v->size; i++)

@@ -71,6 +71,9 @@ typedef struct cli_data {
 } cli_data;
 
 void cli_data_free(cli_data *d);
+/* Tokens a batch row of the longest pair of p needs in p's layout (an upper
+ * bound): max(s, t + 1) for enc-dec, s + 1 + t for decoder-only. */
+int cli_pair_cost(const qkv_pairs *p);
 /* Metadata pairs a checkpoint stores for d ("tok", "vocab.src",
  * "vocab.tgt", JSON arrays of the tokens in id order): appends up to 3 pairs
  * to keys/vals (values malloc'd; free them with free()) and returns how many.

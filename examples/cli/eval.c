@@ -138,10 +138,7 @@ int cmd_eval(int argc, char **argv) {
             cli_die("eval: --data: %s: no pair fits the model's %d positions",
                     data, m.cfg.max_len);
         qkv_batcher it;
-        int longest = d.decoder_only ? p.longest_src + p.longest_tgt + 1
-                                     : (p.longest_src > p.longest_tgt + 1
-                                            ? p.longest_src
-                                            : p.longest_tgt + 1);
+        int longest = cli_pair_cost(&p);
         int budget = batch_tokens > longest ? batch_tokens : longest;
         if (qkv_batcher_init(&it, &p, budget, err, sizeof err))
             cli_die("eval: %s", err);

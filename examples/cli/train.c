@@ -349,17 +349,15 @@ int cmd_train(int argc, char **argv) {
                             : 2 * (ls > lt + 1 ? ls : lt + 1) + 8;
         c.src_vocab = d.sv.size;
         c.tgt_vocab = d.tv.size;
-        int longest = decoder ? ls + lt + 1 : (ls > lt + 1 ? ls : lt + 1);
-        int budget = o.batch_tokens ? o.batch_tokens : o.batch * longest;
+        int budget = o.batch_tokens ? o.batch_tokens
+                                    : o.batch * cli_pair_cost(&cr.train);
         if (qkv_batcher_init(&cr.it, &cr.train, budget, err, sizeof err))
             cli_die("train: --batch-tokens: %s", err);
         if (*o.valid) {
             int side = decoder ? (c.max_len - 1) / 2 : c.max_len - 1;
             load_pairs("--valid", o.valid, &d, side, side, &cr.valid, o.quiet);
             if (cr.valid.n > o.eval_size) cr.valid.n = o.eval_size;
-            int vls = cr.valid.longest_src, vlt = cr.valid.longest_tgt;
-            int vlong =
-                decoder ? vls + vlt + 1 : (vls > vlt + 1 ? vls : vlt + 1);
+            int vlong = cli_pair_cost(&cr.valid);
             int vbudget = budget > vlong ? budget : vlong;
             if (qkv_batcher_init(&cr.vit, &cr.valid, vbudget, err, sizeof err))
                 cli_die("train: --valid: %s", err);
