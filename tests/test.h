@@ -125,4 +125,32 @@ static inline void test_misuse_all(const test_misuse *cases, int n) {
     for (int i = 0; i < n; i++) test_expect_error(cases[i].name, cases[i].want);
 }
 
+/* ---- driving the qkv program, as a user would from the shell ---- */
+
+/* Path of build/examples/qkv, next to this test's build directory. */
+static inline void test_qkv_path(char *path, size_t cap) {
+    char self[512] = {0};
+    if (readlink("/proc/self/exe", self, sizeof self - 1) > 0) {
+        char *slash = strrchr(self, '/');
+        if (slash) *slash = 0;
+        snprintf(path, cap, "%s/../examples/qkv", self);
+    }
+}
+
+/* Runs the shell command cmd, capturing stdout and stderr into out (cap
+ * bytes, NUL-terminated); returns the exit status (-1 if it did not exit). */
+static inline int test_shell(const char *cmd, char *out, size_t cap) {
+    char full[8192];
+    if (snprintf(full, sizeof full, "%s 2>&1", cmd) >= (int)sizeof full)
+        return -1;
+    FILE *p = popen(full, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    while (fgetc(p) != EOF) {
+    } /* drain what did not fit */
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 #endif

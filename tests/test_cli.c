@@ -2,7 +2,6 @@
  * user would from the shell. The program is build/examples/qkv, found next to
  * this test's build directory. */
 #include <cjson/cJSON.h>
-#include <libgen.h>
 #include <math.h>
 #include <sys/stat.h>
 
@@ -17,14 +16,9 @@ static char qkv[600], dir[64];
  */
 static int run(const char *args, char *out, size_t cap) {
     char cmd[3000];
-    if (snprintf(cmd, sizeof cmd, "'%s' %s 2>&1", qkv, args) >= (int)sizeof cmd)
+    if (snprintf(cmd, sizeof cmd, "'%s' %s", qkv, args) >= (int)sizeof cmd)
         return -1;
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return test_shell(cmd, out, cap);
 }
 
 static void test_help_lists_every_flag_with_default(void) {
@@ -571,9 +565,7 @@ static void test_bad_files_are_one_line_and_nothing_is_damaged(void) {
 
 int main(void) {
     test_prog = "cli";
-    char self[512] = {0};
-    if (readlink("/proc/self/exe", self, sizeof self - 1) > 0)
-        snprintf(qkv, sizeof qkv, "%s/../examples/qkv", dirname(self));
+    test_qkv_path(qkv, sizeof qkv);
     snprintf(dir, sizeof dir, "/tmp/qkv-cli-XXXXXX");
     if (!mkdtemp(dir)) return 1;
     RUN(test_help_lists_every_flag_with_default);

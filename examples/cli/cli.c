@@ -220,6 +220,73 @@ void cli_write_file(const char *cmd, const char *path, const char *text) {
     }
 }
 
+/* ---------------------------------------------------------------- gnuplot */
+
+int cli_have_gnuplot(void) {
+    const char *path = getenv("PATH");
+    if (!path || !*path) path = "/usr/bin:/bin";
+    for (const char *p = path; *p;) {
+        const char *end = strchr(p, ':');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        char exe[4200];
+        if (len && len < 4000) {
+            snprintf(exe, sizeof exe, "%.*s/gnuplot", (int)len, p);
+            if (access(exe, X_OK) == 0) return 1;
+        }
+        if (!end) break;
+        p = end + 1;
+    }
+    return 0;
+}
+
+void cli_gp_string(char *dst, size_t cap, const char *s) {
+    size_t n = 0;
+    if (cap < 3) QKV_CHECK(0, "gp_string: cap %zu", cap);
+    dst[n++] = '\'';
+    for (; *s && n + 3 < cap; s++) {
+        if (*s == '\'') dst[n++] = '\'';
+        dst[n++] = *s;
+    }
+    dst[n++] = '\'';
+    dst[n] = 0;
+}
+
+int cli_gnuplot(const char *cmd, const char *gp_path, const char *script) {
+    if (gp_path) {
+        FILE *f = fopen(gp_path, "w");
+        int ok = f && fputs(script, f) >= 0;
+        if (f) ok = fclose(f) == 0 && ok;
+        if (!ok) {
+            fprintf(stderr, "qkv: %s: cannot write %s: %s\n", cmd, gp_path,
+                    strerror(errno));
+            return -1;
+        }
+    }
+    if (!cli_have_gnuplot()) {
+        fprintf(stderr,
+                "qkv: %s: gnuplot is not installed (apt-get install "
+                "gnuplot-nox)%s%s\n",
+                cmd, gp_path ? "; its script is in " : "",
+                gp_path ? gp_path : "");
+        return -1;
+    }
+    fflush(stdout);
+    FILE *p = popen("gnuplot", "w");
+    if (!p) {
+        fprintf(stderr, "qkv: %s: cannot run gnuplot: %s\n", cmd,
+                strerror(errno));
+        return -1;
+    }
+    int ok = fputs(script, p) >= 0;
+    int st = pclose(p);
+    if (!ok || st != 0) {
+        fprintf(stderr, "qkv: %s: gnuplot failed%s%s\n", cmd,
+                gp_path ? " on " : "", gp_path ? gp_path : "");
+        return -1;
+    }
+    return 0;
+}
+
 /* -------------------------------------------------------------- run data */
 
 void cli_data_free(cli_data *d) {
@@ -360,6 +427,28 @@ void cli_detokenize(const cli_data *d, const int32_t *ids, int n, char **text,
         *text = qkv_realloc(*text, *cap, "text");
         qkv_detokenize(&d->tv, d->tok, ids, n, *text, *cap);
     }
+}
+
+/* The model and its data description from a checkpoint written by qkv
+ * train; any problem ends the program with one line. */
+void cli_load_model(const char *cmd, const char *path, qkv_model *m,
+                    cli_data *d) {
+    char err[512];
+    qkv_st_file meta;
+    if (!*path) cli_die("%s: --ckpt is required (a file qkv train wrote)", cmd);
+    if (qkv_ckpt_load(path, m, NULL, NULL, NULL, 0, &meta, err, sizeof err))
+        cli_die("%s: --ckpt: %s", cmd, err);
+    if (cli_data_from_meta(d, &meta, err, sizeof err))
+        cli_die("%s: --ckpt: %s: %s", cmd, path, err);
+    qkv_st_free(&meta);
+    int sv = d->corpus ? d->sv.size : d->task.vocab;
+    int tv = d->corpus ? d->tv.size : d->task.vocab;
+    int decoder = m->cfg.kind == QKV_MODEL_DECODER;
+    if ((!decoder && m->cfg.src_vocab != sv) || m->cfg.tgt_vocab != tv ||
+        decoder != d->decoder_only)
+        cli_die("%s: --ckpt: %s: the stored vocabularies (%d, %d) do not fit "
+                "the model (%d, %d)",
+                cmd, path, sv, tv, m->cfg.src_vocab, m->cfg.tgt_vocab);
 }
 
 /* ---------------------------------------------------------------- scoring */

@@ -35,7 +35,7 @@ typedef struct flag {
 } flag;
 
 /* One line "qkv: ..." on stderr and exit(2). */
-void cli_die(const char *fmt, ...) QKV_PRINTF(1, 2);
+void cli_die(const char *fmt, ...) QKV_PRINTF(1, 2) __attribute__((noreturn));
 
 /* Parses argv[first..] against flags. Arguments that do not start with "--"
  * are collected into positional (at most max_pos of them, *n_pos counts
@@ -56,6 +56,38 @@ double cli_now(void);                                 /* monotonic seconds */
 void cli_make_dirs(const char *cmd, const char *dir); /* mkdir -p */
 /* Writes path atomically (temp file + rename): never half a file. */
 void cli_write_file(const char *cmd, const char *path, const char *text);
+
+/* ---------------------------------------------------------------- gnuplot */
+
+/* Pictures are drawn by gnuplot (Debian gnuplot-nox), fed a script through a
+ * pipe; the script is also written to gp_path, beside the picture, so users
+ * can restyle and re-run it (gnuplot FILE.gp). Returns 0, or -1 after one
+ * line on stderr: gnuplot missing ("... apt-get install gnuplot-nox"; the
+ * script is still written) or failing. Output to the terminal (set terminal
+ * dumb) goes to stdout. */
+int cli_gnuplot(const char *cmd, const char *gp_path, const char *script);
+/* 1 if a gnuplot program is on the PATH. */
+int cli_have_gnuplot(void);
+/* s as a gnuplot single-quoted string ('it''s'), into dst (cap bytes). */
+void cli_gp_string(char *dst, size_t cap, const char *s);
+
+/* Loss-curve plots of training logs (plot.c): train loss raw (faint) and
+ * smoothed, validation loss, and validation exact match on a second axis,
+ * one colour per run, labelled. */
+typedef struct cli_plot_opts {
+    const char *out;   /* picture path (.png or .svg); NULL or "": terminal */
+    const char *term;  /* "png", "svg", "dumb", or NULL: from out */
+    const char *x;     /* "step", "tokens" or "seconds" */
+    int logy;          /* log-scale loss axis */
+    const char *title; /* NULL: none */
+} cli_plot_opts;
+
+/* Plots the n log.csv files logs (labels: one per run, NULL: the run's
+ * directory name) and writes the script beside the picture (OUT.gp; for the
+ * terminal, gp_dir/loss.gp when the caller has somewhere to put it, else
+ * none). Returns 0 or -1 (one line printed). */
+int cli_plot_logs(const char *cmd, const char *const *logs,
+                  const char *const *labels, int n, const cli_plot_opts *o);
 
 /* ------------------------------------------------------------- run data */
 
@@ -88,6 +120,12 @@ int cli_data_from_meta(cli_data *d, const qkv_st_file *meta, char *err,
  * of *cap bytes that grows as needed (start with NULL, 0). */
 void cli_detokenize(const cli_data *d, const int32_t *ids, int n, char **text,
                     size_t *cap);
+
+/* Loads the checkpoint at path (written by qkv train): builds *m and *d
+ * (free with qkv_model_free and cli_data_free). Any problem ends the
+ * program with one line naming the file ("qkv: CMD: --ckpt: ..."). */
+void cli_load_model(const char *cmd, const char *path, qkv_model *m,
+                    cli_data *d);
 
 /* Sums over an evaluation set; cli_scores_* turn them into figures. */
 typedef struct cli_scores {

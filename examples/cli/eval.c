@@ -13,28 +13,6 @@
 
 #include "cli.h"
 
-/* The model and its data description from a checkpoint written by qkv
- * train; any problem ends the program with one line. */
-static void load_model(const char *cmd, const char *path, qkv_model *m,
-                       cli_data *d) {
-    char err[512];
-    qkv_st_file meta;
-    if (!*path) cli_die("%s: --ckpt is required (a file qkv train wrote)", cmd);
-    if (qkv_ckpt_load(path, m, NULL, NULL, NULL, 0, &meta, err, sizeof err))
-        cli_die("%s: --ckpt: %s", cmd, err);
-    if (cli_data_from_meta(d, &meta, err, sizeof err))
-        cli_die("%s: --ckpt: %s: %s", cmd, path, err);
-    qkv_st_free(&meta);
-    int sv = d->corpus ? d->sv.size : d->task.vocab;
-    int tv = d->corpus ? d->tv.size : d->task.vocab;
-    int decoder = m->cfg.kind == QKV_MODEL_DECODER;
-    if ((!decoder && m->cfg.src_vocab != sv) || m->cfg.tgt_vocab != tv ||
-        decoder != d->decoder_only)
-        cli_die("%s: --ckpt: %s: the stored vocabularies (%d, %d) do not fit "
-                "the model (%d, %d)",
-                cmd, path, sv, tv, m->cfg.src_vocab, m->cfg.tgt_vocab);
-}
-
 /* Longest source and target (in tokens) whose layout fits the model's
  * positions. */
 static void side_limits(const qkv_model *m, int *max_src, int *max_tgt) {
@@ -76,7 +54,7 @@ int cmd_eval(int argc, char **argv) {
     if (threads) qkv_set_threads(threads);
     qkv_model m;
     cli_data d;
-    load_model("eval", ckpt, &m, &d);
+    cli_load_model("eval", ckpt, &m, &d);
     if (beam > 1 && d.decoder_only)
         cli_die("eval: --beam needs an encoder-decoder model");
     if (d.corpus && !*data)
@@ -282,7 +260,7 @@ int cmd_decode(int argc, char **argv) {
     if (threads) qkv_set_threads(threads);
     qkv_model m;
     cli_data d;
-    load_model("decode", ckpt, &m, &d);
+    cli_load_model("decode", ckpt, &m, &d);
     if (beam > 1 && d.decoder_only)
         cli_die("decode: --beam needs an encoder-decoder model (use --temp "
                 "and --top-k to sample)");

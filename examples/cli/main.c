@@ -13,6 +13,10 @@
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_decode(int argc, char **argv);
+int cmd_plot(int argc, char **argv);
+int cmd_sweep(int argc, char **argv);
+int cmd_attn(int argc, char **argv);
+int cmd_explain(int argc, char **argv);
 
 static const struct {
     const char *name;
@@ -24,6 +28,10 @@ static const struct {
      "loss, perplexity, token accuracy, exact match and BLEU of a checkpoint"},
     {"decode", cmd_decode,
      "translate text (or continue it, decoder-only) with a checkpoint"},
+    {"plot", cmd_plot, "loss curves of one or more runs (gnuplot)"},
+    {"sweep", cmd_sweep, "train a grid of N x h and compare the runs"},
+    {"attn", cmd_attn, "heatmaps of every attention layer and head"},
+    {"explain", cmd_explain, "attention step by step on a tiny example"},
 };
 
 static void usage(FILE *f) {
