@@ -1,8 +1,540 @@
-/* sweep.c - `qkv sweep` (being written). */
+/* sweep.c - `qkv sweep`: train a grid of N (layers) x h (heads) and compare.
+ *
+ *   qkv sweep --N 1,2,4 --h 1,2,4,8 --task reverse --steps 600
+ *   qkv sweep --N 1,2 --h 1,4,16 --data data/corpora/grammar/train.tsv \
+ *             --valid data/corpora/grammar/valid.tsv --metric val_bleu
+ *
+ * Every cell is one `qkv train` run (this same program, started as a child)
+ * in OUT/N<n>-h<h>/, with the same data, seed and budget; only N and h
+ * change. By default d_model stays fixed, so d_k = d_model / h shrinks as h
+ * grows and the cost of attention stays the same: the paper's Table 3 row A
+ * (Vaswani et al. 2017). --d-k K instead fixes d_k and sets d_model = h K.
+ *
+ * Results go to OUT/sweep.csv (rewritten after every cell), an aligned table
+ * sorted by --metric, OUT/loss.png (every cell's curves overlaid) and
+ * OUT/heatmap.png (the metric over N x h), each with its gnuplot script.
+ * Run the same command again after an interruption: finished cells are
+ * skipped and an interrupted one resumes from its checkpoint.
+ */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "cli.h"
 
+enum { MAX_VALUES = 16, MAX_PASS = 128 };
+
+/* The final figures of one cell. */
+typedef struct cell {
+    int N, h, d_model, done;
+    long params;
+    double train_loss, val_loss, val_acc, val_bleu, seconds, tok_per_s;
+} cell;
+
+/* "1,2,4" -> values; one line and exit 2 if it is not a list of positive
+ * integers. */
+static int parse_list(const char *flag_name, const char *s, int *v) {
+    int n = 0;
+    for (const char *p = s;;) {
+        char *end;
+        errno = 0;
+        long x = strtol(p, &end, 10);
+        if (end == p || errno || x < 1 || x > 4096 || (*end && *end != ','))
+            cli_die("sweep: --%s wants a list of positive integers like "
+                    "1,2,4, got '%s'",
+                    flag_name, s);
+        if (n == MAX_VALUES)
+            cli_die("sweep: --%s has more than %d values", flag_name,
+                    MAX_VALUES);
+        for (int i = 0; i < n; i++)
+            if (v[i] == x) cli_die("sweep: --%s repeats %ld", flag_name, x);
+        v[n++] = (int)x;
+        if (!*end) break;
+        p = end + 1;
+    }
+    return n;
+}
+
+/* The last rows of a cell's log.csv: train loss averaged over the last
+ * (up to) 50 steps, the last validation figures, seconds and tokens/s. */
+static int read_results(const char *path, cell *c) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char line[1024];
+    enum { TAIL = 50 };
+    double tail[TAIL];
+    int rows = 0;
+    double step = 0, tokens = 0, secs = 0;
+    c->val_loss = c->val_acc = c->val_bleu = NAN;
+    if (!fgets(line, sizeof line, f)) {
+        fclose(f);
+        return -1;
+    }
+    while (fgets(line, sizeof line, f)) {
+        double col[8];
+        char *s = line;
+        for (int i = 0; i < 8; i++) {
+            col[i] = *s && *s != ',' && *s != '\n' ? atof(s) : NAN;
+            s = strchr(s, ',');
+            if (!s) {
+                for (int k = i + 1; k < 8; k++) col[k] = NAN;
+                break;
+            }
+            s++;
+        }
+        step = col[0], tokens = col[1], secs = col[2];
+        tail[rows++ % TAIL] = col[4];
+        if (!isnan(col[5])) c->val_loss = col[5], c->val_acc = col[6];
+        if (!isnan(col[7])) c->val_bleu = col[7];
+    }
+    fclose(f);
+    if (rows == 0) return -1;
+    int k = rows < TAIL ? rows : TAIL;
+    double sum = 0;
+    for (int i = 0; i < k; i++) sum += tail[i];
+    c->train_loss = sum / k;
+    c->seconds = secs;
+    c->tok_per_s = secs > 0 ? tokens / secs : NAN;
+    (void)step;
+    return 0;
+}
+
+static const char *metric_names[] = {"val_loss", "val_acc", "val_bleu",
+                                     "train_loss"};
+
+static double metric_of(const cell *c, int metric) {
+    switch (metric) {
+    case 0:
+        return c->val_loss;
+    case 1:
+        return c->val_acc;
+    case 2:
+        return c->val_bleu;
+    default:
+        return c->train_loss;
+    }
+}
+
+static int sort_metric; /* for cmp_cells */
+static int cmp_cells(const void *a, const void *b) {
+    double x = metric_of(a, sort_metric), y = metric_of(b, sort_metric);
+    int lower = sort_metric == 0 || sort_metric == 3; /* losses */
+    if (isnan(x) || isnan(y)) return isnan(x) - isnan(y);
+    if (x == y) return 0;
+    return (x < y) == lower ? -1 : 1;
+}
+
+/* A number for a CSV or table: empty / "-" when there is none. */
+static void fmt(char *buf, size_t cap, double v, const char *f, int csv) {
+    if (isnan(v))
+        snprintf(buf, cap, "%s", csv ? "" : "-");
+    else
+        snprintf(buf, cap, f, v);
+}
+
+static void write_csv(const char *path, const cell *cells, int n) {
+    size_t cap = 256 + (size_t)n * 256, len = 0;
+    char *text = qkv_malloc(cap, "sweep.csv");
+    len += (size_t)snprintf(text + len, cap - len,
+                            "N,h,d_model,d_k,params,train_loss,val_loss,"
+                            "val_acc,val_bleu,seconds,tokens_per_s\n");
+    for (int i = 0; i < n; i++) {
+        const cell *c = &cells[i];
+        if (!c->done) continue;
+        char v[6][32];
+        fmt(v[0], 32, c->train_loss, "%.6f", 1);
+        fmt(v[1], 32, c->val_loss, "%.6f", 1);
+        fmt(v[2], 32, c->val_acc, "%.4f", 1);
+        fmt(v[3], 32, c->val_bleu, "%.2f", 1);
+        fmt(v[4], 32, c->seconds, "%.3f", 1);
+        fmt(v[5], 32, c->tok_per_s, "%.0f", 1);
+        len += (size_t)snprintf(text + len, cap - len,
+                                "%d,%d,%d,%d,%ld,%s,%s,%s,%s,%s,%s\n", c->N,
+                                c->h, c->d_model, c->d_model / c->h, c->params,
+                                v[0], v[1], v[2], v[3], v[4], v[5]);
+    }
+    cli_write_file("sweep", path, text);
+    free(text);
+}
+
+static void print_table(const cell *cells, int n, int metric) {
+    cell *s = qkv_malloc((size_t)n * sizeof *s, "table");
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (cells[i].done) s[k++] = cells[i];
+    sort_metric = metric;
+    qsort(s, (size_t)k, sizeof *s, cmp_cells);
+    printf("\n%3s %3s %7s %4s %9s %10s %9s %8s %8s %8s %9s   (sorted by %s)\n",
+           "N", "h", "d_model", "d_k", "params", "train_loss", "val_loss",
+           "val_acc", "val_bleu", "seconds", "tokens/s", metric_names[metric]);
+    for (int i = 0; i < k; i++) {
+        const cell *c = &s[i];
+        char v[6][32];
+        fmt(v[0], 32, c->train_loss, "%.4f", 0);
+        fmt(v[1], 32, c->val_loss, "%.4f", 0);
+        fmt(v[2], 32, 100 * c->val_acc, "%.1f%%", 0);
+        fmt(v[3], 32, c->val_bleu, "%.2f", 0);
+        fmt(v[4], 32, c->seconds, "%.1f", 0);
+        fmt(v[5], 32, c->tok_per_s, "%.0f", 0);
+        printf("%3d %3d %7d %4d %9ld %10s %9s %8s %8s %8s %9s\n", c->N, c->h,
+               c->d_model, c->d_model / c->h, c->params, v[0], v[1], v[2], v[3],
+               v[4], v[5]);
+    }
+    free(s);
+}
+
+/* The heatmap of the metric over N (rows) x h (columns), with the values
+ * written in the cells. */
+static int draw_heatmap(const char *out, const cell *cells, const int *Ns,
+                        int nN, const int *hs, int nh, int metric,
+                        const char *term) {
+    char dat[4200], gp[4200], png[4200];
+    snprintf(dat, sizeof dat, "%s/heatmap.dat", out);
+    snprintf(gp, sizeof gp, "%s/heatmap.gp", out);
+    snprintf(png, sizeof png, "%s/heatmap.%s", out,
+             strcmp(term, "svg") == 0 ? "svg" : "png");
+    FILE *f = fopen(dat, "w");
+    if (!f) {
+        fprintf(stderr, "qkv: sweep: cannot write %s: %s\n", dat,
+                strerror(errno));
+        return -1;
+    }
+    fprintf(f, "# h_index N_index %s h N\n", metric_names[metric]);
+    for (int i = 0; i < nN; i++) {
+        for (int j = 0; j < nh; j++) {
+            const cell *c = &cells[i * nh + j];
+            double v = c->done ? metric_of(c, metric) : NAN;
+            if (metric == 1 && !isnan(v)) v *= 100;
+            if (isnan(v))
+                fprintf(f, "%d %d NaN %d %d\n", j, i, hs[j], Ns[i]);
+            else
+                fprintf(f, "%d %d %.6g %d %d\n", j, i, v, hs[j], Ns[i]);
+        }
+        fputc('\n', f);
+    }
+    if (fclose(f)) return -1;
+    char xt[1024] = "", yt[1024] = "", q_dat[4300], q_png[4300];
+    size_t n = 0;
+    for (int j = 0; j < nh && n < sizeof xt - 32; j++)
+        n += (size_t)snprintf(xt + n, sizeof xt - n, "%s\"%d\" %d",
+                              j ? ", " : "", hs[j], j);
+    n = 0;
+    for (int i = 0; i < nN && n < sizeof yt - 32; i++)
+        n += (size_t)snprintf(yt + n, sizeof yt - n, "%s\"%d\" %d",
+                              i ? ", " : "", Ns[i], i);
+    cli_gp_string(q_dat, sizeof q_dat, "heatmap.dat");
+    cli_gp_string(q_png, sizeof q_png, strrchr(png, '/') + 1);
+    const char *label = metric == 1 ? "%.1f" : metric == 2 ? "%.1f" : "%.3f";
+    char script[20000];
+    const char *terminal =
+        strcmp(term, "dumb") == 0 ? "set terminal dumb size 80,25\n"
+        : strcmp(term, "svg") == 0
+            ? "set terminal svg size 640,480 noenhanced\n"
+            : "set terminal pngcairo size 640,480 noenhanced\n";
+    snprintf(script, sizeof script,
+             "# qkv sweep: %s over N x h (run: gnuplot heatmap.gp in this "
+             "directory)\n"
+             "%s%s%s%s"
+             "set title 'final %s over layers N and heads h'\n"
+             "set xlabel 'heads h'\nset ylabel 'layers N'\n"
+             "set xtics (%s)\nset ytics (%s)\n"
+             "set xrange [-0.5:%d.5]\nset yrange [-0.5:%d.5]\n"
+             "set palette defined (0 '#f7fbff', 1 '#c6dbef', 2 '#6baed6')\n"
+             "set cblabel '%s'\nunset key\n"
+             "set style fill solid noborder\n"
+             "plot %s using 1:2:(0.5):(0.5):3 with boxxyerror fc palette, "
+             "\\\n"
+             "     %s using 1:2:(sprintf('%s', $3)) with labels\n",
+             metric_names[metric], terminal,
+             strcmp(term, "dumb") == 0 ? "" : "set output ",
+             strcmp(term, "dumb") == 0 ? "" : q_png,
+             strcmp(term, "dumb") == 0 ? "" : "\n", metric_names[metric], xt,
+             yt, nh - 1, nN - 1,
+             metric == 1 ? "val_acc (%)" : metric_names[metric], q_dat, q_dat,
+             label);
+    /* gnuplot reads heatmap.dat relative to its working directory: run it
+     * in OUT, as a user re-running the script would. */
+    char cwd[4200];
+    if (!getcwd(cwd, sizeof cwd) || chdir(out)) return -1;
+    int rc = cli_gnuplot("sweep", "heatmap.gp", script);
+    if (chdir(cwd)) cli_die("sweep: cannot return to %s", cwd);
+    if (rc == 0 && strcmp(term, "dumb") != 0)
+        printf("heatmap: %s (script %s)\n", png, gp);
+    return rc;
+}
+
+static volatile sig_atomic_t interrupted;
+static volatile pid_t child; /* the cell's qkv train, while it runs */
+static void on_sigint(int sig) {
+    (void)sig;
+    interrupted = 1;
+    if (child > 0) kill(child, SIGINT); /* it saves and stops */
+}
+
+/* Runs `qkv train ARGS` (this program) and returns its exit status;
+ * silent: its stdout goes to /dev/null (errors still show). */
+static int run_train(char **args, int silent) {
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) cli_die("sweep: fork failed: %s", strerror(errno));
+    if (pid == 0) {
+        signal(SIGINT, SIG_DFL);
+        if (silent && !freopen("/dev/null", "w", stdout)) _exit(127);
+        execv("/proc/self/exe", args);
+        fprintf(stderr, "qkv: sweep: cannot run %s: %s\n", args[0],
+                strerror(errno));
+        _exit(127);
+    }
+    child = pid;
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR) cli_die("sweep: waitpid: %s", strerror(errno));
+    child = 0;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
 int cmd_sweep(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    cli_die("sweep: not built yet");
+    const char *Nlist = "1,2", *hlist = "1,2,4", *metric_s = "val_loss",
+               *out = "runs/sweep", *term = "png";
+    int d_k = 0, keep_dk = 0, fixed_compute = 0;
+    const flag flags[] = {
+        {"N", FLAG_STR, &Nlist, NULL, "layer counts, comma-separated"},
+        {"h", FLAG_STR, &hlist, NULL, "head counts, comma-separated"},
+        {"fixed-compute", FLAG_BOOL, &fixed_compute, NULL,
+         "keep d_model, so d_k = d_model/h (Table 3 row A; the default)"},
+        {"keep-dk", FLAG_BOOL, &keep_dk, NULL, "the same as --fixed-compute"},
+        {"d-k", FLAG_INT, &d_k, NULL,
+         "instead fix d_k and set d_model = h x d_k (0: off)"},
+        {"metric", FLAG_STR, &metric_s, "val_loss|val_acc|val_bleu|train_loss",
+         "what the table is sorted by and the heatmap shows"},
+        {"out", FLAG_STR, &out, NULL,
+         "sweep directory (a run per cell, sweep.csv, pictures)"},
+        {"term", FLAG_STR, &term, "png|svg|dumb", "picture format"},
+    };
+    int nf = (int)(sizeof flags / sizeof flags[0]);
+    /* Our flags are parsed here; every other flag goes to qkv train. */
+    char *own[64], *pass[MAX_PASS];
+    int n_own = 0, n_pass = 0;
+    own[n_own++] = argv[0];
+    own[n_own++] = argv[1];
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        const flag *f = NULL;
+        for (int k = 0; k < nf && !f; k++)
+            if (strncmp(a, "--", 2) == 0 && strcmp(a + 2, flags[k].name) == 0)
+                f = &flags[k];
+        int is_help = strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0;
+        int takes_value =
+            f ? f->type != FLAG_BOOL : strcmp(a, "--quiet") != 0 && !is_help;
+        char **dst = f || is_help ? own : pass;
+        int *nd = f || is_help ? &n_own : &n_pass;
+        if (!f && !is_help && strncmp(a, "--", 2) != 0)
+            cli_die("sweep: unexpected argument '%s'", a);
+        if (!f && !is_help &&
+            (strcmp(a, "--resume") == 0 || strcmp(a, "--N-enc") == 0 ||
+             strcmp(a, "--N-dec") == 0))
+            cli_die(
+                "sweep: %s cannot be given to a sweep (it sets it per cell)",
+                a);
+        if (*nd >= (dst == own ? 60 : MAX_PASS - 8))
+            cli_die("sweep: too many arguments");
+        dst[(*nd)++] = argv[i];
+        if (takes_value) {
+            if (i + 1 >= argc) cli_die("sweep: %s needs a value", a);
+            dst[(*nd)++] = argv[++i];
+        }
+    }
+    cli_parse("sweep",
+              "--N 1,2,4 --h 1,2,4,8 [--metric M] [--out DIR] [any qkv train "
+              "flag]",
+              flags, nf, n_own, own, 2, NULL, 0, NULL);
+    int Ns[MAX_VALUES], hs[MAX_VALUES];
+    int nN = parse_list("N", Nlist, Ns), nh = parse_list("h", hlist, hs);
+    int metric = 0;
+    while (strcmp(metric_names[metric], metric_s)) metric++;
+    if (d_k < 0) cli_die("sweep: --d-k must be >= 0, got %d", d_k);
+    if (d_k && (keep_dk || fixed_compute))
+        cli_die("sweep: --d-k and --fixed-compute contradict each other");
+    /* the d_model the cells share: qkv train's default or --d-model */
+    int d_model = 64;
+    for (int i = 0; i + 1 < n_pass; i++)
+        if (strcmp(pass[i], "--d-model") == 0) d_model = atoi(pass[i + 1]);
+    for (int j = 0; j < nh && !d_k; j++)
+        if (d_model % hs[j])
+            cli_die("sweep: h = %d does not divide d_model = %d (pick heads "
+                    "that divide it, or fix d_k with --d-k)",
+                    hs[j], d_model);
+
+    /* Every cell's flags are checked (qkv train --dry-run) before anything
+     * is written, so a typo costs nothing. */
+    for (int i = 0; i < nN; i++)
+        for (int j = 0; j < nh; j++) {
+            char N[16], h[16], dm[16], *args[MAX_PASS + 16];
+            snprintf(N, sizeof N, "%d", Ns[i]);
+            snprintf(h, sizeof h, "%d", hs[j]);
+            snprintf(dm, sizeof dm, "%d", d_k ? hs[j] * d_k : d_model);
+            int na = 0;
+            args[na++] = argv[0];
+            args[na++] = "train";
+            for (int q = 0; q < n_pass; q++) args[na++] = pass[q];
+            char *more[] = {"--N", N, "--h", h, "--d-model", dm, "--dry-run"};
+            for (int q = 0; q < 7; q++) args[na++] = more[q];
+            args[na] = NULL;
+            int rc = run_train(args, 1);
+            if (rc != 0)
+                cli_die("sweep: the cell N=%d h=%d cannot run (see above)",
+                        Ns[i], hs[j]);
+        }
+
+    /* The sweep's settings: a re-run must match them to continue. */
+    cJSON *js = cJSON_CreateObject();
+    cJSON_AddStringToObject(js, "N", Nlist);
+    cJSON_AddStringToObject(js, "h", hlist);
+    cJSON_AddNumberToObject(js, "d_k", d_k);
+    cJSON *pa = cJSON_AddArrayToObject(js, "train");
+    for (int i = 0; i < n_pass; i++)
+        if (strcmp(pass[i], "--threads") && strcmp(pass[i], "--quiet") &&
+            (i == 0 || strcmp(pass[i - 1], "--threads")))
+            cJSON_AddItemToArray(pa, cJSON_CreateString(pass[i]));
+    char *settings = cJSON_Print(js);
+    cJSON_Delete(js);
+    if (strlen(out) > 4000) cli_die("sweep: --out path is too long");
+    char path[4400];
+    snprintf(path, sizeof path, "%s/sweep.json", out);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        char buf[65536];
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        buf[n] = 0;
+        fclose(f);
+        if (strcmp(buf, settings) != 0)
+            cli_die("sweep: %s holds a sweep with other settings (see %s); "
+                    "use another --out",
+                    out, path);
+    }
+    cli_make_dirs("sweep", out);
+    cli_write_file("sweep", path, settings);
+
+    int n = nN * nh;
+    cell *cells = qkv_calloc((size_t)n, sizeof *cells, "sweep");
+    char **logs = qkv_calloc((size_t)n, sizeof *logs, "sweep");
+    char **labels = qkv_calloc((size_t)n, sizeof *labels, "sweep");
+    signal(SIGINT, on_sigint);
+    int quiet_child = !isatty(1);
+    for (int i = 0; i < nN && !interrupted; i++) {
+        for (int j = 0; j < nh && !interrupted; j++) {
+            cell *c = &cells[i * nh + j];
+            c->N = Ns[i], c->h = hs[j];
+            c->d_model = d_k ? hs[j] * d_k : d_model;
+            char dir[4200], done[4300], ckpt[4300], N[16], h[16], dm[16];
+            snprintf(dir, sizeof dir, "%s/N%d-h%d", out, c->N, c->h);
+            snprintf(done, sizeof done, "%s/done", dir);
+            snprintf(ckpt, sizeof ckpt, "%s/ckpt.safetensors", dir);
+            snprintf(N, sizeof N, "%d", c->N);
+            snprintf(h, sizeof h, "%d", c->h);
+            snprintf(dm, sizeof dm, "%d", c->d_model);
+            int k = i * nh + j;
+            printf("[%d/%d] N=%d h=%d d_model=%d d_k=%d", k + 1, n, c->N, c->h,
+                   c->d_model, c->d_model / c->h);
+            struct stat st;
+            int rc = 0;
+            if (stat(done, &st) == 0) {
+                printf(": done before\n");
+            } else {
+                char *args[MAX_PASS + 16];
+                int na = 0;
+                args[na++] = argv[0];
+                args[na++] = "train";
+                if (stat(ckpt, &st) == 0) { /* interrupted: continue it */
+                    printf(": resuming\n");
+                    args[na++] = "--resume";
+                    args[na++] = dir;
+                    for (int q = 0; q + 1 < n_pass; q++)
+                        if (strcmp(pass[q], "--threads") == 0)
+                            args[na++] = pass[q], args[na++] = pass[q + 1];
+                } else {
+                    printf("\n");
+                    for (int q = 0; q < n_pass; q++) args[na++] = pass[q];
+                    args[na++] = "--N";
+                    args[na++] = N;
+                    args[na++] = "--h";
+                    args[na++] = h;
+                    args[na++] = "--d-model";
+                    args[na++] = dm;
+                    args[na++] = "--out";
+                    args[na++] = dir;
+                }
+                if (quiet_child) args[na++] = "--quiet";
+                args[na] = NULL;
+                rc = run_train(args, 0);
+                if (rc == 0) cli_write_file("sweep", done, "");
+            }
+            if (rc == 130 || interrupted) {
+                interrupted = 1;
+                break;
+            }
+            if (rc != 0)
+                cli_die("sweep: the run in %s failed (exit %d); fix the "
+                        "flags and run the sweep again",
+                        dir, rc);
+            snprintf(path, sizeof path, "%s/log.csv", dir);
+            if (read_results(path, c))
+                cli_die("sweep: cannot read the results in %s", path);
+            qkv_model m;
+            cli_data d;
+            cli_load_model("sweep", ckpt, &m, &d);
+            c->params = (long)m.params.n;
+            qkv_model_free(&m);
+            cli_data_free(&d);
+            c->done = 1;
+            logs[k] = qkv_malloc(strlen(path) + 1, "sweep");
+            strcpy(logs[k], path);
+            labels[k] = qkv_malloc(32, "sweep");
+            snprintf(labels[k], 32, "N=%d h=%d", c->N, c->h);
+            printf("      train loss %.4f  val loss %.4f  exact %.1f%%",
+                   c->train_loss, c->val_loss, 100 * c->val_acc);
+            if (!isnan(c->val_bleu)) printf("  BLEU %.2f", c->val_bleu);
+            printf("  %.1f s\n", c->seconds);
+            snprintf(path, sizeof path, "%s/sweep.csv", out);
+            write_csv(path, cells, n);
+        }
+    }
+    snprintf(path, sizeof path, "%s/sweep.csv", out);
+    write_csv(path, cells, n);
+    print_table(cells, n, metric);
+    printf("results: %s\n", path);
+    int rc = 0;
+    if (interrupted) {
+        fprintf(stderr, "qkv: sweep interrupted; run the same command again to "
+                        "continue (finished cells are kept)\n");
+        rc = 130;
+    } else {
+        const char *ls[MAX_VALUES * MAX_VALUES], *lb[MAX_VALUES * MAX_VALUES];
+        for (int k = 0; k < n; k++) ls[k] = logs[k], lb[k] = labels[k];
+        char png[4200];
+        snprintf(png, sizeof png, "%s/loss.%s", out,
+                 strcmp(term, "svg") == 0 ? "svg" : "png");
+        cli_plot_opts po = {strcmp(term, "dumb") == 0 ? "" : png, term, "step",
+                            0, "qkv sweep: N x h"};
+        int p1 = cli_plot_logs("sweep", ls, lb, n, &po);
+        int p2 = draw_heatmap(out, cells, Ns, nN, hs, nh, metric, term);
+        if (p1 == 0 && strcmp(term, "dumb") != 0)
+            printf("loss curves: %s\n", png);
+        (void)p2;
+    }
+    for (int k = 0; k < n; k++) {
+        free(logs[k]);
+        free(labels[k]);
+    }
+    free(logs);
+    free(labels);
+    free(cells);
+    free(settings);
+    return rc;
 }

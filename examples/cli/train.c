@@ -59,7 +59,7 @@ typedef struct train_opts {
     int N, n_enc, n_dec, h, d_model, d_ff;
     float dropout, label_smoothing, lr, clip, weight_decay;
     int warmup, batch, steps, seed, threads, eval_every, eval_size, quiet;
-    int save_every;
+    int save_every, plot, dry_run;
 } train_opts;
 
 /* Non-pad tokens of a batch, source and target. */
@@ -222,7 +222,11 @@ int cmd_train(int argc, char **argv) {
          "steps between checkpoints (0: only at the end)"},
         {"resume", FLAG_STR, &o.resume, NULL,
          "continue the run in this directory where it stopped"},
+        {"plot", FLAG_BOOL, &o.plot, NULL,
+         "draw DIR/loss.png at every validation and at the end (gnuplot)"},
         {"quiet", FLAG_BOOL, &o.quiet, NULL, "print only the final line"},
+        {"dry-run", FLAG_BOOL, &o.dry_run, NULL,
+         "check the flags and data, print the model's size, write nothing"},
     };
     int nf = (int)(sizeof flags / sizeof flags[0]);
     const char *usage = "[--task T | --data TRAIN.tsv --valid VALID.tsv] "
@@ -236,8 +240,8 @@ int cmd_train(int argc, char **argv) {
     char err[512], ckpt_path[4200];
     cli_data d = {0};
     if (*o.resume) {
-        const char *keep[] = {"resume", "threads", "quiet",
-                              "steps",  "epochs",  "save-every"};
+        const char *keep[] = {"resume", "threads",    "quiet", "steps",
+                              "epochs", "save-every", "plot"};
         for (int i = 2; i < argc; i++) {
             if (strncmp(argv[i], "--", 2) != 0) continue;
             int ok = 0;
@@ -444,6 +448,13 @@ int cmd_train(int argc, char **argv) {
     }
 
     if (strlen(o.out) > 4000) cli_die("train: --out path is too long");
+    if (o.dry_run) { /* every check above passed; write nothing */
+        printf("qkv train --dry-run: %s, %s N=%d+%d h=%d d_model=%d, %zu "
+               "parameters, %d steps: the flags and data are fine\n",
+               corpus ? o.data : o.task, o.model, c.n_enc, c.n_dec, c.heads,
+               c.d_model, m.params.n, o.steps);
+        exit(0);
+    }
     cli_make_dirs("train", o.out);
     char path[4200];
     snprintf(ckpt_path, sizeof ckpt_path, "%s/ckpt.safetensors", o.out);
@@ -548,6 +559,15 @@ int cmd_train(int argc, char **argv) {
             if (qkv_ckpt_save(ckpt_path, &m, &opt, step, rngs, 1, keys, vals,
                               5 + n_dmeta, err, sizeof err))
                 cli_die("train: %s", err);
+        }
+        if (o.plot && (report || interrupted)) {
+            char png[4300];
+            const char *logs[1] = {path};
+            snprintf(png, sizeof png, "%s/loss.png", o.out);
+            cli_plot_opts po = {png, "png", "step", 0, NULL};
+            fflush(log);
+            if (cli_plot_logs("train", logs, NULL, 1, &po))
+                o.plot = 0; /* said once; training goes on */
         }
         if (interrupted) break;
         if (o.quiet) continue;
