@@ -91,11 +91,8 @@ $(BUILD)/examples/qkv: $(QKV_OBJ) $(LIB)
 # The main job: train the copy task (~10 s), plot its loss curve, decode.
 demo: $(BUILD)/examples/qkv
 	$(BUILD)/examples/qkv train --task copy --steps 800 --out runs/copy
-	@if command -v gnuplot >/dev/null; then \
-	    gnuplot -c examples/loss.gp runs/copy/log.csv runs/copy/loss.png && \
-	    gnuplot -c examples/loss.gp runs/copy/log.csv dumb && \
-	    echo "plotted runs/copy/loss.png"; \
-	else echo "gnuplot is not installed (apt-get install gnuplot-nox): the curve is in runs/copy/log.csv"; fi
+	-$(BUILD)/examples/qkv plot runs/copy --term dumb
+	-$(BUILD)/examples/qkv plot runs/copy
 	@echo 'qkv decode --ckpt runs/copy/ckpt.safetensors "3 9 4 4 10 2 7 5 8 6"'
 	@$(BUILD)/examples/qkv decode --ckpt runs/copy/ckpt.safetensors "3 9 4 4 10 2 7 5 8 6"
 

@@ -1,8 +1,468 @@
-/* attn.c - `qkv attn` (being written). */
+/* attn.c - `qkv attn`: heatmaps of every attention layer and head of a
+ * checkpoint on one input.
+ *
+ * The input is decoded greedily, then run once more through the model
+ * teacher-forced (decoder input: bos and the output, without its eos; for a
+ * decoder-only model the one sequence x bos y) to collect the weights:
+ *   encoder self-attention   (n_enc, H, S, S)  rows and columns: the source
+ *   decoder self-attention   (n_dec, H, T, T)  rows and columns: bos + output
+ *   decoder cross-attention  (n_dec, H, T, S)  rows: bos + output, columns:
+ *                                              the source
+ * Row t of a decoder map is the step that read token t and predicted token
+ * t + 1. One panel per layer and head, in one picture (gnuplot multiplot):
+ * a row of panels per layer (encoder layers, then decoder self, then
+ * decoder cross), a column per head, one shared colour scale 0..1. Beside
+ * OUT.png go OUT.gp (the script; `gnuplot OUT.gp` redraws it) and OUT.dat
+ * (the weights, one `matrix` block per panel: `index i` is panel i).
+ *
+ *   qkv attn --ckpt runs/grammar/ckpt.safetensors "we see a dog ." -o a.png
+ *   qkv attn --ckpt runs/copy/ckpt.safetensors "3 4 5" --term dumb --layer 1
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "cli.h"
 
+enum { K_ENC, K_SELF, K_CROSS, K_N };
+static const char *const kind_name[K_N] = {"encoder", "decoder self",
+                                           "decoder cross"};
+static const char *const kind_flag[K_N] = {"enc", "self", "cross"};
+
+/* One heatmap: the weights of one head of one attention layer. */
+typedef struct panel {
+    int kind, layer, head; /* 0-based */
+    int rows, cols;
+    const float *w;      /* (rows, cols): rows are queries, columns keys */
+    char **ylab, **xlab; /* (rows), (cols) token labels */
+} panel;
+
+/* ----------------------------------------------------------- text buffers */
+
+typedef struct sbuf {
+    char *s;
+    size_t n, cap;
+} sbuf;
+
+static void sb_printf(sbuf *b, const char *fmt, ...) QKV_PRINTF(2, 3);
+static void sb_printf(sbuf *b, const char *fmt, ...) {
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int k = vsnprintf(b->s ? b->s + b->n : NULL, b->s ? b->cap - b->n : 0,
+                          fmt, ap);
+        va_end(ap);
+        QKV_CHECK(k >= 0, "attn: bad format");
+        if (b->s && b->n + (size_t)k < b->cap) {
+            b->n += (size_t)k;
+            return;
+        }
+        b->cap = 2 * (b->n + (size_t)k + 1) + 256;
+        b->s = qkv_realloc(b->s, b->cap, "attn text");
+        b->s[b->n] = 0;
+    }
+}
+
+/* A gnuplot string expression for s (malloc'd): single-quoted, where no
+ * backquote substitution happens. gnuplot 5.4 reads a string that starts
+ * with '' as the empty string, so leading quotes go first in a
+ * double-quoted string of their own: "'".'x''' is 'x'. */
+static char *gp_quote(const char *s) {
+    size_t cap = 2 * strlen(s) + 8;
+    char *q = qkv_malloc(cap, "attn label");
+    cli_gp_string(q, cap, s);
+    return q;
+}
+
+/* Columns s takes on a terminal: its UTF-8 code points. */
+static int text_width(const char *s) {
+    int w = 0;
+    for (; *s; s++) w += ((unsigned char)*s & 0xC0) != 0x80;
+    return w;
+}
+
+/* A token as a tick label (malloc'd): a space becomes "␣" (character
+ * models) and a control byte "\xNN", so every label is visible and has no
+ * whitespace (the printed tables split on it). */
+static char *token_label(const char *tok) {
+    sbuf b = {0};
+    sb_printf(&b, "%s", "");
+    for (const unsigned char *p = (const unsigned char *)tok; *p; p++) {
+        if (*p == ' ')
+            sb_printf(&b, "\xE2\x90\xA3");
+        else if (*p < 0x20 || *p == 0x7F)
+            sb_printf(&b, "\\x%02X", *p);
+        else
+            sb_printf(&b, "%c", *p);
+    }
+    return b.s;
+}
+
+/* Label of token id on the source (tgt 0) or target side. */
+static char *id_label(const cli_data *d, int tgt, int32_t id) {
+    if (d->corpus) return token_label((tgt ? &d->tv : &d->sv)->tokens[id]);
+    char s[32];
+    if (id == QKV_PAD || id == QKV_BOS || (id == QKV_EOS && d->task.use_eos))
+        snprintf(s, sizeof s, "%s", qkv_special_tokens[id]);
+    else
+        snprintf(s, sizeof s, "%d", (int)id);
+    return token_label(s);
+}
+
+/* ----------------------------------------------------------------- input */
+
+/* ---------------------------------------------------------------- output */
+
+/* The weights as aligned numbers, one table per panel, on stdout. */
+static void print_tables(const panel *p, int n) {
+    for (int i = 0; i < n; i++, p++) {
+        int lw = 1, cw = 6;
+        for (int r = 0; r < p->rows; r++)
+            if (text_width(p->ylab[r]) > lw) lw = text_width(p->ylab[r]);
+        for (int c = 0; c < p->cols; c++)
+            if (text_width(p->xlab[c]) > cw) cw = text_width(p->xlab[c]);
+        printf("\n%s layer %d head %d (%d x %d)\n%*s", kind_name[p->kind],
+               p->layer + 1, p->head + 1, p->rows, p->cols, lw, "");
+        for (int c = 0; c < p->cols; c++) /* pad by columns, not bytes */
+            printf(" %*s%s", cw - text_width(p->xlab[c]), "", p->xlab[c]);
+        printf("\n");
+        for (int r = 0; r < p->rows; r++) {
+            printf("%s%*s", p->ylab[r], lw - text_width(p->ylab[r]), "");
+            for (int c = 0; c < p->cols; c++)
+                printf(" %*.4f", cw, (double)p->w[(size_t)r * p->cols + c]);
+            printf("\n");
+        }
+    }
+}
+
+/* The data file: one gnuplot `matrix` block per panel, two blank lines
+ * apart, each after a comment naming it. */
+static void write_data(sbuf *b, const panel *p, int n) {
+    sb_printf(b, "# qkv attn: attention weights, one block per panel "
+                 "(gnuplot: index I matrix);\n"
+                 "# rows are queries, columns keys; each row sums to 1\n");
+    for (int i = 0; i < n; i++, p++) {
+        sb_printf(b, "%s# index %d: %s layer %d head %d, %d x %d\n",
+                  i ? "\n\n" : "", i, kind_name[p->kind], p->layer + 1,
+                  p->head + 1, p->rows, p->cols);
+        sb_printf(b, "# rows:");
+        for (int r = 0; r < p->rows; r++) sb_printf(b, " %s", p->ylab[r]);
+        sb_printf(b, "\n# columns:");
+        for (int c = 0; c < p->cols; c++) sb_printf(b, " %s", p->xlab[c]);
+        sb_printf(b, "\n");
+        for (int r = 0; r < p->rows; r++)
+            for (int c = 0; c < p->cols; c++)
+                sb_printf(b, "%.6f%c", (double)p->w[(size_t)r * p->cols + c],
+                          c + 1 < p->cols ? ' ' : '\n');
+    }
+}
+
+/* "set xtics ('we' 0, 'see' 1, ...)" for labels lab[0..n). */
+static void gp_tics(sbuf *b, const char *axis, char **lab, int n) {
+    sb_printf(b, "set %stics (", axis);
+    for (int i = 0; i < n; i++) {
+        char *q = gp_quote(lab[i]);
+        sb_printf(b, "%s%s %d", i ? ", " : "", q, i);
+        free(q);
+    }
+    sb_printf(b, ")\n");
+}
+
+/* The gnuplot script: n panels in a grid of n / C rows and C columns, each
+ * plot area the same size; tick labels hang into the gaps between them. */
+static void write_script(sbuf *b, const panel *p, int n, int C,
+                         const char *term, const char *pic, const char *dat,
+                         const char *gp, const char *title) {
+    int R = n / C, most = 1, ylw = 1, xlw = 1;
+    for (int i = 0; i < n; i++) {
+        if (p[i].rows > most) most = p[i].rows;
+        if (p[i].cols > most) most = p[i].cols;
+        for (int r = 0; r < p[i].rows; r++)
+            if (text_width(p[i].ylab[r]) > ylw) ylw = text_width(p[i].ylab[r]);
+        for (int c = 0; c < p[i].cols; c++)
+            if (text_width(p[i].xlab[c]) > xlw) xlw = text_width(p[i].xlab[c]);
+    }
+    /* pixels: 18 per token (less for long inputs), 7 per label character */
+    int cell = 600 / most < 18 ? (600 / most > 3 ? 600 / most : 3) : 18;
+    int area = most * cell > 150 ? most * cell : 150;
+    int ylab = 7 * ylw + 14, xlab = 7 * xlw + 14, ttl = 28;
+    int gap_x = ylab + 16, gap_y = xlab + ttl + 6;
+    int left = ylab + 10, right = 90, bottom = xlab + 10, top = ttl + 36;
+    int W = left + C * area + (C - 1) * gap_x + right;
+    if (W < 7 * text_width(title) + 40) W = 7 * text_width(title) + 40;
+    int H = bottom + R * area + (R - 1) * gap_y + top;
+    char *qpic = gp_quote(pic), *qdat = gp_quote(dat),
+         *qtitle = gp_quote(title);
+    sb_printf(b,
+              "# qkv attn: attention heatmaps. Redraw with: gnuplot %s\n"
+              "# (from the directory qkv attn ran in, if the paths below are "
+              "relative).\n"
+              "# A row of panels per layer (encoder, then decoder self, then "
+              "decoder cross),\n"
+              "# a column per head; panel i plots `index i` of the data file "
+              "(rows: queries,\n"
+              "# columns: keys). Decoder row t read token t and predicted "
+              "token t + 1.\n"
+              "set encoding utf8\n",
+              gp);
+    if (strcmp(term, "svg") == 0)
+        sb_printf(b,
+                  "set terminal svg size %d,%d font 'sans,9' noenhanced "
+                  "background '#ffffff'\n",
+                  W, H);
+    else
+        sb_printf(b,
+                  "set terminal pngcairo size %d,%d font 'sans,9' "
+                  "noenhanced\n",
+                  W, H);
+    sb_printf(b,
+              "set output %s\n"
+              "data = %s\n"
+              "set palette defined (0 '#ffffff', 0.5 '#6baed6', 1 '#08306b')\n"
+              "set cbrange [0:1]\nset cbtics 0.25\n"
+              "set tics scale 0 nomirror\nset xtics rotate by 90 right\n"
+              "set colorbox user origin screen %.4f, screen %.4f size screen "
+              "%.4f, screen %.4f\n"
+              "set multiplot layout %d,%d margins %.4f,%.4f,%.4f,%.4f spacing "
+              "%.4f,%.4f title %s\n",
+              qpic, qdat, 1.0 - (right - 22.0) / W, (double)bottom / H,
+              16.0 / W, (double)(H - top - bottom) / H, R, C, (double)left / W,
+              1.0 - (double)right / W, (double)bottom / H,
+              1.0 - (double)top / H, (double)gap_x / W, (double)gap_y / H,
+              qtitle);
+    for (int i = 0; i < n; i++) {
+        if (!i || p[i].kind != p[i - 1].kind) { /* axes change with the kind */
+            sb_printf(b, "set xrange [-0.5:%d.5]\nset yrange [%d.5:-0.5]\n",
+                      p[i].cols - 1, p[i].rows - 1);
+            gp_tics(b, "x", p[i].xlab, p[i].cols);
+            gp_tics(b, "y", p[i].ylab, p[i].rows);
+        }
+        sb_printf(b,
+                  "set title '%s layer %d head %d'\n"
+                  "plot data index %d matrix with image notitle\n%s",
+                  kind_name[p[i].kind], p[i].layer + 1, p[i].head + 1, i,
+                  i ? "" : "unset colorbox\n");
+    }
+    sb_printf(b, "unset multiplot\n");
+    free(qpic);
+    free(qdat);
+    free(qtitle);
+}
+
+/* path with its extension (after the last '/') replaced by ext (malloc'd). */
+static char *with_ext(const char *path, const char *ext) {
+    const char *slash = strrchr(path, '/'), *dot = strrchr(path, '.');
+    size_t n = dot && (!slash || dot > slash + 1) ? (size_t)(dot - path)
+                                                  : strlen(path);
+    sbuf b = {0};
+    sb_printf(&b, "%.*s%s", (int)n, path, ext);
+    return b.s;
+}
+
+/* ---------------------------------------------------------------- command */
+
 int cmd_attn(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    cli_die("attn: not built yet");
+    const char *ckpt = "", *out = "", *term = "", *kind = "all";
+    int layer = 0, head = 0, threads = 0;
+    const flag flags[] = {
+        {"ckpt", FLAG_STR, &ckpt, NULL, "checkpoint written by qkv train"},
+        {"out", FLAG_STR, &out, NULL,
+         "picture, also -o (none: attn.png, or attn.svg with --term svg); "
+         "its gnuplot script and data go beside it (OUT.gp, OUT.dat)"},
+        {"term", FLAG_STR, &term, "png|svg|dumb",
+         "picture format (none: from --out's extension, else png); dumb: "
+         "the weights as numbers on stdout, no files"},
+        {"kind", FLAG_STR, &kind, "enc|self|cross|all",
+         "encoder self-, decoder self- or cross-attention, or all"},
+        {"layer", FLAG_INT, &layer, NULL, "only this layer, 1-based (0: all)"},
+        {"head", FLAG_INT, &head, NULL, "only this head, 1-based (0: all)"},
+        {"threads", FLAG_INT, &threads, NULL, "OpenMP threads (0: all cores)"},
+    };
+    int nf = (int)(sizeof flags / sizeof flags[0]);
+    /* -o is --out: the one short flag, as in cc -o */
+    char **args = qkv_malloc((size_t)argc * sizeof *args, "attn args");
+    for (int i = 0; i < argc; i++)
+        args[i] = strcmp(argv[i], "-o") == 0 ? "--out" : argv[i];
+    const char *text[2];
+    int n_text = 0;
+    cli_parse("attn",
+              "--ckpt FILE \"text\" [-o attn.png] [--term png|svg|dumb] "
+              "[--kind enc|self|cross|all] [--layer L] [--head H]",
+              flags, nf, argc, args, 2, text, 2, &n_text);
+    free(args);
+    if (n_text != 1)
+        cli_die("attn: give one text to look at, e.g. qkv attn --ckpt FILE "
+                "\"we see a dog .\"%s",
+                n_text ? " (quote it)" : "");
+    if (layer < 0)
+        cli_die("attn: --layer must be >= 1 (0: all), got %d", layer);
+    if (head < 0) cli_die("attn: --head must be >= 1 (0: all), got %d", head);
+    if (threads < 0) cli_die("attn: --threads must be >= 0, got %d", threads);
+    if (!*term) {
+        size_t n = strlen(out);
+        term = n > 4 && strcmp(out + n - 4, ".svg") == 0 ? "svg" : "png";
+    }
+    int dumb = strcmp(term, "dumb") == 0;
+    if (dumb && *out)
+        cli_die("attn: --term dumb prints the weights and writes no picture; "
+                "drop --out");
+    if (!*out) out = strcmp(term, "svg") == 0 ? "attn.svg" : "attn.png";
+    char *gp = with_ext(out, ".gp"), *dat = with_ext(out, ".dat");
+    if (!dumb && (strcmp(dat, out) == 0 || strcmp(gp, out) == 0))
+        cli_die("attn: --out %s would be overwritten by its own script or "
+                "data; give it a .png or .svg name",
+                out);
+    if (threads) qkv_set_threads(threads);
+
+    qkv_model m;
+    cli_data d;
+    cli_load_model("attn", ckpt, &m, &d);
+    int H = m.cfg.heads, dec_only = d.decoder_only;
+    int n_layers[K_N] = {dec_only ? 0 : m.cfg.n_enc, m.cfg.n_dec,
+                         dec_only ? 0 : m.cfg.n_dec};
+    int want[K_N] = {1, 1, 1};
+    if (strcmp(kind, "all") != 0)
+        for (int k = 0; k < K_N; k++) want[k] = strcmp(kind, kind_flag[k]) == 0;
+    if (dec_only && !want[K_SELF])
+        cli_die("attn: --kind %s: %s is a decoder-only model (no encoder, no "
+                "cross-attention); use --kind self",
+                kind, ckpt);
+    int most = 0;
+    for (int k = 0; k < K_N; k++)
+        if (want[k] && n_layers[k] > most) most = n_layers[k];
+    if (layer > most) {
+        if (dec_only)
+            cli_die("attn: --layer %d is out of range: the model has %d "
+                    "layers",
+                    layer, most);
+        cli_die("attn: --layer %d is out of range: the model has %d encoder "
+                "and %d decoder layers",
+                layer, m.cfg.n_enc, m.cfg.n_dec);
+    }
+    if (head > H)
+        cli_die("attn: --head %d is out of range: the model has %d heads", head,
+                H);
+
+    int32_t *src = NULL; /* (n + 1): x, and bos for a decoder-only prompt */
+    int n = 0, cap = 0;
+    char err[512];
+    if (cli_encode_input(&d, text[0], &src, &cap, &n, err, sizeof err))
+        cli_die("attn: the text: %s", err);
+    if (n == 0) cli_die("attn: the text is empty (no tokens)");
+    int L = m.cfg.max_len, most_in = dec_only ? L - 2 : L;
+    if (n > most_in)
+        cli_die("attn: the text has %d tokens; the model takes at most %d", n,
+                most_in);
+    int eos = d.corpus || d.task.use_eos ? QKV_EOS : -1;
+    /* room for the output: the teacher-forced decoder input, bos y or
+     * x bos y, must fit the model's positions */
+    int room = dec_only ? L - n - 1 : L - 1, max_out = eos < 0 ? n : 2 * n + 8;
+    if (max_out > room) max_out = room;
+    int P = dec_only ? n + 1 : n;
+    src[n] = QKV_BOS;
+    int32_t *y = qkv_malloc(((size_t)max_out + 1) * sizeof *y, "attn output");
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    qkv_model_greedy(&m, &g, src, NULL, 1, P, QKV_BOS, eos, max_out, y);
+    int k_out = 0; /* output tokens before eos */
+    while (k_out < max_out && y[k_out] != eos && y[k_out] != QKV_PAD) k_out++;
+    sbuf said = {0}; /* the output as text */
+    if (d.corpus) {
+        cli_detokenize(&d, y, k_out, &said.s, &said.cap);
+    } else {
+        sb_printf(&said, "%s", "");
+        for (int j = 0; j < k_out; j++)
+            sb_printf(&said, "%s%d", j ? " " : "", y[j]);
+    }
+    printf("%s\n", said.s);
+    fflush(stdout);
+
+    /* teacher forcing: decoder input tgt = bos y (enc-dec) or x bos y */
+    int S = dec_only ? 0 : n, T = (dec_only ? P : 1) + k_out;
+    int32_t *tgt = qkv_malloc((size_t)T * sizeof *tgt, "attn input");
+    if (dec_only) memcpy(tgt, src, (size_t)P * sizeof *tgt);
+    tgt[T - k_out - 1] = QKV_BOS;
+    memcpy(tgt + T - k_out, y, (size_t)k_out * sizeof *tgt);
+    size_t per_layer[K_N] = {(size_t)H * S * S, (size_t)H * T * T,
+                             (size_t)H * T * S};
+    float *w[K_N]; /* (n_layers[k], H, rows, cols); + 1: never 0 bytes */
+    for (int k = 0; k < K_N; k++)
+        w[k] =
+            qkv_malloc(per_layer[k] * (size_t)n_layers[k] * sizeof(float) + 1,
+                       "attn weights");
+    qkv_graph_set_grad(&g, 0);
+    g.training = 0;
+    qkv_graph_reset(&g);
+    qkv_tensor *mem =
+        dec_only ? NULL : qkv_model_encode(&m, &g, src, NULL, 1, S, w[K_ENC]);
+    qkv_model_decode(&m, &g, tgt, NULL, 1, T, mem, NULL, w[K_SELF],
+                     dec_only ? NULL : w[K_CROSS]);
+    char **xlab = qkv_malloc(((size_t)S + 1) * sizeof *xlab, "attn labels");
+    char **ylab = qkv_malloc((size_t)T * sizeof *ylab, "attn labels");
+    for (int i = 0; i < S; i++) xlab[i] = id_label(&d, 0, src[i]);
+    for (int t = 0; t < T; t++) /* a decoder-only prompt is source text */
+        ylab[t] = id_label(&d, !(dec_only && t < n), tgt[t]);
+
+    panel *p = qkv_malloc((size_t)(3 * (most ? most : 1)) * H * sizeof *p,
+                          "attn panels");
+    int np = 0;
+    for (int k = 0; k < K_N; k++)
+        for (int l = 0; l < n_layers[k]; l++)
+            for (int h = 0; h < H; h++) {
+                if (!want[k] || (layer && l != layer - 1) ||
+                    (head && h != head - 1))
+                    continue;
+                panel *q = &p[np++];
+                q->kind = k, q->layer = l, q->head = h;
+                q->rows = k == K_ENC ? S : T;
+                q->cols = k == K_SELF ? T : S;
+                q->w = w[k] + per_layer[k] * l + (size_t)h * q->rows * q->cols;
+                q->ylab = k == K_ENC ? xlab : ylab;
+                q->xlab = k == K_SELF ? ylab : xlab;
+            }
+
+    int rc = 0;
+    if (dumb) {
+        print_tables(p, np);
+    } else {
+        const char *slash = strrchr(out, '/');
+        if (slash && slash > out) {
+            char *dir = strndup(out, (size_t)(slash - out));
+            QKV_CHECK(dir, "out of memory");
+            cli_make_dirs("attn", dir);
+            free(dir);
+        }
+        sbuf data = {0}, script = {0}, title = {0};
+        write_data(&data, p, np);
+        cli_write_file("attn", dat, data.s);
+        sb_printf(&title, "%s \xE2\x86\x92 %s", text[0], said.s);
+        for (char *c = title.s; *c; c++) /* one line, for gnuplot */
+            if ((unsigned char)*c < 0x20) *c = ' ';
+        write_script(&script, p, np, head ? 1 : H, term, out, dat, gp, title.s);
+        rc = cli_gnuplot("attn", gp, script.s) ? 1 : 0;
+        if (!rc)
+            fprintf(stderr, "qkv attn: wrote %s (script %s, data %s)\n", out,
+                    gp, dat);
+        free(data.s);
+        free(script.s);
+        free(title.s);
+    }
+
+    free(gp);
+    free(dat);
+    free(p);
+    for (int i = 0; i < S; i++) free(xlab[i]);
+    for (int t = 0; t < T; t++) free(ylab[t]);
+    free(xlab);
+    free(ylab);
+    for (int k = 0; k < K_N; k++) free(w[k]);
+    free(tgt);
+    free(y);
+    free(said.s);
+    free(src);
+    qkv_graph_free(&g);
+    cli_data_free(&d);
+    qkv_model_free(&m);
+    return rc;
 }

@@ -240,10 +240,27 @@ int cli_have_gnuplot(void) {
 }
 
 void cli_gp_string(char *dst, size_t cap, const char *s) {
-    size_t n = 0;
-    if (cap < 3) QKV_CHECK(0, "gp_string: cap %zu", cap);
+    /* gnuplot 5.4 misreads a single-quoted string that starts with a quote
+     * (x), so leading quotes go in a double-quoted piece joined with
+     * the . operator. Double quotes are not used for the rest: gnuplot runs
+     * `backquoted` commands inside them. */
+    size_t n = 0, lead = strspn(s, "'");
+    QKV_CHECK(cap >= 2 * strlen(s) + 8, "gp_string: cap %zu for %zu bytes", cap,
+              strlen(s));
+    if (lead) {
+        dst[n++] = '"';
+        memcpy(dst + n, s, lead);
+        n += lead;
+        dst[n++] = '"';
+        s += lead;
+        if (!*s) {
+            dst[n] = 0;
+            return;
+        }
+        dst[n++] = '.';
+    }
     dst[n++] = '\'';
-    for (; *s && n + 3 < cap; s++) {
+    for (; *s; s++) {
         if (*s == '\'') dst[n++] = '\'';
         dst[n++] = *s;
     }
@@ -449,6 +466,57 @@ void cli_load_model(const char *cmd, const char *path, qkv_model *m,
         cli_die("%s: --ckpt: %s: the stored vocabularies (%d, %d) do not fit "
                 "the model (%d, %d)",
                 cmd, path, sv, tv, m->cfg.src_vocab, m->cfg.tgt_vocab);
+}
+
+int cli_encode_input(const cli_data *d, const char *s, int32_t **ids, int *cap,
+                     int *n, char *err, size_t errlen) {
+    if (!d->corpus) {
+        int k = 0;
+        const char *p = s;
+        for (;;) {
+            while (*p == ' ' || *p == '\t') p++;
+            if (!*p) break;
+            char *end;
+            errno = 0;
+            long v = strtol(p, &end, 10);
+            int first = d->task.use_eos ? 3 : 2; /* ids below are specials */
+            if (end == p || errno || (*end && *end != ' ' && *end != '\t') ||
+                v < first || v >= d->task.vocab) {
+                int w = 0;
+                while (p[w] && p[w] != ' ' && p[w] != '\t') w++;
+                snprintf(err, errlen,
+                         "'%.*s' is not a symbol of the task (whole numbers "
+                         "%d..%d separated by spaces)",
+                         w, p, first, d->task.vocab - 1);
+                return -1;
+            }
+            if (k + 1 >= *cap) {
+                *cap = 2 * *cap + 16;
+                *ids = qkv_realloc(*ids, (size_t)*cap * sizeof **ids, "input");
+            }
+            (*ids)[k++] = (int32_t)v;
+            p = end;
+        }
+        if (*cap < 1) {
+            *cap = 16;
+            *ids = qkv_realloc(*ids, (size_t)*cap * sizeof **ids, "input");
+        }
+        *n = k;
+        return 0;
+    }
+    size_t len = strlen(s), bad = qkv_utf8_check(s, len);
+    if (bad < len) {
+        snprintf(err, errlen, "not valid UTF-8 (byte %zu)", bad + 1);
+        return -1;
+    }
+    int k = qkv_encode(&d->sv, d->tok, s, NULL, 0);
+    if (k + 1 > *cap) {
+        *cap = k + 1;
+        *ids = qkv_realloc(*ids, (size_t)*cap * sizeof **ids, "input");
+    }
+    qkv_encode(&d->sv, d->tok, s, *ids, k);
+    *n = k;
+    return 0;
 }
 
 /* ---------------------------------------------------------------- scoring */

@@ -68,7 +68,8 @@ void cli_write_file(const char *cmd, const char *path, const char *text);
 int cli_gnuplot(const char *cmd, const char *gp_path, const char *script);
 /* 1 if a gnuplot program is on the PATH. */
 int cli_have_gnuplot(void);
-/* s as a gnuplot single-quoted string ('it''s'), into dst (cap bytes). */
+/* s as a gnuplot string expression ('it''s'; leading quotes as "'".'x'),
+ * into dst of cap >= 2 strlen(s) + 8 bytes. */
 void cli_gp_string(char *dst, size_t cap, const char *s);
 
 /* Loss-curve plots of training logs (plot.c): train loss raw (faint) and
@@ -83,9 +84,11 @@ typedef struct cli_plot_opts {
 } cli_plot_opts;
 
 /* Plots the n log.csv files logs (labels: one per run, NULL: the run's
- * directory name) and writes the script beside the picture (OUT.gp; for the
- * terminal, gp_dir/loss.gp when the caller has somewhere to put it, else
- * none). Returns 0 or -1 (one line printed). */
+ * directory name) and writes the script and the smoothed series beside the
+ * picture (OUT.gp, OUT.dat). With out NULL or "" it draws in the terminal
+ * and writes no file; with term "dumb" and an out path, it draws in the
+ * terminal and writes the script beside out. Returns 0 or -1 (one line
+ * printed). */
 int cli_plot_logs(const char *cmd, const char *const *logs,
                   const char *const *labels, int n, const cli_plot_opts *o);
 
@@ -126,6 +129,13 @@ void cli_detokenize(const cli_data *d, const int32_t *ids, int n, char **text,
  * program with one line naming the file ("qkv: CMD: --ckpt: ..."). */
 void cli_load_model(const char *cmd, const char *path, qkv_model *m,
                     cli_data *d);
+
+/* Token ids of one input line: text through the source vocabulary, or, for
+ * a task model, symbols written as numbers ("3 4 5"). *ids (malloc'd, *cap
+ * entries; start with NULL, 0) grows to hold the n ids plus one more (room
+ * for a bos). -1 and a one-line reason in err if the input is bad. */
+int cli_encode_input(const cli_data *d, const char *s, int32_t **ids, int *cap,
+                     int *n, char *err, size_t errlen);
 
 /* Sums over an evaluation set; cli_scores_* turn them into figures. */
 typedef struct cli_scores {

@@ -176,56 +176,6 @@ int cmd_eval(int argc, char **argv) {
     return 0;
 }
 
-/* Token ids of one input: text through the source vocabulary, or, for a
- * task model, symbols written as numbers ("3 4 5"). -1 and a message if it
- * is bad. */
-static int encode_input(const cli_data *d, const char *s, int32_t **ids,
-                        int *cap, int *n, char *err, size_t errlen) {
-    if (!d->corpus) {
-        int k = 0;
-        const char *p = s;
-        for (;;) {
-            while (*p == ' ' || *p == '\t') p++;
-            if (!*p) break;
-            char *end;
-            errno = 0;
-            long v = strtol(p, &end, 10);
-            int first = d->task.use_eos ? 3 : 2; /* ids below are specials */
-            if (end == p || errno || (*end && *end != ' ' && *end != '\t') ||
-                v < first || v >= d->task.vocab) {
-                int w = 0;
-                while (p[w] && p[w] != ' ' && p[w] != '\t') w++;
-                snprintf(err, errlen,
-                         "'%.*s' is not a symbol of the task (whole numbers "
-                         "%d..%d separated by spaces)",
-                         w, p, first, d->task.vocab - 1);
-                return -1;
-            }
-            if (k >= *cap) {
-                *cap = 2 * *cap + 16;
-                *ids = qkv_realloc(*ids, (size_t)*cap * sizeof **ids, "input");
-            }
-            (*ids)[k++] = (int32_t)v;
-            p = end;
-        }
-        *n = k;
-        return 0;
-    }
-    size_t len = strlen(s), bad = qkv_utf8_check(s, len);
-    if (bad < len) {
-        snprintf(err, errlen, "not valid UTF-8 (byte %zu)", bad + 1);
-        return -1;
-    }
-    int k = qkv_encode(&d->sv, d->tok, s, NULL, 0);
-    if (k > *cap) {
-        *cap = k;
-        *ids = qkv_realloc(*ids, (size_t)*cap * sizeof **ids, "input");
-    }
-    qkv_encode(&d->sv, d->tok, s, *ids, k);
-    *n = k;
-    return 0;
-}
-
 int cmd_decode(int argc, char **argv) {
     const char *ckpt = "";
     int beam = 1, max_out = 0, top_k = 0, seed = 1, threads = 0;
@@ -289,7 +239,7 @@ int cmd_decode(int argc, char **argv) {
             s = line;
         }
         int n = 0;
-        if (encode_input(&d, s, &ids, &cap, &n, err, sizeof err))
+        if (cli_encode_input(&d, s, &ids, &cap, &n, err, sizeof err))
             cli_die("decode: input %d: %s", k + 1, err);
         if (n == 0) { /* nothing to translate */
             printf("\n");

@@ -1,15 +1,569 @@
-/* plot.c - `qkv plot` (being written). */
+/* plot.c - `qkv plot`: loss curves of training runs, drawn by gnuplot.
+ *
+ *   qkv plot runs/copy                 -> runs/copy/loss.png, .gp, .dat
+ *   qkv plot runs/a runs/b -o cmp.svg  -> cmp.svg, cmp.gp, cmp.dat
+ *   qkv plot runs/copy --term dumb     -> the terminal; runs/copy/loss-dumb.gp
+ *
+ * Each run's log.csv (step,tokens,seconds,lr,train_loss,val_loss,val_acc
+ * [,val_bleu]) gives: the train loss raw (faint) and smoothed, the validation
+ * loss, and on a second axis the validation exact match and BLEU in percent.
+ * Runs are overlaid, one colour each, named by their directory in the key.
+ *
+ * The picture comes with two files beside it, sharing its name: NAME.gp, the
+ * gnuplot script that drew it (gnuplot NAME.gp draws it again, from any
+ * directory: files are named by absolute path), and NAME.dat, the train loss
+ * smoothed in C (centred moving average, moving_average below). The script
+ * reads the log.csv files themselves for everything else.
+ */
+/* realpath(3) is XSI */
+#define _XOPEN_SOURCE 700
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
 #include "cli.h"
 
-int cmd_plot(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    cli_die("plot: not built yet");
+#define PLOT_PATH 4096
+
+/* One run's log: the columns the C side needs, row by row. */
+typedef struct plot_run {
+    char log[PLOT_PATH]; /* absolute path of log.csv */
+    char label[256];     /* key entry: the run's directory name */
+    int rows;
+    double *x;    /* (rows, 3): step, tokens, seconds (log.csv columns 1-3) */
+    double *loss; /* (rows): train loss, NAN where the log says nan */
+    int has_val, has_bleu; /* any validation row; any with BLEU */
+} plot_run;
+
+static void plot_run_free(plot_run *r) {
+    free(r->x);
+    free(r->loss);
+    memset(r, 0, sizeof *r);
+}
+
+static const char log_header[] =
+    "step,tokens,seconds,lr,train_loss,val_loss,val_acc";
+
+/* Parses one data row into r (grown as needed). 0, or -1 if it is not a
+ * row of numbers: five numbers, then up to three fields that may be empty. */
+static int parse_row(plot_run *r, const char *line, int *cap) {
+    double v[8];
+    int n = 0;
+    for (const char *f = line;; n++) {
+        if (n >= 8) return -1;
+        char *end;
+        v[n] = strtod(f, &end);
+        if (end == f) {
+            if (n < 5) return -1;
+            v[n] = NAN; /* an empty validation field */
+        }
+        if (*end != ',' && *end) return -1;
+        if (!*end) break;
+        f = end + 1;
+    }
+    if (++n < 5) return -1;
+    if (r->rows == *cap) {
+        *cap = *cap ? 2 * *cap : 1024;
+        r->x = qkv_realloc(r->x, (size_t)*cap * 3 * sizeof *r->x, "log");
+        r->loss = qkv_realloc(r->loss, (size_t)*cap * sizeof *r->loss, "log");
+    }
+    for (int k = 0; k < 3; k++) r->x[(size_t)r->rows * 3 + k] = v[k];
+    r->loss[r->rows++] = isfinite(v[4]) ? v[4] : NAN;
+    r->has_val |= n > 5 && !isnan(v[5]);
+    r->has_bleu |= n > 7 && !isnan(v[7]);
+    return 0;
+}
+
+/* Reads a run: arg is its directory (holding log.csv) or the log itself.
+ * 0, or -1 with one line in err naming the file. */
+static int plot_run_load(plot_run *r, const char *arg, char *err,
+                         size_t errlen) {
+    memset(r, 0, sizeof *r);
+    char path[PLOT_PATH];
+    struct stat st;
+    int is_dir = stat(arg, &st) == 0 && S_ISDIR(st.st_mode);
+    size_t len = strlen(arg);
+    while (is_dir && len > 1 && arg[len - 1] == '/') len--;
+    if (snprintf(path, sizeof path, "%.*s%s", (int)len, arg,
+                 is_dir ? "/log.csv" : "") >= (int)sizeof path) {
+        snprintf(err, errlen, "path %s is too long", arg);
+        return -1;
+    }
+    FILE *f = fopen(path, "r");
+    if (!f || !realpath(path, r->log)) {
+        snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+        if (f) fclose(f);
+        return -1;
+    }
+    /* label: the name of the directory holding the log */
+    char dir[PLOT_PATH];
+    snprintf(dir, sizeof dir, "%s", r->log);
+    char *slash = strrchr(dir, '/');
+    if (slash && slash != dir) *slash = 0;
+    slash = strrchr(dir, '/');
+    snprintf(r->label, sizeof r->label, "%.200s", slash ? slash + 1 : dir);
+
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t got = getline(&line, &cap, f);
+    int rc = 0, rows_cap = 0;
+    if (got <= 0) {
+        snprintf(err, errlen, "%s is empty: not a qkv training log", path);
+        rc = -1;
+    } else {
+        line[strcspn(line, "\r\n")] = 0;
+        size_t h = sizeof log_header - 1;
+        if (strncmp(line, log_header, h) != 0 ||
+            (line[h] && strcmp(line + h, ",val_bleu") != 0)) {
+            snprintf(err, errlen,
+                     "%s is not a qkv training log: its header is '%.60s', "
+                     "not '%s,val_bleu'",
+                     path, line, log_header);
+            rc = -1;
+        }
+    }
+    for (int lineno = 2; rc == 0 && (got = getline(&line, &cap, f)) > 0;
+         lineno++) {
+        int whole = line[got - 1] == '\n';
+        line[strcspn(line, "\r\n")] = 0;
+        if (!*line) continue;
+        /* a last line without its newline is a row still being written */
+        if (parse_row(r, line, &rows_cap) && whole) {
+            snprintf(err, errlen, "%s line %d: not a row of numbers: '%.60s'",
+                     path, lineno, line);
+            rc = -1;
+        }
+    }
+    if (rc == 0 && r->rows == 0) {
+        snprintf(err, errlen, "%s has no rows yet: an empty log", path);
+        rc = -1;
+    }
+    free(line);
+    fclose(f);
+    if (rc) plot_run_free(r);
+    return rc;
+}
+
+/* out[i] = the mean of the finite y[j] for j in [i - (w-1)/2, i + w/2]
+ * (a window of w rows centred on i, shrinking at the ends; NAN if it holds
+ * no finite value). Centred, it does not lag behind the curve as an
+ * exponential average does. O(n) with prefix sums in double. */
+static void moving_average(const double *y, int n, int w, double *out) {
+    double *sum = qkv_malloc((size_t)(n + 1) * sizeof *sum, "smoothing");
+    int *cnt = qkv_malloc((size_t)(n + 1) * sizeof *cnt, "smoothing");
+    sum[0] = 0, cnt[0] = 0;
+    for (int i = 0; i < n; i++) {
+        int ok = isfinite(y[i]);
+        sum[i + 1] = sum[i] + (ok ? y[i] : 0);
+        cnt[i + 1] = cnt[i] + ok;
+    }
+    for (int i = 0; i < n; i++) {
+        int lo = i - (w - 1) / 2, hi = i + w / 2 + 1; /* [lo, hi) */
+        if (lo < 0) lo = 0;
+        if (hi > n) hi = n;
+        int c = cnt[hi] - cnt[lo];
+        out[i] = c ? (sum[hi] - sum[lo]) / c : NAN;
+    }
+    free(cnt);
+    free(sum);
+}
+
+/* ------------------------------------------------------- script building */
+
+typedef struct plot_buf {
+    char *s;
+    size_t len, cap;
+} plot_buf;
+
+static void bprintf(plot_buf *b, const char *fmt, ...) QKV_PRINTF(2, 3);
+static void bprintf(plot_buf *b, const char *fmt, ...) {
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->s + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        QKV_CHECK(n >= 0, "plot: vsnprintf failed");
+        if (b->len + (size_t)n < b->cap) {
+            b->len += (size_t)n;
+            return;
+        }
+        b->cap = 2 * (b->len + (size_t)n + 1024);
+        b->s = qkv_realloc(b->s, b->cap, "plot script");
+    }
+}
+
+/* A gnuplot single-quoted string, in one of four rotating buffers (so a
+ * printf can take several). */
+static const char *gp_str(const char *s) {
+    static char buf[4][2 * PLOT_PATH + 8];
+    static int k;
+    k = (k + 1) % 4;
+    cli_gp_string(buf[k], sizeof buf[k], s);
+    return buf[k];
+}
+
+/* Colours of runs 1, 2, ... (Tableau 10), cycled. */
+static const char *const run_colour[] = {"1f77b4", "d62728", "2ca02c", "ff7f0e",
+                                         "9467bd", "8c564b", "e377c2", "7f7f7f",
+                                         "bcbd22", "17becf"};
+#define N_COLOURS (int)(sizeof run_colour / sizeof *run_colour)
+
+static int write_text(const char *cmd, const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    int ok = f && fputs(text, f) >= 0;
+    if (f) ok = fclose(f) == 0 && ok;
+    if (!ok)
+        fprintf(stderr, "qkv: %s: cannot write %s: %s\n", cmd, path,
+                strerror(errno));
+    return ok ? 0 : -1;
+}
+
+/* "title 't'" where every curve is named (dumb), else "notitle". */
+static const char *key_title(int named, const char *t) {
+    static char buf[2 * 400 + 16];
+    snprintf(buf, sizeof buf, "notitle");
+    if (named) snprintf(buf, sizeof buf, "title %s", gp_str(t));
+    return buf;
+}
+
+/* 1 if path ends in ext (".svg"), ignoring case. */
+static int has_ext(const char *path, const char *ext) {
+    size_t n = strlen(path), m = strlen(ext);
+    return n > m && strcasecmp(path + n - m, ext) == 0;
+}
+
+/* Draws the runs as o says, smoothing the train loss over `smooth` rows (0:
+ * a 25th of each run). Writes STEM.dat and STEM.gp beside o->out (STEM:
+ * out without its extension); with no out (the terminal only), the smoothed
+ * series goes inline into the script and no file is written. */
+static int plot_runs(const char *cmd, plot_run *runs, int n,
+                     const cli_plot_opts *o, int smooth) {
+    const char *out = o->out && *o->out ? o->out : NULL;
+    const char *term = o->term && *o->term    ? o->term
+                       : !out                 ? "dumb"
+                       : has_ext(out, ".svg") ? "svg"
+                                              : "png";
+    int dumb = strcmp(term, "dumb") == 0, svg = strcmp(term, "svg") == 0;
+    if (!dumb && !svg && strcmp(term, "png") != 0) {
+        fprintf(stderr, "qkv: %s: unknown terminal '%s' (png, svg or dumb)\n",
+                cmd, term);
+        return -1;
+    }
+    if (!dumb && !out) {
+        fprintf(stderr, "qkv: %s: a %s picture needs a file name\n", cmd, term);
+        return -1;
+    }
+    const char *x = o->x && *o->x ? o->x : "step";
+    int xcol = strcmp(x, "tokens") == 0 ? 2 : strcmp(x, "seconds") == 0 ? 3 : 1;
+
+    /* Absolute paths of the picture, the script and the data. */
+    char pic[PLOT_PATH] = "", gp[PLOT_PATH + 8] = "", dat[PLOT_PATH + 8] = "";
+    if (out) {
+        char dir[PLOT_PATH], real[PLOT_PATH];
+        snprintf(dir, sizeof dir, "%s", out);
+        char *slash = strrchr(dir, '/');
+        const char *base = slash ? slash + 1 : out;
+        if (slash == dir)
+            dir[1] = 0;
+        else if (slash)
+            *slash = 0;
+        else
+            snprintf(dir, sizeof dir, ".");
+        if (!realpath(dir, real)) {
+            fprintf(stderr, "qkv: %s: cannot write %s: %s\n", cmd, out,
+                    strerror(errno));
+            return -1;
+        }
+        if (snprintf(pic, sizeof pic, "%s/%s", strcmp(real, "/") ? real : "",
+                     base) >= (int)sizeof pic) {
+            fprintf(stderr, "qkv: %s: path %s is too long\n", cmd, out);
+            return -1;
+        }
+        const char *dot = strrchr(pic, '.');
+        int stem = dot && dot > strrchr(pic, '/') ? (int)(dot - pic)
+                                                  : (int)strlen(pic);
+        snprintf(gp, sizeof gp, "%.*s.gp", stem, pic);
+        snprintf(dat, sizeof dat, "%.*s.dat", stem, pic);
+    }
+
+    /* The smoothed train loss: one block per run (gnuplot's index). */
+    plot_buf d = {0}, s = {0};
+    int any_val = 0, any_bleu = 0;
+    bprintf(&d, "# qkv plot: train loss smoothed by a centred moving average, "
+                "one block per run\n");
+    for (int r = 0; r < n; r++) {
+        const plot_run *u = &runs[r];
+        int w = smooth > 0 ? smooth : u->rows / 25 > 1 ? u->rows / 25 : 1;
+        double *m = qkv_malloc((size_t)u->rows * sizeof *m, "smoothing");
+        moving_average(u->loss, u->rows, w, m);
+        bprintf(&d, "%s# run %d: %s, window %d rows\n", r ? "\n\n" : "", r,
+                u->log, w);
+        bprintf(&d, "step,tokens,seconds,train_loss_smooth\n");
+        for (int i = 0; i < u->rows; i++) {
+            const double *v = u->x + (size_t)i * 3;
+            bprintf(&d, "%.10g,%.10g,%.10g,", v[0], v[1], v[2]);
+            if (isfinite(m[i])) bprintf(&d, "%.6g", m[i]);
+            bprintf(&d, "\n");
+        }
+        free(m);
+        any_val |= u->has_val;
+        any_bleu |= u->has_bleu;
+    }
+
+    bprintf(&s,
+            "# qkv plot: loss curves of %d run%s.%s%s\n"
+            "# log.csv columns: 1 step, 2 tokens, 3 seconds, 4 lr, "
+            "5 train_loss,\n"
+            "#   6 val_loss, 7 val_acc (exact match, 0..1), 8 val_bleu "
+            "(0..100)\n"
+            "# %s: the train loss smoothed by qkv (centred moving average "
+            "over %s rows),\n"
+            "#   one block (index) per run: columns 1-3 as in log.csv, 4 the "
+            "loss\n",
+            n, n > 1 ? "s" : "", *gp ? " Draw again: gnuplot " : "", gp,
+            *dat ? dat : "$smooth", smooth > 0 ? "--smooth" : "a 25th of the");
+    bprintf(&s, "xcol = %d  # x axis: 1 step, 2 tokens, 3 seconds\n", xcol);
+    if (dumb) {
+        bprintf(&s, "set terminal dumb size 110,34\n");
+    } else if (svg) {
+        bprintf(&s, "set terminal svg size 1100,600 dynamic font 'sans,12' "
+                    "background rgb 'white'\n");
+    } else {
+        bprintf(&s, "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) {\n"
+                    "    set terminal pngcairo size 1100,600 font 'sans,10'\n"
+                    "} else {\n"
+                    "    set terminal png size 1100,600\n"
+                    "}\n");
+    }
+    if (!dumb) bprintf(&s, "set output %s\n", gp_str(pic));
+    bprintf(&s, "set termoption noenhanced\n"
+                "set datafile separator ','\n"
+                "set datafile columnheaders\n");
+    /* dumb cannot turn the y labels, so they go in the title */
+    char t[400];
+    snprintf(t, sizeof t, "%s", o->title ? o->title : "");
+    if (dumb && !*t)
+        snprintf(t, sizeof t, "cross-entropy loss (left axis)%s",
+                 !any_val   ? ""
+                 : any_bleu ? ", exact match and BLEU in % (right axis)"
+                            : ", exact match in % (right axis)");
+    if (*t) bprintf(&s, "set title %s\n", gp_str(t));
+    bprintf(&s, "set xlabel %s\n",
+            gp_str(xcol == 1   ? "step"
+                   : xcol == 2 ? "tokens"
+                               : "seconds (wall clock)"));
+    if (xcol == 2) bprintf(&s, "set format x '%%.1s%%c'\n");
+    if (!dumb) bprintf(&s, "set ylabel 'cross-entropy loss'\n");
+    if (o->logy) bprintf(&s, "set logscale y\n");
+    if (any_val)
+        bprintf(&s, "set ytics nomirror\n"
+                    "set y2range [0:100]\n"
+                    "set y2tics 0, 20, 100\n");
+    if (any_val && !dumb)
+        bprintf(&s, "set y2label 'validation exact match%s (%%)'\n",
+                any_bleu ? " / BLEU" : "");
+    bprintf(&s, "%sset key %s\n", dumb ? "" : "set grid\n",
+            dumb ? "outside below" : "outside right top Left reverse");
+    for (int r = 0; r < n; r++)
+        bprintf(&s, "log%d = %s\n", r + 1, gp_str(runs[r].log));
+    if (*dat) {
+        bprintf(&s, "smooth = %s\n", gp_str(dat));
+    } else {
+        bprintf(&s, "$smooth << EOD\n%sEOD\nsmooth = '$smooth'\n", d.s);
+    }
+
+    /* Graphic terminals: the runs' colours in the key, the kinds of curve
+     * in grey after them; dumb draws every curve with its own character, so
+     * each is named. */
+    bprintf(&s, "plot \\\n");
+    for (int r = 0; r < n; r++) {
+        const plot_run *u = &runs[r];
+        const char *c = run_colour[r % N_COLOURS];
+        if (!dumb)
+            bprintf(&s,
+                    "    log%d using xcol:5 with lines lw 1 lc rgb '#b0%s' "
+                    "notitle, \\\n",
+                    r + 1, c);
+        snprintf(t, sizeof t, "%s%s", u->label, dumb ? " train" : "");
+        bprintf(&s,
+                "    smooth index %d using xcol:4 with lines lw 2 lc rgb "
+                "'#%s' title %s, \\\n",
+                r, c, gp_str(t));
+        if (!u->has_val) continue;
+        snprintf(t, sizeof t, "%s val loss", u->label);
+        bprintf(&s,
+                "    log%d using xcol:6 with linespoints pt 7 ps 0.8 lw 1 "
+                "lc rgb '#%s' %s, \\\n",
+                r + 1, c, key_title(dumb, t));
+        snprintf(t, sizeof t, "%s exact %%", u->label);
+        bprintf(&s,
+                "    log%d using xcol:(100*$7) axes x1y2 with linespoints "
+                "pt 5 ps 0.8 lw 1 dt 2 lc rgb '#%s' %s, \\\n",
+                r + 1, c, key_title(dumb, t));
+        if (!u->has_bleu) continue;
+        snprintf(t, sizeof t, "%s BLEU", u->label);
+        bprintf(&s,
+                "    log%d using xcol:8 axes x1y2 with linespoints pt 9 ps "
+                "0.9 lw 1 dt 3 lc rgb '#%s' %s, \\\n",
+                r + 1, c, key_title(dumb, t));
+    }
+    if (!dumb) {
+        bprintf(&s, "    keyentry with lines lw 1 lc rgb '#b0404040' title "
+                    "'train loss', \\\n"
+                    "    keyentry with lines lw 2 lc rgb '#404040' title "
+                    "'train loss, smoothed', \\\n");
+        if (any_val)
+            bprintf(&s, "    keyentry with linespoints pt 7 ps 0.8 lc rgb "
+                        "'#404040' title 'validation loss', \\\n"
+                        "    keyentry with linespoints pt 5 ps 0.8 dt 2 lc "
+                        "rgb '#404040' title 'exact match %% (right)', \\\n");
+        if (any_bleu)
+            bprintf(&s, "    keyentry with linespoints pt 9 ps 0.9 dt 3 lc "
+                        "rgb '#404040' title 'BLEU (right)', \\\n");
+    }
+    s.len -= 4; /* the last ", \\\n" */
+    bprintf(&s, "\n");
+    if (!dumb) bprintf(&s, "set output\n");
+
+    int rc = *dat ? write_text(cmd, dat, d.s) : 0;
+    if (rc == 0) rc = cli_gnuplot(cmd, *gp ? gp : NULL, s.s);
+    free(d.s);
+    free(s.s);
+    return rc;
+}
+
+/* If two runs share a directory name, every run is named by its path. */
+static void unique_labels(plot_run *runs, int n, const char *const *args) {
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++)
+            if (strcmp(runs[i].label, runs[j].label) == 0) {
+                for (int k = 0; k < n; k++)
+                    snprintf(runs[k].label, sizeof runs[k].label, "%s",
+                             args[k]);
+                return;
+            }
 }
 
 int cli_plot_logs(const char *cmd, const char *const *logs,
                   const char *const *labels, int n, const cli_plot_opts *o) {
-    (void)logs, (void)labels, (void)n, (void)o;
-    fprintf(stderr, "qkv: %s: plotting is not built yet\n", cmd);
-    return -1;
+    plot_run *runs = qkv_calloc((size_t)n, sizeof *runs, "runs");
+    char err[PLOT_PATH + 256];
+    int rc = 0, loaded = 0;
+    for (; loaded < n && rc == 0; loaded++)
+        if (plot_run_load(&runs[loaded], logs[loaded], err, sizeof err)) {
+            fprintf(stderr, "qkv: %s: %s\n", cmd, err);
+            rc = -1;
+        }
+    if (rc == 0) {
+        unique_labels(runs, n, logs);
+        for (int i = 0; labels && i < n; i++)
+            if (labels[i])
+                snprintf(runs[i].label, sizeof runs[i].label, "%s", labels[i]);
+        rc = plot_runs(cmd, runs, n, o, 0);
+    }
+    for (int i = 0; i < loaded; i++) plot_run_free(&runs[i]);
+    free(runs);
+    return rc;
+}
+
+/* ------------------------------------------------------------ qkv plot */
+
+int cmd_plot(int argc, char **argv) {
+    const char *out = "", *term = "", *x = "step", *title = "";
+    int logy = 0, smooth = 0;
+    const flag flags[] = {
+        {"out", FLAG_STR, &out, NULL,
+         "picture, .png or .svg (-o works too); none: loss.png as above"},
+        {"term", FLAG_STR, &term, "png|svg|dumb",
+         "format; dumb draws in the terminal (script: loss-dumb.gp); none: "
+         "from --out"},
+        {"x", FLAG_STR, &x, "step|tokens|seconds", "x axis"},
+        {"logy", FLAG_BOOL, &logy, NULL, "log-scale loss axis"},
+        {"smooth", FLAG_INT, &smooth, NULL,
+         "train loss smoothed over N steps (centred moving average; 0: a "
+         "25th of the run, 1: none)"},
+        {"title", FLAG_STR, &title, NULL, "title above the plot"},
+    };
+    int nf = (int)(sizeof flags / sizeof *flags);
+    const char *usage =
+        "RUN_DIR|log.csv ... [-o loss.png] [flags]\n\n"
+        "Train loss (raw and smoothed) and validation loss, with validation\n"
+        "exact match and BLEU in % on the right axis; one colour per run.\n"
+        "The picture goes to RUN_DIR/loss.png, or for several runs to\n"
+        "loss.png in their common parent directory (else the current one).\n"
+        "Beside it: NAME.gp (gnuplot NAME.gp draws it again) and NAME.dat\n"
+        "(the smoothed train loss).";
+    /* -o is --out: cli_parse knows long flags only */
+    char **args = qkv_malloc((size_t)argc * sizeof *args, "arguments");
+    for (int i = 0; i < argc; i++)
+        args[i] = strcmp(argv[i], "-o") == 0 ? "--out" : argv[i];
+    const char **pos = qkv_malloc((size_t)argc * sizeof *pos, "arguments");
+    int n = 0;
+    cli_parse("plot", usage, flags, nf, argc, args, 2, pos, argc, &n);
+    free(args);
+    if (n == 0)
+        cli_die("plot: give one or more run directories or log.csv files "
+                "(see qkv plot --help)");
+    if (smooth < 0) cli_die("plot: --smooth must be >= 0, got %d", smooth);
+    if (*out && *term && strcmp(term, "dumb") &&
+        !has_ext(out, strcmp(term, "svg") ? ".png" : ".svg"))
+        cli_die("plot: --out %s does not end in .%s (--term %s)", out, term,
+                term);
+    if (*out && !*term && !has_ext(out, ".png") && !has_ext(out, ".svg"))
+        cli_die("plot: --out %s must end in .png or .svg (or give --term)",
+                out);
+
+    plot_run *runs = qkv_calloc((size_t)n, sizeof *runs, "runs");
+    char err[PLOT_PATH + 256];
+    for (int i = 0; i < n; i++)
+        if (plot_run_load(&runs[i], pos[i], err, sizeof err))
+            cli_die("plot: %s", err);
+    unique_labels(runs, n, pos);
+
+    /* Default picture: beside the run, or in the runs' common parent. */
+    char path[PLOT_PATH + 32];
+    if (!*out) {
+        char dir[PLOT_PATH];
+        for (int i = 0; i < n; i++) {
+            char d[PLOT_PATH];
+            snprintf(d, sizeof d, "%s", runs[i].log);
+            *strrchr(d, '/') = 0; /* the run's directory */
+            char *slash = strrchr(d, '/');
+            if (n > 1 && slash) *slash = 0; /* its parent */
+            if (i == 0)
+                snprintf(dir, sizeof dir, "%s", d);
+            else if (strcmp(dir, d) != 0)
+                snprintf(dir, sizeof dir, ".");
+        }
+        snprintf(path, sizeof path, "%s/%s", *dir ? dir : "",
+                 strcmp(term, "dumb") == 0  ? "loss-dumb"
+                 : strcmp(term, "svg") == 0 ? "loss.svg"
+                                            : "loss.png");
+        out = path;
+    } else {
+        char dir[PLOT_PATH];
+        snprintf(dir, sizeof dir, "%s", out);
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir) {
+            *slash = 0;
+            cli_make_dirs("plot", dir);
+        }
+    }
+    cli_plot_opts o = {out, *term ? term : NULL, x, logy, title};
+    int rc = plot_runs("plot", runs, n, &o, smooth);
+    if (rc == 0 && strcmp(term, "dumb") != 0) {
+        const char *dot = strrchr(out, '.');
+        printf("wrote %s (draw again: gnuplot %.*s.gp)\n", out,
+               (int)(dot - out), out);
+    }
+    for (int i = 0; i < n; i++) plot_run_free(&runs[i]);
+    free(runs);
+    free(pos);
+    return rc ? 1 : 0;
 }
