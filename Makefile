@@ -3,6 +3,7 @@
 #   make               optimised for this machine (-O3 -march=native -fopenmp)
 #   make test          build and run every test; ends with "N passed, N failed"
 #   make demo          train the copy task and plot its loss (runs/copy/)
+#   make docs          the README's pictures (docs/; ~6 minutes)
 #   make bench         matmul GFLOPS
 #   make valgrind      the tests under valgrind (portable build, no AVX-512)
 #   make corpora       regenerate data/corpora with data/gen/make_corpora.py
@@ -62,7 +63,7 @@ QKV_SRC   := $(wildcard examples/cli/*.c)
 QKV_OBJ   := $(QKV_SRC:%.c=$(BUILD)/%.o)
 EXAMPLES  := $(patsubst %.c,$(BUILD)/%,$(wildcard examples/*.c)) $(BUILD)/examples/qkv
 
-.PHONY: all test bench demo golden corpora valgrind clean format
+.PHONY: all test bench demo docs golden corpora valgrind clean format
 .SECONDARY:
 all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(EXAMPLES)
 
@@ -95,6 +96,24 @@ demo: $(BUILD)/examples/qkv
 	-$(BUILD)/examples/qkv plot runs/copy
 	@echo 'qkv decode --ckpt runs/copy/ckpt.safetensors "3 9 4 4 10 2 7 5 8 6"'
 	@$(BUILD)/examples/qkv decode --ckpt runs/copy/ckpt.safetensors "3 9 4 4 10 2 7 5 8 6"
+
+# The README's pictures (docs/*.png), made by the commands it documents:
+# a loss curve, the N x h sweep on the dates corpus (the README's Table 3
+# experiment, ~5 minutes on 2 cores) and attention heatmaps of a grammar model.
+QKV := $(BUILD)/examples/qkv
+DATES := --data data/corpora/dates/train.tsv --valid data/corpora/dates/valid.tsv --tok char
+docs: $(QKV)
+	@mkdir -p docs
+	$(QKV) train --task copy --steps 800 --out runs/copy --quiet
+	$(QKV) plot runs/copy -o docs/loss.png --title "qkv train --task copy"
+	$(QKV) sweep --N 1,2,4 --h 1,2,4,8,16 $(DATES) --steps 600 --eval-every 300 \
+	    --eval-size 1000 --metric val_acc --out runs/table3
+	cp runs/table3/heatmap.png docs/sweep-heatmap.png
+	cp runs/table3/loss.png docs/sweep-loss.png
+	cp runs/table3/sweep.csv docs/table3.csv
+	$(QKV) train --data data/corpora/grammar/train.tsv \
+	    --valid data/corpora/grammar/valid.tsv --steps 1000 --out runs/grammar --quiet
+	$(QKV) attn --ckpt runs/grammar/ckpt.safetensors "we see a dog ." -o docs/attn.png
 
 test: $(TEST_BIN) $(EXAMPLES)
 	@sh tests/run.sh $(TEST_BIN)

@@ -431,6 +431,48 @@ static void test_task_symbol_2_is_not_eos(void) {
           "decode: %s", out);
 }
 
+/* --plot draws DIR/loss.png with its script; without gnuplot, training
+ * still finishes and one line says what to install. */
+static void test_train_plot(void) {
+    char cmd[1200], out[8192], path[300];
+    snprintf(cmd, sizeof cmd,
+             "train --steps 40 --eval-every 20 --eval-size 10 --batch 8 "
+             "--d-model 16 --d-ff 32 --plot --quiet --out %s/plot",
+             dir);
+    CHECK(run(cmd, out, sizeof out) == 0, "train --plot: %s", out);
+    snprintf(path, sizeof path, "%s/plot/loss.png", dir);
+    FILE *f = fopen(path, "rb");
+    unsigned char sig[8] = {0};
+    long size = 0;
+    if (f) {
+        size_t n = fread(sig, 1, 8, f);
+        fseek(f, 0, SEEK_END);
+        size = n == 8 ? ftell(f) : 0;
+        fclose(f);
+    }
+    CHECK(memcmp(sig, "\x89PNG\r\n\x1a\n", 8) == 0 && size > 5000,
+          "no real %s (%ld bytes)", path, size);
+    snprintf(path, sizeof path, "%s/plot/loss.gp", dir);
+    CHECK(access(path, R_OK) == 0, "no %s", path);
+    /* no gnuplot on the PATH: one line, exit 0, the whole log */
+    char empty[300];
+    snprintf(empty, sizeof empty, "%s/nogp", dir);
+    mkdir(empty, 0777);
+    snprintf(cmd, sizeof cmd,
+             "PATH='%s' '%s' train --steps 40 --eval-every 20 --eval-size 10 "
+             "--batch 8 --d-model 16 --d-ff 32 --plot --quiet --out %s/plot2",
+             empty, qkv, dir);
+    int rc = test_shell(cmd, out, sizeof out);
+    CHECK(rc == 0 && strstr(out, "apt-get install gnuplot-nox"),
+          "train --plot without gnuplot: exit %d: %s", rc, out);
+    int warn = 0;
+    for (char *s2 = out; (s2 = strstr(s2, "gnuplot-nox")); s2++) warn++;
+    CHECK(warn == 1, "said %d times: %s", warn, out);
+    double row[8];
+    snprintf(path, sizeof path, "%s/plot2/log.csv", dir);
+    CHECK(last_row(path, row) == 0 && row[0] == 40, "log incomplete");
+}
+
 /* ------------------------------------------------------------- bad input */
 
 static void write_text(const char *path, const char *text, size_t n) {
@@ -576,6 +618,7 @@ int main(void) {
     make_corpora();
     RUN(test_task_eval_decode);
     RUN(test_task_symbol_2_is_not_eos);
+    RUN(test_train_plot);
     RUN(test_corpus_train_eval_decode);
     RUN(test_corpus_decoder_only);
     RUN(test_corpus_resume_equals_uninterrupted);

@@ -88,13 +88,26 @@ static void print_help(const char *cmd, const char *usage, const flag *flags,
             snprintf(def, sizeof def, "off");
             break;
         }
-        char name[48];
-        snprintf(name, sizeof name, "--%s%s", f->name,
-                 f->type == FLAG_BOOL  ? ""
-                 : f->choices          ? " WORD"
-                 : f->type == FLAG_STR ? " PATH"
-                                       : " N");
-        printf("  %-22s %s (default %s)\n", name, f->help, def);
+        /* what the value looks like: the choices, a number, a list, a
+         * file or directory, or free text */
+        static const char *const paths[] = {"ckpt", "data", "valid", "out",
+                                            "resume"};
+        const char *what = f->type == FLAG_BOOL                 ? ""
+                           : f->choices                         ? f->choices
+                           : f->type != FLAG_STR                ? "N"
+                           : strstr(f->help, "comma-separated") ? "LIST"
+                                                                : "TEXT";
+        for (size_t k = 0; k < sizeof paths / sizeof *paths; k++)
+            if (f->type == FLAG_STR && !f->choices &&
+                strcmp(f->name, paths[k]) == 0)
+                what = "PATH";
+        char name[96];
+        snprintf(name, sizeof name, "--%s%s%s", f->name, *what ? " " : "",
+                 what);
+        if (strlen(name) > 22)
+            printf("  %s\n  %-22s %s (default %s)\n", name, "", f->help, def);
+        else
+            printf("  %-22s %s (default %s)\n", name, f->help, def);
     }
 }
 
