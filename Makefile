@@ -58,7 +58,7 @@ LIB       := $(BUILD)/libqkv.a
 
 TEST_SRC  := $(wildcard tests/test_*.c)
 TEST_BIN  := $(TEST_SRC:%.c=$(BUILD)/%)
-BENCH_BIN := $(BUILD)/tests/bench_matmul
+BENCH_BIN := $(BUILD)/tests/bench_matmul $(BUILD)/bench/bench_train
 QKV_SRC   := $(wildcard examples/cli/*.c)
 QKV_OBJ   := $(QKV_SRC:%.c=$(BUILD)/%.o)
 EXAMPLES  := $(patsubst %.c,$(BUILD)/%,$(wildcard examples/*.c)) $(BUILD)/examples/qkv
@@ -80,6 +80,9 @@ $(LIB): $(LIB_OBJ)
 	ar rcs $@ $^
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 $(BUILD)/examples/%: $(BUILD)/examples/%.o $(LIB)
@@ -118,8 +121,10 @@ docs: $(QKV)
 test: $(TEST_BIN) $(EXAMPLES)
 	@sh tests/run.sh $(TEST_BIN)
 
+# Training speed against PyTorch (when python3-torch is installed) and the
+# matmul kernels: bench/run.sh prints the tables.
 bench: $(BENCH_BIN)
-	$(BENCH_BIN)
+	@sh bench/run.sh $(BUILD)
 
 # Every test but the long learning run under valgrind (memcheck), built
 # without -march=native: valgrind 3.19 cannot decode AVX-512.

@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "op_table.h"
 
@@ -12,9 +13,16 @@ void qkv_graph_init(qkv_graph *g, size_t arena_bytes) {
     g->training = 1;
 }
 
+static double seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 void qkv_graph_reset(qkv_graph *g) {
     qkv_arena_reset(&g->arena);
     g->n_nodes = 0;
+    if (g->profile) g->profile->mark = seconds();
 }
 
 void qkv_graph_free(qkv_graph *g) {
@@ -70,6 +78,12 @@ float *qkv_grad(qkv_graph *g, qkv_tensor *t) {
 qkv_node *qkv_record(qkv_graph *g, qkv_op op, qkv_tensor *out, qkv_tensor *a,
                      qkv_tensor *b, qkv_tensor *c) {
     if (!g->recording) return NULL;
+    if (g->profile) {
+        double t = seconds();
+        g->profile->fwd[op] += t - g->profile->mark;
+        g->profile->n_fwd[op]++;
+        g->profile->mark = t;
+    }
     if (!((a && a->requires_grad) || (b && b->requires_grad) ||
           (c && c->requires_grad)))
         return NULL;
@@ -101,7 +115,14 @@ void qkv_backward(qkv_graph *g, qkv_tensor *loss) {
     for (int i = g->n_nodes - 1; i >= 0; i--) {
         qkv_node *nd = &g->nodes[i];
         if (!nd->out->grad) continue; /* nothing flows back through this node */
+        if (!g->profile) {
+            qkv_op_table[nd->op].backward(g, nd);
+            continue;
+        }
+        double t = seconds();
         qkv_op_table[nd->op].backward(g, nd);
+        g->profile->bwd[nd->op] += seconds() - t;
+        g->profile->n_bwd[nd->op]++;
     }
 }
 

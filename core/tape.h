@@ -84,9 +84,20 @@ typedef struct qkv_node {
     } s;
 } qkv_node;
 
+/* Time per op kind, filled while g->profile points here (qkv train
+ * --profile). A forward is timed from the previous recorded op (or the
+ * graph reset) to its own record, so it includes the glue code between
+ * ops; a backward is timed exactly. Seconds, summed over steps. */
+typedef struct qkv_profile {
+    double fwd[QKV_OP_COUNT], bwd[QKV_OP_COUNT];
+    long n_fwd[QKV_OP_COUNT], n_bwd[QKV_OP_COUNT];
+    double mark; /* end of the last timed forward */
+} qkv_profile;
+
 typedef struct qkv_graph {
     qkv_arena arena;
-    qkv_node *nodes; /* the tape, in execution order */
+    qkv_profile *profile; /* NULL: not profiling */
+    qkv_node *nodes;      /* the tape, in execution order */
     int n_nodes, cap_nodes;
     size_t n_reallocs; /* tape growths so far (tests watch this) */
     int recording;     /* 1: ops record nodes (grad mode); 0: no_grad */

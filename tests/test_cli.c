@@ -473,6 +473,29 @@ static void test_train_plot(void) {
     CHECK(last_row(path, row) == 0 && row[0] == 40, "log incomplete");
 }
 
+/* --profile: a table of op kinds and phases whose parts add up. */
+static void test_train_profile(void) {
+    char cmd[600], out[8192];
+    snprintf(cmd, sizeof cmd,
+             "train --steps 30 --eval-every 30 --eval-size 10 --batch 8 "
+             "--d-model 16 --d-ff 32 --profile --quiet --out %s/prof",
+             dir);
+    CHECK(run(cmd, out, sizeof out) == 0, "train --profile: %s", out);
+    CHECK(strstr(out, "profile: ms per step, over 30 steps"), "%s", out);
+    const char *rows[] = {"matmul",        "attention",        "layernorm",
+                          "cross_entropy", "optimiser (Adam)", "backward"};
+    for (size_t i = 0; i < sizeof rows / sizeof *rows; i++)
+        CHECK(strstr(out, rows[i]), "no %s row: %s", rows[i], out);
+    /* the ops' backward times are the backward phase, up to the loop */
+    double fwd = NAN, bwd = NAN, phase_b = NAN;
+    char *s = strstr(out, "all ops");
+    if (s) sscanf(s, "all ops %lf %lf", &fwd, &bwd);
+    s = strstr(out, "\n  backward ");
+    if (s) sscanf(s, "\n  backward %lf", &phase_b);
+    CHECK(bwd > 0 && phase_b >= bwd && bwd > 0.5 * phase_b,
+          "ops' backward %.3f ms vs the phase's %.3f ms", bwd, phase_b);
+}
+
 /* ------------------------------------------------------------- bad input */
 
 static void write_text(const char *path, const char *text, size_t n) {
@@ -619,6 +642,7 @@ int main(void) {
     RUN(test_task_eval_decode);
     RUN(test_task_symbol_2_is_not_eos);
     RUN(test_train_plot);
+    RUN(test_train_profile);
     RUN(test_corpus_train_eval_decode);
     RUN(test_corpus_decoder_only);
     RUN(test_corpus_resume_equals_uninterrupted);

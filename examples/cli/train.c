@@ -59,7 +59,7 @@ typedef struct train_opts {
     int N, n_enc, n_dec, h, d_model, d_ff;
     float dropout, label_smoothing, lr, clip, weight_decay;
     int warmup, batch, steps, seed, threads, eval_every, eval_size, quiet;
-    int save_every, plot, dry_run;
+    int save_every, plot, dry_run, profile;
 } train_opts;
 
 /* Non-pad tokens of a batch, source and target. */
@@ -117,6 +117,36 @@ static void validate(qkv_model *m, qkv_graph *g, const cli_data *d,
     while (qkv_batcher_next(&cr->vit, &cr->vbatch))
         cli_score_batch(m, g, d, &cr->vbatch.view, 1, 0,
                         cli_max_out(m, d, &cr->vbatch.view), s, NULL);
+}
+
+/* The --profile table: per step, each op kind's forward and backward time
+ * (from the tape) and the phases of the step timed in the loop. */
+static void print_profile(const qkv_profile *p, const double *phase,
+                          int n_phase, int steps, double wall) {
+    static const char *const names[] = {
+        "data (batch)", "forward (loss)",   "zero grad",  "backward",
+        "clip",         "optimiser (Adam)", "validation", "log + checkpoint"};
+    double fsum = 0, bsum = 0, psum = 0;
+    for (int k = 0; k < QKV_OP_COUNT; k++) fsum += p->fwd[k], bsum += p->bwd[k];
+    for (int k = 0; k < n_phase; k++) psum += phase[k];
+    printf("\nprofile: ms per step, over %d steps\n", steps);
+    printf("  %-16s %9s %9s %7s %6s\n", "op", "forward", "backward", "calls",
+           "share");
+    for (int k = 0; k < QKV_OP_COUNT; k++) {
+        if (!p->n_fwd[k] && !p->n_bwd[k]) continue;
+        double f = 1e3 * p->fwd[k] / steps, b = 1e3 * p->bwd[k] / steps;
+        printf("  %-16s %9.3f %9.3f %7.1f %5.1f%%\n", qkv_op_name((qkv_op)k), f,
+               b, (double)p->n_fwd[k] / steps,
+               100 * (p->fwd[k] + p->bwd[k]) / psum);
+    }
+    printf("  %-16s %9.3f %9.3f\n", "all ops", 1e3 * fsum / steps,
+           1e3 * bsum / steps);
+    printf("  %-16s %9s\n", "phase", "ms");
+    for (int k = 0; k < n_phase; k++)
+        printf("  %-16s %9.3f %5.1f%%\n", names[k], 1e3 * phase[k] / steps,
+               100 * phase[k] / psum);
+    printf("  %-16s %9.3f (wall %.3f)\n", "step", 1e3 * psum / steps,
+           1e3 * wall / steps);
 }
 
 int cmd_train(int argc, char **argv) {
@@ -225,6 +255,9 @@ int cmd_train(int argc, char **argv) {
         {"plot", FLAG_BOOL, &o.plot, NULL,
          "draw DIR/loss.png at every validation and at the end (gnuplot)"},
         {"quiet", FLAG_BOOL, &o.quiet, NULL, "print only the final line"},
+        {"profile", FLAG_BOOL, &o.profile, NULL,
+         "print the time per op kind (forward, backward), optimiser and data "
+         "at the end"},
         {"dry-run", FLAG_BOOL, &o.dry_run, NULL,
          "check the flags and data, print the model's size, write nothing"},
     };
@@ -240,8 +273,8 @@ int cmd_train(int argc, char **argv) {
     char err[512], ckpt_path[4200];
     cli_data d = {0};
     if (*o.resume) {
-        const char *keep[] = {"resume", "threads",    "quiet", "steps",
-                              "epochs", "save-every", "plot"};
+        const char *keep[] = {"resume", "threads", "quiet",   "steps",
+                              "epochs", "plot",    "profile", "save-every"};
         for (int i = 2; i < argc; i++) {
             if (strncmp(argv[i], "--", 2) != 0) continue;
             int ok = 0;
@@ -500,9 +533,34 @@ int cmd_train(int argc, char **argv) {
     double t0 = cli_now() - secs0;
     float train_loss = 0;
     double vloss = NAN, vacc = NAN, vbleu = NAN;
+    /* --profile: op times from the tape, the rest timed here */
+    qkv_profile prof;
+    memset(&prof, 0, sizeof prof);
+    enum {
+        PH_DATA,
+        PH_LOSS,
+        PH_ZERO,
+        PH_BACKWARD,
+        PH_CLIP,
+        PH_OPTIM,
+        PH_VALID,
+        PH_LOG,
+        PH_N
+    };
+    double phase[PH_N] = {0}, tp = 0, tp0 = cli_now();
+    if (o.profile) g.profile = &prof;
+#define PHASE(k)                                                               \
+    do {                                                                       \
+        if (o.profile) {                                                       \
+            double t_ = cli_now();                                             \
+            phase[k] += t_ - tp;                                               \
+            tp = t_;                                                           \
+        }                                                                      \
+    } while (0)
     int step;
     for (step = (int)start + 1; step <= o.steps; step++) {
         const qkv_batch *bv;
+        tp = cli_now();
         if (!corpus) {
             qkv_task_sample(&d.task, &data, &b);
             bv = &b.view;
@@ -515,14 +573,20 @@ int cmd_train(int argc, char **argv) {
             }
             bv = &cr.batch.view;
         }
+        PHASE(PH_DATA);
         qkv_graph_reset(&g);
         qkv_tensor *loss = qkv_model_loss(&m, &g, bv, o.label_smoothing);
         train_loss = loss->data[0]; /* validate() resets the arena */
+        PHASE(PH_LOSS);
         qkv_params_zero_grad(&m.params);
+        PHASE(PH_ZERO);
         qkv_backward(&g, loss);
+        PHASE(PH_BACKWARD);
         if (o.clip > 0) qkv_clip_grad_norm(&m.params, o.clip);
+        PHASE(PH_CLIP);
         float lr = qkv_schedule_lr(&sched, step);
         qkv_optim_step(&opt, &m.params, lr);
+        PHASE(PH_OPTIM);
         tokens += batch_tokens(bv);
         int report = step % o.eval_every == 0 || step == o.steps;
         int eval = do_valid && report;
@@ -533,6 +597,7 @@ int cmd_train(int argc, char **argv) {
             vacc = (double)s.exact / (double)s.seqs;
             vbleu = corpus ? 100.0 * qkv_bleu_score(&s.bleu) : NAN;
         }
+        PHASE(PH_VALID);
         double secs = cli_now() - t0;
         fprintf(log, "%d,%ld,%.3f,%.6g,%.6f,", step, tokens, secs, (double)lr,
                 (double)train_loss);
@@ -591,6 +656,12 @@ int cmd_train(int argc, char **argv) {
             printf("%s\n", line);
         fflush(stdout);
     }
+    if (o.profile) {
+        PHASE(PH_LOG);
+        int n = step - (int)start - (step > o.steps);
+        print_profile(&prof, phase, PH_N, n < 1 ? 1 : n, cli_now() - tp0);
+    }
+#undef PHASE
     if (fclose(log)) cli_die("train: writing %s failed", path);
     if (tty) printf("\n");
     if (interrupted)

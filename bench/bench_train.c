@@ -1,0 +1,283 @@
+/* bench_train.c - training speed of qkv on the three bench configs.
+ *
+ * An encoder-decoder (bias-free linears, post-norm, sinusoidal positions,
+ * ReLU FFN, no dropout, Adam) trains on the copy task; one process per
+ * config, so the peak RSS is the config's own. Prints one line of
+ * key=value pairs that bench/run.sh turns into the table:
+ *
+ *   bench_train tiny [--threads N] [--steps K] [--reps R]
+ *   bench_train peak [--threads N]        the machine's FMA peak, GFLOPS
+ *   bench_train tape                      tape overhead per recorded op
+ *
+ * Timing: 5 warm-up steps, then R runs of K steps; the figure is the
+ * median run's time per step (CLOCK_MONOTONIC). A step is forward,
+ * backward and the Adam update, on a fresh batch.
+ *
+ * FLOPs count the matrix products only (the standard convention): for one
+ * forward, per encoder layer 8BSD^2 (Q K V O) + 4BS^2D (scores and A V) +
+ * 4BSDF (FFN); per decoder layer 8BTD^2 + 4BT^2D (self), 4BTD^2 + 4BSD^2 +
+ * 4BTSD (cross), 4BTDF; and 2BTDV for the generator. Training is 3 times
+ * the forward (the backward computes two products per forward one).
+ *
+ * Heap allocations after the warm-up are counted by wrapping malloc,
+ * calloc and realloc (glibc's __libc_* entry points).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "model.h"
+#include "optim.h"
+#include "tasks.h"
+
+/* ---------------------------------------------------- allocation counter */
+
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define QKV_NO_MALLOC_WRAP 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define QKV_NO_MALLOC_WRAP 1
+#endif
+static volatile size_t n_allocs;
+#ifndef QKV_NO_MALLOC_WRAP /* ASan has its own malloc */
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+void *malloc(size_t n) {
+    n_allocs++;
+    return __libc_malloc(n);
+}
+void *calloc(size_t n, size_t m) {
+    n_allocs++;
+    return __libc_calloc(n, m);
+}
+void *realloc(void *p, size_t n) {
+    n_allocs++;
+    return __libc_realloc(p, n);
+}
+#endif
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+typedef struct config {
+    const char *name;
+    int D, N, H, F, L, B, V;
+} config;
+
+static const config configs[] = {
+    {"tiny", 64, 2, 4, 256, 16, 32, 16},
+    {"small", 128, 2, 4, 512, 32, 32, 64},
+    {"base", 256, 4, 8, 1024, 64, 32, 1000},
+};
+
+/* Matrix-product FLOPs of one training step (see the top). */
+static double step_flops(const config *c) {
+    double B = c->B, S = c->L, T = c->L, D = c->D, F = c->F, V = c->V;
+    double enc = 8 * B * S * D * D + 4 * B * S * S * D + 4 * B * S * D * F;
+    double dec = 8 * B * T * D * D + 4 * B * T * T * D + 4 * B * T * D * D +
+                 4 * B * S * D * D + 4 * B * T * S * D + 4 * B * T * D * F;
+    return 3 * (c->N * (enc + dec) + 2 * B * T * D * V);
+}
+
+/* ------------------------------------------------------------------ peak */
+
+/* GFLOPS of a register-resident FMA loop on every thread: 8 independent
+ * vector accumulators (enough to cover the FMA latency), 16 floats each. */
+static double fma_peak(void) {
+    const long iters = 20000000;
+    double best = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        int threads = 1;
+        double t0 = now();
+        float sink = 0;
+#pragma omp parallel reduction(+ : sink)
+        {
+#ifdef _OPENMP
+#pragma omp single
+            threads = omp_get_num_threads();
+#endif
+#ifdef __AVX512F__
+            __m512 a[8], x = _mm512_set1_ps(0.999999f),
+                         y = _mm512_set1_ps(1e-7f);
+            for (int k = 0; k < 8; k++) a[k] = _mm512_set1_ps((float)k);
+            for (long i = 0; i < iters; i++)
+                for (int k = 0; k < 8; k++) a[k] = _mm512_fmadd_ps(a[k], x, y);
+            for (int k = 0; k < 8; k++) sink += _mm512_reduce_add_ps(a[k]);
+#else
+            float a[8][16];
+            for (int k = 0; k < 8; k++)
+                for (int j = 0; j < 16; j++) a[k][j] = (float)k;
+            for (long i = 0; i < iters; i++)
+                for (int k = 0; k < 8; k++)
+#pragma omp simd
+                    for (int j = 0; j < 16; j++)
+                        a[k][j] = fmaf(a[k][j], 0.999999f, 1e-7f);
+            for (int k = 0; k < 8; k++) sink += a[k][0];
+#endif
+        }
+        double t = now() - t0;
+        if (sink == 12345.f) printf("!");
+        double g = (double)threads * iters * 8 * 16 * 2 / t / 1e9;
+        if (g > best) best = g;
+    }
+    return best;
+}
+
+/* ------------------------------------------------------------------ tape */
+
+/* Seconds per op of n adds of 1-element tensors, recording or not; the
+ * difference is what the tape adds per recorded op. */
+static double add_time(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int rec,
+                       int n) {
+    qkv_graph_set_grad(g, rec);
+    double best = 1e9;
+    for (int r = 0; r < 7; r++) {
+        qkv_graph_reset(g);
+        double t0 = now();
+        qkv_tensor *x = a;
+        for (int i = 0; i < n; i++) x = qkv_add(g, x, b);
+        double t = (now() - t0) / n;
+        if (t < best) best = t;
+    }
+    return best;
+}
+
+static void tape_overhead(void) {
+    qkv_params ps;
+    qkv_params_init(&ps);
+    int shape[1] = {1};
+    qkv_tensor *a = qkv_params_add(&ps, "a", 1, shape);
+    qkv_tensor *b = qkv_params_add(&ps, "b", 1, shape);
+    qkv_params_alloc(&ps);
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    int n = 100000;
+    add_time(&g, a, b, 1, n); /* grow the arena and the tape once */
+    double on = add_time(&g, a, b, 1, n), off = add_time(&g, a, b, 0, n);
+    printf("tape_us_per_op=%.4f op_us_recorded=%.4f op_us_unrecorded=%.4f\n",
+           1e6 * (on - off), 1e6 * on, 1e6 * off);
+    qkv_graph_free(&g);
+    qkv_params_free(&ps);
+}
+
+/* ------------------------------------------------------------------ main */
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: bench_train tiny|small|base|peak|tape "
+                        "[--threads N] [--steps K] [--reps R]\n");
+        return 2;
+    }
+    int threads = 0, steps = 20, reps = 5;
+    for (int i = 2; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--threads") == 0)
+            threads = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--steps") == 0)
+            steps = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--reps") == 0)
+            reps = atoi(argv[i + 1]);
+        else {
+            fprintf(stderr, "bench_train: unknown flag %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (threads > 0) qkv_set_threads(threads);
+#ifdef _OPENMP
+    int nthreads = omp_get_max_threads();
+#else
+    int nthreads = 1;
+#endif
+    if (strcmp(argv[1], "peak") == 0) {
+        printf("peak_gflops=%.1f threads=%d\n", fma_peak(), nthreads);
+        return 0;
+    }
+    if (strcmp(argv[1], "tape") == 0) {
+        tape_overhead();
+        return 0;
+    }
+    const config *c = NULL;
+    for (size_t i = 0; i < sizeof configs / sizeof *configs; i++)
+        if (strcmp(argv[1], configs[i].name) == 0) c = &configs[i];
+    if (!c) {
+        fprintf(stderr, "bench_train: unknown config %s\n", argv[1]);
+        return 2;
+    }
+    qkv_model_config mc = qkv_model_defaults(QKV_MODEL_ENCDEC);
+    mc.src_vocab = mc.tgt_vocab = c->V;
+    mc.d_model = c->D, mc.heads = c->H, mc.d_ff = c->F;
+    mc.n_enc = mc.n_dec = c->N;
+    mc.max_len = c->L;
+    mc.dropout = 0;
+    qkv_model m;
+    char err[256];
+    if (qkv_model_init(&m, &mc, 42, err, sizeof err)) {
+        fprintf(stderr, "bench_train: %s\n", err);
+        return 1;
+    }
+    qkv_optim opt;
+    qkv_optim_config oc = qkv_optim_defaults(QKV_OPTIM_ADAM);
+    qkv_optim_init(&opt, &oc, &m.params);
+    qkv_task task = {QKV_TASK_COPY, c->V, c->L, c->L, 0, 0};
+    qkv_task_batch b;
+    qkv_task_batch_init(&b, &task, c->B);
+    qkv_pcg32 rng;
+    qkv_pcg32_seed(&rng, 1, 1);
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    float last = 0;
+#define STEP()                                                                 \
+    do {                                                                       \
+        qkv_task_sample(&task, &rng, &b);                                      \
+        qkv_graph_reset(&g);                                                   \
+        qkv_tensor *loss = qkv_model_loss(&m, &g, &b.view, 0.0f);              \
+        last = loss->data[0];                                                  \
+        qkv_params_zero_grad(&m.params);                                       \
+        qkv_backward(&g, loss);                                                \
+        qkv_optim_step(&opt, &m.params, 1e-3f);                                \
+    } while (0)
+    for (int i = 0; i < 5; i++) STEP();
+    double *t = malloc((size_t)reps * sizeof *t);
+    size_t allocs0 = n_allocs;
+    for (int r = 0; r < reps; r++) {
+        double t0 = now();
+        for (int i = 0; i < steps; i++) STEP();
+        t[r] = (now() - t0) / steps;
+    }
+    size_t allocs = n_allocs - allocs0;
+    qsort(t, (size_t)reps, sizeof *t, cmp_double);
+    double s = t[reps / 2], flops = step_flops(c);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("config=%s threads=%d ms_per_step=%.3f tokens_per_s=%.0f "
+           "gflops=%.1f rss_mb=%.1f allocs_after_warmup=%zu params=%zu "
+           "loss=%.4f\n",
+           c->name, nthreads, 1e3 * s, 2.0 * c->B * c->L / s, flops / s / 1e9,
+           (double)ru.ru_maxrss / 1024, allocs, m.params.n, (double)last);
+    free(t);
+    qkv_graph_free(&g);
+    qkv_task_batch_free(&b);
+    qkv_optim_free(&opt);
+    qkv_model_free(&m);
+    return 0;
+}

@@ -1,0 +1,71 @@
+#!/bin/sh
+# bench/run.sh BUILD_DIR - qkv's training speed beside PyTorch's, measured in
+# the same run, and the matmul kernels (make bench runs this).
+#
+# For each config (tiny, small, base; see bench/bench_train.c) qkv trains
+# with 1 and 2 threads and PyTorch (Debian's python3-torch, when it imports)
+# with 1 and 2 threads, each in its own process; PyTorch's figure is its
+# best thread setting. Ratios are qkv / PyTorch (below 1: qkv is faster).
+# Quiet machine wanted: 2 OpenMP threads collapse when the other core is busy.
+set -e
+BUILD=${1:-build}
+B=$BUILD/bench/bench_train
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
+TORCH=0
+if "$PY" -c "import torch" 2>/dev/null; then TORCH=1; fi
+
+# key=value of a line
+get() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+
+echo "== the machine: FMA peak (register-resident AVX-512 FMA loop)"
+P1=$(get "$($B peak --threads 1)" peak_gflops)
+P2=$(get "$($B peak --threads 2)" peak_gflops)
+echo "peak: $P1 GFLOPS on 1 thread, $P2 on 2"
+echo
+echo "== the tape: time per recorded op (1-element add, recording on - off)"
+$B tape
+echo
+
+steps_of() { case $1 in tiny) echo "50 5";; small) echo "20 5";; base) echo "4 5";; esac; }
+
+printf '== training step (forward + backward + Adam), median of 5 runs\n'
+printf '%-6s %-7s %9s %11s %8s %7s %8s %7s %9s %9s %8s\n' \
+    config threads ms/step tokens/s GFLOPS %peak RSS_MB allocs \
+    torch_ms torch_RSS ratio
+for cfg in tiny small base; do
+    set -- $(steps_of $cfg)
+    ST=$1 RE=$2
+    TMS=""
+    TRSS=""
+    if [ $TORCH = 1 ]; then
+        for t in 1 2; do
+            L=$("$PY" bench/bench_torch.py $cfg --threads $t --steps $ST --reps $RE)
+            ms=$(get "$L" ms_per_step)
+            if [ -z "$TMS" ] || awk "BEGIN{exit !($ms < $TMS)}"; then
+                TMS=$ms
+                TRSS=$(get "$L" rss_mb)
+                TT=$t
+            fi
+        done
+    fi
+    for t in 1 2; do
+        L=$($B $cfg --threads $t --steps $ST --reps $RE)
+        ms=$(get "$L" ms_per_step)
+        peak=$P1
+        [ $t = 2 ] && peak=$P2
+        awk -v c=$cfg -v t=$t -v ms=$ms -v tok="$(get "$L" tokens_per_s)" \
+            -v gf="$(get "$L" gflops)" -v peak=$peak -v rss="$(get "$L" rss_mb)" \
+            -v al="$(get "$L" allocs_after_warmup)" -v tms="$TMS" -v trss="$TRSS" \
+            -v tt="$TT" 'BEGIN{
+            r = tms == "" ? "-" : sprintf("%.3f", ms / tms);
+            printf "%-6s %-7s %9.2f %11.0f %8.1f %6.1f%% %8.1f %7d %9s %9s %8s\n",
+                c, t, ms, tok, gf, 100 * gf / peak, rss, al,
+                tms == "" ? "-" : sprintf("%.2f(%st)", tms, tt),
+                trss == "" ? "-" : trss, r }'
+    done
+done
+[ $TORCH = 1 ] || echo "(PyTorch not found: apt-get install python3-torch for the ratios)"
+echo
+echo "== matmul kernels (bench_matmul)"
+$BUILD/tests/bench_matmul
