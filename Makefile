@@ -4,7 +4,7 @@
 #   make test          build and run every test; ends with "N passed, N failed"
 #   make demo          train the copy task and plot its loss (runs/copy/)
 #   make docs          the README's pictures (docs/; ~6 minutes)
-#   make bench         matmul GFLOPS
+#   make bench         training speed against PyTorch, matmul GFLOPS
 #   make valgrind      the tests under valgrind (portable build, no AVX-512)
 #   make corpora       regenerate data/corpora with data/gen/make_corpora.py
 #   make golden        regenerate tests/golden/*.safetensors with PyTorch

@@ -111,8 +111,7 @@ static double fma_peak(void) {
         int threads = 1;
         double t0 = now();
         float sink = 0;
-#pragma omp parallel reduction(+ : sink)
-        {
+        QKV_OMP(omp parallel reduction(+ : sink)) {
 #ifdef _OPENMP
 #pragma omp single
             threads = omp_get_num_threads();
@@ -129,10 +128,9 @@ static double fma_peak(void) {
             for (int k = 0; k < 8; k++)
                 for (int j = 0; j < 16; j++) a[k][j] = (float)k;
             for (long i = 0; i < iters; i++)
-                for (int k = 0; k < 8; k++)
-#pragma omp simd
-                    for (int j = 0; j < 16; j++)
-                        a[k][j] = fmaf(a[k][j], 0.999999f, 1e-7f);
+                for (int k = 0; k < 8; k++) QKV_OMP(omp simd)
+            for (int j = 0; j < 16; j++)
+                a[k][j] = fmaf(a[k][j], 0.999999f, 1e-7f);
             for (int k = 0; k < 8; k++) sink += a[k][0];
 #endif
         }
@@ -270,10 +268,11 @@ int main(int argc, char **argv) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("config=%s threads=%d ms_per_step=%.3f tokens_per_s=%.0f "
-           "gflops=%.1f rss_mb=%.1f allocs_after_warmup=%zu params=%zu "
-           "loss=%.4f\n",
+           "gflops=%.1f rss_mb=%.1f arena_mb=%.1f allocs_after_warmup=%zu "
+           "params=%zu loss=%.4f\n",
            c->name, nthreads, 1e3 * s, 2.0 * c->B * c->L / s, flops / s / 1e9,
-           (double)ru.ru_maxrss / 1024, allocs, m.params.n, (double)last);
+           (double)ru.ru_maxrss / 1024, (double)g.arena.peak / (1 << 20),
+           allocs, m.params.n, (double)last);
     free(t);
     qkv_graph_free(&g);
     qkv_task_batch_free(&b);
