@@ -18,7 +18,9 @@ if "$PY" -c "import torch" 2>/dev/null; then TORCH=1; fi
 # installed: the netlib reference one is ~30x slower than OpenBLAS, which
 # would flatter qkv. With OpenBLAS, its AVX-512 kernels are selected here
 # (the default detection picks AVX2 ones on this CPU).
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX}
+# This machine's environment presets OPENBLAS_CORETYPE=Haswell (AVX2), so
+# it is overridden; QKV_OPENBLAS_CORETYPE picks another.
+export OPENBLAS_CORETYPE=${QKV_OPENBLAS_CORETYPE:-SkylakeX}
 if [ $TORCH = 1 ]; then
     BLAS=$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || true)
     echo "PyTorch: $("$PY" -c 'import torch; print(torch.__version__)'), BLAS $BLAS"

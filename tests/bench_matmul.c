@@ -4,12 +4,19 @@
  * 50 ms have passed (CLOCK_MONOTONIC). GFLOPS = 2 M N K / seconds / 1e9.
  * Usage: bench_matmul [quick]           all shapes ("quick": 1 run of >= 10 ms)
  *        bench_matmul ta tb M N K      one shape
+ *
+ * When libopenblas.so.0 can be loaded (apt-get install libopenblas0-pthread)
+ * its cblas_sgemm is measured beside, with OPENBLAS_CORETYPE=SkylakeX unless
+ * set (OpenBLAS 0.3.21 picks its AVX2 kernels on this AVX-512 CPU otherwise),
+ * and the ratio qkv / OpenBLAS is printed. It is loaded at run time, so the
+ * build needs nothing.
  */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
 #endif
 #include "matmul.h"
 
+#include <dlfcn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +52,33 @@ static void set_threads(int nt) {
 #endif
 }
 
+/* OpenBLAS, when it loads: cblas_sgemm behind qkv_sgemm's signature. */
+typedef void (*cblas_sgemm_fn)(int, int, int, int, int, int, float,
+                               const float *, int, const float *, int, float,
+                               float *, int);
+static cblas_sgemm_fn ob_sgemm;
+static void (*ob_set_threads)(int);
+
+static void openblas_load(void) {
+    /* This machine's environment presets OPENBLAS_CORETYPE=Haswell (AVX2);
+     * QKV_OPENBLAS_CORETYPE chooses another. */
+    const char *core = getenv("QKV_OPENBLAS_CORETYPE");
+    setenv("OPENBLAS_CORETYPE", core ? core : "SkylakeX", 1);
+    void *h = dlopen("libopenblas.so.0", RTLD_NOW | RTLD_LOCAL);
+    if (!h) return;
+    *(void **)&ob_sgemm = dlsym(h, "cblas_sgemm");
+    *(void **)&ob_set_threads = dlsym(h, "openblas_set_num_threads");
+    if (!ob_sgemm || !ob_set_threads) ob_sgemm = NULL;
+}
+
+static void openblas_gemm(int ta, int tb, int M, int N, int K, const float *A,
+                          int lda, const float *B, int ldb, int accumulate,
+                          float *C, int ldc) {
+    enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
+    ob_sgemm(ROW_MAJOR, ta ? TRANS : NO_TRANS, tb ? TRANS : NO_TRANS, M, N, K,
+             1.0f, A, lda, B, ldb, accumulate ? 1.0f : 0.0f, C, ldc);
+}
+
 /* median GFLOPS of fn on C[M,N] = op(A)[M,K] op(B)[K,N] with nt threads */
 static double bench(gemm_fn fn, int nt, int ta, int tb, int M, int N, int K) {
     size_t na = (size_t)M * K, nb = (size_t)K * N, nc = (size_t)M * N;
@@ -64,6 +98,7 @@ static double bench(gemm_fn fn, int nt, int ta, int tb, int M, int N, int K) {
     memset(C, 0, nc * sizeof(float));
     int lda = ta ? M : K, ldb = tb ? K : N;
     set_threads(nt);
+    if (ob_set_threads) ob_set_threads(nt);
     fn(ta, tb, M, N, K, A, lda, B, ldb, 0, C, N); /* warm up */
     double rate[16];
     for (int r = 0; r < n_runs; r++) {
@@ -83,16 +118,40 @@ static double bench(gemm_fn fn, int nt, int ta, int tb, int M, int N, int K) {
     return rate[n_runs / 2];
 }
 
-static void row(const char *label, int ta, int tb, int M, int N, int K) {
-    double g1 = bench(qkv_sgemm, 1, ta, tb, M, N, K);
-    double g2 = bench(qkv_sgemm, 2, ta, tb, M, N, K);
-    printf("%-22s %2d %2d %5d %5d %5d %9.1f %9.1f\n", label, ta, tb, M, N, K,
-           g1, g2);
-    fflush(stdout);
+/* The cases are measured qkv first, all of them, then OpenBLAS: OpenBLAS's
+ * threads keep spinning for a while after a call and would slow the OpenMP
+ * threads of a qkv measurement that followed it. */
+typedef struct bench_case {
+    const char *label;
+    int ta, tb, M, N, K;
+} bench_case;
+
+static void run_cases(const bench_case *c, int n) {
+    double(*g)[4] = calloc((size_t)n, sizeof *g);
+    for (int i = 0; i < n; i++) {
+        g[i][0] = bench(qkv_sgemm, 1, c[i].ta, c[i].tb, c[i].M, c[i].N, c[i].K);
+        g[i][1] = bench(qkv_sgemm, 2, c[i].ta, c[i].tb, c[i].M, c[i].N, c[i].K);
+    }
+    for (int i = 0; i < n && ob_sgemm; i++) {
+        g[i][2] =
+            bench(openblas_gemm, 1, c[i].ta, c[i].tb, c[i].M, c[i].N, c[i].K);
+        g[i][3] =
+            bench(openblas_gemm, 2, c[i].ta, c[i].tb, c[i].M, c[i].N, c[i].K);
+    }
+    for (int i = 0; i < n; i++) {
+        printf("%-22s %2d %2d %5d %5d %5d %9.1f %9.1f", c[i].label, c[i].ta,
+               c[i].tb, c[i].M, c[i].N, c[i].K, g[i][0], g[i][1]);
+        if (ob_sgemm)
+            printf(" %9.1f %9.1f %6.0f%% %6.0f%%", g[i][2], g[i][3],
+                   100 * g[i][0] / g[i][2], 100 * g[i][1] / g[i][3]);
+        printf("\n");
+    }
+    free(g);
 }
 
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "quick") == 0) n_runs = 1, min_run_s = 0.01;
+    openblas_load();
     if (argc == 6) {
         int d[5];
         for (int i = 0; i < 5; i++) d[i] = atoi(argv[i + 1]);
@@ -100,34 +159,45 @@ int main(int argc, char **argv) {
             fprintf(stderr, "bench_matmul: M N K must be positive\n");
             return 1;
         }
-        row("shape", d[0] != 0, d[1] != 0, d[2], d[3], d[4]);
+        bench_case one = {"shape", d[0] != 0, d[1] != 0, d[2], d[3], d[4]};
+        run_cases(&one, 1);
         return 0;
     }
     printf("qkv_sgemm kernel: %s, GFLOPS (median of %d runs)\n",
            qkv_sgemm_kernel_name(), n_runs);
-    printf("%-22s %2s %2s %5s %5s %5s %9s %9s\n", "case", "ta", "tb", "M", "N",
+    printf("%-22s %2s %2s %5s %5s %5s %9s %9s", "case", "ta", "tb", "M", "N",
            "K", "1 thread", "2 threads");
+    if (ob_sgemm)
+        printf(" %9s %9s %7s %7s", "OpenBLAS1", "OpenBLAS2", "qkv/OB1",
+               "qkv/OB2");
+    else
+        printf("  (OpenBLAS not found: apt-get install libopenblas0-pthread)");
+    printf("\n");
+    bench_case c[64];
+    int n = 0;
     static const int sq[] = {16, 64, 128, 256, 512, 1024};
-    for (int i = 0; i < 6; i++) row("square", 0, 0, sq[i], sq[i], sq[i]);
-    row("square A^T", 1, 0, 512, 512, 512);
-    row("square B^T", 0, 1, 512, 512, 512);
-    row("square A^T B^T", 1, 1, 512, 512, 512);
-
+    for (int i = 0; i < 6; i++)
+        c[n++] = (bench_case){"square", 0, 0, sq[i], sq[i], sq[i]};
+    c[n++] = (bench_case){"square A^T", 1, 0, 512, 512, 512};
+    c[n++] = (bench_case){"square B^T", 0, 1, 512, 512, 512};
+    c[n++] = (bench_case){"square A^T B^T", 1, 1, 512, 512, 512};
     /* forward Y[M,N] = X[M,K] W[K,N], and its backward passes
-     * dX[M,K] = dY[M,N] W^T (tb = 1) and dW[K,N] = X^T dY (ta = 1) */
+     * dX[M,K] = dY[M,N] W^T (tb = 1) and dW[K,N] = X^T dY (ta = 1), at the
+     * bench configs' shapes (M = batch x length) */
     static const int tf[][3] = {{512, 64, 64},     {512, 256, 64},
                                 {512, 64, 256},    {2048, 256, 256},
                                 {2048, 1024, 256}, {2048, 256, 1024},
                                 {2048, 1000, 256}};
     for (int i = 0; i < 7; i++) {
         int M = tf[i][0], N = tf[i][1], K = tf[i][2];
-        row("fwd   X W", 0, 0, M, N, K);
-        row("bwd  dY W^T", 0, 1, M, K, N);
-        row("bwd  X^T dY", 1, 0, K, N, M);
+        c[n++] = (bench_case){"fwd   X W", 0, 0, M, N, K};
+        c[n++] = (bench_case){"bwd  dY W^T", 0, 1, M, K, N};
+        c[n++] = (bench_case){"bwd  X^T dY", 1, 0, K, N, M};
     }
-    row("attn  Q K^T", 0, 1, 64, 64, 32);
-    row("attn  P V", 0, 0, 64, 32, 64);
-    row("attn  tiny", 0, 1, 16, 16, 16);
+    c[n++] = (bench_case){"attn  Q K^T", 0, 1, 64, 64, 32};
+    c[n++] = (bench_case){"attn  P V", 0, 0, 64, 32, 64};
+    c[n++] = (bench_case){"attn  tiny", 0, 1, 16, 16, 16};
+    run_cases(c, n);
 
     double gr = bench(qkv_sgemm_ref, 1, 0, 0, 256, 256, 256);
     printf("%-22s %2d %2d %5d %5d %5d %9.1f %9s\n", "reference triple loop", 0,
