@@ -153,4 +153,14 @@ static inline int test_shell(const char *cmd, char *out, size_t cap) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* Runs `QKV ARGS` (QKV: the program's path, ARGS: shell words), capturing
+ * stdout and stderr into out; returns the exit status. */
+static inline int test_qkv(const char *qkv, const char *args, char *out,
+                           size_t cap) {
+    char cmd[3000];
+    if (snprintf(cmd, sizeof cmd, "'%s' %s", qkv, args) >= (int)sizeof cmd)
+        return -1;
+    return test_shell(cmd, out, cap);
+}
+
 #endif

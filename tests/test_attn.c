@@ -25,13 +25,8 @@ typedef struct block {
 
 static block blocks[MAX_BLOCKS], other[MAX_BLOCKS], shorter[MAX_BLOCKS];
 
-/* Runs `qkv ARGS`, capturing stdout+stderr into out; returns the exit status.
- */
 static int run(const char *args, char *out, size_t cap) {
-    char cmd[3000];
-    if (snprintf(cmd, sizeof cmd, "'%s' %s", qkv, args) >= (int)sizeof cmd)
-        return -1;
-    return test_shell(cmd, out, cap);
+    return test_qkv(qkv, args, out, cap);
 }
 
 static long file_size(const char *path) {

@@ -12,13 +12,8 @@
 
 static char qkv[600], dir[64];
 
-/* Runs `qkv ARGS`, capturing stdout+stderr into out; returns the exit status.
- */
 static int run(const char *args, char *out, size_t cap) {
-    char cmd[3000];
-    if (snprintf(cmd, sizeof cmd, "'%s' %s", qkv, args) >= (int)sizeof cmd)
-        return -1;
-    return test_shell(cmd, out, cap);
+    return test_qkv(qkv, args, out, cap);
 }
 
 static void test_help_lists_every_flag_with_default(void) {

@@ -9,13 +9,8 @@
 
 static char qkv[600], dir[64];
 
-/* Runs `qkv ARGS`, capturing stdout+stderr into out; returns the exit status.
- */
 static int run(const char *args, char *out, size_t cap) {
-    char cmd[3000];
-    if (snprintf(cmd, sizeof cmd, "'%s' %s", qkv, args) >= (int)sizeof cmd)
-        return -1;
-    return test_shell(cmd, out, cap);
+    return test_qkv(qkv, args, out, cap);
 }
 
 /* The first cap - 1 bytes of path into buf (NUL-terminated); the file's

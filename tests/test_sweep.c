@@ -7,10 +7,7 @@
 static char qkv[600], dir[64];
 
 static int run(const char *args, char *out, size_t cap) {
-    char cmd[3000];
-    if (snprintf(cmd, sizeof cmd, "'%s' %s", qkv, args) >= (int)sizeof cmd)
-        return -1;
-    return test_shell(cmd, out, cap);
+    return test_qkv(qkv, args, out, cap);
 }
 
 /* One grid, small and fast: copy task, N 1,2 x h 1,4, 60 steps per cell. */

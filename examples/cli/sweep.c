@@ -70,7 +70,7 @@ static int read_results(const char *path, cell *c) {
     enum { TAIL = 50 };
     double tail[TAIL];
     int rows = 0;
-    double step = 0, tokens = 0, secs = 0;
+    double tokens = 0, secs = 0;
     c->val_loss = c->val_acc = c->val_bleu = NAN;
     if (!fgets(line, sizeof line, f)) {
         fclose(f);
@@ -88,7 +88,7 @@ static int read_results(const char *path, cell *c) {
             }
             s++;
         }
-        step = col[0], tokens = col[1], secs = col[2];
+        tokens = col[1], secs = col[2];
         tail[rows++ % TAIL] = col[4];
         if (!isnan(col[5])) c->val_loss = col[5], c->val_acc = col[6];
         if (!isnan(col[7])) c->val_bleu = col[7];
@@ -101,7 +101,6 @@ static int read_results(const char *path, cell *c) {
     c->train_loss = sum / k;
     c->seconds = secs;
     c->tok_per_s = secs > 0 ? tokens / secs : NAN;
-    (void)step;
     return 0;
 }
 
