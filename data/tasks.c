@@ -124,8 +124,8 @@ void qkv_task_sample(const qkv_task *t, qkv_pcg32 *rng, qkv_task_batch *b) {
 
 double qkv_task_exact_match(qkv_model *m, qkv_graph *g, const qkv_task *t,
                             const qkv_task_batch *b) {
-    int B = b->view.B, L = t->max_len + (t->use_eos ? 1 : 0), eos =
-        t->use_eos ? QKV_EOS : -1, right = 0;
+    int B = b->view.B, L = t->max_len + (t->use_eos ? 1 : 0),
+        eos = t->use_eos ? QKV_EOS : -1, right = 0;
     int32_t *out = qkv_malloc((size_t)B * L * sizeof *out, "exact match");
     int32_t y[1025];
     if (!t->decoder_only) {
@@ -142,7 +142,8 @@ double qkv_task_exact_match(qkv_model *m, qkv_graph *g, const qkv_task *t,
     } else { /* prompts of different lengths: one at a time */
         for (int i = 0; i < B; i++)
             qkv_model_greedy(m, g, b->tgt_in + (size_t)i * b->view.T, NULL, 1,
-                             b->len[i] + 1, QKV_BOS, eos, L, out + (size_t)i * L);
+                             b->len[i] + 1, QKV_BOS, eos, L,
+                             out + (size_t)i * L);
     }
     for (int i = 0; i < B; i++) {
         int len = b->len[i];
