@@ -3,12 +3,19 @@
  *   A = softmax(mask(scale * Q K^T)),  Y = A V      (Vaswani et al. 2017, eq.
  * 1)
  *
- * Q: (B,H,T,K), K and V: (B,H,S,K). The forward keeps A (B,H,T,S) for the
- * backward, which then needs only matrix products of the same sizes as the
- * forward: O(T S K) per head, never O(T^2 S):
+ * The forward keeps A (B,H,T,S) for the backward, which then needs only
+ * matrix products of the same sizes as the forward: O(T S K) per head, never
+ * O(T^2 S):
  *
  *   dV = A^T dY,  dA = dY V^T,  dZ = A * (dA - rowsum(dA * A)) * scale,
  *   dQ = dZ K,    dK = dZ^T Q         (Z the scaled, masked scores)
+ *
+ * Two layouts of the same kernel. qkv_attention takes heads as a dimension,
+ * (B,H,T,K). qkv_attention_packed takes the projections as they come out of
+ * the linear layers, (B,T,C) with the H heads side by side in a block of
+ * H*K columns, and writes Y the same way: a head is then a (T,K) matrix with
+ * row stride C, which the matmul kernels read and write in place, so the
+ * split/merge copies disappear and Q, K, V can share one x W_QKV^T product.
  *
  * Masks: a key j is hidden from query i when it is padding (key_pad[b, j]) or,
  * with causal on, when j > i + (S - T) (the future; with T < S the queries
@@ -17,11 +24,38 @@
  * output 0, never NaN. Heads run in parallel; each writes only its own slices.
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "matmul.h"
 #include "op_table.h"
 #include "ops.h"
+
+/* Where head h of batch b lives: element (t, k) of its (rows, K) matrix is
+ * at data[b * sb + h * sh + t * ld + k]. */
+typedef struct heads_view {
+    float *data;
+    size_t sb, sh;
+    int ld;
+} heads_view;
+
+static float *head_at(const heads_view *v, int b, int h) {
+    return v->data + (size_t)b * v->sb + (size_t)h * v->sh;
+}
+
+/* A (B,H,rows,K) tensor's buffer (data or grad). */
+static heads_view view_4d(float *data, const qkv_tensor *t) {
+    size_t rk = (size_t)t->shape[2] * t->shape[3];
+    return (heads_view){data, rk * t->shape[1], rk, t->shape[3]};
+}
+
+/* Columns [col, col + H*K) of a (B,rows,C) tensor's buffer. */
+static heads_view view_packed(float *data, const qkv_tensor *t, int col,
+                              int K) {
+    size_t C = (size_t)t->shape[2];
+    return (heads_view){data ? data + col : NULL, C * t->shape[1], (size_t)K,
+                        (int)C};
+}
 
 /* Turns one (T, S) block of raw scores into attention weights in place. */
 static void masked_softmax(float *A, int T, int S, float scale, int causal,
@@ -46,6 +80,169 @@ static void masked_softmax(float *A, int T, int S, float scale, int causal,
     }
 }
 
+/* ---- small heads: T, S, K <= 64 ----
+ * At these sizes the blocked sgemm spends more on packing, edge tiles and
+ * calls than on arithmetic (15 GFLOPS for 16 x 16 x 16), so each product of
+ * one head is one pass over register-resident output rows instead:
+ *
+ *   c[r, 0:w] (+)= sum_{m < len} a[r ar + m am] * b[m ldb + 0:w]
+ *
+ * a is read as scalars with any strides (Q, dY, A or dZ, transposed or not),
+ * b as rows of whole vectors (V, K, Q, dY, or K^T / V^T transposed into a
+ * scratch block). Every element is a sum over m in ascending order from 0,
+ * then added to c when accumulating: the order depends on the shapes alone,
+ * never on threads. qkv_attention_small_max = 0 turns the path off (tests
+ * compare both). */
+int qkv_attention_small_max = 64;
+
+#define VW 16 /* floats per vector: one zmm; two ymm or four xmm otherwise */
+typedef float vf __attribute__((vector_size(VW * sizeof(float))));
+#define SMALL_MAX 64 /* scratch blocks are SMALL_MAX x SMALL_MAX */
+
+static inline vf vload(const float *p) {
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* c[0:w] (+)= v[0:w] for the NV vectors of one output row */
+static inline __attribute__((always_inline)) void
+store_row(float *c, int w, const vf *v, int nv, int acc) {
+    for (int i = 0; i < nv; i++, c += VW, w -= VW) {
+        float t[VW];
+        memcpy(t, &v[i], sizeof t);
+        int n = w < VW ? w : VW;
+        for (int j = 0; j < n; j++) c[j] = acc ? c[j] + t[j] : t[j];
+    }
+}
+
+/* RB rows of c, NV vectors wide: the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void
+rows_kernel(int RB, int NV, int len, const float *a, size_t ar, size_t am,
+            const float *b, size_t ldb, float *c, size_t ldc, int w, int acc) {
+    vf s[8][4];
+    for (int r = 0; r < RB; r++)
+        for (int v = 0; v < NV; v++) s[r][v] = (vf){0};
+    for (int m = 0; m < len; m++) {
+        vf bv[4];
+        for (int v = 0; v < NV; v++)
+            bv[v] = vload(b + (size_t)m * ldb + v * VW);
+        for (int r = 0; r < RB; r++) {
+            float x = a[r * ar + m * am];
+            for (int v = 0; v < NV; v++) s[r][v] += x * bv[v];
+        }
+    }
+    for (int r = 0; r < RB; r++) store_row(c + r * ldc, w, s[r], NV, acc);
+}
+
+/* All rows of c (rows x w, w <= SMALL_MAX); b's rows hold ceil(w / VW)
+ * readable vectors. */
+static void rows_product(int rows, int w, int len, const float *a, size_t ar,
+                         size_t am, const float *b, size_t ldb, float *c,
+                         size_t ldc, int acc) {
+    int nv = (w + VW - 1) / VW, r = 0;
+#define ROWS(RB, NV)                                                           \
+    rows_kernel(RB, NV, len, a + r * ar, ar, am, b, ldb, c + r * ldc, ldc, w,  \
+                acc)
+    switch (nv) {
+    case 1:
+        for (; r + 8 <= rows; r += 8) ROWS(8, 1);
+        for (; r < rows; r++) ROWS(1, 1);
+        break;
+    case 2:
+        for (; r + 8 <= rows; r += 8) ROWS(8, 2);
+        for (; r < rows; r++) ROWS(1, 2);
+        break;
+    case 3:
+        for (; r + 4 <= rows; r += 4) ROWS(4, 3);
+        for (; r < rows; r++) ROWS(1, 3);
+        break;
+    default:
+        for (; r + 4 <= rows; r += 4) ROWS(4, 4);
+        for (; r < rows; r++) ROWS(1, 4);
+        break;
+    }
+#undef ROWS
+}
+
+/* A (rows, w) block with row stride ld as rows of whole vectors: itself when
+ * w is a multiple of VW, else a zero-padded copy in dst. */
+static const float *vector_rows(const float *src, int ld, int rows, int w,
+                                float *dst, size_t *ldb) {
+    if (w % VW == 0) {
+        *ldb = (size_t)ld;
+        return src;
+    }
+    int wp = (w + VW - 1) / VW * VW;
+    for (int i = 0; i < rows; i++) {
+        memcpy(dst + (size_t)i * wp, src + (size_t)i * ld, (size_t)w * 4);
+        memset(dst + (size_t)i * wp + w, 0, (size_t)(wp - w) * 4);
+    }
+    *ldb = (size_t)wp;
+    return dst;
+}
+
+/* dst (w, rows padded to vectors) = src (rows, w)^T, row stride ld. */
+static const float *transposed(const float *src, int ld, int rows, int w,
+                               float *dst, size_t *ldb) {
+    int rp = (rows + VW - 1) / VW * VW;
+    for (int k = 0; k < w; k++) {
+        float *d = dst + (size_t)k * rp;
+        for (int i = 0; i < rows; i++) d[i] = src[(size_t)i * ld + k];
+        for (int i = rows; i < rp; i++) d[i] = 0.0f;
+    }
+    *ldb = (size_t)rp;
+    return dst;
+}
+
+static _Thread_local _Alignas(64) float scratch[2][SMALL_MAX * SMALL_MAX];
+
+static int small_heads(int T, int S, int K) {
+    int lim = qkv_attention_small_max < SMALL_MAX ? qkv_attention_small_max
+                                                  : SMALL_MAX;
+    return T <= lim && S <= lim && K <= lim;
+}
+
+/* The forward on views; returns A (B,H,T,S) from the arena. */
+static float *attend(qkv_graph *g, heads_view q, heads_view k, heads_view v,
+                     heads_view y, int B, int H, int T, int S, int K,
+                     float scale, const qkv_attn_opts *o) {
+    size_t ts;
+    QKV_CHECK(qkv_mul_size((size_t)T, (size_t)S, &ts) &&
+                  qkv_mul_size(ts, (size_t)B * H * sizeof(float), &(size_t){0}),
+              "attention: weights (%d,%d,%d,%d) overflow", B, H, T, S);
+    float *A = qkv_arena_alloc(&g->arena, (size_t)B * H * ts * sizeof(float));
+    const uint8_t *pad = o->key_pad;
+    int small = small_heads(T, S, K);
+    QKV_OMP(omp parallel for if ((size_t)B * H * ts * K > 65536))
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H;
+        float *Ab = A + bh * ts;
+        const float *Qb = head_at(&q, b, h), *Kb = head_at(&k, b, h),
+                    *Vb = head_at(&v, b, h);
+        float *Yb = head_at(&y, b, h);
+        size_t ld;
+        /* Z = Q K^T: (T,K) x (S,K)^T */
+        if (small) {
+            const float *Kt = transposed(Kb, k.ld, S, K, scratch[0], &ld);
+            rows_product(T, S, K, Qb, q.ld, 1, Kt, ld, Ab, S, 0);
+        } else {
+            qkv_sgemm_serial(0, 1, T, S, K, Qb, q.ld, Kb, k.ld, 0, Ab, S);
+        }
+        masked_softmax(Ab, T, S, scale, o->causal,
+                       pad ? pad + (size_t)b * S : NULL);
+        /* Y = A V: (T,S) x (S,K) */
+        if (small) {
+            const float *Vr = vector_rows(Vb, v.ld, S, K, scratch[1], &ld);
+            rows_product(T, K, S, Ab, S, 1, Vr, ld, Yb, y.ld, 0);
+        } else {
+            qkv_sgemm_serial(0, 0, T, K, S, Ab, S, Vb, v.ld, 0, Yb, y.ld);
+        }
+    }
+    if (o->weights) memcpy(o->weights, A, (size_t)B * H * ts * sizeof(float));
+    return A;
+}
+
 qkv_tensor *qkv_attention(qkv_graph *g, qkv_tensor *q, qkv_tensor *k,
                           qkv_tensor *v, const qkv_attn_opts *opts) {
     qkv_attn_opts o = {0};
@@ -61,71 +258,181 @@ qkv_tensor *qkv_attention(qkv_graph *g, qkv_tensor *q, qkv_tensor *k,
         K = q->shape[3];
     float scale = o.scale != 0.0f ? o.scale : 1.0f / sqrtf((float)K);
     qkv_tensor *y = qkv_tensor_new(g, 4, q->shape);
-    size_t ts;
-    QKV_CHECK(qkv_mul_size((size_t)T, (size_t)S, &ts) &&
-                  qkv_mul_size(ts, (size_t)B * H * sizeof(float), &(size_t){0}),
-              "attention: weights (%d,%d,%d,%d) overflow", B, H, T, S);
-    float *A = qkv_arena_alloc(&g->arena, (size_t)B * H * ts * sizeof(float));
-    const uint8_t *pad = o.key_pad;
-    size_t tk = (size_t)T * K, sk_ = (size_t)S * K;
-
-    QKV_OMP(omp parallel for if ((size_t)B * H * ts * K > 65536))
-    for (int bh = 0; bh < B * H; bh++) {
-        float *Ab = A + bh * ts;
-        const float *Qb = q->data + bh * tk, *Kb = k->data + bh * sk_,
-                    *Vb = v->data + bh * sk_;
-        /* Z = Q K^T: (T,K) x (S,K)^T */
-        qkv_sgemm_serial(0, 1, T, S, K, Qb, K, Kb, K, 0, Ab, S);
-        masked_softmax(Ab, T, S, scale, o.causal,
-                       pad ? pad + (size_t)(bh / H) * S : NULL);
-        /* Y = A V: (T,S) x (S,K) */
-        qkv_sgemm_serial(0, 0, T, K, S, Ab, S, Vb, K, 0, y->data + bh * tk, K);
-    }
-    if (o.weights) memcpy(o.weights, A, (size_t)B * H * ts * sizeof(float));
-
+    float *A =
+        attend(g, view_4d(q->data, q), view_4d(k->data, k), view_4d(v->data, v),
+               view_4d(y->data, y), B, H, T, S, K, scale, &o);
     qkv_node *nd = qkv_record(g, QKV_OP_ATTENTION, y, q, k, v);
     if (nd) {
         nd->s.attention.p = A;
         nd->s.attention.scale = scale;
+        nd->s.attention.heads = H;
     }
     return y;
+}
+
+qkv_tensor *qkv_attention_packed(qkv_graph *g, qkv_tensor *q, int q_col,
+                                 qkv_tensor *k, int k_col, qkv_tensor *v,
+                                 int v_col, int d, int heads,
+                                 const qkv_attn_opts *opts) {
+    qkv_attn_opts o = {0};
+    if (opts) o = *opts;
+    char sq[64], sk[64], sv[64];
+    QKV_CHECK(q->ndim == 3 && k->ndim == 3 && v->ndim == 3 &&
+                  k->shape[0] == q->shape[0] && v->shape[0] == q->shape[0] &&
+                  k->shape[1] == v->shape[1],
+              "attention_packed: need q (B,T,Cq), k (B,S,Ck), v (B,S,Cv); got "
+              "q %s, k %s, v %s",
+              qkv_shape_str(q, sq), qkv_shape_str(k, sk), qkv_shape_str(v, sv));
+    QKV_CHECK(heads > 0 && d > 0 && d % heads == 0,
+              "attention_packed: %d heads do not divide the width %d", heads,
+              d);
+    QKV_CHECK(q_col >= 0 && q_col <= q->shape[2] - d && k_col >= 0 &&
+                  k_col <= k->shape[2] - d && v_col >= 0 &&
+                  v_col <= v->shape[2] - d,
+              "attention_packed: columns q %d, k %d, v %d + width %d outside "
+              "q %s, k %s, v %s",
+              q_col, k_col, v_col, d, sq, sk, sv);
+    int B = q->shape[0], T = q->shape[1], S = k->shape[1], K = d / heads;
+    float scale = o.scale != 0.0f ? o.scale : 1.0f / sqrtf((float)K);
+    qkv_tensor *y = qkv_tensor_new(g, 3, (int[]){B, T, d});
+    float *A = attend(
+        g, view_packed(q->data, q, q_col, K), view_packed(k->data, k, k_col, K),
+        view_packed(v->data, v, v_col, K), view_packed(y->data, y, 0, K), B,
+        heads, T, S, K, scale, &o);
+    qkv_node *nd = qkv_record(g, QKV_OP_ATTENTION, y, q, k, v);
+    if (nd) {
+        nd->s.attention.p = A;
+        nd->s.attention.scale = scale;
+        nd->s.attention.heads = heads;
+        nd->s.attention.packed = 1;
+        nd->s.attention.col[0] = q_col;
+        nd->s.attention.col[1] = k_col;
+        nd->s.attention.col[2] = v_col;
+    }
+    return y;
+}
+
+/* Gradient buffers of q, k, v (NULL: not wanted) and whether each backward
+ * product adds to its buffer (acc) or stores. One tensor may be two or three
+ * of the inputs (self-attention: q = k = v, or one packed x W_QKV^T). A
+ * fresh buffer is stored into only when its uses are disjoint blocks that
+ * cover all of it, so every element is written exactly once; otherwise it is
+ * zeroed and every product adds. */
+static void attention_grads(qkv_graph *g, const qkv_node *nd, int width,
+                            float *d[3], int acc[3]) {
+    qkv_tensor *const *t = nd->in;
+    const int *col = nd->s.attention.col;
+    for (int i = 0; i < 3; i++) d[i] = NULL;
+    for (int i = 0; i < 3; i++) {
+        if (!t[i]->requires_grad || d[i]) continue;
+        int disjoint = 1, uses = 0;
+        for (int j = i; j < 3; j++) {
+            if (t[j] != t[i]) continue;
+            uses++;
+            for (int l = i; l < j; l++)
+                if (t[l] == t[i] &&
+                    (!nd->s.attention.packed || abs(col[l] - col[j]) < width))
+                    disjoint = 0;
+        }
+        int covers =
+            nd->s.attention.packed ? uses * width == t[i]->shape[2] : 1;
+        int a;
+        float *buf = disjoint && covers ? qkv_grad_write(g, t[i], &a)
+                                        : (a = 1, qkv_grad(g, t[i]));
+        for (int j = i; j < 3; j++)
+            if (t[j] == t[i]) d[j] = buf, acc[j] = a;
+    }
 }
 
 void qkv_attention_backward(qkv_graph *g, qkv_node *nd) {
     /* Y = softmax(mask(scale Q K^T)) V  (see the top of this file) */
     qkv_tensor *q = nd->in[0], *k = nd->in[1], *v = nd->in[2], *y = nd->out;
-    int B = q->shape[0], H = q->shape[1], T = q->shape[2], S = k->shape[2],
-        K = q->shape[3];
-    size_t ts = (size_t)T * S, tk = (size_t)T * K, sk = (size_t)S * K;
-    const float *A = nd->s.attention.p, *dY = y->grad;
+    int packed = nd->s.attention.packed, H = nd->s.attention.heads;
+    const int *col = nd->s.attention.col;
+    int B = q->shape[0], T = packed ? q->shape[1] : q->shape[2];
+    int S = packed ? k->shape[1] : k->shape[2];
+    int K = packed ? y->shape[2] / H : q->shape[3];
+    size_t ts = (size_t)T * S;
+    const float *A = nd->s.attention.p;
     float scale = nd->s.attention.scale;
     /* Gradients are allocated here, before the threads start. */
-    float *dQ = q->requires_grad ? qkv_grad(g, q) : NULL;
-    float *dK = k->requires_grad ? qkv_grad(g, k) : NULL;
-    float *dV = v->requires_grad ? qkv_grad(g, v) : NULL;
+    float *d[3];
+    int acc[3];
+    attention_grads(g, nd, H * K, d, acc);
+    heads_view vq, vk, vv, dq, dk, dv, dy;
+    if (packed) {
+        vq = view_packed(q->data, q, col[0], K);
+        vk = view_packed(k->data, k, col[1], K);
+        vv = view_packed(v->data, v, col[2], K);
+        dq = view_packed(d[0], q, col[0], K);
+        dk = view_packed(d[1], k, col[1], K);
+        dv = view_packed(d[2], v, col[2], K);
+        dy = view_packed(y->grad, y, 0, K);
+    } else {
+        vq = view_4d(q->data, q);
+        vk = view_4d(k->data, k);
+        vv = view_4d(v->data, v);
+        dq = view_4d(d[0], q);
+        dk = view_4d(d[1], k);
+        dv = view_4d(d[2], v);
+        dy = view_4d(y->grad, y);
+    }
     float *dZ = qkv_arena_alloc(&g->arena, (size_t)B * H * ts * sizeof(float));
 
+    int small = small_heads(T, S, K);
     QKV_OMP(omp parallel for if ((size_t)B * H * ts * K > 65536))
     for (int bh = 0; bh < B * H; bh++) {
-        const float *Ab = A + bh * ts, *dYb = dY + bh * tk,
-                    *Qb = q->data + bh * tk, *Kb = k->data + bh * sk,
-                    *Vb = v->data + bh * sk;
+        int b = bh / H, h = bh % H;
+        const float *Ab = A + bh * ts, *dYb = head_at(&dy, b, h);
+        const float *Qb = head_at(&vq, b, h), *Kb = head_at(&vk, b, h),
+                    *Vb = head_at(&vv, b, h);
         float *dZb = dZ + bh * ts;
-        if (dV) /* dV += A^T dY: (S,T) x (T,K) */
-            qkv_sgemm_serial(1, 0, S, K, T, Ab, S, dYb, K, 1, dV + bh * sk, K);
-        if (!dQ && !dK) continue;
+        size_t ld;
+        if (d[2]) { /* dV += A^T dY: (S,T) x (T,K) */
+            float *dVb = head_at(&dv, b, h);
+            if (small) {
+                const float *dYr =
+                    vector_rows(dYb, dy.ld, T, K, scratch[0], &ld);
+                rows_product(S, K, T, Ab, 1, S, dYr, ld, dVb, dv.ld, acc[2]);
+            } else {
+                qkv_sgemm_serial(1, 0, S, K, T, Ab, S, dYb, dy.ld, acc[2], dVb,
+                                 dv.ld);
+            }
+        }
+        if (!d[0] && !d[1]) continue;
         /* dA = dY V^T: (T,K) x (S,K)^T */
-        qkv_sgemm_serial(0, 1, T, S, K, dYb, K, Vb, K, 0, dZb, S);
+        if (small) {
+            const float *Vt = transposed(Vb, vv.ld, S, K, scratch[0], &ld);
+            rows_product(T, S, K, dYb, dy.ld, 1, Vt, ld, dZb, S, 0);
+        } else {
+            qkv_sgemm_serial(0, 1, T, S, K, dYb, dy.ld, Vb, vv.ld, 0, dZb, S);
+        }
         /* softmax backward; hidden keys have A = 0, so their dZ is 0 */
         for (int i = 0; i < T; i++) {
             const float *a = Ab + (size_t)i * S;
-            float *d = dZb + (size_t)i * S, dot = 0.0f;
-            for (int j = 0; j < S; j++) dot += a[j] * d[j];
-            for (int j = 0; j < S; j++) d[j] = a[j] * (d[j] - dot) * scale;
+            float *z = dZb + (size_t)i * S, dot = 0.0f;
+            for (int j = 0; j < S; j++) dot += a[j] * z[j];
+            for (int j = 0; j < S; j++) z[j] = a[j] * (z[j] - dot) * scale;
         }
-        if (dQ) /* dQ += dZ K: (T,S) x (S,K) */
-            qkv_sgemm_serial(0, 0, T, K, S, dZb, S, Kb, K, 1, dQ + bh * tk, K);
-        if (dK) /* dK += dZ^T Q: (S,T) x (T,K) */
-            qkv_sgemm_serial(1, 0, S, K, T, dZb, S, Qb, K, 1, dK + bh * sk, K);
+        if (d[0]) { /* dQ += dZ K: (T,S) x (S,K) */
+            float *dQb = head_at(&dq, b, h);
+            if (small) {
+                const float *Kr = vector_rows(Kb, vk.ld, S, K, scratch[0], &ld);
+                rows_product(T, K, S, dZb, S, 1, Kr, ld, dQb, dq.ld, acc[0]);
+            } else {
+                qkv_sgemm_serial(0, 0, T, K, S, dZb, S, Kb, vk.ld, acc[0], dQb,
+                                 dq.ld);
+            }
+        }
+        if (d[1]) { /* dK += dZ^T Q: (S,T) x (T,K) */
+            float *dKb = head_at(&dk, b, h);
+            if (small) {
+                const float *Qr = vector_rows(Qb, vq.ld, T, K, scratch[0], &ld);
+                rows_product(S, K, T, dZb, 1, S, Qr, ld, dKb, dk.ld, acc[1]);
+            } else {
+                qkv_sgemm_serial(1, 0, S, K, T, dZb, S, Qb, vq.ld, acc[1], dKb,
+                                 dk.ld);
+            }
+        }
     }
 }

@@ -108,36 +108,38 @@ static void matmul_backward(qkv_graph *g, qkv_node *nd) {
     size_t sa = (size_t)M * K, sb = d.b_shared ? 0 : (size_t)K * N,
            sc = (size_t)M * N;
     const float *dC = c->grad;
+    int acc;
     if (wants(a)) {
-        float *dA = qkv_grad(g, a);
+        float *dA = qkv_grad_write(g, a, &acc);
         for (size_t i = 0; i < d.batch; i++) {
             const float *B = b->data + i * sb, *G = dC + i * sc;
             float *dAi = dA + i * sa;
             if (!ta && !tb) /* A (M,K) += dC (M,N) B^T, B (K,N) */
-                qkv_sgemm(0, 1, M, K, N, G, N, B, N, 1, dAi, K);
+                qkv_sgemm(0, 1, M, K, N, G, N, B, N, acc, dAi, K);
             else if (!ta && tb) /* A (M,K) += dC B, B (N,K) */
-                qkv_sgemm(0, 0, M, K, N, G, N, B, K, 1, dAi, K);
+                qkv_sgemm(0, 0, M, K, N, G, N, B, K, acc, dAi, K);
             else if (ta && !tb) /* A (K,M) += B dC^T, B (K,N) */
-                qkv_sgemm(0, 1, K, M, N, B, N, G, N, 1, dAi, M);
+                qkv_sgemm(0, 1, K, M, N, B, N, G, N, acc, dAi, M);
             else /* A (K,M) += B^T dC^T, B (N,K) */
-                qkv_sgemm(1, 1, K, M, N, B, K, G, N, 1, dAi, M);
+                qkv_sgemm(1, 1, K, M, N, B, K, G, N, acc, dAi, M);
         }
     }
     if (wants(b)) {
-        float *dB = qkv_grad(g, b);
+        float *dB = qkv_grad_write(g, b, &acc);
         /* A shared B sums every batch element's contribution, in batch order.
          */
         for (size_t i = 0; i < d.batch; i++) {
             const float *A = a->data + i * sa, *G = dC + i * sc;
             float *dBi = dB + i * sb;
+            int add = acc || (d.b_shared && i > 0);
             if (!ta && !tb) /* B (K,N) += A^T dC, A (M,K) */
-                qkv_sgemm(1, 0, K, N, M, A, K, G, N, 1, dBi, N);
+                qkv_sgemm(1, 0, K, N, M, A, K, G, N, add, dBi, N);
             else if (!ta && tb) /* B (N,K) += dC^T A */
-                qkv_sgemm(1, 0, N, K, M, G, N, A, K, 1, dBi, K);
+                qkv_sgemm(1, 0, N, K, M, G, N, A, K, add, dBi, K);
             else if (ta && !tb) /* B (K,N) += A dC, A (K,M) */
-                qkv_sgemm(0, 0, K, N, M, A, M, G, N, 1, dBi, N);
+                qkv_sgemm(0, 0, K, N, M, A, M, G, N, add, dBi, N);
             else /* B (N,K) += dC^T A^T */
-                qkv_sgemm(1, 1, N, K, M, G, N, A, M, 1, dBi, K);
+                qkv_sgemm(1, 1, N, K, M, G, N, A, M, add, dBi, K);
         }
     }
 }
@@ -185,10 +187,11 @@ static void add_backward(qkv_graph *g, qkv_node *nd) {
     qkv_tensor *a = nd->in[0], *b = nd->in[1];
     const float *dy = nd->out->grad;
     size_t n = a->n;
+    int acc;
     if (wants(a)) {
-        float *da = qkv_grad(g, a);
+        float *da = qkv_grad_write(g, a, &acc);
         QKV_OMP(omp parallel for if (n > PAR_MIN))
-        for (size_t i = 0; i < n; i++) da[i] += dy[i];
+        for (size_t i = 0; i < n; i++) da[i] = (acc ? da[i] : 0.0f) + dy[i];
     }
     if (wants(b) && b->n) sum_rows_into(qkv_grad(g, b), dy, n, b->n);
 }
@@ -208,9 +211,11 @@ static void mul_backward(qkv_graph *g, qkv_node *nd) {
     const float *dy = nd->out->grad;
     size_t n = a->n, nb = b->n;
     if (wants(a)) {
-        float *da = qkv_grad(g, a);
+        int acc;
+        float *da = qkv_grad_write(g, a, &acc);
         QKV_OMP(omp parallel for if (n > PAR_MIN))
-        for (size_t i = 0; i < n; i++) da[i] += dy[i] * b->data[i % nb];
+        for (size_t i = 0; i < n; i++)
+            da[i] = (acc ? da[i] : 0.0f) + dy[i] * b->data[i % nb];
     }
     if (wants(b)) {
         float *db = qkv_grad(g, b);
@@ -234,11 +239,12 @@ qkv_tensor *qkv_scale(qkv_graph *g, qkv_tensor *x, float s) {
 
 static void scale_backward(qkv_graph *g, qkv_node *nd) {
     /* y = s x;  dx += s dy */
-    float *dx = qkv_grad(g, nd->in[0]), s = nd->s.scale.s;
+    int acc;
+    float *dx = qkv_grad_write(g, nd->in[0], &acc), s = nd->s.scale.s;
     const float *dy = nd->out->grad;
     size_t n = nd->out->n;
     QKV_OMP(omp parallel for if (n > PAR_MIN))
-    for (size_t i = 0; i < n; i++) dx[i] += s * dy[i];
+    for (size_t i = 0; i < n; i++) dx[i] = (acc ? dx[i] : 0.0f) + s * dy[i];
 }
 
 qkv_tensor *qkv_relu(qkv_graph *g, qkv_tensor *x) {
@@ -253,10 +259,12 @@ qkv_tensor *qkv_relu(qkv_graph *g, qkv_tensor *x) {
 static void relu_backward(qkv_graph *g, qkv_node *nd) {
     /* y = max(x, 0);  dx += dy where x > 0 */
     const float *x = nd->in[0]->data, *dy = nd->out->grad;
-    float *dx = qkv_grad(g, nd->in[0]);
+    int acc;
+    float *dx = qkv_grad_write(g, nd->in[0], &acc);
     size_t n = nd->out->n;
     QKV_OMP(omp parallel for if (n > PAR_MIN))
-    for (size_t i = 0; i < n; i++) dx[i] += x[i] > 0 ? dy[i] : 0;
+    for (size_t i = 0; i < n; i++)
+        dx[i] = (acc ? dx[i] : 0.0f) + (x[i] > 0 ? dy[i] : 0.0f);
 }
 
 qkv_tensor *qkv_gelu(qkv_graph *g, qkv_tensor *x) {
@@ -274,7 +282,8 @@ qkv_tensor *qkv_gelu(qkv_graph *g, qkv_tensor *x) {
 static void gelu_backward(qkv_graph *g, qkv_node *nd) {
     /* y = x Phi(x);  dx += dy (Phi(x) + x phi(x)), phi the normal density */
     const float *x = nd->in[0]->data, *dy = nd->out->grad;
-    float *dx = qkv_grad(g, nd->in[0]);
+    int acc;
+    float *dx = qkv_grad_write(g, nd->in[0], &acc);
     size_t n = nd->out->n;
     const float inv_sqrt_2pi = 0.3989422804014327f;
     QKV_OMP(omp parallel for if (n > PAR_MIN / 8))
@@ -282,7 +291,7 @@ static void gelu_backward(qkv_graph *g, qkv_node *nd) {
         float v = x[i];
         float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
         float pdf = inv_sqrt_2pi * expf(-0.5f * v * v);
-        dx[i] += dy[i] * (cdf + v * pdf);
+        dx[i] = (acc ? dx[i] : 0.0f) + dy[i] * (cdf + v * pdf);
     }
 }
 
@@ -309,8 +318,10 @@ qkv_tensor *qkv_dropout(qkv_graph *g, qkv_tensor *x, float p, qkv_pcg32 *rng) {
 static void dropout_backward(qkv_graph *g, qkv_node *nd) {
     /* y = x * mask;  dx += dy * mask */
     const float *m = nd->s.dropout.mask, *dy = nd->out->grad;
-    float *dx = qkv_grad(g, nd->in[0]);
-    for (size_t i = 0; i < nd->out->n; i++) dx[i] += dy[i] * m[i];
+    int acc;
+    float *dx = qkv_grad_write(g, nd->in[0], &acc);
+    for (size_t i = 0; i < nd->out->n; i++)
+        dx[i] = (acc ? dx[i] : 0.0f) + dy[i] * m[i];
 }
 
 /* ---------------------------------------------------------------- softmax */
@@ -334,7 +345,8 @@ qkv_tensor *qkv_softmax(qkv_graph *g, qkv_tensor *x) {
 static void softmax_backward(qkv_graph *g, qkv_node *nd) {
     /* y = softmax(x);  dx += y * (dy - sum_j dy_j y_j) */
     const float *y = nd->out->data, *dy = nd->out->grad;
-    float *dx = qkv_grad(g, nd->in[0]);
+    int acc;
+    float *dx = qkv_grad_write(g, nd->in[0], &acc);
     size_t rows = qkv_tensor_rows(nd->out);
     int C = qkv_tensor_cols(nd->out);
     QKV_OMP(omp parallel for if (nd->out->n > PAR_MIN / 4))
@@ -342,7 +354,9 @@ static void softmax_backward(qkv_graph *g, qkv_node *nd) {
         const float *yr = y + r * C, *gr = dy + r * C;
         float dot = 0.0f;
         for (int j = 0; j < C; j++) dot += gr[j] * yr[j];
-        for (int j = 0; j < C; j++) dx[r * C + j] += yr[j] * (gr[j] - dot);
+        float *d = dx + r * C;
+        for (int j = 0; j < C; j++)
+            d[j] = (acc ? d[j] : 0.0f) + yr[j] * (gr[j] - dot);
     }
 }
 
@@ -393,7 +407,8 @@ static void layernorm_backward(qkv_graph *g, qkv_node *nd) {
     int D = qkv_tensor_cols(x);
     size_t rows = qkv_tensor_rows(x);
     if (wants(x)) {
-        float *dx = qkv_grad(g, x);
+        int acc;
+        float *dx = qkv_grad_write(g, x, &acc);
         QKV_OMP(omp parallel for if (x->n > PAR_MIN / 4))
         for (size_t r = 0; r < rows; r++) {
             const float *xr = x->data + r * D, *gr = dy + r * D;
@@ -407,7 +422,8 @@ static void layernorm_backward(qkv_graph *g, qkv_node *nd) {
             m2 /= (float)D;
             for (int j = 0; j < D; j++) {
                 float xhat = (xr[j] - mean[r]) * rstd[r];
-                dx[r * D + j] +=
+                dx[r * D + j] =
+                    (acc ? dx[r * D + j] : 0.0f) +
                     rstd[r] * (gr[j] * gamma->data[j] - m1 - xhat * m2);
             }
         }
@@ -483,9 +499,11 @@ qkv_tensor *qkv_reshape(qkv_graph *g, qkv_tensor *x, int ndim,
 
 static void reshape_backward(qkv_graph *g, qkv_node *nd) {
     /* y = x (new shape);  dx += dy */
-    float *dx = qkv_grad(g, nd->in[0]);
+    int acc;
+    float *dx = qkv_grad_write(g, nd->in[0], &acc);
     const float *dy = nd->out->grad;
-    for (size_t i = 0; i < nd->out->n; i++) dx[i] += dy[i];
+    for (size_t i = 0; i < nd->out->n; i++)
+        dx[i] = (acc ? dx[i] : 0.0f) + dy[i];
 }
 
 /* Copies between (B, T, H*K) and (B, H, T, K); `to_heads` picks the way. */
@@ -500,7 +518,7 @@ static void permute_heads(float *dst, const float *src, int B, int T, int H,
                 float *d = dst + (to_heads ? head : flat);
                 const float *s = src + (to_heads ? flat : head);
                 if (accumulate)
-                    for (int k = 0; k < K; k++) d[k] += s[k];
+                    for (int k = 0; k < K; k++) d[k] = d[k] + s[k];
                 else
                     memcpy(d, s, (size_t)K * sizeof(float));
             }
@@ -523,8 +541,10 @@ qkv_tensor *qkv_split_heads(qkv_graph *g, qkv_tensor *x, int heads) {
 static void split_heads_backward(qkv_graph *g, qkv_node *nd) {
     /* y (B,H,T,K) = x (B,T,H*K) permuted;  dx += dy permuted back */
     qkv_tensor *y = nd->out;
-    permute_heads(qkv_grad(g, nd->in[0]), y->grad, y->shape[0], y->shape[2],
-                  y->shape[1], y->shape[3], 0, 1);
+    int acc;
+    float *dx = qkv_grad_write(g, nd->in[0], &acc);
+    permute_heads(dx, y->grad, y->shape[0], y->shape[2], y->shape[1],
+                  y->shape[3], 0, acc);
 }
 
 qkv_tensor *qkv_merge_heads(qkv_graph *g, qkv_tensor *x) {
@@ -543,8 +563,10 @@ qkv_tensor *qkv_merge_heads(qkv_graph *g, qkv_tensor *x) {
 static void merge_heads_backward(qkv_graph *g, qkv_node *nd) {
     /* y (B,T,H*K) = x (B,H,T,K) permuted;  dx += dy permuted back */
     qkv_tensor *x = nd->in[0];
-    permute_heads(qkv_grad(g, x), nd->out->grad, x->shape[0], x->shape[2],
-                  x->shape[1], x->shape[3], 1, 1);
+    int acc;
+    float *dx = qkv_grad_write(g, x, &acc);
+    permute_heads(dx, nd->out->grad, x->shape[0], x->shape[2], x->shape[1],
+                  x->shape[3], 1, acc);
 }
 
 /* ---------------------------------------------------------- cross-entropy */
@@ -612,7 +634,8 @@ static void cross_entropy_backward(qkv_graph *g, qkv_node *nd) {
      * dlogits_ij += dloss / count * (p_ij - q_ij) on rows not ignored */
     qkv_tensor *logits = nd->in[0];
     if (nd->s.xent.count == 0) return;
-    float *dx = qkv_grad(g, logits);
+    int acc;
+    float *dx = qkv_grad_write(g, logits, &acc);
     int V = qkv_tensor_cols(logits);
     size_t N = qkv_tensor_rows(logits);
     float gs = nd->out->grad[0] / nd->s.xent.count, ls = nd->s.xent.smoothing;
@@ -620,10 +643,14 @@ static void cross_entropy_backward(qkv_graph *g, qkv_node *nd) {
     const int32_t *target = nd->s.xent.target;
     QKV_OMP(omp parallel for if (logits->n > PAR_MIN / 4))
     for (size_t i = 0; i < N; i++) {
-        if (target[i] == nd->s.xent.ignore_index) continue;
-        const float *p = prob + i * V;
         float *d = dx + i * V;
-        for (int j = 0; j < V; j++) d[j] += gs * (p[j] - ls / (float)V);
+        if (target[i] == nd->s.xent.ignore_index) {
+            if (!acc) memset(d, 0, (size_t)V * sizeof(float));
+            continue;
+        }
+        const float *p = prob + i * V;
+        for (int j = 0; j < V; j++)
+            d[j] = (acc ? d[j] : 0.0f) + gs * (p[j] - ls / (float)V);
         d[target[i]] -= gs * (1.0f - ls);
     }
 }
@@ -649,9 +676,10 @@ qkv_tensor *qkv_mean(qkv_graph *g, qkv_tensor *x) {
 static void reduce_backward(qkv_graph *g, qkv_node *nd) {
     /* y = sum x (or mean);  dx += dy (or dy / n) */
     qkv_tensor *x = nd->in[0];
-    float *dx = qkv_grad(g, x), d = nd->out->grad[0];
+    int acc;
+    float *dx = qkv_grad_write(g, x, &acc), d = nd->out->grad[0];
     if (nd->op == QKV_OP_MEAN) d /= (float)x->n;
-    for (size_t i = 0; i < x->n; i++) dx[i] += d;
+    for (size_t i = 0; i < x->n; i++) dx[i] = (acc ? dx[i] : 0.0f) + d;
 }
 
 /* -------------------------------------------------------------- the table */

@@ -67,6 +67,20 @@ typedef struct qkv_attn_opts {
  * opts may be NULL (no mask, scale 1/sqrt(K)). */
 qkv_tensor *qkv_attention(qkv_graph *g, qkv_tensor *q, qkv_tensor *k,
                           qkv_tensor *v, const qkv_attn_opts *opts);
+/* Heads with T, S and K all <= this (at most 64) take a register-blocked
+ * path instead of the blocked sgemm; 0 forces the sgemm (tests compare). */
+extern int qkv_attention_small_max;
+/* The same attention on projections laid out as the linear layers make
+ * them, heads side by side: q (B, T, Cq) supplies columns [q_col, q_col + d),
+ * k (B, S, Ck) and v (B, S, Cv) columns [k_col, k_col + d) and
+ * [v_col, v_col + d); head h is the K = d / heads columns from h K of each
+ * block. y: (B, T, d), heads side by side. Equals
+ * merge_heads(attention(split_heads(...))) without the copies, and lets one
+ * tensor (x W_QKV^T, columns 0, d, 2d) be q, k and v at once. */
+qkv_tensor *qkv_attention_packed(qkv_graph *g, qkv_tensor *q, int q_col,
+                                 qkv_tensor *k, int k_col, qkv_tensor *v,
+                                 int v_col, int d, int heads,
+                                 const qkv_attn_opts *opts);
 /* loss = mean over rows i with target[i] != ignore_index of
  *   -(1 - ls) log p[i, target[i]] - (ls / V) sum_j log p[i, j],
  * p = softmax(logits[i, :]); logits (..., V), target one id per row.

@@ -75,6 +75,12 @@ float *qkv_grad(qkv_graph *g, qkv_tensor *t) {
     return t->grad;
 }
 
+float *qkv_grad_write(qkv_graph *g, qkv_tensor *t, int *acc) {
+    *acc = t->grad != NULL;
+    if (!t->grad) t->grad = qkv_arena_alloc(&g->arena, t->n * sizeof(float));
+    return t->grad;
+}
+
 qkv_node *qkv_record(qkv_graph *g, qkv_op op, qkv_tensor *out, qkv_tensor *a,
                      qkv_tensor *b, qkv_tensor *c) {
     if (!g->recording) return NULL;

@@ -73,6 +73,9 @@ typedef struct qkv_node {
         struct {
             const float *p; /* (B,H,T,S) attention weights */
             float scale;
+            int heads;
+            int packed; /* 0: (B,H,T,K) inputs; 1: (B,T,C) column blocks */
+            int col[3]; /* packed: first column of q, k, v */
         } attention;
         struct {
             const float *prob;     /* (N,V) softmax of the logits */
@@ -125,6 +128,12 @@ void *qkv_graph_copy(qkv_graph *g, const void *src, size_t bytes);
 
 /* t->grad, allocated from the arena and zeroed if it was NULL. */
 float *qkv_grad(qkv_graph *g, qkv_tensor *t);
+/* t->grad for a backward that writes every element of it. If it was NULL it
+ * is allocated and left uninitialised and *acc = 0: the backward stores its
+ * values (y = ...). Otherwise *acc = 1: it adds them (y += ...). The first
+ * contribution to a gradient then costs one write instead of a zeroing pass
+ * plus a read-modify-write; 0 + x == x, so the values are the same. */
+float *qkv_grad_write(qkv_graph *g, qkv_tensor *t, int *acc);
 
 /* Appends a node for op if recording and an input requires grad, marking the
  * output as requiring grad. Returns the node (to fill its saved state) or NULL.

@@ -79,18 +79,53 @@ void qkv_mha_init(qkv_mha *a, qkv_params *ps, const char *name, int d_model,
     a->heads = heads;
 }
 
+/* The weights of `count` linears of the same shape as one (count * out, in)
+ * matrix, when they lie one after another in the parameter store (w_q, w_k,
+ * w_v are added in that order, and so are their gradients): one product
+ * x W^T then computes all their outputs side by side. NULL otherwise. */
+static qkv_tensor *stacked(qkv_graph *g, const qkv_linear *const *l,
+                           int count) {
+    const qkv_tensor *w = l[0]->w;
+    for (int i = 1; i < count; i++) {
+        const qkv_tensor *wi = l[i]->w;
+        if (!qkv_same_shape(wi, w) || wi->data != w->data + i * w->n ||
+            wi->grad != (w->grad ? w->grad + i * w->n : NULL) ||
+            wi->requires_grad != w->requires_grad)
+            return NULL;
+    }
+    qkv_tensor *t = qkv_tensor_wrap(g, w->data, 2,
+                                    (int[]){count * w->shape[0], w->shape[1]});
+    t->grad = w->grad;
+    t->requires_grad = w->requires_grad;
+    return t;
+}
+
 qkv_tensor *qkv_mha_forward(const qkv_mha *a, qkv_graph *g, qkv_tensor *x,
                             qkv_tensor *mem, const uint8_t *key_pad, int causal,
                             float *weights) {
-    qkv_tensor *q =
-        qkv_split_heads(g, qkv_linear_forward(&a->w_q, g, x), a->heads);
-    qkv_tensor *k =
-        qkv_split_heads(g, qkv_linear_forward(&a->w_k, g, mem), a->heads);
-    qkv_tensor *v =
-        qkv_split_heads(g, qkv_linear_forward(&a->w_v, g, mem), a->heads);
+    int d = a->w_q.w->shape[0];
     qkv_attn_opts o = {
         .causal = causal, .key_pad = key_pad, .weights = weights};
-    qkv_tensor *y = qkv_merge_heads(g, qkv_attention(g, q, k, v, &o));
+    qkv_tensor *y = NULL, *w;
+    if (x == mem &&
+        (w = stacked(g, (const qkv_linear *[]){&a->w_q, &a->w_k, &a->w_v},
+                     3))) {
+        /* self-attention: [Q K V] = x [W_Q; W_K; W_V]^T, one product */
+        qkv_tensor *qkv = qkv_matmul(g, x, w, 0, 1);
+        y = qkv_attention_packed(g, qkv, 0, qkv, d, qkv, 2 * d, d, a->heads,
+                                 &o);
+    } else {
+        qkv_tensor *q = qkv_linear_forward(&a->w_q, g, x);
+        if ((w = stacked(g, (const qkv_linear *[]){&a->w_k, &a->w_v}, 2))) {
+            /* cross-attention: [K V] = mem [W_K; W_V]^T */
+            qkv_tensor *kv = qkv_matmul(g, mem, w, 0, 1);
+            y = qkv_attention_packed(g, q, 0, kv, 0, kv, d, d, a->heads, &o);
+        } else {
+            qkv_tensor *k = qkv_linear_forward(&a->w_k, g, mem);
+            qkv_tensor *v = qkv_linear_forward(&a->w_v, g, mem);
+            y = qkv_attention_packed(g, q, 0, k, 0, v, 0, d, a->heads, &o);
+        }
+    }
     return qkv_linear_forward(&a->w_o, g, y);
 }
 

@@ -344,7 +344,9 @@ static qkv_tensor *f_attention(qkv_graph *g, qkv_tensor **x, case_ctx *c) {
 
 static void test_attention(void) {
     const double tol = 2e-3;
-    for (int trial = 0; trial < 6; trial++) {
+    /* trials 0-5 on the small-heads kernel, 6-11 on the blocked sgemm */
+    for (int trial = 0; trial < 12; trial++) {
+        qkv_attention_small_max = trial < 6 ? 64 : 0;
         int B = rnd(1, 3), H = rnd(1, 2), K = rnd(1, 4), S = rnd(2, 5);
         int self = trial % 2 == 0, T = self ? S : rnd(1, 5);
         case_ctx c = {0};
@@ -359,10 +361,54 @@ static void test_attention(void) {
         inputs(&ps, 3, (int[]){4, 4, 4},
                (int[][4]){{B, H, T, K}, {B, H, S, K}, {B, H, S, K}});
         CHECK(gradcheck(f_attention, &c, &ps, tol), "trial %d (T %d S %d)",
-              trial, T, S);
+              trial % 6, T, S);
         qkv_params_free(&ps);
     }
+    qkv_attention_small_max = 64;
     report("attention", tol);
+}
+
+/* Packed attention, its inputs made by an op (scale by 1) so that their
+ * gradients start unallocated: mode 0, one (B,T,3D) tensor is q, k and v
+ * (stored once each, no zeroing); 1, q (B,T,D) and one (B,S,2D) for k and
+ * v; 2, q and k share columns 1..D of a (B,T,2D+1) tensor and column 0 is
+ * unused (zeroed, accumulated). */
+static qkv_tensor *f_attention_packed(qkv_graph *g, qkv_tensor **x,
+                                      case_ctx *c) {
+    int D = c->new_shape[0], H = c->heads;
+    qkv_tensor *a = qkv_scale(g, x[0], 1.0f);
+    if (c->new_ndim == 0)
+        return qkv_attention_packed(g, a, 0, a, D, a, 2 * D, D, H, &c->attn);
+    if (c->new_ndim == 1) {
+        qkv_tensor *kv = qkv_scale(g, x[1], 1.0f);
+        return qkv_attention_packed(g, a, 0, kv, 0, kv, D, D, H, &c->attn);
+    }
+    return qkv_attention_packed(g, a, 1, a, 1, a, D + 1, D, H, &c->attn);
+}
+
+static void test_attention_packed(void) {
+    const double tol = 2e-3;
+    for (int trial = 0; trial < 12; trial++) {
+        qkv_attention_small_max = trial < 6 ? 64 : 0;
+        int mode = trial % 3, H = rnd(1, 2), K = rnd(1, 3), D = H * K;
+        int B = rnd(1, 2), S = rnd(2, 5), T = mode == 1 ? rnd(1, 5) : S;
+        case_ctx c = {.heads = H, .new_shape = {D}, .new_ndim = mode};
+        c.attn.causal = mode != 1;
+        if (trial % 2) {
+            for (int b = 0; b < B; b++)
+                for (int j = 0; j < S; j++) c.pad[b * S + j] = j >= S - 1 - b;
+            c.attn.key_pad = c.pad;
+        }
+        int w0 = mode == 0 ? 3 * D : mode == 1 ? D : 2 * D + 1;
+        qkv_params ps;
+        inputs(&ps, mode == 1 ? 2 : 1, (int[]){3, 3},
+               (int[][4]){{B, T, w0}, {B, S, 2 * D}});
+        CHECK(gradcheck(f_attention_packed, &c, &ps, tol),
+              "trial %d (mode %d T %d S %d K %d)", trial, mode, T, S, K);
+        qkv_params_free(&ps);
+    }
+    qkv_attention_small_max = 64;
+    report("attn packed", tol);
 }
 
 static qkv_tensor *f_xent(qkv_graph *g, qkv_tensor **x, case_ctx *c) {
@@ -414,6 +460,7 @@ int main(void) {
     RUN(test_reshape);
     RUN(test_split_merge_heads);
     RUN(test_attention);
+    RUN(test_attention_packed);
     RUN(test_cross_entropy);
     RUN(test_sum);
     RUN(test_mean);

@@ -185,6 +185,97 @@ static void test_causal_cross_offset(void) {
     qkv_graph_free(&g);
 }
 
+/* One attention forward + backward on (B,H,T,K) inputs; copies y and the
+ * three input gradients to out (y, dq, dk, dv one after another). */
+static void attention_run(int B, int H, int T, int S, int K, int causal,
+                          float *out) {
+    qkv_params ps;
+    qkv_params_init(&ps);
+    qkv_tensor *x[3] = {
+        qkv_params_add(&ps, "q", 4, (int[]){B, H, T, K}),
+        qkv_params_add(&ps, "k", 4, (int[]){B, H, S, K}),
+        qkv_params_add(&ps, "v", 4, (int[]){B, H, S, K}),
+    };
+    qkv_params_alloc(&ps);
+    qkv_pcg32 r;
+    qkv_pcg32_seed(&r, (uint64_t)(T * 1000 + S * 10 + K), 3);
+    for (size_t i = 0; i < ps.n; i++) ps.values[i] = qkv_pcg32_normal(&r);
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    uint8_t *pad = qkv_arena_alloc(&g.arena, (size_t)B * S);
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < S; j++) pad[b * S + j] = j > 0 && j >= S - b;
+    qkv_attn_opts o = {.causal = causal, .key_pad = pad};
+    qkv_tensor *y = qkv_attention(&g, x[0], x[1], x[2], &o);
+    qkv_tensor *R = qkv_tensor_new(&g, 4, y->shape);
+    for (size_t i = 0; i < R->n; i++) R->data[i] = qkv_pcg32_normal(&r);
+    qkv_backward(&g, qkv_sum(&g, qkv_mul(&g, y, R)));
+    memcpy(out, y->data, y->n * sizeof(float));
+    memcpy(out + y->n, ps.grads, ps.n * sizeof(float));
+    qkv_graph_free(&g);
+    qkv_params_free(&ps);
+}
+
+static void test_attention_kernels_agree(void) {
+    /* The small-heads kernel (T, S, K <= 64) against the blocked sgemm it
+     * replaces, on odd shapes: forward and all three gradients. */
+    static const int dims[][3] = {{1, 1, 1},    {7, 7, 3},   {16, 16, 16},
+                                  {5, 33, 7},   {33, 5, 17}, {64, 64, 32},
+                                  {63, 64, 64}, {2, 17, 33}};
+    static float a[2 * 3 * 64 * 64 * 4 + 4 * 3 * 64 * 64],
+        b[sizeof a / sizeof a[0]];
+    double worst = 0;
+    for (size_t c = 0; c < sizeof dims / sizeof dims[0]; c++)
+        for (int causal = 0; causal < 2; causal++) {
+            int B = 2, H = 3, T = dims[c][0], S = dims[c][1], K = dims[c][2];
+            size_t n = (size_t)B * H * (2 * T * K + 2 * S * K);
+            qkv_attention_small_max = 64;
+            attention_run(B, H, T, S, K, causal, a);
+            qkv_attention_small_max = 0;
+            attention_run(B, H, T, S, K, causal, b);
+            double scale = 0, err = 0;
+            for (size_t i = 0; i < n; i++) {
+                scale = fmax(scale, fabs(b[i]));
+                err = fmax(err, fabs(a[i] - b[i]));
+            }
+            err /= scale + 1e-30;
+            worst = fmax(worst, err);
+            CHECK(err < 1e-5, "T %d S %d K %d causal %d: max error %.2e", T, S,
+                  K, causal, err);
+        }
+    qkv_attention_small_max = 64;
+    printf("  small-heads kernel vs sgemm: max relative error %.2e\n", worst);
+}
+
+static void test_attention_packed_is_split_merge(void) {
+    /* One (B,T,3D) tensor read in place as q, k, v gives the same bits as
+     * split_heads of its three column blocks, attention, merge_heads. */
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    int B = 3, T = 9, H = 4, K = 8, D = H * K;
+    qkv_tensor *qkv = qkv_tensor_new(&g, 3, (int[]){B, T, 3 * D});
+    qkv_pcg32 r;
+    qkv_pcg32_seed(&r, 11, 2);
+    for (size_t i = 0; i < qkv->n; i++) qkv->data[i] = qkv_pcg32_normal(&r);
+    qkv_tensor *part[3];
+    for (int p = 0; p < 3; p++) {
+        qkv_tensor *t = qkv_tensor_new(&g, 3, (int[]){B, T, D});
+        for (int row = 0; row < B * T; row++)
+            memcpy(t->data + (size_t)row * D,
+                   qkv->data + (size_t)row * 3 * D + p * D, D * sizeof(float));
+        part[p] = qkv_split_heads(&g, t, H);
+    }
+    qkv_attn_opts o = {.causal = 1};
+    qkv_tensor *want =
+        qkv_merge_heads(&g, qkv_attention(&g, part[0], part[1], part[2], &o));
+    qkv_tensor *got =
+        qkv_attention_packed(&g, qkv, 0, qkv, D, qkv, 2 * D, D, H, &o);
+    CHECK(qkv_same_shape(got, want), "shape");
+    CHECK(memcmp(got->data, want->data, got->n * sizeof(float)) == 0,
+          "packed attention differs from split/attention/merge");
+    qkv_graph_free(&g);
+}
+
 /* ----------------------------------------------------------- tape, memory */
 
 static void test_tape_accumulates(void) {
@@ -427,6 +518,8 @@ int main(int argc, char **argv) {
     RUN(test_gelu_and_xent_known);
     RUN(test_causal_and_padding_masks);
     RUN(test_causal_cross_offset);
+    RUN(test_attention_kernels_agree);
+    RUN(test_attention_packed_is_split_merge);
     RUN(test_tape_accumulates);
     RUN(test_no_grad_records_nothing);
     RUN(test_params_layout);
