@@ -26,10 +26,14 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
 
 #include "matmul.h"
 #include "op_table.h"
 #include "ops.h"
+#include "vec.h"
 
 /* Where head h of batch b lives: element (t, k) of its (rows, K) matrix is
  * at data[b * sb + h * sh + t * ld + k]. */
@@ -61,21 +65,20 @@ static heads_view view_packed(float *data, const qkv_tensor *t, int col,
 static void masked_softmax(float *A, int T, int S, float scale, int causal,
                            const uint8_t *pad /* (S) or NULL */) {
     for (int i = 0; i < T; i++) {
-        float *row = A + (size_t)i * S, mx = -INFINITY;
+        float *row = A + (size_t)i * S;
         int last = causal ? i + (S - T) : S - 1; /* last visible key */
         if (last > S - 1) last = S - 1;
         for (int j = 0; j < S; j++) {
             int hidden = j > last || (pad && pad[j]);
             row[j] = hidden ? -INFINITY : row[j] * scale;
-            if (row[j] > mx) mx = row[j];
         }
+        float mx = qkv_vmax(row, S);
         if (mx == -INFINITY) { /* every key hidden */
             memset(row, 0, (size_t)S * sizeof(float));
             continue;
         }
-        float sum = 0.0f;
-        for (int j = 0; j < S; j++) sum += row[j] = expf(row[j] - mx);
-        float inv = 1.0f / sum;
+        for (int j = 0; j < S; j++) row[j] = qkv_expf(row[j] - mx);
+        float inv = 1.0f / qkv_vsum(row, S);
         for (int j = 0; j < S; j++) row[j] *= inv;
     }
 }
@@ -97,7 +100,43 @@ int qkv_attention_small_max = 64;
 
 #define VW 16 /* floats per vector: one zmm; two ymm or four xmm otherwise */
 typedef float vf __attribute__((vector_size(VW * sizeof(float))));
+/* Without AVX-512, GCC warns that passing vf by value has no fixed ABI; these
+ * helpers are static and inlined, so no call ever crosses an ABI boundary. */
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__AVX512F__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 #define SMALL_MAX 64 /* scratch blocks are SMALL_MAX x SMALL_MAX */
+
+/* a * b + c in one rounding where the machine has FMA (C11 mode does not
+ * contract a * b + c by itself). */
+static inline vf vfma(vf a, vf b, vf c) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__AVX2__) && defined(__FMA__)
+    __m256 lo = _mm256_fmadd_ps(_mm256_loadu_ps((const float *)&a),
+                                _mm256_loadu_ps((const float *)&b),
+                                _mm256_loadu_ps((const float *)&c));
+    __m256 hi = _mm256_fmadd_ps(_mm256_loadu_ps((const float *)&a + 8),
+                                _mm256_loadu_ps((const float *)&b + 8),
+                                _mm256_loadu_ps((const float *)&c + 8));
+    vf r;
+    memcpy(&r, &lo, sizeof lo);
+    memcpy((float *)&r + 8, &hi, sizeof hi);
+    return r;
+#else
+    return a * b + c;
+#endif
+}
+
+static inline vf vsplat(float x) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_set1_ps(x);
+#else
+    vf v;
+    for (int l = 0; l < VW; l++) v[l] = x;
+    return v;
+#endif
+}
 
 static inline vf vload(const float *p) {
     vf v;
@@ -109,10 +148,14 @@ static inline vf vload(const float *p) {
 static inline __attribute__((always_inline)) void
 store_row(float *c, int w, const vf *v, int nv, int acc) {
     for (int i = 0; i < nv; i++, c += VW, w -= VW) {
+        if (w >= VW) { /* a whole vector */
+            vf t = acc ? vload(c) + v[i] : v[i];
+            memcpy(c, &t, sizeof t);
+            continue;
+        }
         float t[VW];
         memcpy(t, &v[i], sizeof t);
-        int n = w < VW ? w : VW;
-        for (int j = 0; j < n; j++) c[j] = acc ? c[j] + t[j] : t[j];
+        for (int j = 0; j < w; j++) c[j] = acc ? c[j] + t[j] : t[j];
     }
 }
 
@@ -128,8 +171,8 @@ rows_kernel(int RB, int NV, int len, const float *a, size_t ar, size_t am,
         for (int v = 0; v < NV; v++)
             bv[v] = vload(b + (size_t)m * ldb + v * VW);
         for (int r = 0; r < RB; r++) {
-            float x = a[r * ar + m * am];
-            for (int v = 0; v < NV; v++) s[r][v] += x * bv[v];
+            vf x = vsplat(a[r * ar + m * am]);
+            for (int v = 0; v < NV; v++) s[r][v] = vfma(x, bv[v], s[r][v]);
         }
     }
     for (int r = 0; r < RB; r++) store_row(c + r * ldc, w, s[r], NV, acc);
@@ -410,8 +453,7 @@ void qkv_attention_backward(qkv_graph *g, qkv_node *nd) {
         /* softmax backward; hidden keys have A = 0, so their dZ is 0 */
         for (int i = 0; i < T; i++) {
             const float *a = Ab + (size_t)i * S;
-            float *z = dZb + (size_t)i * S, dot = 0.0f;
-            for (int j = 0; j < S; j++) dot += a[j] * z[j];
+            float *z = dZb + (size_t)i * S, dot = qkv_vdot(a, z, S);
             for (int j = 0; j < S; j++) z[j] = a[j] * (z[j] - dot) * scale;
         }
         if (d[0]) { /* dQ += dZ K: (T,S) x (S,K) */

@@ -15,6 +15,7 @@
 
 #include "matmul.h"
 #include "op_table.h"
+#include "vec.h"
 
 /* Elementwise loops go parallel above this many elements. */
 #define PAR_MIN 32768
@@ -333,9 +334,9 @@ qkv_tensor *qkv_softmax(qkv_graph *g, qkv_tensor *x) {
     QKV_OMP(omp parallel for if (x->n > PAR_MIN / 4))
     for (size_t r = 0; r < rows; r++) {
         const float *xr = x->data + r * C;
-        float *yr = y->data + r * C, mx = -INFINITY, sum = 0.0f;
-        for (int j = 0; j < C; j++) mx = xr[j] > mx ? xr[j] : mx;
-        for (int j = 0; j < C; j++) sum += yr[j] = expf(xr[j] - mx);
+        float *yr = y->data + r * C, mx = qkv_vmax(xr, C);
+        for (int j = 0; j < C; j++) yr[j] = qkv_expf(xr[j] - mx);
+        float sum = qkv_vsum(yr, C);
         for (int j = 0; j < C; j++) yr[j] /= sum;
     }
     qkv_record(g, QKV_OP_SOFTMAX, y, x, NULL, NULL);
@@ -352,8 +353,7 @@ static void softmax_backward(qkv_graph *g, qkv_node *nd) {
     QKV_OMP(omp parallel for if (nd->out->n > PAR_MIN / 4))
     for (size_t r = 0; r < rows; r++) {
         const float *yr = y + r * C, *gr = dy + r * C;
-        float dot = 0.0f;
-        for (int j = 0; j < C; j++) dot += gr[j] * yr[j];
+        float dot = qkv_vdot(gr, yr, C);
         float *d = dx + r * C;
         for (int j = 0; j < C; j++)
             d[j] = (acc ? d[j] : 0.0f) + yr[j] * (gr[j] - dot);
@@ -378,11 +378,8 @@ qkv_tensor *qkv_layernorm(qkv_graph *g, qkv_tensor *x, qkv_tensor *gamma,
     QKV_OMP(omp parallel for if (x->n > PAR_MIN / 4))
     for (size_t r = 0; r < rows; r++) {
         const float *xr = x->data + r * D;
-        float *yr = y->data + r * D, m = 0.0f, v = 0.0f;
-        for (int j = 0; j < D; j++) m += xr[j];
-        m /= (float)D;
-        for (int j = 0; j < D; j++) v += (xr[j] - m) * (xr[j] - m);
-        float s = 1.0f / sqrtf(v / (float)D + eps);
+        float *yr = y->data + r * D, m = qkv_vsum(xr, D) / (float)D;
+        float s = 1.0f / sqrtf(qkv_vsqdev(xr, m, D) / (float)D + eps);
         for (int j = 0; j < D; j++)
             yr[j] = (xr[j] - m) * s * gamma->data[j] + beta->data[j];
         mean[r] = m;
@@ -412,14 +409,9 @@ static void layernorm_backward(qkv_graph *g, qkv_node *nd) {
         QKV_OMP(omp parallel for if (x->n > PAR_MIN / 4))
         for (size_t r = 0; r < rows; r++) {
             const float *xr = x->data + r * D, *gr = dy + r * D;
-            float m1 = 0.0f, m2 = 0.0f;
-            for (int j = 0; j < D; j++) {
-                float dxhat = gr[j] * gamma->data[j];
-                m1 += dxhat;
-                m2 += dxhat * (xr[j] - mean[r]) * rstd[r];
-            }
-            m1 /= (float)D;
-            m2 /= (float)D;
+            float m1 = qkv_vdot(gr, gamma->data, D) / (float)D;
+            float m2 =
+                qkv_vdot3(gr, gamma->data, xr, mean[r], D) * rstd[r] / (float)D;
             for (int j = 0; j < D; j++) {
                 float xhat = (xr[j] - mean[r]) * rstd[r];
                 dx[r * D + j] =

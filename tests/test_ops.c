@@ -2,6 +2,7 @@
 
 #include "qkv.h"
 #include "test.h"
+#include "vec.h"
 
 static qkv_tensor *from(qkv_graph *g, int ndim, const int *shape,
                         const float *v) {
@@ -103,6 +104,53 @@ static void test_gelu_and_xent_known(void) {
     CHECK(qkv_cross_entropy(&g, l, t3, -100, 0.0f)->data[0] == 0.0f,
           "all rows ignored gives 0, not NaN");
     qkv_graph_free(&g);
+}
+
+/* ------------------------------------------------- vectorised helpers */
+
+static void test_vec_helpers(void) {
+    /* qkv_expf against libm's expf: within 2 ulp over [-87, 88] */
+    double worst = 0;
+    for (int i = 0; i <= 2000000; i++) {
+        float x = -87.0f + 175.0f * (float)i / 2000000.0f;
+        float a = qkv_expf(x), b = expf(x);
+        double ulp = fabs((double)a - b) / (nextafterf(b, INFINITY) - b);
+        worst = fmax(worst, ulp);
+    }
+    printf("  qkv_expf: max %.2f ulp from expf on [-87, 88]\n", worst);
+    CHECK(worst <= 2.0, "qkv_expf is %.2f ulp from expf", worst);
+    CHECK(qkv_expf(-INFINITY) == 0.0f && qkv_expf(-100.0f) == 0.0f,
+          "exp of a masked score is exactly 0");
+    CHECK(qkv_expf(0.0f) == 1.0f, "exp(0) = %.9g", (double)qkv_expf(0.0f));
+    CHECK(isinf(qkv_expf(100.0f)) && isnan(qkv_expf(NAN)), "inf and nan");
+    /* lane sums against double sums, on odd lengths */
+    static const int lens[] = {0, 1, 7, 16, 17, 33, 127, 256};
+    float x[256], y[256], z[256];
+    qkv_pcg32 r;
+    qkv_pcg32_seed(&r, 8, 8);
+    for (int i = 0; i < 256; i++) {
+        x[i] = qkv_pcg32_normal(&r);
+        y[i] = qkv_pcg32_normal(&r);
+        z[i] = qkv_pcg32_normal(&r);
+    }
+    for (size_t c = 0; c < sizeof lens / sizeof lens[0]; c++) {
+        int n = lens[c];
+        double s = 0, d = 0, q = 0, t = 0, mx = -INFINITY, mag = 1e-30;
+        for (int i = 0; i < n; i++) {
+            s += x[i];
+            d += (double)x[i] * y[i];
+            q += ((double)x[i] - 0.5) * ((double)x[i] - 0.5);
+            t += (double)x[i] * y[i] * ((double)z[i] - 0.5);
+            mx = fmax(mx, x[i]);
+            mag += fabs(x[i]) * (1 + fabs(y[i]) * (1 + fabs(z[i])));
+        }
+        double tol = 1e-6 * mag;
+        CHECK(fabs(qkv_vsum(x, n) - s) <= tol, "vsum n %d", n);
+        CHECK(fabs(qkv_vdot(x, y, n) - d) <= tol, "vdot n %d", n);
+        CHECK(fabs(qkv_vsqdev(x, 0.5f, n) - q) <= tol * 4, "vsqdev n %d", n);
+        CHECK(fabs(qkv_vdot3(x, y, z, 0.5f, n) - t) <= tol, "vdot3 n %d", n);
+        CHECK(qkv_vmax(x, n) == (float)mx, "vmax n %d", n);
+    }
 }
 
 /* ------------------------------------------------------------------ masks */
@@ -516,6 +564,7 @@ int main(int argc, char **argv) {
     RUN(test_attention_known);
     RUN(test_layernorm_known);
     RUN(test_gelu_and_xent_known);
+    RUN(test_vec_helpers);
     RUN(test_causal_and_padding_masks);
     RUN(test_causal_cross_offset);
     RUN(test_attention_kernels_agree);
