@@ -248,8 +248,8 @@ static void scale_backward(qkv_graph *g, qkv_node *nd) {
     for (size_t i = 0; i < n; i++) dx[i] = (acc ? dx[i] : 0.0f) + s * dy[i];
 }
 
-qkv_tensor *qkv_relu(qkv_graph *g, qkv_tensor *x) {
-    qkv_tensor *y = new_like(g, x);
+/* y (possibly x itself) = max(x, 0) */
+static qkv_tensor *relu_to(qkv_graph *g, qkv_tensor *x, qkv_tensor *y) {
     size_t n = x->n;
     QKV_OMP(omp parallel for if (n > PAR_MIN))
     for (size_t i = 0; i < n; i++) y->data[i] = x->data[i] > 0 ? x->data[i] : 0;
@@ -257,9 +257,18 @@ qkv_tensor *qkv_relu(qkv_graph *g, qkv_tensor *x) {
     return y;
 }
 
+qkv_tensor *qkv_relu(qkv_graph *g, qkv_tensor *x) {
+    return relu_to(g, x, new_like(g, x));
+}
+
+qkv_tensor *qkv_relu_inplace(qkv_graph *g, qkv_tensor *x) {
+    return relu_to(g, x, qkv_tensor_wrap(g, x->data, x->ndim, x->shape));
+}
+
 static void relu_backward(qkv_graph *g, qkv_node *nd) {
-    /* y = max(x, 0);  dx += dy where x > 0 */
-    const float *x = nd->in[0]->data, *dy = nd->out->grad;
+    /* y = max(x, 0);  dx += dy where x > 0, i.e. where y > 0: the output
+     * alone decides, so the input may have been overwritten (in place) */
+    const float *x = nd->out->data, *dy = nd->out->grad;
     int acc;
     float *dx = qkv_grad_write(g, nd->in[0], &acc);
     size_t n = nd->out->n;

@@ -30,6 +30,12 @@ qkv_tensor *qkv_mul(qkv_graph *g, qkv_tensor *a, qkv_tensor *b);
 qkv_tensor *qkv_scale(qkv_graph *g, qkv_tensor *x, float s);
 /* y = max(x, 0) */
 qkv_tensor *qkv_relu(qkv_graph *g, qkv_tensor *x);
+/* The same, written over x's data (saves one activation, e.g. the FFN's
+ * d_ff-wide hidden layer). x's values are gone afterwards: its gradient is
+ * still right, but x must not be read again, neither by the caller nor by
+ * the backward of the op that made x (fine for matmul, add, layernorm,
+ * attention: their backwards read their inputs, never their output). */
+qkv_tensor *qkv_relu_inplace(qkv_graph *g, qkv_tensor *x);
 /* y = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))  (exact GELU, PyTorch's default)
  */
 qkv_tensor *qkv_gelu(qkv_graph *g, qkv_tensor *x);

@@ -22,6 +22,7 @@ static double seconds(void) {
 void qkv_graph_reset(qkv_graph *g) {
     qkv_arena_reset(&g->arena);
     g->n_nodes = 0;
+    g->free_grads = NULL;
     if (g->profile) g->profile->mark = seconds();
 }
 
@@ -67,9 +68,39 @@ void *qkv_graph_copy(qkv_graph *g, const void *src, size_t bytes) {
     return p;
 }
 
+/* A released gradient buffer; the link lives in the buffer itself (arena
+ * blocks are >= 64 bytes). */
+typedef struct free_block {
+    struct free_block *next;
+    size_t bytes;
+} free_block;
+
+/* A gradient buffer of n floats: a released one of exactly that size, or new
+ * from the arena. Exact sizes: the layers of a model repeat their shapes. */
+static float *grad_alloc(qkv_graph *g, size_t n) {
+    size_t bytes = n * sizeof(float);
+    for (free_block **p = (free_block **)&g->free_grads; *p; p = &(*p)->next)
+        if ((*p)->bytes == bytes) {
+            free_block *b = *p;
+            *p = b->next;
+            return (float *)b;
+        }
+    return qkv_arena_alloc(&g->arena, bytes);
+}
+
+static void grad_release(qkv_graph *g, qkv_tensor *t) {
+    if (t->n * sizeof(float) >= sizeof(free_block)) {
+        free_block *b = (free_block *)t->grad;
+        b->bytes = t->n * sizeof(float);
+        b->next = g->free_grads;
+        g->free_grads = b;
+    }
+    t->grad = NULL;
+}
+
 float *qkv_grad(qkv_graph *g, qkv_tensor *t) {
     if (!t->grad) {
-        t->grad = qkv_arena_alloc(&g->arena, t->n * sizeof(float));
+        t->grad = grad_alloc(g, t->n);
         memset(t->grad, 0, t->n * sizeof(float));
     }
     return t->grad;
@@ -77,7 +108,7 @@ float *qkv_grad(qkv_graph *g, qkv_tensor *t) {
 
 float *qkv_grad_write(qkv_graph *g, qkv_tensor *t, int *acc) {
     *acc = t->grad != NULL;
-    if (!t->grad) t->grad = qkv_arena_alloc(&g->arena, t->n * sizeof(float));
+    if (!t->grad) t->grad = grad_alloc(g, t->n);
     return t->grad;
 }
 
@@ -123,12 +154,13 @@ void qkv_backward(qkv_graph *g, qkv_tensor *loss) {
         if (!nd->out->grad) continue; /* nothing flows back through this node */
         if (!g->profile) {
             qkv_op_table[nd->op].backward(g, nd);
-            continue;
+        } else {
+            double t = seconds();
+            qkv_op_table[nd->op].backward(g, nd);
+            g->profile->bwd[nd->op] += seconds() - t;
+            g->profile->n_bwd[nd->op]++;
         }
-        double t = seconds();
-        qkv_op_table[nd->op].backward(g, nd);
-        g->profile->bwd[nd->op] += seconds() - t;
-        g->profile->n_bwd[nd->op]++;
+        grad_release(g, nd->out); /* nothing reads it again */
     }
 }
 

@@ -6,7 +6,12 @@
  * tape in reverse; each node's backward ACCUMULATES (+=) into its inputs'
  * gradients, so a tensor used twice receives both contributions. Gradients of
  * activations are allocated from the arena when first needed; parameters'
- * gradients are views into the parameter store's flat buffer.
+ * gradients are views into the parameter store's flat buffer. An op's output
+ * gradient is dead once that op's backward has run: qkv_backward then hands
+ * its memory to the next gradient of the same size and sets it to NULL, so
+ * only leaves (parameters, inputs no op produced) keep a gradient afterwards
+ * (PyTorch's rule for .grad), and the backward needs little memory beyond
+ * the forward's activations.
  *
  *   qkv_graph g;
  *   qkv_graph_init(&g, 0);
@@ -103,6 +108,7 @@ typedef struct qkv_graph {
     qkv_node *nodes;      /* the tape, in execution order */
     int n_nodes, cap_nodes;
     size_t n_reallocs; /* tape growths so far (tests watch this) */
+    void *free_grads;  /* released gradient buffers, reused by size */
     int recording;     /* 1: ops record nodes (grad mode); 0: no_grad */
     int training;      /* 1: dropout is active */
 } qkv_graph;

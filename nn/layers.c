@@ -141,7 +141,8 @@ void qkv_ffn_init(qkv_ffn *f, qkv_params *ps, const char *name, int d_model,
 
 qkv_tensor *qkv_ffn_forward(const qkv_ffn *f, qkv_graph *g, qkv_tensor *x) {
     qkv_tensor *h = qkv_linear_forward(&f->w1, g, x);
-    h = f->act == QKV_ACT_GELU ? qkv_gelu(g, h) : qkv_relu(g, h);
+    /* x W1^T is read by nothing but the activation: relu overwrites it */
+    h = f->act == QKV_ACT_GELU ? qkv_gelu(g, h) : qkv_relu_inplace(g, h);
     return qkv_linear_forward(&f->w2, g, h);
 }
 

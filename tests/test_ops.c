@@ -350,6 +350,34 @@ static void test_tape_accumulates(void) {
     qkv_params_free(&ps);
 }
 
+static void test_backward_reuses_gradients(void) {
+    /* A chain of 16 scales of a (1024) vector: an intermediate's gradient is
+     * dead once its op's backward ran, so the backward holds about two
+     * gradient buffers at a time, not 16; afterwards only the leaf keeps
+     * one (PyTorch's .grad rule). */
+    qkv_params ps;
+    qkv_params_init(&ps);
+    qkv_tensor *x = qkv_params_add(&ps, "x", 1, (int[]){1024});
+    qkv_params_alloc(&ps);
+    for (int i = 0; i < 1024; i++) x->data[i] = (float)i;
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    qkv_tensor *h[16], *y = x;
+    for (int i = 0; i < 16; i++) h[i] = y = qkv_scale(&g, y, 0.5f);
+    size_t forward = g.arena.total;
+    qkv_backward(&g, qkv_sum(&g, y));
+    size_t backward = g.arena.total - forward, buf = 1024 * sizeof(float);
+    printf("  backward of 16 ops took %zu KiB of gradients (%zu KiB each)\n",
+           backward / 1024, buf / 1024);
+    CHECK(backward <= 3 * buf, "backward allocated %zu bytes", backward);
+    for (int i = 0; i < 16; i++)
+        CHECK(h[i]->grad == NULL, "intermediate %d kept its gradient", i);
+    CHECK(x->grad[5] == 1.0f / 65536.0f, "dx = 2^-16, got %g",
+          (double)x->grad[5]);
+    qkv_graph_free(&g);
+    qkv_params_free(&ps);
+}
+
 static void test_no_grad_records_nothing(void) {
     qkv_params ps;
     qkv_params_init(&ps);
@@ -570,6 +598,7 @@ int main(int argc, char **argv) {
     RUN(test_attention_kernels_agree);
     RUN(test_attention_packed_is_split_merge);
     RUN(test_tape_accumulates);
+    RUN(test_backward_reuses_gradients);
     RUN(test_no_grad_records_nothing);
     RUN(test_params_layout);
     RUN(test_arena_steady_state);
