@@ -229,12 +229,29 @@ static const float *vector_rows(const float *src, int ld, int rows, int w,
 static const float *transposed(const float *src, int ld, int rows, int w,
                                float *dst, size_t *ldb) {
     int rp = (rows + VW - 1) / VW * VW;
+    *ldb = (size_t)rp;
+#if defined(__AVX512F__)
+    /* 16 x 16 blocks through registers; masked loads stop at row ends */
+    for (int i0 = 0; i0 < rows; i0 += 16)
+        for (int k0 = 0; k0 < w; k0 += 16) {
+            int kn = w - k0 < 16 ? w - k0 : 16;
+            __mmask16 m = (__mmask16)((1u << kn) - 1u);
+            __m512 r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = i0 + i < rows ? _mm512_maskz_loadu_ps(
+                                           m, src + (size_t)(i0 + i) * ld + k0)
+                                     : _mm512_setzero_ps();
+            qkv_transpose16(r);
+            for (int k = 0; k < kn; k++)
+                _mm512_storeu_ps(dst + (size_t)(k0 + k) * rp + i0, r[k]);
+        }
+    return dst;
+#endif
     for (int k = 0; k < w; k++) {
         float *d = dst + (size_t)k * rp;
         for (int i = 0; i < rows; i++) d[i] = src[(size_t)i * ld + k];
         for (int i = rows; i < rp; i++) d[i] = 0.0f;
     }
-    *ldb = (size_t)rp;
     return dst;
 }
 

@@ -33,6 +33,7 @@
  * into row/column ranges and the bits do not depend on the thread count.
  */
 #include "matmul.h"
+#include "vec.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -226,40 +227,6 @@ static void pack_copy(int n, int width, int kc, const float *src, size_t lds,
     }
 }
 
-#if defined(__AVX512F__)
-/* In-register transpose of a 16 x 16 block, r[i][j] <- r[j][i], in three
- * rounds of shuffles (64 in all): 2x2 blocks of floats, 2x2 blocks of
- * float pairs, then the 128-bit lanes. */
-static inline void transpose16(__m512 r[16]) {
-    __m512 t[16], u[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    /* u[4g + c], 128-bit lane l = rows 4g..4g+3 at column 4l + c */
-    for (int g = 0; g < 16; g += 4) {
-        __m512d t0 = _mm512_castps_pd(t[g]), t1 = _mm512_castps_pd(t[g + 1]);
-        __m512d t2 = _mm512_castps_pd(t[g + 2]),
-                t3 = _mm512_castps_pd(t[g + 3]);
-        u[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
-        u[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
-        u[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
-        u[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
-    }
-    /* column 4l + c = lane l of u[c], u[4 + c], u[8 + c], u[12 + c] */
-    for (int c = 0; c < 4; c++) {
-        __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44);
-        __m512 v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
-        __m512 w0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44);
-        __m512 w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
-        r[c] = _mm512_shuffle_f32x4(v0, w0, 0x88);
-        r[4 + c] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
-        r[8 + c] = _mm512_shuffle_f32x4(v1, w1, 0x88);
-        r[12 + c] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
-    }
-}
-#endif
-
 static inline void pack_transpose(int n, int width, int kc, const float *src,
                                   size_t lds, float *restrict dst) {
     int k0 = 0;
@@ -274,7 +241,7 @@ static inline void pack_transpose(int n, int width, int kc, const float *src,
                 r[i] = i0 + i < n
                            ? _mm512_loadu_ps(src + (size_t)(i0 + i) * lds + k0)
                            : _mm512_setzero_ps();
-            transpose16(r);
+            qkv_transpose16(r);
             int w = width - i0 < 16 ? width - i0 : 16;
             __mmask16 m = (__mmask16)((1u << w) - 1u);
             for (int k = 0; k < 16; k++)

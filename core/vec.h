@@ -3,7 +3,7 @@
  * C11 forbids reassociating float arithmetic, so a plain `s += x[j]` loop
  * runs one dependent add at a time, and glibc's expf is a scalar call. These
  * helpers keep 16 partial sums (lane j % 16, one vector register) and add
- * them up in lane order at the end: a fixed order that depends on n alone,
+ * them up in a fixed tree at the end: an order that depends on n alone,
  * so results stay bitwise identical for any thread count. Plain C; at -O3
  * GCC turns the lane loops into vector instructions for any target.
  */
@@ -13,14 +13,18 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #define QKV_LANES 16
 
-/* Adds the 16 partial sums in lane order. */
-static inline float qkv_lanes_total(const float *p) {
-    float s = 0.0f;
-    for (int l = 0; l < QKV_LANES; l++) s += p[l];
-    return s;
+/* Adds the 16 partial sums pairwise in a fixed tree (lane l + w into lane
+ * l, w = 8, 4, 2, 1): four vector adds instead of 15 dependent ones. */
+static inline float qkv_lanes_total(float *p) {
+    for (int w = QKV_LANES / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) p[l] += p[l + w];
+    return p[0];
 }
 
 /* sum_j x[j] */
@@ -112,5 +116,39 @@ static inline float qkv_expf(float x) {
     y = x > 88.7f ? INFINITY : y;
     return x != x ? x : y;
 }
+
+#if defined(__AVX512F__)
+/* In-register transpose of a 16 x 16 block, r[i][j] <- r[j][i], in three
+ * rounds of shuffles (64 in all): 2x2 blocks of floats, 2x2 blocks of
+ * float pairs, then the 128-bit lanes. */
+static inline void qkv_transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* u[4g + c], 128-bit lane l = rows 4g..4g+3 at column 4l + c */
+    for (int g = 0; g < 16; g += 4) {
+        __m512d t0 = _mm512_castps_pd(t[g]), t1 = _mm512_castps_pd(t[g + 1]);
+        __m512d t2 = _mm512_castps_pd(t[g + 2]),
+                t3 = _mm512_castps_pd(t[g + 3]);
+        u[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+        u[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+        u[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+        u[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+    }
+    /* column 4l + c = lane l of u[c], u[4 + c], u[8 + c], u[12 + c] */
+    for (int c = 0; c < 4; c++) {
+        __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44);
+        __m512 v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+        __m512 w0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44);
+        __m512 w1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+        r[c] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+        r[4 + c] = _mm512_shuffle_f32x4(v0, w0, 0xDD);
+        r[8 + c] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+        r[12 + c] = _mm512_shuffle_f32x4(v1, w1, 0xDD);
+    }
+}
+#endif
 
 #endif

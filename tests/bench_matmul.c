@@ -181,18 +181,22 @@ int main(int argc, char **argv) {
     c[n++] = (bench_case){"square A^T", 1, 0, 512, 512, 512};
     c[n++] = (bench_case){"square B^T", 0, 1, 512, 512, 512};
     c[n++] = (bench_case){"square A^T B^T", 1, 1, 512, 512, 512};
-    /* forward Y[M,N] = X[M,K] W[K,N], and its backward passes
-     * dX[M,K] = dY[M,N] W^T (tb = 1) and dW[K,N] = X^T dY (ta = 1), at the
-     * bench configs' shapes (M = batch x length) */
-    static const int tf[][3] = {{512, 64, 64},     {512, 256, 64},
-                                {512, 64, 256},    {2048, 256, 256},
-                                {2048, 1024, 256}, {2048, 256, 1024},
-                                {2048, 1000, 256}};
-    for (int i = 0; i < 7; i++) {
+    /* A linear layer's forward Y[M,N] = X[M,K] W[N,K]^T (tb = 1) and its
+     * backward dX[M,K] = dY W (plain) and dW[N,K] = dY^T X (ta = 1), at the
+     * bench configs' shapes (M = batch x length): [W_Q; W_K; W_V] (N = 3d),
+     * W_O, the FFN's W1 and W2, and base's output projection. */
+    static const int tf[][3] = {
+        {512, 192, 64},    {512, 64, 64},     {512, 256, 64},
+        {512, 64, 256},    {1024, 384, 128},  {1024, 128, 128},
+        {1024, 512, 128},  {1024, 128, 512},  {2048, 768, 256},
+        {2048, 256, 256},  {2048, 1024, 256}, {2048, 256, 1024},
+        {2048, 1000, 256},
+    };
+    for (size_t i = 0; i < sizeof tf / sizeof tf[0]; i++) {
         int M = tf[i][0], N = tf[i][1], K = tf[i][2];
-        c[n++] = (bench_case){"fwd   X W", 0, 0, M, N, K};
-        c[n++] = (bench_case){"bwd  dY W^T", 0, 1, M, K, N};
-        c[n++] = (bench_case){"bwd  X^T dY", 1, 0, K, N, M};
+        c[n++] = (bench_case){"fwd  X W^T", 0, 1, M, N, K};
+        c[n++] = (bench_case){"bwd  dY W", 0, 0, M, K, N};
+        c[n++] = (bench_case){"bwd  dY^T X", 1, 0, N, K, M};
     }
     c[n++] = (bench_case){"attn  Q K^T", 0, 1, 64, 64, 32};
     c[n++] = (bench_case){"attn  P V", 0, 0, 64, 32, 64};
