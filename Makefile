@@ -19,10 +19,22 @@ NATIVE  ?= 1
 OMP     ?= 1
 DEBUG   ?= 0
 SAN     ?= 0
+BLAS    ?=
 
 CFLAGS  := -std=c11 -D_POSIX_C_SOURCE=200809L -fno-math-errno -Wall -Wextra -Werror \
            -Wshadow -Wstrict-prototypes -Icore -Inn -Ioptim -Idata
 LDLIBS  := -lcjson -lm
+
+# make BLAS=openblas: qkv_sgemm calls OpenBLAS's cblas_sgemm (for comparison;
+# apt-get install libopenblas-dev). Results then depend on OpenBLAS's thread
+# count; the default build's are bitwise identical for any thread count.
+ifeq ($(BLAS),openblas)
+  BUILD   ?= build-openblas
+  CFLAGS  += -DQKV_OPENBLAS
+  LDLIBS  += -lopenblas
+else ifneq ($(BLAS),)
+  $(error BLAS=$(BLAS): the one optional backend is BLAS=openblas)
+endif
 
 ifeq ($(SAN),1)
   BUILD   ?= build-san

@@ -47,6 +47,9 @@
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
+#ifdef QKV_OPENBLAS
+#include <cblas.h>
+#endif
 
 /* Micro-tile MR x NR per instruction set. NR is a multiple of the vector
  * width; MR * NR / width accumulators + NR / width B vectors + 1 broadcast must
@@ -406,6 +409,12 @@ void qkv_sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
     ta = ta != 0, tb = tb != 0, accumulate = accumulate != 0;
     check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
     if (gemm_trivial(M, N, K, accumulate, C, ldc)) return;
+#ifdef QKV_OPENBLAS
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
+                tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb,
+                accumulate ? 1.0f : 0.0f, C, ldc);
+    return;
+#endif
 #ifdef _OPENMP
     double flops = 2.0 * M * N * K;
     int nt = omp_get_max_threads();
@@ -440,5 +449,9 @@ void qkv_sgemm_ref(int ta, int tb, int M, int N, int K, const float *A, int lda,
 }
 
 const char *qkv_sgemm_kernel_name(void) {
+#ifdef QKV_OPENBLAS
+    return "openblas";
+#else
     return KERNEL_NAME;
+#endif
 }
