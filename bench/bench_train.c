@@ -27,7 +27,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -69,12 +68,6 @@ void *realloc(void *p, size_t n) {
 }
 #endif
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -109,7 +102,7 @@ static double fma_peak(void) {
     double best = 0;
     for (int rep = 0; rep < 5; rep++) {
         int threads = 1;
-        double t0 = now();
+        double t0 = qkv_seconds();
         float sink = 0;
         QKV_OMP(omp parallel reduction(+ : sink)) {
 #ifdef _OPENMP
@@ -134,7 +127,7 @@ static double fma_peak(void) {
             for (int k = 0; k < 8; k++) sink += a[k][0];
 #endif
         }
-        double t = now() - t0;
+        double t = qkv_seconds() - t0;
         if (sink == 12345.f) printf("!");
         double g = (double)threads * iters * 8 * 16 * 2 / t / 1e9;
         if (g > best) best = g;
@@ -152,10 +145,10 @@ static double add_time(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int rec,
     double best = 1e9;
     for (int r = 0; r < 7; r++) {
         qkv_graph_reset(g);
-        double t0 = now();
+        double t0 = qkv_seconds();
         qkv_tensor *x = a;
         for (int i = 0; i < n; i++) x = qkv_add(g, x, b);
-        double t = (now() - t0) / n;
+        double t = (qkv_seconds() - t0) / n;
         if (t < best) best = t;
     }
     return best;
@@ -258,9 +251,9 @@ int main(int argc, char **argv) {
     double *t = malloc((size_t)reps * sizeof *t);
     size_t allocs0 = n_allocs;
     for (int r = 0; r < reps; r++) {
-        double t0 = now();
+        double t0 = qkv_seconds();
         for (int i = 0; i < steps; i++) STEP();
-        t[r] = (now() - t0) / steps;
+        t[r] = (qkv_seconds() - t0) / steps;
     }
     size_t allocs = n_allocs - allocs0;
     qsort(t, (size_t)reps, sizeof *t, cmp_double);

@@ -53,6 +53,9 @@ void *qkv_calloc(size_t count, size_t size, const char *what);
 void *qkv_malloc_aligned(size_t bytes, const char *what);
 void *qkv_realloc(void *p, size_t bytes, const char *what);
 
+/* Seconds on the monotonic clock (for timing; the origin is arbitrary). */
+double qkv_seconds(void);
+
 /* Sets the number of OpenMP threads used by kernels (no-op without OpenMP). */
 void qkv_set_threads(int n);
 int qkv_get_threads(void);

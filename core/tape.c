@@ -2,7 +2,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "op_table.h"
 
@@ -13,17 +12,11 @@ void qkv_graph_init(qkv_graph *g, size_t arena_bytes) {
     g->training = 1;
 }
 
-static double seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 void qkv_graph_reset(qkv_graph *g) {
     qkv_arena_reset(&g->arena);
     g->n_nodes = 0;
     g->free_grads = NULL;
-    if (g->profile) g->profile->mark = seconds();
+    if (g->profile) g->profile->mark = qkv_seconds();
 }
 
 void qkv_graph_free(qkv_graph *g) {
@@ -116,7 +109,7 @@ qkv_node *qkv_record(qkv_graph *g, qkv_op op, qkv_tensor *out, qkv_tensor *a,
                      qkv_tensor *b, qkv_tensor *c) {
     if (!g->recording) return NULL;
     if (g->profile) {
-        double t = seconds();
+        double t = qkv_seconds();
         g->profile->fwd[op] += t - g->profile->mark;
         g->profile->n_fwd[op]++;
         g->profile->mark = t;
@@ -155,9 +148,9 @@ void qkv_backward(qkv_graph *g, qkv_tensor *loss) {
         if (!g->profile) {
             qkv_op_table[nd->op].backward(g, nd);
         } else {
-            double t = seconds();
+            double t = qkv_seconds();
             qkv_op_table[nd->op].backward(g, nd);
-            g->profile->bwd[nd->op] += seconds() - t;
+            g->profile->bwd[nd->op] += qkv_seconds() - t;
             g->profile->n_bwd[nd->op]++;
         }
         grad_release(g, nd->out); /* nothing reads it again */

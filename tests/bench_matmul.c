@@ -14,6 +14,7 @@
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
 #endif
+#include "common.h"
 #include "matmul.h"
 
 #include <dlfcn.h>
@@ -21,7 +22,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -29,12 +29,6 @@
 
 static int n_runs = 7;
 static double min_run_s = 0.05;
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -103,11 +97,11 @@ static double bench(gemm_fn fn, int nt, int ta, int tb, int M, int N, int K) {
     double rate[16];
     for (int r = 0; r < n_runs; r++) {
         long reps = 0;
-        double t0 = now(), t;
+        double t0 = qkv_seconds(), t;
         do {
             fn(ta, tb, M, N, K, A, lda, B, ldb, 0, C, N);
             reps++;
-            t = now() - t0;
+            t = qkv_seconds() - t0;
         } while (t < min_run_s);
         rate[r] = 2.0 * M * N * K * (double)reps / t / 1e9;
     }

@@ -8,6 +8,7 @@
 #ifndef QKV_TEST_H
 #define QKV_TEST_H
 
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -161,6 +162,48 @@ static inline int test_qkv(const char *qkv, const char *args, char *out,
     if (snprintf(cmd, sizeof cmd, "'%s' %s", qkv, args) >= (int)sizeof cmd)
         return -1;
     return test_shell(cmd, out, cap);
+}
+
+/* ---- a scratch directory for tests that write files ---- */
+
+static char test_dir[64]; /* "/tmp/qkv-NAME-XXXXXX" once made */
+
+/* Makes test_dir (mkdtemp) or exits. */
+static inline void test_dir_make(const char *name) {
+    snprintf(test_dir, sizeof test_dir, "/tmp/qkv-%.20s-XXXXXX", name);
+    if (!mkdtemp(test_dir)) {
+        perror("mkdtemp");
+        exit(1);
+    }
+}
+
+/* test_dir/name; the four most recent results stay valid. */
+static inline const char *test_path(const char *name) {
+    static char buf[4][400];
+    static int k;
+    char *p = buf[k++ % 4];
+    snprintf(p, sizeof buf[0], "%s/%.300s", test_dir, name);
+    return p;
+}
+
+/* Files in test_dir whose name contains `part`. */
+static inline int test_dir_count(const char *part) {
+    DIR *d = opendir(test_dir);
+    int n = 0;
+    for (struct dirent *e; d && (e = readdir(d));)
+        n += strstr(e->d_name, part) != NULL;
+    if (d) closedir(d);
+    return n;
+}
+
+/* Removes the files in test_dir, then test_dir; 0 on success. */
+static inline int test_dir_remove(void) {
+    DIR *d = opendir(test_dir);
+    for (struct dirent *e; d && (e = readdir(d));)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+            unlink(test_path(e->d_name));
+    if (d) closedir(d);
+    return rmdir(test_dir);
 }
 
 #endif

@@ -3,10 +3,8 @@
  * bit (dropout on, Adam with a schedule), refusal of truncated, foreign,
  * garbage and mismatched files with one line and no change on disk, and
  * atomic saves. Files live in a mkdtemp directory removed at the end. */
-#include <dirent.h>
 #include <stdint.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "checkpoint.h"
@@ -19,23 +17,6 @@
 #else
 #define QUICK 0
 #endif
-
-static char dir[64];
-
-/* dir/name in one of a few rotating buffers. */
-static const char *tmp_path(const char *name) {
-    static char buf[4][400];
-    static int k;
-    char *p = buf[k++ % 4];
-    snprintf(p, sizeof buf[0], "%s/%.300s", dir, name);
-    return p;
-}
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void write_bytes(const char *path, const void *bytes, size_t len) {
     FILE *fp = fopen(path, "wb");
@@ -62,15 +43,6 @@ static int same_file(const char *path, const unsigned char *bytes, size_t len) {
     int same = b && n == len && memcmp(b, bytes, len) == 0;
     free(b);
     return same;
-}
-
-static int temp_files_left(void) {
-    DIR *d = opendir(dir);
-    int n = 0;
-    for (struct dirent *e; d && (e = readdir(d));)
-        n += strstr(e->d_name, ".tmp.") != NULL;
-    if (d) closedir(d);
-    return n;
 }
 
 static qkv_model_config small_config(qkv_model_kind kind) {
@@ -358,7 +330,7 @@ static void test_save_load_model(void) {
     cs[1].tie_output = 1;
     const qkv_task tasks[2] = {{QKV_TASK_COPY, 11, 3, 8, 1, 0},
                                {QKV_TASK_REVERSE, 11, 3, 8, 1, 1}};
-    const char *p = tmp_path("model.safetensors");
+    const char *p = test_path("model.safetensors");
     char err[300];
     for (int k = 0; k < 2; k++) {
         qkv_model a, b;
@@ -436,7 +408,7 @@ static void test_optimiser_state(void) {
     ocs[3].momentum = 0; /* plain SGD: no state tensors at all */
     const int has_m[4] = {1, 1, 1, 0}, has_v[4] = {1, 1, 0, 0};
     qkv_model_config mc = small_config(QKV_MODEL_ENCDEC);
-    const char *p = tmp_path("optim.safetensors");
+    const char *p = test_path("optim.safetensors");
     char err[300];
     for (int k = 0; k < 4; k++) {
         qkv_model a, b;
@@ -542,15 +514,15 @@ static void test_resume_equals_uninterrupted(void) {
     qkv_model_free(&m);
 
     /* Stop after N steps, save, forget everything, load, go on. */
-    const char *p = tmp_path("resume.safetensors");
+    const char *p = test_path("resume.safetensors");
     start_run(&m, &o, &data);
     train_steps(&m, &o, &data, 1, N, resumed);
     qkv_ckpt_rng rngs[1] = {{"data", &data}};
-    double t0 = now();
+    double t0 = qkv_seconds();
     CHECK(qkv_ckpt_save(p, &m, &o, N, rngs, 1, NULL, NULL, 0, err,
                         sizeof err) == 0,
           "save: %s", err);
-    double t_save = now() - t0;
+    double t_save = qkv_seconds() - t0;
     qkv_optim_free(&o);
     qkv_model_free(&m);
     qkv_pcg32_seed(&data, 0, 0);
@@ -558,10 +530,10 @@ static void test_resume_equals_uninterrupted(void) {
     memset(&o, 0xee, sizeof o);
 
     int64_t step = -1;
-    t0 = now();
+    t0 = qkv_seconds();
     CHECK(qkv_ckpt_load(p, &m, &o, &step, rngs, 1, NULL, err, sizeof err) == 0,
           "load: %s", err);
-    double t_load = now() - t0;
+    double t_load = qkv_seconds() - t0;
     CHECK(step == N, "restored step %lld", (long long)step);
     qkv_pcg32 data_at_stop = data, drop_at_stop = m.rng;
     train_steps(&m, &o, &data, step + 1, 2 * N, resumed);
@@ -709,8 +681,8 @@ static void expect_load_refused(const char *path, const char *words) {
 }
 
 static void test_refuse_truncated(void) {
-    const char *good = tmp_path("trunc-src.safetensors"),
-               *p = tmp_path("trunc.safetensors");
+    const char *good = test_path("trunc-src.safetensors"),
+               *p = test_path("trunc.safetensors");
     qkv_model m;
     write_good(good, &m);
     size_t len;
@@ -754,7 +726,7 @@ static void test_refuse_truncated(void) {
 }
 
 static void test_refuse_foreign_and_garbage(void) {
-    const char *p = tmp_path("foreign.safetensors");
+    const char *p = test_path("foreign.safetensors");
     qkv_st_error se;
     const float w[6] = {1, 2, 3, 4, 5, 6};
     const qkv_st_entry e[1] = {{"weight", w, 2, {2, 3}}};
@@ -767,8 +739,8 @@ static void test_refuse_foreign_and_garbage(void) {
     expect_load_refused(p, "not a qkv checkpoint this version reads (format "
                            "'pt'");
 
-    expect_load_refused(tmp_path("no-such-file"), "cannot open");
-    expect_load_refused(dir, "not a regular file");
+    expect_load_refused(test_path("no-such-file"), "cannot open");
+    expect_load_refused(test_dir, "not a regular file");
     write_bytes(p, "", 0);
     expect_load_refused(p, "too short");
     write_bytes(p, "hello, world\n", 13);
@@ -790,8 +762,8 @@ static void test_refuse_foreign_and_garbage(void) {
 }
 
 static void test_refuse_bad_contents(void) {
-    const char *good = tmp_path("bad-src.safetensors"),
-               *p = tmp_path("bad.safetensors");
+    const char *good = test_path("bad-src.safetensors"),
+               *p = test_path("bad.safetensors");
     write_good(good, NULL);
     qkv_model_config mc = small_config(QKV_MODEL_ENCDEC);
     char *cfg = qkv_model_config_to_json(&mc);
@@ -882,8 +854,8 @@ static void test_refuse_bad_contents(void) {
 }
 
 static void test_load_weights_shape_checks(void) {
-    const char *p = tmp_path("weights.safetensors"),
-               *q = tmp_path("weights-bad.safetensors");
+    const char *p = test_path("weights.safetensors"),
+               *q = test_path("weights-bad.safetensors");
     qkv_model a;
     write_good(p, &a);
     char err[400];
@@ -950,7 +922,7 @@ static void test_load_weights_shape_checks(void) {
 /* ------------------------------------------------------------ atomic saves */
 
 static void test_atomic_save(void) {
-    const char *p = tmp_path("atomic.safetensors");
+    const char *p = test_path("atomic.safetensors");
     char err[400];
     qkv_model a, b;
     qkv_model_config c = small_config(QKV_MODEL_ENCDEC);
@@ -976,7 +948,7 @@ static void test_atomic_save(void) {
     rmdir(tmp);
 
     /* A read-only directory (root ignores permissions: then skipped). */
-    const char *ro = tmp_path("ro");
+    const char *ro = test_path("ro");
     CHECK(mkdir(ro, 0700) == 0, "mkdir");
     char rop[400];
     snprintf(rop, sizeof rop, "%s/ckpt.safetensors", ro);
@@ -999,7 +971,7 @@ static void test_atomic_save(void) {
     rmdir(ro);
 
     /* A missing directory: fails, creates nothing. */
-    const char *missing = tmp_path("no-such-dir/ckpt.safetensors");
+    const char *missing = test_path("no-such-dir/ckpt.safetensors");
     CHECK(qkv_ckpt_save(missing, &b, NULL, 2, NULL, 0, NULL, NULL, 0, err,
                         sizeof err) == -1,
           "saved into a missing directory");
@@ -1007,7 +979,7 @@ static void test_atomic_save(void) {
               strstr(err, "No such file or directory"),
           "message: %s", err);
     struct stat st;
-    CHECK(stat(tmp_path("no-such-dir"), &st) != 0, "directory created");
+    CHECK(stat(test_path("no-such-dir"), &st) != 0, "directory created");
 
     /* Refused arguments write nothing. */
     const char *rk[1] = {"step"}, *rv[1] = {"5"};
@@ -1035,7 +1007,7 @@ static void test_atomic_save(void) {
               strstr(err, "not valid UTF-8"),
           "bad UTF-8: %s", err);
     CHECK(same_file(p, before, len), "old checkpoint changed");
-    CHECK(temp_files_left() == 0, "temporary files left behind");
+    CHECK(test_dir_count(".tmp.") == 0, "temporary files left behind");
 
     /* A good save replaces it whole. */
     CHECK(qkv_ckpt_save(p, &b, NULL, 2, NULL, 0, NULL, NULL, 0, err,
@@ -1047,7 +1019,7 @@ static void test_atomic_save(void) {
               0,
           "%s", err);
     CHECK(same_params(&back, &b), "new checkpoint differs");
-    CHECK(temp_files_left() == 0, "temporary files left behind");
+    CHECK(test_dir_count(".tmp.") == 0, "temporary files left behind");
     qkv_model_free(&back);
     free(before);
     qkv_model_free(&a);
@@ -1064,17 +1036,17 @@ static void test_timing(void) {
     qkv_optim o, ob;
     qkv_optim_config oc = qkv_optim_defaults(QKV_OPTIM_ADAM);
     qkv_optim_init(&o, &oc, &m.params);
-    const char *p = tmp_path("timing.safetensors");
+    const char *p = test_path("timing.safetensors");
     char err[300];
-    double t0 = now();
+    double t0 = qkv_seconds();
     CHECK(qkv_ckpt_save(p, &m, &o, 1, NULL, 0, NULL, NULL, 0, err,
                         sizeof err) == 0,
           "%s", err);
-    double t1 = now();
+    double t1 = qkv_seconds();
     CHECK(qkv_ckpt_load(p, &back, &ob, NULL, NULL, 0, NULL, err, sizeof err) ==
               0,
           "%s", err);
-    double t2 = now();
+    double t2 = qkv_seconds();
     size_t bytes;
     free(read_bytes(p, &bytes));
     printf("  default model, V 8000: %zu parameters, checkpoint %.1f MB, "
@@ -1089,18 +1061,12 @@ static void test_timing(void) {
 }
 
 static void test_cleanup(void) {
-    DIR *d = opendir(dir);
-    for (struct dirent *e; d && (e = readdir(d));)
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-            unlink(tmp_path(e->d_name));
-    if (d) closedir(d);
-    CHECK(rmdir(dir) == 0, "cannot remove %s", dir);
+    CHECK(test_dir_remove() == 0, "cannot remove %s", test_dir);
 }
 
 int main(void) {
     test_prog = "checkpoint";
-    strcpy(dir, "/tmp/qkv-ckpt-XXXXXX");
-    QKV_CHECK(mkdtemp(dir), "mkdtemp failed");
+    test_dir_make("ckpt");
     RUN(test_config_json_round_trip);
     RUN(test_config_json_refusals);
     RUN(test_save_load_model);

@@ -3,7 +3,6 @@
  * the sequence greedy misses and the length penalty flips a ranking; scores
  * are recomputed), and sampling (seeds repeat, temperature 0 and top-k 1 are
  * greedy, top-k 2 never leaves the top two, frequencies match the softmax). */
-#include <time.h>
 
 #include "decode.h"
 #include "optim.h"
@@ -17,12 +16,6 @@
 #else
 #define QUICK 0
 #endif
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* log p(y | src) = sum_t log softmax(logits)[y_t] of bos y (n tokens),
  * recomputed in one batch-1 forward pass, in double. */
@@ -86,7 +79,7 @@ static void train_reverse(void) {
     qkv_task_batch_init(&b, &rev_task, batch);
     qkv_graph g;
     qkv_graph_init(&g, 0);
-    double t0 = now();
+    double t0 = qkv_seconds();
     float loss = 0;
     for (int step = 1; step <= steps; step++) {
         qkv_task_sample(&rev_task, &data, &b);
@@ -99,7 +92,7 @@ static void train_reverse(void) {
         qkv_optim_step(&opt, &trained.params, qkv_schedule_lr(&sched, step));
     }
     printf("  reverse (lengths 3-8, eos): %d steps, loss %.3f, %.2f s\n", steps,
-           (double)loss, now() - t0);
+           (double)loss, qkv_seconds() - t0);
     qkv_graph_free(&g);
     qkv_task_batch_free(&b);
     qkv_optim_free(&opt);
@@ -168,14 +161,14 @@ static void test_beam4_at_least_greedy(void) {
         qkv_task_answer(&rev_task, src, b.len[i], y);
         int len = b.len[i];
         y[len++] = QKV_EOS;
-        double t0 = now();
+        double t0 = qkv_seconds();
         qkv_model_greedy(&trained, &g, src, pad, 1, S, QKV_BOS, QKV_EOS,
                          max_out, greedy);
-        double t1 = now();
+        double t1 = qkv_seconds();
         qkv_beam_search(&trained, &g, src, pad, S, 4, 0.6f, QKV_BOS, QKV_EOS,
                         max_out, beam, &score);
         tg += t1 - t0;
-        tb += now() - t1;
+        tb += qkv_seconds() - t1;
         right_g += memcmp(greedy, y, (size_t)len * sizeof *y) == 0;
         right_b += memcmp(beam, y, (size_t)len * sizeof *y) == 0;
         /* beam search usually, not always, scores at least greedy's path */
@@ -507,13 +500,13 @@ static void test_sample_frequencies(void) {
     for (int v = 0; v < V; v++) z += p[v] = exp(((double)x[v] - mx) / T);
     qkv_pcg32 rng;
     qkv_pcg32_seed(&rng, 2024, 1);
-    double t0 = now();
+    double t0 = qkv_seconds();
     for (int i = 0; i < n; i++) {
         int32_t tok;
         qkv_sample(&m, &g, prompt, 4, 1, T, 0, -1, &rng, &tok);
         count[tok]++;
     }
-    double secs = now() - t0, chi2 = 0, e_pool = 0;
+    double secs = qkv_seconds() - t0, chi2 = 0, e_pool = 0;
     int o_pool = 0, cells = 0;
     for (int v = 0; v < V; v++) {
         double e = n * p[v] / z;

@@ -1,7 +1,6 @@
 /* End-to-end learning: the models must learn the toy tasks, judged by exact
  * match of greedy decoding on 200 fresh random sequences, and a run must
  * repeat bit for bit with 1 and 2 threads. Prints steps and seconds. */
-#include <time.h>
 
 #include "optim.h"
 #include "tasks.h"
@@ -23,12 +22,6 @@ typedef struct learn_case {
     int batch, max_steps, eval_every;
     float lr, target; /* exact-match accuracy to reach */
 } learn_case;
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static qkv_model_config model_for(qkv_model_kind kind, int vocab) {
     qkv_model_config c = qkv_model_defaults(kind);
@@ -83,7 +76,7 @@ static double train(const learn_case *lc, int threads, float *losses,
     qkv_task_batch_init(&b, &lc->task, lc->batch);
     qkv_graph g;
     qkv_graph_init(&g, 0);
-    double t0 = now(), acc = 0;
+    double t0 = qkv_seconds(), acc = 0;
     int step;
     for (step = 1; step <= lc->max_steps; step++) {
         qkv_task_sample(&lc->task, &data, &b);
@@ -99,7 +92,7 @@ static double train(const learn_case *lc, int threads, float *losses,
             if (acc >= lc->target) break;
         }
     }
-    *seconds = now() - t0;
+    *seconds = qkv_seconds() - t0;
     *steps = step > lc->max_steps ? lc->max_steps : step;
     qkv_graph_free(&g);
     qkv_task_batch_free(&b);

@@ -1,7 +1,6 @@
 /* safetensors checkpoints: round trips, the exact bytes written, every
  * validation failure on crafted files, truncation, byte-flip fuzzing, and
  * atomic writes. Files live in a mkdtemp directory removed at the end. */
-#include <dirent.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -10,17 +9,6 @@
 #include "pcg.h"
 #include "safetensors.h"
 #include "test.h"
-
-static char dir[64];
-
-/* dir/name in one of a few rotating buffers. */
-static const char *tmp_path(const char *name) {
-    static char buf[4][400];
-    static int k;
-    char *p = buf[k++ % 4];
-    snprintf(p, sizeof buf[0], "%s/%.300s", dir, name);
-    return p;
-}
 
 static void write_bytes(const char *path, const void *bytes, size_t len) {
     FILE *fp = fopen(path, "wb");
@@ -71,23 +59,13 @@ static void expect_refused(const char *path, const char *words) {
 
 static void expect_crafted_refused(const char *json, size_t dlen,
                                    const char *words) {
-    const char *p = tmp_path("crafted.safetensors");
+    const char *p = test_path("crafted.safetensors");
     write_crafted(p, json, dlen);
     expect_refused(p, words);
 }
 
 static int same_bits(const float *a, const float *b, size_t n) {
     return n == 0 || memcmp(a, b, n * sizeof *a) == 0;
-}
-
-/* Names of files in dir containing ".tmp.": 0 if none. */
-static int temp_files_left(void) {
-    DIR *d = opendir(dir);
-    int n = 0;
-    for (struct dirent *e; d && (e = readdir(d));)
-        n += strstr(e->d_name, ".tmp.") != NULL;
-    if (d) closedir(d);
-    return n;
 }
 
 /* ------------------------------------------------------------ round trips */
@@ -108,7 +86,7 @@ static void test_round_trip(void) {
     const char *keys[3] = {"step", "config", "note"};
     const char *vals[3] = {"12", "{\"N\": 2, \"h\": 4}",
                            "h\xc3\xa9llo \xe2\x9c\x93"};
-    const char *p = tmp_path("round.safetensors");
+    const char *p = test_path("round.safetensors");
     qkv_st_error err = {{0}};
     int rc = qkv_st_write(p, e, 5, keys, vals, 3, &err);
     CHECK(rc == 0, "write: %s", err.msg);
@@ -154,7 +132,7 @@ static void test_round_trip(void) {
     qkv_st_free(&f); /* idempotent */
 
     /* No tensors, no metadata: "{}" padded to 8 bytes. */
-    p = tmp_path("empty.safetensors");
+    p = test_path("empty.safetensors");
     rc = qkv_st_write(p, NULL, 0, NULL, NULL, 0, &err);
     CHECK(rc == 0, "write empty: %s", err.msg);
     rc = qkv_st_read(p, &f, &err);
@@ -170,7 +148,7 @@ static void test_exact_bytes(void) {
     const float one = 1.0f, two[2] = {-2.0f, 0.5f};
     const qkv_st_entry e[2] = {{"x", &one, 0, {0}}, {"y", two, 1, {2}}};
     const char *k[1] = {"k"}, *v[1] = {"v"};
-    const char *p = tmp_path("exact.safetensors");
+    const char *p = test_path("exact.safetensors");
     qkv_st_error err;
     CHECK(qkv_st_write(p, e, 2, k, v, 1, &err) == 0, "write: %s", err.msg);
     const char *json =
@@ -194,7 +172,7 @@ static void test_exact_bytes(void) {
 /* Files from other writers: unpadded header, whitespace, any key order,
  * metadata last, zero-size tensors anywhere. */
 static void test_other_writers(void) {
-    const char *p = tmp_path("other.safetensors");
+    const char *p = test_path("other.safetensors");
     write_crafted(p,
                   "{ \"b\" : {\"data_offsets\": [4, 12], \"shape\": [1, 2], "
                   "\"dtype\": \"F32\"},\n"
@@ -243,14 +221,14 @@ static void test_params_round_trip(void) {
     make_params(&b, 0);
     fill(&a, 1);
     const char *keys[2] = {"step", "seed"}, *vals[2] = {"100", "1"};
-    const char *p = tmp_path("params.safetensors");
+    const char *p = test_path("params.safetensors");
     qkv_st_error err;
     /* Twice: the second write replaces the first atomically. */
     CHECK(qkv_st_write_params(p, &b, keys, vals, 2, &err) == 0, "write: %s",
           err.msg);
     CHECK(qkv_st_write_params(p, &a, keys, vals, 2, &err) == 0, "rewrite: %s",
           err.msg);
-    CHECK(temp_files_left() == 0, "temporary files left behind");
+    CHECK(test_dir_count(".tmp.") == 0, "temporary files left behind");
     qkv_st_file f;
     int rc = qkv_st_read(p, &f, &err);
     CHECK(rc == 0, "read: %s", err.msg);
@@ -273,7 +251,7 @@ static void test_params_mismatch(void) {
     make_params(&a, 0);
     make_params(&b, 1); /* enc.w_q (8,8) replaced by dec.w_q (8,4) */
     fill(&a, 2);
-    const char *p = tmp_path("mismatch.safetensors");
+    const char *p = test_path("mismatch.safetensors");
     qkv_st_error err;
     qkv_st_file f;
     CHECK(qkv_st_write_params(p, &a, NULL, NULL, 0, &err) == 0, "write: %s",
@@ -312,10 +290,10 @@ static void test_params_mismatch(void) {
     "{\"dtype\":\"F32\",\"shape\":" shape ",\"data_offsets\":" offs "}"
 
 static void test_bad_files(void) {
-    expect_refused(tmp_path("does-not-exist"), "cannot open: No such file");
-    expect_refused(dir, "not a regular file");
+    expect_refused(test_path("does-not-exist"), "cannot open: No such file");
+    expect_refused(test_dir, "not a regular file");
 
-    const char *p = tmp_path("raw.safetensors");
+    const char *p = test_path("raw.safetensors");
     write_bytes(p, "", 0);
     expect_refused(p, "too short for the 8-byte header length");
     write_bytes(p, "\x05\0\0\0", 4);
@@ -490,8 +468,8 @@ static void test_truncated(void) {
     const float a[3] = {1, 2, 3}, s = 4;
     const qkv_st_entry e[2] = {{"a", a, 1, {3}}, {"s", &s, 0, {0}}};
     const char *k[1] = {"step"}, *v[1] = {"7"};
-    const char *good = tmp_path("trunc-src.safetensors"),
-               *p = tmp_path("trunc.safetensors");
+    const char *good = test_path("trunc-src.safetensors"),
+               *p = test_path("trunc.safetensors");
     qkv_st_error err;
     CHECK(qkv_st_write(good, e, 2, k, v, 1, &err) == 0, "write: %s", err.msg);
     size_t len;
@@ -518,8 +496,8 @@ static void test_fuzz_flips(void) {
     const qkv_st_entry e[3] = {
         {"w.a", a, 2, {2, 3}}, {"s", &s, 0, {0}}, {"z", NULL, 1, {0}}};
     const char *k[2] = {"step", "lr"}, *v[2] = {"7", "0.001"};
-    const char *good = tmp_path("fuzz-src.safetensors"),
-               *p = tmp_path("fuzz.safetensors");
+    const char *good = test_path("fuzz-src.safetensors"),
+               *p = test_path("fuzz.safetensors");
     qkv_st_error err;
     CHECK(qkv_st_write(good, e, 3, k, v, 2, &err) == 0, "write: %s", err.msg);
     size_t len;
@@ -587,15 +565,15 @@ static void test_atomic_writes(void) {
     qkv_st_error err;
 
     /* Into a directory that does not exist: fails cleanly, creates nothing. */
-    const char *p = tmp_path("no-such-dir/x.safetensors");
+    const char *p = test_path("no-such-dir/x.safetensors");
     CHECK(qkv_st_write(p, e, 1, NULL, NULL, 0, &err) == -1,
           "wrote into a missing directory");
     CHECK(strstr(err.msg, p) && strstr(err.msg, "No such file or directory"),
           "message: %s", err.msg);
     struct stat st;
-    CHECK(stat(tmp_path("no-such-dir"), &st) != 0, "directory created");
+    CHECK(stat(test_path("no-such-dir"), &st) != 0, "directory created");
 
-    const char *good = tmp_path("good.safetensors");
+    const char *good = test_path("good.safetensors");
     CHECK(qkv_st_write(good, e, 1, NULL, NULL, 0, &err) == 0, "write: %s",
           err.msg);
     size_t len0, len1;
@@ -660,24 +638,18 @@ static void test_atomic_writes(void) {
     unsigned char *after = read_bytes(good, &len1);
     CHECK(len0 == len1 && memcmp(before, after, len0) == 0,
           "good file changed by failed writes");
-    CHECK(temp_files_left() == 0, "temporary files left behind");
+    CHECK(test_dir_count(".tmp.") == 0, "temporary files left behind");
     free(before);
     free(after);
 }
 
 static void test_cleanup(void) {
-    DIR *d = opendir(dir);
-    for (struct dirent *e; d && (e = readdir(d));)
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-            unlink(tmp_path(e->d_name));
-    if (d) closedir(d);
-    CHECK(rmdir(dir) == 0, "cannot remove %s", dir);
+    CHECK(test_dir_remove() == 0, "cannot remove %s", test_dir);
 }
 
 int main(void) {
     test_prog = "safetensors";
-    strcpy(dir, "/tmp/qkv-st-XXXXXX");
-    QKV_CHECK(mkdtemp(dir), "mkdtemp failed");
+    test_dir_make("st");
     RUN(test_round_trip);
     RUN(test_exact_bytes);
     RUN(test_other_writers);

@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------------ flags */
@@ -195,12 +194,6 @@ void cli_flags_from_json(const char *cmd, const flag *flags, int n,
 }
 
 /* ------------------------------------------------------------------ files */
-
-double cli_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 void cli_make_dirs(const char *cmd, const char *dir) {
     char p[4096];

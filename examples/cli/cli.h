@@ -52,7 +52,6 @@ void cli_flags_from_json(const char *cmd, const flag *flags, int n,
 
 /* ------------------------------------------------------------------ files */
 
-double cli_now(void);                                 /* monotonic seconds */
 void cli_make_dirs(const char *cmd, const char *dir); /* mkdir -p */
 /* Writes path atomically (temp file + rename): never half a file. */
 void cli_write_file(const char *cmd, const char *path, const char *text);

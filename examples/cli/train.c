@@ -530,7 +530,7 @@ int cmd_train(int argc, char **argv) {
                    m.cfg.src_vocab, m.cfg.tgt_vocab);
         printf("\n");
     }
-    double t0 = cli_now() - secs0;
+    double t0 = qkv_seconds() - secs0;
     float train_loss = 0;
     double vloss = NAN, vacc = NAN, vbleu = NAN;
     /* --profile: op times from the tape, the rest timed here */
@@ -547,12 +547,12 @@ int cmd_train(int argc, char **argv) {
         PH_LOG,
         PH_N
     };
-    double phase[PH_N] = {0}, tp = 0, tp0 = cli_now();
+    double phase[PH_N] = {0}, tp = 0, tp0 = qkv_seconds();
     if (o.profile) g.profile = &prof;
 #define PHASE(k)                                                               \
     do {                                                                       \
         if (o.profile) {                                                       \
-            double t_ = cli_now();                                             \
+            double t_ = qkv_seconds();                                         \
             phase[k] += t_ - tp;                                               \
             tp = t_;                                                           \
         }                                                                      \
@@ -560,7 +560,7 @@ int cmd_train(int argc, char **argv) {
     int step;
     for (step = (int)start + 1; step <= o.steps; step++) {
         const qkv_batch *bv;
-        tp = cli_now();
+        tp = qkv_seconds();
         if (!corpus) {
             qkv_task_sample(&d.task, &data, &b);
             bv = &b.view;
@@ -598,7 +598,7 @@ int cmd_train(int argc, char **argv) {
             vbleu = corpus ? 100.0 * qkv_bleu_score(&s.bleu) : NAN;
         }
         PHASE(PH_VALID);
-        double secs = cli_now() - t0;
+        double secs = qkv_seconds() - t0;
         fprintf(log, "%d,%ld,%.3f,%.6g,%.6f,", step, tokens, secs, (double)lr,
                 (double)train_loss);
         if (eval && corpus)
@@ -659,7 +659,7 @@ int cmd_train(int argc, char **argv) {
     if (o.profile) {
         PHASE(PH_LOG);
         int n = step - (int)start - (step > o.steps);
-        print_profile(&prof, phase, PH_N, n < 1 ? 1 : n, cli_now() - tp0);
+        print_profile(&prof, phase, PH_N, n < 1 ? 1 : n, qkv_seconds() - tp0);
     }
 #undef PHASE
     if (fclose(log)) cli_die("train: writing %s failed", path);
@@ -672,19 +672,19 @@ int cmd_train(int argc, char **argv) {
     else if (!do_valid)
         printf("done: %d steps (%d epochs) in %.1f s, train loss %.4f (no "
                "--valid: no validation); log in %s, checkpoint %s\n",
-               o.steps, cr.epoch, cli_now() - t0, (double)train_loss, path,
+               o.steps, cr.epoch, qkv_seconds() - t0, (double)train_loss, path,
                ckpt_path);
     else if (corpus)
         printf("done: %d steps (%d epochs) in %.1f s, train loss %.4f, val "
                "loss %.4f, exact match %.1f%%, BLEU %.1f; log in %s, "
                "checkpoint %s\n",
-               o.steps, cr.epoch, cli_now() - t0, (double)train_loss, vloss,
+               o.steps, cr.epoch, qkv_seconds() - t0, (double)train_loss, vloss,
                100.0 * vacc, vbleu, path, ckpt_path);
     else
         printf("done: %d steps in %.1f s, train loss %.4f, val loss %.4f, val "
                "exact match %.1f%%; log in %s, checkpoint %s\n",
-               o.steps, cli_now() - t0, (double)train_loss, vloss, 100.0 * vacc,
-               path, ckpt_path);
+               o.steps, qkv_seconds() - t0, (double)train_loss, vloss,
+               100.0 * vacc, path, ckpt_path);
     for (int k = 0; k < n_dmeta; k++) free(dvals[k]);
     free(cfg);
     cJSON_Delete(saved);
