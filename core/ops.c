@@ -371,71 +371,121 @@ static void softmax_backward(qkv_graph *g, qkv_node *nd) {
 
 /* -------------------------------------------------------------- layernorm */
 
-qkv_tensor *qkv_layernorm(qkv_graph *g, qkv_tensor *x, qkv_tensor *gamma,
-                          qkv_tensor *beta, float eps) {
+static void layernorm_check(const char *op, const qkv_tensor *x,
+                            const qkv_tensor *gamma, const qkv_tensor *beta,
+                            float eps) {
     int D = qkv_tensor_cols(x);
     char sx[64], sg[64], sb[64];
     QKV_CHECK(gamma->n == (size_t)D && beta->n == (size_t)D,
-              "layernorm: x %s needs gamma and beta of (%d), got %s and %s",
+              "%s: x %s needs gamma and beta of (%d), got %s and %s", op,
               qkv_shape_str(x, sx), D, qkv_shape_str(gamma, sg),
               qkv_shape_str(beta, sb));
-    QKV_CHECK(eps >= 0.0f, "layernorm: eps = %g is negative", (double)eps);
-    size_t rows = qkv_tensor_rows(x);
-    qkv_tensor *y = new_like(g, x);
+    QKV_CHECK(eps >= 0.0f, "%s: eps = %g is negative", op, (double)eps);
+}
+
+/* One row: y = (x - m) * s * gamma + beta, s = 1 / sqrt(var + eps). */
+static void layernorm_row(const float *xr, float *yr, const float *gamma,
+                          const float *beta, int D, float eps, float *mean,
+                          float *rstd) {
+    float m = qkv_vsum(xr, D) / (float)D;
+    float s = 1.0f / sqrtf(qkv_vsqdev(xr, m, D) / (float)D + eps);
+    for (int j = 0; j < D; j++) yr[j] = (xr[j] - m) * s * gamma[j] + beta[j];
+    *mean = m;
+    *rstd = s;
+}
+
+/* Forward of layernorm (a == sum: x itself) and add_layernorm (sum = a + b,
+ * stored for the backward). */
+static qkv_tensor *layernorm_forward(qkv_graph *g, qkv_op op, qkv_tensor *a,
+                                     qkv_tensor *b, qkv_tensor *gamma,
+                                     qkv_tensor *beta, float eps) {
+    int D = qkv_tensor_cols(a);
+    size_t rows = qkv_tensor_rows(a);
+    qkv_tensor *y = new_like(g, a);
     float *mean = qkv_arena_alloc(&g->arena, rows * sizeof(float));
     float *rstd = qkv_arena_alloc(&g->arena, rows * sizeof(float));
-    QKV_OMP(omp parallel for if (x->n > PAR_MIN / 4))
+    float *sum =
+        b ? qkv_arena_alloc(&g->arena, a->n * sizeof(float)) : a->data;
+    QKV_OMP(omp parallel for if (a->n > PAR_MIN / 4))
     for (size_t r = 0; r < rows; r++) {
-        const float *xr = x->data + r * D;
-        float *yr = y->data + r * D, m = qkv_vsum(xr, D) / (float)D;
-        float s = 1.0f / sqrtf(qkv_vsqdev(xr, m, D) / (float)D + eps);
-        for (int j = 0; j < D; j++)
-            yr[j] = (xr[j] - m) * s * gamma->data[j] + beta->data[j];
-        mean[r] = m;
-        rstd[r] = s;
+        float *xr = sum + r * D;
+        if (b)
+            for (int j = 0; j < D; j++)
+                xr[j] = a->data[r * D + j] + b->data[r * D + j];
+        layernorm_row(xr, y->data + r * D, gamma->data, beta->data, D, eps,
+                      &mean[r], &rstd[r]);
     }
-    qkv_node *nd = qkv_record(g, QKV_OP_LAYERNORM, y, x, gamma, beta);
+    qkv_node *nd = qkv_record4(g, op, y, a, b ? b : gamma, b ? gamma : beta,
+                               b ? beta : NULL);
     if (nd) {
         nd->s.layernorm.mean = mean;
         nd->s.layernorm.rstd = rstd;
+        nd->s.layernorm.sum = sum;
     }
     return y;
+}
+
+qkv_tensor *qkv_layernorm(qkv_graph *g, qkv_tensor *x, qkv_tensor *gamma,
+                          qkv_tensor *beta, float eps) {
+    layernorm_check("layernorm", x, gamma, beta, eps);
+    return layernorm_forward(g, QKV_OP_LAYERNORM, x, NULL, gamma, beta, eps);
+}
+
+qkv_tensor *qkv_add_layernorm(qkv_graph *g, qkv_tensor *a, qkv_tensor *b,
+                              qkv_tensor *gamma, qkv_tensor *beta, float eps) {
+    char sa[64], sb[64];
+    QKV_CHECK(qkv_same_shape(a, b), "add_layernorm: a %s and b %s differ",
+              qkv_shape_str(a, sa), qkv_shape_str(b, sb));
+    layernorm_check("add_layernorm", a, gamma, beta, eps);
+    return layernorm_forward(g, QKV_OP_ADD_LAYERNORM, a, b, gamma, beta, eps);
 }
 
 static void layernorm_backward(qkv_graph *g, qkv_node *nd) {
     /* y = xhat * gamma + beta, xhat = (x - mean) * rstd;
      * dx += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),
      * dxhat = dy * gamma;  dgamma += sum_rows dy * xhat;  dbeta += sum_rows dy
-     */
-    qkv_tensor *x = nd->in[0], *gamma = nd->in[1], *beta = nd->in[2];
+     * add_layernorm: x = a + b, and da += dx, db += dx. */
+    int fused = nd->op == QKV_OP_ADD_LAYERNORM;
+    qkv_tensor *a = nd->in[0], *b = fused ? nd->in[1] : NULL;
+    qkv_tensor *gamma = nd->in[1 + fused], *beta = nd->in[2 + fused];
     const float *dy = nd->out->grad, *mean = nd->s.layernorm.mean,
-                *rstd = nd->s.layernorm.rstd;
-    int D = qkv_tensor_cols(x);
-    size_t rows = qkv_tensor_rows(x);
-    if (wants(x)) {
-        int acc;
-        float *dx = qkv_grad_write(g, x, &acc);
-        QKV_OMP(omp parallel for if (x->n > PAR_MIN / 4))
+                *rstd = nd->s.layernorm.rstd, *x = nd->s.layernorm.sum,
+                *gm = gamma->data;
+    int D = qkv_tensor_cols(a);
+    size_t rows = qkv_tensor_rows(a);
+    /* One pass over the rows writes both inputs' gradients. For a == b the
+     * second write adds to the first, as add's backward would. */
+    int acc_a = 0, acc_b = 0;
+    float *da = wants(a) ? qkv_grad_write(g, a, &acc_a) : NULL;
+    float *db = b && wants(b) ? qkv_grad_write(g, b, &acc_b) : NULL;
+    if (da || db) {
+        QKV_OMP(omp parallel for if (a->n > PAR_MIN / 4))
         for (size_t r = 0; r < rows; r++) {
-            const float *xr = x->data + r * D, *gr = dy + r * D;
-            float m1 = qkv_vdot(gr, gamma->data, D) / (float)D;
-            float m2 =
-                qkv_vdot3(gr, gamma->data, xr, mean[r], D) * rstd[r] / (float)D;
+            const float *xr = x + r * D, *gr = dy + r * D;
+            float m = mean[r], s = rstd[r];
+            float m1 = qkv_vdot(gr, gm, D) / (float)D;
+            float m2 = qkv_vdot3(gr, gm, xr, m, D) * s / (float)D;
+            float *dar = da ? da + r * D : NULL, *dbr = db ? db + r * D : NULL;
             for (int j = 0; j < D; j++) {
-                float xhat = (xr[j] - mean[r]) * rstd[r];
-                dx[r * D + j] =
-                    (acc ? dx[r * D + j] : 0.0f) +
-                    rstd[r] * (gr[j] * gamma->data[j] - m1 - xhat * m2);
+                float v = s * (gr[j] * gm[j] - m1 - (xr[j] - m) * s * m2);
+                if (dar) dar[j] = (acc_a ? dar[j] : 0.0f) + v;
+                if (dbr) dbr[j] = (acc_b ? dbr[j] : 0.0f) + v;
             }
         }
     }
     if (wants(gamma) || wants(beta)) {
-        float *dg = qkv_grad(g, gamma), *db = qkv_grad(g, beta);
-        for (size_t r = 0; r < rows; r++) {
-            const float *xr = x->data + r * D, *gr = dy + r * D;
-            for (int j = 0; j < D; j++) {
-                dg[j] += gr[j] * (xr[j] - mean[r]) * rstd[r];
-                db[j] += gr[j];
+        /* Column blocks in parallel; each column sums its rows in order. */
+        float *dg = qkv_grad(g, gamma), *dbt = qkv_grad(g, beta);
+        int blocks = (D + 15) / 16;
+        QKV_OMP(omp parallel for if (a->n > PAR_MIN / 4))
+        for (int c = 0; c < blocks; c++) {
+            int j0 = c * 16, j1 = j0 + 16 < D ? j0 + 16 : D;
+            for (size_t r = 0; r < rows; r++) {
+                const float *xr = x + r * D, *gr = dy + r * D;
+                for (int j = j0; j < j1; j++) {
+                    dg[j] += gr[j] * (xr[j] - mean[r]) * rstd[r];
+                    dbt[j] += gr[j];
+                }
             }
         }
     }
@@ -695,6 +745,7 @@ const qkv_op_info qkv_op_table[QKV_OP_COUNT] = {
     [QKV_OP_DROPOUT] = {"dropout", dropout_backward},
     [QKV_OP_SOFTMAX] = {"softmax", softmax_backward},
     [QKV_OP_LAYERNORM] = {"layernorm", layernorm_backward},
+    [QKV_OP_ADD_LAYERNORM] = {"add_layernorm", layernorm_backward},
     [QKV_OP_EMBEDDING] = {"embedding", embedding_backward},
     [QKV_OP_RESHAPE] = {"reshape", reshape_backward},
     [QKV_OP_SPLIT_HEADS] = {"split_heads", split_heads_backward},

@@ -48,6 +48,11 @@ qkv_tensor *qkv_softmax(qkv_graph *g, qkv_tensor *x);
  * gamma, beta: (D); var is the biased variance (Ba, Kiros, Hinton 2016). */
 qkv_tensor *qkv_layernorm(qkv_graph *g, qkv_tensor *x, qkv_tensor *gamma,
                           qkv_tensor *beta, float eps);
+/* layernorm(a + b) in one pass over the rows, forward and backward: the
+ * post-norm residual LN(x + sublayer(x)). a and b have the same shape. Same
+ * values, bit for bit, as qkv_layernorm(g, qkv_add(g, a, b), ...). */
+qkv_tensor *qkv_add_layernorm(qkv_graph *g, qkv_tensor *a, qkv_tensor *b,
+                              qkv_tensor *gamma, qkv_tensor *beta, float eps);
 /* y[i, :] = table[ids[i], :]; table (V, D), ids of shape `shape` (ndim <= 3),
  * y of shape (shape..., D). The ids are copied. */
 qkv_tensor *qkv_embedding(qkv_graph *g, qkv_tensor *table, const int32_t *ids,

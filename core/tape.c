@@ -107,6 +107,11 @@ float *qkv_grad_write(qkv_graph *g, qkv_tensor *t, int *acc) {
 
 qkv_node *qkv_record(qkv_graph *g, qkv_op op, qkv_tensor *out, qkv_tensor *a,
                      qkv_tensor *b, qkv_tensor *c) {
+    return qkv_record4(g, op, out, a, b, c, NULL);
+}
+
+qkv_node *qkv_record4(qkv_graph *g, qkv_op op, qkv_tensor *out, qkv_tensor *a,
+                      qkv_tensor *b, qkv_tensor *c, qkv_tensor *d) {
     if (!g->recording) return NULL;
     if (g->profile) {
         double t = qkv_seconds();
@@ -115,7 +120,7 @@ qkv_node *qkv_record(qkv_graph *g, qkv_op op, qkv_tensor *out, qkv_tensor *a,
         g->profile->mark = t;
     }
     if (!((a && a->requires_grad) || (b && b->requires_grad) ||
-          (c && c->requires_grad)))
+          (c && c->requires_grad) || (d && d->requires_grad)))
         return NULL;
     if (g->n_nodes == g->cap_nodes) {
         g->cap_nodes = g->cap_nodes ? 2 * g->cap_nodes : 256;
@@ -130,6 +135,7 @@ qkv_node *qkv_record(qkv_graph *g, qkv_op op, qkv_tensor *out, qkv_tensor *a,
     nd->in[0] = a;
     nd->in[1] = b;
     nd->in[2] = c;
+    nd->in[3] = d;
     out->requires_grad = 1;
     return nd;
 }

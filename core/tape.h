@@ -39,6 +39,7 @@ typedef enum qkv_op {
     QKV_OP_DROPOUT,
     QKV_OP_SOFTMAX,
     QKV_OP_LAYERNORM,
+    QKV_OP_ADD_LAYERNORM,
     QKV_OP_EMBEDDING,
     QKV_OP_RESHAPE,
     QKV_OP_SPLIT_HEADS,
@@ -55,7 +56,7 @@ typedef enum qkv_op {
 typedef struct qkv_node {
     qkv_op op;
     qkv_tensor *out;
-    qkv_tensor *in[3];
+    qkv_tensor *in[4];
     union {
         struct {
             int ta, tb;
@@ -68,7 +69,8 @@ typedef struct qkv_node {
         } dropout; /* (n) 0 or 1/(1-p) */
         struct {
             const float *mean, *rstd;
-        } layernorm; /* (rows) each */
+            const float *sum; /* add_layernorm: a + b, (rows, D) */
+        } layernorm;          /* (rows) each */
         struct {
             const int32_t *ids;
         } embedding; /* (rows) token ids */
@@ -146,6 +148,9 @@ float *qkv_grad_write(qkv_graph *g, qkv_tensor *t, int *acc);
  */
 qkv_node *qkv_record(qkv_graph *g, qkv_op op, qkv_tensor *out, qkv_tensor *a,
                      qkv_tensor *b, qkv_tensor *c);
+/* The same for an op of four inputs (add_layernorm). */
+qkv_node *qkv_record4(qkv_graph *g, qkv_op op, qkv_tensor *out, qkv_tensor *a,
+                      qkv_tensor *b, qkv_tensor *c, qkv_tensor *d);
 
 /* d(loss)/d(everything) for a scalar loss; accumulates into gradients. */
 void qkv_backward(qkv_graph *g, qkv_tensor *loss);

@@ -153,8 +153,10 @@ qkv_tensor *qkv_ffn_forward(const qkv_ffn *f, qkv_graph *g, qkv_tensor *x) {
  * pre-norm x + drop(y), where y was computed from LN(x). */
 static qkv_tensor *residual(const qkv_sublayer_ctx *c, qkv_graph *g,
                             const qkv_norm *n, qkv_tensor *x, qkv_tensor *y) {
-    qkv_tensor *s = qkv_add(g, x, qkv_dropout(g, y, c->dropout, c->rng));
-    return c->norm == QKV_NORM_POST ? qkv_norm_forward(n, g, s) : s;
+    y = qkv_dropout(g, y, c->dropout, c->rng);
+    if (c->norm == QKV_NORM_POST)
+        return qkv_add_layernorm(g, x, y, n->gamma, n->beta, n->eps);
+    return qkv_add(g, x, y);
 }
 
 /* The input a sub-layer sees: LN(x) for pre-norm, x for post-norm. */

@@ -309,6 +309,26 @@ static void test_layernorm(void) {
     report("layernorm", tol);
 }
 
+static qkv_tensor *f_add_layernorm(qkv_graph *g, qkv_tensor **x,
+                                   case_ctx *c) {
+    qkv_tensor *b = c->heads ? x[0] : x[3]; /* heads = 1: LN(a + a) */
+    return qkv_add_layernorm(g, x[0], b, x[1], x[2], 1e-5f);
+}
+
+static void test_add_layernorm(void) {
+    const double tol = 2e-3;
+    for (int trial = 0; trial < 4; trial++) {
+        int A = rnd(1, 3), B = rnd(1, 4), D = rnd(3, 8);
+        qkv_params ps;
+        inputs(&ps, 4, (int[]){3, 1, 1, 3},
+               (int[][4]){{A, B, D}, {D}, {D}, {A, B, D}});
+        case_ctx c = {.heads = trial == 3};
+        CHECK(gradcheck(f_add_layernorm, &c, &ps, tol), "trial %d", trial);
+        qkv_params_free(&ps);
+    }
+    report("add_layernorm", tol);
+}
+
 static qkv_tensor *f_embedding(qkv_graph *g, qkv_tensor **x, case_ctx *c) {
     return qkv_embedding(g, x[0], c->ids, 2, c->id_shape);
 }
@@ -465,6 +485,7 @@ int main(void) {
     RUN(test_dropout);
     RUN(test_softmax);
     RUN(test_layernorm);
+    RUN(test_add_layernorm);
     RUN(test_embedding);
     RUN(test_reshape);
     RUN(test_split_merge_heads);

@@ -326,6 +326,57 @@ static void test_attention_packed_is_split_merge(void) {
 
 /* ----------------------------------------------------------- tape, memory */
 
+/* add_layernorm == layernorm(add(...)) bit for bit, forward and backward,
+ * with a's gradient fresh or accumulating and with a == b. */
+static void ln_grads(int fused, int same, float *out, size_t n) {
+    qkv_params ps;
+    qkv_params_init(&ps);
+    int B = 3, T = 70, D = 48; /* rows * D > the parallel threshold */
+    qkv_tensor *a = qkv_params_add(&ps, "a", 3, (int[]){B, T, D});
+    qkv_tensor *b = qkv_params_add(&ps, "b", 3, (int[]){B, T, D});
+    qkv_tensor *ga = qkv_params_add(&ps, "g", 1, (int[]){D});
+    qkv_tensor *be = qkv_params_add(&ps, "be", 1, (int[]){D});
+    qkv_params_alloc(&ps);
+    qkv_pcg32 r;
+    qkv_pcg32_seed(&r, 5, 6);
+    for (size_t i = 0; i < ps.n; i++) ps.values[i] = qkv_pcg32_normal(&r);
+    if (same) b = a;
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    qkv_params_zero_grad(&ps);
+    qkv_tensor *y = fused ? qkv_add_layernorm(&g, a, b, ga, be, 1e-5f)
+                          : qkv_layernorm(&g, qkv_add(&g, a, b), ga, be, 1e-5f);
+    /* a also feeds a second branch, so its gradient accumulates */
+    qkv_tensor *s = qkv_sum(&g, qkv_mul(&g, qkv_add(&g, y, a), y));
+    qkv_backward(&g, s);
+    CHECK(ps.n + y->n == n, "size");
+    memcpy(out, ps.grads, ps.n * sizeof(float));
+    memcpy(out + ps.n, y->data, y->n * sizeof(float));
+    qkv_graph_free(&g);
+    qkv_params_free(&ps);
+}
+
+static void test_add_layernorm_is_add_then_layernorm(void) {
+    size_t n = 3 * 3 * 70 * 48 + 2 * 48;
+    float *f = malloc(n * sizeof(float)), *u = malloc(n * sizeof(float));
+    for (int same = 0; same < 2; same++) {
+        for (int t = 1; t <= 2; t++) {
+            qkv_set_threads(t);
+            ln_grads(1, same, f, n);
+            ln_grads(0, same, u, n);
+            CHECK(memcmp(f, u, n * sizeof(float)) == 0,
+                  "fused and unfused differ (a == b: %d, %d threads)", same,
+                  t);
+        }
+        double m = 0;
+        for (size_t i = 0; i < n; i++) m += fabs(f[i]);
+        CHECK(m > 0 && isfinite(m), "values nonzero and finite (%g)", m);
+    }
+    qkv_set_threads(2);
+    free(f);
+    free(u);
+}
+
 static void test_tape_accumulates(void) {
     /* y = sum(x * x + x): dy/dx = 2x + 1, x reaches the loss three ways */
     qkv_params ps;
@@ -486,6 +537,7 @@ static void block_grads(int threads, float *out, size_t n) {
     qkv_attn_opts o = {.causal = 1};
     qkv_tensor *a = qkv_merge_heads(&g, qkv_attention(&g, q, q, q, &o));
     qkv_tensor *h = qkv_layernorm(&g, qkv_add(&g, x, a), ga, be, 1e-5f);
+    h = qkv_add_layernorm(&g, h, x, ga, be, 1e-5f);
     qkv_tensor *f = qkv_gelu(&g, qkv_matmul(&g, h, w1, 0, 1));
     qkv_pcg32 dr;
     qkv_pcg32_seed(&dr, 1, 1);
@@ -597,6 +649,7 @@ int main(int argc, char **argv) {
     RUN(test_causal_cross_offset);
     RUN(test_attention_kernels_agree);
     RUN(test_attention_packed_is_split_merge);
+    RUN(test_add_layernorm_is_add_then_layernorm);
     RUN(test_tape_accumulates);
     RUN(test_backward_reuses_gradients);
     RUN(test_no_grad_records_nothing);
