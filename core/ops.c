@@ -404,8 +404,7 @@ static qkv_tensor *layernorm_forward(qkv_graph *g, qkv_op op, qkv_tensor *a,
     qkv_tensor *y = new_like(g, a);
     float *mean = qkv_arena_alloc(&g->arena, rows * sizeof(float));
     float *rstd = qkv_arena_alloc(&g->arena, rows * sizeof(float));
-    float *sum =
-        b ? qkv_arena_alloc(&g->arena, a->n * sizeof(float)) : a->data;
+    float *sum = b ? qkv_arena_alloc(&g->arena, a->n * sizeof(float)) : a->data;
     QKV_OMP(omp parallel for if (a->n > PAR_MIN / 4))
     for (size_t r = 0; r < rows; r++) {
         float *xr = sum + r * D;

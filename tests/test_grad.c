@@ -309,8 +309,7 @@ static void test_layernorm(void) {
     report("layernorm", tol);
 }
 
-static qkv_tensor *f_add_layernorm(qkv_graph *g, qkv_tensor **x,
-                                   case_ctx *c) {
+static qkv_tensor *f_add_layernorm(qkv_graph *g, qkv_tensor **x, case_ctx *c) {
     qkv_tensor *b = c->heads ? x[0] : x[3]; /* heads = 1: LN(a + a) */
     return qkv_add_layernorm(g, x[0], b, x[1], x[2], 1e-5f);
 }

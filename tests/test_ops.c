@@ -365,8 +365,7 @@ static void test_add_layernorm_is_add_then_layernorm(void) {
             ln_grads(1, same, f, n);
             ln_grads(0, same, u, n);
             CHECK(memcmp(f, u, n * sizeof(float)) == 0,
-                  "fused and unfused differ (a == b: %d, %d threads)", same,
-                  t);
+                  "fused and unfused differ (a == b: %d, %d threads)", same, t);
         }
         double m = 0;
         for (size_t i = 0; i < n; i++) m += fabs(f[i]);
