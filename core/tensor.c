@@ -91,9 +91,13 @@ void qkv_arena_reset(qkv_arena *a) {
             free(a->extra);
             a->extra = next;
         }
+        /* at least double: a run whose steps keep growing (a decode, one
+         * token longer each step) reallocates log(n) times, not n times;
+         * pages never touched cost no memory */
+        size_t cap = a->cap <= a->peak / 2 ? a->peak : 2 * a->cap;
         free(a->base);
-        a->base = qkv_malloc_aligned(a->peak, "graph arena");
-        a->cap = a->peak;
+        a->base = qkv_malloc_aligned(cap, "graph arena");
+        a->cap = cap;
         a->n_mallocs++;
     }
     a->used = 0;

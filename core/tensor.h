@@ -63,7 +63,8 @@ void qkv_arena_init(qkv_arena *a, size_t bytes);
 /* 64-byte aligned, uninitialised; grows by a new block when full. */
 void *qkv_arena_alloc(qkv_arena *a, size_t bytes);
 /* Forgets everything allocated; if the step overflowed the main block, the
- * main block is replaced by one of `peak` bytes, so the next step fits. */
+ * main block is replaced by one of max(peak, 2 * cap) bytes, so the next
+ * step fits. */
 void qkv_arena_reset(qkv_arena *a);
 void qkv_arena_free(qkv_arena *a);
 

@@ -247,17 +247,28 @@ void qkv_model_greedy(qkv_model *m, qkv_graph *g, const int32_t *src,
     for (int b = 0; b < B; b++)
         for (int t = 0; t < prefix; t++)
             seq[(size_t)b * L + t] = encdec ? bos : src[(size_t)b * S + t];
+    /* The encoder memory is kept outside the arena, and the arena is reset
+     * at every step, so it holds one step's activations, not a whole
+     * decode's (2.7 GB for 200 sentences of 32 tokens at d_model 128). */
+    float *mem = NULL;
+    int D = m->cfg.d_model;
     qkv_graph_reset(g);
-    qkv_tensor *mem =
-        encdec ? qkv_model_encode(m, g, src, src_pad, B, S, NULL) : NULL;
+    if (encdec) {
+        qkv_tensor *e = qkv_model_encode(m, g, src, src_pad, B, S, NULL);
+        mem = qkv_malloc_aligned(e->n * sizeof *mem, "decode memory");
+        memcpy(mem, e->data, e->n * sizeof *mem);
+    }
     int32_t *cur = qkv_malloc((size_t)B * L * sizeof *cur, "decode buffer");
     for (int t = prefix; t < L; t++) {
         /* the whole prefix again: simple, and cheap at these lengths */
         for (int b = 0; b < B; b++)
             memcpy(cur + (size_t)b * t, seq + (size_t)b * L,
                    (size_t)t * sizeof *cur);
+        qkv_graph_reset(g);
+        qkv_tensor *memt =
+            encdec ? qkv_tensor_wrap(g, mem, 3, (int[]){B, S, D}) : NULL;
         qkv_tensor *logits =
-            qkv_model_decode(m, g, cur, NULL, B, t, mem, src_pad, NULL, NULL);
+            qkv_model_decode(m, g, cur, NULL, B, t, memt, src_pad, NULL, NULL);
         for (int b = 0; b < B; b++) {
             int tok =
                 done[b] ? m->cfg.pad_id
@@ -275,6 +286,8 @@ void qkv_model_greedy(qkv_model *m, qkv_graph *g, const int32_t *src,
             break;
         }
     }
+    qkv_graph_reset(g); /* drops the view of mem */
+    free(mem);
     free(cur);
     free(seq);
     free(done);
