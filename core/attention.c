@@ -144,6 +144,73 @@ static inline vf vload(const float *p) {
     return v;
 }
 
+typedef int32_t vi __attribute__((vector_size(VW * sizeof(float))));
+
+/* m ? a : b lane by lane (m: -1 or 0 from a vector comparison) */
+static inline vf vselect(vi m, vf a, vf b) {
+    return (vf)(((vi)a & m) | ((vi)b & ~m));
+}
+
+/* qkv_expf on VW lanes: the same operations in the same order, so the same
+ * bits. rintf becomes the 1.5 * 2^23 trick, which rounds to nearest even as
+ * rintf does for |x| < 2^22 (here |x| <= 128). */
+static inline vf vexpf(vf x) {
+    const vf lo = vsplat(-87.3f), hi = vsplat(88.7f);
+    vf t = vselect(x < lo, lo, vselect(x > hi, hi, x));
+    const vf magic = vsplat(12582912.0f);
+    vf n = (t * vsplat(1.44269504088896341f) + magic) - magic;
+    vf r = (t - n * vsplat(0.693359375f)) + n * vsplat(2.12194440e-4f);
+    vf p = vsplat(1.0f / 5040.0f);
+    p = p * r + vsplat(1.0f / 720.0f);
+    p = p * r + vsplat(1.0f / 120.0f);
+    p = p * r + vsplat(1.0f / 24.0f);
+    p = p * r + vsplat(1.0f / 6.0f);
+    p = p * r + vsplat(0.5f);
+    p = p * r + vsplat(1.0f);
+    p = p * r + vsplat(1.0f);
+    vi e = __builtin_convertvector(n, vi), big = e > 127;
+    vi e1 = (e & ~big) | (127 & big);
+    vf s1 = (vf)((e1 + 127) << 23), s2 = (vf)((e - e1 + 127) << 23);
+    vf y = p * s1 * s2;
+    y = vselect(x < lo, vsplat(0.0f), y);
+    y = vselect(x > hi, vsplat(INFINITY), y);
+    return vselect(x != x, x, y);
+}
+
+/* Lanes [0, w) of p, zeros after (w < VW: no read past p + w). */
+static inline vf vload_part(const float *p, int w) {
+    if (w >= VW) return vload(p);
+    float t[VW] = {0};
+    for (int j = 0; j < w; j++) t[j] = p[j];
+    return vload(t);
+}
+
+/* Lane l + w moved to lane l, for w = 8, 4, 2, 1 (the other lanes: any). */
+static inline vf vdown(vf p, int w) {
+    static const vi idx[4] = {
+        {8, 9, 10, 11, 12, 13, 14, 15, 0, 0, 0, 0, 0, 0, 0, 0},
+        {4, 5, 6, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+        {2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+        {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}};
+    return __builtin_shuffle(p, idx[w == 8 ? 0 : w == 4 ? 1 : w == 2 ? 2 : 3]);
+}
+
+/* qkv_lanes_total's tree (lane l + w added to lane l, w = 8, 4, 2, 1) in
+ * registers: the same additions, so the same bits as qkv_vsum/qkv_vdot. */
+static inline float vtotal(vf p) {
+    for (int w = VW / 2; w >= 1; w /= 2) p = p + vdown(p, w);
+    return p[0];
+}
+
+/* max over the lanes (exact in any order) */
+static inline float vmaxall(vf p) {
+    for (int w = VW / 2; w >= 1; w /= 2) {
+        vf q = vdown(p, w);
+        p = vselect(q > p, q, p);
+    }
+    return p[0];
+}
+
 /* c[0:w] (+)= v[0:w] for the NV vectors of one output row */
 static inline __attribute__((always_inline)) void
 store_row(float *c, int w, const vf *v, int nv, int acc) {
@@ -159,10 +226,81 @@ store_row(float *c, int w, const vf *v, int nv, int acc) {
     }
 }
 
-/* RB rows of c, NV vectors wide: the accumulators stay in registers. */
+/* What rows_kernel does to a finished block of rows before storing it:
+ * nothing, the masked softmax of scores Z (forward: the rows become A), or
+ * the softmax backward of dA (the rows become dZ). Either way each row is
+ * still in registers, so A and dZ are written once and never reread here. */
+enum { EPI_NONE, EPI_SOFTMAX, EPI_SOFTMAX_GRAD };
+typedef struct rows_epilogue {
+    int mode;
+    int T, S, causal; /* the mask: query i sees keys j <= i + S - T */
+    float scale;
+    const vi *hide; /* (ceil(S / VW)) lanes hidden by padding or j >= S */
+    const float *A; /* EPI_SOFTMAX_GRAD: the weights, (T, S) */
+} rows_epilogue;
+
+/* Rows r0..r0+RB-1 of Z (NV vectors each) -> their masked softmax, as
+ * masked_softmax does it: the same operations in the same order, so the
+ * same bits. Each step runs over all RB rows before the next, so the rows'
+ * dependency chains (max tree, exp, sum tree, divide) overlap. */
+static inline __attribute__((always_inline)) void
+softmax_regs(vf z[8][4], int RB, int NV, const rows_epilogue *e, int r0) {
+    const vi iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    float m[8];
+    for (int r = 0; r < RB; r++) {
+        int i = r0 + r, last = e->causal ? i + (e->S - e->T) : e->S - 1;
+        if (last > e->S - 1) last = e->S - 1;
+        vf mx = vsplat(-INFINITY);
+        for (int v = 0; v < NV; v++) {
+            vi hidden = e->hide[v] | (iota + v * VW > last);
+            z[r][v] =
+                vselect(hidden, vsplat(-INFINITY), z[r][v] * vsplat(e->scale));
+            mx = vselect(z[r][v] > mx, z[r][v], mx);
+        }
+        m[r] = vmaxall(mx);
+    }
+    vf sum[8];
+    for (int r = 0; r < RB; r++) {
+        /* every key hidden: m = -inf; exp(-inf - 0) = 0, zeroed below */
+        vf mv = vsplat(m[r] == -INFINITY ? 0.0f : m[r]);
+        sum[r] = vsplat(0.0f);
+        for (int v = 0; v < NV; v++) {
+            z[r][v] = vexpf(z[r][v] - mv);
+            sum[r] = sum[r] + z[r][v];
+        }
+    }
+    for (int r = 0; r < RB; r++) {
+        vf inv = vsplat(m[r] == -INFINITY ? 0.0f : 1.0f / vtotal(sum[r]));
+        for (int v = 0; v < NV; v++) z[r][v] = z[r][v] * inv;
+    }
+}
+
+/* Rows r0.. of dA -> dZ = A * (dA - rowsum(dA * A)) * scale, step by step
+ * over all RB rows as above. */
+static inline __attribute__((always_inline)) void
+softmax_grad_regs(vf z[8][4], int RB, int NV, const rows_epilogue *e, int r0) {
+    vf av[8][4], dot[8];
+    for (int r = 0; r < RB; r++) {
+        const float *a = e->A + (size_t)(r0 + r) * e->S;
+        dot[r] = vsplat(0.0f);
+        for (int v = 0; v < NV; v++) {
+            av[r][v] = vload_part(a + v * VW, e->S - v * VW);
+            dot[r] = dot[r] + av[r][v] * z[r][v];
+        }
+    }
+    vf sc = vsplat(e->scale);
+    for (int r = 0; r < RB; r++) {
+        vf d = vsplat(vtotal(dot[r]));
+        for (int v = 0; v < NV; v++) z[r][v] = av[r][v] * (z[r][v] - d) * sc;
+    }
+}
+
+/* RB rows of c from row r0, NV vectors wide: the accumulators stay in
+ * registers. */
 static inline __attribute__((always_inline)) void
 rows_kernel(int RB, int NV, int len, const float *a, size_t ar, size_t am,
-            const float *b, size_t ldb, float *c, size_t ldc, int w, int acc) {
+            const float *b, size_t ldb, float *c, size_t ldc, int w, int acc,
+            const rows_epilogue *e, int r0) {
     vf s[8][4];
     for (int r = 0; r < RB; r++)
         for (int v = 0; v < NV; v++) s[r][v] = (vf){0};
@@ -175,18 +313,23 @@ rows_kernel(int RB, int NV, int len, const float *a, size_t ar, size_t am,
             for (int v = 0; v < NV; v++) s[r][v] = vfma(x, bv[v], s[r][v]);
         }
     }
+    if (e && e->mode == EPI_SOFTMAX)
+        softmax_regs(s, RB, NV, e, r0);
+    else if (e && e->mode == EPI_SOFTMAX_GRAD)
+        softmax_grad_regs(s, RB, NV, e, r0);
     for (int r = 0; r < RB; r++) store_row(c + r * ldc, w, s[r], NV, acc);
 }
 
 /* All rows of c (rows x w, w <= SMALL_MAX); b's rows hold ceil(w / VW)
- * readable vectors. */
+ * readable vectors. e: NULL, or what to do to each row before it is stored.
+ */
 static void rows_product(int rows, int w, int len, const float *a, size_t ar,
                          size_t am, const float *b, size_t ldb, float *c,
-                         size_t ldc, int acc) {
+                         size_t ldc, int acc, const rows_epilogue *e) {
     int nv = (w + VW - 1) / VW, r = 0;
 #define ROWS(RB, NV)                                                           \
     rows_kernel(RB, NV, len, a + r * ar, ar, am, b, ldb, c + r * ldc, ldc, w,  \
-                acc)
+                acc, e, r)
     switch (nv) {
     case 1:
         for (; r + 8 <= rows; r += 8) ROWS(8, 1);
@@ -206,6 +349,15 @@ static void rows_product(int rows, int w, int len, const float *a, size_t ar,
         break;
     }
 #undef ROWS
+}
+
+/* Lanes of a (S) key row hidden whatever the query: padding, or j >= S. */
+static void hidden_keys(vi *hide, int S, const uint8_t *pad) {
+    for (int v = 0; v < (S + VW - 1) / VW; v++)
+        for (int l = 0; l < VW; l++) {
+            int j = v * VW + l;
+            hide[v][l] = j >= S || (pad && pad[j]) ? -1 : 0;
+        }
 }
 
 /* A (rows, w) block with row stride ld as rows of whole vectors: itself when
@@ -283,18 +435,21 @@ static float *attend(qkv_graph *g, heads_view q, heads_view k, heads_view v,
         float *Yb = head_at(&y, b, h);
         size_t ld;
         /* Z = Q K^T: (T,K) x (S,K)^T */
-        if (small) {
+        const uint8_t *padb = pad ? pad + (size_t)b * S : NULL;
+        if (small) { /* the softmax is applied in registers */
+            vi hide[SMALL_MAX / VW];
+            hidden_keys(hide, S, padb);
+            rows_epilogue e = {EPI_SOFTMAX, T, S, o->causal, scale, hide, NULL};
             const float *Kt = transposed(Kb, k.ld, S, K, scratch[0], &ld);
-            rows_product(T, S, K, Qb, q.ld, 1, Kt, ld, Ab, S, 0);
+            rows_product(T, S, K, Qb, q.ld, 1, Kt, ld, Ab, S, 0, &e);
         } else {
             qkv_sgemm_serial(0, 1, T, S, K, Qb, q.ld, Kb, k.ld, 0, Ab, S);
+            masked_softmax(Ab, T, S, scale, o->causal, padb);
         }
-        masked_softmax(Ab, T, S, scale, o->causal,
-                       pad ? pad + (size_t)b * S : NULL);
         /* Y = A V: (T,S) x (S,K) */
         if (small) {
             const float *Vr = vector_rows(Vb, v.ld, S, K, scratch[1], &ld);
-            rows_product(T, K, S, Ab, S, 1, Vr, ld, Yb, y.ld, 0);
+            rows_product(T, K, S, Ab, S, 1, Vr, ld, Yb, y.ld, 0, NULL);
         } else {
             qkv_sgemm_serial(0, 0, T, K, S, Ab, S, Vb, v.ld, 0, Yb, y.ld);
         }
@@ -453,31 +608,35 @@ void qkv_attention_backward(qkv_graph *g, qkv_node *nd) {
             if (small) {
                 const float *dYr =
                     vector_rows(dYb, dy.ld, T, K, scratch[0], &ld);
-                rows_product(S, K, T, Ab, 1, S, dYr, ld, dVb, dv.ld, acc[2]);
+                rows_product(S, K, T, Ab, 1, S, dYr, ld, dVb, dv.ld, acc[2],
+                             NULL);
             } else {
                 qkv_sgemm_serial(1, 0, S, K, T, Ab, S, dYb, dy.ld, acc[2], dVb,
                                  dv.ld);
             }
         }
         if (!d[0] && !d[1]) continue;
-        /* dA = dY V^T: (T,K) x (S,K)^T */
+        /* dA = dY V^T: (T,K) x (S,K)^T, then the softmax backward
+         * dZ = A * (dA - rowsum(dA * A)) * scale (in registers when small);
+         * hidden keys have A = 0, so their dZ is 0 */
         if (small) {
+            rows_epilogue e = {EPI_SOFTMAX_GRAD, T, S, 0, scale, NULL, Ab};
             const float *Vt = transposed(Vb, vv.ld, S, K, scratch[0], &ld);
-            rows_product(T, S, K, dYb, dy.ld, 1, Vt, ld, dZb, S, 0);
+            rows_product(T, S, K, dYb, dy.ld, 1, Vt, ld, dZb, S, 0, &e);
         } else {
             qkv_sgemm_serial(0, 1, T, S, K, dYb, dy.ld, Vb, vv.ld, 0, dZb, S);
-        }
-        /* softmax backward; hidden keys have A = 0, so their dZ is 0 */
-        for (int i = 0; i < T; i++) {
-            const float *a = Ab + (size_t)i * S;
-            float *z = dZb + (size_t)i * S, dot = qkv_vdot(a, z, S);
-            for (int j = 0; j < S; j++) z[j] = a[j] * (z[j] - dot) * scale;
+            for (int i = 0; i < T; i++) {
+                const float *a = Ab + (size_t)i * S;
+                float *z = dZb + (size_t)i * S, dot = qkv_vdot(a, z, S);
+                for (int j = 0; j < S; j++) z[j] = a[j] * (z[j] - dot) * scale;
+            }
         }
         if (d[0]) { /* dQ += dZ K: (T,S) x (S,K) */
             float *dQb = head_at(&dq, b, h);
             if (small) {
                 const float *Kr = vector_rows(Kb, vk.ld, S, K, scratch[0], &ld);
-                rows_product(T, K, S, dZb, S, 1, Kr, ld, dQb, dq.ld, acc[0]);
+                rows_product(T, K, S, dZb, S, 1, Kr, ld, dQb, dq.ld, acc[0],
+                             NULL);
             } else {
                 qkv_sgemm_serial(0, 0, T, K, S, dZb, S, Kb, vk.ld, acc[0], dQb,
                                  dq.ld);
@@ -487,7 +646,8 @@ void qkv_attention_backward(qkv_graph *g, qkv_node *nd) {
             float *dKb = head_at(&dk, b, h);
             if (small) {
                 const float *Qr = vector_rows(Qb, vq.ld, T, K, scratch[0], &ld);
-                rows_product(S, K, T, dZb, 1, S, Qr, ld, dKb, dk.ld, acc[1]);
+                rows_product(S, K, T, dZb, 1, S, Qr, ld, dKb, dk.ld, acc[1],
+                             NULL);
             } else {
                 qkv_sgemm_serial(1, 0, S, K, T, dZb, S, Qb, vq.ld, acc[1], dKb,
                                  dk.ld);
