@@ -185,15 +185,24 @@ static inline vf vload_part(const float *p, int w) {
     return vload(t);
 }
 
-/* Lane l + w moved to lane l, for w = 8, 4, 2, 1 (the other lanes: any). */
+/* Lane l + w moved to lane l, for w = 8, 4, 2, 1 (the other lanes: any).
+ * __builtin_shufflevector: GCC >= 12 and clang. */
+#define VDOWN(p, a, b, c, d, e, f, g, h)                                       \
+    __builtin_shufflevector(p, p, a, b, c, d, e, f, g, h, 0, 0, 0, 0, 0, 0, 0, \
+                            0)
 static inline vf vdown(vf p, int w) {
-    static const vi idx[4] = {
-        {8, 9, 10, 11, 12, 13, 14, 15, 0, 0, 0, 0, 0, 0, 0, 0},
-        {4, 5, 6, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
-        {2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
-        {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}};
-    return __builtin_shuffle(p, idx[w == 8 ? 0 : w == 4 ? 1 : w == 2 ? 2 : 3]);
+    switch (w) {
+    case 8:
+        return VDOWN(p, 8, 9, 10, 11, 12, 13, 14, 15);
+    case 4:
+        return VDOWN(p, 4, 5, 6, 7, 0, 0, 0, 0);
+    case 2:
+        return VDOWN(p, 2, 3, 0, 0, 0, 0, 0, 0);
+    default:
+        return VDOWN(p, 1, 0, 0, 0, 0, 0, 0, 0);
+    }
 }
+#undef VDOWN
 
 /* qkv_lanes_total's tree (lane l + w added to lane l, w = 8, 4, 2, 1) in
  * registers: the same additions, so the same bits as qkv_vsum/qkv_vdot. */
