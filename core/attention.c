@@ -98,13 +98,6 @@ static void masked_softmax(float *A, int T, int S, float scale, int causal,
  * compare both). */
 int qkv_attention_small_max = 64;
 
-#define VW 16 /* floats per vector: one zmm; two ymm or four xmm otherwise */
-typedef float vf __attribute__((vector_size(VW * sizeof(float))));
-/* Without AVX-512, GCC warns that passing vf by value has no fixed ABI; these
- * helpers are static and inlined, so no call ever crosses an ABI boundary. */
-#if defined(__GNUC__) && !defined(__clang__) && !defined(__AVX512F__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
 #define SMALL_MAX 64 /* scratch blocks are SMALL_MAX x SMALL_MAX */
 
 /* a * b + c in one rounding where the machine has FMA (C11 mode does not
@@ -126,98 +119,6 @@ static inline vf vfma(vf a, vf b, vf c) {
 #else
     return a * b + c;
 #endif
-}
-
-static inline vf vsplat(float x) {
-#if defined(__AVX512F__)
-    return (vf)_mm512_set1_ps(x);
-#else
-    vf v;
-    for (int l = 0; l < VW; l++) v[l] = x;
-    return v;
-#endif
-}
-
-static inline vf vload(const float *p) {
-    vf v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-typedef int32_t vi __attribute__((vector_size(VW * sizeof(float))));
-
-/* m ? a : b lane by lane (m: -1 or 0 from a vector comparison) */
-static inline vf vselect(vi m, vf a, vf b) {
-    return (vf)(((vi)a & m) | ((vi)b & ~m));
-}
-
-/* qkv_expf on VW lanes: the same operations in the same order, so the same
- * bits. rintf becomes the 1.5 * 2^23 trick, which rounds to nearest even as
- * rintf does for |x| < 2^22 (here |x| <= 128). */
-static inline vf vexpf(vf x) {
-    const vf lo = vsplat(-87.3f), hi = vsplat(88.7f);
-    vf t = vselect(x < lo, lo, vselect(x > hi, hi, x));
-    const vf magic = vsplat(12582912.0f);
-    vf n = (t * vsplat(1.44269504088896341f) + magic) - magic;
-    vf r = (t - n * vsplat(0.693359375f)) + n * vsplat(2.12194440e-4f);
-    vf p = vsplat(1.0f / 5040.0f);
-    p = p * r + vsplat(1.0f / 720.0f);
-    p = p * r + vsplat(1.0f / 120.0f);
-    p = p * r + vsplat(1.0f / 24.0f);
-    p = p * r + vsplat(1.0f / 6.0f);
-    p = p * r + vsplat(0.5f);
-    p = p * r + vsplat(1.0f);
-    p = p * r + vsplat(1.0f);
-    vi e = __builtin_convertvector(n, vi), big = e > 127;
-    vi e1 = (e & ~big) | (127 & big);
-    vf s1 = (vf)((e1 + 127) << 23), s2 = (vf)((e - e1 + 127) << 23);
-    vf y = p * s1 * s2;
-    y = vselect(x < lo, vsplat(0.0f), y);
-    y = vselect(x > hi, vsplat(INFINITY), y);
-    return vselect(x != x, x, y);
-}
-
-/* Lanes [0, w) of p, zeros after (w < VW: no read past p + w). */
-static inline vf vload_part(const float *p, int w) {
-    if (w >= VW) return vload(p);
-    float t[VW] = {0};
-    for (int j = 0; j < w; j++) t[j] = p[j];
-    return vload(t);
-}
-
-/* Lane l + w moved to lane l, for w = 8, 4, 2, 1 (the other lanes: any).
- * __builtin_shufflevector: GCC >= 12 and clang. */
-#define VDOWN(p, a, b, c, d, e, f, g, h)                                       \
-    __builtin_shufflevector(p, p, a, b, c, d, e, f, g, h, 0, 0, 0, 0, 0, 0, 0, \
-                            0)
-static inline vf vdown(vf p, int w) {
-    switch (w) {
-    case 8:
-        return VDOWN(p, 8, 9, 10, 11, 12, 13, 14, 15);
-    case 4:
-        return VDOWN(p, 4, 5, 6, 7, 0, 0, 0, 0);
-    case 2:
-        return VDOWN(p, 2, 3, 0, 0, 0, 0, 0, 0);
-    default:
-        return VDOWN(p, 1, 0, 0, 0, 0, 0, 0, 0);
-    }
-}
-#undef VDOWN
-
-/* qkv_lanes_total's tree (lane l + w added to lane l, w = 8, 4, 2, 1) in
- * registers: the same additions, so the same bits as qkv_vsum/qkv_vdot. */
-static inline float vtotal(vf p) {
-    for (int w = VW / 2; w >= 1; w /= 2) p = p + vdown(p, w);
-    return p[0];
-}
-
-/* max over the lanes (exact in any order) */
-static inline float vmaxall(vf p) {
-    for (int w = VW / 2; w >= 1; w /= 2) {
-        vf q = vdown(p, w);
-        p = vselect(q > p, q, p);
-    }
-    return p[0];
 }
 
 /* c[0:w] (+)= v[0:w] for the NV vectors of one output row */

@@ -19,70 +19,161 @@
 
 #define QKV_LANES 16
 
-/* Adds the 16 partial sums pairwise in a fixed tree (lane l + w into lane
- * l, w = 8, 4, 2, 1): four vector adds instead of 15 dependent ones. */
-static inline float qkv_lanes_total(float *p) {
-    for (int w = QKV_LANES / 2; w >= 1; w /= 2)
-        for (int l = 0; l < w; l++) p[l] += p[l + w];
+/* ---- 16-lane vectors (GCC/clang vector extensions) ----
+ * One zmm with AVX-512; the compiler splits them into two ymm or four xmm
+ * otherwise. Internal to core/: short names. */
+#define VW QKV_LANES
+typedef float vf __attribute__((vector_size(VW * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(VW * sizeof(float))));
+/* Without AVX-512, GCC notes that passing vf by value has no fixed ABI;
+ * these helpers are static and inlined, so no call crosses an ABI boundary.
+ */
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__AVX512F__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+static inline vf vload(const float *p) {
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline vf vsplat(float x) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_set1_ps(x);
+#else
+    vf v;
+    for (int l = 0; l < VW; l++) v[l] = x;
+    return v;
+#endif
+}
+
+/* m ? a : b lane by lane (m: -1 or 0, as vector comparisons give) */
+static inline vf vselect(vi m, vf a, vf b) {
+    return (vf)(((vi)a & m) | ((vi)b & ~m));
+}
+
+/* Lanes [0, w) of p, zeros after; reads nothing past p + w. */
+static inline vf vload_part(const float *p, int w) {
+    if (w >= VW) return vload(p);
+#if defined(__AVX512F__)
+    return (vf)_mm512_maskz_loadu_ps((__mmask16)((1u << w) - 1u), p);
+#else
+    float t[VW] = {0};
+    for (int j = 0; j < w; j++) t[j] = p[j];
+    return vload(t);
+#endif
+}
+
+/* -1 in lanes [0, w), 0 after */
+static inline vi vfirst(int w) {
+    const vi iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    return iota < w;
+}
+
+/* Lane l + w moved to lane l, for w = 8, 4, 2, 1 (the other lanes: any).
+ * __builtin_shufflevector: GCC >= 12 and clang. */
+#define VDOWN(p, a, b, c, d, e, f, g, h)                                       \
+    __builtin_shufflevector(p, p, a, b, c, d, e, f, g, h, 0, 0, 0, 0, 0, 0, 0, \
+                            0)
+static inline vf vdown(vf p, int w) {
+    switch (w) {
+    case 8:
+        return VDOWN(p, 8, 9, 10, 11, 12, 13, 14, 15);
+    case 4:
+        return VDOWN(p, 4, 5, 6, 7, 0, 0, 0, 0);
+    case 2:
+        return VDOWN(p, 2, 3, 0, 0, 0, 0, 0, 0);
+    default:
+        return VDOWN(p, 1, 0, 0, 0, 0, 0, 0, 0);
+    }
+}
+#undef VDOWN
+
+/* The 16 partial sums added pairwise in a fixed tree (lane l + w into lane
+ * l, w = 8, 4, 2, 1): four vector adds instead of 15 dependent ones, in an
+ * order that depends on nothing but the lanes. */
+static inline float vtotal(vf p) {
+    for (int w = VW / 2; w >= 1; w /= 2) p = p + vdown(p, w);
     return p[0];
 }
 
+/* max over the lanes (exact in any order) */
+static inline float vmaxall(vf p) {
+    for (int w = VW / 2; w >= 1; w /= 2) {
+        vf q = vdown(p, w);
+        p = vselect(q > p, q, p);
+    }
+    return p[0];
+}
+
+/* ---- row reductions ----
+ * Lane l sums elements j = l (mod 16) in order from 0, then vtotal adds the
+ * lanes: the order depends on n alone. */
+
 /* sum_j x[j] */
 static inline float qkv_vsum(const float *x, int n) {
-    float p[QKV_LANES] = {0};
+    vf p = vsplat(0.0f);
     int j = 0;
-    for (; j + QKV_LANES <= n; j += QKV_LANES)
-        for (int l = 0; l < QKV_LANES; l++) p[l] += x[j + l];
-    for (int l = 0; j + l < n; l++) p[l] += x[j + l];
-    return qkv_lanes_total(p);
+    for (; j + VW <= n; j += VW) p = p + vload(x + j);
+    if (j < n) p = p + vload_part(x + j, n - j);
+    return vtotal(p);
 }
 
 /* sum_j x[j] y[j] */
 static inline float qkv_vdot(const float *x, const float *y, int n) {
-    float p[QKV_LANES] = {0};
+    vf p = vsplat(0.0f);
     int j = 0;
-    for (; j + QKV_LANES <= n; j += QKV_LANES)
-        for (int l = 0; l < QKV_LANES; l++) p[l] += x[j + l] * y[j + l];
-    for (int l = 0; j + l < n; l++) p[l] += x[j + l] * y[j + l];
-    return qkv_lanes_total(p);
+    for (; j + VW <= n; j += VW) p = p + vload(x + j) * vload(y + j);
+    if (j < n) p = p + vload_part(x + j, n - j) * vload_part(y + j, n - j);
+    return vtotal(p);
 }
 
 /* sum_j (x[j] - m)^2 */
 static inline float qkv_vsqdev(const float *x, float m, int n) {
-    float p[QKV_LANES] = {0};
+    vf p = vsplat(0.0f), mv = vsplat(m);
     int j = 0;
-    for (; j + QKV_LANES <= n; j += QKV_LANES)
-        for (int l = 0; l < QKV_LANES; l++)
-            p[l] += (x[j + l] - m) * (x[j + l] - m);
-    for (int l = 0; j + l < n; l++) p[l] += (x[j + l] - m) * (x[j + l] - m);
-    return qkv_lanes_total(p);
+    for (; j + VW <= n; j += VW) {
+        vf d = vload(x + j) - mv;
+        p = p + d * d;
+    }
+    if (j < n) {
+        vf d = vselect(vfirst(n - j), vload_part(x + j, n - j) - mv, p - p);
+        p = p + d * d;
+    }
+    return vtotal(p);
 }
 
 /* sum_j x[j] y[j] (z[j] - m) */
 static inline float qkv_vdot3(const float *x, const float *y, const float *z,
                               float m, int n) {
-    float p[QKV_LANES] = {0};
+    vf p = vsplat(0.0f), mv = vsplat(m);
     int j = 0;
-    for (; j + QKV_LANES <= n; j += QKV_LANES)
-        for (int l = 0; l < QKV_LANES; l++)
-            p[l] += x[j + l] * y[j + l] * (z[j + l] - m);
-    for (int l = 0; j + l < n; l++)
-        p[l] += x[j + l] * y[j + l] * (z[j + l] - m);
-    return qkv_lanes_total(p);
+    for (; j + VW <= n; j += VW)
+        p = p + vload(x + j) * vload(y + j) * (vload(z + j) - mv);
+    if (j < n) {
+        int w = n - j;
+        vf t = vload_part(x + j, w) * vload_part(y + j, w) *
+               (vload_part(z + j, w) - mv);
+        p = p + vselect(vfirst(w), t, vsplat(0.0f));
+    }
+    return vtotal(p);
 }
 
 /* max_j x[j] (-inf for n = 0); max is exact in any order. */
 static inline float qkv_vmax(const float *x, int n) {
-    float p[QKV_LANES];
-    for (int l = 0; l < QKV_LANES; l++) p[l] = -INFINITY;
+    vf p = vsplat(-INFINITY);
     int j = 0;
-    for (; j + QKV_LANES <= n; j += QKV_LANES)
-        for (int l = 0; l < QKV_LANES; l++)
-            p[l] = x[j + l] > p[l] ? x[j + l] : p[l];
-    for (int l = 0; j + l < n; l++) p[l] = x[j + l] > p[l] ? x[j + l] : p[l];
-    float m = -INFINITY;
-    for (int l = 0; l < QKV_LANES; l++) m = p[l] > m ? p[l] : m;
-    return m;
+    for (; j + VW <= n; j += VW) {
+        vf v = vload(x + j);
+        p = vselect(v > p, v, p);
+    }
+    if (j < n) {
+        vf v =
+            vselect(vfirst(n - j), vload_part(x + j, n - j), vsplat(-INFINITY));
+        p = vselect(v > p, v, p);
+    }
+    return vmaxall(p);
 }
 
 /* e^x, inlinable so that loops over it vectorise. x = n ln2 + r with
@@ -115,6 +206,32 @@ static inline float qkv_expf(float x) {
     y = x < -87.3f ? 0.0f : y;
     y = x > 88.7f ? INFINITY : y;
     return x != x ? x : y;
+}
+
+/* qkv_expf on 16 lanes: the same operations in the same order, so the same
+ * bits. rintf becomes the 1.5 * 2^23 trick, which rounds to nearest even as
+ * rintf does for |x| < 2^22 (here |x| <= 128). */
+static inline vf vexpf(vf x) {
+    const vf lo = vsplat(-87.3f), hi = vsplat(88.7f);
+    vf t = vselect(x < lo, lo, vselect(x > hi, hi, x));
+    const vf magic = vsplat(12582912.0f);
+    vf n = (t * vsplat(1.44269504088896341f) + magic) - magic;
+    vf r = (t - n * vsplat(0.693359375f)) + n * vsplat(2.12194440e-4f);
+    vf p = vsplat(1.0f / 5040.0f);
+    p = p * r + vsplat(1.0f / 720.0f);
+    p = p * r + vsplat(1.0f / 120.0f);
+    p = p * r + vsplat(1.0f / 24.0f);
+    p = p * r + vsplat(1.0f / 6.0f);
+    p = p * r + vsplat(0.5f);
+    p = p * r + vsplat(1.0f);
+    p = p * r + vsplat(1.0f);
+    vi e = __builtin_convertvector(n, vi), big = e > 127;
+    vi e1 = (e & ~big) | (127 & big);
+    vf s1 = (vf)((e1 + 127) << 23), s2 = (vf)((e - e1 + 127) << 23);
+    vf y = p * s1 * s2;
+    y = vselect(x < lo, vsplat(0.0f), y);
+    y = vselect(x > hi, vsplat(INFINITY), y);
+    return vselect(x != x, x, y);
 }
 
 #if defined(__AVX512F__)

@@ -123,6 +123,21 @@ static void test_vec_helpers(void) {
           "exp of a masked score is exactly 0");
     CHECK(qkv_expf(0.0f) == 1.0f, "exp(0) = %.9g", (double)qkv_expf(0.0f));
     CHECK(isinf(qkv_expf(100.0f)) && isnan(qkv_expf(NAN)), "inf and nan");
+    /* the 16-lane vexpf gives qkv_expf's bits (both softmax paths rely on
+     * it), including the clamps, -inf, +inf and NaN */
+    int differ = 0;
+    for (int i = 0; i < 200000; i += VW) {
+        vf v;
+        for (int l = 0; l < VW; l++)
+            v[l] = -100.0f + 200.0f * (float)(i + l) / 200000.0f;
+        if (i == 0) v[0] = -INFINITY, v[1] = INFINITY, v[2] = NAN;
+        vf e = vexpf(v);
+        for (int l = 0; l < VW; l++) {
+            float want = qkv_expf(v[l]);
+            differ += memcmp(&e[l], &want, sizeof want) != 0;
+        }
+    }
+    CHECK(differ == 0, "vexpf differs from qkv_expf in %d lanes", differ);
     /* lane sums against double sums, on odd lengths */
     static const int lens[] = {0, 1, 7, 16, 17, 33, 127, 256};
     float x[256], y[256], z[256];
@@ -135,6 +150,15 @@ static void test_vec_helpers(void) {
     }
     for (size_t c = 0; c < sizeof lens / sizeof lens[0]; c++) {
         int n = lens[c];
+        /* the order is fixed: lane l = j mod 16 sums in j order, then the
+         * lanes pairwise (l + 8 into l, then 4, 2, 1): bit for bit */
+        float p[16] = {0}, dp[16] = {0};
+        for (int i = 0; i < n; i++)
+            p[i % 16] += x[i], dp[i % 16] += x[i] * y[i];
+        for (int w = 8; w >= 1; w /= 2)
+            for (int l = 0; l < w; l++) p[l] += p[l + w], dp[l] += dp[l + w];
+        CHECK(qkv_vsum(x, n) == p[0] && qkv_vdot(x, y, n) == dp[0],
+              "lane order, n %d", n);
         double s = 0, d = 0, q = 0, t = 0, mx = -INFINITY, mag = 1e-30;
         for (int i = 0; i < n; i++) {
             s += x[i];
