@@ -28,9 +28,11 @@
  * but wastes padded rows on the multiples of 8 that transformer shapes are.
  *
  * Determinism: C[i][j] is the sum over KC blocks taken in order, each block
- * summed by one accumulator with k ascending. That depends only on K (and the
- * build's kernel), not on which tile of C a thread owns, so threads split C
- * into row/column ranges and the bits do not depend on the thread count.
+ * summed by one accumulator with k ascending (long, thin products: two such
+ * sums over the two halves of K, then added; see k_split). That depends only
+ * on the shape (and the build's kernel), not on which part of the work a
+ * thread owns, so threads split C into row/column ranges (or K in its two
+ * halves) and the bits do not depend on the thread count.
  */
 #include "matmul.h"
 #include "vec.h"
@@ -359,14 +361,56 @@ static int gemm_trivial(int M, int N, int K, int accumulate, float *C,
     return 0;
 }
 
-void qkv_sgemm_serial(int ta, int tb, int M, int N, int K, const float *A,
-                      int lda, const float *B, int ldb, int accumulate,
-                      float *C, int ldc) {
-    ta = ta != 0, tb = tb != 0, accumulate = accumulate != 0;
-    check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
-    if (gemm_trivial(M, N, K, accumulate, C, ldc)) return;
-    gemm_blocked(ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb, accumulate, C,
-                 (size_t)ldc);
+/* ---- long products: K in two groups ----
+ * A weight gradient dW = dY^T X sums over every row of the batch: K is
+ * thousands while M x N is a few hundred squared. Cutting C into rectangles
+ * then makes each thread pack the whole of one operand (the one its
+ * rectangle spans), and both threads stream it from memory. Such products
+ * instead split K in two groups of KC blocks, summed separately and then
+ * added:  C = (C_old (+) group 0) + group 1,  group 1 into a static buffer.
+ * Which products split depends on the shape alone, so the bits still do not
+ * depend on the thread count; with two threads, each takes one group and
+ * packs half of each operand. */
+#define KSPLIT_MAX (1 << 18) /* C elements: 1 MiB of buffer per thread */
+static _Thread_local _Alignas(64) float ksplit_buf[KSPLIT_MAX];
+
+/* Length of group 0 (a multiple of KC), or 0: no split. */
+static int k_split(int M, int N, int K) {
+    if (K < 2 * KC || (int64_t)M * N > KSPLIT_MAX ||
+        (int64_t)M * N * 8 > (int64_t)(M + N) * K)
+        return 0;
+    int blocks = (K + KC - 1) / KC;
+    return (blocks + 1) / 2 * KC;
+}
+
+/* op(A)[:, k0:] and op(B)[k0:, :] */
+static const float *a_from(int ta, const float *A, size_t lda, int k0) {
+    return ta ? A + (size_t)k0 * lda : A + k0;
+}
+static const float *b_from(int tb, const float *B, size_t ldb, int k0) {
+    return tb ? B + k0 : B + (size_t)k0 * ldb;
+}
+
+/* Rows [i0, i1) of C += buf (M x N, row stride N): the groups' sum. */
+static void add_group(int i0, int i1, int N, const float *buf, float *C,
+                      size_t ldc) {
+    for (int i = i0; i < i1; i++) {
+        float *c = C + (size_t)i * ldc;
+        const float *b = buf + (size_t)i * N;
+        for (int j = 0; j < N; j++) c[j] += b[j];
+    }
+}
+
+/* The split product on the calling thread. */
+static void gemm_split_serial(int ta, int tb, int M, int N, int K, int K1,
+                              const float *A, size_t lda, const float *B,
+                              size_t ldb, int accumulate, float *C,
+                              size_t ldc) {
+    float *buf = ksplit_buf;
+    gemm_blocked(ta, tb, M, N, K1, A, lda, B, ldb, accumulate, C, ldc);
+    gemm_blocked(ta, tb, M, N, K - K1, a_from(ta, A, lda, K1), lda,
+                 b_from(tb, B, ldb, K1), ldb, 0, buf, (size_t)N);
+    add_group(0, M, N, buf, C, ldc);
 }
 
 #ifdef _OPENMP
@@ -402,7 +446,40 @@ static void gemm_part(int t, int nt, int ta, int tb, int M, int N, int K,
     gemm_blocked(ta, tb, m1 - m0, n1 - n0, K, Ap, lda, Bp, ldb, accumulate,
                  C + (size_t)m0 * ldc + n0, ldc);
 }
+
+/* The split product on a team of nt >= 2 threads (called by each): the
+ * first half of the team computes group 0 into C, the second group 1 into
+ * buf (the calling thread's), then all add buf to C by rows. */
+static void gemm_split_part(int t, int nt, int ta, int tb, int M, int N, int K,
+                            int K1, const float *A, size_t lda, const float *B,
+                            size_t ldb, int accumulate, float *C, size_t ldc,
+                            float *buf) {
+    int n0 = nt / 2;
+    if (t < n0)
+        gemm_part(t, n0, ta, tb, M, N, K1, A, lda, B, ldb, accumulate, C, ldc);
+    else
+        gemm_part(t - n0, nt - n0, ta, tb, M, N, K - K1, a_from(ta, A, lda, K1),
+                  lda, b_from(tb, B, ldb, K1), ldb, 0, buf, (size_t)N);
+#pragma omp barrier
+    add_group((int)((int64_t)M * t / nt), (int)((int64_t)M * (t + 1) / nt), N,
+              buf, C, ldc);
+}
 #endif
+
+void qkv_sgemm_serial(int ta, int tb, int M, int N, int K, const float *A,
+                      int lda, const float *B, int ldb, int accumulate,
+                      float *C, int ldc) {
+    ta = ta != 0, tb = tb != 0, accumulate = accumulate != 0;
+    check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+    if (gemm_trivial(M, N, K, accumulate, C, ldc)) return;
+    int K1 = k_split(M, N, K);
+    if (K1)
+        gemm_split_serial(ta, tb, M, N, K, K1, A, (size_t)lda, B, (size_t)ldb,
+                          accumulate, C, (size_t)ldc);
+    else
+        gemm_blocked(ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb,
+                     accumulate, C, (size_t)ldc);
+}
 
 void qkv_sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
                const float *B, int ldb, int accumulate, float *C, int ldc) {
@@ -421,15 +498,26 @@ void qkv_sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
     int tiles = ((M + MR - 1) / MR) * ((N + NR - 1) / NR);
     if (nt > tiles) nt = tiles;
     if (nt > flops / PAR_MIN_FLOPS) nt = (int)(flops / PAR_MIN_FLOPS);
+    int K1 = k_split(M, N, K);
     if (nt > 1 && !omp_in_parallel()) {
+        float *buf = ksplit_buf; /* the calling thread's */
 #pragma omp parallel num_threads(nt)
-        gemm_part(omp_get_thread_num(), omp_get_num_threads(), ta, tb, M, N, K,
-                  A, (size_t)lda, B, (size_t)ldb, accumulate, C, (size_t)ldc);
+        {
+            int t = omp_get_thread_num(), n = omp_get_num_threads();
+            if (K1 && n > 1)
+                gemm_split_part(t, n, ta, tb, M, N, K, K1, A, (size_t)lda, B,
+                                (size_t)ldb, accumulate, C, (size_t)ldc, buf);
+            else if (K1 && t == 0) /* a team of one after all */
+                gemm_split_serial(ta, tb, M, N, K, K1, A, (size_t)lda, B,
+                                  (size_t)ldb, accumulate, C, (size_t)ldc);
+            else if (!K1)
+                gemm_part(t, n, ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb,
+                          accumulate, C, (size_t)ldc);
+        }
         return;
     }
 #endif
-    gemm_blocked(ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb, accumulate, C,
-                 (size_t)ldc);
+    qkv_sgemm_serial(ta, tb, M, N, K, A, lda, B, ldb, accumulate, C, ldc);
 }
 
 void qkv_sgemm_ref(int ta, int tb, int M, int N, int K, const float *A, int lda,

@@ -218,5 +218,11 @@ int main(void) {
     test_determinism(1, 1, 300, 517, 129);
     test_determinism(0, 1, 517, 300, 600);
     test_determinism(1, 0, 40, 2000, 300);
+    /* weight-gradient shapes, K split in two groups (see matmul.c) */
+    test_determinism(1, 0, 128, 128, 1024);
+    test_determinism(1, 0, 77, 200, 1500);
+    test_determinism(0, 1, 3, 50, 700);
+    test_shape(128, 128, 1024);
+    test_shape(77, 200, 1500);
     return n_fail ? 1 : 0;
 }
