@@ -102,7 +102,7 @@ int qkv_attention_small_max = 64;
 
 /* a * b + c in one rounding where the machine has FMA (C11 mode does not
  * contract a * b + c by itself). */
-static inline vf vfma(vf a, vf b, vf c) {
+VINLINE vf vfma(vf a, vf b, vf c) {
 #if defined(__AVX512F__)
     return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
 #elif defined(__AVX2__) && defined(__FMA__)

@@ -31,14 +31,17 @@ typedef int32_t vi __attribute__((vector_size(VW * sizeof(float))));
 #if defined(__GNUC__) && !defined(__clang__) && !defined(__AVX512F__)
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
+/* Always inlined: an out-of-line copy (GCC's partial inlining makes some)
+ * would pass vf by value across a call after all. */
+#define VINLINE static inline __attribute__((always_inline))
 
-static inline vf vload(const float *p) {
+VINLINE vf vload(const float *p) {
     vf v;
     memcpy(&v, p, sizeof v);
     return v;
 }
 
-static inline vf vsplat(float x) {
+VINLINE vf vsplat(float x) {
 #if defined(__AVX512F__)
     return (vf)_mm512_set1_ps(x);
 #else
@@ -49,12 +52,12 @@ static inline vf vsplat(float x) {
 }
 
 /* m ? a : b lane by lane (m: -1 or 0, as vector comparisons give) */
-static inline vf vselect(vi m, vf a, vf b) {
+VINLINE vf vselect(vi m, vf a, vf b) {
     return (vf)(((vi)a & m) | ((vi)b & ~m));
 }
 
 /* Lanes [0, w) of p, zeros after; reads nothing past p + w. */
-static inline vf vload_part(const float *p, int w) {
+VINLINE vf vload_part(const float *p, int w) {
     if (w >= VW) return vload(p);
 #if defined(__AVX512F__)
     return (vf)_mm512_maskz_loadu_ps((__mmask16)((1u << w) - 1u), p);
@@ -66,7 +69,7 @@ static inline vf vload_part(const float *p, int w) {
 }
 
 /* -1 in lanes [0, w), 0 after */
-static inline vi vfirst(int w) {
+VINLINE vi vfirst(int w) {
     const vi iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
     return iota < w;
 }
@@ -76,7 +79,7 @@ static inline vi vfirst(int w) {
 #define VDOWN(p, a, b, c, d, e, f, g, h)                                       \
     __builtin_shufflevector(p, p, a, b, c, d, e, f, g, h, 0, 0, 0, 0, 0, 0, 0, \
                             0)
-static inline vf vdown(vf p, int w) {
+VINLINE vf vdown(vf p, int w) {
     switch (w) {
     case 8:
         return VDOWN(p, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -93,13 +96,13 @@ static inline vf vdown(vf p, int w) {
 /* The 16 partial sums added pairwise in a fixed tree (lane l + w into lane
  * l, w = 8, 4, 2, 1): four vector adds instead of 15 dependent ones, in an
  * order that depends on nothing but the lanes. */
-static inline float vtotal(vf p) {
+VINLINE float vtotal(vf p) {
     for (int w = VW / 2; w >= 1; w /= 2) p = p + vdown(p, w);
     return p[0];
 }
 
 /* max over the lanes (exact in any order) */
-static inline float vmaxall(vf p) {
+VINLINE float vmaxall(vf p) {
     for (int w = VW / 2; w >= 1; w /= 2) {
         vf q = vdown(p, w);
         p = vselect(q > p, q, p);
@@ -211,7 +214,7 @@ static inline float qkv_expf(float x) {
 /* qkv_expf on 16 lanes: the same operations in the same order, so the same
  * bits. rintf becomes the 1.5 * 2^23 trick, which rounds to nearest even as
  * rintf does for |x| < 2^22 (here |x| <= 128). */
-static inline vf vexpf(vf x) {
+VINLINE vf vexpf(vf x) {
     const vf lo = vsplat(-87.3f), hi = vsplat(88.7f);
     vf t = vselect(x < lo, lo, vselect(x > hi, hi, x));
     const vf magic = vsplat(12582912.0f);
