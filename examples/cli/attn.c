@@ -19,7 +19,6 @@
  *   qkv attn --ckpt runs/copy/ckpt.safetensors "3 4 5" --term dumb --layer 1
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,32 +36,6 @@ typedef struct panel {
     const float *w;      /* (rows, cols): rows are queries, columns keys */
     char **ylab, **xlab; /* (rows), (cols) token labels */
 } panel;
-
-/* ----------------------------------------------------------- text buffers */
-
-typedef struct sbuf {
-    char *s;
-    size_t n, cap;
-} sbuf;
-
-static void sb_printf(sbuf *b, const char *fmt, ...) QKV_PRINTF(2, 3);
-static void sb_printf(sbuf *b, const char *fmt, ...) {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int k = vsnprintf(b->s ? b->s + b->n : NULL, b->s ? b->cap - b->n : 0,
-                          fmt, ap);
-        va_end(ap);
-        QKV_CHECK(k >= 0, "attn: bad format");
-        if (b->s && b->n + (size_t)k < b->cap) {
-            b->n += (size_t)k;
-            return;
-        }
-        b->cap = 2 * (b->n + (size_t)k + 1) + 256;
-        b->s = qkv_realloc(b->s, b->cap, "attn text");
-        b->s[b->n] = 0;
-    }
-}
 
 /* A gnuplot string expression for s (malloc'd): single-quoted, where no
  * backquote substitution happens. gnuplot 5.4 reads a string that starts
@@ -86,15 +59,15 @@ static int text_width(const char *s) {
  * models) and a control byte "\xNN", so every label is visible and has no
  * whitespace (the printed tables split on it). */
 static char *token_label(const char *tok) {
-    sbuf b = {0};
-    sb_printf(&b, "%s", "");
+    cli_buf b = {0};
+    cli_bprintf(&b, "%s", "");
     for (const unsigned char *p = (const unsigned char *)tok; *p; p++) {
         if (*p == ' ')
-            sb_printf(&b, "\xE2\x90\xA3");
+            cli_bprintf(&b, "\xE2\x90\xA3");
         else if (*p < 0x20 || *p == 0x7F)
-            sb_printf(&b, "\\x%02X", *p);
+            cli_bprintf(&b, "\\x%02X", *p);
         else
-            sb_printf(&b, "%c", *p);
+            cli_bprintf(&b, "%c", *p);
     }
     return b.s;
 }
@@ -138,40 +111,40 @@ static void print_tables(const panel *p, int n) {
 
 /* The data file: one gnuplot `matrix` block per panel, two blank lines
  * apart, each after a comment naming it. */
-static void write_data(sbuf *b, const panel *p, int n) {
-    sb_printf(b, "# qkv attn: attention weights, one block per panel "
-                 "(gnuplot: index I matrix);\n"
-                 "# rows are queries, columns keys; each row sums to 1\n");
+static void write_data(cli_buf *b, const panel *p, int n) {
+    cli_bprintf(b, "# qkv attn: attention weights, one block per panel "
+                   "(gnuplot: index I matrix);\n"
+                   "# rows are queries, columns keys; each row sums to 1\n");
     for (int i = 0; i < n; i++, p++) {
-        sb_printf(b, "%s# index %d: %s layer %d head %d, %d x %d\n",
-                  i ? "\n\n" : "", i, kind_name[p->kind], p->layer + 1,
-                  p->head + 1, p->rows, p->cols);
-        sb_printf(b, "# rows:");
-        for (int r = 0; r < p->rows; r++) sb_printf(b, " %s", p->ylab[r]);
-        sb_printf(b, "\n# columns:");
-        for (int c = 0; c < p->cols; c++) sb_printf(b, " %s", p->xlab[c]);
-        sb_printf(b, "\n");
+        cli_bprintf(b, "%s# index %d: %s layer %d head %d, %d x %d\n",
+                    i ? "\n\n" : "", i, kind_name[p->kind], p->layer + 1,
+                    p->head + 1, p->rows, p->cols);
+        cli_bprintf(b, "# rows:");
+        for (int r = 0; r < p->rows; r++) cli_bprintf(b, " %s", p->ylab[r]);
+        cli_bprintf(b, "\n# columns:");
+        for (int c = 0; c < p->cols; c++) cli_bprintf(b, " %s", p->xlab[c]);
+        cli_bprintf(b, "\n");
         for (int r = 0; r < p->rows; r++)
             for (int c = 0; c < p->cols; c++)
-                sb_printf(b, "%.6f%c", (double)p->w[(size_t)r * p->cols + c],
-                          c + 1 < p->cols ? ' ' : '\n');
+                cli_bprintf(b, "%.6f%c", (double)p->w[(size_t)r * p->cols + c],
+                            c + 1 < p->cols ? ' ' : '\n');
     }
 }
 
 /* "set xtics ('we' 0, 'see' 1, ...)" for labels lab[0..n). */
-static void gp_tics(sbuf *b, const char *axis, char **lab, int n) {
-    sb_printf(b, "set %stics (", axis);
+static void gp_tics(cli_buf *b, const char *axis, char **lab, int n) {
+    cli_bprintf(b, "set %stics (", axis);
     for (int i = 0; i < n; i++) {
         char *q = gp_quote(lab[i]);
-        sb_printf(b, "%s%s %d", i ? ", " : "", q, i);
+        cli_bprintf(b, "%s%s %d", i ? ", " : "", q, i);
         free(q);
     }
-    sb_printf(b, ")\n");
+    cli_bprintf(b, ")\n");
 }
 
 /* The gnuplot script: n panels in a grid of n / C rows and C columns, each
  * plot area the same size; tick labels hang into the gaps between them. */
-static void write_script(sbuf *b, const panel *p, int n, int C,
+static void write_script(cli_buf *b, const panel *p, int n, int C,
                          const char *term, const char *pic, const char *dat,
                          const char *gp, const char *title) {
     int R = n / C, most = 1, ylw = 1, xlw = 1;
@@ -194,57 +167,57 @@ static void write_script(sbuf *b, const panel *p, int n, int C,
     int H = bottom + R * area + (R - 1) * gap_y + top;
     char *qpic = gp_quote(pic), *qdat = gp_quote(dat),
          *qtitle = gp_quote(title);
-    sb_printf(b,
-              "# qkv attn: attention heatmaps. Redraw with: gnuplot %s\n"
-              "# (from the directory qkv attn ran in, if the paths below are "
-              "relative).\n"
-              "# A row of panels per layer (encoder, then decoder self, then "
-              "decoder cross),\n"
-              "# a column per head; panel i plots `index i` of the data file "
-              "(rows: queries,\n"
-              "# columns: keys). Decoder row t read token t and predicted "
-              "token t + 1.\n"
-              "set encoding utf8\n",
-              gp);
+    cli_bprintf(b,
+                "# qkv attn: attention heatmaps. Redraw with: gnuplot %s\n"
+                "# (from the directory qkv attn ran in, if the paths below are "
+                "relative).\n"
+                "# A row of panels per layer (encoder, then decoder self, then "
+                "decoder cross),\n"
+                "# a column per head; panel i plots `index i` of the data file "
+                "(rows: queries,\n"
+                "# columns: keys). Decoder row t read token t and predicted "
+                "token t + 1.\n"
+                "set encoding utf8\n",
+                gp);
     if (strcmp(term, "svg") == 0)
-        sb_printf(b,
-                  "set terminal svg size %d,%d font 'sans,9' noenhanced "
-                  "background '#ffffff'\n",
-                  W, H);
+        cli_bprintf(b,
+                    "set terminal svg size %d,%d font 'sans,9' noenhanced "
+                    "background '#ffffff'\n",
+                    W, H);
     else
-        sb_printf(b,
-                  "set terminal pngcairo size %d,%d font 'sans,9' "
-                  "noenhanced\n",
-                  W, H);
-    sb_printf(b,
-              "set output %s\n"
-              "data = %s\n"
-              "set palette defined (0 '#ffffff', 0.5 '#6baed6', 1 '#08306b')\n"
-              "set cbrange [0:1]\nset cbtics 0.25\n"
-              "set tics scale 0 nomirror\nset xtics rotate by 90 right\n"
-              "set colorbox user origin screen %.4f, screen %.4f size screen "
-              "%.4f, screen %.4f\n"
-              "set multiplot layout %d,%d margins %.4f,%.4f,%.4f,%.4f spacing "
-              "%.4f,%.4f title %s\n",
-              qpic, qdat, 1.0 - (right - 22.0) / W, (double)bottom / H,
-              16.0 / W, (double)(H - top - bottom) / H, R, C, (double)left / W,
-              1.0 - (double)right / W, (double)bottom / H,
-              1.0 - (double)top / H, (double)gap_x / W, (double)gap_y / H,
-              qtitle);
+        cli_bprintf(b,
+                    "set terminal pngcairo size %d,%d font 'sans,9' "
+                    "noenhanced\n",
+                    W, H);
+    cli_bprintf(
+        b,
+        "set output %s\n"
+        "data = %s\n"
+        "set palette defined (0 '#ffffff', 0.5 '#6baed6', 1 '#08306b')\n"
+        "set cbrange [0:1]\nset cbtics 0.25\n"
+        "set tics scale 0 nomirror\nset xtics rotate by 90 right\n"
+        "set colorbox user origin screen %.4f, screen %.4f size screen "
+        "%.4f, screen %.4f\n"
+        "set multiplot layout %d,%d margins %.4f,%.4f,%.4f,%.4f spacing "
+        "%.4f,%.4f title %s\n",
+        qpic, qdat, 1.0 - (right - 22.0) / W, (double)bottom / H, 16.0 / W,
+        (double)(H - top - bottom) / H, R, C, (double)left / W,
+        1.0 - (double)right / W, (double)bottom / H, 1.0 - (double)top / H,
+        (double)gap_x / W, (double)gap_y / H, qtitle);
     for (int i = 0; i < n; i++) {
         if (!i || p[i].kind != p[i - 1].kind) { /* axes change with the kind */
-            sb_printf(b, "set xrange [-0.5:%d.5]\nset yrange [%d.5:-0.5]\n",
-                      p[i].cols - 1, p[i].rows - 1);
+            cli_bprintf(b, "set xrange [-0.5:%d.5]\nset yrange [%d.5:-0.5]\n",
+                        p[i].cols - 1, p[i].rows - 1);
             gp_tics(b, "x", p[i].xlab, p[i].cols);
             gp_tics(b, "y", p[i].ylab, p[i].rows);
         }
-        sb_printf(b,
-                  "set title '%s layer %d head %d'\n"
-                  "plot data index %d matrix with image notitle\n%s",
-                  kind_name[p[i].kind], p[i].layer + 1, p[i].head + 1, i,
-                  i ? "" : "unset colorbox\n");
+        cli_bprintf(b,
+                    "set title '%s layer %d head %d'\n"
+                    "plot data index %d matrix with image notitle\n%s",
+                    kind_name[p[i].kind], p[i].layer + 1, p[i].head + 1, i,
+                    i ? "" : "unset colorbox\n");
     }
-    sb_printf(b, "unset multiplot\n");
+    cli_bprintf(b, "unset multiplot\n");
     free(qpic);
     free(qdat);
     free(qtitle);
@@ -255,8 +228,8 @@ static char *with_ext(const char *path, const char *ext) {
     const char *slash = strrchr(path, '/'), *dot = strrchr(path, '.');
     size_t n = dot && (!slash || dot > slash + 1) ? (size_t)(dot - path)
                                                   : strlen(path);
-    sbuf b = {0};
-    sb_printf(&b, "%.*s%s", (int)n, path, ext);
+    cli_buf b = {0};
+    cli_bprintf(&b, "%.*s%s", (int)n, path, ext);
     return b.s;
 }
 
@@ -367,13 +340,13 @@ int cmd_attn(int argc, char **argv) {
     qkv_model_greedy(&m, &g, src, NULL, 1, P, QKV_BOS, eos, max_out, y);
     int k_out = 0; /* output tokens before eos */
     while (k_out < max_out && y[k_out] != eos && y[k_out] != QKV_PAD) k_out++;
-    sbuf said = {0}; /* the output as text */
+    cli_buf said = {0}; /* the output as text */
     if (d.corpus) {
         cli_detokenize(&d, y, k_out, &said.s, &said.cap);
     } else {
-        sb_printf(&said, "%s", "");
+        cli_bprintf(&said, "%s", "");
         for (int j = 0; j < k_out; j++)
-            sb_printf(&said, "%s%d", j ? " " : "", y[j]);
+            cli_bprintf(&said, "%s%d", j ? " " : "", y[j]);
     }
     printf("%s\n", said.s);
     fflush(stdout);
@@ -433,10 +406,10 @@ int cmd_attn(int argc, char **argv) {
             cli_make_dirs("attn", dir);
             free(dir);
         }
-        sbuf data = {0}, script = {0}, title = {0};
+        cli_buf data = {0}, script = {0}, title = {0};
         write_data(&data, p, np);
         cli_write_file("attn", dat, data.s);
-        sb_printf(&title, "%s \xE2\x86\x92 %s", text[0], said.s);
+        cli_bprintf(&title, "%s \xE2\x86\x92 %s", text[0], said.s);
         for (char *c = title.s; *c; c++) /* one line, for gnuplot */
             if ((unsigned char)*c < 0x20) *c = ' ';
         write_script(&script, p, np, head ? 1 : H, term, out, dat, gp, title.s);

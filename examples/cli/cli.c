@@ -23,6 +23,24 @@ void cli_die(const char *fmt, ...) {
     exit(2);
 }
 
+void cli_bprintf(cli_buf *b, const char *fmt, ...) {
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int k = vsnprintf(b->s ? b->s + b->len : NULL,
+                          b->s ? b->cap - b->len : 0, fmt, ap);
+        va_end(ap);
+        QKV_CHECK(k >= 0, "cli_bprintf: bad format %s", fmt);
+        if (b->s && b->len + (size_t)k < b->cap) {
+            b->len += (size_t)k;
+            return;
+        }
+        b->cap = 2 * (b->len + (size_t)k + 1) + 256;
+        b->s = qkv_realloc(b->s, b->cap, "text buffer");
+        b->s[b->len] = 0;
+    }
+}
+
 /* 1 if s is one of the '|'-separated words of choices. */
 static int is_choice(const char *s, const char *choices) {
     size_t n = strlen(s);

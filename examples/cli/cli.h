@@ -52,6 +52,14 @@ void cli_flags_from_json(const char *cmd, const flag *flags, int n,
 
 /* ------------------------------------------------------------------ files */
 
+/* Text built with printf-style appends (gnuplot scripts, data blocks);
+ * start from {0}, free(b.s) when done. s is always NUL-terminated. */
+typedef struct cli_buf {
+    char *s;
+    size_t len, cap;
+} cli_buf;
+void cli_bprintf(cli_buf *b, const char *fmt, ...) QKV_PRINTF(2, 3);
+
 void cli_make_dirs(const char *cmd, const char *dir); /* mkdir -p */
 /* Writes path atomically (temp file + rename): never half a file. */
 void cli_write_file(const char *cmd, const char *path, const char *text);

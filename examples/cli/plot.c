@@ -21,7 +21,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -176,28 +175,6 @@ static void moving_average(const double *y, int n, int w, double *out) {
 
 /* ------------------------------------------------------- script building */
 
-typedef struct plot_buf {
-    char *s;
-    size_t len, cap;
-} plot_buf;
-
-static void bprintf(plot_buf *b, const char *fmt, ...) QKV_PRINTF(2, 3);
-static void bprintf(plot_buf *b, const char *fmt, ...) {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->s + b->len, b->cap - b->len, fmt, ap);
-        va_end(ap);
-        QKV_CHECK(n >= 0, "plot: vsnprintf failed");
-        if (b->len + (size_t)n < b->cap) {
-            b->len += (size_t)n;
-            return;
-        }
-        b->cap = 2 * (b->len + (size_t)n + 1024);
-        b->s = qkv_realloc(b->s, b->cap, "plot script");
-    }
-}
-
 /* A gnuplot single-quoted string, in one of four rotating buffers (so a
  * printf can take several). */
 static const char *gp_str(const char *s) {
@@ -293,58 +270,61 @@ static int plot_runs(const char *cmd, plot_run *runs, int n,
     }
 
     /* The smoothed train loss: one block per run (gnuplot's index). */
-    plot_buf d = {0}, s = {0};
+    cli_buf d = {0}, s = {0};
     int any_val = 0, any_bleu = 0;
-    bprintf(&d, "# qkv plot: train loss smoothed by a centred moving average, "
+    cli_bprintf(&d,
+                "# qkv plot: train loss smoothed by a centred moving average, "
                 "one block per run\n");
     for (int r = 0; r < n; r++) {
         const plot_run *u = &runs[r];
         int w = smooth > 0 ? smooth : u->rows / 25 > 1 ? u->rows / 25 : 1;
         double *m = qkv_malloc((size_t)u->rows * sizeof *m, "smoothing");
         moving_average(u->loss, u->rows, w, m);
-        bprintf(&d, "%s# run %d: %s, window %d rows\n", r ? "\n\n" : "", r,
-                u->log, w);
-        bprintf(&d, "step,tokens,seconds,train_loss_smooth\n");
+        cli_bprintf(&d, "%s# run %d: %s, window %d rows\n", r ? "\n\n" : "", r,
+                    u->log, w);
+        cli_bprintf(&d, "step,tokens,seconds,train_loss_smooth\n");
         for (int i = 0; i < u->rows; i++) {
             const double *v = u->x + (size_t)i * 3;
-            bprintf(&d, "%.10g,%.10g,%.10g,", v[0], v[1], v[2]);
-            if (isfinite(m[i])) bprintf(&d, "%.6g", m[i]);
-            bprintf(&d, "\n");
+            cli_bprintf(&d, "%.10g,%.10g,%.10g,", v[0], v[1], v[2]);
+            if (isfinite(m[i])) cli_bprintf(&d, "%.6g", m[i]);
+            cli_bprintf(&d, "\n");
         }
         free(m);
         any_val |= u->has_val;
         any_bleu |= u->has_bleu;
     }
 
-    bprintf(&s,
-            "# qkv plot: loss curves of %d run%s.%s%s\n"
-            "# log.csv columns: 1 step, 2 tokens, 3 seconds, 4 lr, "
-            "5 train_loss,\n"
-            "#   6 val_loss, 7 val_acc (exact match, 0..1), 8 val_bleu "
-            "(0..100)\n"
-            "# %s: the train loss smoothed by qkv (centred moving average "
-            "over %s rows),\n"
-            "#   one block (index) per run: columns 1-3 as in log.csv, 4 the "
-            "loss\n",
-            n, n > 1 ? "s" : "", *gp ? " Draw again: gnuplot " : "", gp,
-            *dat ? dat : "$smooth", smooth > 0 ? "--smooth" : "a 25th of the");
-    bprintf(&s, "xcol = %d  # x axis: 1 step, 2 tokens, 3 seconds\n", xcol);
+    cli_bprintf(
+        &s,
+        "# qkv plot: loss curves of %d run%s.%s%s\n"
+        "# log.csv columns: 1 step, 2 tokens, 3 seconds, 4 lr, "
+        "5 train_loss,\n"
+        "#   6 val_loss, 7 val_acc (exact match, 0..1), 8 val_bleu "
+        "(0..100)\n"
+        "# %s: the train loss smoothed by qkv (centred moving average "
+        "over %s rows),\n"
+        "#   one block (index) per run: columns 1-3 as in log.csv, 4 the "
+        "loss\n",
+        n, n > 1 ? "s" : "", *gp ? " Draw again: gnuplot " : "", gp,
+        *dat ? dat : "$smooth", smooth > 0 ? "--smooth" : "a 25th of the");
+    cli_bprintf(&s, "xcol = %d  # x axis: 1 step, 2 tokens, 3 seconds\n", xcol);
     if (dumb) {
-        bprintf(&s, "set terminal dumb size 110,34\n");
+        cli_bprintf(&s, "set terminal dumb size 110,34\n");
     } else if (svg) {
-        bprintf(&s, "set terminal svg size 1100,600 dynamic font 'sans,12' "
-                    "background rgb 'white'\n");
+        cli_bprintf(&s, "set terminal svg size 1100,600 dynamic font 'sans,12' "
+                        "background rgb 'white'\n");
     } else {
-        bprintf(&s, "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) {\n"
+        cli_bprintf(&s,
+                    "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) {\n"
                     "    set terminal pngcairo size 1100,600 font 'sans,10'\n"
                     "} else {\n"
                     "    set terminal png size 1100,600\n"
                     "}\n");
     }
-    if (!dumb) bprintf(&s, "set output %s\n", gp_str(pic));
-    bprintf(&s, "set termoption noenhanced\n"
-                "set datafile separator ','\n"
-                "set datafile columnheaders\n");
+    if (!dumb) cli_bprintf(&s, "set output %s\n", gp_str(pic));
+    cli_bprintf(&s, "set termoption noenhanced\n"
+                    "set datafile separator ','\n"
+                    "set datafile columnheaders\n");
     /* dumb cannot turn the y labels, so they go in the title */
     char t[400];
     snprintf(t, sizeof t, "%s", o->title ? o->title : "");
@@ -353,83 +333,84 @@ static int plot_runs(const char *cmd, plot_run *runs, int n,
                  !any_val   ? ""
                  : any_bleu ? ", exact match and BLEU in % (right axis)"
                             : ", exact match in % (right axis)");
-    if (*t) bprintf(&s, "set title %s\n", gp_str(t));
-    bprintf(&s, "set xlabel %s\n",
-            gp_str(xcol == 1   ? "step"
-                   : xcol == 2 ? "tokens"
-                               : "seconds (wall clock)"));
-    if (xcol == 2) bprintf(&s, "set format x '%%.1s%%c'\n");
-    if (!dumb) bprintf(&s, "set ylabel 'cross-entropy loss'\n");
-    if (o->logy) bprintf(&s, "set logscale y\n");
+    if (*t) cli_bprintf(&s, "set title %s\n", gp_str(t));
+    cli_bprintf(&s, "set xlabel %s\n",
+                gp_str(xcol == 1   ? "step"
+                       : xcol == 2 ? "tokens"
+                                   : "seconds (wall clock)"));
+    if (xcol == 2) cli_bprintf(&s, "set format x '%%.1s%%c'\n");
+    if (!dumb) cli_bprintf(&s, "set ylabel 'cross-entropy loss'\n");
+    if (o->logy) cli_bprintf(&s, "set logscale y\n");
     if (any_val)
-        bprintf(&s, "set ytics nomirror\n"
-                    "set y2range [0:100]\n"
-                    "set y2tics 0, 20, 100\n");
+        cli_bprintf(&s, "set ytics nomirror\n"
+                        "set y2range [0:100]\n"
+                        "set y2tics 0, 20, 100\n");
     if (any_val && !dumb)
-        bprintf(&s, "set y2label 'validation exact match%s (%%)'\n",
-                any_bleu ? " / BLEU" : "");
-    bprintf(&s, "%sset key %s\n", dumb ? "" : "set grid\n",
-            dumb ? "outside below" : "outside right top Left reverse");
+        cli_bprintf(&s, "set y2label 'validation exact match%s (%%)'\n",
+                    any_bleu ? " / BLEU" : "");
+    cli_bprintf(&s, "%sset key %s\n", dumb ? "" : "set grid\n",
+                dumb ? "outside below" : "outside right top Left reverse");
     for (int r = 0; r < n; r++)
-        bprintf(&s, "log%d = %s\n", r + 1, gp_str(runs[r].log));
+        cli_bprintf(&s, "log%d = %s\n", r + 1, gp_str(runs[r].log));
     if (*dat) {
-        bprintf(&s, "smooth = %s\n", gp_str(dat));
+        cli_bprintf(&s, "smooth = %s\n", gp_str(dat));
     } else {
-        bprintf(&s, "$smooth << EOD\n%sEOD\nsmooth = '$smooth'\n", d.s);
+        cli_bprintf(&s, "$smooth << EOD\n%sEOD\nsmooth = '$smooth'\n", d.s);
     }
 
     /* Graphic terminals: the runs' colours in the key, the kinds of curve
      * in grey after them; dumb draws every curve with its own character, so
      * each is named. */
-    bprintf(&s, "plot \\\n");
+    cli_bprintf(&s, "plot \\\n");
     for (int r = 0; r < n; r++) {
         const plot_run *u = &runs[r];
         const char *c = run_colour[r % N_COLOURS];
         if (!dumb)
-            bprintf(&s,
-                    "    log%d using xcol:5 with lines lw 1 lc rgb '#b0%s' "
-                    "notitle, \\\n",
-                    r + 1, c);
+            cli_bprintf(&s,
+                        "    log%d using xcol:5 with lines lw 1 lc rgb '#b0%s' "
+                        "notitle, \\\n",
+                        r + 1, c);
         snprintf(t, sizeof t, "%s%s", u->label, dumb ? " train" : "");
-        bprintf(&s,
-                "    smooth index %d using xcol:4 with lines lw 2 lc rgb "
-                "'#%s' title %s, \\\n",
-                r, c, gp_str(t));
+        cli_bprintf(&s,
+                    "    smooth index %d using xcol:4 with lines lw 2 lc rgb "
+                    "'#%s' title %s, \\\n",
+                    r, c, gp_str(t));
         if (!u->has_val) continue;
         snprintf(t, sizeof t, "%s val loss", u->label);
-        bprintf(&s,
-                "    log%d using xcol:6 with linespoints pt 7 ps 0.8 lw 1 "
-                "lc rgb '#%s' %s, \\\n",
-                r + 1, c, key_title(dumb, t));
+        cli_bprintf(&s,
+                    "    log%d using xcol:6 with linespoints pt 7 ps 0.8 lw 1 "
+                    "lc rgb '#%s' %s, \\\n",
+                    r + 1, c, key_title(dumb, t));
         snprintf(t, sizeof t, "%s exact %%", u->label);
-        bprintf(&s,
-                "    log%d using xcol:(100*$7) axes x1y2 with linespoints "
-                "pt 5 ps 0.8 lw 1 dt 2 lc rgb '#%s' %s, \\\n",
-                r + 1, c, key_title(dumb, t));
+        cli_bprintf(&s,
+                    "    log%d using xcol:(100*$7) axes x1y2 with linespoints "
+                    "pt 5 ps 0.8 lw 1 dt 2 lc rgb '#%s' %s, \\\n",
+                    r + 1, c, key_title(dumb, t));
         if (!u->has_bleu) continue;
         snprintf(t, sizeof t, "%s BLEU", u->label);
-        bprintf(&s,
-                "    log%d using xcol:8 axes x1y2 with linespoints pt 9 ps "
-                "0.9 lw 1 dt 3 lc rgb '#%s' %s, \\\n",
-                r + 1, c, key_title(dumb, t));
+        cli_bprintf(&s,
+                    "    log%d using xcol:8 axes x1y2 with linespoints pt 9 ps "
+                    "0.9 lw 1 dt 3 lc rgb '#%s' %s, \\\n",
+                    r + 1, c, key_title(dumb, t));
     }
     if (!dumb) {
-        bprintf(&s, "    keyentry with lines lw 1 lc rgb '#b0404040' title "
-                    "'train loss', \\\n"
-                    "    keyentry with lines lw 2 lc rgb '#404040' title "
-                    "'train loss, smoothed', \\\n");
+        cli_bprintf(&s, "    keyentry with lines lw 1 lc rgb '#b0404040' title "
+                        "'train loss', \\\n"
+                        "    keyentry with lines lw 2 lc rgb '#404040' title "
+                        "'train loss, smoothed', \\\n");
         if (any_val)
-            bprintf(&s, "    keyentry with linespoints pt 7 ps 0.8 lc rgb "
+            cli_bprintf(&s,
+                        "    keyentry with linespoints pt 7 ps 0.8 lc rgb "
                         "'#404040' title 'validation loss', \\\n"
                         "    keyentry with linespoints pt 5 ps 0.8 dt 2 lc "
                         "rgb '#404040' title 'exact match %% (right)', \\\n");
         if (any_bleu)
-            bprintf(&s, "    keyentry with linespoints pt 9 ps 0.9 dt 3 lc "
-                        "rgb '#404040' title 'BLEU (right)', \\\n");
+            cli_bprintf(&s, "    keyentry with linespoints pt 9 ps 0.9 dt 3 lc "
+                            "rgb '#404040' title 'BLEU (right)', \\\n");
     }
     s.len -= 4; /* the last ", \\\n" */
-    bprintf(&s, "\n");
-    if (!dumb) bprintf(&s, "set output\n");
+    cli_bprintf(&s, "\n");
+    if (!dumb) cli_bprintf(&s, "set output\n");
 
     int rc = *dat ? write_text(cmd, dat, d.s) : 0;
     if (rc == 0) rc = cli_gnuplot(cmd, *gp ? gp : NULL, s.s);
