@@ -466,19 +466,26 @@ static void gemm_split_part(int t, int nt, int ta, int tb, int M, int N, int K,
 }
 #endif
 
+/* The whole product on the calling thread; arguments already checked. */
+static void gemm_serial(int ta, int tb, int M, int N, int K, const float *A,
+                        size_t lda, const float *B, size_t ldb, int accumulate,
+                        float *C, size_t ldc) {
+    int K1 = k_split(M, N, K);
+    if (K1)
+        gemm_split_serial(ta, tb, M, N, K, K1, A, lda, B, ldb, accumulate, C,
+                          ldc);
+    else
+        gemm_blocked(ta, tb, M, N, K, A, lda, B, ldb, accumulate, C, ldc);
+}
+
 void qkv_sgemm_serial(int ta, int tb, int M, int N, int K, const float *A,
                       int lda, const float *B, int ldb, int accumulate,
                       float *C, int ldc) {
     ta = ta != 0, tb = tb != 0, accumulate = accumulate != 0;
     check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
     if (gemm_trivial(M, N, K, accumulate, C, ldc)) return;
-    int K1 = k_split(M, N, K);
-    if (K1)
-        gemm_split_serial(ta, tb, M, N, K, K1, A, (size_t)lda, B, (size_t)ldb,
-                          accumulate, C, (size_t)ldc);
-    else
-        gemm_blocked(ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb,
-                     accumulate, C, (size_t)ldc);
+    gemm_serial(ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb, accumulate, C,
+                (size_t)ldc);
 }
 
 void qkv_sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
@@ -517,7 +524,8 @@ void qkv_sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
         return;
     }
 #endif
-    qkv_sgemm_serial(ta, tb, M, N, K, A, lda, B, ldb, accumulate, C, ldc);
+    gemm_serial(ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb, accumulate, C,
+                (size_t)ldc);
 }
 
 void qkv_sgemm_ref(int ta, int tb, int M, int N, int K, const float *A, int lda,

@@ -404,7 +404,12 @@ static qkv_tensor *layernorm_forward(qkv_graph *g, qkv_op op, qkv_tensor *a,
     qkv_tensor *y = new_like(g, a);
     float *mean = qkv_arena_alloc(&g->arena, rows * sizeof(float));
     float *rstd = qkv_arena_alloc(&g->arena, rows * sizeof(float));
-    float *sum = b ? qkv_arena_alloc(&g->arena, a->n * sizeof(float)) : a->data;
+    /* a + b is kept for the backward; without a tape it is only the row's
+     * input, and the row is normalised in place in y */
+    float *sum = !b ? a->data
+                 : g->recording
+                     ? qkv_arena_alloc(&g->arena, a->n * sizeof(float))
+                     : y->data;
     QKV_OMP(omp parallel for if (a->n > PAR_MIN / 4))
     for (size_t r = 0; r < rows; r++) {
         float *xr = sum + r * D;
