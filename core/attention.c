@@ -61,6 +61,31 @@ static heads_view view_packed(float *data, const qkv_tensor *t, int col,
                         (int)C};
 }
 
+/* Asks for the cache lines of head (b, h) of v, rows x K, ahead of use. A
+ * head's rows are a few hundred bytes apart in the packed layout (the other
+ * heads' columns lie between them): the hardware prefetchers do not follow
+ * that pattern across rows, and every row of a head not yet in cache stalls
+ * the kernels that read it. Called one head ahead. */
+static void prefetch_head(const heads_view *v, int b, int h, int rows, int K,
+                          int write) {
+    if (!v->data) return;
+    const char *p = (const char *)head_at(v, b, h);
+    size_t bytes = (size_t)K * sizeof(float),
+           ld = (size_t)v->ld * sizeof(float);
+    for (int r = 0; r < rows; r++, p += ld) {
+        for (size_t o = 0; o < bytes; o += 64) {
+            if (write)
+                __builtin_prefetch(p + o, 1, 3);
+            else
+                __builtin_prefetch(p + o, 0, 3);
+        }
+        if (write)
+            __builtin_prefetch(p + bytes - 1, 1, 3);
+        else
+            __builtin_prefetch(p + bytes - 1, 0, 3);
+    }
+}
+
 /* Turns one (T, S) block of raw scores into attention weights in place. */
 static void masked_softmax(float *A, int T, int S, float scale, int causal,
                            const uint8_t *pad /* (S) or NULL */) {
@@ -77,8 +102,7 @@ static void masked_softmax(float *A, int T, int S, float scale, int causal,
             memset(row, 0, (size_t)S * sizeof(float));
             continue;
         }
-        for (int j = 0; j < S; j++) row[j] = qkv_expf(row[j] - mx);
-        float inv = 1.0f / qkv_vsum(row, S);
+        float inv = 1.0f / qkv_vexp_sum(row, row, mx, S);
         for (int j = 0; j < S; j++) row[j] *= inv;
     }
 }
@@ -99,27 +123,6 @@ static void masked_softmax(float *A, int T, int S, float scale, int causal,
 int qkv_attention_small_max = 64;
 
 #define SMALL_MAX 64 /* scratch blocks are SMALL_MAX x SMALL_MAX */
-
-/* a * b + c in one rounding where the machine has FMA (C11 mode does not
- * contract a * b + c by itself). */
-VINLINE vf vfma(vf a, vf b, vf c) {
-#if defined(__AVX512F__)
-    return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
-#elif defined(__AVX2__) && defined(__FMA__)
-    __m256 lo = _mm256_fmadd_ps(_mm256_loadu_ps((const float *)&a),
-                                _mm256_loadu_ps((const float *)&b),
-                                _mm256_loadu_ps((const float *)&c));
-    __m256 hi = _mm256_fmadd_ps(_mm256_loadu_ps((const float *)&a + 8),
-                                _mm256_loadu_ps((const float *)&b + 8),
-                                _mm256_loadu_ps((const float *)&c + 8));
-    vf r;
-    memcpy(&r, &lo, sizeof lo);
-    memcpy((float *)&r + 8, &hi, sizeof hi);
-    return r;
-#else
-    return a * b + c;
-#endif
-}
 
 /* c[0:w] (+)= v[0:w] for the NV vectors of one output row */
 static inline __attribute__((always_inline)) void
@@ -344,6 +347,12 @@ static float *attend(qkv_graph *g, heads_view q, heads_view k, heads_view v,
                     *Vb = head_at(&v, b, h);
         float *Yb = head_at(&y, b, h);
         size_t ld;
+        if (bh + 1 < B * H) {
+            int b1 = (bh + 1) / H, h1 = (bh + 1) % H;
+            prefetch_head(&q, b1, h1, T, K, 0);
+            prefetch_head(&k, b1, h1, S, K, 0);
+            prefetch_head(&v, b1, h1, S, K, 0);
+        }
         /* Z = Q K^T: (T,K) x (S,K)^T */
         const uint8_t *padb = pad ? pad + (size_t)b * S : NULL;
         if (small) { /* the softmax is applied in registers */
@@ -513,6 +522,13 @@ void qkv_attention_backward(qkv_graph *g, qkv_node *nd) {
                     *Vb = head_at(&vv, b, h);
         float *dZb = dZ + bh * ts;
         size_t ld;
+        if (bh + 1 < B * H) {
+            int b1 = (bh + 1) / H, h1 = (bh + 1) % H;
+            prefetch_head(&dy, b1, h1, T, K, 0);
+            prefetch_head(&vq, b1, h1, T, K, 0);
+            prefetch_head(&vk, b1, h1, S, K, 0);
+            prefetch_head(&vv, b1, h1, S, K, 0);
+        }
         if (d[2]) { /* dV += A^T dY: (S,T) x (T,K) */
             float *dVb = head_at(&dv, b, h);
             if (small) {

@@ -344,8 +344,7 @@ qkv_tensor *qkv_softmax(qkv_graph *g, qkv_tensor *x) {
     for (size_t r = 0; r < rows; r++) {
         const float *xr = x->data + r * C;
         float *yr = y->data + r * C, mx = qkv_vmax(xr, C);
-        for (int j = 0; j < C; j++) yr[j] = qkv_expf(xr[j] - mx);
-        float sum = qkv_vsum(yr, C);
+        float sum = qkv_vexp_sum(yr, xr, mx, C);
         for (int j = 0; j < C; j++) yr[j] /= sum;
     }
     qkv_record(g, QKV_OP_SOFTMAX, y, x, NULL, NULL);
@@ -649,20 +648,17 @@ qkv_tensor *qkv_cross_entropy(qkv_graph *g, qkv_tensor *logits,
     QKV_OMP(omp parallel for if (logits->n > PAR_MIN / 4))
     for (size_t i = 0; i < N; i++) {
         const float *x = logits->data + i * V;
-        float *p = prob + i * V, mx = -INFINITY;
-        for (int j = 0; j < V; j++) mx = x[j] > mx ? x[j] : mx;
-        double sum = 0.0, sum_x = 0.0;
-        for (int j = 0; j < V; j++) {
-            p[j] = expf(x[j] - mx);
-            sum += p[j];
-            sum_x += x[j];
-        }
-        for (int j = 0; j < V; j++) p[j] = (float)(p[j] / sum);
-        double lse = mx + log(sum); /* log p_j = x_j - lse */
+        float *p = prob + i * V, mx = qkv_vmax(x, V);
+        /* the sum in float (16 partial sums), as PyTorch sums in float */
+        float sum = qkv_vexp_sum(p, x, mx, V), inv = 1.0f / sum;
+        for (int j = 0; j < V; j++) p[j] *= inv;
+        double lse = mx + log((double)sum); /* log p_j = x_j - lse */
         row_loss[i] = 0.0;
-        if (target[i] != ignore_index)
+        if (target[i] != ignore_index) {
+            double mean_x = ls > 0.0f ? (double)qkv_vsum(x, V) / V : 0.0;
             row_loss[i] =
-                -(1.0 - ls) * (x[target[i]] - lse) - ls * (sum_x / V - lse);
+                -(1.0 - ls) * (x[target[i]] - lse) - ls * (mean_x - lse);
+        }
     }
     double total = 0.0;
     size_t count = 0;

@@ -179,24 +179,72 @@ static inline float qkv_vmax(const float *x, int n) {
     return vmaxall(p);
 }
 
-/* e^x, inlinable so that loops over it vectorise. x = n ln2 + r with
- * |r| <= ln2 / 2 (ln2 split in two for an exact n ln2, Cody & Waite), e^r
- * by its Taylor series to r^7 (truncation < 6e-9 relative), times 2^n set
- * in the exponent bits. Within 2 ulp of expf on [-87, 88] (tested); 0 below
- * -87.3, where expf is subnormal or 0 (a masked score, -inf, gives exactly
- * 0); +inf above 88.7; NaN stays NaN. */
+/* a * b + c, in one rounding where the machine has FMA (C11 does not
+ * contract a * b + c by itself), else two. Scalar and 16-lane forms round
+ * alike, so code written with either gives the same bits in one build. */
+#if defined(__AVX512F__) || defined(__FMA__)
+#define QKV_HAVE_FMA 1
+#endif
+static inline float qkv_fmaf(float a, float b, float c) {
+#ifdef QKV_HAVE_FMA
+    return __builtin_fmaf(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+
+VINLINE vf vfma(vf a, vf b, vf c) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__AVX2__) && defined(__FMA__)
+    __m256 lo = _mm256_fmadd_ps(_mm256_loadu_ps((const float *)&a),
+                                _mm256_loadu_ps((const float *)&b),
+                                _mm256_loadu_ps((const float *)&c));
+    __m256 hi = _mm256_fmadd_ps(_mm256_loadu_ps((const float *)&a + 8),
+                                _mm256_loadu_ps((const float *)&b + 8),
+                                _mm256_loadu_ps((const float *)&c + 8));
+    vf r;
+    memcpy(&r, &lo, sizeof lo);
+    memcpy((float *)&r + 8, &hi, sizeof hi);
+    return r;
+#elif defined(__FMA__)
+    vf r;
+    for (int l = 0; l < VW; l++) r[l] = __builtin_fmaf(a[l], b[l], c[l]);
+    return r;
+#else
+    return a * b + c;
+#endif
+}
+
+/* e^x, inlinable. x = n ln2 + r with |r| <= ln2 / 2 (n = x log2(e) rounded
+ * to an integer by the 1.5 * 2^23 trick; ln2 split in two, Cody & Waite, so
+ * r is nearly exact), e^r by its Taylor series to r^7 (truncation < 6e-9
+ * relative) in Horner form with FMAs, times 2^n (exact unless the result
+ * is subnormal, then rounded once). Within 2 ulp of expf on [-87, 88]
+ * (tested); 0 below -87.3, where expf is subnormal or 0 (a masked score,
+ * -inf, gives exactly 0); +inf above 88.7; NaN stays NaN. */
+#define QKV_EXP_LO    (-87.3f)
+#define QKV_EXP_HI    88.7f
+#define QKV_EXP_MAGIC 12582912.0f /* 1.5 * 2^23 */
+#define QKV_EXP_POLY(p, r, fma)                                                \
+    do {                                                                       \
+        p = fma(p, r, QKV_EXP_C(1.0f / 720.0f));                               \
+        p = fma(p, r, QKV_EXP_C(1.0f / 120.0f));                               \
+        p = fma(p, r, QKV_EXP_C(1.0f / 24.0f));                                \
+        p = fma(p, r, QKV_EXP_C(1.0f / 6.0f));                                 \
+        p = fma(p, r, QKV_EXP_C(0.5f));                                        \
+        p = fma(p, r, QKV_EXP_C(1.0f));                                        \
+        p = fma(p, r, QKV_EXP_C(1.0f));                                        \
+    } while (0)
+
 static inline float qkv_expf(float x) {
-    float t = x < -87.3f ? -87.3f : x > 88.7f ? 88.7f : x;
-    float n = rintf(t * 1.44269504088896341f);
-    float r = (t - n * 0.693359375f) + n * 2.12194440e-4f;
+    float t = x < QKV_EXP_LO ? QKV_EXP_LO : x > QKV_EXP_HI ? QKV_EXP_HI : x;
+    float n = qkv_fmaf(t, 1.44269504088896341f, QKV_EXP_MAGIC) - QKV_EXP_MAGIC;
+    float r = qkv_fmaf(n, 2.12194440e-4f, qkv_fmaf(-n, 0.693359375f, t));
     float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+#define QKV_EXP_C(c) (c)
+    QKV_EXP_POLY(p, r, qkv_fmaf);
+#undef QKV_EXP_C
     /* 2^n: n in [-126, 128]; 2^128 is split as 2 * 2^127 */
     int32_t e = (int32_t)n;
     int32_t e1 = e > 127 ? 127 : e;
@@ -206,35 +254,58 @@ static inline float qkv_expf(float x) {
     memcpy(&s1, &b1, sizeof s1);
     memcpy(&s2, &b2, sizeof s2);
     float y = p * s1 * s2;
-    y = x < -87.3f ? 0.0f : y;
-    y = x > 88.7f ? INFINITY : y;
+    y = x < QKV_EXP_LO ? 0.0f : y;
+    y = x > QKV_EXP_HI ? INFINITY : y;
     return x != x ? x : y;
 }
 
 /* qkv_expf on 16 lanes: the same operations in the same order, so the same
- * bits. rintf becomes the 1.5 * 2^23 trick, which rounds to nearest even as
- * rintf does for |x| < 2^22 (here |x| <= 128). */
+ * bits. With AVX-512, 2^n is one scalef, which rounds p 2^n once as the two
+ * multiplies by powers of two do. */
 VINLINE vf vexpf(vf x) {
-    const vf lo = vsplat(-87.3f), hi = vsplat(88.7f);
+    const vf lo = vsplat(QKV_EXP_LO), hi = vsplat(QKV_EXP_HI);
     vf t = vselect(x < lo, lo, vselect(x > hi, hi, x));
-    const vf magic = vsplat(12582912.0f);
-    vf n = (t * vsplat(1.44269504088896341f) + magic) - magic;
-    vf r = (t - n * vsplat(0.693359375f)) + n * vsplat(2.12194440e-4f);
+    const vf magic = vsplat(QKV_EXP_MAGIC);
+    vf n = vfma(t, vsplat(1.44269504088896341f), magic) - magic;
+    vf r = vfma(n, vsplat(2.12194440e-4f), vfma(-n, vsplat(0.693359375f), t));
     vf p = vsplat(1.0f / 5040.0f);
-    p = p * r + vsplat(1.0f / 720.0f);
-    p = p * r + vsplat(1.0f / 120.0f);
-    p = p * r + vsplat(1.0f / 24.0f);
-    p = p * r + vsplat(1.0f / 6.0f);
-    p = p * r + vsplat(0.5f);
-    p = p * r + vsplat(1.0f);
-    p = p * r + vsplat(1.0f);
+#define QKV_EXP_C(c) vsplat(c)
+    QKV_EXP_POLY(p, r, vfma);
+#undef QKV_EXP_C
+#if defined(__AVX512F__)
+    vf y = (vf)_mm512_scalef_ps((__m512)p, (__m512)n);
+#else
     vi e = __builtin_convertvector(n, vi), big = e > 127;
     vi e1 = (e & ~big) | (127 & big);
     vf s1 = (vf)((e1 + 127) << 23), s2 = (vf)((e - e1 + 127) << 23);
     vf y = p * s1 * s2;
+#endif
     y = vselect(x < lo, vsplat(0.0f), y);
     y = vselect(x > hi, vsplat(INFINITY), y);
     return vselect(x != x, x, y);
+}
+#undef QKV_EXP_POLY
+
+/* y[j] = e^(x[j] - m) for j < n; returns sum_j y[j] summed as qkv_vsum
+ * does (y may be x). */
+static inline float qkv_vexp_sum(float *y, const float *x, float m, int n) {
+    vf p = vsplat(0.0f), mv = vsplat(m);
+    int j = 0;
+    for (; j + VW <= n; j += VW) {
+        vf e = vexpf(vload(x + j) - mv);
+        memcpy(y + j, &e, sizeof e);
+        p = p + e;
+    }
+    if (j < n) {
+        int w = n - j;
+        vf e =
+            vselect(vfirst(w), vexpf(vload_part(x + j, w) - mv), vsplat(0.0f));
+        float t[VW];
+        memcpy(t, &e, sizeof t);
+        memcpy(y + j, t, (size_t)w * sizeof(float));
+        p = p + e;
+    }
+    return vtotal(p);
 }
 
 #if defined(__AVX512F__)
