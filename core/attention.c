@@ -321,6 +321,7 @@ static const float *transposed(const float *src, int ld, int rows, int w,
 }
 
 static _Thread_local _Alignas(64) float scratch[2][SMALL_MAX * SMALL_MAX];
+static _Thread_local _Alignas(64) float scratch_dz[SMALL_MAX * SMALL_MAX];
 
 static int small_heads(int T, int S, int K) {
     int lim = qkv_attention_small_max < SMALL_MAX ? qkv_attention_small_max
@@ -511,16 +512,19 @@ void qkv_attention_backward(qkv_graph *g, qkv_node *nd) {
         dv = view_4d(d[2], v);
         dy = view_4d(y->grad, y);
     }
-    float *dZ = qkv_arena_alloc(&g->arena, (size_t)B * H * ts * sizeof(float));
-
     int small = small_heads(T, S, K);
+    /* dZ of a head is used only while that head is worked on: small heads
+     * keep it in a thread's scratch block (in L1), others in the arena. */
+    float *dZ =
+        small ? NULL
+              : qkv_arena_alloc(&g->arena, (size_t)B * H * ts * sizeof(float));
     QKV_OMP(omp parallel for if ((size_t)B * H * ts * K > 65536))
     for (int bh = 0; bh < B * H; bh++) {
         int b = bh / H, h = bh % H;
         const float *Ab = A + bh * ts, *dYb = head_at(&dy, b, h);
         const float *Qb = head_at(&vq, b, h), *Kb = head_at(&vk, b, h),
                     *Vb = head_at(&vv, b, h);
-        float *dZb = dZ + bh * ts;
+        float *dZb = small ? scratch_dz : dZ + bh * ts;
         size_t ld;
         if (bh + 1 < B * H) {
             int b1 = (bh + 1) / H, h1 = (bh + 1) % H;
