@@ -240,9 +240,9 @@ qkv_tensor *qkv_scale(qkv_graph *g, qkv_tensor *x, float s) {
 
 static void scale_backward(qkv_graph *g, qkv_node *nd) {
     /* y = s x;  dx += s dy */
-    int acc;
-    float *dx = qkv_grad_write(g, nd->in[0], &acc), s = nd->s.scale.s;
     const float *dy = nd->out->grad;
+    int acc;
+    float *dx = qkv_grad_write_over(g, nd, nd->in[0], &acc), s = nd->s.scale.s;
     size_t n = nd->out->n;
     QKV_OMP(omp parallel for if (n > PAR_MIN))
     for (size_t i = 0; i < n; i++) dx[i] = (acc ? dx[i] : 0.0f) + s * dy[i];
@@ -270,7 +270,7 @@ static void relu_backward(qkv_graph *g, qkv_node *nd) {
      * alone decides, so the input may have been overwritten (in place) */
     const float *x = nd->out->data, *dy = nd->out->grad;
     int acc;
-    float *dx = qkv_grad_write(g, nd->in[0], &acc);
+    float *dx = qkv_grad_write_over(g, nd, nd->in[0], &acc);
     size_t n = nd->out->n;
     QKV_OMP(omp parallel for if (n > PAR_MIN))
     for (size_t i = 0; i < n; i++)
@@ -293,7 +293,7 @@ static void gelu_backward(qkv_graph *g, qkv_node *nd) {
     /* y = x Phi(x);  dx += dy (Phi(x) + x phi(x)), phi the normal density */
     const float *x = nd->in[0]->data, *dy = nd->out->grad;
     int acc;
-    float *dx = qkv_grad_write(g, nd->in[0], &acc);
+    float *dx = qkv_grad_write_over(g, nd, nd->in[0], &acc);
     size_t n = nd->out->n;
     const float inv_sqrt_2pi = 0.3989422804014327f;
     QKV_OMP(omp parallel for if (n > PAR_MIN / 8))
@@ -329,7 +329,7 @@ static void dropout_backward(qkv_graph *g, qkv_node *nd) {
     /* y = x * mask;  dx += dy * mask */
     const float *m = nd->s.dropout.mask, *dy = nd->out->grad;
     int acc;
-    float *dx = qkv_grad_write(g, nd->in[0], &acc);
+    float *dx = qkv_grad_write_over(g, nd, nd->in[0], &acc);
     for (size_t i = 0; i < nd->out->n; i++)
         dx[i] = (acc ? dx[i] : 0.0f) + dy[i] * m[i];
 }

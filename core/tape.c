@@ -82,7 +82,7 @@ static float *grad_alloc(qkv_graph *g, size_t n) {
 }
 
 static void grad_release(qkv_graph *g, qkv_tensor *t) {
-    if (t->n * sizeof(float) >= sizeof(free_block)) {
+    if (t->grad && t->n * sizeof(float) >= sizeof(free_block)) {
         free_block *b = (free_block *)t->grad;
         b->bytes = t->n * sizeof(float);
         b->next = g->free_grads;
@@ -102,6 +102,17 @@ float *qkv_grad(qkv_graph *g, qkv_tensor *t) {
 float *qkv_grad_write(qkv_graph *g, qkv_tensor *t, int *acc) {
     *acc = t->grad != NULL;
     if (!t->grad) t->grad = grad_alloc(g, t->n);
+    return t->grad;
+}
+
+float *qkv_grad_write_over(qkv_graph *g, qkv_node *nd, qkv_tensor *t,
+                           int *acc) {
+    qkv_tensor *out = nd->out;
+    if (t->grad || t == out || t->n != out->n || !out->grad)
+        return qkv_grad_write(g, t, acc);
+    t->grad = out->grad;
+    out->grad = NULL; /* qkv_backward's release then skips it */
+    *acc = 0;
     return t->grad;
 }
 

@@ -142,6 +142,12 @@ float *qkv_grad(qkv_graph *g, qkv_tensor *t);
  * contribution to a gradient then costs one write instead of a zeroing pass
  * plus a read-modify-write; 0 + x == x, so the values are the same. */
 float *qkv_grad_write(qkv_graph *g, qkv_tensor *t, int *acc);
+/* qkv_grad_write for the input t of an elementwise node nd (t->n ==
+ * nd->out->n) whose backward computes dx[i] from dy[i] alone: when t has no
+ * gradient yet, it takes over nd->out's, which nothing reads after this
+ * backward, and dx[i] overwrites dy[i] in place (no new buffer, one stream
+ * less). The backward must read nd->out->grad before calling this. */
+float *qkv_grad_write_over(qkv_graph *g, qkv_node *nd, qkv_tensor *t, int *acc);
 
 /* Appends a node for op if recording and an input requires grad, marking the
  * output as requiring grad. Returns the node (to fill its saved state) or NULL.
