@@ -91,6 +91,10 @@ _Static_assert(MC % MR == 0 && NC % NR == 0, "MC, NC: multiples of MR, NR");
  * team costs about as much as the product (64^3 stays serial, 128^3 not). */
 #define PAR_MIN_FLOPS 2.0e6
 
+/* What the kernels do with C (`accumulate` inside this file): ADD adds the
+ * product to C; RELU stores max(value, 0), on the last KC block only. */
+enum { ADD = 1, RELU = 2 };
+
 /* Packing buffers, one pair per thread (static TLS: kernels never allocate;
  * 672 KiB per thread with AVX-512, carved from each thread's stack
  * allocation by glibc). 64-byte aligned so the kernel's loads of B are. */
@@ -101,7 +105,8 @@ static _Thread_local _Alignas(64) float pack_b_buf[KC * NC];
 /* Micro-kernels: c[MR, NR] (+)= a[MR, kc] b[kc, NR], kc >= 1.
  *   a: packed A sliver, a[k * MR + i] = op(A)[i][k]
  *   b: packed B sliver, b[k * NR + j] = op(B)[k][j], 64-byte aligned
- *   c: row stride ldc; add == 0: c = ab, add == 1: c = c + ab.
+ *   c: row stride ldc; add: 0 (c = ab), ADD (c = c + ab), and with RELU
+ *      the result's negative (and NaN) elements stored as +0.
  * All three keep one accumulator per C element, summed in k order. */
 
 #if defined(__AVX512F__)
@@ -124,9 +129,13 @@ static void kernel(int kc, const float *restrict a, const float *restrict b,
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++) {
         float *ci = c + (size_t)i * ldc;
-        if (add) {
+        if (add & ADD) {
             acc[i][0] = _mm512_add_ps(_mm512_loadu_ps(ci), acc[i][0]);
             acc[i][1] = _mm512_add_ps(_mm512_loadu_ps(ci + 16), acc[i][1]);
+        }
+        if (add & RELU) { /* max(NaN or -0, +0) gives +0, as x > 0 ? x : 0 */
+            acc[i][0] = _mm512_max_ps(acc[i][0], _mm512_setzero_ps());
+            acc[i][1] = _mm512_max_ps(acc[i][1], _mm512_setzero_ps());
         }
         _mm512_storeu_ps(ci, acc[i][0]);
         _mm512_storeu_ps(ci + 16, acc[i][1]);
@@ -152,9 +161,13 @@ static void kernel(int kc, const float *restrict a, const float *restrict b,
 #pragma GCC unroll 8
     for (int i = 0; i < MR; i++) {
         float *ci = c + (size_t)i * ldc;
-        if (add) {
+        if (add & ADD) {
             acc[i][0] = _mm256_add_ps(_mm256_loadu_ps(ci), acc[i][0]);
             acc[i][1] = _mm256_add_ps(_mm256_loadu_ps(ci + 8), acc[i][1]);
+        }
+        if (add & RELU) {
+            acc[i][0] = _mm256_max_ps(acc[i][0], _mm256_setzero_ps());
+            acc[i][1] = _mm256_max_ps(acc[i][1], _mm256_setzero_ps());
         }
         _mm256_storeu_ps(ci, acc[i][0]);
         _mm256_storeu_ps(ci + 8, acc[i][1]);
@@ -173,8 +186,10 @@ static void kernel(int kc, const float *restrict a, const float *restrict b,
     }
     for (int i = 0; i < MR; i++) {
         float *ci = c + (size_t)i * ldc;
-        for (int j = 0; j < NR; j++)
-            ci[j] = add ? ci[j] + acc[i][j] : acc[i][j];
+        for (int j = 0; j < NR; j++) {
+            float v = add & ADD ? ci[j] + acc[i][j] : acc[i][j];
+            ci[j] = add & RELU ? (v > 0.0f ? v : 0.0f) : v;
+        }
     }
 }
 #endif
@@ -194,7 +209,10 @@ static void tile(int mr, int nr, int kc, const float *a, const float *b,
     for (int i = 0; i < mr; i++) {
         float *ci = c + (size_t)i * ldc;
         const float *ti = t + i * NR;
-        for (int j = 0; j < nr; j++) ci[j] = add ? ci[j] + ti[j] : ti[j];
+        for (int j = 0; j < nr; j++) {
+            float v = add & ADD ? ci[j] + ti[j] : ti[j];
+            ci[j] = add & RELU ? (v > 0.0f ? v : 0.0f) : v;
+        }
     }
 }
 
@@ -303,7 +321,9 @@ static void gemm_blocked(int ta, int tb, int M, int N, int K, const float *A,
             const float *Bp =
                 tb ? B + (size_t)jc * ldb + pc : B + (size_t)pc * ldb + jc;
             pack_b(tb, kc, nc, Bp, ldb, pb);
-            int add = accumulate || pc > 0;
+            /* relu once the last KC block is in */
+            int add = (accumulate & ADD || pc > 0 ? ADD : 0) |
+                      (accumulate & RELU && pc + kc == K ? RELU : 0);
             for (int ic = 0; ic < M; ic += MC) {
                 int mc = M - ic < MC ? M - ic : MC;
                 const float *Ap =
@@ -353,7 +373,7 @@ static int gemm_trivial(int M, int N, int K, int accumulate, float *C,
                         int ldc) {
     if (M == 0 || N == 0) return 1;
     if (K == 0) {
-        if (!accumulate)
+        if (!(accumulate & ADD)) /* C = 0 (relu(0) = 0) */
             for (int i = 0; i < M; i++)
                 memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
         return 1;
@@ -391,13 +411,17 @@ static const float *b_from(int tb, const float *B, size_t ldb, int k0) {
     return tb ? B + k0 : B + (size_t)k0 * ldb;
 }
 
-/* Rows [i0, i1) of C += buf (M x N, row stride N): the groups' sum. */
+/* Rows [i0, i1) of C += buf (M x N, row stride N): the groups' sum, then
+ * the relu when asked for. */
 static void add_group(int i0, int i1, int N, const float *buf, float *C,
-                      size_t ldc) {
+                      size_t ldc, int relu) {
     for (int i = i0; i < i1; i++) {
         float *c = C + (size_t)i * ldc;
         const float *b = buf + (size_t)i * N;
-        for (int j = 0; j < N; j++) c[j] += b[j];
+        for (int j = 0; j < N; j++) {
+            float v = c[j] + b[j];
+            c[j] = relu && !(v > 0.0f) ? 0.0f : v;
+        }
     }
 }
 
@@ -407,10 +431,10 @@ static void gemm_split_serial(int ta, int tb, int M, int N, int K, int K1,
                               size_t ldb, int accumulate, float *C,
                               size_t ldc) {
     float *buf = ksplit_buf;
-    gemm_blocked(ta, tb, M, N, K1, A, lda, B, ldb, accumulate, C, ldc);
+    gemm_blocked(ta, tb, M, N, K1, A, lda, B, ldb, accumulate & ADD, C, ldc);
     gemm_blocked(ta, tb, M, N, K - K1, a_from(ta, A, lda, K1), lda,
                  b_from(tb, B, ldb, K1), ldb, 0, buf, (size_t)N);
-    add_group(0, M, N, buf, C, ldc);
+    add_group(0, M, N, buf, C, ldc, accumulate & RELU);
 }
 
 #ifdef _OPENMP
@@ -456,13 +480,14 @@ static void gemm_split_part(int t, int nt, int ta, int tb, int M, int N, int K,
                             float *buf) {
     int n0 = nt / 2;
     if (t < n0)
-        gemm_part(t, n0, ta, tb, M, N, K1, A, lda, B, ldb, accumulate, C, ldc);
+        gemm_part(t, n0, ta, tb, M, N, K1, A, lda, B, ldb, accumulate & ADD, C,
+                  ldc);
     else
         gemm_part(t - n0, nt - n0, ta, tb, M, N, K - K1, a_from(ta, A, lda, K1),
                   lda, b_from(tb, B, ldb, K1), ldb, 0, buf, (size_t)N);
 #pragma omp barrier
     add_group((int)((int64_t)M * t / nt), (int)((int64_t)M * (t + 1) / nt), N,
-              buf, C, ldc);
+              buf, C, ldc, accumulate & RELU);
 }
 #endif
 
@@ -488,15 +513,22 @@ void qkv_sgemm_serial(int ta, int tb, int M, int N, int K, const float *A,
                 (size_t)ldc);
 }
 
-void qkv_sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
-               const float *B, int ldb, int accumulate, float *C, int ldc) {
-    ta = ta != 0, tb = tb != 0, accumulate = accumulate != 0;
+/* qkv_sgemm with accumulate = 0, ADD or RELU */
+static void sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
+                  const float *B, int ldb, int accumulate, float *C, int ldc) {
+    ta = ta != 0, tb = tb != 0;
     check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
     if (gemm_trivial(M, N, K, accumulate, C, ldc)) return;
 #ifdef QKV_OPENBLAS
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
                 tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb,
-                accumulate ? 1.0f : 0.0f, C, ldc);
+                accumulate & ADD ? 1.0f : 0.0f, C, ldc);
+    if (accumulate & RELU)
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                float *c = C + (size_t)i * ldc + j;
+                *c = *c > 0.0f ? *c : 0.0f;
+            }
     return;
 #endif
 #ifdef _OPENMP
@@ -526,6 +558,16 @@ void qkv_sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
 #endif
     gemm_serial(ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb, accumulate, C,
                 (size_t)ldc);
+}
+
+void qkv_sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
+               const float *B, int ldb, int accumulate, float *C, int ldc) {
+    sgemm(ta, tb, M, N, K, A, lda, B, ldb, accumulate ? ADD : 0, C, ldc);
+}
+
+void qkv_sgemm_relu(int ta, int tb, int M, int N, int K, const float *A,
+                    int lda, const float *B, int ldb, float *C, int ldc) {
+    sgemm(ta, tb, M, N, K, A, lda, B, ldb, RELU, C, ldc);
 }
 
 void qkv_sgemm_ref(int ta, int tb, int M, int N, int K, const float *A, int lda,

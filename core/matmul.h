@@ -23,6 +23,12 @@
 void qkv_sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
                const float *B, int ldb, int accumulate, float *C, int ldc);
 
+/* C = max(op(A) op(B), 0), the relu applied as each tile of C is stored:
+ * the same bits as qkv_sgemm followed by c = c > 0 ? c : 0, without a second
+ * pass over C. */
+void qkv_sgemm_relu(int ta, int tb, int M, int N, int K, const float *A,
+                    int lda, const float *B, int ldb, float *C, int ldc);
+
 /* Same contract, always on the calling thread (for use inside parallel loops).
  */
 void qkv_sgemm_serial(int ta, int tb, int M, int N, int K, const float *A,

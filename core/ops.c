@@ -78,8 +78,28 @@ static mm_dims mm_shapes(const qkv_tensor *a, const qkv_tensor *b, int ta,
     return d;
 }
 
+static qkv_tensor *matmul_to(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int ta,
+                             int tb, int relu);
+
 qkv_tensor *qkv_matmul(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int ta,
                        int tb) {
+    return matmul_to(g, a, b, ta, tb, 0);
+}
+
+static qkv_tensor *relu_to(qkv_graph *g, qkv_tensor *x, qkv_tensor *y,
+                           int done);
+
+qkv_tensor *qkv_matmul_relu(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int ta,
+                            int tb) {
+    qkv_tensor *z = matmul_to(g, a, b, ta, tb, 1);
+    return relu_to(g, z, qkv_tensor_wrap(g, z->data, z->ndim, z->shape), 1);
+}
+
+/* relu: the kernel stores max(., 0); the matmul node is recorded as if
+ * relu_inplace overwrote its output afterwards (its backward never reads
+ * it). */
+static qkv_tensor *matmul_to(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int ta,
+                             int tb, int relu) {
     mm_dims d = mm_shapes(a, b, ta, tb);
     int shape[QKV_MAX_DIMS];
     for (int i = 0; i < a->ndim - 2; i++) shape[i] = a->shape[i];
@@ -89,9 +109,14 @@ qkv_tensor *qkv_matmul(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int ta,
     size_t sa = (size_t)d.M * d.K, sb = d.b_shared ? 0 : (size_t)d.K * d.N,
            sy = (size_t)d.M * d.N;
     int lda = ta ? d.M : d.K, ldb = tb ? d.K : d.N;
-    for (size_t i = 0; i < d.batch; i++)
-        qkv_sgemm(ta, tb, d.M, d.N, d.K, a->data + i * sa, lda,
-                  b->data + i * sb, ldb, 0, y->data + i * sy, d.N);
+    for (size_t i = 0; i < d.batch; i++) {
+        const float *ai = a->data + i * sa, *bi = b->data + i * sb;
+        float *yi = y->data + i * sy;
+        if (relu)
+            qkv_sgemm_relu(ta, tb, d.M, d.N, d.K, ai, lda, bi, ldb, yi, d.N);
+        else
+            qkv_sgemm(ta, tb, d.M, d.N, d.K, ai, lda, bi, ldb, 0, yi, d.N);
+    }
     qkv_node *nd = qkv_record(g, QKV_OP_MATMUL, y, a, b, NULL);
     if (nd) {
         nd->s.matmul.ta = ta;
@@ -248,21 +273,25 @@ static void scale_backward(qkv_graph *g, qkv_node *nd) {
     for (size_t i = 0; i < n; i++) dx[i] = (acc ? dx[i] : 0.0f) + s * dy[i];
 }
 
-/* y (possibly x itself) = max(x, 0) */
-static qkv_tensor *relu_to(qkv_graph *g, qkv_tensor *x, qkv_tensor *y) {
+/* y (possibly x itself) = max(x, 0); done: y already holds it */
+static qkv_tensor *relu_to(qkv_graph *g, qkv_tensor *x, qkv_tensor *y,
+                           int done) {
     size_t n = x->n;
-    QKV_OMP(omp parallel for if (n > PAR_MIN))
-    for (size_t i = 0; i < n; i++) y->data[i] = x->data[i] > 0 ? x->data[i] : 0;
+    if (!done) {
+        QKV_OMP(omp parallel for if (n > PAR_MIN))
+        for (size_t i = 0; i < n; i++)
+            y->data[i] = x->data[i] > 0 ? x->data[i] : 0;
+    }
     qkv_record(g, QKV_OP_RELU, y, x, NULL, NULL);
     return y;
 }
 
 qkv_tensor *qkv_relu(qkv_graph *g, qkv_tensor *x) {
-    return relu_to(g, x, new_like(g, x));
+    return relu_to(g, x, new_like(g, x), 0);
 }
 
 qkv_tensor *qkv_relu_inplace(qkv_graph *g, qkv_tensor *x) {
-    return relu_to(g, x, qkv_tensor_wrap(g, x->data, x->ndim, x->shape));
+    return relu_to(g, x, qkv_tensor_wrap(g, x->data, x->ndim, x->shape), 0);
 }
 
 static void relu_backward(qkv_graph *g, qkv_node *nd) {

@@ -21,6 +21,12 @@
  * 0, 1). */
 qkv_tensor *qkv_matmul(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int ta,
                        int tb);
+/* relu(op(a) op(b)), the relu applied by the matmul kernel as it stores
+ * each tile: the same values, nodes and gradients as
+ * qkv_relu_inplace(g, qkv_matmul(g, a, b, ta, tb)), without the pass over y.
+ * The FFN's relu(x W1^T). */
+qkv_tensor *qkv_matmul_relu(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int ta,
+                            int tb);
 /* y = a + b; b has a's shape, or a's trailing dims (broadcast over the rest).
  */
 qkv_tensor *qkv_add(qkv_graph *g, qkv_tensor *a, qkv_tensor *b);

@@ -140,9 +140,10 @@ void qkv_ffn_init(qkv_ffn *f, qkv_params *ps, const char *name, int d_model,
 }
 
 qkv_tensor *qkv_ffn_forward(const qkv_ffn *f, qkv_graph *g, qkv_tensor *x) {
-    qkv_tensor *h = qkv_linear_forward(&f->w1, g, x);
-    /* x W1^T is read by nothing but the activation: relu overwrites it */
-    h = f->act == QKV_ACT_GELU ? qkv_gelu(g, h) : qkv_relu_inplace(g, h);
+    /* relu: applied by the kernel as it stores x W1^T */
+    qkv_tensor *h = f->act == QKV_ACT_GELU
+                        ? qkv_gelu(g, qkv_linear_forward(&f->w1, g, x))
+                        : qkv_matmul_relu(g, x, f->w1.w, 0, 1);
     return qkv_linear_forward(&f->w2, g, h);
 }
 

@@ -138,25 +138,49 @@ static qkv_tensor *f_matmul(qkv_graph *g, qkv_tensor **x, case_ctx *c) {
     return qkv_matmul(g, x[0], x[1], c->ta, c->tb);
 }
 
+static qkv_tensor *f_matmul_relu(qkv_graph *g, qkv_tensor **x, case_ctx *c) {
+    return qkv_matmul_relu(g, x[0], x[1], c->ta, c->tb);
+}
+
+/* min |element| of the product of the two inputs */
+static double min_abs_product(qkv_params *ps, case_ctx *c) {
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    qkv_tensor *z = qkv_matmul(&g, ps->list[0], ps->list[1], c->ta, c->tb);
+    double m = INFINITY;
+    for (size_t i = 0; i < z->n; i++) m = fmin(m, fabs(z->data[i]));
+    qkv_graph_free(&g);
+    return m;
+}
+
 static void test_matmul(void) {
     const double tol = 2e-4;
-    for (int trial = 0; trial < 12; trial++) {
+    /* trials 12..23: the same cases with the relu fused into the product,
+     * inputs redrawn until every element of the product is >= 3h from the
+     * kink at 0 (one input moved by h moves it by h |other input| <= h) */
+    for (int trial = 0; trial < 24; trial++) {
         case_ctx c = {.ta = trial & 1, .tb = (trial >> 1) & 1};
         int M = rnd(1, 5), N = rnd(1, 5), K = rnd(1, 5), Bt = rnd(2, 3);
-        int mode =
-            trial / 4; /* 0: 2-D, 1: batched a with shared b, 2: both batched */
+        int mode = trial % 12 /
+                   4; /* 0: 2-D, 1: batched a with shared b, 2: both batched */
         int ar = c.ta ? K : M, ac = c.ta ? M : K, br = c.tb ? N : K,
             bc = c.tb ? K : N;
         qkv_params ps;
-        if (mode == 0)
-            inputs(&ps, 2, (int[]){2, 2}, (int[][4]){{ar, ac}, {br, bc}});
-        else if (mode == 1)
-            inputs(&ps, 2, (int[]){3, 2}, (int[][4]){{Bt, ar, ac}, {br, bc}});
-        else
-            inputs(&ps, 2, (int[]){4, 4},
-                   (int[][4]){{2, Bt, ar, ac}, {2, Bt, br, bc}});
-        CHECK(gradcheck(f_matmul, &c, &ps, tol), "ta %d tb %d mode %d", c.ta,
-              c.tb, mode);
+        for (int draw = 0;; draw++) {
+            if (mode == 0)
+                inputs(&ps, 2, (int[]){2, 2}, (int[][4]){{ar, ac}, {br, bc}});
+            else if (mode == 1)
+                inputs(&ps, 2, (int[]){3, 2},
+                       (int[][4]){{Bt, ar, ac}, {br, bc}});
+            else
+                inputs(&ps, 2, (int[]){4, 4},
+                       (int[][4]){{2, Bt, ar, ac}, {2, Bt, br, bc}});
+            if (trial < 12 || min_abs_product(&ps, &c) >= 3 * H_STEP) break;
+            CHECK(draw < 1000, "no inputs clear of the kink");
+            qkv_params_free(&ps);
+        }
+        CHECK(gradcheck(trial < 12 ? f_matmul : f_matmul_relu, &c, &ps, tol),
+              "ta %d tb %d mode %d relu %d", c.ta, c.tb, mode, trial >= 12);
         qkv_params_free(&ps);
     }
     report("matmul", tol);

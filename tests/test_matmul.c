@@ -195,6 +195,41 @@ static void test_k0(void) {
            "K == 0 must give C = 0 (or C unchanged when accumulating)");
 }
 
+/* qkv_sgemm_relu == qkv_sgemm then c > 0 ? c : 0, bit for bit, on 1 and 2
+ * threads: full and edge tiles, several KC blocks (the relu only after the
+ * last), a shape that splits K, and a NaN element (relu gives +0). */
+static void test_relu(int ta, int tb, int M, int N, int K) {
+    char name[64];
+    snprintf(name, sizeof name, "relu_%s%s_%dx%dx%d", ta ? "t" : "n",
+             tb ? "t" : "n", M, N, K);
+    int lda = ta ? M : K, ldb = tb ? K : N;
+    float *A = alloc_rand((size_t)M * K), *B = alloc_rand((size_t)K * N);
+    float *want = alloc_rand((size_t)M * N), *got = alloc_rand((size_t)M * N);
+    /* row 0 of op(A) = (inf, 0, 0, ...), column 0 of op(B) = 0: C[0][0] =
+     * inf * 0 + ... = NaN */
+    for (int k = 0; k < K; k++) {
+        A[ta ? (size_t)k * lda : (size_t)k] = k ? 0.0f : INFINITY;
+        B[tb ? (size_t)k : (size_t)k * ldb] = 0.0f;
+    }
+    qkv_sgemm(ta, tb, M, N, K, A, lda, B, ldb, 0, want, N);
+    int bad = !isnan(want[0]);
+    for (size_t i = 0; i < (size_t)M * N; i++)
+        want[i] = want[i] > 0.0f ? want[i] : 0.0f;
+    for (int t = 1; t <= 2; t++) {
+#ifdef _OPENMP
+        int saved = omp_get_max_threads();
+        omp_set_num_threads(t);
+#endif
+        qkv_sgemm_relu(ta, tb, M, N, K, A, lda, B, ldb, got, N);
+#ifdef _OPENMP
+        omp_set_num_threads(saved);
+#endif
+        bad |= memcmp(want, got, (size_t)M * N * sizeof(float)) != 0;
+    }
+    report(name, bad, "qkv_sgemm_relu differs from qkv_sgemm + relu");
+    free(A), free(B), free(want), free(got);
+}
+
 int main(void) {
     static const int sizes[] = {1,  2,  7,  15, 16,  17, 31,
                                 33, 63, 64, 65, 127, 129};
@@ -224,5 +259,9 @@ int main(void) {
     test_determinism(0, 1, 3, 50, 700);
     test_shape(128, 128, 1024);
     test_shape(77, 200, 1500);
+    test_relu(0, 1, 256, 512, 128);  /* the FFN's relu(x W1^T) */
+    test_relu(0, 1, 37, 45, 19);     /* edge tiles */
+    test_relu(1, 0, 65, 70, 600);    /* three KC blocks */
+    test_relu(1, 0, 128, 128, 1024); /* a shape that splits K without relu */
     return n_fail ? 1 : 0;
 }

@@ -402,6 +402,54 @@ static void test_add_layernorm_is_add_then_layernorm(void) {
     free(u);
 }
 
+/* loss = sum(relu(x W1^T) W2^T * c) with the relu fused into the product
+ * or not: the loss, x's and the weights' gradients, for 1 and 2 threads
+ * (test_grad checks the fused op by finite differences). */
+static void mm_relu_grads(int fused, float *out, size_t n) {
+    qkv_params ps;
+    qkv_params_init(&ps);
+    qkv_tensor *x = qkv_params_add(&ps, "x", 3, (int[]){3, 70, 48});
+    qkv_tensor *w1 = qkv_params_add(&ps, "w1", 2, (int[]){96, 48});
+    qkv_tensor *w2 = qkv_params_add(&ps, "w2", 2, (int[]){16, 96});
+    qkv_params_alloc(&ps);
+    qkv_pcg32 rng;
+    qkv_pcg32_seed(&rng, 5, 1);
+    for (size_t i = 0; i < ps.n; i++)
+        ps.values[i] = 2.0f * qkv_pcg32_float(&rng) - 1.0f;
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    qkv_tensor *h = fused ? qkv_matmul_relu(&g, x, w1, 0, 1)
+                          : qkv_relu_inplace(&g, qkv_matmul(&g, x, w1, 0, 1));
+    qkv_tensor *loss =
+        qkv_sum(&g, qkv_scale(&g, qkv_matmul(&g, h, w2, 0, 1), 0.37f));
+    qkv_backward(&g, loss);
+    CHECK(ps.n + 1 == n, "sizes");
+    memcpy(out, ps.grads, ps.n * sizeof(float));
+    out[ps.n] = loss->data[0];
+    qkv_graph_free(&g);
+    qkv_params_free(&ps);
+}
+
+static void test_matmul_relu_is_matmul_then_relu(void) {
+    size_t n = 3 * 70 * 48 + 96 * 48 + 16 * 96 + 1;
+    float *f = malloc(n * sizeof(float)), *u = malloc(n * sizeof(float));
+    for (int t = 1; t <= 2; t++) {
+        qkv_set_threads(t);
+        mm_relu_grads(1, f, n);
+        mm_relu_grads(0, u, n);
+        CHECK(memcmp(f, u, n * sizeof(float)) == 0,
+              "fused and unfused differ (%d threads)", t);
+    }
+    double m = 0;
+    size_t zeros = 0;
+    for (size_t i = 0; i < n; i++) m += fabs(f[i]), zeros += f[i] == 0.0f;
+    CHECK(m > 0 && isfinite(m) && zeros < n / 2,
+          "gradients nonzero and finite (%g, %zu zeros)", m, zeros);
+    qkv_set_threads(2);
+    free(f);
+    free(u);
+}
+
 static void test_tape_accumulates(void) {
     /* y = sum(x * x + x): dy/dx = 2x + 1, x reaches the loss three ways */
     qkv_params ps;
@@ -675,6 +723,7 @@ int main(int argc, char **argv) {
     RUN(test_attention_kernels_agree);
     RUN(test_attention_packed_is_split_merge);
     RUN(test_add_layernorm_is_add_then_layernorm);
+    RUN(test_matmul_relu_is_matmul_then_relu);
     RUN(test_tape_accumulates);
     RUN(test_backward_reuses_gradients);
     RUN(test_no_grad_records_nothing);
