@@ -66,23 +66,14 @@ static heads_view view_packed(float *data, const qkv_tensor *t, int col,
  * heads' columns lie between them): the hardware prefetchers do not follow
  * that pattern across rows, and every row of a head not yet in cache stalls
  * the kernels that read it. Called one head ahead. */
-static void prefetch_head(const heads_view *v, int b, int h, int rows, int K,
-                          int write) {
+static void prefetch_head(const heads_view *v, int b, int h, int rows, int K) {
     if (!v->data) return;
     const char *p = (const char *)head_at(v, b, h);
     size_t bytes = (size_t)K * sizeof(float),
            ld = (size_t)v->ld * sizeof(float);
     for (int r = 0; r < rows; r++, p += ld) {
-        for (size_t o = 0; o < bytes; o += 64) {
-            if (write)
-                __builtin_prefetch(p + o, 1, 3);
-            else
-                __builtin_prefetch(p + o, 0, 3);
-        }
-        if (write)
-            __builtin_prefetch(p + bytes - 1, 1, 3);
-        else
-            __builtin_prefetch(p + bytes - 1, 0, 3);
+        for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o);
+        __builtin_prefetch(p + bytes - 1);
     }
 }
 
@@ -350,9 +341,9 @@ static float *attend(qkv_graph *g, heads_view q, heads_view k, heads_view v,
         size_t ld;
         if (bh + 1 < B * H) {
             int b1 = (bh + 1) / H, h1 = (bh + 1) % H;
-            prefetch_head(&q, b1, h1, T, K, 0);
-            prefetch_head(&k, b1, h1, S, K, 0);
-            prefetch_head(&v, b1, h1, S, K, 0);
+            prefetch_head(&q, b1, h1, T, K);
+            prefetch_head(&k, b1, h1, S, K);
+            prefetch_head(&v, b1, h1, S, K);
         }
         /* Z = Q K^T: (T,K) x (S,K)^T */
         const uint8_t *padb = pad ? pad + (size_t)b * S : NULL;
@@ -528,10 +519,10 @@ void qkv_attention_backward(qkv_graph *g, qkv_node *nd) {
         size_t ld;
         if (bh + 1 < B * H) {
             int b1 = (bh + 1) / H, h1 = (bh + 1) % H;
-            prefetch_head(&dy, b1, h1, T, K, 0);
-            prefetch_head(&vq, b1, h1, T, K, 0);
-            prefetch_head(&vk, b1, h1, S, K, 0);
-            prefetch_head(&vv, b1, h1, S, K, 0);
+            prefetch_head(&dy, b1, h1, T, K);
+            prefetch_head(&vq, b1, h1, T, K);
+            prefetch_head(&vk, b1, h1, S, K);
+            prefetch_head(&vv, b1, h1, S, K);
         }
         if (d[2]) { /* dV += A^T dY: (S,T) x (T,K) */
             float *dVb = head_at(&dv, b, h);
