@@ -61,14 +61,16 @@ static heads_view view_packed(float *data, const qkv_tensor *t, int col,
                         (int)C};
 }
 
-/* Asks for the cache lines of head (b, h) of v, rows x K, ahead of use. A
+/* Asks for the cache lines of head bh (b H + h, none when bh >= B H) of v,
+ * rows x K, ahead of use. A
  * head's rows are a few hundred bytes apart in the packed layout (the other
  * heads' columns lie between them): the hardware prefetchers do not follow
  * that pattern across rows, and every row of a head not yet in cache stalls
  * the kernels that read it. Called one head ahead. */
-static void prefetch_head(const heads_view *v, int b, int h, int rows, int K) {
-    if (!v->data) return;
-    const char *p = (const char *)head_at(v, b, h);
+static void prefetch_head(const heads_view *v, int bh, int BH, int H, int rows,
+                          int K) {
+    if (!v->data || bh >= BH) return;
+    const char *p = (const char *)head_at(v, bh / H, bh % H);
     size_t bytes = (size_t)K * sizeof(float),
            ld = (size_t)v->ld * sizeof(float);
     for (int r = 0; r < rows; r++, p += ld) {
@@ -339,12 +341,9 @@ static float *attend(qkv_graph *g, heads_view q, heads_view k, heads_view v,
                     *Vb = head_at(&v, b, h);
         float *Yb = head_at(&y, b, h);
         size_t ld;
-        if (bh + 1 < B * H) {
-            int b1 = (bh + 1) / H, h1 = (bh + 1) % H;
-            prefetch_head(&q, b1, h1, T, K);
-            prefetch_head(&k, b1, h1, S, K);
-            prefetch_head(&v, b1, h1, S, K);
-        }
+        prefetch_head(&q, bh + 1, B * H, H, T, K);
+        prefetch_head(&k, bh + 1, B * H, H, S, K);
+        prefetch_head(&v, bh + 1, B * H, H, S, K);
         /* Z = Q K^T: (T,K) x (S,K)^T */
         const uint8_t *padb = pad ? pad + (size_t)b * S : NULL;
         if (small) { /* the softmax is applied in registers */
@@ -517,13 +516,10 @@ void qkv_attention_backward(qkv_graph *g, qkv_node *nd) {
                     *Vb = head_at(&vv, b, h);
         float *dZb = small ? scratch_dz : dZ + bh * ts;
         size_t ld;
-        if (bh + 1 < B * H) {
-            int b1 = (bh + 1) / H, h1 = (bh + 1) % H;
-            prefetch_head(&dy, b1, h1, T, K);
-            prefetch_head(&vq, b1, h1, T, K);
-            prefetch_head(&vk, b1, h1, S, K);
-            prefetch_head(&vv, b1, h1, S, K);
-        }
+        prefetch_head(&dy, bh + 1, B * H, H, T, K);
+        prefetch_head(&vq, bh + 1, B * H, H, T, K);
+        prefetch_head(&vk, bh + 1, B * H, H, S, K);
+        prefetch_head(&vv, bh + 1, B * H, H, S, K);
         if (d[2]) { /* dV += A^T dY: (S,T) x (T,K) */
             float *dVb = head_at(&dv, b, h);
             if (small) {
