@@ -422,8 +422,10 @@ static void layernorm_row(const float *xr, float *yr, const float *gamma,
     *rstd = s;
 }
 
-/* Forward of layernorm (a == sum: x itself) and add_layernorm (sum = a + b,
- * stored for the backward). */
+/* Forward of layernorm (x = a) and add_layernorm (x = a + b, summed into
+ * y's row and normalised there; the backward adds it again rather than
+ * keeping a (rows, D) copy: 2 MiB a call on base, read from memory either
+ * way). */
 static qkv_tensor *layernorm_forward(qkv_graph *g, qkv_op op, qkv_tensor *a,
                                      qkv_tensor *b, qkv_tensor *gamma,
                                      qkv_tensor *beta, float eps) {
@@ -432,27 +434,22 @@ static qkv_tensor *layernorm_forward(qkv_graph *g, qkv_op op, qkv_tensor *a,
     qkv_tensor *y = new_like(g, a);
     float *mean = qkv_arena_alloc(&g->arena, rows * sizeof(float));
     float *rstd = qkv_arena_alloc(&g->arena, rows * sizeof(float));
-    /* a + b is kept for the backward; without a tape it is only the row's
-     * input, and the row is normalised in place in y */
-    float *sum = !b ? a->data
-                 : g->recording
-                     ? qkv_arena_alloc(&g->arena, a->n * sizeof(float))
-                     : y->data;
     QKV_OMP(omp parallel for if (a->n > PAR_MIN / 4))
     for (size_t r = 0; r < rows; r++) {
-        float *xr = sum + r * D;
-        if (b)
-            for (int j = 0; j < D; j++)
-                xr[j] = a->data[r * D + j] + b->data[r * D + j];
-        layernorm_row(xr, y->data + r * D, gamma->data, beta->data, D, eps,
-                      &mean[r], &rstd[r]);
+        const float *xr = a->data + r * D;
+        float *yr = y->data + r * D;
+        if (b) {
+            for (int j = 0; j < D; j++) yr[j] = xr[j] + b->data[r * D + j];
+            xr = yr;
+        }
+        layernorm_row(xr, yr, gamma->data, beta->data, D, eps, &mean[r],
+                      &rstd[r]);
     }
     qkv_node *nd = qkv_record4(g, op, y, a, b ? b : gamma, b ? gamma : beta,
                                b ? beta : NULL);
     if (nd) {
         nd->s.layernorm.mean = mean;
         nd->s.layernorm.rstd = rstd;
-        nd->s.layernorm.sum = sum;
     }
     return y;
 }
@@ -472,6 +469,10 @@ qkv_tensor *qkv_add_layernorm(qkv_graph *g, qkv_tensor *a, qkv_tensor *b,
     return layernorm_forward(g, QKV_OP_ADD_LAYERNORM, a, b, gamma, beta, eps);
 }
 
+/* Rows per partial sum of dgamma and dbeta: fixed, so the sums do not
+ * depend on the thread count. */
+#define LN_CHUNK 64
+
 static void layernorm_backward(qkv_graph *g, qkv_node *nd) {
     /* y = xhat * gamma + beta, xhat = (x - mean) * rstd;
      * dx += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),
@@ -481,20 +482,41 @@ static void layernorm_backward(qkv_graph *g, qkv_node *nd) {
     qkv_tensor *a = nd->in[0], *b = fused ? nd->in[1] : NULL;
     qkv_tensor *gamma = nd->in[1 + fused], *beta = nd->in[2 + fused];
     const float *dy = nd->out->grad, *mean = nd->s.layernorm.mean,
-                *rstd = nd->s.layernorm.rstd, *x = nd->s.layernorm.sum,
-                *gm = gamma->data;
+                *rstd = nd->s.layernorm.rstd, *gm = gamma->data;
     int D = qkv_tensor_cols(a);
-    size_t rows = qkv_tensor_rows(a);
-    /* One pass over the rows writes both inputs' gradients. For a == b the
-     * second write adds to the first, as add's backward would. */
+    size_t rows = qkv_tensor_rows(a), chunks = (rows + LN_CHUNK - 1) / LN_CHUNK;
+    /* One pass over the rows writes both inputs' gradients and, per chunk of
+     * rows, partial sums of dgamma and dbeta, added in chunk order after.
+     * For a == b the second write adds to the first, as add's backward
+     * would. */
     int acc_a = 0, acc_b = 0;
     float *da = wants(a) ? qkv_grad_write(g, a, &acc_a) : NULL;
     float *db = b && wants(b) ? qkv_grad_write(g, b, &acc_b) : NULL;
-    if (da || db) {
-        QKV_OMP(omp parallel for if (a->n > PAR_MIN / 4))
-        for (size_t r = 0; r < rows; r++) {
-            const float *xr = x + r * D, *gr = dy + r * D;
+    int params = wants(gamma) || wants(beta);
+    if (!da && !db && !params) return;
+    /* per chunk: [dgamma part | dbeta part | a row + b row] */
+    size_t per = (size_t)(params ? 2 : 0) * D + (size_t)(b ? D : 0);
+    float *scratch =
+        per ? qkv_arena_alloc(&g->arena, chunks * per * sizeof(float)) : NULL;
+    QKV_OMP(omp parallel for if (a->n > PAR_MIN / 4))
+    for (size_t c = 0; c < chunks; c++) {
+        float *pg = params ? scratch + c * per : NULL, *pb = pg ? pg + D : NULL;
+        float *sum = b ? scratch + c * per + (params ? 2 * D : 0) : NULL;
+        if (pg) memset(pg, 0, 2 * (size_t)D * sizeof(float));
+        size_t r1 = (c + 1) * LN_CHUNK < rows ? (c + 1) * LN_CHUNK : rows;
+        for (size_t r = c * LN_CHUNK; r < r1; r++) {
+            const float *xr = a->data + r * D, *gr = dy + r * D;
+            if (b) {
+                for (int j = 0; j < D; j++) sum[j] = xr[j] + b->data[r * D + j];
+                xr = sum;
+            }
             float m = mean[r], s = rstd[r];
+            if (pg)
+                for (int j = 0; j < D; j++) {
+                    pg[j] += gr[j] * (xr[j] - m) * s;
+                    pb[j] += gr[j];
+                }
+            if (!da && !db) continue;
             float m1 = qkv_vdot(gr, gm, D) / (float)D;
             float m2 = qkv_vdot3(gr, gm, xr, m, D) * s / (float)D;
             float *dar = da ? da + r * D : NULL, *dbr = db ? db + r * D : NULL;
@@ -505,20 +527,16 @@ static void layernorm_backward(qkv_graph *g, qkv_node *nd) {
             }
         }
     }
-    if (wants(gamma) || wants(beta)) {
-        /* Column blocks in parallel; each column sums its rows in order. */
+    if (params) {
         float *dg = qkv_grad(g, gamma), *dbt = qkv_grad(g, beta);
-        int blocks = (D + 15) / 16;
-        QKV_OMP(omp parallel for if (a->n > PAR_MIN / 4))
-        for (int c = 0; c < blocks; c++) {
-            int j0 = c * 16, j1 = j0 + 16 < D ? j0 + 16 : D;
-            for (size_t r = 0; r < rows; r++) {
-                const float *xr = x + r * D, *gr = dy + r * D;
-                for (int j = j0; j < j1; j++) {
-                    dg[j] += gr[j] * (xr[j] - mean[r]) * rstd[r];
-                    dbt[j] += gr[j];
-                }
+        for (int j = 0; j < D; j++) {
+            float sg = 0.0f, sb = 0.0f;
+            for (size_t c = 0; c < chunks; c++) {
+                sg += scratch[c * per + j];
+                sb += scratch[c * per + D + j];
             }
+            dg[j] += sg;
+            dbt[j] += sb;
         }
     }
 }

@@ -68,9 +68,8 @@ typedef struct qkv_node {
             const float *mask;
         } dropout; /* (n) 0 or 1/(1-p) */
         struct {
-            const float *mean, *rstd;
-            const float *sum; /* add_layernorm: a + b, (rows, D) */
-        } layernorm;          /* (rows) each */
+            const float *mean, *rstd; /* (rows) each */
+        } layernorm; /* add_layernorm's backward adds a + b again */
         struct {
             const int32_t *ids;
         } embedding; /* (rows) token ids */
