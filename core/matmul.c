@@ -338,6 +338,19 @@ static int block_add(int accumulate, int pc, int kc, int K) {
            (accumulate & RELU && pc + kc == K ? RELU : 0);
 }
 
+/* Packs op(A)[ic:+mc, pc:+kc] and multiplies it by the packed B block pb
+ * (kc x nc) into rows ic.. of C (the panel's first column). */
+static void a_block_product(int ta, const float *A, size_t lda, int ic, int mc,
+                            int pc, int K, int nc, const float *pb, float *C,
+                            size_t ldc, int accumulate) {
+    int kc = K - pc < KC ? K - pc : KC;
+    pack_a(ta, mc, kc,
+           ta ? A + (size_t)pc * lda + ic : A + (size_t)ic * lda + pc, lda,
+           pack_a_buf);
+    block_product(mc, nc, kc, pack_a_buf, pb, C + (size_t)ic * ldc, ldc,
+                  block_add(accumulate, pc, kc, K));
+}
+
 /* The five loops on the calling thread. M, N, K >= 1, arguments checked.
  *
  * When K x NC fits pack_b_buf, the B panel is packed for all of K first and
@@ -352,7 +365,7 @@ static int block_add(int accumulate, int pc, int kc, int K) {
 static void gemm_blocked(int ta, int tb, int M, int N, int K, const float *A,
                          size_t lda, const float *B, size_t ldb, int accumulate,
                          float *C, size_t ldc) {
-    float *pa = pack_a_buf, *pb = pack_b_buf;
+    float *pb = pack_b_buf;
     for (int jc = 0; jc < N; jc += NC) {
         int nc = N - jc < NC ? N - jc : NC;
         const float *Bj = tb ? B + (size_t)jc * ldb : B + jc;
@@ -365,31 +378,19 @@ static void gemm_blocked(int ta, int tb, int M, int N, int K, const float *A,
                        pb + (size_t)pc * ncp);
             for (int ic = 0; ic < M; ic += MC) {
                 int mc = M - ic < MC ? M - ic : MC;
-                for (int pc = 0; pc < K; pc += KC) {
-                    int kc = K - pc < KC ? K - pc : KC;
-                    pack_a(ta, mc, kc,
-                           ta ? A + (size_t)pc * lda + ic
-                              : A + (size_t)ic * lda + pc,
-                           lda, pa);
-                    block_product(mc, nc, kc, pa, pb + (size_t)pc * ncp,
-                                  C + (size_t)ic * ldc + jc, ldc,
-                                  block_add(accumulate, pc, kc, K));
-                }
+                for (int pc = 0; pc < K; pc += KC)
+                    a_block_product(ta, A, lda, ic, mc, pc, K, nc,
+                                    pb + (size_t)pc * ncp, C + jc, ldc,
+                                    accumulate);
             }
             continue;
         }
         for (int pc = 0; pc < K; pc += KC) {
             int kc = K - pc < KC ? K - pc : KC;
             pack_b(tb, kc, nc, tb ? Bj + pc : Bj + (size_t)pc * ldb, ldb, pb);
-            for (int ic = 0; ic < M; ic += MC) {
-                int mc = M - ic < MC ? M - ic : MC;
-                pack_a(ta, mc, kc,
-                       ta ? A + (size_t)pc * lda + ic
-                          : A + (size_t)ic * lda + pc,
-                       lda, pa);
-                block_product(mc, nc, kc, pa, pb, C + (size_t)ic * ldc + jc,
-                              ldc, block_add(accumulate, pc, kc, K));
-            }
+            for (int ic = 0; ic < M; ic += MC)
+                a_block_product(ta, A, lda, ic, M - ic < MC ? M - ic : MC, pc,
+                                K, nc, pb, C + jc, ldc, accumulate);
         }
     }
 }
