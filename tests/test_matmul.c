@@ -259,6 +259,10 @@ int main(void) {
     test_determinism(0, 1, 3, 50, 700);
     test_shape(128, 128, 1024);
     test_shape(77, 200, 1500);
+    /* K x 512 beyond the packed-B buffer: the first panel takes the loop
+     * order with pc outside, the 88-column one packs all of K */
+    test_shape(16, 600, 2400);
+    test_determinism(0, 0, 16, 600, 2400);
     test_relu(0, 1, 256, 512, 128);  /* the FFN's relu(x W1^T) */
     test_relu(0, 1, 37, 45, 19);     /* edge tiles */
     test_relu(1, 0, 65, 70, 600);    /* three KC blocks */
