@@ -8,6 +8,8 @@
  *   bench_train tiny [--threads N] [--steps K] [--reps R]
  *   bench_train peak [--threads N]        the machine's FMA peak, GFLOPS
  *   bench_train tape                      tape overhead per recorded op
+ *   bench_train spin                      a busy CPU, until killed (run.sh's
+ *                                         "other core busy" rows)
  *
  * Timing: 5 warm-up steps, then R runs of K steps; the figure is the
  * median run's time per step (CLOCK_MONOTONIC). A step is forward,
@@ -176,7 +178,7 @@ static void tape_overhead(void) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_train tiny|small|base|peak|tape "
+        fprintf(stderr, "usage: bench_train tiny|small|base|peak|tape|spin "
                         "[--threads N] [--steps K] [--reps R]\n");
         return 2;
     }
@@ -203,6 +205,9 @@ int main(int argc, char **argv) {
         printf("peak_gflops=%.1f threads=%d\n", fma_peak(), nthreads);
         return 0;
     }
+    if (strcmp(argv[1], "spin") == 0)
+        for (volatile unsigned long x = 0;; x++) {
+        }
     if (strcmp(argv[1], "tape") == 0) {
         tape_overhead();
         return 0;
@@ -260,12 +265,12 @@ int main(int argc, char **argv) {
     double s = t[reps / 2], flops = step_flops(c);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("config=%s threads=%d ms_per_step=%.3f tokens_per_s=%.0f "
-           "gflops=%.1f rss_mb=%.1f arena_mb=%.1f allocs_after_warmup=%zu "
-           "params=%zu loss=%.4f\n",
-           c->name, nthreads, 1e3 * s, 2.0 * c->B * c->L / s, flops / s / 1e9,
-           (double)ru.ru_maxrss / 1024, (double)g.arena.peak / (1 << 20),
-           allocs, m.params.n, (double)last);
+    printf("config=%s threads=%d threads_at_end=%d ms_per_step=%.3f "
+           "tokens_per_s=%.0f gflops=%.1f rss_mb=%.1f arena_mb=%.1f "
+           "allocs_after_warmup=%zu params=%zu loss=%.4f\n",
+           c->name, nthreads, qkv_get_threads(), 1e3 * s, 2.0 * c->B * c->L / s,
+           flops / s / 1e9, (double)ru.ru_maxrss / 1024,
+           (double)g.arena.peak / (1 << 20), allocs, m.params.n, (double)last);
     free(t);
     qkv_graph_free(&g);
     qkv_task_batch_free(&b);

@@ -6,7 +6,10 @@
 # with 1 and 2 threads and PyTorch (Debian's python3-torch, when it imports)
 # with 1 and 2 threads and 1 and 2 BLAS threads, each in its own process;
 # PyTorch's figure is its best setting. Ratios are qkv / PyTorch (below 1: qkv is faster).
-# Quiet machine wanted: 2 OpenMP threads collapse when the other core is busy.
+# Quiet machine wanted for the main table. The last table keeps the other
+# cores busy itself (bench_train spin) and compares qkv's default thread
+# count, which follows the load (core/threads.h), with 1 thread and with a
+# fixed count of every CPU.
 set -e
 BUILD=${1:-build}
 B=$BUILD/bench/bench_train
@@ -105,6 +108,41 @@ for cfg in tiny small base; do
     done
 done
 [ $TORCH = 1 ] || echo "(PyTorch not found: apt-get install python3-torch for the ratios)"
+echo
+
+# Busy machine: every CPU but one runs a spinning process (started here).
+# Runs alternate between the three settings; each figure is the median of 3
+# processes. Target: the default <= 1.3 x the 1-thread time.
+NCPU=$(nproc)
+NSPIN=$((NCPU - 1))
+[ $NSPIN -ge 1 ] || NSPIN=1
+printf '== with the other core busy (%d spinning process(es) on %d CPUs), median of 3 processes\n' $NSPIN $NCPU
+printf '%-6s %14s %14s %14s %12s %12s\n' config "1 thread ms" "default ms" \
+    "$NCPU fixed ms" "default/1" "threads_end"
+SPIN=""
+for i in $(seq $NSPIN); do $B spin & SPIN="$SPIN $!"; done
+trap 'kill $SPIN 2>/dev/null' EXIT
+for cfg in tiny small base; do
+    set -- $(steps_of $cfg)
+    ST=$1 RE=$2
+    r1="" rd="" rf=""
+    for i in 1 2 3; do
+        r1="$r1$($B $cfg --threads 1 --steps $ST --reps $RE)
+"
+        rd="$rd$($B $cfg --steps $ST --reps $RE)
+"
+        rf="$rf$($B $cfg --threads $NCPU --steps $ST --reps $RE)
+"
+    done
+    L1=$(printf '%s' "$r1" | median_line)
+    LD=$(printf '%s' "$rd" | median_line)
+    LF=$(printf '%s' "$rf" | median_line)
+    awk -v c=$cfg -v a="$(get "$L1" ms_per_step)" -v d="$(get "$LD" ms_per_step)" \
+        -v f="$(get "$LF" ms_per_step)" -v te="$(get "$LD" threads_at_end)" 'BEGIN{
+        printf "%-6s %14.2f %14.2f %14.2f %12.3f %12s\n", c, a, d, f, d / a, te }'
+done
+kill $SPIN 2>/dev/null
+trap - EXIT
 echo
 echo "== matmul kernels (bench_matmul)"
 $BUILD/tests/bench_matmul

@@ -5,9 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 void qkv_fatal_at(const char *file, int line, const char *fmt, ...) {
     const char *base = strrchr(file, '/');
@@ -54,22 +51,6 @@ void *qkv_realloc(void *p, size_t bytes, const char *what) {
     void *q = realloc(p, bytes ? bytes : 1);
     if (!q) oom(bytes, what);
     return q;
-}
-
-void qkv_set_threads(int n) {
-#ifdef _OPENMP
-    if (n > 0) omp_set_num_threads(n);
-#else
-    (void)n;
-#endif
-}
-
-int qkv_get_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
 }
 
 double qkv_seconds(void) {

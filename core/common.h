@@ -56,10 +56,6 @@ void *qkv_realloc(void *p, size_t bytes, const char *what);
 /* Seconds on the monotonic clock (for timing; the origin is arbitrary). */
 double qkv_seconds(void);
 
-/* Sets the number of OpenMP threads used by kernels (no-op without OpenMP). */
-void qkv_set_threads(int n);
-int qkv_get_threads(void);
-
 /* QKV_OMP(omp parallel for if (n > 4096)) - an OpenMP pragma that vanishes in
  * builds without OpenMP (so -Wunknown-pragmas stays quiet). */
 #ifdef _OPENMP

@@ -15,5 +15,6 @@
 #include "pcg.h"
 #include "tape.h"
 #include "tensor.h"
+#include "threads.h"
 
 #endif

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "op_table.h"
+#include "threads.h"
 
 void qkv_graph_init(qkv_graph *g, size_t arena_bytes) {
     memset(g, 0, sizeof *g);
@@ -17,6 +18,7 @@ void qkv_graph_reset(qkv_graph *g) {
     g->n_nodes = 0;
     g->free_grads = NULL;
     if (g->profile) g->profile->mark = qkv_seconds();
+    qkv_threads_tick(); /* a step boundary: follow the machine's load */
 }
 
 void qkv_graph_free(qkv_graph *g) {

@@ -2,7 +2,8 @@
 # Runs each test program given as an argument and totals its PASS/FAIL lines.
 # A program that dies or exits non-zero without printing a FAIL line counts as
 # one failure. Ends with exactly one line "N passed, N failed"; exits 1 on any
-# failure. RUNNER, if set, is a command that runs each program (tests/vg.sh).
+# failure. A case the machine cannot run prints "SKIP prog/case: skipped:
+# why" and counts as neither. RUNNER, if set, is a command that runs each program (tests/vg.sh).
 passed=0
 failed=0
 out=$(mktemp)

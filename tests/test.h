@@ -19,6 +19,15 @@
 static const char *test_prog = "test";
 static int test_failures_case; /* failed checks in the running case */
 static int test_cases_failed;
+static char test_skip_why[200]; /* set by SKIP in the running case */
+
+/* Ends the running case as skipped (neither passed nor failed): the machine
+ * lacks what it needs. Prints "SKIP prog/case: skipped: <reason>". */
+#define SKIP(...)                                                              \
+    do {                                                                       \
+        snprintf(test_skip_why, sizeof test_skip_why, __VA_ARGS__);            \
+        return;                                                                \
+    } while (0)
 
 /* Records a failed check (first few per case are printed). */
 #define CHECK(cond, ...)                                                       \
@@ -43,9 +52,12 @@ static int test_cases_failed;
 
 static void test_run(const char *name, void (*fn)(void)) {
     test_failures_case = 0;
+    test_skip_why[0] = 0;
     fn();
     if (strncmp(name, "test_", 5) == 0) name += 5;
-    if (test_failures_case) {
+    if (test_skip_why[0] && !test_failures_case) {
+        printf("SKIP %s/%s: skipped: %s\n", test_prog, name, test_skip_why);
+    } else if (test_failures_case) {
         printf("FAIL %s/%s: %d check(s) failed\n", test_prog, name,
                test_failures_case);
         test_cases_failed++;

@@ -250,7 +250,7 @@ int cmd_attn(int argc, char **argv) {
          "encoder self-, decoder self- or cross-attention, or all"},
         {"layer", FLAG_INT, &layer, NULL, "only this layer, 1-based (0: all)"},
         {"head", FLAG_INT, &head, NULL, "only this head, 1-based (0: all)"},
-        {"threads", FLAG_INT, &threads, NULL, "OpenMP threads (0: all cores)"},
+        {"threads", FLAG_INT, &threads, NULL, "OpenMP threads (0: the free cores, following the load)"},
     };
     int nf = (int)(sizeof flags / sizeof flags[0]);
     /* -o is --out: the one short flag, as in cc -o */

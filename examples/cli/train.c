@@ -240,7 +240,7 @@ int cmd_train(int argc, char **argv) {
         {"seed", FLAG_INT, &o.seed, NULL,
          "PCG32 seed for weights, data and dropout"},
         {"threads", FLAG_INT, &o.threads, NULL,
-         "OpenMP threads (0: all cores)"},
+         "OpenMP threads (0: the free cores, following the load)"},
         {"eval-every", FLAG_INT, &o.eval_every, NULL,
          "steps between validations"},
         {"eval-size", FLAG_INT, &o.eval_size, NULL,
