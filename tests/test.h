@@ -9,11 +9,16 @@
 #define QKV_TEST_H
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/time.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *test_prog = "test";
@@ -174,6 +179,106 @@ static inline int test_qkv(const char *qkv, const char *args, char *out,
     if (snprintf(cmd, sizeof cmd, "'%s' %s", qkv, args) >= (int)sizeof cmd)
         return -1;
     return test_shell(cmd, out, cap);
+}
+
+/* ---- running a program with limits, its output kept apart ---- */
+
+#if defined(__SANITIZE_ADDRESS__)
+#define TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEST_ASAN 1
+#endif
+#endif
+
+/* BSD's wait4 (in glibc; hidden by _POSIX_C_SOURCE): waitpid plus the
+ * child's own resource usage, peak memory included. */
+pid_t wait4(pid_t pid, int *status, int options, struct rusage *usage);
+
+typedef struct test_proc {
+    int status;      /* exit status; 128 + N if killed by signal N */
+    int timed_out;   /* killed (SIGKILL) after the time limit */
+    double seconds;  /* wall clock */
+    long max_rss_mb; /* peak resident memory */
+    char out[16384]; /* stdout (the first 16 KB), NUL-terminated */
+    char err[16384]; /* stderr (the first 16 KB), NUL-terminated */
+} test_proc;
+
+/* The first cap - 1 bytes of the file fd (rewound) into buf. */
+static inline void test_read_fd(int fd, char *buf, size_t cap) {
+    size_t n = 0;
+    lseek(fd, 0, SEEK_SET);
+    for (ssize_t k; n < cap - 1 && (k = read(fd, buf + n, cap - 1 - n)) > 0;)
+        n += (size_t)k;
+    buf[n] = 0;
+}
+
+/* Runs argv (argv[0] a path; no shell) with stdin from in_path (NULL:
+ * /dev/null), its address space limited to as_mb MB (0: none; not under
+ * AddressSanitizer, whose shadow memory needs terabytes of it) and its wall
+ * time to secs seconds (then SIGKILL). Fills *r; returns r->status. */
+static inline int test_exec(char *const argv[], const char *in_path, long as_mb,
+                            double secs, test_proc *r) {
+    memset(r, 0, sizeof *r);
+    char names[2][32] = {"/tmp/qkv-out-XXXXXX", "/tmp/qkv-err-XXXXXX"};
+    int fd[2] = {mkstemp(names[0]), mkstemp(names[1])};
+    if (fd[0] < 0 || fd[1] < 0) return r->status = -1;
+    unlink(names[0]);
+    unlink(names[1]);
+    fflush(stdout);
+    double t0;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    t0 = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    pid_t pid = fork();
+    if (pid == 0) {
+        int in = open(in_path ? in_path : "/dev/null", O_RDONLY | O_NONBLOCK);
+        if (in >= 0) {
+            fcntl(in, F_SETFL, fcntl(in, F_GETFL) & ~O_NONBLOCK);
+            dup2(in, 0);
+        }
+        dup2(fd[0], 1);
+        dup2(fd[1], 2);
+#ifndef TEST_ASAN
+        if (as_mb > 0) {
+            struct rlimit rl = {(rlim_t)as_mb << 20, (rlim_t)as_mb << 20};
+            setrlimit(RLIMIT_AS, &rl);
+        }
+#else
+        (void)as_mb;
+#endif
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    int st = 0;
+    struct rusage ru;
+    memset(&ru, 0, sizeof ru);
+    for (;;) {
+        pid_t w = wait4(pid, &st, WNOHANG, &ru);
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        r->seconds = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec - t0;
+        if (w == pid || w < 0) break;
+        if (r->seconds > secs && !r->timed_out) {
+            kill(pid, SIGKILL);
+            r->timed_out = 1;
+        }
+        nanosleep(&(struct timespec){0, 2000000}, NULL);
+    }
+    r->status = WIFEXITED(st)     ? WEXITSTATUS(st)
+                : WIFSIGNALED(st) ? 128 + WTERMSIG(st)
+                                  : -1;
+    r->max_rss_mb = ru.ru_maxrss / 1024;
+    test_read_fd(fd[0], r->out, sizeof r->out);
+    test_read_fd(fd[1], r->err, sizeof r->err);
+    close(fd[0]);
+    close(fd[1]);
+    return r->status;
+}
+
+/* 1 if text is exactly one line (one newline, at the end). */
+static inline int test_one_line(const char *text) {
+    const char *nl = strchr(text, '\n');
+    return nl && nl[1] == 0 && nl > text;
 }
 
 /* ---- a scratch directory for tests that write files ---- */

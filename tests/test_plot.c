@@ -326,6 +326,60 @@ static int make_runs(void) {
     return fclose(f) == 0 ? 0 : -1;
 }
 
+/* A title, a run directory or an output name carrying a newline and a
+ * gnuplot command must not run it: the title is drawn as text, the names are
+ * refused with one line, and no file appears. */
+static void test_no_command_reaches_gnuplot(void) {
+    /* in the scratch directory, so the commands name files there */
+    char cwd[600], ckpt[300], copy[300], cp[1000];
+    CHECK(getcwd(cwd, sizeof cwd) && chdir(dir) == 0, "cannot enter %s", dir);
+    const char *title = "a title\nsystem \"touch pwned0\"\n`touch pwned1`",
+               *evil = "run\nsystem \"touch pwned2\"\n",
+               *png = "x\nsystem \"touch pwned3\"\n.png";
+    snprintf(copy, sizeof copy, "%s/copy", dir);
+    snprintf(ckpt, sizeof ckpt, "%s/copy/ckpt.safetensors", dir);
+    char *a1[] = {qkv,           "plot", copy,        "--title",
+                  (char *)title, "-o",   "title.png", NULL};
+    test_proc r;
+    CHECK(test_exec(a1, NULL, 0, 60, &r) == 0, "plot --title: exit %d: %s",
+          r.status, r.err);
+    check_png("title.png", 10000);
+    /* a run directory whose name is a command */
+    CHECK(mkdir(evil, 0777) == 0, "cannot make the directory");
+    snprintf(cp, sizeof cp,
+             "cp copy/log.csv 'run\nsystem \"touch pwned2\"\n/'");
+    CHECK(system(cp) == 0, "cannot copy the log");
+    char *a2[] = {qkv, "plot", (char *)evil, NULL};
+    test_exec(a2, NULL, 0, 60, &r);
+    CHECK(r.status == 2 && test_one_line(r.err) && strstr(r.err, "control"),
+          "plot of the directory: exit %d: %s", r.status, r.err);
+    /* and as output names of every command that draws or writes a run */
+    char *cases[][12] = {
+        {qkv, "plot", copy, "-o", (char *)png, NULL},
+        {qkv, "train", "--steps", "2", "--out", (char *)evil, NULL},
+        {qkv, "train", "--steps", "2", "--plot", "--out", (char *)png, NULL},
+        {qkv, "sweep", "--N", "1", "--h", "1", "--steps", "2", "--out",
+         (char *)png, NULL},
+        {qkv, "attn", "--ckpt", ckpt, "3 4 5 6 7 8 9 10 3 4", "-o", (char *)png,
+         NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        test_exec(cases[i], NULL, 0, 60, &r);
+        CHECK(r.status == 2 && test_one_line(r.err) &&
+                  strstr(r.err, "control character"),
+              "qkv %s with a name holding a command: exit %d: %s", cases[i][1],
+              r.status, r.err);
+    }
+    for (int i = 0; i < 4; i++) {
+        char f[16];
+        snprintf(f, sizeof f, "pwned%d", i);
+        CHECK(!exists(f), "%s/%s exists: gnuplot ran the command", dir, f);
+    }
+    snprintf(cp, sizeof cp, "rm -rf 'run\nsystem \"touch pwned2\"\n'");
+    CHECK(system(cp) == 0, "cannot remove the directory");
+    CHECK(chdir(cwd) == 0, "cannot return to %s", cwd);
+}
+
 int main(void) {
     test_prog = "plot";
     test_qkv_path(qkv, sizeof qkv);
@@ -344,6 +398,7 @@ int main(void) {
     RUN(test_smoothing_is_a_centred_moving_average);
     RUN(test_missing_gnuplot_is_one_line);
     RUN(test_bad_input_is_one_line_and_exit_2);
+    RUN(test_no_command_reaches_gnuplot);
     char rm[128];
     snprintf(rm, sizeof rm, "rm -rf '%s'", dir);
     if (system(rm) != 0) return 1;

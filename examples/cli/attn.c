@@ -250,7 +250,8 @@ int cmd_attn(int argc, char **argv) {
          "encoder self-, decoder self- or cross-attention, or all"},
         {"layer", FLAG_INT, &layer, NULL, "only this layer, 1-based (0: all)"},
         {"head", FLAG_INT, &head, NULL, "only this head, 1-based (0: all)"},
-        {"threads", FLAG_INT, &threads, NULL, "OpenMP threads (0: the free cores, following the load)"},
+        {"threads", FLAG_INT, &threads, NULL,
+         "OpenMP threads (0: the free cores, following the load)"},
     };
     int nf = (int)(sizeof flags / sizeof flags[0]);
     /* -o is --out: the one short flag, as in cc -o */
@@ -280,6 +281,7 @@ int cmd_attn(int argc, char **argv) {
     if (dumb && *out)
         cli_die("attn: --term dumb prints the weights and writes no picture; "
                 "drop --out");
+    cli_check_name("attn", "--out", out);
     if (!*out) out = strcmp(term, "svg") == 0 ? "attn.svg" : "attn.png";
     char *gp = with_ext(out, ".gp"), *dat = with_ext(out, ".dat");
     if (!dumb && (strcmp(dat, out) == 0 || strcmp(gp, out) == 0))

@@ -263,11 +263,27 @@ int cli_have_gnuplot(void) {
     return 0;
 }
 
+int cli_has_control(const char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) return 1;
+    return 0;
+}
+
+void cli_check_name(const char *cmd, const char *what, const char *s) {
+    if (cli_has_control(s))
+        cli_die("%s: %s: a name with a control character (a newline or a "
+                "tab?) is refused: it could not go into a gnuplot script, a "
+                "log or one line of a message",
+                cmd, what);
+}
+
 void cli_gp_string(char *dst, size_t cap, const char *s) {
     /* gnuplot 5.4 misreads a single-quoted string that starts with a quote
      * (x), so leading quotes go in a double-quoted piece joined with
      * the . operator. Double quotes are not used for the rest: gnuplot runs
-     * `backquoted` commands inside them. */
+     * `backquoted` commands inside them. A newline would end the command
+     * and start another one (`system "..."`), so every control byte becomes
+     * a space: no string can leave its quotes. */
     size_t n = 0, lead = strspn(s, "'");
     QKV_CHECK(cap >= 2 * strlen(s) + 8, "gp_string: cap %zu for %zu bytes", cap,
               strlen(s));
@@ -286,7 +302,7 @@ void cli_gp_string(char *dst, size_t cap, const char *s) {
     dst[n++] = '\'';
     for (; *s; s++) {
         if (*s == '\'') dst[n++] = '\'';
-        dst[n++] = *s;
+        dst[n++] = (unsigned char)*s < 0x20 || *s == 0x7f ? ' ' : *s;
     }
     dst[n++] = '\'';
     dst[n] = 0;

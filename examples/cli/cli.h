@@ -76,8 +76,16 @@ int cli_gnuplot(const char *cmd, const char *gp_path, const char *script);
 /* 1 if a gnuplot program is on the PATH. */
 int cli_have_gnuplot(void);
 /* s as a gnuplot string expression ('it''s'; leading quotes as "'".'x'),
- * into dst of cap >= 2 strlen(s) + 8 bytes. */
+ * into dst of cap >= 2 strlen(s) + 8 bytes. Control bytes (a newline would
+ * end the command and start one of the string's choosing) become spaces. */
 void cli_gp_string(char *dst, size_t cap, const char *s);
+/* 1 if s has a control byte (< 0x20 or DEL). */
+int cli_has_control(const char *s);
+/* Ends the program (exit 2) if the file or directory name s, given as
+ * `what` ("--out"), has a control byte: such a name cannot go into a
+ * gnuplot script (as a path, changing it would name another file) nor into
+ * a one-line message. */
+void cli_check_name(const char *cmd, const char *what, const char *s);
 
 /* Loss-curve plots of training logs (plot.c): train loss raw (faint) and
  * smoothed, validation loss, and validation exact match on a second axis,

@@ -40,7 +40,8 @@ int cmd_eval(int argc, char **argv) {
         {"seed", FLAG_INT, &seed, NULL, "task models: PCG32 seed"},
         {"show", FLAG_INT, &show, NULL,
          "print the first N pairs with their outputs"},
-        {"threads", FLAG_INT, &threads, NULL, "OpenMP threads (0: the free cores, following the load)"},
+        {"threads", FLAG_INT, &threads, NULL,
+         "OpenMP threads (0: the free cores, following the load)"},
     };
     int nf = (int)(sizeof flags / sizeof flags[0]);
     cli_parse("eval", "--ckpt FILE [--data TEST.tsv] [flags]", flags, nf, argc,
@@ -192,7 +193,8 @@ int cmd_decode(int argc, char **argv) {
         {"top-k", FLAG_INT, &top_k, NULL,
          "decoder-only: sample among the k likeliest (0: all)"},
         {"seed", FLAG_INT, &seed, NULL, "decoder-only: PCG32 seed"},
-        {"threads", FLAG_INT, &threads, NULL, "OpenMP threads (0: the free cores, following the load)"},
+        {"threads", FLAG_INT, &threads, NULL,
+         "OpenMP threads (0: the free cores, following the load)"},
     };
     int nf = (int)(sizeof flags / sizeof flags[0]);
     enum { MAX_POS = 64 };

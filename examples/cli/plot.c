@@ -100,6 +100,13 @@ static int plot_run_load(plot_run *r, const char *arg, char *err,
         if (f) fclose(f);
         return -1;
     }
+    if (cli_has_control(r->log)) {
+        snprintf(err, errlen,
+                 "a run whose path has a control character (a newline or a "
+                 "tab?) cannot go into a gnuplot script; rename it");
+        fclose(f);
+        return -1;
+    }
     /* label: the name of the directory holding the log */
     char dir[PLOT_PATH];
     snprintf(dir, sizeof dir, "%s", r->log);
@@ -260,6 +267,13 @@ static int plot_runs(const char *cmd, plot_run *runs, int n,
         if (snprintf(pic, sizeof pic, "%s/%s", strcmp(real, "/") ? real : "",
                      base) >= (int)sizeof pic) {
             fprintf(stderr, "qkv: %s: path %s is too long\n", cmd, out);
+            return -1;
+        }
+        if (cli_has_control(pic)) {
+            fprintf(stderr,
+                    "qkv: %s: the picture's path has a control character (a "
+                    "newline or a tab?): it cannot go into a gnuplot script\n",
+                    cmd);
             return -1;
         }
         const char *dot = strrchr(pic, '.');
@@ -492,6 +506,7 @@ int cmd_plot(int argc, char **argv) {
         cli_die("plot: give one or more run directories or log.csv files "
                 "(see qkv plot --help)");
     if (smooth < 0) cli_die("plot: --smooth must be >= 0, got %d", smooth);
+    cli_check_name("plot", "--out", out);
     if (*out && *term && strcmp(term, "dumb") &&
         !has_ext(out, strcmp(term, "svg") ? ".png" : ".svg"))
         cli_die("plot: --out %s does not end in .%s (--term %s)", out, term,

@@ -404,6 +404,7 @@ int cmd_sweep(int argc, char **argv) {
     char *settings = cJSON_Print(js);
     cJSON_Delete(js);
     if (strlen(out) > 4000) cli_die("sweep: --out path is too long");
+    cli_check_name("sweep", "--out", out);
     char path[4400];
     snprintf(path, sizeof path, "%s/sweep.json", out);
     FILE *f = fopen(path, "r");

@@ -481,6 +481,7 @@ int cmd_train(int argc, char **argv) {
     }
 
     if (strlen(o.out) > 4000) cli_die("train: --out path is too long");
+    cli_check_name("train", *o.resume ? "--resume" : "--out", o.out);
     if (o.dry_run) { /* every check above passed; write nothing */
         printf("qkv train --dry-run: %s, %s N=%d+%d h=%d d_model=%d, %zu "
                "parameters, %d steps: the flags and data are fine\n",
