@@ -10,6 +10,7 @@
 #define QKV_H
 
 #include "common.h"
+#include "io.h"
 #include "matmul.h"
 #include "ops.h"
 #include "pcg.h"

@@ -1,5 +1,7 @@
 #include "corpus.h"
 
+#include "io.h"
+
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -140,24 +142,30 @@ static int check_line(const char *path, int lineno, const char *s, size_t len,
 
 int qkv_corpus_load(const char *path, qkv_corpus *c, char *err, size_t errlen) {
     memset(c, 0, sizeof *c);
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return -1;
-    }
+    FILE *f = qkv_fopen_file(path, QKV_MAX_TEXT_FILE, NULL, err, errlen);
+    if (!f) return -1;
     char *line = NULL;
     size_t linecap = 0;
     int cap = 0, lineno = 0, rc = 0;
     ssize_t got;
-    while (errno = 0, (got = getline(&line, &linecap, f)) >= 0) {
-        size_t len = (size_t)got;
-        char *s = line;
+    while (errno = 0,
+           (got = qkv_getline_max(&line, &linecap, f, QKV_MAX_LINE)) != -1) {
         if (lineno == INT_MAX || c->n == INT_MAX) {
             snprintf(err, errlen, "%s: more than %d lines", path, INT_MAX);
             rc = -1;
             break;
         }
         lineno++;
+        if (got == QKV_LINE_TOO_LONG) {
+            snprintf(err, errlen,
+                     "%s: line %d is longer than %u bytes (not a sentence "
+                     "pair)",
+                     path, lineno, QKV_MAX_LINE);
+            rc = -1;
+            break;
+        }
+        size_t len = (size_t)got;
+        char *s = line;
         if (len && s[len - 1] == '\n') len--;
         if (len && s[len - 1] == '\r') len--;
         if (lineno == 1 && len >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0)

@@ -85,7 +85,9 @@ typedef struct qkv_corpus {
  * (safe to free) and writes one line to err, e.g.
  *   "data/x.tsv: line 7 has no tab (want source<TAB>target)"
  *   "data/x.tsv: line 7 is not valid UTF-8 (byte 12)"   (1-based, in the line)
- * Lines of any length are read whole. The file is only read. */
+ * The file must be a regular file of at most QKV_MAX_TEXT_FILE bytes (a
+ * FIFO or a device is refused without blocking) with lines of at most
+ * QKV_MAX_LINE bytes (io.h). The file is only read. */
 int qkv_corpus_load(const char *path, qkv_corpus *c, char *err, size_t errlen);
 void qkv_corpus_free(qkv_corpus *c);
 

@@ -1,5 +1,7 @@
 #include "safetensors.h"
 
+#include "io.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -282,6 +284,7 @@ int qkv_st_write(const char *path, const qkv_st_entry *entries, int count,
     unsigned char *head = build_header(path, entries, count, meta_keys,
                                        meta_values, meta_count, &hlen, err);
     if (!head) return -1;
+    qkv_remove_stale_tmp(path); /* of saves killed before their rename */
     size_t tlen = strlen(path) + 32;
     char *tmp = qkv_malloc(tlen, "temporary file name");
     snprintf(tmp, tlen, "%s.tmp.%ld", path, (long)getpid());
@@ -571,22 +574,27 @@ fail:
 
 int qkv_st_read(const char *path, qkv_st_file *f, qkv_st_error *err) {
     memset(f, 0, sizeof *f);
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return fail(err, path, "cannot open: %s", strerror(errno));
+    char why[512];
+    uint64_t fsize;
+    FILE *fp = qkv_fopen_file(path, 0, &fsize, why, sizeof why);
+    if (!fp) { /* why names the path already */
+        if (err) snprintf(err->msg, sizeof err->msg, "%s", why);
+        return -1;
+    }
     char *hdr = NULL;
     cJSON *root = NULL;
     entry_info *info = NULL;
     size_t count = 0;
-    struct stat st;
-    if (fstat(fileno(fp), &st) != 0) {
-        fail(err, path, "cannot stat: %s", strerror(errno));
+    /* The tensors are read whole: a file larger than the memory this
+     * process may use is refused before any of it is allocated. */
+    if (fsize > qkv_memory_limit()) {
+        char a[32], b[32];
+        fail(err, path,
+             "the file is %s, more than the %s of memory qkv may use",
+             qkv_bytes_str((double)fsize, a),
+             qkv_bytes_str((double)qkv_memory_limit(), b));
         goto fail;
     }
-    if (!S_ISREG(st.st_mode)) {
-        fail(err, path, "not a regular file");
-        goto fail;
-    }
-    const uint64_t fsize = (uint64_t)st.st_size;
     unsigned char lenb[8];
     if (fsize < 8) {
         fail(err, path,

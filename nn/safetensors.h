@@ -11,7 +11,10 @@
  * Writes are atomic: PATH.tmp.<pid> is written, fsynced and renamed over PATH,
  * then the directory is fsynced; on failure the temporary file is removed and
  * PATH is untouched (except a failed directory fsync, reported after the
- * rename: PATH then holds the new file). Reads validate everything before
+ * rename: PATH then holds the new file). PATH.tmp.<pid> files of writers
+ * that were killed (their process is gone) are removed first. Reads refuse
+ * anything but a regular file without blocking on it (a FIFO, a device) and
+ * a file larger than the memory qkv may use (io.h), and validate everything before
  * allocating tensor memory (sizes, offsets, shapes, dtype, overflow, the
  * tensors tiling the data buffer exactly) and refuse a bad file with one line
  * naming it and the fault.

@@ -2,6 +2,8 @@
  * errors (each with a temporary file), length filtering, token-budget batches
  * and the shipped corpora (run from the repository root, as `make test`
  * does). */
+#include <sys/stat.h>
+
 #include "corpus.h"
 #include "test.h"
 
@@ -328,6 +330,26 @@ static void test_load_errors(void) {
     o += (size_t)snprintf(text + o, cap - o, "no tab here\n");
     expect_load_error("late.tsv", text, o, "line 1000 has no tab");
     free(text);
+    /* a line over QKV_MAX_LINE bytes is refused, not read into memory */
+    size_t big = QKV_MAX_LINE + 10;
+    text = malloc(big + 16);
+    o = (size_t)snprintf(text, 16, "a\tb\n");
+    memset(text + o, 'x', big);
+    memcpy(text + o + big, "\ty\n", 3);
+    expect_load_error("huge-line.tsv", text, o + big + 3,
+                      "line 2 is longer than 1048576 bytes");
+    free(text);
+    /* a FIFO (no writer: open would block) and a device are refused */
+    char fifo[160];
+    snprintf(fifo, sizeof fifo, "%s/fifo.tsv", tmpdir);
+    CHECK(mkfifo(fifo, 0600) == 0, "mkfifo %s", fifo);
+    CHECK(qkv_corpus_load(fifo, &c, err, sizeof err) == -1 &&
+              strstr(err, "FIFO") && strstr(err, fifo),
+          "a FIFO: %s", err);
+    unlink(fifo);
+    CHECK(qkv_corpus_load("/dev/zero", &c, err, sizeof err) == -1 &&
+              strstr(err, "/dev/zero: is a character device"),
+          "/dev/zero: %s", err);
 }
 
 static void test_load_good(void) {

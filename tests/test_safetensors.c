@@ -643,6 +643,36 @@ static void test_atomic_writes(void) {
     free(after);
 }
 
+/* A save killed before its rename leaves PATH.tmp.<pid>: the next save
+ * removes those of dead processes, and only those. */
+static void test_stale_temporaries_removed(void) {
+    const float a[4] = {1, 2, 3, 4};
+    qkv_st_entry e = {"a", a, 1, {4}};
+    qkv_st_error err;
+    const char *path = test_path("stale.safetensors");
+    pid_t dead = fork(); /* a process that has exited: its pid is free */
+    if (dead == 0) _exit(0);
+    waitpid(dead, NULL, 0);
+    char p_dead[400], p_live[400], p_other[400];
+    snprintf(p_dead, sizeof p_dead, "%s.tmp.%ld", path, (long)dead);
+    snprintf(p_live, sizeof p_live, "%s.tmp.1", path); /* init: alive */
+    snprintf(p_other, sizeof p_other, "%s.tmpx.%ld", path, (long)dead);
+    const char *made[3] = {p_dead, p_live, p_other};
+    for (int i = 0; i < 3; i++) {
+        FILE *f = fopen(made[i], "w");
+        if (f) fclose(f);
+    }
+    CHECK(qkv_st_write(path, &e, 1, NULL, NULL, 0, &err) == 0, "write: %s",
+          err.msg);
+    CHECK(access(p_dead, F_OK) != 0, "the dead writer's %s is still there",
+          p_dead);
+    CHECK(access(p_live, F_OK) == 0, "a live writer's %s was removed", p_live);
+    CHECK(access(p_other, F_OK) == 0, "%s (not a temporary) was removed",
+          p_other);
+    unlink(p_live);
+    unlink(p_other);
+}
+
 static void test_cleanup(void) {
     CHECK(test_dir_remove() == 0, "cannot remove %s", test_dir);
 }
@@ -659,6 +689,7 @@ int main(void) {
     RUN(test_truncated);
     RUN(test_fuzz_flips);
     RUN(test_atomic_writes);
+    RUN(test_stale_temporaries_removed);
     RUN(test_cleanup);
     return test_summary();
 }

@@ -231,6 +231,7 @@ void cli_make_dirs(const char *cmd, const char *dir) {
 
 void cli_write_file(const char *cmd, const char *path, const char *text) {
     char tmp[4300];
+    qkv_remove_stale_tmp(path);
     if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >=
         (int)sizeof tmp)
         cli_die("%s: path %s is too long", cmd, path);

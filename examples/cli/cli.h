@@ -61,7 +61,8 @@ typedef struct cli_buf {
 void cli_bprintf(cli_buf *b, const char *fmt, ...) QKV_PRINTF(2, 3);
 
 void cli_make_dirs(const char *cmd, const char *dir); /* mkdir -p */
-/* Writes path atomically (temp file + rename): never half a file. */
+/* Writes path atomically (temp file + rename): never half a file; stale
+ * temporaries of killed writers are removed first. */
 void cli_write_file(const char *cmd, const char *path, const char *text);
 
 /* ---------------------------------------------------------------- gnuplot */
