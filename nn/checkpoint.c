@@ -520,10 +520,11 @@ static int open_ckpt(const char *path, qkv_st_file *f, qkv_model_config *mc,
     return rc;
 }
 
-/* ps values = f's tensors of the same names; f's optimiser tensors are not
+/* ps values = f's tensors of the same names (only the check when copy is
+ * 0: ps need not be allocated then); f's optimiser tensors are not
  * parameters and are skipped. On refusal ps is unchanged. */
-static int load_tensors(const qkv_st_file *f, qkv_params *ps, const char *path,
-                        char *err, size_t len) {
+static int load_tensors(const qkv_st_file *f, qkv_params *ps, int copy,
+                        const char *path, char *err, size_t len) {
     qkv_st_file view = {0};
     view.tensors =
         qkv_malloc((size_t)(f->count ? f->count : 1) * sizeof *view.tensors,
@@ -532,9 +533,26 @@ static int load_tensors(const qkv_st_file *f, qkv_params *ps, const char *path,
         if (!is_optim_tensor(f->tensors[i].name))
             view.tensors[view.count++] = f->tensors[i];
     qkv_st_error se;
-    int rc = qkv_st_load_params(&view, ps, path, &se);
+    int rc = copy ? qkv_st_load_params(&view, ps, path, &se)
+                  : qkv_st_check_params(&view, ps, path, &se);
     free(view.tensors);
     return rc ? fail(err, len, NULL, "%s", se.msg) : 0;
+}
+
+/* Every value of every tensor of f is finite: a NaN or an infinity is the
+ * trace of a run that diverged, not a model to use or continue. */
+static int check_finite(const qkv_st_file *f, const char *path, char *err,
+                        size_t len) {
+    for (int i = 0; i < f->count; i++) {
+        const qkv_st_tensor *t = &f->tensors[i];
+        for (size_t k = 0; k < t->n; k++)
+            if (!isfinite(t->data[k]))
+                return fail(err, len, path,
+                            "tensor '%.100s' holds %s at index %zu: the run "
+                            "diverged (use a checkpoint from before)",
+                            t->name, isnan(t->data[k]) ? "NaN" : "infinity", k);
+    }
+    return 0;
 }
 
 /* The optimiser tensor `name` must be present, of n floats, exactly when
@@ -595,22 +613,27 @@ int qkv_ckpt_load(const char *path, qkv_model *m, qkv_optim *opt, int64_t *step,
         }
         if (meta_count(&f, "optim_step", &ostep, path, err, errlen)) goto out;
     }
-    if (qkv_model_init(&lm, &mc, 0, why, sizeof why)) {
+    /* The config is checked against the file's tensors before the model's
+     * memory is allocated: a small file cannot ask for gigabytes. */
+    if (qkv_model_declare(&lm, &mc, why, sizeof why)) {
         fail(err, errlen, path, "metadata \"model\": %s", why);
         goto out;
     }
     built = 1;
-    if (load_tensors(&f, &lm.params, path, err, errlen)) goto out;
+    if (load_tensors(&f, &lm.params, 0, path, err, errlen)) goto out;
     /* Which buffers qkv_optim_init allocates for the stored config. */
     int want_m = ojson && (oc.kind != QKV_OPTIM_SGD || oc.momentum > 0);
     int want_v = ojson && oc.kind != QKV_OPTIM_SGD;
     if (check_optim_tensor(&f, "optim.m", want_m, lm.params.n, path, err,
                            errlen) ||
         check_optim_tensor(&f, "optim.v", want_v, lm.params.n, path, err,
-                           errlen))
+                           errlen) ||
+        check_finite(&f, path, err, errlen))
         goto out;
 
     /* Everything is valid: fill the caller's structs. */
+    qkv_model_alloc(&lm, 0);
+    load_tensors(&f, &lm.params, 1, path, err, errlen); /* checked above */
     if (opt && ojson) {
         qkv_optim_init(&lo, &oc, &lm.params);
         if (want_m)
@@ -680,7 +703,9 @@ int qkv_ckpt_load_weights(const char *path, qkv_model *m, char *err,
         rc = fail(err, errlen, path,
                   "the checkpoint's model differs from this one: %s", why);
     else
-        rc = load_tensors(&f, &m->params, path, err, errlen);
+        rc = check_finite(&f, path, err, errlen)
+                 ? -1
+                 : load_tensors(&f, &m->params, 1, path, err, errlen);
     qkv_st_free(&f);
     return rc;
 }

@@ -1,5 +1,7 @@
 #include "model.h"
 
+#include "io.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -66,11 +68,29 @@ static int check_config(const qkv_model_config *c, char *err, size_t len) {
     if (c->pad_id < 0 || c->pad_id >= c->tgt_vocab)
         return config_error(err, len, "pad id %d outside the vocabulary (%d)",
                             c->pad_id, c->tgt_vocab);
+    /* Caps on what a config (from a flag or a file) may ask for, checked
+     * before any of it is allocated. */
+    if (c->tgt_vocab > QKV_MAX_VOCAB ||
+        (encdec && c->src_vocab > QKV_MAX_VOCAB))
+        return config_error(err, len,
+                            "vocabularies of %d and %d tokens: at "
+                            "most %d",
+                            c->src_vocab, c->tgt_vocab, QKV_MAX_VOCAB);
+    if (c->d_model > QKV_MAX_WIDTH || c->d_ff > QKV_MAX_WIDTH)
+        return config_error(err, len, "d_model %d and d_ff %d: at most %d",
+                            c->d_model, c->d_ff, QKV_MAX_WIDTH);
+    if (c->max_len > QKV_MAX_POSITIONS ||
+        (double)c->max_len * c->d_model > (double)QKV_MAX_POSITIONS * 1024)
+        return config_error(err, len,
+                            "max_len %d (x d_model %d): at most %d positions "
+                            "and %d x 1024 position values",
+                            c->max_len, c->d_model, QKV_MAX_POSITIONS,
+                            QKV_MAX_POSITIONS);
     return 0;
 }
 
-int qkv_model_init(qkv_model *m, const qkv_model_config *cfg, uint64_t seed,
-                   char *err, size_t errlen) {
+int qkv_model_declare(qkv_model *m, const qkv_model_config *cfg, char *err,
+                      size_t errlen) {
     memset(m, 0, sizeof *m);
     if (check_config(cfg, err, errlen)) return -1;
     const qkv_model_config *c = &m->cfg;
@@ -79,7 +99,6 @@ int qkv_model_init(qkv_model *m, const qkv_model_config *cfg, uint64_t seed,
     int D = c->d_model, L = c->max_len;
     qkv_params *ps = &m->params;
     qkv_params_init(ps);
-
     if (c->kind == QKV_MODEL_ENCDEC) {
         m->src_embed =
             qkv_params_add(ps, "src_embed.weight", 2, (int[]){c->src_vocab, D});
@@ -111,8 +130,29 @@ int qkv_model_init(qkv_model *m, const qkv_model_config *cfg, uint64_t seed,
     m->generator = c->tie_output ? m->tgt_embed
                                  : qkv_params_add(ps, "generator.weight", 2,
                                                   (int[]){c->tgt_vocab, D});
-    qkv_params_alloc(ps);
+    /* weights and gradients, and the sinusoidal table */
+    double bytes = 8.0 * (double)ps->n + 4.0 * L * D;
+    char a[32], b[32];
+    if (ps->n > QKV_MAX_PARAMS || bytes > (double)qkv_memory_limit()) {
+        config_error(err, errlen,
+                     "the model has %zu parameters: it needs %s for weights "
+                     "and gradients, and qkv may use %s (at most %d "
+                     "parameters)",
+                     ps->n, qkv_bytes_str(bytes, a),
+                     qkv_bytes_str((double)qkv_memory_limit(), b),
+                     QKV_MAX_PARAMS);
+        qkv_model_free(m);
+        return -1;
+    }
+    return 0;
+}
 
+void qkv_model_alloc(qkv_model *m, uint64_t seed) {
+    QKV_CHECK(m->params.count && !m->params.values,
+              "model_alloc: declare the model first, and only once");
+    qkv_params *ps = &m->params;
+    int D = m->cfg.d_model, L = m->cfg.max_len;
+    qkv_params_alloc(ps);
     qkv_pcg32 init;
     qkv_pcg32_seed(&init, seed, 0x1417); /* one stream for weights */
     qkv_xavier_init(ps, &init);
@@ -128,6 +168,12 @@ int qkv_model_init(qkv_model *m, const qkv_model_config *cfg, uint64_t seed,
             m->pe[(size_t)p * D + i] = (float)sin(angle);
             if (i + 1 < D) m->pe[(size_t)p * D + i + 1] = (float)cos(angle);
         }
+}
+
+int qkv_model_init(qkv_model *m, const qkv_model_config *cfg, uint64_t seed,
+                   char *err, size_t errlen) {
+    if (qkv_model_declare(m, cfg, err, errlen)) return -1;
+    qkv_model_alloc(m, seed);
     return 0;
 }
 

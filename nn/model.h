@@ -65,11 +65,33 @@ typedef struct qkv_model {
     qkv_pcg32 rng;                 /* dropout masks */
 } qkv_model;
 
+/* Caps a config may ask for (a flag or a checkpoint's metadata); beyond
+ * them, or beyond the memory qkv may use (io.h), qkv_model_declare refuses
+ * it before allocating. QKV_MAX_PARAMS: optimiser state is saved as one
+ * tensor, whose dimensions are ints. */
+#define QKV_MAX_VOCAB (1 << 22)
+#define QKV_MAX_WIDTH (1 << 16) /* d_model, d_ff */
+#define QKV_MAX_POSITIONS                                                      \
+    (1 << 16) /* max_len; also max_len x d_model                               \
+                 <= 2^26 (a 256 MB sinusoid table) */
+#define QKV_MAX_PARAMS 2147483647
+
 /* Checks the config (a bad one returns -1 with a one-line reason in err),
  * registers and allocates the parameters, and initialises them with Xavier
- * uniform from PCG32 stream `seed`. */
+ * uniform from PCG32 stream `seed`. The same as qkv_model_declare, then
+ * qkv_model_alloc. */
 int qkv_model_init(qkv_model *m, const qkv_model_config *cfg, uint64_t seed,
                    char *err, size_t errlen);
+/* The first half of qkv_model_init: checks cfg and registers the parameters
+ * (names and shapes in m->params, no buffers yet), so a checkpoint's config
+ * can be compared with its tensors before the model's memory is allocated.
+ * Refuses a model whose weights and gradients would not fit in the memory
+ * qkv may use. After -1 there is nothing to free; after 0 either
+ * qkv_model_alloc or qkv_model_free. */
+int qkv_model_declare(qkv_model *m, const qkv_model_config *cfg, char *err,
+                      size_t errlen);
+/* The second half: allocates the parameters and initialises them. */
+void qkv_model_alloc(qkv_model *m, uint64_t seed);
 void qkv_model_free(qkv_model *m);
 /* Writes one line per parameter (name, shape, count) and the total. */
 void qkv_model_print_params(const qkv_model *m, FILE *f);

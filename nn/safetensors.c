@@ -751,10 +751,8 @@ static const char *lead(int *k, const char *msg, const char *heading,
     return buf;
 }
 
-int qkv_st_load_params(const qkv_st_file *f, qkv_params *ps, const char *path,
-                       qkv_st_error *err) {
-    QKV_CHECK(ps->values || ps->count == 0,
-              "st_load_params: parameter store not allocated");
+int qkv_st_check_params(const qkv_st_file *f, const qkv_params *ps,
+                        const char *path, qkv_st_error *err) {
     char msg[400] = "", h[64], a[64], b[64];
     int k = 0;
     for (int i = 0; i < ps->count; i++)
@@ -781,6 +779,14 @@ int qkv_st_load_params(const qkv_st_file *f, qkv_params *ps, const char *path,
                    shape_str(p->ndim, p->shape, b));
     }
     if (*msg) return fail(err, path, "does not match the model: %s", msg);
+    return 0;
+}
+
+int qkv_st_load_params(const qkv_st_file *f, qkv_params *ps, const char *path,
+                       qkv_st_error *err) {
+    QKV_CHECK(ps->values || ps->count == 0,
+              "st_load_params: parameter store not allocated");
+    if (qkv_st_check_params(f, ps, path, err)) return -1;
     for (int i = 0; i < ps->count; i++) {
         const qkv_st_tensor *t = qkv_st_find(f, ps->list[i]->name);
         memcpy(ps->list[i]->data, t->data, t->n * sizeof(float));

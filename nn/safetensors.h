@@ -14,8 +14,8 @@
  * rename: PATH then holds the new file). PATH.tmp.<pid> files of writers
  * that were killed (their process is gone) are removed first. Reads refuse
  * anything but a regular file without blocking on it (a FIFO, a device) and
- * a file larger than the memory qkv may use (io.h), and validate everything before
- * allocating tensor memory (sizes, offsets, shapes, dtype, overflow, the
+ * a file larger than the memory qkv may use (io.h), and validate everything
+ * before allocating tensor memory (sizes, offsets, shapes, dtype, overflow, the
  * tensors tiling the data buffer exactly) and refuse a bad file with one line
  * naming it and the fault.
  *
@@ -98,5 +98,9 @@ void qkv_st_free(qkv_st_file *f);
  * mismatch; on refusal ps is unchanged. path is only used in messages. */
 int qkv_st_load_params(const qkv_st_file *f, qkv_params *ps, const char *path,
                        qkv_st_error *err);
+/* Its checks alone, on a store whose buffers need not be allocated yet
+ * (names and shapes are enough): 0, or -1 naming what differs. */
+int qkv_st_check_params(const qkv_st_file *f, const qkv_params *ps,
+                        const char *path, qkv_st_error *err);
 
 #endif

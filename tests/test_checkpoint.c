@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <sys/resource.h>
+
 #include "checkpoint.h"
 #include "tasks.h"
 #include "test.h"
@@ -769,7 +771,11 @@ static void test_refuse_bad_contents(void) {
     char *cfg = qkv_model_config_to_json(&mc);
     char *no_dff = edit_json(cfg, "d_ff", NULL),
          *narrow = edit_json(cfg, "d_model", "16"),
-         *heads3 = edit_json(cfg, "heads", "3");
+         *heads3 = edit_json(cfg, "heads", "3"),
+         *vocab10m = edit_json(cfg, "src_vocab", "10000000"),
+         *vocab4m = edit_json(cfg, "src_vocab", "4000000"),
+         *len10m = edit_json(cfg, "max_len", "10000000"),
+         *wide = edit_json(cfg, "d_ff", "65536");
     qkv_optim_config oc = qkv_optim_defaults(QKV_OPTIM_ADAM);
     char *ocfg = qkv_optim_config_to_json(&oc),
          *bad_kind = edit_json(ocfg, "kind", "\"lion\"");
@@ -788,6 +794,15 @@ static void test_refuse_bad_contents(void) {
          "shape mismatch: src_embed.weight is "
          "(11,32) in the file but (11,16) in the "
          "model"},
+        /* sizes from the metadata are checked against the tensors (and
+         * caps) before the model is allocated: see the memory check below */
+        {{"model", vocab4m, 0, 0, 0},
+         "shape mismatch: src_embed.weight is (11,32) in the file but "
+         "(4000000,32) in the model"},
+        {{"model", vocab10m, 0, 0, 0},
+         "vocabularies of 10000000 and 11 tokens: at most 4194304"},
+        {{"model", len10m, 0, 0, 0}, "max_len 10000000"},
+        {{"model", wide, 0, 0, 0}, "shape mismatch"},
         {{"step", NULL, 0, 0, 0}, "no \"step\" in the metadata"},
         {{"step", "-1", 0, 0, 0},
          "metadata \"step\" = '-1' is not a "
@@ -824,9 +839,45 @@ static void test_refuse_bad_contents(void) {
          "(11,32) in the model"},
         {{0, 0, 0, 0, "optim.extra"}, "not in the model: optim.extra"},
     };
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    long rss0 = ru.ru_maxrss;
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         rewrite(good, p, cases[i].ed);
         expect_load_refused(p, cases[i].words);
+    }
+    getrusage(RUSAGE_SELF, &ru);
+    CHECK(ru.ru_maxrss - rss0 < 64 * 1024,
+          "refusing the files took %ld MB more memory (10M-token "
+          "vocabularies allocated?)",
+          (ru.ru_maxrss - rss0) / 1024);
+    /* A NaN or an infinity among the weights (a diverged run): refused. */
+    {
+        qkv_st_file f;
+        qkv_st_error se;
+        CHECK(qkv_st_read(good, &f, &se) == 0, "%s", se.msg);
+        const float bad[2] = {NAN, INFINITY};
+        for (int k = 0; k < 2; k++) {
+            qkv_st_entry e[64];
+            const char *keys[64], *vals[64];
+            int nm = 0;
+            for (int i = 0; i < f.count && i < 64; i++) {
+                const qkv_st_tensor *t = &f.tensors[i];
+                e[i] = (qkv_st_entry){t->name, t->data, t->ndim, {0}};
+                memcpy(e[i].shape, t->shape, sizeof t->shape);
+            }
+            for (const cJSON *c = f.metadata->child; c && nm < 64; c = c->next)
+                keys[nm] = c->string, vals[nm++] = c->valuestring;
+            float *w = f.tensors[f.count - 1].data; /* a weight, by name */
+            float keep = w[3];
+            w[3] = bad[k];
+            CHECK(qkv_st_write(p, e, f.count, keys, vals, nm, &se) == 0, "%s",
+                  se.msg);
+            w[3] = keep;
+            expect_load_refused(p, k ? "holds infinity at index 3"
+                                     : "holds NaN at index 3");
+        }
+        qkv_st_free(&f);
     }
     /* Untouched, the same file loads. */
     rewrite(good, p, (ckpt_edit){0});
@@ -849,6 +900,10 @@ static void test_refuse_bad_contents(void) {
     free(no_dff);
     free(narrow);
     free(heads3);
+    free(vocab10m);
+    free(vocab4m);
+    free(len10m);
+    free(wide);
     free(ocfg);
     free(bad_kind);
 }
