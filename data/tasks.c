@@ -38,6 +38,11 @@ static int tgt_len(const qkv_task *t) {
     return t->decoder_only ? t->max_len + y : y;
 }
 
+void qkv_task_dims(const qkv_task *t, int *S, int *T) {
+    *S = src_len(t);
+    *T = tgt_len(t);
+}
+
 void qkv_task_batch_init(qkv_task_batch *b, const qkv_task *t, int B) {
     size_t S = (size_t)src_len(t), T = (size_t)tgt_len(t), n = (size_t)B;
     b->src = qkv_calloc(n * (S ? S : 1), sizeof *b->src, "task batch");

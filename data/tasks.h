@@ -48,6 +48,8 @@ typedef struct qkv_task_batch {
 /* Checks the task (-1 and a one-line reason in err if it is impossible). */
 int qkv_task_check(const qkv_task *t, char *err, size_t errlen);
 void qkv_task_batch_init(qkv_task_batch *b, const qkv_task *t, int B);
+/* The S and T of t's batches (S = 0 for decoder-only), without making one. */
+void qkv_task_dims(const qkv_task *t, int *S, int *T);
 void qkv_task_batch_free(qkv_task_batch *b);
 /* Draws B fresh examples (in order, from rng). */
 void qkv_task_sample(const qkv_task *t, qkv_pcg32 *rng, qkv_task_batch *b);

@@ -539,12 +539,15 @@ static int load_tensors(const qkv_st_file *f, qkv_params *ps, int copy,
     return rc ? fail(err, len, NULL, "%s", se.msg) : 0;
 }
 
-/* Every value of every tensor of f is finite: a NaN or an infinity is the
- * trace of a run that diverged, not a model to use or continue. */
+/* Every weight of f is finite: a NaN or an infinity is the trace of a run
+ * that diverged, not a model to use or continue. (Adam's v may hold an
+ * infinity, from a squared gradient beyond FLT_MAX: that weight's updates
+ * are then 0, not NaN.) */
 static int check_finite(const qkv_st_file *f, const char *path, char *err,
                         size_t len) {
     for (int i = 0; i < f->count; i++) {
         const qkv_st_tensor *t = &f->tensors[i];
+        if (is_optim_tensor(t->name)) continue;
         for (size_t k = 0; k < t->n; k++)
             if (!isfinite(t->data[k]))
                 return fail(err, len, path,
@@ -662,17 +665,16 @@ out:
     return rc;
 }
 
-/* The first field (but dropout) in which two configs differ, described in
- * msg; 0 if none. Compares the JSON forms, so every field is covered. */
-static int config_differs(const qkv_model_config *file,
-                          const qkv_model_config *here, char *msg, size_t len) {
+int qkv_model_config_diff(const qkv_model_config *file,
+                          const qkv_model_config *here, int with_dropout,
+                          char *msg, size_t len) {
     char *a = qkv_model_config_to_json(file),
          *b = qkv_model_config_to_json(here);
     cJSON *ja = need(cJSON_Parse(a)), *jb = need(cJSON_Parse(b));
     int dec = here->kind == QKV_MODEL_DECODER, differs = 0;
     for (const cJSON *x = ja->child; x && !differs; x = x->next) {
         const char *k = x->string;
-        if (!strcmp(k, "dropout") ||
+        if ((!with_dropout && !strcmp(k, "dropout")) ||
             (dec && (!strcmp(k, "src_vocab") || !strcmp(k, "n_enc"))))
             continue; /* dropout only acts in training; unused fields */
         const cJSON *y = cJSON_GetObjectItemCaseSensitive(jb, k);
@@ -699,7 +701,7 @@ int qkv_ckpt_load_weights(const char *path, qkv_model *m, char *err,
     char why[200];
     if (open_ckpt(path, &f, &mc, err, errlen)) return -1;
     int rc = 0;
-    if (config_differs(&mc, &m->cfg, why, sizeof why))
+    if (qkv_model_config_diff(&mc, &m->cfg, 0, why, sizeof why))
         rc = fail(err, errlen, path,
                   "the checkpoint's model differs from this one: %s", why);
     else

@@ -59,6 +59,13 @@ char *qkv_model_config_to_json(const qkv_model_config *c);
 int qkv_model_config_from_json(const char *json, qkv_model_config *c, char *err,
                                size_t errlen);
 
+/* The first field in which two configs differ ("max_len is 30 in the file
+ * but 40 here"), in msg; returns 1, or 0 if none does. Dropout is compared
+ * only if with_dropout; src_vocab and n_enc not for decoder-only models. */
+int qkv_model_config_diff(const qkv_model_config *file,
+                          const qkv_model_config *here, int with_dropout,
+                          char *msg, size_t len);
+
 /* "kind" adam/adamw/sgd, beta1, beta2, eps, weight_decay, momentum, nesterov,
  * decay_all. */
 char *qkv_optim_config_to_json(const qkv_optim_config *c);

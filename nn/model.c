@@ -272,6 +272,30 @@ qkv_tensor *qkv_model_loss(qkv_model *m, qkv_graph *g, const qkv_batch *b,
                              label_smoothing);
 }
 
+/* ------------------------------------------------------------------ memory */
+
+double qkv_model_activation_bytes(const qkv_model_config *c, int B, int S,
+                                  int T, int train) {
+    double b = B, s = c->kind == QKV_MODEL_ENCDEC ? S : 0, t = T;
+    double D = c->d_model, H = c->heads, F = c->d_ff, V = c->tgt_vocab;
+    double drop = c->dropout > 0, pre = c->norm == QKV_NORM_PRE;
+    /* per layer: the Q|K|V projection (3D), attention output, W_O, the
+     * residual and norm (post: one output; pre: the norm's and the sum's),
+     * the FFN (F, then D), dropout masks, and the attention weights H S S */
+    double enc = b * s * ((8 + 2 * pre + 3 * drop) * D + F) + b * H * s * s;
+    double dec = b * t * ((8 + 3 * pre + 4 * drop) * D + F) + b * H * t * t;
+    if (c->kind == QKV_MODEL_ENCDEC) /* cross-attention: Q, K|V of memory */
+        dec += b * t * (4 + pre + drop) * D + b * s * 2 * D + b * H * t * s;
+    double fwd = c->n_enc * enc + c->n_dec * dec + 3 * b * (s + t) * D +
+                 2 * b * t * V; /* embeddings; logits and probabilities */
+    /* The backward's gradients reuse dead buffers, but attention's dP and
+     * a layer's gradients coexist with the activations: at most about as
+     * much again (checked against the arena's peak in test_model). */
+    /* and per layer some 100 tensors' headers and alignment */
+    double overhead = 65536.0 * (c->n_enc + c->n_dec + 1);
+    return 4.0 * (train ? 2 * fwd : fwd) + overhead;
+}
+
 /* --------------------------------------------------------------- decoding */
 
 static int argmax(const float *x, int n) {

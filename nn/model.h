@@ -126,6 +126,15 @@ qkv_tensor *qkv_model_forward(qkv_model *m, qkv_graph *g, const qkv_batch *b);
 qkv_tensor *qkv_model_loss(qkv_model *m, qkv_graph *g, const qkv_batch *b,
                            float label_smoothing);
 
+/* Bytes of activations (the graph arena) one batch of B rows of S source
+ * and T target tokens needs: a training step (train 1: forward with the
+ * tape, then backward), or a forward without a tape (0: evaluation, a
+ * decoding step). An upper bound within a small factor of the arena's peak
+ * (test_model checks both), for refusing a batch that cannot fit before it
+ * is tried. Double: the sizes a hostile flag asks for overflow size_t. */
+double qkv_model_activation_bytes(const qkv_model_config *c, int B, int S,
+                                  int T, int train);
+
 /* Greedy decoding, batched, without a tape. Encoder-decoder: src (B, S)
  * -> out (B, max_out), starting from bos; a row stops at eos (eos < 0: never)
  * and is padded with pad_id after it. Decoder-only: src is the prompt

@@ -268,6 +268,82 @@ static void test_greedy_arena_holds_one_step(void) {
     qkv_model_free(&m);
 }
 
+/* The activation estimate bounds the arena's real peak from above, within
+ * a factor of 3, for training steps and forwards of models of every kind. */
+static void test_activation_estimate_bounds_the_arena(void) {
+    double lo = 1e9, hi = 0;
+    static const struct {
+        int dec, pre, B, S, T, D, H, F, V, N;
+        float drop;
+    } c[] = {
+        {0, 0, 32, 16, 16, 64, 4, 256, 16, 2, 0},     /* bench tiny */
+        {0, 0, 32, 64, 64, 256, 8, 1024, 1000, 2, 0}, /* base's shapes */
+        {0, 0, 8, 200, 201, 64, 4, 128, 50, 2, 0.1f}, /* long, dropout */
+        {1, 1, 16, 0, 201, 128, 8, 512, 300, 3, 0.1f},
+        {0, 1, 64, 10, 11, 32, 2, 64, 11, 1, 0},
+        {1, 0, 4, 0, 500, 64, 16, 128, 100, 2, 0}, /* attention dominates */
+        {0, 0, 2, 30, 5, 16, 1, 32, 4000, 1, 0},   /* the vocabulary does */
+        {0, 1, 3, 7, 40, 48, 3, 40, 9, 3, 0.3f},
+    };
+    for (size_t i = 0; i < sizeof c / sizeof *c; i++) {
+        qkv_model_config mc =
+            qkv_model_defaults(c[i].dec ? QKV_MODEL_DECODER : QKV_MODEL_ENCDEC);
+        mc.src_vocab = mc.tgt_vocab = c[i].V;
+        mc.d_model = c[i].D, mc.heads = c[i].H, mc.d_ff = c[i].F;
+        mc.n_enc = c[i].dec ? 0 : c[i].N, mc.n_dec = c[i].N;
+        mc.max_len = c[i].S > c[i].T ? c[i].S : c[i].T;
+        mc.dropout = c[i].drop;
+        mc.norm = c[i].pre ? QKV_NORM_PRE : QKV_NORM_POST;
+        qkv_model m;
+        char err[200];
+        if (qkv_model_init(&m, &mc, 1, err, sizeof err)) {
+            CHECK(0, "%s", err);
+            continue;
+        }
+        int nb = c[i].B, ls = c[i].S, lt = c[i].T;
+        size_t ns = (size_t)nb * (ls ? ls : 1), nt = (size_t)nb * lt;
+        int32_t *xs = calloc(ns, sizeof *xs), *tin = calloc(nt, 4),
+                *tout = calloc(nt, 4);
+        uint8_t *sp = calloc(ns, 1), *tp = calloc(nt, 1);
+        for (size_t k = 0; k < ns; k++) xs[k] = 3 + (int32_t)(k % 5);
+        for (size_t k = 0; k < nt; k++)
+            tin[k] = 3 + (int32_t)(k % 5), tout[k] = 3 + (int32_t)(k % 3);
+        qkv_batch b = {
+            nb,  ls,   lt, c[i].dec ? NULL : xs, c[i].dec ? NULL : sp,
+            tin, tout, tp};
+        qkv_graph g;
+        qkv_graph_init(&g, 0);
+        qkv_tensor *loss = qkv_model_loss(&m, &g, &b, 0.0f);
+        qkv_params_zero_grad(&m.params);
+        qkv_backward(&g, loss);
+        qkv_graph_reset(&g);
+        double train = (double)g.arena.peak;
+        qkv_graph_free(&g);
+        qkv_graph_init(&g, 0);
+        qkv_graph_set_grad(&g, 0);
+        g.training = 0;
+        qkv_model_forward(&m, &g, &b);
+        double fwd = (double)g.arena.total;
+        qkv_graph_free(&g);
+        double et = qkv_model_activation_bytes(&mc, nb, ls, lt, 1),
+               ef = qkv_model_activation_bytes(&mc, nb, ls, lt, 0);
+        CHECK(et >= train && et <= 3 * train,
+              "case %zu: training estimate %.0f for a peak of %.0f bytes", i,
+              et, train);
+        CHECK(ef >= fwd && ef <= 3 * fwd,
+              "case %zu: forward estimate %.0f for %.0f bytes", i, ef, fwd);
+        double r[2] = {et / train, ef / fwd};
+        for (int k = 0; k < 2; k++) {
+            if (r[k] < lo) lo = r[k];
+            if (r[k] > hi) hi = r[k];
+        }
+        free(xs), free(tin), free(tout), free(sp), free(tp);
+        qkv_model_free(&m);
+    }
+    printf("  activation estimate / arena peak: %.2f .. %.2f over %zu models\n",
+           lo, hi, 2 * (sizeof c / sizeof *c));
+}
+
 int main(void) {
     test_prog = "model";
     RUN(test_names_and_counts);
@@ -278,5 +354,6 @@ int main(void) {
     RUN(test_gradients_decoder_only);
     RUN(test_padding_is_invisible);
     RUN(test_greedy_arena_holds_one_step);
+    RUN(test_activation_estimate_bounds_the_arena);
     return test_summary();
 }
