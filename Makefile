@@ -106,7 +106,7 @@ $(BUILD)/examples/qkv: $(QKV_OBJ) $(LIB)
 
 # The main job: train the copy task (~10 s), plot its loss curve, decode.
 demo: $(BUILD)/examples/qkv
-	$(BUILD)/examples/qkv train --task copy --steps 800 --out runs/copy
+	$(BUILD)/examples/qkv train --task copy --steps 800 --out runs/copy --force
 	-$(BUILD)/examples/qkv plot runs/copy --term dumb
 	-$(BUILD)/examples/qkv plot runs/copy
 	@echo 'qkv decode --ckpt runs/copy/ckpt.safetensors "3 9 4 4 10 2 7 5 8 6"'
@@ -119,7 +119,7 @@ QKV := $(BUILD)/examples/qkv
 DATES := --data data/corpora/dates/train.tsv --valid data/corpora/dates/valid.tsv --tok char
 docs: $(QKV)
 	@mkdir -p docs
-	$(QKV) train --task copy --steps 800 --out runs/copy --quiet
+	$(QKV) train --task copy --steps 800 --out runs/copy --quiet --force
 	$(QKV) plot runs/copy -o docs/loss.png --title "qkv train --task copy"
 	$(QKV) sweep --N 1,2,4 --h 1,2,4,8,16 $(DATES) --steps 600 --eval-every 300 \
 	    --eval-size 1000 --metric val_acc --out runs/table3
@@ -127,7 +127,7 @@ docs: $(QKV)
 	cp runs/table3/loss.png docs/sweep-loss.png
 	cp runs/table3/sweep.csv docs/table3.csv
 	$(QKV) train --data data/corpora/grammar/train.tsv \
-	    --valid data/corpora/grammar/valid.tsv --steps 1000 --out runs/grammar --quiet
+	    --valid data/corpora/grammar/valid.tsv --steps 1000 --out runs/grammar --quiet --force
 	$(QKV) attn --ckpt runs/grammar/ckpt.safetensors "we see a dog ." -o docs/attn.png
 
 test: $(TEST_BIN) $(EXAMPLES)

@@ -417,8 +417,8 @@ static void test_bad_input_is_one_line_and_exit_2(void) {
     static const struct {
         const char *args, *want;
     } bad[] = {
-        {"--d 0", "--d must be between 1 and 16, got 0"},
-        {"--d 17", "--d must be between 1 and 16, got 17"},
+        {"--d 0", "--d must be positive, got 0"},
+        {"--d 17", "--d must be at most 16, got 17"},
         {"--heads 3", "--heads 3 does not divide --d 4"},
         {"--heads 0", "--heads must be positive"},
         {"''", "the sentence is empty"},

@@ -239,19 +239,25 @@ int cmd_attn(int argc, char **argv) {
     const char *ckpt = "", *out = "", *term = "", *kind = "all";
     int layer = 0, head = 0, threads = 0;
     const flag flags[] = {
-        {"ckpt", FLAG_STR, &ckpt, NULL, "checkpoint written by qkv train"},
+        {"ckpt", FLAG_STR, &ckpt, NULL, "checkpoint written by qkv train", 0,
+         0},
         {"out", FLAG_STR, &out, NULL,
          "picture, also -o (none: attn.png, or attn.svg with --term svg); "
-         "its gnuplot script and data go beside it (OUT.gp, OUT.dat)"},
+         "its gnuplot script and data go beside it (OUT.gp, OUT.dat)",
+         0, 0},
         {"term", FLAG_STR, &term, "png|svg|dumb",
          "picture format (none: from --out's extension, else png); dumb: "
-         "the weights as numbers on stdout, no files"},
+         "the weights as numbers on stdout, no files",
+         0, 0},
         {"kind", FLAG_STR, &kind, "enc|self|cross|all",
-         "encoder self-, decoder self- or cross-attention, or all"},
-        {"layer", FLAG_INT, &layer, NULL, "only this layer, 1-based (0: all)"},
-        {"head", FLAG_INT, &head, NULL, "only this head, 1-based (0: all)"},
+         "encoder self-, decoder self- or cross-attention, or all", 0, 0},
+        {"layer", FLAG_INT, &layer, NULL, "only this layer, 1-based (0: all)",
+         0, 0},
+        {"head", FLAG_INT, &head, NULL, "only this head, 1-based (0: all)", 0,
+         0},
         {"threads", FLAG_INT, &threads, NULL,
-         "OpenMP threads (0: the free cores, following the load)"},
+         "OpenMP threads (0: the free cores, following the load)", 0,
+         cli_max_threads()},
     };
     int nf = (int)(sizeof flags / sizeof flags[0]);
     /* -o is --out: the one short flag, as in cc -o */

@@ -3,11 +3,14 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -54,34 +57,74 @@ static int is_choice(const char *s, const char *choices) {
     return 0;
 }
 
-static void set_flag(const char *cmd, const flag *f, const char *v) {
+/* 0 if x (already of f's type) is in f's range, else -1 and err naming the
+ * bound it crosses. */
+static int check_range(const char *cmd, const flag *f, double x,
+                       const char *text, char *err, size_t errlen) {
+    if (f->lo == 0 && f->hi == 0) return 0; /* any value */
+    if (x >= f->lo && x <= f->hi) return 0;
+    char bound[64];
+    if (x > f->hi)
+        snprintf(bound, sizeof bound, "at most %.10g", f->hi);
+    else if (f->lo == 1 || f->lo == CLI_POSITIVE)
+        snprintf(bound, sizeof bound, "positive");
+    else if (f->lo == 0)
+        snprintf(bound, sizeof bound, ">= 0");
+    else
+        snprintf(bound, sizeof bound, "at least %.10g", f->lo);
+    snprintf(err, errlen, "%s: --%s must be %s, got %.60s", cmd, f->name, bound,
+             text);
+    return -1;
+}
+
+int cli_flag_set(const char *cmd, const flag *f, const char *v, char *err,
+                 size_t errlen) {
     char *end;
     errno = 0;
     switch (f->type) {
     case FLAG_INT: {
         long x = strtol(v, &end, 10);
-        if (errno || end == v || *end || x < INT_MIN || x > INT_MAX)
-            cli_die("%s: --%s wants an integer, got '%s'", cmd, f->name, v);
+        if (errno || end == v || *end || x < INT_MIN || x > INT_MAX) {
+            snprintf(err, errlen, "%s: --%s wants an integer, got '%.60s'", cmd,
+                     f->name, v);
+            return -1;
+        }
+        if (check_range(cmd, f, (double)x, v, err, errlen)) return -1;
         *(int *)f->dst = (int)x;
-        break;
+        return 0;
     }
     case FLAG_FLOAT: {
-        double x = strtod(v, &end);
-        if (errno || end == v || *end || !isfinite(x))
-            cli_die("%s: --%s wants a number, got '%s'", cmd, f->name, v);
-        *(float *)f->dst = (float)x;
-        break;
+        /* parsed as the float it is used as: 1e39 is not a finite float */
+        float x = strtof(v, &end);
+        if (end == v || *end || isnan(x)) {
+            snprintf(err, errlen, "%s: --%s wants a number, got '%.60s'", cmd,
+                     f->name, v);
+            return -1;
+        }
+        if (!isfinite(x)) { /* 1e39 overflows the float it is used as */
+            snprintf(err, errlen,
+                     "%s: --%s must be a finite float (at most 3.4e38), got "
+                     "'%.60s'",
+                     cmd, f->name, v);
+            return -1;
+        }
+        if (check_range(cmd, f, (double)x, v, err, errlen)) return -1;
+        *(float *)f->dst = x;
+        return 0;
     }
     case FLAG_STR:
-        if (f->choices && !is_choice(v, f->choices))
-            cli_die("%s: --%s must be one of %s, got '%s'", cmd, f->name,
-                    f->choices, v);
+        if (f->choices && !is_choice(v, f->choices)) {
+            snprintf(err, errlen, "%s: --%s must be one of %s, got '%.60s'",
+                     cmd, f->name, f->choices, v);
+            return -1;
+        }
         *(const char **)f->dst = v;
-        break;
+        return 0;
     case FLAG_BOOL:
         *(int *)f->dst = 1;
-        break;
+        return 0;
     }
+    return 0;
 }
 
 static void print_help(const char *cmd, const char *usage, const flag *flags,
@@ -128,32 +171,63 @@ static void print_help(const char *cmd, const char *usage, const flag *flags,
     }
 }
 
-void cli_parse(const char *cmd, const char *usage, const flag *flags, int n,
-               int argc, char **argv, int first, const char **positional,
-               int max_pos, int *n_pos) {
+int cli_parse_args(const char *cmd, const flag *flags, int n, int argc,
+                   char **argv, int first, const char **positional, int max_pos,
+                   int *n_pos, char *err, size_t errlen) {
     if (n_pos) *n_pos = 0;
     for (int i = first; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            print_help(cmd, usage, flags, n);
-            exit(0);
-        }
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) return 1;
         if (strncmp(a, "--", 2) != 0 || !a[2]) {
-            if (!positional || *n_pos >= max_pos)
-                cli_die("%s: unexpected argument '%s'", cmd, a);
+            if (!positional || *n_pos >= max_pos) {
+                snprintf(err, errlen, "%s: unexpected argument '%.60s'", cmd,
+                         a);
+                return -1;
+            }
             positional[(*n_pos)++] = a;
             continue;
         }
+        /* --name value, or --name=value */
+        const char *eq = strchr(a + 2, '=');
+        size_t len = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
         const flag *f = NULL;
         for (int k = 0; k < n && !f; k++)
-            if (strcmp(a + 2, flags[k].name) == 0) f = &flags[k];
-        if (!f) cli_die("%s: unknown flag %s (see qkv %s --help)", cmd, a, cmd);
+            if (strlen(flags[k].name) == len &&
+                strncmp(a + 2, flags[k].name, len) == 0)
+                f = &flags[k];
+        if (!f) {
+            snprintf(err, errlen, "%s: unknown flag --%.*s (see qkv %s --help)",
+                     cmd, (int)(len < 60 ? len : 60), a + 2, cmd);
+            return -1;
+        }
         if (f->type == FLAG_BOOL) {
-            set_flag(cmd, f, "");
+            if (eq) {
+                snprintf(err, errlen, "%s: --%s takes no value", cmd, f->name);
+                return -1;
+            }
+            *(int *)f->dst = 1;
             continue;
         }
-        if (i + 1 >= argc) cli_die("%s: %s needs a value", cmd, a);
-        set_flag(cmd, f, argv[++i]);
+        if (!eq && i + 1 >= argc) {
+            snprintf(err, errlen, "%s: --%s needs a value", cmd, f->name);
+            return -1;
+        }
+        if (cli_flag_set(cmd, f, eq ? eq + 1 : argv[++i], err, errlen))
+            return -1;
+    }
+    return 0;
+}
+
+void cli_parse(const char *cmd, const char *usage, const flag *flags, int n,
+               int argc, char **argv, int first, const char **positional,
+               int max_pos, int *n_pos) {
+    char err[512];
+    int rc = cli_parse_args(cmd, flags, n, argc, argv, first, positional,
+                            max_pos, n_pos, err, sizeof err);
+    if (rc < 0) cli_die("%s", err);
+    if (rc > 0) {
+        print_help(cmd, usage, flags, n);
+        exit(0);
     }
 }
 
@@ -181,9 +255,14 @@ char *cli_flags_json(const flag *flags, int n) {
     return s;
 }
 
-void cli_flags_from_json(const char *cmd, const flag *flags, int n,
-                         const void *json) {
+int cli_flags_from_json_err(const char *cmd, const flag *flags, int n,
+                            const void *json, char *err, size_t errlen) {
     const cJSON *j = json;
+    if (!cJSON_IsObject(j)) {
+        snprintf(err, errlen, "%s: the saved settings are not a JSON object",
+                 cmd);
+        return -1;
+    }
     for (int i = 0; i < n; i++) {
         const flag *f = &flags[i];
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, f->name);
@@ -191,24 +270,50 @@ void cli_flags_from_json(const char *cmd, const flag *flags, int n,
         int ok = f->type == FLAG_STR    ? cJSON_IsString(v)
                  : f->type == FLAG_BOOL ? cJSON_IsBool(v)
                                         : cJSON_IsNumber(v);
-        if (!ok)
-            cli_die("%s: the saved setting %s has the wrong type", cmd,
-                    f->name);
+        if (!ok) {
+            snprintf(err, errlen, "%s: the saved setting %s has the wrong type",
+                     cmd, f->name);
+            return -1;
+        }
+        char text[64], why[512];
+        int rc = 0;
         switch (f->type) {
         case FLAG_INT:
-            *(int *)f->dst = v->valueint;
-            break;
         case FLAG_FLOAT:
-            *(float *)f->dst = (float)v->valuedouble;
+            /* through the flag's own parser: the same type and range */
+            snprintf(text, sizeof text, "%.17g", v->valuedouble);
+            if (f->type == FLAG_INT && v->valuedouble != floor(v->valuedouble))
+                snprintf(text, sizeof text, "%.17g (not whole)",
+                         v->valuedouble);
+            rc = cli_flag_set(cmd, f, text, why, sizeof why);
             break;
         case FLAG_STR:
-            *(const char **)f->dst = v->valuestring;
+            rc = cli_flag_set(cmd, f, v->valuestring, why, sizeof why);
             break;
         case FLAG_BOOL:
             *(int *)f->dst = cJSON_IsTrue(v);
             break;
         }
+        if (rc) {
+            /* "CMD: --x must ..." -> "CMD: the saved setting --x must ..." */
+            size_t k = strlen(cmd) + 2;
+            snprintf(err, errlen, "%s: the saved setting %s", cmd,
+                     strlen(why) > k ? why + k : why);
+            return -1;
+        }
     }
+    return 0;
+}
+
+void cli_flags_from_json(const char *cmd, const flag *flags, int n,
+                         const void *json) {
+    char err[600];
+    if (cli_flags_from_json_err(cmd, flags, n, json, err, sizeof err))
+        cli_die("%s", err);
+}
+
+int cli_max_threads(void) {
+    return 4 * qkv_cpu_count();
 }
 
 /* ------------------------------------------------------------------ files */
@@ -242,6 +347,58 @@ void cli_write_file(const char *cmd, const char *path, const char *text) {
     if (!ok || rename(tmp, path)) {
         remove(tmp);
         cli_die("%s: cannot write %s: %s", cmd, path, strerror(errno));
+    }
+}
+
+void cli_check_forward_memory(const char *cmd, const qkv_model *m, int B, int S,
+                              int T, const char *fix) {
+    double need = qkv_model_activation_bytes(&m->cfg, B, S, T, 0),
+           have = (double)qkv_memory_limit() - 8.0 * (double)m->params.n;
+    if (need <= have) return;
+    char a[32], b[32];
+    cli_die("%s: decoding %d sequences of %d+%d tokens needs about %s of "
+            "memory and qkv may use %s more; lower %s",
+            cmd, B, S, T, qkv_bytes_str(need, a),
+            qkv_bytes_str(have > 0 ? have : 0, b), fix);
+}
+
+/* ----------------------------------------------------------- run folders */
+
+/* The files a run writes in its directory (qkv train, sweep's marker). */
+static const char *const run_files[] = {
+    "ckpt.safetensors", "log.csv", "config.json", "loss.png",
+    "loss.svg",         "loss.gp", "loss.dat",    "done"};
+
+int cli_run_lock(const char *cmd, const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) cli_die("%s: %s: cannot open: %s", cmd, dir, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        if (errno == EWOULDBLOCK)
+            cli_die("%s: %s is in use: another qkv process is writing a run "
+                    "there (wait for it to end, or use another directory)",
+                    cmd, dir);
+        cli_die("%s: %s: cannot lock: %s", cmd, dir, strerror(errno));
+    }
+    return fd; /* held until the process ends */
+}
+
+int cli_run_exists(const char *dir) {
+    for (int i = 0; i < 3; i++) { /* ckpt.safetensors, log.csv, config.json */
+        char p[4400];
+        snprintf(p, sizeof p, "%s/%s", dir, run_files[i]);
+        if (access(p, F_OK) == 0) return 1;
+    }
+    return 0;
+}
+
+void cli_run_clear(const char *cmd, const char *dir) {
+    for (size_t i = 0; i < sizeof run_files / sizeof *run_files; i++) {
+        char p[4400];
+        snprintf(p, sizeof p, "%s/%s", dir, run_files[i]);
+        if (unlink(p) != 0 && errno != ENOENT)
+            cli_die("%s: --force: cannot remove %s: %s", cmd, p,
+                    strerror(errno));
+        qkv_remove_stale_tmp(p);
     }
 }
 

@@ -12,6 +12,8 @@
 #ifndef QKV_CLI_H
 #define QKV_CLI_H
 
+#include <float.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,23 +34,49 @@ typedef struct flag {
     void *dst;           /* int*, float*, const char**, int* */
     const char *choices; /* FLAG_STR: "a|b|c", or NULL for any string */
     const char *help;
+    /* FLAG_INT, FLAG_FLOAT: the range a value must lie in (inclusive),
+     * checked in the type the value is used in (a float flag is parsed as a
+     * float: 1e39 is refused, not turned into inf). lo = CLI_POSITIVE: > 0.
+     * lo == hi == 0: any int, or any finite float. */
+    double lo, hi;
 } flag;
+#define CLI_POSITIVE 1.1754943508222875e-38 /* FLT_MIN: "> 0" for floats */
 
 /* One line "qkv: ..." on stderr and exit(2). */
 void cli_die(const char *fmt, ...) QKV_PRINTF(1, 2) __attribute__((noreturn));
 
-/* Parses argv[first..] against flags. Arguments that do not start with "--"
- * are collected into positional (at most max_pos of them, *n_pos counts
- * them); with positional NULL any such argument is an error. --help prints
- * the command's flags with their defaults and exits 0. */
+/* Parses argv[first..] against flags (--name value, or --name=value).
+ * Arguments that do not start with "--" are collected into positional (at
+ * most max_pos of them, *n_pos counts them); with positional NULL any such
+ * argument is an error. Returns 0; 1 if --help was asked for; -1 with one
+ * line in err ("CMD: --lr wants a number ...") for a bad argument. Exits
+ * nowhere: the fuzz harness calls it. */
+int cli_parse_args(const char *cmd, const flag *flags, int n, int argc,
+                   char **argv, int first, const char **positional, int max_pos,
+                   int *n_pos, char *err, size_t errlen);
+/* cli_parse_args for a command: a bad argument ends the program (one line,
+ * exit 2); --help prints the flags with their defaults and exits 0. */
 void cli_parse(const char *cmd, const char *usage, const flag *flags, int n,
                int argc, char **argv, int first, const char **positional,
                int max_pos, int *n_pos);
+/* Sets flag f from the text v: its type and range checked. 0, or -1 and
+ * one line in err. */
+int cli_flag_set(const char *cmd, const flag *f, const char *v, char *err,
+                 size_t errlen);
 /* config.json: every flag's value, as a JSON object (malloc'd). */
 char *cli_flags_json(const flag *flags, int n);
-/* Sets every flag found in the JSON object j (strings point into j). */
+/* Sets every flag found in the JSON object j (strings point into j), each
+ * checked as the flag itself would be (type, choices, range): saved settings
+ * are input too. 0, or -1 and one line in err naming the setting. */
+int cli_flags_from_json_err(const char *cmd, const flag *flags, int n,
+                            const void *j /* const cJSON * */, char *err,
+                            size_t errlen);
+/* The same; a bad setting ends the program (one line, exit 2). */
 void cli_flags_from_json(const char *cmd, const flag *flags, int n,
                          const void *j /* const cJSON * */);
+/* The most threads --threads takes: 4 per CPU this process may use (more
+ * only cost memory: libgomp gives each its stack). */
+int cli_max_threads(void);
 
 /* ------------------------------------------------------------------ files */
 
@@ -64,6 +92,27 @@ void cli_make_dirs(const char *cmd, const char *dir); /* mkdir -p */
 /* Writes path atomically (temp file + rename): never half a file; stale
  * temporaries of killed writers are removed first. */
 void cli_write_file(const char *cmd, const char *path, const char *text);
+
+/* Ends the program (one line, exit 2) if a forward without a tape of B
+ * rows of S + T tokens (evaluation, a step of decoding: the beam's rows)
+ * would not fit beside m in the memory qkv may use; fix names the flags to
+ * lower. */
+void cli_check_forward_memory(const char *cmd, const qkv_model *m, int B, int S,
+                              int T, const char *fix);
+
+/* ----------------------------------------------------------- run folders */
+
+/* A run directory (qkv train's --out, a sweep's): one writer at a time.
+ * cli_run_lock takes an exclusive flock on the directory, held until the
+ * process ends (the descriptor is returned and never closed); a second
+ * writer is refused with one line (exit 2). The directory must exist. */
+int cli_run_lock(const char *cmd, const char *dir);
+/* 1 if dir holds a run: its ckpt.safetensors, log.csv or config.json. */
+int cli_run_exists(const char *dir);
+/* --force: removes the files a run writes in dir (checkpoint, log, config,
+ * loss pictures and scripts, sweep's marker, stale temporaries); nothing
+ * else in dir is touched. */
+void cli_run_clear(const char *cmd, const char *dir);
 
 /* ---------------------------------------------------------------- gnuplot */
 

@@ -29,19 +29,24 @@ int cmd_eval(int argc, char **argv) {
         show = 0;
     float alpha = 0.6f;
     const flag flags[] = {
-        {"ckpt", FLAG_STR, &ckpt, NULL, "checkpoint written by qkv train"},
+        {"ckpt", FLAG_STR, &ckpt, NULL, "checkpoint written by qkv train", 0,
+         0},
         {"data", FLAG_STR, &data, NULL,
-         "test corpus, TSV (a task model draws fresh sequences instead)"},
+         "test corpus, TSV (a task model draws fresh sequences instead)", 0, 0},
         {"beam", FLAG_INT, &beam, NULL,
-         "beam width for decoding (1: greedy; encoder-decoder only)"},
-        {"alpha", FLAG_FLOAT, &alpha, NULL, "beam length penalty (GNMT)"},
-        {"batch-tokens", FLAG_INT, &batch_tokens, NULL, "tokens per batch"},
-        {"size", FLAG_INT, &size, NULL, "task models: sequences to draw"},
-        {"seed", FLAG_INT, &seed, NULL, "task models: PCG32 seed"},
+         "beam width for decoding (1: greedy; encoder-decoder only)", 1, 256},
+        {"alpha", FLAG_FLOAT, &alpha, NULL, "beam length penalty (GNMT)", 0,
+         10},
+        {"batch-tokens", FLAG_INT, &batch_tokens, NULL, "tokens per batch", 1,
+         1 << 24},
+        {"size", FLAG_INT, &size, NULL, "task models: sequences to draw", 1,
+         1 << 20},
+        {"seed", FLAG_INT, &seed, NULL, "task models: PCG32 seed", 0, 0},
         {"show", FLAG_INT, &show, NULL,
-         "print the first N pairs with their outputs"},
+         "print the first N pairs with their outputs", 0, INT_MAX},
         {"threads", FLAG_INT, &threads, NULL,
-         "OpenMP threads (0: the free cores, following the load)"},
+         "OpenMP threads (0: the free cores, following the load)", 0,
+         cli_max_threads()},
     };
     int nf = (int)(sizeof flags / sizeof flags[0]);
     cli_parse("eval", "--ckpt FILE [--data TEST.tsv] [flags]", flags, nf, argc,
@@ -119,6 +124,16 @@ int cmd_eval(int argc, char **argv) {
         qkv_batcher it;
         int longest = cli_pair_cost(&p);
         int budget = batch_tokens > longest ? batch_tokens : longest;
+        {
+            int rows = budget / longest, out_len = 2 * longest + 8;
+            if (out_len > m.cfg.max_len) out_len = m.cfg.max_len;
+            cli_check_forward_memory("eval", &m, rows,
+                                     d.decoder_only ? 0 : p.longest_src,
+                                     out_len, "--batch-tokens");
+            if (beam > 1)
+                cli_check_forward_memory("eval", &m, beam, p.longest_src,
+                                         out_len, "--beam");
+        }
         if (qkv_batcher_init(&it, &p, budget, err, sizeof err))
             cli_die("eval: %s", err);
         qkv_corpus_batch b;
@@ -182,19 +197,24 @@ int cmd_decode(int argc, char **argv) {
     int beam = 1, max_out = 0, top_k = 0, seed = 1, threads = 0;
     float alpha = 0.6f, temp = 0.0f;
     const flag flags[] = {
-        {"ckpt", FLAG_STR, &ckpt, NULL, "checkpoint written by qkv train"},
+        {"ckpt", FLAG_STR, &ckpt, NULL, "checkpoint written by qkv train", 0,
+         0},
         {"beam", FLAG_INT, &beam, NULL,
-         "beam width (1: greedy; encoder-decoder only)"},
-        {"alpha", FLAG_FLOAT, &alpha, NULL, "beam length penalty (GNMT)"},
+         "beam width (1: greedy; encoder-decoder only)", 1, 256},
+        {"alpha", FLAG_FLOAT, &alpha, NULL, "beam length penalty (GNMT)", 0,
+         10},
         {"max-out", FLAG_INT, &max_out, NULL,
-         "longest output in tokens (0: twice the input + 8)"},
+         "longest output in tokens (0: twice the input + 8)", 0,
+         QKV_MAX_POSITIONS},
         {"temp", FLAG_FLOAT, &temp, NULL,
-         "decoder-only: sampling temperature (0: greedy)"},
+         "decoder-only: sampling temperature (0: greedy)", 0, 100},
         {"top-k", FLAG_INT, &top_k, NULL,
-         "decoder-only: sample among the k likeliest (0: all)"},
-        {"seed", FLAG_INT, &seed, NULL, "decoder-only: PCG32 seed"},
+         "decoder-only: sample among the k likeliest (0: all)", 0,
+         QKV_MAX_VOCAB},
+        {"seed", FLAG_INT, &seed, NULL, "decoder-only: PCG32 seed", 0, 0},
         {"threads", FLAG_INT, &threads, NULL,
-         "OpenMP threads (0: the free cores, following the load)"},
+         "OpenMP threads (0: the free cores, following the load)", 0,
+         cli_max_threads()},
     };
     int nf = (int)(sizeof flags / sizeof flags[0]);
     enum { MAX_POS = 64 };
@@ -234,8 +254,16 @@ int cmd_decode(int argc, char **argv) {
             if (k >= n_in) break;
             s = inputs[k];
         } else {
-            ssize_t len = getline(&line, &line_cap, stdin);
-            if (len < 0) break;
+            ssize_t len =
+                qkv_getline_max(&line, &line_cap, stdin, QKV_MAX_LINE);
+            if (len == -1) break;
+            if (len == QKV_LINE_TOO_LONG)
+                cli_die("decode: input %d: a line longer than %u bytes", k + 1,
+                        QKV_MAX_LINE);
+            if ((size_t)len != strlen(line))
+                cli_die("decode: input %d: a NUL byte in the line (binary "
+                        "input?)",
+                        k + 1);
             while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
                 line[--len] = 0;
             s = line;
@@ -265,6 +293,9 @@ int cmd_decode(int argc, char **argv) {
             ids[n] = QKV_BOS;
             qkv_sample(&m, &g, ids, P, L, temp, top_k, eos, &rng, out);
         } else {
+            if (beam > 1)
+                cli_check_forward_memory("decode", &m, beam, n, L,
+                                         "--beam or --max-out");
             qkv_beam_search(&m, &g, ids, NULL, n, beam, alpha, QKV_BOS, eos, L,
                             out, NULL);
         }

@@ -243,20 +243,22 @@ int cmd_explain(int argc, char **argv) {
     int D = 4, H = 1, scale_flag = 0, no_scale = 0, causal = 0, seed = 1;
     const char *weights = "auto";
     const flag flags[] = {
-        {"d", FLAG_INT, &D, NULL, "width d: columns of the embeddings (1..16)"},
+        {"d", FLAG_INT, &D, NULL, "width d: columns of the embeddings (1..16)",
+         1, 16},
         {"heads", FLAG_INT, &H, NULL,
-         "attention heads H; must divide d (d_k = d / H)"},
+         "attention heads H; must divide d (d_k = d / H)", 1, INT_MAX},
         {"scale", FLAG_BOOL, &scale_flag, NULL,
-         "divide the scores by sqrt(d_k); done anyway unless --no-scale"},
+         "divide the scores by sqrt(d_k); done anyway unless --no-scale", 0, 0},
         {"no-scale", FLAG_BOOL, &no_scale, NULL,
-         "skip the scaling, to see what it changes"},
+         "skip the scaling, to see what it changes", 0, 0},
         {"causal", FLAG_BOOL, &causal, NULL,
-         "mask later tokens with -inf (decoder self-attention)"},
+         "mask later tokens with -inf (decoder self-attention)", 0, 0},
         {"weights", FLAG_STR, &weights, "auto|identity|random",
          "W_Q, W_K, W_V, W_O; auto: identity for the classic example (d 4, "
-         "words among The cat sat), else random"},
+         "words among The cat sat), else random",
+         0, 0},
         {"seed", FLAG_INT, &seed, NULL,
-         "PCG32 seed of the random vectors and weights"},
+         "PCG32 seed of the random vectors and weights", 0, 0},
     };
     int nf = (int)(sizeof flags / sizeof flags[0]);
     char usage[1024];

@@ -474,16 +474,18 @@ int cmd_plot(int argc, char **argv) {
     int logy = 0, smooth = 0;
     const flag flags[] = {
         {"out", FLAG_STR, &out, NULL,
-         "picture, .png or .svg (-o works too); none: loss.png as above"},
+         "picture, .png or .svg (-o works too); none: loss.png as above", 0, 0},
         {"term", FLAG_STR, &term, "png|svg|dumb",
          "format; dumb draws in the terminal (script: loss-dumb.gp); none: "
-         "from --out"},
-        {"x", FLAG_STR, &x, "step|tokens|seconds", "x axis"},
-        {"logy", FLAG_BOOL, &logy, NULL, "log-scale loss axis"},
+         "from --out",
+         0, 0},
+        {"x", FLAG_STR, &x, "step|tokens|seconds", "x axis", 0, 0},
+        {"logy", FLAG_BOOL, &logy, NULL, "log-scale loss axis", 0, 0},
         {"smooth", FLAG_INT, &smooth, NULL,
          "train loss smoothed over N steps (centred moving average; 0: a "
-         "25th of the run, 1: none)"},
-        {"title", FLAG_STR, &title, NULL, "title above the plot"},
+         "25th of the run, 1: none)",
+         0, INT_MAX},
+        {"title", FLAG_STR, &title, NULL, "title above the plot", 0, 0},
     };
     int nf = (int)(sizeof flags / sizeof *flags);
     const char *usage =

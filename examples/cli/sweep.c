@@ -303,18 +303,20 @@ int cmd_sweep(int argc, char **argv) {
                *out = "runs/sweep", *term = "png";
     int d_k = 0, keep_dk = 0, fixed_compute = 0;
     const flag flags[] = {
-        {"N", FLAG_STR, &Nlist, NULL, "layer counts, comma-separated"},
-        {"h", FLAG_STR, &hlist, NULL, "head counts, comma-separated"},
+        {"N", FLAG_STR, &Nlist, NULL, "layer counts, comma-separated", 0, 0},
+        {"h", FLAG_STR, &hlist, NULL, "head counts, comma-separated", 0, 0},
         {"fixed-compute", FLAG_BOOL, &fixed_compute, NULL,
-         "keep d_model, so d_k = d_model/h (Table 3 row A; the default)"},
-        {"keep-dk", FLAG_BOOL, &keep_dk, NULL, "the same as --fixed-compute"},
+         "keep d_model, so d_k = d_model/h (Table 3 row A; the default)", 0, 0},
+        {"keep-dk", FLAG_BOOL, &keep_dk, NULL, "the same as --fixed-compute", 0,
+         0},
         {"d-k", FLAG_INT, &d_k, NULL,
-         "instead fix d_k and set d_model = h x d_k (0: off)"},
+         "instead fix d_k and set d_model = h x d_k (0: off)", 0,
+         QKV_MAX_WIDTH},
         {"metric", FLAG_STR, &metric_s, "val_loss|val_acc|val_bleu|train_loss",
-         "what the table is sorted by and the heatmap shows"},
+         "what the table is sorted by and the heatmap shows", 0, 0},
         {"out", FLAG_STR, &out, NULL,
-         "sweep directory (a run per cell, sweep.csv, pictures)"},
-        {"term", FLAG_STR, &term, "png|svg|dumb", "picture format"},
+         "sweep directory (a run per cell, sweep.csv, pictures)", 0, 0},
+        {"term", FLAG_STR, &term, "png|svg|dumb", "picture format", 0, 0},
     };
     int nf = (int)(sizeof flags / sizeof flags[0]);
     /* Our flags are parsed here; every other flag goes to qkv train. */
@@ -419,6 +421,7 @@ int cmd_sweep(int argc, char **argv) {
                     out, path);
     }
     cli_make_dirs("sweep", out);
+    cli_run_lock("sweep", out); /* one sweep writes a directory at a time */
     cli_write_file("sweep", path, settings);
 
     int n = nN * nh;
@@ -469,6 +472,9 @@ int cmd_sweep(int argc, char **argv) {
                     args[na++] = dm;
                     args[na++] = "--out";
                     args[na++] = dir;
+                    /* no checkpoint: a cell cut before its first save,
+                     * whose log and config start over */
+                    args[na++] = "--force";
                 }
                 if (quiet_child) args[na++] = "--quiet";
                 args[na] = NULL;

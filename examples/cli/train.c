@@ -9,6 +9,15 @@
  * --save-every steps, at the end, and on Ctrl-C). `--resume DIR` continues a
  * run bit for bit: the checkpoint holds the weights, the optimiser state, the
  * dropout and data generators, the position in the epoch, and the settings.
+ *
+ * Nothing is written before everything is checked: every flag (in the type
+ * it is used in), the data, the sizes (the step must fit in memory) and, on
+ * --resume, the stored settings against the checkpoint's own tensors. Then
+ * the directory is locked (one writer), and a directory that already holds a
+ * run is refused unless --resume or --force (which starts clean). A loss or
+ * gradient norm that is not finite stops the run (exit 3) before it can be
+ * saved over the last good checkpoint, unless --skip-nonfinite N lets it
+ * skip up to N such steps.
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -21,32 +30,47 @@
 #include "cli.h"
 #include "optim.h"
 
+/* Exit status of a run stopped because it diverged (0 done, 1 a bug, 2 bad
+ * input, 130 interrupted). */
+enum { EXIT_DIVERGED = 3 };
+
 static volatile sig_atomic_t interrupted;
 static void on_sigint(int sig) {
     (void)sig;
     interrupted = 1;
 }
 
-/* Keeps the rows of log.csv up to `step` (a resumed run rewrites the rest). */
+static const char log_header[] =
+    "step,tokens,seconds,lr,train_loss,val_loss,val_acc,val_bleu\n";
+
+/* The log of a resumed run: its header, then its rows up to `step` (the
+ * checkpoint's; later rows were written after the last save), rewritten
+ * atomically; then opened for appending. */
 static FILE *reopen_log(const char *path, int step) {
-    FILE *in = fopen(path, "r");
-    if (!in)
-        cli_die("train: --resume: cannot read %s: %s", path, strerror(errno));
-    char tmp[4300];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    FILE *out = fopen(tmp, "w");
-    if (!out) cli_die("train: cannot write %s: %s", tmp, strerror(errno));
+    char err[600];
+    FILE *in = NULL; /* a missing log starts again from its header */
+    if (access(path, F_OK) == 0 &&
+        !(in = qkv_fopen_file(path, QKV_MAX_TEXT_FILE, NULL, err, sizeof err)))
+        cli_die("train: --resume: %s", err);
+    cli_buf text = {0};
+    cli_bprintf(&text, "%s", log_header);
     char *line = NULL;
     size_t cap = 0;
-    int first = 1;
-    while (getline(&line, &cap, in) > 0) {
-        if (first || atoi(line) <= step) fputs(line, out);
-        first = 0;
+    ssize_t n;
+    for (int row = 0; in && (n = qkv_getline_max(&line, &cap, in, 4096)) != -1;
+         row++) {
+        if (n == QKV_LINE_TOO_LONG || (size_t)n != strlen(line))
+            cli_die("train: --resume: %s: row %d is not a log row", path,
+                    row + 1);
+        if (row == 0 && strcmp(line, log_header) == 0) continue;
+        if (line[0] < '0' || line[0] > '9') continue; /* no header: add it */
+        if (atoi(line) <= step && line[n - 1] == '\n')
+            cli_bprintf(&text, "%s", line);
     }
     free(line);
-    fclose(in);
-    if (fclose(out) || rename(tmp, path))
-        cli_die("train: cannot rewrite %s", path);
+    if (in) fclose(in);
+    cli_write_file("train", path, text.s);
+    free(text.s);
     FILE *log = fopen(path, "a");
     if (!log) cli_die("train: cannot append to %s: %s", path, strerror(errno));
     return log;
@@ -59,7 +83,7 @@ typedef struct train_opts {
     int N, n_enc, n_dec, h, d_model, d_ff;
     float dropout, label_smoothing, lr, clip, weight_decay;
     int warmup, batch, steps, seed, threads, eval_every, eval_size, quiet;
-    int save_every, plot, dry_run, profile;
+    int save_every, plot, dry_run, profile, force, skip_nonfinite;
 } train_opts;
 
 /* Non-pad tokens of a batch, source and target. */
@@ -149,6 +173,40 @@ static void print_profile(const qkv_profile *p, const double *phase,
            1e3 * wall / steps);
 }
 
+/* Refuses a run whose memory would not fit: the parameters with their
+ * gradients and the optimiser's state, the activations of the costliest
+ * training batch (B rows of S + T tokens) and of a validation batch (vB
+ * rows of vS + vT), and the data's buffers, against what qkv may use. */
+static void check_memory(const qkv_model *m, const qkv_optim_config *oc, int B,
+                         int S, int T, int vB, int vS, int vT,
+                         double data_bytes) {
+    const qkv_model_config *c = &m->cfg;
+    double n = (double)m->params.n;
+    int moments = oc->kind != QKV_OPTIM_SGD ? 2 : oc->momentum > 0;
+    double params = 4.0 * n * (2 + moments) + 4.0 * c->max_len * c->d_model;
+    double train = qkv_model_activation_bytes(c, B, S, T, 1);
+    double valid = vB ? qkv_model_activation_bytes(c, vB, vS, vT, 0) : 0;
+    double arena = train > valid ? train : valid; /* one arena, reset */
+    double need = params + arena + data_bytes;
+    double have = (double)qkv_memory_limit();
+    if (need <= have) return;
+    char a[32], b[32], p[32], t[32], v[32];
+    cli_die("train: the run needs about %s of memory and qkv may use %s: "
+            "parameters and optimiser %s, a step's activations (%d x %d+%d "
+            "tokens) %s, validation (%d sequences) %s; lower --batch, "
+            "--batch-tokens, --eval-size, --filter-len or the model's size",
+            qkv_bytes_str(need, a), qkv_bytes_str(have, b),
+            qkv_bytes_str(params, p), B, S, T, qkv_bytes_str(train, t), vB,
+            qkv_bytes_str(valid, v));
+}
+
+/* 1 if every parameter is finite (a save must not store a diverged model). */
+static int params_finite(const qkv_params *ps) {
+    int ok = 1;
+    for (size_t i = 0; i < ps->n; i++) ok &= isfinite(ps->values[i]);
+    return ok;
+}
+
 int cmd_train(int argc, char **argv) {
     train_opts o = {
         .task = "copy",
@@ -190,109 +248,145 @@ int cmd_train(int argc, char **argv) {
         .eval_size = 200,
         .quiet = 0,
         .save_every = 0,
+        .force = 0,
+        .skip_nonfinite = 0,
     };
     const flag flags[] = {
         {"task", FLAG_STR, &o.task, "copy|reverse|sort",
-         "generated task (when no --data)"},
+         "generated task (when no --data)", 0, 0},
         {"vocab", FLAG_INT, &o.vocab, NULL,
-         "task vocabulary, specials included"},
-        {"min-len", FLAG_INT, &o.min_len, NULL, "shortest task sequence"},
+         "task vocabulary, specials included", 1, QKV_MAX_VOCAB},
+        {"min-len", FLAG_INT, &o.min_len, NULL, "shortest task sequence", 1,
+         512},
         {"max-len", FLAG_INT, &o.max_len, NULL,
-         "longest task sequence (varying lengths add an eos)"},
+         "longest task sequence (varying lengths add an eos)", 1, 512},
         {"data", FLAG_STR, &o.data, NULL,
-         "training corpus, TSV source<TAB>target"},
-        {"valid", FLAG_STR, &o.valid, NULL, "validation corpus, TSV"},
-        {"tok", FLAG_STR, &o.tok, "word|char", "corpus tokenizer"},
+         "training corpus, TSV source<TAB>target", 0, 0},
+        {"valid", FLAG_STR, &o.valid, NULL, "validation corpus, TSV", 0, 0},
+        {"tok", FLAG_STR, &o.tok, "word|char", "corpus tokenizer", 0, 0},
         {"min-freq", FLAG_INT, &o.min_freq, NULL,
-         "rarer tokens of --data become <unk>"},
+         "rarer tokens of --data become <unk>", 0, INT_MAX},
         {"filter-len", FLAG_INT, &o.filter_len, NULL,
-         "drop pairs with a side longer than this, in tokens (0: keep all)"},
+         "drop pairs with a side longer than this, in tokens (0: keep all)", 0,
+         QKV_MAX_POSITIONS},
         {"batch-tokens", FLAG_INT, &o.batch_tokens, NULL,
-         "corpus batches: tokens per batch (0: --batch x the longest pair)"},
+         "corpus batches: tokens per batch (0: --batch x the longest pair)", 0,
+         1 << 24},
         {"epochs", FLAG_INT, &o.epochs, NULL,
-         "passes over --data; sets --steps (0: use --steps)"},
+         "passes over --data; sets --steps (0: use --steps)", 0, 1000000},
         {"model", FLAG_STR, &o.model, "encdec|decoder",
-         "encoder-decoder or decoder-only"},
-        {"N", FLAG_INT, &o.N, NULL, "layers in each stack"},
-        {"N-enc", FLAG_INT, &o.n_enc, NULL, "encoder layers (0: --N)"},
-        {"N-dec", FLAG_INT, &o.n_dec, NULL, "decoder layers (0: --N)"},
-        {"h", FLAG_INT, &o.h, NULL, "attention heads; must divide d-model"},
-        {"d-model", FLAG_INT, &o.d_model, NULL, "model width"},
-        {"d-ff", FLAG_INT, &o.d_ff, NULL, "feed-forward width"},
+         "encoder-decoder or decoder-only", 0, 0},
+        {"N", FLAG_INT, &o.N, NULL, "layers in each stack", 1, 64},
+        {"N-enc", FLAG_INT, &o.n_enc, NULL, "encoder layers (0: --N)", 0, 64},
+        {"N-dec", FLAG_INT, &o.n_dec, NULL, "decoder layers (0: --N)", 0, 64},
+        {"h", FLAG_INT, &o.h, NULL, "attention heads; must divide d-model", 1,
+         QKV_MAX_WIDTH},
+        {"d-model", FLAG_INT, &o.d_model, NULL, "model width", 1,
+         QKV_MAX_WIDTH},
+        {"d-ff", FLAG_INT, &o.d_ff, NULL, "feed-forward width", 1,
+         QKV_MAX_WIDTH},
         {"dropout", FLAG_FLOAT, &o.dropout, NULL,
-         "dropout on sub-layer outputs and embeddings"},
-        {"pos", FLAG_STR, &o.pos, "sin|learned", "positional encoding"},
-        {"norm", FLAG_STR, &o.norm, "post|pre", "layer norm placement"},
-        {"act", FLAG_STR, &o.act, "relu|gelu", "feed-forward activation"},
+         "dropout on sub-layer outputs and embeddings", 0, 0.99},
+        {"pos", FLAG_STR, &o.pos, "sin|learned", "positional encoding", 0, 0},
+        {"norm", FLAG_STR, &o.norm, "post|pre", "layer norm placement", 0, 0},
+        {"act", FLAG_STR, &o.act, "relu|gelu", "feed-forward activation", 0, 0},
         {"label-smoothing", FLAG_FLOAT, &o.label_smoothing, NULL,
-         "label smoothing"},
-        {"optim", FLAG_STR, &o.optim, "adam|adamw|sgd", "optimiser"},
-        {"lr", FLAG_FLOAT, &o.lr, NULL, "learning rate (noam: the factor)"},
+         "label smoothing", 0, 1},
+        {"optim", FLAG_STR, &o.optim, "adam|adamw|sgd", "optimiser", 0, 0},
+        {"lr", FLAG_FLOAT, &o.lr, NULL, "learning rate (noam: the factor)",
+         CLI_POSITIVE, FLT_MAX},
         {"weight-decay", FLAG_FLOAT, &o.weight_decay, NULL,
-         "adamw decoupled weight decay"},
+         "adamw decoupled weight decay", 0, FLT_MAX},
         {"schedule", FLAG_STR, &o.schedule, "const|noam|cosine",
-         "learning-rate schedule"},
-        {"warmup", FLAG_INT, &o.warmup, NULL, "warm-up steps (noam, cosine)"},
+         "learning-rate schedule", 0, 0},
+        {"warmup", FLAG_INT, &o.warmup, NULL, "warm-up steps (noam, cosine)", 0,
+         INT_MAX},
         {"clip", FLAG_FLOAT, &o.clip, NULL,
-         "gradient clipping by global norm (0: off)"},
-        {"batch", FLAG_INT, &o.batch, NULL, "sequences per step"},
-        {"steps", FLAG_INT, &o.steps, NULL, "training steps"},
+         "gradient clipping by global norm (0: off)", 0, FLT_MAX},
+        {"batch", FLAG_INT, &o.batch, NULL, "sequences per step", 1, 1 << 20},
+        {"steps", FLAG_INT, &o.steps, NULL, "training steps", 1, 1000000000},
         {"seed", FLAG_INT, &o.seed, NULL,
-         "PCG32 seed for weights, data and dropout"},
+         "PCG32 seed for weights, data and dropout", 0, 0},
         {"threads", FLAG_INT, &o.threads, NULL,
-         "OpenMP threads (0: the free cores, following the load)"},
+         "OpenMP threads (0: the free cores, following the load)", 0,
+         cli_max_threads()},
         {"eval-every", FLAG_INT, &o.eval_every, NULL,
-         "steps between validations"},
+         "steps between validations", 1, INT_MAX},
         {"eval-size", FLAG_INT, &o.eval_size, NULL,
          "validation sequences (task: fresh ones; corpus: the first of "
-         "--valid)"},
+         "--valid)",
+         1, 1 << 20},
         {"out", FLAG_STR, &o.out, NULL,
-         "run directory (log.csv, config.json, ckpt.safetensors)"},
+         "run directory (log.csv, config.json, ckpt.safetensors)", 0, 0},
         {"save-every", FLAG_INT, &o.save_every, NULL,
-         "steps between checkpoints (0: only at the end)"},
+         "steps between checkpoints (0: only at the end)", 0, INT_MAX},
         {"resume", FLAG_STR, &o.resume, NULL,
-         "continue the run in this directory where it stopped"},
+         "continue the run in this directory where it stopped", 0, 0},
+        {"force", FLAG_BOOL, &o.force, NULL,
+         "start over in an --out that holds a run (its checkpoint, log and "
+         "pictures are removed first)",
+         0, 0},
+        {"skip-nonfinite", FLAG_INT, &o.skip_nonfinite, NULL,
+         "skip up to N steps whose loss or gradient is NaN or inf (0: stop "
+         "at the first, exit 3)",
+         0, 1000000},
         {"plot", FLAG_BOOL, &o.plot, NULL,
-         "draw DIR/loss.png at every validation and at the end (gnuplot)"},
-        {"quiet", FLAG_BOOL, &o.quiet, NULL, "print only the final line"},
+         "draw DIR/loss.png at every validation and at the end (gnuplot)", 0,
+         0},
+        {"quiet", FLAG_BOOL, &o.quiet, NULL, "print only the final line", 0, 0},
         {"profile", FLAG_BOOL, &o.profile, NULL,
          "print the time per op kind (forward, backward), optimiser and data "
-         "at the end"},
+         "at the end",
+         0, 0},
         {"dry-run", FLAG_BOOL, &o.dry_run, NULL,
-         "check the flags and data, print the model's size, write nothing"},
+         "check the flags and data, print the model's size, write nothing", 0,
+         0},
     };
     int nf = (int)(sizeof flags / sizeof flags[0]);
     const char *usage = "[--task T | --data TRAIN.tsv --valid VALID.tsv] "
                         "[flags]";
     cli_parse("train", usage, flags, nf, argc, argv, 2, NULL, 0, NULL);
+    if (o.force && *o.resume)
+        cli_die("train: --force starts a run afresh; it cannot go with "
+                "--resume");
 
     /* --resume: the checkpoint holds the run's settings; only these may be
-     * given again (more --steps or --epochs extends the run). */
+     * given again (more --steps or --epochs extends the run). The directory
+     * is locked first: nobody else may write the run while it is read. The
+     * stored settings are checked as flags are. */
     qkv_st_file meta = {0};
     cJSON *saved = NULL;
     char err[512], ckpt_path[4200];
     cli_data d = {0};
+    qkv_model ck = {0};
+    qkv_optim ck_opt = {0};
+    qkv_pcg32 ck_data = {0, 1}; /* the checkpoint's data stream */
+    int64_t start = 0;
     if (*o.resume) {
-        const char *keep[] = {"resume", "threads", "quiet",   "steps",
-                              "epochs", "plot",    "profile", "save-every"};
+        const char *keep[] = {"resume",  "threads",    "quiet",
+                              "steps",   "epochs",     "plot",
+                              "profile", "save-every", "skip-nonfinite"};
         for (int i = 2; i < argc; i++) {
             if (strncmp(argv[i], "--", 2) != 0) continue;
             int ok = 0;
+            size_t len = strcspn(argv[i] + 2, "=");
             for (size_t k = 0; k < sizeof keep / sizeof *keep; k++)
-                ok |= strcmp(argv[i] + 2, keep[k]) == 0;
+                ok |= strlen(keep[k]) == len &&
+                      strncmp(argv[i] + 2, keep[k], len) == 0;
             if (!ok)
-                cli_die("train: %s cannot change when resuming (the "
+                cli_die("train: %.*s cannot change when resuming (the "
                         "checkpoint holds the run's settings)",
-                        argv[i]);
+                        (int)(len + 2), argv[i]);
         }
         if (strlen(o.resume) > 4000)
             cli_die("train: --resume path is too long");
+        cli_check_name("train", "--resume", o.resume);
+        cli_run_lock("train", o.resume);
         snprintf(ckpt_path, sizeof ckpt_path, "%s/ckpt.safetensors", o.resume);
-        qkv_model probe;
-        if (qkv_ckpt_load(ckpt_path, &probe, NULL, NULL, NULL, 0, &meta, err,
+        qkv_ckpt_rng r = {"data", &ck_data};
+        if (qkv_ckpt_load(ckpt_path, &ck, &ck_opt, &start, &r, 1, &meta, err,
                           sizeof err))
             cli_die("train: --resume: %s", err);
-        qkv_model_free(&probe);
         const char *cli = qkv_st_meta(&meta, "cli");
         if (!cli || !(saved = cJSON_Parse(cli)))
             cli_die("train: --resume: %s was not written by qkv train (no "
@@ -301,55 +395,37 @@ int cmd_train(int argc, char **argv) {
         if (cli_data_from_meta(&d, &meta, err, sizeof err))
             cli_die("train: --resume: %s: %s", ckpt_path, err);
         const char *dir = o.resume;
-        int steps = o.steps;
-        cli_flags_from_json("train", flags, nf, saved);
+        int steps = o.steps, skip = o.skip_nonfinite;
+        /* the thread count is this machine's, not the saved run's */
+        cJSON_DeleteItemFromObjectCaseSensitive(saved, "threads");
+        if (cli_flags_from_json_err("train", flags, nf, saved, err, sizeof err))
+            cli_die("train: --resume: %s: %s", ckpt_path, err + 7);
         int saved_epochs = o.epochs;
         o.epochs = 0;
+        o.force = o.dry_run = 0;
+        o.skip_nonfinite = skip;
         cli_parse("train", usage, flags, nf, argc, argv, 2, NULL, 0, NULL);
         if (o.epochs == 0 && o.steps == steps) o.epochs = saved_epochs;
         o.out = dir;
         o.resume = dir;
     }
 
-    /* Everything is checked before anything is written. */
+    /* Flags that go together; the ranges were checked by the parser. */
     int corpus = *o.data != 0, decoder = strcmp(o.model, "decoder") == 0;
-    if (o.steps < 1)
-        cli_die("train: --steps must be positive, got %d", o.steps);
-    if (o.batch < 1)
-        cli_die("train: --batch must be positive, got %d", o.batch);
-    if (o.eval_every < 1)
-        cli_die("train: --eval-every must be positive, got %d", o.eval_every);
-    if (o.eval_size < 1)
-        cli_die("train: --eval-size must be positive, got %d", o.eval_size);
-    if (o.threads < 0)
-        cli_die("train: --threads must be >= 0, got %d", o.threads);
-    if (o.warmup < 0) cli_die("train: --warmup must be >= 0, got %d", o.warmup);
-    if (!(o.lr > 0))
-        cli_die("train: --lr must be positive, got %g", (double)o.lr);
-    if (o.clip < 0)
-        cli_die("train: --clip must be >= 0, got %g", (double)o.clip);
-    if (o.label_smoothing < 0 || o.label_smoothing > 1)
-        cli_die("train: --label-smoothing must be in [0, 1], got %g",
-                (double)o.label_smoothing);
-    if (o.save_every < 0)
-        cli_die("train: --save-every must be >= 0, got %d", o.save_every);
-    if (o.epochs < 0) cli_die("train: --epochs must be >= 0, got %d", o.epochs);
-    if (o.filter_len < 0)
-        cli_die("train: --filter-len must be >= 0, got %d", o.filter_len);
-    if (o.batch_tokens < 0)
-        cli_die("train: --batch-tokens must be >= 0, got %d", o.batch_tokens);
     if (!corpus && *o.valid)
         cli_die("train: --valid needs --data (a task makes its own)");
     if (!corpus && o.epochs)
         cli_die("train: --epochs needs --data (a task has no epochs)");
-    if (!corpus && o.max_len > 512)
-        cli_die("train: --max-len must be at most 512, got %d", o.max_len);
-    if (o.threads) qkv_set_threads(o.threads);
+    if (strlen(o.out) > 4000) cli_die("train: --out path is too long");
+    cli_check_name("train", *o.resume ? "--resume" : "--out", o.out);
+    qkv_set_threads(o.threads);
 
     qkv_model_config c =
         qkv_model_defaults(decoder ? QKV_MODEL_DECODER : QKV_MODEL_ENCDEC);
     corpus_run cr;
     memset(&cr, 0, sizeof cr);
+    int B, S, T, vB = 0, vS = 0, vT = 0; /* the costliest batches */
+    double data_bytes = 0;
     if (!corpus) {
         qkv_task task = {strcmp(o.task, "reverse") == 0 ? QKV_TASK_REVERSE
                          : strcmp(o.task, "sort") == 0  ? QKV_TASK_SORT
@@ -364,6 +440,11 @@ int cmd_train(int argc, char **argv) {
         d.decoder_only = decoder;
         c.src_vocab = c.tgt_vocab = o.vocab;
         c.max_len = 2 * o.max_len + 2;
+        qkv_task_dims(&task, &S, &T);
+        B = o.batch;
+        vB = o.eval_size, vS = S, vT = T;
+        /* the batches' buffers: ids, targets and masks */
+        data_bytes = 13.0 * (o.batch + o.eval_size) * (S + T);
     } else {
         if (!*o.resume) { /* vocabularies from the training split */
             qkv_corpus tc;
@@ -381,28 +462,56 @@ int cmd_train(int argc, char **argv) {
         load_pairs("--data", o.data, &d, o.filter_len, o.filter_len, &cr.train,
                    o.quiet);
         int ls = cr.train.longest_src, lt = cr.train.longest_tgt;
-        /* Positions for sentences up to twice the longest training one. */
-        c.max_len = decoder ? 2 * (ls + lt + 1) + 8
-                            : 2 * (ls > lt + 1 ? ls : lt + 1) + 8;
+        /* Positions for sentences up to twice the longest training one, in
+         * 64-bit: a 1 MB line of characters is a million tokens. */
+        int64_t cost = cli_pair_cost(&cr.train);
+        int64_t max_len = 2 * cost + 8;
+        if (max_len > QKV_MAX_POSITIONS)
+            cli_die("train: --data: the longest pair is %lld tokens; a model "
+                    "takes at most %d (give --filter-len to drop longer "
+                    "pairs)",
+                    (long long)cost, (QKV_MAX_POSITIONS - 8) / 2);
+        c.max_len = (int)max_len;
         c.src_vocab = d.sv.size;
         c.tgt_vocab = d.tv.size;
-        int budget = o.batch_tokens ? o.batch_tokens
-                                    : o.batch * cli_pair_cost(&cr.train);
-        if (qkv_batcher_init(&cr.it, &cr.train, budget, err, sizeof err))
+        int64_t budget =
+            o.batch_tokens ? o.batch_tokens : (int64_t)o.batch * cost;
+        if (budget > 1 << 24)
+            cli_die("train: --batch %d x the longest pair (%lld tokens) is "
+                    "%lld tokens a batch, more than %d; lower --batch, or "
+                    "give --batch-tokens or --filter-len",
+                    o.batch, (long long)cost, (long long)budget, 1 << 24);
+        if (qkv_batcher_init(&cr.it, &cr.train, (int)budget, err, sizeof err))
             cli_die("train: --batch-tokens: %s", err);
+        B = (int)(budget / cost);
+        S = decoder ? 0 : ls, T = decoder ? (int)cost : lt + 1;
+        data_bytes = 13.0 * (double)budget + 8.0 * (double)cr.train.n_tokens;
         if (*o.valid) {
             int side = decoder ? (c.max_len - 1) / 2 : c.max_len - 1;
             load_pairs("--valid", o.valid, &d, side, side, &cr.valid, o.quiet);
             if (cr.valid.n > o.eval_size) cr.valid.n = o.eval_size;
             int vlong = cli_pair_cost(&cr.valid);
-            int vbudget = budget > vlong ? budget : vlong;
+            int vbudget = budget > vlong ? (int)budget : vlong;
             if (qkv_batcher_init(&cr.vit, &cr.valid, vbudget, err, sizeof err))
                 cli_die("train: --valid: %s", err);
             qkv_corpus_batch_init(&cr.vbatch, vbudget);
             cr.has_valid = 1;
+            /* decoding runs to twice the reference, within the positions */
+            vB = vbudget / vlong;
+            vS = decoder ? 0 : cr.valid.longest_src;
+            vT = 2 * vlong + 8 < c.max_len ? 2 * vlong + 8 : c.max_len;
+            data_bytes +=
+                13.0 * (double)vbudget + 8.0 * (double)cr.valid.n_tokens;
         }
-        qkv_corpus_batch_init(&cr.batch, budget);
-        if (o.epochs) o.steps = o.epochs * cr.it.n_batches;
+        qkv_corpus_batch_init(&cr.batch, (int)budget);
+        if (o.epochs) {
+            int64_t steps = (int64_t)o.epochs * cr.it.n_batches;
+            if (steps > 1000000000)
+                cli_die("train: --epochs %d x %d batches an epoch is %lld "
+                        "steps, more than 1000000000",
+                        o.epochs, cr.it.n_batches, (long long)steps);
+            o.steps = (int)steps;
+        }
     }
     c.d_model = o.d_model;
     c.heads = o.h;
@@ -413,17 +522,40 @@ int cmd_train(int argc, char **argv) {
     c.pos = strcmp(o.pos, "learned") == 0 ? QKV_POS_LEARNED : QKV_POS_SIN;
     c.norm = strcmp(o.norm, "pre") == 0 ? QKV_NORM_PRE : QKV_NORM_POST;
     c.act = strcmp(o.act, "gelu") == 0 ? QKV_ACT_GELU : QKV_ACT_RELU;
-    qkv_model m;
-    if (qkv_model_init(&m, &c, (uint64_t)o.seed, err, sizeof err))
-        cli_die("train: %s", err);
 
-    qkv_optim opt;
+    /* The model is declared (checked, no memory yet), then sized against
+     * the machine before anything is allocated. */
+    qkv_model m;
+    if (qkv_model_declare(&m, &c, err, sizeof err)) cli_die("train: %s", err);
     qkv_optim_config oc =
         qkv_optim_defaults(strcmp(o.optim, "sgd") == 0     ? QKV_OPTIM_SGD
                            : strcmp(o.optim, "adamw") == 0 ? QKV_OPTIM_ADAMW
                                                            : QKV_OPTIM_ADAM);
     if (oc.kind == QKV_OPTIM_ADAMW) oc.weight_decay = o.weight_decay;
-    qkv_optim_init(&opt, &oc, &m.params);
+    check_memory(&m, &oc, B, S, T, vB, vS, vT, data_bytes);
+
+    qkv_optim opt;
+    if (*o.resume) {
+        /* The stored settings must give back the checkpoint's own model:
+         * vocabularies, task and sizes agree with its tensors. */
+        if (qkv_model_config_diff(&ck.cfg, &c, 1, err, sizeof err))
+            cli_die("train: --resume: %s: its settings do not give its own "
+                    "model (%s%s)",
+                    ckpt_path, err, corpus ? "; was the corpus changed?" : "");
+        if (ck_opt.n && ck_opt.cfg.kind != oc.kind)
+            cli_die("train: --resume: %s: its optimiser is not the --optim "
+                    "%s of its settings",
+                    ckpt_path, o.optim);
+        qkv_model_free(&m);
+        m = ck; /* the checkpoint's weights and dropout stream */
+        if (ck_opt.n)
+            opt = ck_opt;
+        else
+            qkv_optim_init(&opt, &oc, &m.params);
+    } else {
+        qkv_model_alloc(&m, (uint64_t)o.seed);
+        qkv_optim_init(&opt, &oc, &m.params);
+    }
     int warm = o.warmup < o.steps ? o.warmup : o.steps;
     qkv_schedule sched = {strcmp(o.schedule, "noam") == 0 ? QKV_SCHEDULE_NOAM
                           : strcmp(o.schedule, "const") == 0
@@ -443,25 +575,27 @@ int cmd_train(int argc, char **argv) {
     qkv_pcg32_seed(&data, (uint64_t)o.seed, 1);
     qkv_pcg32_seed(&vdata, (uint64_t)o.seed, 2);
     qkv_ckpt_rng rngs[1] = {{"data", corpus ? &cr.epoch_rng : &data}};
-    int64_t start = 0;
     long tokens = 0;
     double secs0 = 0;
-    int served = 0;
-    if (*o.resume) { /* weights, Adam state, dropout and data streams, step */
-        qkv_model_free(&m);
-        qkv_optim_free(&opt);
-        if (qkv_ckpt_load(ckpt_path, &m, &opt, &start, rngs, 1, NULL, err,
-                          sizeof err))
-            cli_die("train: --resume: %s", err);
+    int served = 0, skipped = 0;
+    if (*o.resume) { /* data stream, position and counters */
+        *rngs[0].rng = ck_data;
         const char *t = qkv_st_meta(&meta, "tokens"),
                    *sec = qkv_st_meta(&meta, "seconds"),
                    *ep = qkv_st_meta(&meta, "epoch"),
-                   *bt = qkv_st_meta(&meta, "batch");
+                   *bt = qkv_st_meta(&meta, "batch"),
+                   *sk = qkv_st_meta(&meta, "skipped");
         tokens = t ? atol(t) : 0;
         secs0 = sec ? atof(sec) : 0;
         cr.epoch = ep ? atoi(ep) : 0;
         served = bt ? atoi(bt) : 0;
-        if (corpus && (!ep || !bt || served < 0 || served > cr.it.n_batches))
+        skipped = sk ? atoi(sk) : 0;
+        if (tokens < 0 || !(secs0 >= 0 && secs0 < 1e12) || skipped < 0)
+            cli_die("train: --resume: %s: its token count, time or skipped "
+                    "steps are not counts",
+                    ckpt_path);
+        if (corpus && (!ep || !bt || served < 0 || served > cr.it.n_batches ||
+                       cr.epoch < 1))
             cli_die("train: --resume: %s has no valid epoch position (was the "
                     "corpus changed?)",
                     ckpt_path);
@@ -480,8 +614,6 @@ int cmd_train(int argc, char **argv) {
         cr.it.next = served;
     }
 
-    if (strlen(o.out) > 4000) cli_die("train: --out path is too long");
-    cli_check_name("train", *o.resume ? "--resume" : "--out", o.out);
     if (o.dry_run) { /* every check above passed; write nothing */
         printf("qkv train --dry-run: %s, %s N=%d+%d h=%d d_model=%d, %zu "
                "parameters, %d steps: the flags and data are fine\n",
@@ -489,10 +621,22 @@ int cmd_train(int argc, char **argv) {
                c.d_model, m.params.n, o.steps);
         exit(0);
     }
-    cli_make_dirs("train", o.out);
+
+    /* Only now is anything written: the directory is made and locked, an
+     * old run in it is kept (or, with --force, removed), then config.json
+     * and the log's header are written atomically. */
+    char *cfg = cli_flags_json(flags, nf);
     char path[4200];
     snprintf(ckpt_path, sizeof ckpt_path, "%s/ckpt.safetensors", o.out);
-    char *cfg = cli_flags_json(flags, nf);
+    if (!*o.resume) {
+        cli_make_dirs("train", o.out);
+        cli_run_lock("train", o.out);
+        if (cli_run_exists(o.out) && !o.force)
+            cli_die("train: --out %s already holds a run; continue it with "
+                    "--resume %s, or start it over with --force",
+                    o.out, o.out);
+        if (o.force) cli_run_clear("train", o.out);
+    }
     snprintf(path, sizeof path, "%s/config.json", o.out);
     cli_write_file("train", path, cfg);
     snprintf(path, sizeof path, "%s/log.csv", o.out);
@@ -500,11 +644,9 @@ int cmd_train(int argc, char **argv) {
     if (*o.resume) {
         log = reopen_log(path, (int)start);
     } else {
-        log = fopen(path, "w");
+        cli_write_file("train", path, log_header);
+        log = fopen(path, "a");
         if (!log) cli_die("train: cannot write %s: %s", path, strerror(errno));
-        fprintf(
-            log,
-            "step,tokens,seconds,lr,train_loss,val_loss,val_acc,val_bleu\n");
     }
     const char *dkeys[3];
     char *dvals[3];
@@ -534,6 +676,9 @@ int cmd_train(int argc, char **argv) {
     double t0 = qkv_seconds() - secs0;
     float train_loss = 0;
     double vloss = NAN, vacc = NAN, vbleu = NAN;
+    int64_t last_save = *o.resume ? start : -1; /* the last good checkpoint */
+    int diverged = 0;
+    float norm = 0;
     /* --profile: op times from the tape, the rest timed here */
     qkv_profile prof;
     memset(&prof, 0, sizeof prof);
@@ -583,14 +728,25 @@ int cmd_train(int argc, char **argv) {
         PHASE(PH_ZERO);
         qkv_backward(&g, loss);
         PHASE(PH_BACKWARD);
-        if (o.clip > 0) qkv_clip_grad_norm(&m.params, o.clip);
+        /* The gradient norm comes free with clipping; without it (and
+         * without --skip-nonfinite), a NaN gradient shows in the next loss,
+         * or in the weights at a save. */
+        norm = o.clip > 0             ? qkv_clip_grad_norm(&m.params, o.clip)
+               : o.skip_nonfinite > 0 ? qkv_grad_norm(&m.params)
+                                      : 0;
         PHASE(PH_CLIP);
         float lr = qkv_schedule_lr(&sched, step);
-        qkv_optim_step(&opt, &m.params, lr);
+        int bad = !isfinite(train_loss) || !isfinite(norm);
+        if (bad && skipped < o.skip_nonfinite)
+            skipped++; /* the step is skipped: no update */
+        else if (bad)
+            diverged = 1;
+        else
+            qkv_optim_step(&opt, &m.params, lr);
         PHASE(PH_OPTIM);
         tokens += batch_tokens(bv);
         int report = step % o.eval_every == 0 || step == o.steps;
-        int eval = do_valid && report;
+        int eval = do_valid && report && !diverged;
         if (eval) {
             cli_scores s;
             validate(&m, &g, &d, &vb, &cr, &s);
@@ -608,23 +764,30 @@ int cmd_train(int argc, char **argv) {
             fprintf(log, "%.6f,%.4f,\n", vloss, vacc);
         else
             fputs(",,\n", log);
+        if (diverged) break;
         int save = step == o.steps || interrupted ||
                    (o.save_every && step % o.save_every == 0);
+        if (save && !params_finite(&m.params)) {
+            diverged = 1; /* weights gone bad without a bad loss yet */
+            break;
+        }
         if (save) { /* the log first, so it never lags the checkpoint */
             fflush(log);
-            char tok[32], sec[32], ep[16], bt[16];
+            char tok[32], sec[32], ep[16], bt[16], sk[16];
             snprintf(tok, sizeof tok, "%ld", tokens);
             snprintf(sec, sizeof sec, "%.3f", secs);
             snprintf(ep, sizeof ep, "%d", cr.epoch);
             snprintf(bt, sizeof bt, "%d", cr.it.next);
-            const char *keys[8] = {"cli", "tokens", "seconds", "epoch",
-                                   "batch"};
-            const char *vals[8] = {cfg, tok, sec, ep, bt};
+            snprintf(sk, sizeof sk, "%d", skipped);
+            const char *keys[9] = {"cli",   "tokens", "seconds",
+                                   "epoch", "batch",  "skipped"};
+            const char *vals[9] = {cfg, tok, sec, ep, bt, sk};
             for (int k = 0; k < n_dmeta; k++)
-                keys[5 + k] = dkeys[k], vals[5 + k] = dvals[k];
+                keys[6 + k] = dkeys[k], vals[6 + k] = dvals[k];
             if (qkv_ckpt_save(ckpt_path, &m, &opt, step, rngs, 1, keys, vals,
-                              5 + n_dmeta, err, sizeof err))
+                              6 + n_dmeta, err, sizeof err))
                 cli_die("train: %s", err);
+            last_save = step;
         }
         if (o.plot && (report || interrupted)) {
             char png[4300];
@@ -665,7 +828,30 @@ int cmd_train(int argc, char **argv) {
 #undef PHASE
     if (fclose(log)) cli_die("train: writing %s failed", path);
     if (tty) printf("\n");
-    if (interrupted)
+    if (diverged) {
+        char kept[4400];
+        if (last_save >= 0)
+            snprintf(kept, sizeof kept,
+                     "the last good checkpoint (step %lld) is kept in %s",
+                     (long long)last_save, ckpt_path);
+        else
+            snprintf(kept, sizeof kept, "no checkpoint was saved before it");
+        char why[128];
+        if (!isfinite(train_loss))
+            snprintf(why, sizeof why, "the loss is %s",
+                     isnan(train_loss) ? "NaN" : "infinite");
+        else if (!isfinite(norm))
+            snprintf(why, sizeof why, "the gradient norm is %s",
+                     isnan(norm) ? "NaN" : "infinite");
+        else
+            snprintf(why, sizeof why, "the weights are no longer finite");
+        fprintf(stderr,
+                "qkv: train: diverged at step %d: %s (%d earlier step%s "
+                "skipped, --skip-nonfinite %d); %s; lower --lr or raise "
+                "--warmup\n",
+                step, why, skipped, skipped == 1 ? "" : "s", o.skip_nonfinite,
+                kept);
+    } else if (interrupted)
         fprintf(stderr,
                 "qkv: interrupted at step %d; checkpoint saved in %s "
                 "(continue with: qkv train --resume %s)\n",
@@ -686,6 +872,11 @@ int cmd_train(int argc, char **argv) {
                "exact match %.1f%%; log in %s, checkpoint %s\n",
                o.steps, qkv_seconds() - t0, (double)train_loss, vloss,
                100.0 * vacc, path, ckpt_path);
+    if (skipped && !diverged)
+        fprintf(stderr,
+                "qkv: train: %d step%s skipped for a loss or gradient that "
+                "was not finite (--skip-nonfinite %d)\n",
+                skipped, skipped == 1 ? "" : "s", o.skip_nonfinite);
     for (int k = 0; k < n_dmeta; k++) free(dvals[k]);
     free(cfg);
     cJSON_Delete(saved);
@@ -707,5 +898,5 @@ int cmd_train(int argc, char **argv) {
     qkv_graph_free(&g);
     qkv_optim_free(&opt);
     qkv_model_free(&m);
-    return interrupted ? 130 : 0;
+    return diverged ? EXIT_DIVERGED : interrupted ? 130 : 0;
 }
