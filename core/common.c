@@ -18,10 +18,20 @@ void qkv_fatal_at(const char *file, int line, const char *fmt, ...) {
     exit(1);
 }
 
+static const char *program = ""; /* "train: " once the CLI says so */
+
+void qkv_set_program(const char *name) {
+    static char buf[64];
+    snprintf(buf, sizeof buf, "%.50s: ", name ? name : "");
+    program = name && *name ? buf : "";
+}
+
 static QKV_NORETURN void oom(size_t bytes, const char *what) {
-    fprintf(stderr, "qkv: out of memory allocating %zu bytes for %s\n", bytes,
-            what);
-    exit(1);
+    fprintf(stderr,
+            "qkv: %sout of memory allocating %zu bytes for %s (more than "
+            "this machine or its limits give)\n",
+            program, bytes, what);
+    exit(2);
 }
 
 void *qkv_malloc(size_t bytes, const char *what) {

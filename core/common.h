@@ -4,7 +4,9 @@
  *   - programmer errors (bad shapes, misuse): QKV_CHECK(cond, fmt, ...) stays
  * on in release builds, prints "qkv: file:line: message" and exits with 1;
  *   - user input errors: functions return an error code and a message;
- *   - out of memory: qkv_malloc prints what it could not allocate and exits.
+ *   - out of memory: qkv_malloc prints what it could not allocate and exits
+ *     with 2, as for input too large for the machine (requests are sized
+ *     up front where they can be: io.h, qkv_model_declare).
  *
  *   size_t n;
  *   QKV_CHECK(qkv_mul_size(rows, cols, &n), "matrix %zu x %zu overflows", rows,
@@ -45,13 +47,18 @@ static inline int qkv_add_size(size_t a, size_t b, size_t *out) {
 }
 
 /* malloc / calloc that never return NULL: on failure they print
- * "qkv: out of memory allocating N bytes for WHAT" and exit. */
+ * "qkv: [PROGRAM: ]out of memory allocating N bytes for WHAT ..." and exit
+ * with status 2. */
 void *qkv_malloc(size_t bytes, const char *what);
 void *qkv_calloc(size_t count, size_t size, const char *what);
 /* Aligned to 64 bytes (one cache line, one AVX-512 register); free with free().
  */
 void *qkv_malloc_aligned(size_t bytes, const char *what);
 void *qkv_realloc(void *p, size_t bytes, const char *what);
+
+/* Names the command in the out-of-memory message ("train": "qkv: train:
+ * out of memory ..."), as the CLI's own messages do. */
+void qkv_set_program(const char *name);
 
 /* Seconds on the monotonic clock (for timing; the origin is arbitrary). */
 double qkv_seconds(void);

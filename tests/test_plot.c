@@ -253,19 +253,32 @@ static void test_bad_input_is_one_line_and_exit_2(void) {
     }
     snprintf(path, sizeof path, "%s/not-a-run", dir);
     mkdir(path, 0777);
+    snprintf(path, sizeof path, "%s/fifo.csv", dir); /* open would block */
+    mkfifo(path, 0600);
+    snprintf(path, sizeof path, "%s/long-row.csv", dir);
+    FILE *lf = fopen(path, "w");
+    if (lf) {
+        fputs(header, lf);
+        for (int i = 0; i < 5000; i++) fputc('1', lf);
+        fputs(",2,3,4,5,,,\n", lf);
+        fclose(lf);
+    }
     static const struct {
         const char *args, *want;
     } bad[] = {
         {"plot", "one or more run directories"},
-        {"plot DIR/nowhere", "cannot read DIR/nowhere"},
-        {"plot DIR/not-a-run", "cannot read DIR/not-a-run/log.csv"},
+        {"plot DIR/nowhere", "DIR/nowhere: cannot open"},
+        {"plot DIR/not-a-run", "DIR/not-a-run/log.csv: cannot open"},
+        {"plot DIR/fifo.csv", "DIR/fifo.csv: is a FIFO"},
+        {"plot DIR/long-row.csv", "line 2: not a row of numbers (binary, or "
+                                  "over 4096 bytes)"},
         {"plot DIR/copy/config.json", "DIR/copy/config.json is not a qkv "
                                       "training log"},
         {"plot DIR/no-header.csv", "DIR/no-header.csv is not a qkv"},
         {"plot DIR/zero.csv", "DIR/zero.csv is empty"},
         {"plot DIR/empty-log.csv", "DIR/empty-log.csv has no rows"},
         {"plot DIR/bad-row.csv", "DIR/bad-row.csv line 2"},
-        {"plot DIR/copy DIR/nowhere", "cannot read DIR/nowhere"},
+        {"plot DIR/copy DIR/nowhere", "DIR/nowhere: cannot open"},
         {"plot DIR/copy -o DIR/x.jpg", "must end in .png or .svg"},
         {"plot DIR/copy --term svg -o DIR/x.png", "does not end in .svg"},
         {"plot DIR/copy --term pdf", "--term must be one of png|svg|dumb"},

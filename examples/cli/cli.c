@@ -16,12 +16,27 @@
 
 /* ------------------------------------------------------------------ flags */
 
+/* "qkv: MESSAGE" on one line, whatever a hostile name or file put in it. */
+static void vwarn(const char *fmt, va_list ap) {
+    char msg[2048];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    for (char *c = msg; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
+    fflush(stdout);
+    fprintf(stderr, "qkv: %s\n", msg);
+}
+
+void cli_warn(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vwarn(fmt, ap);
+    va_end(ap);
+}
+
 void cli_die(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fputs("qkv: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vwarn(fmt, ap);
     va_end(ap);
     exit(2);
 }
@@ -472,31 +487,28 @@ int cli_gnuplot(const char *cmd, const char *gp_path, const char *script) {
         int ok = f && fputs(script, f) >= 0;
         if (f) ok = fclose(f) == 0 && ok;
         if (!ok) {
-            fprintf(stderr, "qkv: %s: cannot write %s: %s\n", cmd, gp_path,
-                    strerror(errno));
+            cli_warn("%s: cannot write %s: %s", cmd, gp_path, strerror(errno));
             return -1;
         }
     }
     if (!cli_have_gnuplot()) {
-        fprintf(stderr,
-                "qkv: %s: gnuplot is not installed (apt-get install "
-                "gnuplot-nox)%s%s\n",
-                cmd, gp_path ? "; its script is in " : "",
-                gp_path ? gp_path : "");
+        cli_warn("%s: gnuplot is not installed (apt-get install "
+                 "gnuplot-nox)%s%s",
+                 cmd, gp_path ? "; its script is in " : "",
+                 gp_path ? gp_path : "");
         return -1;
     }
     fflush(stdout);
     FILE *p = popen("gnuplot", "w");
     if (!p) {
-        fprintf(stderr, "qkv: %s: cannot run gnuplot: %s\n", cmd,
-                strerror(errno));
+        cli_warn("%s: cannot run gnuplot: %s", cmd, strerror(errno));
         return -1;
     }
     int ok = fputs(script, p) >= 0;
     int st = pclose(p);
     if (!ok || st != 0) {
-        fprintf(stderr, "qkv: %s: gnuplot failed%s%s\n", cmd,
-                gp_path ? " on " : "", gp_path ? gp_path : "");
+        cli_warn("%s: gnuplot failed%s%s", cmd, gp_path ? " on " : "",
+                 gp_path ? gp_path : "");
         return -1;
     }
     return 0;

@@ -42,8 +42,11 @@ typedef struct flag {
 } flag;
 #define CLI_POSITIVE 1.1754943508222875e-38 /* FLT_MIN: "> 0" for floats */
 
-/* One line "qkv: ..." on stderr and exit(2). */
+/* One line "qkv: ..." on stderr (control bytes shown as '?', so it stays one
+ * line whatever a name holds) and exit(2). */
 void cli_die(const char *fmt, ...) QKV_PRINTF(1, 2) __attribute__((noreturn));
+/* The same line, without exiting. */
+void cli_warn(const char *fmt, ...) QKV_PRINTF(1, 2);
 
 /* Parses argv[first..] against flags (--name value, or --name=value).
  * Arguments that do not start with "--" are collected into positional (at

@@ -4,6 +4,10 @@
  *   qkv eval --ckpt runs/copy/ckpt.safetensors
  *   qkv decode --ckpt runs/copy/ckpt.safetensors "3 4 5 6 7 8 9 10 3 4"
  *   qkv --help | qkv COMMAND --help
+ *
+ * Exit status: 0 done; 1 an internal error (a bug: "qkv: file.c:LINE: ...");
+ * 2 bad input or a request this machine cannot hold, one line "qkv: CMD:
+ * ..."; 3 training diverged (qkv train); 130 interrupted (Ctrl-C).
  */
 #include <stdio.h>
 #include <string.h>
@@ -54,7 +58,9 @@ int main(int argc, char **argv) {
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-        if (strcmp(argv[1], commands[i].name) == 0)
+        if (strcmp(argv[1], commands[i].name) == 0) {
+            qkv_set_program(commands[i].name);
             return commands[i].run(argc, argv);
+        }
     cli_die("unknown command '%s' (see qkv --help)", argv[1]);
 }

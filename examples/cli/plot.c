@@ -94,10 +94,15 @@ static int plot_run_load(plot_run *r, const char *arg, char *err,
         snprintf(err, errlen, "path %s is too long", arg);
         return -1;
     }
-    FILE *f = fopen(path, "r");
-    if (!f || !realpath(path, r->log)) {
+    char why[PLOT_PATH + 200];
+    FILE *f = qkv_fopen_file(path, QKV_MAX_TEXT_FILE, NULL, why, sizeof why);
+    if (!f) {
+        snprintf(err, errlen, "%s", why);
+        return -1;
+    }
+    if (!realpath(path, r->log)) {
         snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
-        if (f) fclose(f);
+        fclose(f);
         return -1;
     }
     if (cli_has_control(r->log)) {
@@ -117,9 +122,16 @@ static int plot_run_load(plot_run *r, const char *arg, char *err,
 
     char *line = NULL;
     size_t cap = 0;
-    ssize_t got = getline(&line, &cap, f);
+    enum { ROW_MAX = 4096 }; /* a log row is some 60 bytes */
+    ssize_t got = qkv_getline_max(&line, &cap, f, ROW_MAX);
     int rc = 0, rows_cap = 0;
-    if (got <= 0) {
+    if (got == QKV_LINE_TOO_LONG || (got > 0 && (size_t)got != strlen(line))) {
+        snprintf(err, errlen,
+                 "%s is not a qkv training log (its first line "
+                 "is binary or over %d bytes)",
+                 path, ROW_MAX);
+        rc = -1;
+    } else if (got <= 0) {
         snprintf(err, errlen, "%s is empty: not a qkv training log", path);
         rc = -1;
     } else {
@@ -134,8 +146,17 @@ static int plot_run_load(plot_run *r, const char *arg, char *err,
             rc = -1;
         }
     }
-    for (int lineno = 2; rc == 0 && (got = getline(&line, &cap, f)) > 0;
+    for (int lineno = 2;
+         rc == 0 && (got = qkv_getline_max(&line, &cap, f, ROW_MAX)) != -1;
          lineno++) {
+        if (got == QKV_LINE_TOO_LONG || (size_t)got != strlen(line)) {
+            snprintf(err, errlen,
+                     "%s line %d: not a row of numbers (binary, or over %d "
+                     "bytes)",
+                     path, lineno, ROW_MAX);
+            rc = -1;
+            break;
+        }
         int whole = line[got - 1] == '\n';
         line[strcspn(line, "\r\n")] = 0;
         if (!*line) continue;
@@ -202,9 +223,7 @@ static int write_text(const char *cmd, const char *path, const char *text) {
     FILE *f = fopen(path, "w");
     int ok = f && fputs(text, f) >= 0;
     if (f) ok = fclose(f) == 0 && ok;
-    if (!ok)
-        fprintf(stderr, "qkv: %s: cannot write %s: %s\n", cmd, path,
-                strerror(errno));
+    if (!ok) cli_warn("%s: cannot write %s: %s", cmd, path, strerror(errno));
     return ok ? 0 : -1;
 }
 
@@ -235,12 +254,11 @@ static int plot_runs(const char *cmd, plot_run *runs, int n,
                                               : "png";
     int dumb = strcmp(term, "dumb") == 0, svg = strcmp(term, "svg") == 0;
     if (!dumb && !svg && strcmp(term, "png") != 0) {
-        fprintf(stderr, "qkv: %s: unknown terminal '%s' (png, svg or dumb)\n",
-                cmd, term);
+        cli_warn("%s: unknown terminal '%s' (png, svg or dumb)", cmd, term);
         return -1;
     }
     if (!dumb && !out) {
-        fprintf(stderr, "qkv: %s: a %s picture needs a file name\n", cmd, term);
+        cli_warn("%s: a %s picture needs a file name", cmd, term);
         return -1;
     }
     const char *x = o->x && *o->x ? o->x : "step";
@@ -260,20 +278,18 @@ static int plot_runs(const char *cmd, plot_run *runs, int n,
         else
             snprintf(dir, sizeof dir, ".");
         if (!realpath(dir, real)) {
-            fprintf(stderr, "qkv: %s: cannot write %s: %s\n", cmd, out,
-                    strerror(errno));
+            cli_warn("%s: cannot write %s: %s", cmd, out, strerror(errno));
             return -1;
         }
         if (snprintf(pic, sizeof pic, "%s/%s", strcmp(real, "/") ? real : "",
                      base) >= (int)sizeof pic) {
-            fprintf(stderr, "qkv: %s: path %s is too long\n", cmd, out);
+            cli_warn("%s: path %s is too long", cmd, out);
             return -1;
         }
         if (cli_has_control(pic)) {
-            fprintf(stderr,
-                    "qkv: %s: the picture's path has a control character (a "
-                    "newline or a tab?): it cannot go into a gnuplot script\n",
-                    cmd);
+            cli_warn("%s: the picture's path has a control character (a "
+                     "newline or a tab?): it cannot go into a gnuplot script",
+                     cmd);
             return -1;
         }
         const char *dot = strrchr(pic, '.');
@@ -452,7 +468,7 @@ int cli_plot_logs(const char *cmd, const char *const *logs,
     int rc = 0, loaded = 0;
     for (; loaded < n && rc == 0; loaded++)
         if (plot_run_load(&runs[loaded], logs[loaded], err, sizeof err)) {
-            fprintf(stderr, "qkv: %s: %s\n", cmd, err);
+            cli_warn("%s: %s", cmd, err);
             rc = -1;
         }
     if (rc == 0) {

@@ -64,7 +64,8 @@ static int parse_list(const char *flag_name, const char *s, int *v) {
 /* The last rows of a cell's log.csv: train loss averaged over the last
  * (up to) 50 steps, the last validation figures, seconds and tokens/s. */
 static int read_results(const char *path, cell *c) {
-    FILE *f = fopen(path, "r");
+    char err[600];
+    FILE *f = qkv_fopen_file(path, QKV_MAX_TEXT_FILE, NULL, err, sizeof err);
     if (!f) return -1;
     char line[1024];
     enum { TAIL = 50 };
@@ -200,8 +201,7 @@ static int draw_heatmap(const char *out, const cell *cells, const int *Ns,
              strcmp(term, "svg") == 0 ? "svg" : "png");
     FILE *f = fopen(dat, "w");
     if (!f) {
-        fprintf(stderr, "qkv: sweep: cannot write %s: %s\n", dat,
-                strerror(errno));
+        cli_warn("sweep: cannot write %s: %s", dat, strerror(errno));
         return -1;
     }
     fprintf(f, "# h_index N_index %s h N\n", metric_names[metric]);
@@ -286,8 +286,7 @@ static int run_train(char **args, int silent) {
         signal(SIGINT, SIG_DFL);
         if (silent && !freopen("/dev/null", "w", stdout)) _exit(127);
         execv("/proc/self/exe", args);
-        fprintf(stderr, "qkv: sweep: cannot run %s: %s\n", args[0],
-                strerror(errno));
+        cli_warn("sweep: cannot run %s: %s", args[0], strerror(errno));
         _exit(127);
     }
     child = pid;
@@ -409,7 +408,11 @@ int cmd_sweep(int argc, char **argv) {
     cli_check_name("sweep", "--out", out);
     char path[4400];
     snprintf(path, sizeof path, "%s/sweep.json", out);
-    FILE *f = fopen(path, "r");
+    char why[4600];
+    FILE *f = access(path, F_OK) == 0
+                  ? qkv_fopen_file(path, 1 << 20, NULL, why, sizeof why)
+                  : NULL;
+    if (!f && access(path, F_OK) == 0) cli_die("sweep: %s", why);
     if (f) {
         char buf[65536];
         size_t n = fread(buf, 1, sizeof buf - 1, f);
@@ -517,8 +520,8 @@ int cmd_sweep(int argc, char **argv) {
     printf("results: %s\n", path);
     int rc = 0;
     if (interrupted) {
-        fprintf(stderr, "qkv: sweep interrupted; run the same command again to "
-                        "continue (finished cells are kept)\n");
+        cli_warn("sweep interrupted; run the same command again to "
+                 "continue (finished cells are kept)");
         rc = 130;
     } else {
         const char *ls[MAX_VALUES * MAX_VALUES], *lb[MAX_VALUES * MAX_VALUES];

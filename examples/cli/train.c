@@ -845,17 +845,15 @@ int cmd_train(int argc, char **argv) {
                      isnan(norm) ? "NaN" : "infinite");
         else
             snprintf(why, sizeof why, "the weights are no longer finite");
-        fprintf(stderr,
-                "qkv: train: diverged at step %d: %s (%d earlier step%s "
-                "skipped, --skip-nonfinite %d); %s; lower --lr or raise "
-                "--warmup\n",
-                step, why, skipped, skipped == 1 ? "" : "s", o.skip_nonfinite,
-                kept);
+        cli_warn("train: diverged at step %d: %s (%d earlier step%s "
+                 "skipped, --skip-nonfinite %d); %s; lower --lr or raise "
+                 "--warmup",
+                 step, why, skipped, skipped == 1 ? "" : "s", o.skip_nonfinite,
+                 kept);
     } else if (interrupted)
-        fprintf(stderr,
-                "qkv: interrupted at step %d; checkpoint saved in %s "
-                "(continue with: qkv train --resume %s)\n",
-                step, ckpt_path, o.out);
+        cli_warn("interrupted at step %d; checkpoint saved in %s "
+                 "(continue with: qkv train --resume %s)",
+                 step, ckpt_path, o.out);
     else if (!do_valid)
         printf("done: %d steps (%d epochs) in %.1f s, train loss %.4f (no "
                "--valid: no validation); log in %s, checkpoint %s\n",
@@ -873,10 +871,9 @@ int cmd_train(int argc, char **argv) {
                o.steps, qkv_seconds() - t0, (double)train_loss, vloss,
                100.0 * vacc, path, ckpt_path);
     if (skipped && !diverged)
-        fprintf(stderr,
-                "qkv: train: %d step%s skipped for a loss or gradient that "
-                "was not finite (--skip-nonfinite %d)\n",
-                skipped, skipped == 1 ? "" : "s", o.skip_nonfinite);
+        cli_warn("train: %d step%s skipped for a loss or gradient that "
+                 "was not finite (--skip-nonfinite %d)",
+                 skipped, skipped == 1 ? "" : "s", o.skip_nonfinite);
     for (int k = 0; k < n_dmeta; k++) free(dvals[k]);
     free(cfg);
     cJSON_Delete(saved);
