@@ -50,7 +50,12 @@ static struct {
     int cur;             /* auto: the count it set last */
     double t0;           /* auto: start of the window (qkv_seconds) */
     double busy0, self0; /* auto: CPU-seconds at the start of the window */
-} thr;
+    double others;       /* auto: the last window's load of the others */
+} thr = {.others = -1};
+
+double qkv_threads_others(void) {
+    return thr.others;
+}
 
 void qkv_set_threads(int n) {
     QKV_CHECK(n >= 0, "set_threads: %d threads", n);
@@ -138,6 +143,7 @@ void qkv_threads_tick(void) {
     } else {
         double others =
             (busy - thr.busy0 - (self - thr.self0)) / (now - thr.t0);
+        thr.others = others;
         int n = qkv_threads_pick(thr.cur, thr.max, qkv_cpu_count(), others);
         if (n != thr.cur) omp_set_num_threads(n);
         thr.cur = n;

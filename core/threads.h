@@ -36,6 +36,11 @@ int qkv_cpu_count(void);
  * boundaries; must not be called inside a parallel region. */
 void qkv_threads_tick(void);
 
+/* CPU-seconds per second the other processes used on our CPUs over auto
+ * mode's last window (its input to qkv_threads_pick), or -1 before one has
+ * been measured. For diagnostics and tests. */
+double qkv_threads_others(void);
+
 /* The count auto mode moves to from cur, given max (the most it may use),
  * ncpu (CPUs it may run on) and others (CPU-seconds per second the other
  * processes used on them over the last window, steal time included):

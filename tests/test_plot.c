@@ -384,7 +384,7 @@ static void test_no_command_reaches_gnuplot(void) {
               r.status, r.err);
     }
     for (int i = 0; i < 4; i++) {
-        char f[16];
+        char f[32];
         snprintf(f, sizeof f, "pwned%d", i);
         CHECK(!exists(f), "%s/%s exists: gnuplot ran the command", dir, f);
     }

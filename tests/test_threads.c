@@ -84,7 +84,14 @@ static void test_auto_mode_on_a_busy_machine(void) {
     CHECK(busy == 1, "with %d of %d CPUs busy: %d threads, want 1", nh, ncpu,
           busy);
     int quiet = steps_until(&g, ncpu, 10.0);
-    CHECK(quiet == ncpu, "once they stopped: %d threads, want %d", quiet, ncpu);
+    double others = qkv_threads_others();
+    if (quiet != ncpu && others >= 0.15) /* not ours: someone else is busy */
+        printf("  not checked: the threads coming back (others still use "
+               "%.2f CPUs)\n",
+               others);
+    else
+        CHECK(quiet == ncpu, "once they stopped: %d threads, want %d", quiet,
+              ncpu);
     /* a count set through OpenMP itself is left alone */
     omp_set_num_threads(3);
     steps_until(&g, -1, 0.6);
