@@ -330,8 +330,14 @@ int cmd_sweep(int argc, char **argv) {
             if (strncmp(a, "--", 2) == 0 && strcmp(a + 2, flags[k].name) == 0)
                 f = &flags[k];
         int is_help = strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0;
-        int takes_value =
-            f ? f->type != FLAG_BOOL : strcmp(a, "--quiet") != 0 && !is_help;
+        /* qkv train's flags without a value (the rest take one, or carry
+         * it after '=') */
+        static const char *const train_bools[] = {
+            "--quiet", "--plot", "--profile", "--force", "--dry-run"};
+        int is_bool = strchr(a, '=') != NULL;
+        for (size_t k = 0; k < sizeof train_bools / sizeof *train_bools; k++)
+            is_bool |= strcmp(a, train_bools[k]) == 0;
+        int takes_value = f ? f->type != FLAG_BOOL : !is_bool && !is_help;
         char **dst = f || is_help ? own : pass;
         int *nd = f || is_help ? &n_own : &n_pass;
         if (!f && !is_help && strncmp(a, "--", 2) != 0)
@@ -363,8 +369,11 @@ int cmd_sweep(int argc, char **argv) {
         cli_die("sweep: --d-k and --fixed-compute contradict each other");
     /* the d_model the cells share: qkv train's default or --d-model */
     int d_model = 64;
-    for (int i = 0; i + 1 < n_pass; i++)
-        if (strcmp(pass[i], "--d-model") == 0) d_model = atoi(pass[i + 1]);
+    for (int i = 0; i < n_pass; i++)
+        if (strcmp(pass[i], "--d-model") == 0 && i + 1 < n_pass)
+            d_model = atoi(pass[i + 1]);
+        else if (strncmp(pass[i], "--d-model=", 10) == 0)
+            d_model = atoi(pass[i] + 10);
     for (int j = 0; j < nh && !d_k; j++)
         if (d_model % hs[j])
             cli_die("sweep: h = %d does not divide d_model = %d (pick heads "
