@@ -1,5 +1,7 @@
 #include "tensor.h"
 
+#include <math.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -171,6 +173,12 @@ qkv_tensor *qkv_params_find(const qkv_params *ps, const char *name) {
 
 void qkv_params_zero_grad(qkv_params *ps) {
     if (ps->grads) memset(ps->grads, 0, ps->n * sizeof(float));
+}
+
+int qkv_params_finite(const qkv_params *ps) {
+    int ok = 1; /* no early exit: the loop vectorises */
+    for (size_t i = 0; i < ps->n; i++) ok &= isfinite(ps->values[i]);
+    return ok;
 }
 
 void qkv_params_free(qkv_params *ps) {

@@ -91,6 +91,9 @@ void qkv_params_alloc(qkv_params *ps);
 qkv_tensor *qkv_params_find(const qkv_params *ps, const char *name);
 /* grads = 0: one memset. */
 void qkv_params_zero_grad(qkv_params *ps);
+/* 1 if every value is finite: no NaN, no infinity (a trainer checks before
+ * it saves: a diverged model must never replace a good checkpoint). */
+int qkv_params_finite(const qkv_params *ps);
 void qkv_params_free(qkv_params *ps);
 
 #endif

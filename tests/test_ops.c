@@ -541,6 +541,14 @@ static void test_params_layout(void) {
     CHECK(qkv_params_find(&ps, "enc.gamma") == b, "find by name");
     CHECK(qkv_params_find(&ps, "nope") == NULL, "missing name");
     CHECK(((uintptr_t)ps.values & 63) == 0, "values 64-byte aligned");
+    CHECK(qkv_params_finite(&ps), "zeros are finite");
+    const float bad[3] = {NAN, INFINITY, -INFINITY};
+    for (int k = 0; k < 3; k++) {
+        b->data[6] = bad[k]; /* the last value */
+        CHECK(!qkv_params_finite(&ps), "%g taken for finite", (double)bad[k]);
+        b->data[6] = 1e38f;
+        CHECK(qkv_params_finite(&ps), "1e38 is finite");
+    }
     qkv_params_free(&ps);
 }
 

@@ -200,13 +200,6 @@ static void check_memory(const qkv_model *m, const qkv_optim_config *oc, int B,
             qkv_bytes_str(valid, v));
 }
 
-/* 1 if every parameter is finite (a save must not store a diverged model). */
-static int params_finite(const qkv_params *ps) {
-    int ok = 1;
-    for (size_t i = 0; i < ps->n; i++) ok &= isfinite(ps->values[i]);
-    return ok;
-}
-
 int cmd_train(int argc, char **argv) {
     train_opts o = {
         .task = "copy",
@@ -767,7 +760,7 @@ int cmd_train(int argc, char **argv) {
         if (diverged) break;
         int save = step == o.steps || interrupted ||
                    (o.save_every && step % o.save_every == 0);
-        if (save && !params_finite(&m.params)) {
+        if (save && !qkv_params_finite(&m.params)) {
             diverged = 1; /* weights gone bad without a bad loss yet */
             break;
         }
