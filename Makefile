@@ -8,6 +8,7 @@
 #   make valgrind      the tests under valgrind (portable build, no AVX-512)
 #   make corpora       regenerate data/corpora with data/gen/make_corpora.py
 #   make golden        regenerate tests/golden/*.safetensors with PyTorch
+#   make fuzz          fuzz the parsers with libFuzzer (FUZZ_S=60: 60 s each)
 #   make DEBUG=1 ...   -O0 -g                          (objects in build-debug/)
 #   make SAN=1 ...     AddressSanitizer + UBSan        (objects in build-san/)
 #   make NATIVE=0      portable code (no -march=native)
@@ -24,6 +25,9 @@ BLAS    ?=
 CFLAGS  := -std=c11 -D_POSIX_C_SOURCE=200809L -fno-math-errno -Wall -Wextra -Werror \
            -Wshadow -Wstrict-prototypes -Icore -Inn -Ioptim -Idata
 LDLIBS  := -lcjson -lm
+# make fuzz: these warnings and includes, its own optimisation and sanitizers;
+# portable code (clang's -Wpsabi: vec.h's 16-wide vectors without AVX-512).
+FUZZ_CFLAGS := $(CFLAGS) -Iexamples/cli -O1 -g -fno-omit-frame-pointer -Wno-psabi
 
 # make BLAS=openblas: qkv_sgemm calls OpenBLAS's cblas_sgemm (for comparison;
 # apt-get install libopenblas-dev). Results then depend on OpenBLAS's thread
@@ -138,11 +142,12 @@ test: $(TEST_BIN) $(EXAMPLES)
 bench: $(BENCH_BIN)
 	@sh bench/run.sh $(BUILD)
 
-# Every test but the long learning run under valgrind (memcheck), built
+# Every test but the long learning run and the thread-count test (its
+# timing means nothing under valgrind) under valgrind (memcheck), built
 # without -march=native: valgrind 3.19 cannot decode AVX-512.
 valgrind:
 	$(MAKE) NATIVE=0 BUILD=build-vg all
-	@RUNNER=tests/vg.sh sh tests/run.sh $(patsubst %,build-vg/tests/%,$(filter-out test_learn,$(notdir $(TEST_BIN))))
+	@RUNNER=tests/vg.sh sh tests/run.sh $(patsubst %,build-vg/tests/%,$(filter-out test_learn test_threads,$(notdir $(TEST_BIN))))
 
 # Regenerates the committed PyTorch golden files (needs Debian's python3-torch).
 golden:
@@ -152,8 +157,36 @@ golden:
 corpora:
 	/usr/bin/python3 data/gen/make_corpora.py data/corpora
 
+# libFuzzer harnesses of the parsers of untrusted input (tests/fuzz/README):
+# clang with ASan + UBSan (any finding aborts), no OpenMP, in build-fuzz/.
+# FUZZ_S=N runs each harness N seconds on a scratch copy of its seeds and
+# fails on a crash (saved as build-fuzz/crash-NAME-*); fuzz-seeds remakes the
+# seeds with the qkv program.
+FUZZ_S     ?= 0
+FUZZ_CC    ?= clang
+FUZZ_BUILD := build-fuzz
+FUZZ_NAMES := ckpt tsv json flags
+FUZZ_SAN   := address,undefined -fno-sanitize-recover=all
+FUZZ_OBJ   := $(patsubst %.c,$(FUZZ_BUILD)/%.o,$(LIB_SRC) examples/cli/cli.c)
+FUZZ_BIN   := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz_%)
+.PHONY: fuzz fuzz-seeds
+
+fuzz: $(FUZZ_BIN)
+	@if [ "$(FUZZ_S)" != 0 ]; then \
+	    sh tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_S) $(FUZZ_NAMES); fi
+
+fuzz-seeds: $(BUILD)/examples/qkv
+	sh tests/fuzz/make_seeds.sh $(BUILD)/examples/qkv tests/fuzz/corpus
+
+$(FUZZ_BUILD)/%.o: %.c $(LIB_HDR) examples/cli/cli.h tests/fuzz/fuzz.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,$(FUZZ_SAN) -c $< -o $@
+
+$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/tests/fuzz/fuzz_%.o $(FUZZ_OBJ)
+	$(FUZZ_CC) -fsanitize=fuzzer,$(FUZZ_SAN) $^ -lcjson -lm -o $@
+
 format:
-	clang-format -i $(LIB_SRC) $(LIB_HDR) tests/*.[ch] examples/cli/*.[ch]
+	clang-format -i $(LIB_SRC) $(LIB_HDR) tests/*.[ch] tests/fuzz/*.[ch] examples/cli/*.[ch]
 
 clean:
-	rm -rf build build-debug build-san build-vg build-clang build-portable
+	rm -rf build build-debug build-san build-vg build-clang build-portable build-fuzz
