@@ -1,7 +1,6 @@
 /* attention.c - masked scaled dot-product attention, fused per (batch, head).
  *
- *   A = softmax(mask(scale * Q K^T)),  Y = A V      (Vaswani et al. 2017, eq.
- * 1)
+ *   A = softmax(mask(scale * Q K^T)),  Y = A V   (Vaswani et al. 2017, eq. 1)
  *
  * The forward keeps A (B,H,T,S) for the backward, which then needs only
  * matrix products of the same sizes as the forward: O(T S K) per head, never

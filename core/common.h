@@ -1,16 +1,18 @@
 /* common.h - error checks and checked allocation shared by all of qkv.
  *
  * Three kinds of error (STYLE.md rule 5):
- *   - programmer errors (bad shapes, misuse): QKV_CHECK(cond, fmt, ...) stays
- * on in release builds, prints "qkv: file:line: message" and exits with 1;
+ *   - programmer errors (bad shapes, misuse): QKV_CHECK(cond, fmt, ...)
+ *     stays on in release builds, prints "qkv: file:line: message" and exits
+ *     with 1;
  *   - user input errors: functions return an error code and a message;
  *   - out of memory: qkv_malloc prints what it could not allocate and exits
  *     with 2, as for input too large for the machine (requests are sized
  *     up front where they can be: io.h, qkv_model_declare).
  *
  *   size_t n;
- *   QKV_CHECK(qkv_mul_size(rows, cols, &n), "matrix %zu x %zu overflows", rows,
- * cols); float *x = qkv_malloc(n * sizeof *x, "activations");
+ *   QKV_CHECK(qkv_mul_size(rows, cols, &n), "matrix %zu x %zu overflows",
+ *             rows, cols);
+ *   float *x = qkv_malloc(n * sizeof *x, "activations");
  */
 #ifndef QKV_COMMON_H
 #define QKV_COMMON_H

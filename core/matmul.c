@@ -10,8 +10,8 @@
  *       for ic in M step MC:                  A block   op(A)[mc, kc]  -> L2
  *         pack it into pa (MC x KC)
  *         for jr in nc step NR:               B sliver  [kc, NR]       -> L1
- *           for ir in mc step MR:             A sliver  [MR, kc] streams from
- * L2 C[ir:+MR, jr:+NR] (+)= pa sliver * pb sliver   (micro-kernel)
+ *           for ir in mc step MR:             A sliver  [MR, kc] from L2
+ *             C[ir:+MR, jr:+NR] (+)= pa sliver * pb sliver   (micro-kernel)
  *
  * Packing copies a block of op(A) (or op(B)) into the exact order the
  * micro-kernel reads it: A slivers as [kc][MR] (the MR values of one column k
@@ -227,10 +227,10 @@ static void tile(int mr, int nr, int kc, const float *a, const float *b,
 /* ------------------------------------------------------------------------ */
 /* Packing. Both operands reduce to two patterns, with width = MR (A) or NR
  * (B) and n <= width valid lanes, the rest zero-padded:
- *   copy:      dst[k][i] = src[k * lds + i]   (op(A) with ta=1, op(B) with
- * tb=0) transpose: dst[k][i] = src[i * lds + k]   (op(A) with ta=0, op(B) with
- * tb=1) where dst is a sliver [kc][width]; pack_copy fills all slivers of a
- * block, pack_transpose one. */
+ *   copy:      dst[k][i] = src[k * lds + i]   (op(A) with ta=1, op(B), tb=0)
+ *   transpose: dst[k][i] = src[i * lds + k]   (op(A) with ta=0, op(B), tb=1)
+ * where dst is a sliver [kc][width]; pack_copy fills all slivers of a block,
+ * pack_transpose one. */
 
 /* The copy pattern for a whole block of n lanes (ceil(n / width) slivers).
  * Going sliver by sliver would walk src down its columns with stride lds, and

@@ -15,10 +15,10 @@
 
 #include "tape.h"
 
-/* y = op(a) op(b), op = transpose when ta/tb is 1. a: (..., M, K) or (..., K,
- * M); b: (K, N) or (N, K), shared by every matrix of a's batch, or batched like
- * a with the same leading dims. y: (..., M, N). Linear layers: x W^T = (x, W,
- * 0, 1). */
+/* y = op(a) op(b), op = transpose when ta/tb is 1.
+ * a: (..., M, K) or (..., K, M); b: (K, N) or (N, K), shared by every matrix
+ * of a's batch, or batched like a with the same leading dims. y: (..., M, N).
+ * Linear layers: x W^T = (x, W, 0, 1). */
 qkv_tensor *qkv_matmul(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int ta,
                        int tb);
 /* relu(op(a) op(b)), the relu applied by the matmul kernel as it stores

@@ -16,8 +16,8 @@
  * is, and so is one set through OpenMP directly (omp_set_num_threads): auto
  * mode steps aside as soon as the count is not the one it set.
  *
- *   qkv_set_threads(0);      // auto (the default): all CPUs while they are
- * free qkv_set_threads(1);      // exactly one, whatever the load
+ *   qkv_set_threads(0);   // auto (the default): all CPUs while they are free
+ *   qkv_set_threads(1);   // exactly one, whatever the load
  */
 #ifndef QKV_THREADS_H
 #define QKV_THREADS_H

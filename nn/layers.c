@@ -22,8 +22,8 @@ void qkv_xavier_init(qkv_params *ps, qkv_pcg32 *rng) {
     for (int i = 0; i < ps->count; i++) {
         qkv_tensor *t = ps->list[i];
         if (t->ndim >= 2) {
-            /* PyTorch's fans: fan_in = shape[1] * receptive, fan_out = shape[0]
-             * * receptive */
+            /* PyTorch's fans: fan_in = shape[1] * receptive,
+             *                 fan_out = shape[0] * receptive */
             size_t rf = t->n / ((size_t)t->shape[0] * (size_t)t->shape[1]);
             double fan_in = (double)t->shape[1] * (double)rf,
                    fan_out = (double)t->shape[0] * (double)rf;

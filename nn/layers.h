@@ -8,8 +8,8 @@
  *
  *   qkv_mha att;
  *   qkv_mha_init(&att, &ps, "decoder.layers.0.self_attn", 64, 4);
- *   ...  y = qkv_mha_forward(&att, g, x, x, NULL, 1);   // causal
- * self-attention
+ *   ...  // causal self-attention on x (B, T, 64), no padding, weights unkept
+ *   qkv_tensor *y = qkv_mha_forward(&att, g, x, x, NULL, 1, NULL);
  */
 #ifndef QKV_LAYERS_H
 #define QKV_LAYERS_H

@@ -24,7 +24,9 @@
  *
  *   qkv_st_error err;
  *   if (qkv_st_write_params("ckpt.safetensors", &ps, keys, vals, 2, &err))
- * die(err.msg); qkv_st_file f; if (qkv_st_read("ckpt.safetensors", &f, &err) ||
+ *       die(err.msg);
+ *   qkv_st_file f;
+ *   if (qkv_st_read("ckpt.safetensors", &f, &err) ||
  *       qkv_st_load_params(&f, &ps, "ckpt.safetensors", &err)) die(err.msg);
  *   const char *step = qkv_st_meta(&f, "step");  ...  qkv_st_free(&f);
  */

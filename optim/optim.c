@@ -74,12 +74,13 @@ void qkv_optim_free(qkv_optim *o) {
 }
 
 /* torch.optim.Adam / AdamW, one element at a time (t = step):
- *   Adam:  g += wd*p                       (L2, only where decay applies)
- *   AdamW: p *= 1 - lr*wd                  (decoupled, only where decay
- * applies) m = lerp(m, g, 1-b1) = m + (1-b1)(g - m)   i.e. b1*m + (1-b1)*g v =
- * b2*v + (1-b2)*g*g p -= lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps) The
- * bias corrections (Kingma & Ba 2015, sec. 2 and 3) undo the moments' zero
- * start, so the first update is about lr*sign(g) whatever g's scale. */
+ *   Adam:  g += wd*p                 (L2, only where decay applies)
+ *   AdamW: p *= 1 - lr*wd            (decoupled, only where decay applies)
+ *   m = lerp(m, g, 1-b1) = m + (1-b1)(g - m)   i.e. b1*m + (1-b1)*g
+ *   v = b2*v + (1-b2)*g*g
+ *   p -= lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps)
+ * The bias corrections (Kingma & Ba 2015, sec. 2 and 3) undo the moments'
+ * zero start, so the first update is about lr*sign(g) whatever g's scale. */
 static void adam_step(qkv_optim *o, float *p, const float *grad, float lr) {
     const qkv_optim_config *c = &o->cfg;
     const double t = (double)o->step;

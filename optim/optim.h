@@ -12,10 +12,12 @@
  *   qkv_optim opt;
  *   qkv_optim_config cfg = qkv_optim_defaults(QKV_OPTIM_ADAMW);
  *   qkv_optim_init(&opt, &cfg, &ps);                 // after qkv_params_alloc
- *   qkv_schedule sched = {QKV_SCHEDULE_NOAM, .lr = 1, .warmup = 4000, .d_model
- * = 512}; for (int64_t step = 1; ...; step++) { qkv_params_zero_grad(&ps);
- * ...forward, backward... qkv_clip_grad_norm(&ps, 1.0f); qkv_optim_step(&opt,
- * &ps, qkv_schedule_lr(&sched, step));
+ *   qkv_schedule sched = {QKV_SCHEDULE_NOAM, .lr = 1, .warmup = 4000,
+ *                         .d_model = 512};
+ *   for (int64_t step = 1; ...; step++) {
+ *       qkv_params_zero_grad(&ps);  ...forward, backward...
+ *       qkv_clip_grad_norm(&ps, 1.0f);
+ *       qkv_optim_step(&opt, &ps, qkv_schedule_lr(&sched, step));
  *   }
  *   qkv_optim_free(&opt);
  */

@@ -78,9 +78,10 @@ static int test_summary(void) {
 
 /* ---- misuse tests: a fatal error must be one clear line and exit != 0 ----
  *
- *   static const test_misuse misuse[] = {{"matmul", bad_matmul, {"matmul",
- * "(2,3)"}}}; int main(int argc, char **argv) { if (test_die(argc, argv,
- * misuse, 1)) return 0;   // the child's side
+ *   static const test_misuse misuse[] = {
+ *       {"matmul", bad_matmul, {"matmul", "(2,3)"}}};
+ *   int main(int argc, char **argv) {
+ *       if (test_die(argc, argv, misuse, 1)) return 0;   // the child's side
  *       ...  RUN(...);  test_misuse_all(misuse, 1);  ...
  *   }
  * Each case runs in a fresh process (`PROG --die NAME`, re-executed, so no

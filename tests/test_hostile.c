@@ -82,7 +82,8 @@ static int run_words(const char *args, const char *in, test_proc *r) {
     argv[n] = NULL;
     char inpath[400] = "";
     if (in) snprintf(inpath, sizeof inpath, "%s", in[0] == '@' ? "" : in);
-    if (in && in[0] == '@') snprintf(inpath, sizeof inpath, "%s%s", dir, in + 1);
+    if (in && in[0] == '@')
+        snprintf(inpath, sizeof inpath, "%s%s", dir, in + 1);
     return test_exec(argv, in ? inpath : NULL, 1024, 60, r);
 }
 
@@ -212,9 +213,9 @@ typedef struct hcase {
     const char *want; /* in the one line on stderr */
 } hcase;
 
-#define RUN_ "--quiet --out @/run"
-#define CORPUS_ "--data @/train.tsv --quiet --out @/run"
-#define TASK_CKPT_ "@/run/ckpt.safetensors"
+#define RUN_         "--quiet --out @/run"
+#define CORPUS_      "--data @/train.tsv --quiet --out @/run"
+#define TASK_CKPT_   "@/run/ckpt.safetensors"
 #define CORPUS_CKPT_ "@/crun/ckpt.safetensors"
 
 static const hcase table[] = {
@@ -237,8 +238,7 @@ static const hcase table[] = {
     {"train --batch 2000000 " RUN_, NULL, "--batch must be at most"},
     {"train --batch 1000000 " RUN_, NULL, "the run needs about"},
     {"train --eval-size 1000000 " RUN_, NULL, "the run needs about"},
-    {"train --d-model 65536 --d-ff 65536 --h 1 " RUN_, NULL,
-     "the model has"},
+    {"train --d-model 65536 --d-ff 65536 --h 1 " RUN_, NULL, "the model has"},
     {"train --d-model 100000 " RUN_, NULL, "--d-model must be at most 65536"},
     {"train --h 3 " RUN_, NULL, "h = 3 does not divide d_model = 64"},
     {"train --dropout 1 " RUN_, NULL, "--dropout must be at most 0.99"},
@@ -347,7 +347,7 @@ static const hcase table[] = {
 };
 
 static const char *const victims[] = {
-    "v-vocab", "v-dmodel", "v-maxlen", "v-task",   "v-lr",    "v-steps",
+    "v-vocab", "v-dmodel", "v-maxlen", "v-task",  "v-lr",    "v-steps",
     "v-batch", "v-optim",  "v-cvocab", "v-nocli", "v-epoch",
 };
 
@@ -434,8 +434,8 @@ static void test_bad_input_table(void) {
         const hcase *c = &table[i];
         test_proc r;
         run_words(c->args, c->in, &r);
-        CHECK(r.status == 2 && !r.timed_out,
-              "qkv %s: exit %d%s, want 2: %s", c->args, r.status,
+        CHECK(r.status == 2 && !r.timed_out, "qkv %s: exit %d%s, want 2: %s",
+              c->args, r.status,
               r.timed_out ? " (killed at the time limit)" : "", r.err);
         CHECK(test_one_line(r.err) && strncmp(r.err, "qkv: ", 5) == 0,
               "qkv %s: not one line 'qkv: ...' on stderr: %s", c->args, r.err);

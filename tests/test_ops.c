@@ -70,8 +70,8 @@ static void test_layernorm_known(void) {
     qkv_tensor *ga = from(&g, 1, (int[]){4}, (float[]){1, 1, 2, 1});
     qkv_tensor *be = from(&g, 1, (int[]){4}, (float[]){0, 0, 0, 1});
     qkv_tensor *y = qkv_layernorm(&g, x, ga, be, 1e-5f);
-    /* mean 2.5, biased var 1.25: xhat = (-1.5, -.5, .5, 1.5) / sqrt(1.25 +
-     * 1e-5) */
+    /* mean 2.5, biased var 1.25:
+     * xhat = (-1.5, -.5, .5, 1.5) / sqrt(1.25 + 1e-5) */
     double r = 1 / sqrt(1.25 + 1e-5);
     CHECK_NEAR(y->data[0], -1.5 * r, 1e-6, "y0");
     CHECK_NEAR(y->data[2], 2 * 0.5 * r, 1e-6, "y2 (gamma 2)");
@@ -217,8 +217,8 @@ static void test_causal_and_padding_masks(void) {
         CHECK(w[j] == 0.0f, "fully masked weight %g", (double)w[j]);
     for (size_t j = y->n / 2; j < y->n; j++)
         CHECK(y->data[j] == 0.0f, "fully masked output %g", (double)y->data[j]);
-    /* Causal changes nothing in the past: outputs at t depend only on keys <=
-     * t. Perturb the last key/value; outputs before the last query are
+    /* Causal changes nothing in the past: outputs at t depend only on keys
+     * <= t. Perturb the last key/value; outputs before the last query are
      * unchanged. */
     float before[2 * 5 * 3];
     memcpy(before, y->data, sizeof before);
