@@ -1,9 +1,11 @@
 /* ops.c - forward and backward of every op but attention (attention.c).
  *
  * Layout of each op: the forward (public, checks shapes, computes, records a
- * node) and right below it the backward (static, starts with the forward line
- * it differentiates, accumulates into the inputs' gradients). The op table at
- * the end ties the qkv_op enum to the backwards and their names.
+ * node) and right below it the backward, qkv_<op>_backward (declared only in
+ * the internal op_table.h; starts with the forward line it differentiates,
+ * accumulates into the inputs' gradients). The op table at the end, generated
+ * from QKV_OPS (tape.h), ties the qkv_op enum to the backwards and their
+ * names.
  *
  * Threads: loops split independent rows/elements only; every reduction runs in
  * a fixed order, so results are bitwise identical for any thread count.
@@ -125,7 +127,7 @@ static qkv_tensor *matmul_to(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int ta,
     return y;
 }
 
-static void matmul_backward(qkv_graph *g, qkv_node *nd) {
+void qkv_matmul_backward(qkv_graph *g, qkv_node *nd) {
     /* C = op(A) op(B);  dA += dC op(B)^T (shaped as A),  dB += op(A)^T dC */
     qkv_tensor *a = nd->in[0], *b = nd->in[1], *c = nd->out;
     int ta = nd->s.matmul.ta, tb = nd->s.matmul.tb;
@@ -208,7 +210,7 @@ static void sum_rows_into(float *db, const float *dy, size_t n, size_t nb) {
         for (size_t j = 0; j < nb; j++) db[j] += dy[r * nb + j];
 }
 
-static void add_backward(qkv_graph *g, qkv_node *nd) {
+void qkv_add_backward(qkv_graph *g, qkv_node *nd) {
     /* y = a + b;  da += dy,  db += dy summed over the broadcast dims */
     qkv_tensor *a = nd->in[0], *b = nd->in[1];
     const float *dy = nd->out->grad;
@@ -231,7 +233,7 @@ qkv_tensor *qkv_mul(qkv_graph *g, qkv_tensor *a, qkv_tensor *b) {
     return y;
 }
 
-static void mul_backward(qkv_graph *g, qkv_node *nd) {
+void qkv_mul_backward(qkv_graph *g, qkv_node *nd) {
     /* y = a * b;  da += dy * b,  db += dy * a (summed over broadcast dims) */
     qkv_tensor *a = nd->in[0], *b = nd->in[1];
     const float *dy = nd->out->grad;
@@ -263,7 +265,7 @@ qkv_tensor *qkv_scale(qkv_graph *g, qkv_tensor *x, float s) {
     return y;
 }
 
-static void scale_backward(qkv_graph *g, qkv_node *nd) {
+void qkv_scale_backward(qkv_graph *g, qkv_node *nd) {
     /* y = s x;  dx += s dy */
     const float *dy = nd->out->grad;
     int acc;
@@ -294,7 +296,7 @@ qkv_tensor *qkv_relu_inplace(qkv_graph *g, qkv_tensor *x) {
     return relu_to(g, x, qkv_tensor_wrap(g, x->data, x->ndim, x->shape), 0);
 }
 
-static void relu_backward(qkv_graph *g, qkv_node *nd) {
+void qkv_relu_backward(qkv_graph *g, qkv_node *nd) {
     /* y = max(x, 0);  dx += dy where x > 0, i.e. where y > 0: the output
      * alone decides, so the input may have been overwritten (in place) */
     const float *x = nd->out->data, *dy = nd->out->grad;
@@ -318,7 +320,7 @@ qkv_tensor *qkv_gelu(qkv_graph *g, qkv_tensor *x) {
     return y;
 }
 
-static void gelu_backward(qkv_graph *g, qkv_node *nd) {
+void qkv_gelu_backward(qkv_graph *g, qkv_node *nd) {
     /* y = x Phi(x);  dx += dy (Phi(x) + x phi(x)), phi the normal density */
     const float *x = nd->in[0]->data, *dy = nd->out->grad;
     int acc;
@@ -354,7 +356,7 @@ qkv_tensor *qkv_dropout(qkv_graph *g, qkv_tensor *x, float p, qkv_pcg32 *rng) {
     return y;
 }
 
-static void dropout_backward(qkv_graph *g, qkv_node *nd) {
+void qkv_dropout_backward(qkv_graph *g, qkv_node *nd) {
     /* y = x * mask;  dx += dy * mask */
     const float *m = nd->s.dropout.mask, *dy = nd->out->grad;
     int acc;
@@ -380,7 +382,7 @@ qkv_tensor *qkv_softmax(qkv_graph *g, qkv_tensor *x) {
     return y;
 }
 
-static void softmax_backward(qkv_graph *g, qkv_node *nd) {
+void qkv_softmax_backward(qkv_graph *g, qkv_node *nd) {
     /* y = softmax(x);  dx += y * (dy - sum_j dy_j y_j) */
     const float *y = nd->out->data, *dy = nd->out->grad;
     int acc;
@@ -473,7 +475,7 @@ qkv_tensor *qkv_add_layernorm(qkv_graph *g, qkv_tensor *a, qkv_tensor *b,
  * depend on the thread count. */
 #define LN_CHUNK 64
 
-static void layernorm_backward(qkv_graph *g, qkv_node *nd) {
+void qkv_layernorm_backward(qkv_graph *g, qkv_node *nd) {
     /* y = xhat * gamma + beta, xhat = (x - mean) * rstd;
      * dx += rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),
      * dxhat = dy * gamma;  dgamma += sum_rows dy * xhat;  dbeta += sum_rows dy
@@ -541,6 +543,10 @@ static void layernorm_backward(qkv_graph *g, qkv_node *nd) {
     }
 }
 
+void qkv_add_layernorm_backward(qkv_graph *g, qkv_node *nd) {
+    qkv_layernorm_backward(g, nd); /* one backward for both: see `fused` */
+}
+
 /* -------------------------------------------------------------- embedding */
 
 qkv_tensor *qkv_embedding(qkv_graph *g, qkv_tensor *table, const int32_t *ids,
@@ -567,7 +573,7 @@ qkv_tensor *qkv_embedding(qkv_graph *g, qkv_tensor *table, const int32_t *ids,
     return y;
 }
 
-static void embedding_backward(qkv_graph *g, qkv_node *nd) {
+void qkv_embedding_backward(qkv_graph *g, qkv_node *nd) {
     /* y[i] = table[ids[i]];  dtable[ids[i]] += dy[i] (in order: ids repeat) */
     qkv_tensor *table = nd->in[0];
     float *dt = qkv_grad(g, table);
@@ -598,7 +604,7 @@ qkv_tensor *qkv_reshape(qkv_graph *g, qkv_tensor *x, int ndim,
     return y;
 }
 
-static void reshape_backward(qkv_graph *g, qkv_node *nd) {
+void qkv_reshape_backward(qkv_graph *g, qkv_node *nd) {
     /* y = x (new shape);  dx += dy */
     int acc;
     float *dx = qkv_grad_write(g, nd->in[0], &acc);
@@ -639,7 +645,7 @@ qkv_tensor *qkv_split_heads(qkv_graph *g, qkv_tensor *x, int heads) {
     return y;
 }
 
-static void split_heads_backward(qkv_graph *g, qkv_node *nd) {
+void qkv_split_heads_backward(qkv_graph *g, qkv_node *nd) {
     /* y (B,H,T,K) = x (B,T,H*K) permuted;  dx += dy permuted back */
     qkv_tensor *y = nd->out;
     int acc;
@@ -661,7 +667,7 @@ qkv_tensor *qkv_merge_heads(qkv_graph *g, qkv_tensor *x) {
     return y;
 }
 
-static void merge_heads_backward(qkv_graph *g, qkv_node *nd) {
+void qkv_merge_heads_backward(qkv_graph *g, qkv_node *nd) {
     /* y (B,T,H*K) = x (B,H,T,K) permuted;  dx += dy permuted back */
     qkv_tensor *x = nd->in[0];
     int acc;
@@ -727,7 +733,7 @@ qkv_tensor *qkv_cross_entropy(qkv_graph *g, qkv_tensor *logits,
     return y;
 }
 
-static void cross_entropy_backward(qkv_graph *g, qkv_node *nd) {
+void qkv_cross_entropy_backward(qkv_graph *g, qkv_node *nd) {
     /* loss = mean_i -sum_j q_ij log p_ij, q = (1-ls) onehot + ls/V;
      * dlogits_ij += dloss / count * (p_ij - q_ij) on rows not ignored */
     qkv_tensor *logits = nd->in[0];
@@ -780,25 +786,16 @@ static void reduce_backward(qkv_graph *g, qkv_node *nd) {
     for (size_t i = 0; i < x->n; i++) dx[i] = (acc ? dx[i] : 0.0f) + d;
 }
 
+void qkv_sum_backward(qkv_graph *g, qkv_node *nd) {
+    reduce_backward(g, nd);
+}
+void qkv_mean_backward(qkv_graph *g, qkv_node *nd) {
+    reduce_backward(g, nd);
+}
+
 /* -------------------------------------------------------------- the table */
 
-const qkv_op_info qkv_op_table[QKV_OP_COUNT] = {
-    [QKV_OP_MATMUL] = {"matmul", matmul_backward},
-    [QKV_OP_ADD] = {"add", add_backward},
-    [QKV_OP_MUL] = {"mul", mul_backward},
-    [QKV_OP_SCALE] = {"scale", scale_backward},
-    [QKV_OP_RELU] = {"relu", relu_backward},
-    [QKV_OP_GELU] = {"gelu", gelu_backward},
-    [QKV_OP_DROPOUT] = {"dropout", dropout_backward},
-    [QKV_OP_SOFTMAX] = {"softmax", softmax_backward},
-    [QKV_OP_LAYERNORM] = {"layernorm", layernorm_backward},
-    [QKV_OP_ADD_LAYERNORM] = {"add_layernorm", layernorm_backward},
-    [QKV_OP_EMBEDDING] = {"embedding", embedding_backward},
-    [QKV_OP_RESHAPE] = {"reshape", reshape_backward},
-    [QKV_OP_SPLIT_HEADS] = {"split_heads", split_heads_backward},
-    [QKV_OP_MERGE_HEADS] = {"merge_heads", merge_heads_backward},
-    [QKV_OP_ATTENTION] = {"attention", qkv_attention_backward},
-    [QKV_OP_CROSS_ENTROPY] = {"cross_entropy", cross_entropy_backward},
-    [QKV_OP_SUM] = {"sum", reduce_backward},
-    [QKV_OP_MEAN] = {"mean", reduce_backward},
-};
+/* One row per line of QKV_OPS (tape.h): {"name", qkv_name_backward}. */
+#define QKV_OP_ROW_(E, name) [QKV_OP_##E] = {#name, qkv_##name##_backward},
+const qkv_op_info qkv_op_table[QKV_OP_COUNT] = {QKV_OPS(QKV_OP_ROW_)};
+#undef QKV_OP_ROW_

@@ -29,27 +29,38 @@
 #include "pcg.h"
 #include "tensor.h"
 
-typedef enum qkv_op {
-    QKV_OP_MATMUL,
-    QKV_OP_ADD,
-    QKV_OP_MUL,
-    QKV_OP_SCALE,
-    QKV_OP_RELU,
-    QKV_OP_GELU,
-    QKV_OP_DROPOUT,
-    QKV_OP_SOFTMAX,
-    QKV_OP_LAYERNORM,
-    QKV_OP_ADD_LAYERNORM,
-    QKV_OP_EMBEDDING,
-    QKV_OP_RESHAPE,
-    QKV_OP_SPLIT_HEADS,
-    QKV_OP_MERGE_HEADS,
-    QKV_OP_ATTENTION,
-    QKV_OP_CROSS_ENTROPY,
-    QKV_OP_SUM,
-    QKV_OP_MEAN,
-    QKV_OP_COUNT
-} qkv_op;
+/* The list of ops, one line X(E, name) each, in enum order. It generates
+ * the enum value QKV_OP_<E>, the printable name "<name>" (qkv_op_name, for
+ * the profiler and errors) and the op table's row, whose backward is
+ * qkv_<name>_backward (op_table.h declares them all from this list, ops.c
+ * builds the table from it): an op without its backward fails to link,
+ * never a NULL call at backward time. Adding an op: a line here, its forward
+ * (declared in ops.h, defined in ops.c) with qkv_<name>_backward right below
+ * it, its saved state in qkv_node's union if it needs any, and a gradient
+ * test (docs/ARCHITECTURE.md, "Adding an op"). */
+#define QKV_OPS(X)                                                             \
+    X(MATMUL, matmul)                                                          \
+    X(ADD, add)                                                                \
+    X(MUL, mul)                                                                \
+    X(SCALE, scale)                                                            \
+    X(RELU, relu)                                                              \
+    X(GELU, gelu)                                                              \
+    X(DROPOUT, dropout)                                                        \
+    X(SOFTMAX, softmax)                                                        \
+    X(LAYERNORM, layernorm)                                                    \
+    X(ADD_LAYERNORM, add_layernorm)                                            \
+    X(EMBEDDING, embedding)                                                    \
+    X(RESHAPE, reshape)                                                        \
+    X(SPLIT_HEADS, split_heads)                                                \
+    X(MERGE_HEADS, merge_heads)                                                \
+    X(ATTENTION, attention)                                                    \
+    X(CROSS_ENTROPY, cross_entropy)                                            \
+    X(SUM, sum)                                                                \
+    X(MEAN, mean)
+
+#define QKV_OP_ENUM_(E, name) QKV_OP_##E,
+typedef enum qkv_op { QKV_OPS(QKV_OP_ENUM_) QKV_OP_COUNT } qkv_op;
+#undef QKV_OP_ENUM_
 
 /* What a node's backward needs, in named slots per op. Pointers point into
  * the graph arena, so they live exactly as long as the tape. */
