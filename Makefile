@@ -79,17 +79,17 @@ QKV_SRC   := $(wildcard examples/cli/*.c)
 QKV_OBJ   := $(QKV_SRC:%.c=$(BUILD)/%.o)
 EXAMPLES  := $(patsubst %.c,$(BUILD)/%,$(wildcard examples/*.c)) $(BUILD)/examples/qkv
 
-.PHONY: all test bench demo docs golden corpora valgrind clean format
+.PHONY: all test bench demo docs golden corpora valgrind clean format format-check
 .SECONDARY:
 all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(EXAMPLES)
 
-$(BUILD)/%.o: %.c $(LIB_HDR) tests/test.h
+# Each object lists the headers it includes (-MMD writes build/X.d beside it),
+# so a header change rebuilds only what includes it.
+$(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/examples/cli/%.o: examples/cli/%.c examples/cli/cli.h $(LIB_HDR)
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
@@ -185,8 +185,13 @@ $(FUZZ_BUILD)/%.o: %.c $(LIB_HDR) examples/cli/cli.h tests/fuzz/fuzz.h
 $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/tests/fuzz/fuzz_%.o $(FUZZ_OBJ)
 	$(FUZZ_CC) -fsanitize=fuzzer,$(FUZZ_SAN) $^ -lcjson -lm -o $@
 
+FORMAT_SRC = $(LIB_SRC) $(LIB_HDR) tests/*.[ch] tests/fuzz/*.[ch] examples/cli/*.[ch]
 format:
-	clang-format -i $(LIB_SRC) $(LIB_HDR) tests/*.[ch] tests/fuzz/*.[ch] examples/cli/*.[ch]
+	clang-format -i $(FORMAT_SRC)
+
+# Fails, naming file:line, when a file is not as `make format` would leave it.
+format-check:
+	clang-format --dry-run --Werror $(FORMAT_SRC)
 
 clean:
 	rm -rf build build-debug build-san build-vg build-clang build-portable build-fuzz

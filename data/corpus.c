@@ -1,5 +1,7 @@
 #include "corpus.h"
 
+#include "common.h"
+
 #include "io.h"
 
 #include <errno.h>
@@ -442,6 +444,11 @@ void qkv_pairs_encode(qkv_pairs *p, const qkv_corpus *c, qkv_tok tok,
         if (lt > p->longest_tgt) p->longest_tgt = lt;
     }
     p->n_tokens = used;
+}
+
+int qkv_pairs_cost(const qkv_pairs *p) {
+    int s = p->longest_src, t = p->longest_tgt;
+    return p->decoder_only ? s + 1 + t : s > t + 1 ? s : t + 1;
 }
 
 void qkv_pairs_free(qkv_pairs *p) {

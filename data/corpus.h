@@ -166,6 +166,9 @@ void qkv_pairs_encode(qkv_pairs *p, const qkv_corpus *c, qkv_tok tok,
                       const qkv_vocab *sv, const qkv_vocab *tv, int max_src,
                       int max_tgt);
 void qkv_pairs_free(qkv_pairs *p);
+/* Tokens a batch row of the longest pair of p needs in p's layout (an upper
+ * bound): max(s, t + 1) for encoder-decoder, s + 1 + t for decoder-only. */
+int qkv_pairs_cost(const qkv_pairs *p);
 
 /* ----------------------------------------------------------------- batches */
 

@@ -1,5 +1,7 @@
 #include "tasks.h"
 
+#include "common.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,39 +127,4 @@ void qkv_task_sample(const qkv_task *t, qkv_pcg32 *rng, qkv_task_batch *b) {
             }
         }
     }
-}
-
-double qkv_task_exact_match(qkv_model *m, qkv_graph *g, const qkv_task *t,
-                            const qkv_task_batch *b) {
-    int B = b->view.B, L = t->max_len + (t->use_eos ? 1 : 0),
-        eos = t->use_eos ? QKV_EOS : -1, right = 0;
-    int32_t *out = qkv_malloc((size_t)B * L * sizeof *out, "exact match");
-    int32_t y[1025];
-    if (!t->decoder_only) {
-        qkv_model_greedy(m, g, b->src, b->src_pad, B, b->view.S, QKV_BOS, eos,
-                         L, out);
-    } else if (t->min_len == t->max_len) { /* one batch: prompts x bos */
-        int P = t->max_len + 1;
-        int32_t *prompt = qkv_malloc((size_t)B * P * sizeof *prompt, "prompt");
-        for (int i = 0; i < B; i++)
-            memcpy(prompt + (size_t)i * P, b->tgt_in + (size_t)i * b->view.T,
-                   (size_t)P * sizeof *prompt);
-        qkv_model_greedy(m, g, prompt, NULL, B, P, QKV_BOS, eos, L, out);
-        free(prompt);
-    } else { /* prompts of different lengths: one at a time */
-        for (int i = 0; i < B; i++)
-            qkv_model_greedy(m, g, b->tgt_in + (size_t)i * b->view.T, NULL, 1,
-                             b->len[i] + 1, QKV_BOS, eos, L,
-                             out + (size_t)i * L);
-    }
-    for (int i = 0; i < B; i++) {
-        int len = b->len[i];
-        const int32_t *x = t->decoder_only ? b->tgt_in + (size_t)i * b->view.T
-                                           : b->src + (size_t)i * b->view.S;
-        qkv_task_answer(t, x, len, y);
-        if (t->use_eos) y[len++] = QKV_EOS;
-        right += memcmp(y, out + (size_t)i * L, (size_t)len * sizeof *y) == 0;
-    }
-    free(out);
-    return (double)right / B;
 }

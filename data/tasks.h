@@ -19,9 +19,8 @@
 #ifndef QKV_TASKS_H
 #define QKV_TASKS_H
 
-#include "model.h"
-
-enum { QKV_PAD = 0, QKV_BOS = 1, QKV_EOS = 2 };
+#include "batch.h"
+#include "pcg.h"
 
 typedef enum qkv_task_kind {
     QKV_TASK_COPY,
@@ -55,10 +54,5 @@ void qkv_task_batch_free(qkv_task_batch *b);
 void qkv_task_sample(const qkv_task *t, qkv_pcg32 *rng, qkv_task_batch *b);
 /* The answer y for x (len symbols) into y. */
 void qkv_task_answer(const qkv_task *t, const int32_t *x, int len, int32_t *y);
-/* Fraction of the examples of b that greedy decoding gets exactly right
- * (the whole answer, and eos when the task has one). Decodes without a tape;
- * uses and resets graph g. */
-double qkv_task_exact_match(qkv_model *m, qkv_graph *g, const qkv_task *t,
-                            const qkv_task_batch *b);
 
 #endif

@@ -4,6 +4,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+double qkv_log_sum_exp(const float *x, int n, double *max) {
+    double mx = x[0], sum = 0.0;
+    for (int v = 1; v < n; v++) mx = x[v] > mx ? x[v] : mx;
+    for (int v = 0; v < n; v++) sum += exp((double)x[v] - mx);
+    *max = mx;
+    return log(sum);
+}
+
 double qkv_length_penalty(int len, float alpha) {
     return alpha == 0.0f ? 1.0 : pow((5.0 + len) / 6.0, (double)alpha);
 }
@@ -75,7 +83,8 @@ void qkv_beam_search(qkv_model *m, qkv_graph *g, const int32_t *src,
     /* Encode once (B = 1), then copy the memory to every beam row: (beam, S,
      * D). */
     qkv_graph_reset(g);
-    qkv_tensor *mem1 = qkv_model_encode(m, g, src, src_pad, 1, S, NULL);
+    qkv_tensor *mem1 =
+        qkv_model_encoder_forward(m, g, src, src_pad, 1, S, NULL);
     size_t row = (size_t)S * D, L = (size_t)max_out + 1;
     float *mem =
         qkv_malloc_aligned((size_t)beam * row * sizeof *mem, "beam memory");
@@ -113,16 +122,14 @@ void qkv_beam_search(qkv_model *m, qkv_graph *g, const int32_t *src,
         for (int i = 0; i < live; i++)
             memcpy(cur + (size_t)i * t, hyp + i * L, (size_t)t * sizeof *cur);
         qkv_tensor *memt = qkv_tensor_wrap(g, mem, 3, (int[]){live, S, D});
-        qkv_tensor *logits =
-            qkv_model_decode(m, g, cur, NULL, live, t, memt, pad, NULL, NULL);
+        qkv_tensor *logits = qkv_model_decoder_forward(m, g, cur, NULL, live, t,
+                                                       memt, pad, NULL, NULL);
         int want = beam - nfin, nbest = 0;
         for (int i = 0; i < live; i++) {
             /* log p = x - logsumexp(x), in double */
             const float *x = logits->data + ((size_t)i * t + t - 1) * V;
-            double mx = x[0], sum = 0.0;
-            for (int v = 1; v < V; v++) mx = x[v] > mx ? x[v] : mx;
-            for (int v = 0; v < V; v++) sum += exp((double)x[v] - mx);
-            double lse = mx + log(sum);
+            double mx, lse = qkv_log_sum_exp(x, V, &mx);
+            lse += mx;
             QKV_CHECK(isfinite(lse),
                       "qkv_beam_search: non-finite logits at step %d", t);
             for (int v = 0; v < V; v++) {
@@ -268,8 +275,8 @@ void qkv_sample(qkv_model *m, qkv_graph *g, const int32_t *prompt, int P,
     for (; k < max_out; k++) {
         int t = P + k;
         qkv_graph_reset(g);
-        qkv_tensor *logits =
-            qkv_model_decode(m, g, seq, NULL, 1, t, NULL, NULL, NULL, NULL);
+        qkv_tensor *logits = qkv_model_decoder_forward(m, g, seq, NULL, 1, t,
+                                                       NULL, NULL, NULL, NULL);
         const float *x = logits->data + (size_t)(t - 1) * V;
         int tok = temperature == 0.0f ? argmax(x, V)
                                       : draw_token(x, V, temperature, top_k,
@@ -283,4 +290,65 @@ void qkv_sample(qkv_model *m, qkv_graph *g, const int32_t *prompt, int P,
     free(w);
     free(order);
     decode_end(g, mode);
+}
+
+void qkv_greedy(qkv_model *m, qkv_graph *g, const int32_t *src,
+                const uint8_t *src_pad, int B, int S, int bos, int eos,
+                int max_out, int32_t *out) {
+    int was_rec = qkv_graph_set_grad(g, 0), was_train = g->training;
+    g->training = 0;
+    int encdec = m->cfg.kind == QKV_MODEL_ENCDEC, V = m->cfg.tgt_vocab;
+    int prefix = encdec ? 1 : S, L = prefix + max_out;
+    int32_t *seq = qkv_malloc((size_t)B * L * sizeof *seq, "decode buffer");
+    uint8_t *done = qkv_calloc((size_t)B, 1, "decode state");
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < prefix; t++)
+            seq[(size_t)b * L + t] = encdec ? bos : src[(size_t)b * S + t];
+    /* The encoder memory is kept outside the arena, and the arena is reset
+     * at every step, so it holds one step's activations, not a whole
+     * decode's (2.7 GB for 200 sentences of 32 tokens at d_model 128). */
+    float *mem = NULL;
+    int D = m->cfg.d_model;
+    qkv_graph_reset(g);
+    if (encdec) {
+        qkv_tensor *e =
+            qkv_model_encoder_forward(m, g, src, src_pad, B, S, NULL);
+        mem = qkv_malloc_aligned(e->n * sizeof *mem, "decode memory");
+        memcpy(mem, e->data, e->n * sizeof *mem);
+    }
+    int32_t *cur = qkv_malloc((size_t)B * L * sizeof *cur, "decode buffer");
+    for (int t = prefix; t < L; t++) {
+        /* the whole prefix again: simple, and cheap at these lengths */
+        for (int b = 0; b < B; b++)
+            memcpy(cur + (size_t)b * t, seq + (size_t)b * L,
+                   (size_t)t * sizeof *cur);
+        qkv_graph_reset(g);
+        qkv_tensor *memt =
+            encdec ? qkv_tensor_wrap(g, mem, 3, (int[]){B, S, D}) : NULL;
+        qkv_tensor *logits = qkv_model_decoder_forward(
+            m, g, cur, NULL, B, t, memt, src_pad, NULL, NULL);
+        for (int b = 0; b < B; b++) {
+            int tok =
+                done[b] ? m->cfg.pad_id
+                        : argmax(logits->data + ((size_t)b * t + t - 1) * V, V);
+            seq[(size_t)b * L + t] = tok;
+            out[(size_t)b * max_out + t - prefix] = tok;
+            if (tok == eos) done[b] = 1;
+        }
+        int all = 1;
+        for (int b = 0; b < B; b++) all &= done[b];
+        if (all) { /* every row has its eos: the rest is padding */
+            for (int b = 0; b < B; b++)
+                for (int k = t + 1 - prefix; k < max_out; k++)
+                    out[(size_t)b * max_out + k] = m->cfg.pad_id;
+            break;
+        }
+    }
+    qkv_graph_reset(g); /* drops the view of mem */
+    free(mem);
+    free(cur);
+    free(seq);
+    free(done);
+    g->training = was_train;
+    qkv_graph_set_grad(g, was_rec);
 }

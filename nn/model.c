@@ -222,9 +222,10 @@ static qkv_sublayer_ctx sublayer_ctx(qkv_model *m) {
     return c;
 }
 
-qkv_tensor *qkv_model_encode(qkv_model *m, qkv_graph *g, const int32_t *src,
-                             const uint8_t *src_pad, int B, int S,
-                             float *weights) {
+qkv_tensor *qkv_model_encoder_forward(qkv_model *m, qkv_graph *g,
+                                      const int32_t *src,
+                                      const uint8_t *src_pad, int B, int S,
+                                      float *weights) {
     QKV_CHECK(m->cfg.kind == QKV_MODEL_ENCDEC,
               "model: decoder-only has no encoder");
     qkv_sublayer_ctx c = sublayer_ctx(m);
@@ -237,10 +238,11 @@ qkv_tensor *qkv_model_encode(qkv_model *m, qkv_graph *g, const int32_t *src,
     return x;
 }
 
-qkv_tensor *qkv_model_decode(qkv_model *m, qkv_graph *g, const int32_t *tgt,
-                             const uint8_t *tgt_pad, int B, int T,
-                             qkv_tensor *mem, const uint8_t *src_pad,
-                             float *self_w, float *cross_w) {
+qkv_tensor *qkv_model_decoder_forward(qkv_model *m, qkv_graph *g,
+                                      const int32_t *tgt,
+                                      const uint8_t *tgt_pad, int B, int T,
+                                      qkv_tensor *mem, const uint8_t *src_pad,
+                                      float *self_w, float *cross_w) {
     qkv_sublayer_ctx c = sublayer_ctx(m);
     qkv_tensor *x = embed(m, g, m->tgt_embed, m->tgt_pos, tgt, B, T);
     int S = mem ? mem->shape[1] : 0;
@@ -259,10 +261,11 @@ qkv_tensor *qkv_model_forward(qkv_model *m, qkv_graph *g, const qkv_batch *b) {
     qkv_tensor *mem = NULL;
     if (m->cfg.kind == QKV_MODEL_ENCDEC) {
         QKV_CHECK(b->src, "model: the encoder-decoder needs a source batch");
-        mem = qkv_model_encode(m, g, b->src, b->src_pad, b->B, b->S, NULL);
+        mem = qkv_model_encoder_forward(m, g, b->src, b->src_pad, b->B, b->S,
+                                        NULL);
     }
-    return qkv_model_decode(m, g, b->tgt_in, b->tgt_pad, b->B, b->T, mem,
-                            b->src_pad, NULL, NULL);
+    return qkv_model_decoder_forward(m, g, b->tgt_in, b->tgt_pad, b->B, b->T,
+                                     mem, b->src_pad, NULL, NULL);
 }
 
 qkv_tensor *qkv_model_loss(qkv_model *m, qkv_graph *g, const qkv_batch *b,
@@ -297,70 +300,3 @@ double qkv_model_activation_bytes(const qkv_model_config *c, int B, int S,
 }
 
 /* --------------------------------------------------------------- decoding */
-
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int j = 1; j < n; j++)
-        if (x[j] > x[best]) best = j;
-    return best;
-}
-
-void qkv_model_greedy(qkv_model *m, qkv_graph *g, const int32_t *src,
-                      const uint8_t *src_pad, int B, int S, int bos, int eos,
-                      int max_out, int32_t *out) {
-    int was_rec = qkv_graph_set_grad(g, 0), was_train = g->training;
-    g->training = 0;
-    int encdec = m->cfg.kind == QKV_MODEL_ENCDEC, V = m->cfg.tgt_vocab;
-    int prefix = encdec ? 1 : S, L = prefix + max_out;
-    int32_t *seq = qkv_malloc((size_t)B * L * sizeof *seq, "decode buffer");
-    uint8_t *done = qkv_calloc((size_t)B, 1, "decode state");
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < prefix; t++)
-            seq[(size_t)b * L + t] = encdec ? bos : src[(size_t)b * S + t];
-    /* The encoder memory is kept outside the arena, and the arena is reset
-     * at every step, so it holds one step's activations, not a whole
-     * decode's (2.7 GB for 200 sentences of 32 tokens at d_model 128). */
-    float *mem = NULL;
-    int D = m->cfg.d_model;
-    qkv_graph_reset(g);
-    if (encdec) {
-        qkv_tensor *e = qkv_model_encode(m, g, src, src_pad, B, S, NULL);
-        mem = qkv_malloc_aligned(e->n * sizeof *mem, "decode memory");
-        memcpy(mem, e->data, e->n * sizeof *mem);
-    }
-    int32_t *cur = qkv_malloc((size_t)B * L * sizeof *cur, "decode buffer");
-    for (int t = prefix; t < L; t++) {
-        /* the whole prefix again: simple, and cheap at these lengths */
-        for (int b = 0; b < B; b++)
-            memcpy(cur + (size_t)b * t, seq + (size_t)b * L,
-                   (size_t)t * sizeof *cur);
-        qkv_graph_reset(g);
-        qkv_tensor *memt =
-            encdec ? qkv_tensor_wrap(g, mem, 3, (int[]){B, S, D}) : NULL;
-        qkv_tensor *logits =
-            qkv_model_decode(m, g, cur, NULL, B, t, memt, src_pad, NULL, NULL);
-        for (int b = 0; b < B; b++) {
-            int tok =
-                done[b] ? m->cfg.pad_id
-                        : argmax(logits->data + ((size_t)b * t + t - 1) * V, V);
-            seq[(size_t)b * L + t] = tok;
-            out[(size_t)b * max_out + t - prefix] = tok;
-            if (tok == eos) done[b] = 1;
-        }
-        int all = 1;
-        for (int b = 0; b < B; b++) all &= done[b];
-        if (all) { /* every row has its eos: the rest is padding */
-            for (int b = 0; b < B; b++)
-                for (int k = t + 1 - prefix; k < max_out; k++)
-                    out[(size_t)b * max_out + k] = m->cfg.pad_id;
-            break;
-        }
-    }
-    qkv_graph_reset(g); /* drops the view of mem */
-    free(mem);
-    free(cur);
-    free(seq);
-    free(done);
-    g->training = was_train;
-    qkv_graph_set_grad(g, was_rec);
-}

@@ -23,6 +23,7 @@
 
 #include <stdio.h>
 
+#include "batch.h"
 #include "layers.h"
 
 typedef enum qkv_model_kind {
@@ -71,10 +72,9 @@ typedef struct qkv_model {
  * tensor, whose dimensions are ints. */
 #define QKV_MAX_VOCAB (1 << 22)
 #define QKV_MAX_WIDTH (1 << 16) /* d_model, d_ff */
-#define QKV_MAX_POSITIONS                                                      \
-    (1 << 16) /* max_len; also max_len x d_model                               \
-                 <= 2^26 (a 256 MB sinusoid table) */
-#define QKV_MAX_PARAMS 2147483647
+/* max_len; also max_len x d_model <= 2^26 (a 256 MB sinusoid table) */
+#define QKV_MAX_POSITIONS (1 << 16)
+#define QKV_MAX_PARAMS    2147483647
 
 /* Checks the config (a bad one returns -1 with a one-line reason in err),
  * registers and allocates the parameters, and initialises them with Xavier
@@ -96,30 +96,20 @@ void qkv_model_free(qkv_model *m);
 /* Writes one line per parameter (name, shape, count) and the total. */
 void qkv_model_print_params(const qkv_model *m, FILE *f);
 
-/* A batch of token ids, padded with cfg.pad_id. For decoder-only, src is NULL
- * and tgt_in is the whole input sequence. tgt_out holds the next tokens, with
- * pad_id wherever no loss is wanted. Pad masks: nonzero = padding. */
-typedef struct qkv_batch {
-    int B, S, T;
-    const int32_t *src;     /* (B, S) */
-    const uint8_t *src_pad; /* (B, S) */
-    const int32_t *tgt_in;  /* (B, T) */
-    const int32_t *tgt_out; /* (B, T) */
-    const uint8_t *tgt_pad; /* (B, T) */
-} qkv_batch;
-
 /* Encoder output (B, S, D). weights, if non-NULL, receives per layer the
  * (B, H, S, S) self-attention weights, layer after layer. */
-qkv_tensor *qkv_model_encode(qkv_model *m, qkv_graph *g, const int32_t *src,
-                             const uint8_t *src_pad, int B, int S,
-                             float *weights);
+qkv_tensor *qkv_model_encoder_forward(qkv_model *m, qkv_graph *g,
+                                      const int32_t *src,
+                                      const uint8_t *src_pad, int B, int S,
+                                      float *weights);
 /* Logits (B, T, V). mem: encoder output (NULL for decoder-only). self_w and
  * cross_w, if non-NULL, receive per layer the (B, H, T, T) and (B, H, T, S)
  * weights. */
-qkv_tensor *qkv_model_decode(qkv_model *m, qkv_graph *g, const int32_t *tgt,
-                             const uint8_t *tgt_pad, int B, int T,
-                             qkv_tensor *mem, const uint8_t *src_pad,
-                             float *self_w, float *cross_w);
+qkv_tensor *qkv_model_decoder_forward(qkv_model *m, qkv_graph *g,
+                                      const int32_t *tgt,
+                                      const uint8_t *tgt_pad, int B, int T,
+                                      qkv_tensor *mem, const uint8_t *src_pad,
+                                      float *self_w, float *cross_w);
 /* Logits (B, T, V) of a batch. */
 qkv_tensor *qkv_model_forward(qkv_model *m, qkv_graph *g, const qkv_batch *b);
 /* Mean cross-entropy over the non-pad targets of a batch. */
@@ -134,14 +124,5 @@ qkv_tensor *qkv_model_loss(qkv_model *m, qkv_graph *g, const qkv_batch *b,
  * is tried. Double: the sizes a hostile flag asks for overflow size_t. */
 double qkv_model_activation_bytes(const qkv_model_config *c, int B, int S,
                                   int T, int train);
-
-/* Greedy decoding, batched, without a tape. Encoder-decoder: src (B, S)
- * -> out (B, max_out), starting from bos; a row stops at eos (eos < 0: never)
- * and is padded with pad_id after it. Decoder-only: src is the prompt
- * (B, S, no padding) and out receives the max_out tokens that follow it.
- * Uses (and resets) graph g. */
-void qkv_model_greedy(qkv_model *m, qkv_graph *g, const int32_t *src,
-                      const uint8_t *src_pad, int B, int S, int bos, int eos,
-                      int max_out, int32_t *out);
 
 #endif

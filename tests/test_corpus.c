@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 
 #include "corpus.h"
+#include "io.h"
+#include "model.h"
 #include "test.h"
 
 #include <unistd.h>
@@ -832,8 +834,8 @@ static void test_decoder_only_loss(void) {
         for (int j = 0; j < q->tgt_len; j++) seq[n++] = p.ids[q->tgt + j];
         seq[n++] = QKV_EOS;
         qkv_graph_reset(&g);
-        const float *lg = qkv_model_decode(&m, &g, seq, NULL, 1, n - 1, NULL,
-                                           NULL, NULL, NULL)
+        const float *lg = qkv_model_decoder_forward(&m, &g, seq, NULL, 1, n - 1,
+                                                    NULL, NULL, NULL, NULL)
                               ->data;
         for (int j = q->src_len; j < n - 1; j++) {
             const float *x = lg + (size_t)j * V;

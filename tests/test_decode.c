@@ -28,9 +28,9 @@ static double seq_logp(qkv_model *m, qkv_graph *g, const int32_t *src,
     memcpy(in + 1, y, (size_t)(n - 1) * sizeof *in);
     int rec = qkv_graph_set_grad(g, 0);
     qkv_graph_reset(g);
-    qkv_tensor *mem = qkv_model_encode(m, g, src, src_pad, 1, S, NULL);
-    qkv_tensor *lg =
-        qkv_model_decode(m, g, in, NULL, 1, n, mem, src_pad, NULL, NULL);
+    qkv_tensor *mem = qkv_model_encoder_forward(m, g, src, src_pad, 1, S, NULL);
+    qkv_tensor *lg = qkv_model_decoder_forward(m, g, in, NULL, 1, n, mem,
+                                               src_pad, NULL, NULL);
     double total = 0;
     for (int t = 0; t < n; t++) {
         const float *x = lg->data + (size_t)t * V;
@@ -118,8 +118,8 @@ static void test_beam1_is_greedy(void) {
         const int32_t *src = b.src + (size_t)i * S;
         const uint8_t *pad = b.src_pad + (size_t)i * S;
         int32_t greedy[16], beam[16];
-        qkv_model_greedy(&trained, &g, src, pad, 1, S, QKV_BOS, QKV_EOS,
-                         max_out, greedy);
+        qkv_greedy(&trained, &g, src, pad, 1, S, QKV_BOS, QKV_EOS, max_out,
+                   greedy);
         for (int a = 0; a < 2; a++) {
             float score;
             qkv_beam_search(&trained, &g, src, pad, S, 1, alphas[a], QKV_BOS,
@@ -162,8 +162,8 @@ static void test_beam4_at_least_greedy(void) {
         int len = b.len[i];
         y[len++] = QKV_EOS;
         double t0 = qkv_seconds();
-        qkv_model_greedy(&trained, &g, src, pad, 1, S, QKV_BOS, QKV_EOS,
-                         max_out, greedy);
+        qkv_greedy(&trained, &g, src, pad, 1, S, QKV_BOS, QKV_EOS, max_out,
+                   greedy);
         double t1 = qkv_seconds();
         qkv_beam_search(&trained, &g, src, pad, S, 4, 0.6f, QKV_BOS, QKV_EOS,
                         max_out, beam, &score);
@@ -268,7 +268,7 @@ static void test_beam_finds_likelier_sequence(void) {
     qkv_graph_init(&g, 0);
     int32_t greedy[6], b1[6], b2[6];
     float s1, s2;
-    qkv_model_greedy(&m, &g, any_src, NULL, 1, 3, QKV_BOS, QKV_EOS, 6, greedy);
+    qkv_greedy(&m, &g, any_src, NULL, 1, 3, QKV_BOS, QKV_EOS, 6, greedy);
     qkv_beam_search(&m, &g, any_src, NULL, 3, 1, 0.0f, QKV_BOS, QKV_EOS, 6, b1,
                     &s1);
     qkv_beam_search(&m, &g, any_src, NULL, 3, 2, 0.0f, QKV_BOS, QKV_EOS, 6, b2,
@@ -352,7 +352,8 @@ static void test_graph_state_and_arena(void) {
     int32_t tgt[4 * 24] = {0};
     uint8_t pad[4 * 8] = {0};
     qkv_tensor *mem = qkv_tensor_zeros(&h, 3, (int[]){4, 8, 64});
-    qkv_model_decode(&trained, &h, tgt, NULL, 4, 24, mem, pad, NULL, NULL);
+    qkv_model_decoder_forward(&trained, &h, tgt, NULL, 4, 24, mem, pad, NULL,
+                              NULL);
     CHECK(peak < 2 * h.arena.peak, "arena peak %zu bytes, one step needs %zu",
           peak, h.arena.peak);
     printf("  arena peak %zu KiB for 24 steps of beam 4 (one step: %zu KiB)\n",
@@ -385,8 +386,8 @@ static void next_logits(qkv_model *m, qkv_graph *g, const int32_t *seq, int t,
     int rec = qkv_graph_set_grad(g, 0), train = g->training;
     g->training = 0;
     qkv_graph_reset(g);
-    qkv_tensor *lg =
-        qkv_model_decode(m, g, seq, NULL, 1, t, NULL, NULL, NULL, NULL);
+    qkv_tensor *lg = qkv_model_decoder_forward(m, g, seq, NULL, 1, t, NULL,
+                                               NULL, NULL, NULL);
     memcpy(x, lg->data + (size_t)(t - 1) * m->cfg.tgt_vocab,
            (size_t)m->cfg.tgt_vocab * sizeof *x);
     g->training = train;
@@ -416,7 +417,7 @@ static void test_sample_repeats_and_greedy(void) {
     CHECK(differ > 0, "another seed gave the same samples 5 times");
     CHECK(r1.state == r2.state, "the two streams drew different amounts");
 
-    qkv_model_greedy(&m, &g, prompt, NULL, 1, 4, QKV_BOS, QKV_EOS, N, greedy);
+    qkv_greedy(&m, &g, prompt, NULL, 1, 4, QKV_BOS, QKV_EOS, N, greedy);
     qkv_pcg32 before = r1;
     qkv_sample(&m, &g, prompt, 4, N, 0.0f, 5, QKV_EOS, &r1, t0);
     CHECK(memcmp(t0, greedy, sizeof t0) == 0,

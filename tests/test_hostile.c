@@ -334,11 +334,13 @@ static const hcase table[] = {
     {"train --resume @/v-batch --steps 99", NULL,
      "the saved setting --batch must be at most"},
     {"train --resume @/v-optim --steps 99", NULL,
-     "its optimiser is not the --optim"},
+     "its optimiser state is adam's, not the sgd asked for"},
     {"train --resume @/v-cvocab --steps 99", NULL,
      "its settings do not give its own model"},
     {"train --resume @/v-nocli --steps 99", NULL, "not written by qkv train"},
-    {"train --resume @/v-epoch --steps 99", NULL, "no valid epoch position"},
+    {"train --resume @/v-epoch --steps 99", NULL, "no position of this corpus"},
+    {"train --resume @/v-count --steps 99", NULL,
+     "\"tokens\" is missing or not a count"},
     {"train --resume @/run --steps 10", NULL, "already has 30 of 10 steps"},
     /* plot and sweep read run files without hanging */
     {"plot @/fifo", NULL, "is a FIFO"},
@@ -348,7 +350,7 @@ static const hcase table[] = {
 
 static const char *const victims[] = {
     "v-vocab", "v-dmodel", "v-maxlen", "v-task",  "v-lr",    "v-steps",
-    "v-batch", "v-optim",  "v-cvocab", "v-nocli", "v-epoch",
+    "v-batch", "v-optim",  "v-cvocab", "v-nocli", "v-epoch", "v-count",
 };
 
 static void make_inputs(void) {
@@ -416,7 +418,12 @@ static void make_inputs(void) {
     victim("crun", "v-cvocab", "vocab.src",
            "[\"<pad>\",\"<bos>\",\"<eos>\",\"<unk>\",\"ka\"]", 1);
     victim("crun", "v-nocli", "cli", NULL, 1);
-    victim("crun", "v-epoch", "batch", "100000", 1);
+    victim("crun", "v-epoch", "trainer",
+           "{\"tokens\":10,\"seconds\":1,\"skipped\":0,\"data\":{"
+           "\"kind\":\"corpus\",\"epoch\":1,\"batch\":100000}}",
+           1);
+    victim("crun", "v-count", "trainer",
+           "{\"tokens\":\"10\",\"seconds\":1,\"skipped\":0}", 1);
 }
 
 static void test_bad_input_table(void) {

@@ -2,9 +2,9 @@
  * match of greedy decoding on 200 fresh random sequences, and a run must
  * repeat bit for bit with 1 and 2 threads. Prints steps and seconds. */
 
-#include "optim.h"
-#include "tasks.h"
+#include "eval.h"
 #include "test.h"
+#include "trainer.h"
 
 /* Sanitizer builds run ~50x slower: there each case trains a few steps and
  * decodes a few sequences, a memory-safety pass over the same code paths; the
@@ -36,17 +36,15 @@ static qkv_model_config model_for(qkv_model_kind kind, int vocab) {
     return c;
 }
 
-/* Exact-match accuracy of greedy decoding on n fresh sequences. */
-static double exact_match(qkv_model *m, qkv_graph *g, const qkv_task *t,
-                          int n) {
-    qkv_pcg32 rng;
-    qkv_pcg32_seed(&rng, 777, 778); /* never the training stream */
-    qkv_task_batch b;
-    qkv_task_batch_init(&b, t, n);
-    qkv_task_sample(t, &rng, &b);
-    double acc = qkv_task_exact_match(m, g, t, &b);
-    qkv_task_batch_free(&b);
-    return acc;
+/* Exact-match accuracy of greedy decoding on n fresh sequences, drawn from
+ * another seed than training's. */
+static double exact_match(qkv_trainer *t, const qkv_task *task, int n) {
+    qkv_source *valid = qkv_task_source(task, n, 777, 1);
+    qkv_eval_opts eo = {task->use_eos ? QKV_EOS : -1, 1, 0.0f};
+    qkv_scores s;
+    qkv_evaluate(&t->model, &t->graph, valid, &eo, &s);
+    qkv_source_free(valid);
+    return qkv_scores_exact(&s);
 }
 
 /* Trains until the target accuracy (checked every eval_every steps) or
@@ -64,40 +62,28 @@ static double train(const learn_case *lc, int threads, float *losses,
         return 0;
     }
     n_params = m.params.n;
-    qkv_optim opt;
-    qkv_optim_config oc = qkv_optim_defaults(QKV_OPTIM_ADAM);
-    qkv_optim_init(&opt, &oc, &m.params);
+    qkv_trainer_config tc = qkv_trainer_defaults(QKV_OPTIM_ADAM, lc->lr);
     int warm = lc->max_steps < 1000 ? lc->max_steps / 4 : 100;
     qkv_schedule sched = {QKV_SCHEDULE_COSINE, lc->lr,      warm,
                           lc->max_steps,       lc->lr / 20, 0};
-    qkv_pcg32 data;
-    qkv_pcg32_seed(&data, 42, 1);
-    qkv_task_batch b;
-    qkv_task_batch_init(&b, &lc->task, lc->batch);
-    qkv_graph g;
-    qkv_graph_init(&g, 0);
+    tc.schedule = sched;
+    qkv_trainer t;
+    qkv_trainer_init(&t, &m, &tc);
+    qkv_source *data = qkv_task_source(&lc->task, lc->batch, 42, 0);
     double t0 = qkv_seconds(), acc = 0;
     int step;
     for (step = 1; step <= lc->max_steps; step++) {
-        qkv_task_sample(&lc->task, &data, &b);
-        qkv_graph_reset(&g);
-        qkv_tensor *loss = qkv_model_loss(&m, &g, &b.view, 0.0f);
-        if (losses) losses[step - 1] = loss->data[0];
-        qkv_params_zero_grad(&m.params);
-        qkv_backward(&g, loss);
-        qkv_clip_grad_norm(&m.params, 1.0f);
-        qkv_optim_step(&opt, &m.params, qkv_schedule_lr(&sched, step));
+        qkv_trainer_step(&t, qkv_source_next(data));
+        if (losses) losses[step - 1] = t.loss;
         if (lc->eval_every && step % lc->eval_every == 0) {
-            acc = exact_match(&m, &g, &lc->task, QUICK ? 10 : 200);
+            acc = exact_match(&t, &lc->task, QUICK ? 10 : 200);
             if (acc >= lc->target) break;
         }
     }
     *seconds = qkv_seconds() - t0;
     *steps = step > lc->max_steps ? lc->max_steps : step;
-    qkv_graph_free(&g);
-    qkv_task_batch_free(&b);
-    qkv_optim_free(&opt);
-    qkv_model_free(&m);
+    qkv_source_free(data);
+    qkv_trainer_free(&t);
     return acc;
 }
 

@@ -2,6 +2,7 @@
  * gradients of the whole loss with respect to every parameter, in each
  * variant (post/pre-norm, sinusoidal/learned positions, tied output, GELU,
  * decoder-only), with real padding in the batch. */
+#include "decode.h"
 #include "model.h"
 #include "test.h"
 
@@ -253,7 +254,7 @@ static void test_greedy_arena_holds_one_step(void) {
     for (int i = 0; i < GB * GS; i++) in[i] = 3 + i % 4;
     qkv_graph g;
     qkv_graph_init(&g, 0);
-    qkv_model_greedy(&m, &g, in, NULL, GB, GS, 1, -1, GS, out); /* bos 1 */
+    qkv_greedy(&m, &g, in, NULL, GB, GS, 1, -1, GS, out); /* bos 1 */
     size_t greedy = g.arena.peak;
     qkv_graph_free(&g);
     qkv_graph_init(&g, 0);

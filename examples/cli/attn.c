@@ -345,7 +345,7 @@ int cmd_attn(int argc, char **argv) {
     int32_t *y = qkv_malloc(((size_t)max_out + 1) * sizeof *y, "attn output");
     qkv_graph g;
     qkv_graph_init(&g, 0);
-    qkv_model_greedy(&m, &g, src, NULL, 1, P, QKV_BOS, eos, max_out, y);
+    qkv_greedy(&m, &g, src, NULL, 1, P, QKV_BOS, eos, max_out, y);
     int k_out = 0; /* output tokens before eos */
     while (k_out < max_out && y[k_out] != eos && y[k_out] != QKV_PAD) k_out++;
     cli_buf said = {0}; /* the output as text */
@@ -376,9 +376,10 @@ int cmd_attn(int argc, char **argv) {
     g.training = 0;
     qkv_graph_reset(&g);
     qkv_tensor *mem =
-        dec_only ? NULL : qkv_model_encode(&m, &g, src, NULL, 1, S, w[K_ENC]);
-    qkv_model_decode(&m, &g, tgt, NULL, 1, T, mem, NULL, w[K_SELF],
-                     dec_only ? NULL : w[K_CROSS]);
+        dec_only ? NULL
+                 : qkv_model_encoder_forward(&m, &g, src, NULL, 1, S, w[K_ENC]);
+    qkv_model_decoder_forward(&m, &g, tgt, NULL, 1, T, mem, NULL, w[K_SELF],
+                              dec_only ? NULL : w[K_CROSS]);
     char **xlab = qkv_malloc(((size_t)S + 1) * sizeof *xlab, "attn labels");
     char **ylab = qkv_malloc((size_t)T * sizeof *ylab, "attn labels");
     for (int i = 0; i < S; i++) xlab[i] = id_label(&d, 0, src[i]);

@@ -516,17 +516,16 @@ int cli_gnuplot(const char *cmd, const char *gp_path, const char *script) {
 
 /* -------------------------------------------------------------- run data */
 
+int cli_data_eos(const cli_data *d) {
+    return d->corpus || d->task.use_eos ? QKV_EOS : -1;
+}
+
 void cli_data_free(cli_data *d) {
     if (d->corpus) {
         qkv_vocab_free(&d->sv);
         qkv_vocab_free(&d->tv);
     }
     memset(d, 0, sizeof *d);
-}
-
-int cli_pair_cost(const qkv_pairs *p) {
-    int s = p->longest_src, t = p->longest_tgt;
-    return p->decoder_only ? s + 1 + t : s > t + 1 ? s : t + 1;
 }
 
 static char *vocab_json(const qkv_vocab *v) {
@@ -727,132 +726,4 @@ int cli_encode_input(const cli_data *d, const char *s, int32_t **ids, int *cap,
     qkv_encode(&d->sv, d->tok, s, *ids, k);
     *n = k;
     return 0;
-}
-
-/* ---------------------------------------------------------------- scoring */
-
-int cli_max_out(const qkv_model *m, const cli_data *d, const qkv_batch *b) {
-    int longest = 0; /* the longest reference: y, and eos if any */
-    for (int r = 0; r < b->B; r++) {
-        int n = 0;
-        for (int j = 0; j < b->T; j++)
-            n += b->tgt_out[(size_t)r * b->T + j] != QKV_PAD;
-        if (n > longest) longest = n;
-    }
-    if (!(d->corpus || d->task.use_eos)) return longest;
-    int n = 2 * longest + 8;
-    return n < m->cfg.max_len ? n : m->cfg.max_len;
-}
-
-/* The non-pad tokens of row r of tgt_out: y, and eos if there is one. */
-static int reference(const qkv_batch *b, int r, int32_t *ref) {
-    int n = 0;
-    for (int j = 0; j < b->T; j++) {
-        int32_t y = b->tgt_out[(size_t)r * b->T + j];
-        if (y != QKV_PAD) ref[n++] = y;
-    }
-    return n;
-}
-
-/* Length of a decoded row up to and including its eos (eos < 0: none, and
- * id 2 is an ordinary symbol). */
-static int hyp_length(const int32_t *h, int max_out, int eos) {
-    for (int j = 0; j < max_out; j++)
-        if (h[j] == eos || h[j] == QKV_PAD) return j + (h[j] == eos);
-    return max_out;
-}
-
-void cli_score_batch(qkv_model *m, qkv_graph *g, const cli_data *d,
-                     const qkv_batch *b, int beam, float alpha, int max_out,
-                     cli_scores *s, int32_t *hyps) {
-    int was = qkv_graph_set_grad(g, 0), train = g->training;
-    g->training = 0;
-    qkv_graph_reset(g);
-    int B = b->B, T = b->T, V = m->cfg.tgt_vocab;
-    /* teacher forcing: cross-entropy in double, argmax accuracy */
-    const float *logits = qkv_model_forward(m, g, b)->data;
-    for (size_t i = 0; i < (size_t)B * T; i++) {
-        int32_t y = b->tgt_out[i];
-        if (y == QKV_PAD) continue;
-        const float *z = logits + i * V;
-        int best = 0;
-        for (int v = 1; v < V; v++)
-            if (z[v] > z[best]) best = v;
-        double sum = 0;
-        for (int v = 0; v < V; v++) sum += exp((double)z[v] - z[best]);
-        s->loss_sum += log(sum) - ((double)z[y] - z[best]);
-        s->right += best == y;
-        s->tokens++;
-    }
-    /* decoding */
-    int eos = d->corpus || d->task.use_eos ? QKV_EOS : -1;
-    int32_t *out =
-        hyps ? hyps : qkv_malloc((size_t)B * max_out * sizeof *out, "hyps");
-    if (!d->decoder_only && beam <= 1) {
-        qkv_model_greedy(m, g, b->src, b->src_pad, B, b->S, QKV_BOS, eos,
-                         max_out, out);
-    } else if (!d->decoder_only) {
-        for (int r = 0; r < B; r++)
-            qkv_beam_search(m, g, b->src + (size_t)r * b->S,
-                            b->src_pad + (size_t)r * b->S, b->S, beam, alpha,
-                            QKV_BOS, eos, max_out, out + (size_t)r * max_out,
-                            NULL);
-    } else {
-        /* The prompt of row r is x bos, up to the first scored target; rows
-         * with prompts of one length decode together. */
-        int *plen = qkv_malloc((size_t)B * sizeof *plen, "prompts");
-        int *rows = qkv_malloc((size_t)B * sizeof *rows, "prompts");
-        for (int r = 0; r < B; r++) {
-            int j = 0;
-            while (j < T && b->tgt_out[(size_t)r * T + j] == QKV_PAD) j++;
-            plen[r] = j + 1;
-        }
-        for (size_t i = 0; i < (size_t)B * max_out; i++) out[i] = QKV_PAD;
-        int32_t *prompt = qkv_malloc((size_t)B * T * sizeof *prompt, "prompts");
-        int32_t *gen = qkv_malloc((size_t)B * max_out * sizeof *gen, "prompts");
-        for (int r = 0; r < B; r++) {
-            if (plen[r] < 0) continue; /* decoded with an earlier group */
-            int P = plen[r], n = 0;
-            for (int q = r; q < B; q++)
-                if (plen[q] == P) {
-                    rows[n] = q;
-                    memcpy(prompt + (size_t)n * P, b->tgt_in + (size_t)q * T,
-                           (size_t)P * sizeof *prompt);
-                    n++;
-                }
-            int room = m->cfg.max_len - P;
-            int L = max_out < room ? max_out : room;
-            if (L > 0)
-                qkv_model_greedy(m, g, prompt, NULL, n, P, QKV_BOS, eos, L,
-                                 gen);
-            for (int k = 0; k < n; k++) {
-                memcpy(out + (size_t)rows[k] * max_out, gen + (size_t)k * L,
-                       (size_t)(L > 0 ? L : 0) * sizeof *out);
-                plen[rows[k]] = -1;
-            }
-        }
-        free(gen);
-        free(prompt);
-        free(rows);
-        free(plen);
-    }
-    int32_t *ref = qkv_malloc((size_t)T * sizeof *ref, "reference");
-    for (int r = 0; r < B; r++) {
-        const int32_t *h = out + (size_t)r * max_out;
-        int nr = reference(b, r, ref), nh = hyp_length(h, max_out, eos);
-        s->seqs++;
-        s->exact += nh == nr && memcmp(h, ref, (size_t)nr * sizeof *ref) == 0;
-        /* BLEU on the tokens without eos; an unknown reference token
-         * matches nothing (not even a predicted <unk>). */
-        if (eos >= 0 && nr && ref[nr - 1] == eos) nr--;
-        if (eos >= 0 && nh && h[nh - 1] == eos) nh--;
-        for (int j = 0; j < nr; j++)
-            if (ref[j] == QKV_UNK) ref[j] = -1;
-        qkv_bleu_add(&s->bleu, h, nh, ref, nr);
-    }
-    free(ref);
-    if (!hyps) free(out);
-    qkv_graph_reset(g);
-    g->training = train;
-    qkv_graph_set_grad(g, was);
 }

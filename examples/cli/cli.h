@@ -7,7 +7,7 @@
  * "qkv: CMD: what was wrong", exit status 2.
  *
  *   flag flags[] = {{"steps", FLAG_INT, &steps, NULL, "training steps"}};
- *   cli_parse("train", "[flags]", flags, 1, argc, argv, 2);
+ *   cli_parse("train", "[flags]", flags, 1, argc, argv, 2, NULL, 0, NULL);
  */
 #ifndef QKV_CLI_H
 #define QKV_CLI_H
@@ -174,9 +174,9 @@ typedef struct cli_data {
 } cli_data;
 
 void cli_data_free(cli_data *d);
-/* Tokens a batch row of the longest pair of p needs in p's layout (an upper
- * bound): max(s, t + 1) for enc-dec, s + 1 + t for decoder-only. */
-int cli_pair_cost(const qkv_pairs *p);
+/* The end token of d's sequences (QKV_EOS), or -1 for a task of one length,
+ * whose sequences have none: what the evaluator needs (eval.h). */
+int cli_data_eos(const cli_data *d);
 /* Metadata pairs a checkpoint stores for d ("tok", "vocab.src",
  * "vocab.tgt", JSON arrays of the tokens in id order): appends up to 3 pairs
  * to keys/vals (values malloc'd; free them with free()) and returns how many.
@@ -204,28 +204,5 @@ void cli_load_model(const char *cmd, const char *path, qkv_model *m,
  * for a bos). -1 and a one-line reason in err if the input is bad. */
 int cli_encode_input(const cli_data *d, const char *s, int32_t **ids, int *cap,
                      int *n, char *err, size_t errlen);
-
-/* Sums over an evaluation set; cli_scores_* turn them into figures. */
-typedef struct cli_scores {
-    double loss_sum; /* cross-entropy summed over target tokens */
-    long tokens;     /* target tokens scored (eos included) */
-    long right;      /* of those, predicted right by argmax (teacher forcing) */
-    long seqs, exact; /* sequences decoded, and exactly right */
-    qkv_bleu bleu;
-} cli_scores;
-
-/* Scores one batch b of d's layout into s: teacher-forced loss and token
- * accuracy, then decoding (greedy, or beam search when beam > 1, enc-dec
- * only) for exact match and BLEU. If hyps is non-NULL it receives each
- * row's decoded tokens (B rows of max_out ids, pad after eos). Without a
- * tape; uses and resets g. */
-void cli_score_batch(qkv_model *m, qkv_graph *g, const cli_data *d,
-                     const qkv_batch *b, int beam, float alpha, int max_out,
-                     cli_scores *s, int32_t *hyps);
-
-/* How many tokens to decode for batch b: the answer's length when the data
- * has no eos, else room for a wrong, longer answer (twice the longest
- * reference, within the model's positions). */
-int cli_max_out(const qkv_model *m, const cli_data *d, const qkv_batch *b);
 
 #endif

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "eval.h"
 
 /* Longest source and target (in tokens) whose layout fits the model's
  * positions. */
@@ -71,8 +72,9 @@ int cmd_eval(int argc, char **argv) {
                 ckpt);
     qkv_graph g;
     qkv_graph_init(&g, 0);
-    cli_scores s;
+    qkv_scores s;
     memset(&s, 0, sizeof s);
+    qkv_eval_opts eo = {cli_data_eos(&d), beam, alpha};
     char err[512];
     int shown = 0, dropped = 0;
     char *text = NULL;
@@ -85,11 +87,10 @@ int cmd_eval(int argc, char **argv) {
             int B = size - done < 256 ? size - done : 256;
             qkv_task_batch_init(&tb, &d.task, B);
             qkv_task_sample(&d.task, &rng, &tb);
-            int max_out = cli_max_out(&m, &d, &tb.view);
+            int max_out = qkv_eval_max_out(&m, &tb.view, eo.eos);
             int32_t *hyp =
                 qkv_malloc((size_t)B * max_out * sizeof *hyp, "hyps");
-            cli_score_batch(&m, &g, &d, &tb.view, beam, alpha, max_out, &s,
-                            hyp);
+            qkv_eval_batch(&m, &g, &tb.view, &eo, max_out, &s, hyp);
             for (int r = 0; r < B && shown < show; r++, shown++) {
                 const int32_t *x = d.decoder_only
                                        ? tb.tgt_in + (size_t)r * tb.view.T
@@ -122,7 +123,7 @@ int cmd_eval(int argc, char **argv) {
             cli_die("eval: --data: %s: no pair fits the model's %d positions",
                     data, m.cfg.max_len);
         qkv_batcher it;
-        int longest = cli_pair_cost(&p);
+        int longest = qkv_pairs_cost(&p);
         int budget = batch_tokens > longest ? batch_tokens : longest;
         {
             int rows = budget / longest, out_len = 2 * longest + 8;
@@ -156,9 +157,9 @@ int cmd_eval(int argc, char **argv) {
                 S = s2, T = t2, n++;
             }
             qkv_pairs_batch(&p, idx + i, n, &b);
-            int max_out = cli_max_out(&m, &d, &b.view);
+            int max_out = qkv_eval_max_out(&m, &b.view, eo.eos);
             hyp = qkv_realloc(hyp, (size_t)n * max_out * sizeof *hyp, "hyps");
-            cli_score_batch(&m, &g, &d, &b.view, beam, alpha, max_out, &s, hyp);
+            qkv_eval_batch(&m, &g, &b.view, &eo, max_out, &s, hyp);
             for (int r = 0; r < n && shown < show; r++, shown++) {
                 const qkv_pair *q = &p.pair[i + r];
                 cli_detokenize(&d, hyp + (size_t)r * max_out, max_out, &text,
@@ -175,16 +176,15 @@ int cmd_eval(int argc, char **argv) {
         qkv_pairs_free(&p);
         qkv_corpus_free(&c);
     }
-    double loss = s.loss_sum / (double)s.tokens;
+    double loss = qkv_scores_loss(&s);
     printf("%s: %ld sequences", *data ? data : "task", s.seqs);
     if (dropped)
         printf(" (%d more dropped: longer than the model's %d positions)",
                dropped, m.cfg.max_len);
     printf("\nloss %.6f  perplexity %.4f  token accuracy %.2f%%  exact match "
            "%.2f%%  BLEU %.2f\n",
-           loss, exp(loss), 100.0 * (double)s.right / (double)s.tokens,
-           100.0 * (double)s.exact / (double)s.seqs,
-           100.0 * qkv_bleu_score(&s.bleu));
+           loss, exp(loss), 100.0 * qkv_scores_accuracy(&s),
+           100.0 * qkv_scores_exact(&s), qkv_scores_bleu(&s));
     free(text);
     qkv_graph_free(&g);
     cli_data_free(&d);

@@ -1,0 +1,60 @@
+/* eval.h - the evaluator: how well a model does on a batch source.
+ *
+ * One pass over the source, without a tape: teacher-forced cross-entropy
+ * (in double) and token accuracy (argmax), then decoding (greedy, or beam
+ * search for an encoder-decoder) for exact match and BLEU (bleu.h, on token
+ * ids). Training's validation, `qkv eval` and the tests all score here.
+ *
+ *   qkv_eval_opts o = {QKV_EOS, 1, 0.0f};   // eos, beam, length penalty
+ *   qkv_scores s;
+ *   qkv_evaluate(&m, &g, valid, &o, &s);
+ *   printf("loss %.4f exact %.1f%%\n", qkv_scores_loss(&s),
+ *          100 * qkv_scores_exact(&s));
+ */
+#ifndef QKV_EVAL_H
+#define QKV_EVAL_H
+
+#include <stdint.h>
+
+#include "bleu.h"
+#include "model.h"
+#include "source.h"
+
+typedef struct qkv_eval_opts {
+    int eos;     /* the end token (QKV_EOS), or -1: the data has none (a
+                  * task of one length) and answers are cut at their length */
+    int beam;    /* 1: greedy; > 1: beam search (encoder-decoder only) */
+    float alpha; /* beam search's length penalty (decode.h) */
+} qkv_eval_opts;
+
+/* Sums over an evaluation set; qkv_scores_* turn them into figures. */
+typedef struct qkv_scores {
+    double loss_sum; /* cross-entropy summed over target tokens */
+    long tokens;     /* target tokens scored (eos included) */
+    long right;      /* of those, predicted right by argmax (teacher forcing) */
+    long seqs, exact; /* sequences decoded, and exactly right */
+    qkv_bleu bleu;
+} qkv_scores;
+
+/* Zeroes s, then scores every batch of one pass of data (rewound first). */
+void qkv_evaluate(qkv_model *m, qkv_graph *g, qkv_source *data,
+                  const qkv_eval_opts *o, qkv_scores *s);
+
+/* Adds batch b to s, decoding max_out tokens a row. If hyps is non-NULL it
+ * receives each row's decoded tokens (B rows of max_out ids, pad after eos).
+ * Uses and resets g; recording and training mode are restored on return. */
+void qkv_eval_batch(qkv_model *m, qkv_graph *g, const qkv_batch *b,
+                    const qkv_eval_opts *o, int max_out, qkv_scores *s,
+                    int32_t *hyps);
+
+/* How many tokens to decode for batch b: the answer's length when the data
+ * has no eos (eos < 0), else room for a wrong, longer answer (twice the
+ * longest reference + 8, within the model's positions). */
+int qkv_eval_max_out(const qkv_model *m, const qkv_batch *b, int eos);
+
+double qkv_scores_loss(const qkv_scores *s);     /* mean cross-entropy */
+double qkv_scores_accuracy(const qkv_scores *s); /* token accuracy, 0..1 */
+double qkv_scores_exact(const qkv_scores *s);    /* exact match, 0..1 */
+double qkv_scores_bleu(const qkv_scores *s);     /* BLEU, 0..100 */
+
+#endif
