@@ -79,7 +79,15 @@ QKV_SRC   := $(wildcard examples/cli/*.c)
 QKV_OBJ   := $(QKV_SRC:%.c=$(BUILD)/%.o)
 EXAMPLES  := $(patsubst %.c,$(BUILD)/%,$(wildcard examples/*.c)) $(BUILD)/examples/qkv
 
-.PHONY: all test bench demo docs golden corpora valgrind clean format format-check
+# The public headers: the library's, less core's internals. Installed as
+# PREFIX/include/qkv/*.h (#include <qkv/trainer.h>); the example programs
+# build against the same layout staged in $(BUILD)/include.
+PUBLIC_HDR := $(filter-out core/op_table.h core/vec.h,$(LIB_HDR))
+STAGED_HDR := $(addprefix $(BUILD)/include/qkv/,$(notdir $(PUBLIC_HDR)))
+PREFIX    ?= /usr/local
+VERSION   := 0.1.0
+
+.PHONY: all test bench demo docs golden corpora valgrind clean format install uninstall format-check
 .SECONDARY:
 all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(EXAMPLES)
 
@@ -101,8 +109,46 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
+# The qkv program's objects see the library's source tree, as tests do.
+$(BUILD)/examples/cli/%.o: examples/cli/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+# The example programs use only the public API, through <qkv/...>.
+$(BUILD)/examples/%.o: examples/%.c $(STAGED_HDR)
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -I%,$(CFLAGS)) -I$(BUILD)/include -MMD -MP -c $< -o $@
+
 $(BUILD)/examples/%: $(BUILD)/examples/%.o $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(BUILD)/include/qkv/%.h: core/%.h
+	@mkdir -p $(dir $@)
+	cp $< $@
+$(BUILD)/include/qkv/%.h: nn/%.h
+	@mkdir -p $(dir $@)
+	cp $< $@
+$(BUILD)/include/qkv/%.h: optim/%.h
+	@mkdir -p $(dir $@)
+	cp $< $@
+$(BUILD)/include/qkv/%.h: data/%.h
+	@mkdir -p $(dir $@)
+	cp $< $@
+
+# make install PREFIX=DIR: libqkv.a, the public headers and qkv.pc, so that
+#   cc prog.c $(pkg-config --cflags --libs qkv)
+# builds a program of one's own (PKG_CONFIG_PATH=DIR/lib/pkgconfig).
+install: $(LIB) $(STAGED_HDR)
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/qkv
+	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/libqkv.a
+	install -m 644 $(STAGED_HDR) $(DESTDIR)$(PREFIX)/include/qkv/
+	sed -e 's|@PREFIX@|$(PREFIX)|; s|@VERSION@|$(VERSION)|' \
+	    -e 's|@LIBS@|$(strip $(LDFLAGS) -lm)|' qkv.pc.in \
+	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/qkv.pc
+
+uninstall:
+	rm -rf $(DESTDIR)$(PREFIX)/include/qkv
+	rm -f $(DESTDIR)$(PREFIX)/lib/libqkv.a $(DESTDIR)$(PREFIX)/lib/pkgconfig/qkv.pc
 
 # The qkv program: one subcommand per file in examples/cli/.
 $(BUILD)/examples/qkv: $(QKV_OBJ) $(LIB)
@@ -185,7 +231,7 @@ $(FUZZ_BUILD)/%.o: %.c $(LIB_HDR) examples/cli/cli.h tests/fuzz/fuzz.h
 $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/tests/fuzz/fuzz_%.o $(FUZZ_OBJ)
 	$(FUZZ_CC) -fsanitize=fuzzer,$(FUZZ_SAN) $^ -lcjson -lm -o $@
 
-FORMAT_SRC = $(LIB_SRC) $(LIB_HDR) tests/*.[ch] tests/fuzz/*.[ch] examples/cli/*.[ch]
+FORMAT_SRC = $(LIB_SRC) $(LIB_HDR) tests/*.[ch] tests/fuzz/*.[ch] examples/*.c examples/cli/*.[ch] bench/*.c
 format:
 	clang-format -i $(FORMAT_SRC)
 
