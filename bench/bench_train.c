@@ -12,8 +12,9 @@
  *                                         "other core busy" rows)
  *
  * Timing: 5 warm-up steps, then R runs of K steps; the figure is the
- * median run's time per step (CLOCK_MONOTONIC). A step is forward,
- * backward and the Adam update, on a fresh batch.
+ * median run's time per step (CLOCK_MONOTONIC). A step is a fresh batch
+ * and qkv_trainer_step, the program's step: forward, backward and the Adam
+ * update (clipping off, as in bench_torch.py).
  *
  * FLOPs count the matrix products only (the standard convention): for one
  * forward, per encoder layer 8BSD^2 (Q K V O) + 4BS^2D (scores and A V) +
@@ -37,9 +38,7 @@
 #include <omp.h>
 #endif
 
-#include "model.h"
-#include "optim.h"
-#include "tasks.h"
+#include "trainer.h"
 
 /* ---------------------------------------------------- allocation counter */
 
@@ -231,33 +230,21 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_train: %s\n", err);
         return 1;
     }
-    qkv_optim opt;
-    qkv_optim_config oc = qkv_optim_defaults(QKV_OPTIM_ADAM);
-    qkv_optim_init(&opt, &oc, &m.params);
+    /* The program's training step, with clipping off: bench_torch.py does
+     * not clip either. */
+    qkv_trainer_config tc = qkv_trainer_defaults(QKV_OPTIM_ADAM, 1e-3f);
+    tc.clip = 0.0f;
+    qkv_trainer tr;
+    qkv_trainer_init(&tr, &m, &tc);
     qkv_task task = {QKV_TASK_COPY, c->V, c->L, c->L, 0, 0};
-    qkv_task_batch b;
-    qkv_task_batch_init(&b, &task, c->B);
-    qkv_pcg32 rng;
-    qkv_pcg32_seed(&rng, 1, 1);
-    qkv_graph g;
-    qkv_graph_init(&g, 0);
-    float last = 0;
-#define STEP()                                                                 \
-    do {                                                                       \
-        qkv_task_sample(&task, &rng, &b);                                      \
-        qkv_graph_reset(&g);                                                   \
-        qkv_tensor *loss = qkv_model_loss(&m, &g, &b.view, 0.0f);              \
-        last = loss->data[0];                                                  \
-        qkv_params_zero_grad(&m.params);                                       \
-        qkv_backward(&g, loss);                                                \
-        qkv_optim_step(&opt, &m.params, 1e-3f);                                \
-    } while (0)
-    for (int i = 0; i < 5; i++) STEP();
+    qkv_source *data = qkv_task_source(&task, c->B, 1, 0);
+    for (int i = 0; i < 5; i++) qkv_trainer_step(&tr, qkv_source_next(data));
     double *t = malloc((size_t)reps * sizeof *t);
     size_t allocs0 = n_allocs;
     for (int r = 0; r < reps; r++) {
         double t0 = qkv_seconds();
-        for (int i = 0; i < steps; i++) STEP();
+        for (int i = 0; i < steps; i++)
+            qkv_trainer_step(&tr, qkv_source_next(data));
         t[r] = (qkv_seconds() - t0) / steps;
     }
     size_t allocs = n_allocs - allocs0;
@@ -270,11 +257,10 @@ int main(int argc, char **argv) {
            "allocs_after_warmup=%zu params=%zu loss=%.4f\n",
            c->name, nthreads, qkv_get_threads(), 1e3 * s, 2.0 * c->B * c->L / s,
            flops / s / 1e9, (double)ru.ru_maxrss / 1024,
-           (double)g.arena.peak / (1 << 20), allocs, m.params.n, (double)last);
+           (double)tr.graph.arena.peak / (1 << 20), allocs, tr.model.params.n,
+           (double)tr.loss);
     free(t);
-    qkv_graph_free(&g);
-    qkv_task_batch_free(&b);
-    qkv_optim_free(&opt);
-    qkv_model_free(&m);
+    qkv_source_free(data);
+    qkv_trainer_free(&tr);
     return 0;
 }

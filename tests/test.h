@@ -9,6 +9,7 @@
 #define QKV_TEST_H
 
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <math.h>
 #include <signal.h>
@@ -16,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -282,17 +284,54 @@ static inline int test_one_line(const char *text) {
     return nl && nl[1] == 0 && nl > text;
 }
 
-/* ---- a scratch directory for tests that write files ---- */
+/* ---- scratch directories for tests that write files ----
+ *
+ *   char dir[64];
+ *   test_tmpdir(dir, sizeof dir, "plot");   // /tmp/qkv-plot-XXXXXX
+ *   ...
+ *   CHECK(test_rmtree(dir) == 0, "cannot remove %s", dir);
+ * or, with one directory a program: test_dir_make("ckpt"), test_path("x"),
+ * test_dir_remove(). */
+
+/* Makes a fresh directory /tmp/qkv-TAG-XXXXXX (mkdtemp) in buf, of cap
+ * bytes, or ends the program with a FAIL line; returns buf. */
+static inline char *test_tmpdir(char *buf, size_t cap, const char *tag) {
+    snprintf(buf, cap, "/tmp/qkv-%.20s-XXXXXX", tag);
+    if (!mkdtemp(buf)) {
+        printf("FAIL %s/setup: cannot make the directory %s: %s\n", test_prog,
+               buf, strerror(errno));
+        exit(1);
+    }
+    return buf;
+}
+
+/* Removes path and everything under it (rm -rf, without following links or
+ * a shell); 0 on success. */
+static inline int test_rmtree(const char *path) {
+    struct stat st;
+    if (lstat(path, &st)) return -1;
+    if (!S_ISDIR(st.st_mode)) return unlink(path);
+    chmod(path, 0700); /* a test may have left it read-only */
+    DIR *d = opendir(path);
+    int rc = d ? 0 : -1;
+    for (struct dirent *e; d && (e = readdir(d));) {
+        char sub[4096];
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        if (snprintf(sub, sizeof sub, "%s/%s", path, e->d_name) >=
+            (int)sizeof sub)
+            rc = -1;
+        else if (test_rmtree(sub))
+            rc = -1;
+    }
+    if (d) closedir(d);
+    return rmdir(path) == 0 && rc == 0 ? 0 : -1;
+}
 
 static char test_dir[64]; /* "/tmp/qkv-NAME-XXXXXX" once made */
 
-/* Makes test_dir (mkdtemp) or exits. */
+/* Makes test_dir (test_tmpdir) or exits. */
 static inline void test_dir_make(const char *name) {
-    snprintf(test_dir, sizeof test_dir, "/tmp/qkv-%.20s-XXXXXX", name);
-    if (!mkdtemp(test_dir)) {
-        perror("mkdtemp");
-        exit(1);
-    }
+    test_tmpdir(test_dir, sizeof test_dir, name);
 }
 
 /* test_dir/name; the four most recent results stay valid. */
@@ -314,14 +353,51 @@ static inline int test_dir_count(const char *part) {
     return n;
 }
 
-/* Removes the files in test_dir, then test_dir; 0 on success. */
+/* Removes test_dir and everything in it; 0 on success. */
 static inline int test_dir_remove(void) {
-    DIR *d = opendir(test_dir);
-    for (struct dirent *e; d && (e = readdir(d));)
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-            unlink(test_path(e->d_name));
-    if (d) closedir(d);
-    return rmdir(test_dir);
+    return test_rmtree(test_dir);
 }
+
+/* ---- the tests' tiny model ----
+ *
+ * Defined where model.h is included before test.h (directly or through
+ * checkpoint.h, decode.h, eval.h ...): tests of core/ and data/ alone do
+ * not see nn/.
+ *
+ *   qkv_model_config c = test_tiny_config(QKV_MODEL_ENCDEC, 11);
+ *   c.dropout = 0.1f;                 // what this test studies
+ *   qkv_model m;
+ *   test_tiny_model(&m, &c, 42);
+ */
+#ifdef QKV_MODEL_H
+/* vocab tokens on both sides, D 32, H 2, F 64, one encoder layer (none for
+ * a decoder-only model) and one decoder layer, 32 positions, no dropout; the
+ * rest as qkv_model_defaults. */
+static inline qkv_model_config test_tiny_config(qkv_model_kind kind,
+                                                int vocab) {
+    qkv_model_config c = qkv_model_defaults(kind);
+    c.src_vocab = c.tgt_vocab = vocab;
+    c.d_model = 32;
+    c.heads = 2;
+    c.d_ff = 64;
+    c.n_enc = kind == QKV_MODEL_ENCDEC ? 1 : 0;
+    c.n_dec = 1;
+    c.max_len = 32;
+    c.dropout = 0.0f;
+    return c;
+}
+
+/* Initialises m from c (test_tiny_config's, as the test changed it) with
+ * seed; a config qkv_model_init refuses is a bug in the test: a FAIL line,
+ * and the program ends. */
+static inline void test_tiny_model(qkv_model *m, const qkv_model_config *c,
+                                   uint64_t seed) {
+    char err[300];
+    if (qkv_model_init(m, c, seed, err, sizeof err)) {
+        printf("FAIL %s/model: %s\n", test_prog, err);
+        exit(1);
+    }
+}
+#endif
 
 #endif

@@ -495,11 +495,7 @@ static void test_help_lists_flags(void) {
 int main(void) {
     test_prog = "attn";
     test_qkv_path(qkv, sizeof qkv);
-    snprintf(dir, sizeof dir, "/tmp/qkv_attn_XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
-        return 1;
-    }
+    test_tmpdir(dir, sizeof dir, "attn");
     char cmd[2048], out[8192];
     have_gnuplot = test_shell("command -v gnuplot", out, sizeof out) == 0;
     snprintf(cmd, sizeof cmd, "%s/u.tsv", dir);
@@ -536,7 +532,6 @@ int main(void) {
     RUN(test_default_path_and_svg);
     RUN(test_bad_input_is_one_line_and_exit_2);
     RUN(test_help_lists_flags);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    test_shell(cmd, out, sizeof out);
+    if (test_rmtree(dir)) printf("note: could not remove %s\n", dir);
     return test_summary();
 }

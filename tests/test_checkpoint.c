@@ -12,6 +12,7 @@
 #include "checkpoint.h"
 #include "tasks.h"
 #include "test.h"
+#include "trainer.h"
 
 /* Sanitizer builds run ~50x slower: train and time less there. */
 #if defined(__SANITIZE_ADDRESS__)
@@ -47,23 +48,6 @@ static int same_file(const char *path, const unsigned char *bytes, size_t len) {
     return same;
 }
 
-static qkv_model_config small_config(qkv_model_kind kind) {
-    qkv_model_config c = qkv_model_defaults(kind);
-    c.src_vocab = c.tgt_vocab = 11;
-    c.d_model = 32;
-    c.heads = 2;
-    c.d_ff = 64;
-    c.n_enc = kind == QKV_MODEL_ENCDEC ? 1 : 0;
-    c.n_dec = 1;
-    c.max_len = 24;
-    return c;
-}
-
-static void init_model(qkv_model *m, const qkv_model_config *c, uint64_t seed) {
-    char err[200];
-    QKV_CHECK(qkv_model_init(m, c, seed, err, sizeof err) == 0, "%s", err);
-}
-
 static int same_params(const qkv_model *a, const qkv_model *b) {
     if (a->params.n != b->params.n || a->params.count != b->params.count)
         return 0;
@@ -96,9 +80,10 @@ static void fake_steps(qkv_model *m, qkv_optim *o, int steps) {
 /* ------------------------------------------------------- config JSON */
 
 static void test_config_json_round_trip(void) {
-    qkv_model_config cs[3] = {small_config(QKV_MODEL_ENCDEC),
+    qkv_model_config cs[3] = {test_tiny_config(QKV_MODEL_ENCDEC, 11),
                               qkv_model_defaults(QKV_MODEL_DECODER),
-                              small_config(QKV_MODEL_DECODER)};
+                              test_tiny_config(QKV_MODEL_DECODER, 11)};
+    cs[0].dropout = 0.1f;
     cs[1].tgt_vocab = 50000;
     cs[1].pos = QKV_POS_LEARNED;
     cs[1].norm = QKV_NORM_PRE;
@@ -234,7 +219,7 @@ static void check_optim_refusal(const char *json, const char *words) {
 }
 
 static void test_config_json_refusals(void) {
-    qkv_model_config mc = small_config(QKV_MODEL_ENCDEC);
+    qkv_model_config mc = test_tiny_config(QKV_MODEL_ENCDEC, 11);
     char *good = qkv_model_config_to_json(&mc);
     const bad_json model_cases[] = {
         {"d_ff", NULL, "field 'd_ff' is missing"},
@@ -324,8 +309,8 @@ static float *logits_of(qkv_model *m, const qkv_task *t, size_t *n) {
 }
 
 static void test_save_load_model(void) {
-    qkv_model_config cs[2] = {small_config(QKV_MODEL_ENCDEC),
-                              small_config(QKV_MODEL_DECODER)};
+    qkv_model_config cs[2] = {test_tiny_config(QKV_MODEL_ENCDEC, 11),
+                              test_tiny_config(QKV_MODEL_DECODER, 11)};
     cs[1].pos = QKV_POS_LEARNED;
     cs[1].norm = QKV_NORM_PRE;
     cs[1].act = QKV_ACT_GELU;
@@ -336,7 +321,7 @@ static void test_save_load_model(void) {
     char err[300];
     for (int k = 0; k < 2; k++) {
         qkv_model a, b;
-        init_model(&a, &cs[k], 100 + (uint64_t)k);
+        test_tiny_model(&a, &cs[k], 100 + (uint64_t)k);
         for (int i = 0; i < 5; i++) qkv_pcg32_next(&a.rng);
         qkv_pcg32 data = {UINT64_MAX, 1}, data_back = {3, 5};
         qkv_ckpt_rng rng = {"data", &data}, rng_back = {"data", &data_back};
@@ -409,13 +394,13 @@ static void test_optimiser_state(void) {
     ocs[2].nesterov = 1;
     ocs[3].momentum = 0; /* plain SGD: no state tensors at all */
     const int has_m[4] = {1, 1, 1, 0}, has_v[4] = {1, 1, 0, 0};
-    qkv_model_config mc = small_config(QKV_MODEL_ENCDEC);
+    qkv_model_config mc = test_tiny_config(QKV_MODEL_ENCDEC, 11);
     const char *p = test_path("optim.safetensors");
     char err[300];
     for (int k = 0; k < 4; k++) {
         qkv_model a, b;
         qkv_optim oa, ob;
-        init_model(&a, &mc, 1);
+        test_tiny_model(&a, &mc, 1);
         qkv_optim_init(&oa, &ocs[k], &a.params);
         fake_steps(&a, &oa, 3);
         CHECK(qkv_ckpt_save(p, &a, &oa, 3, NULL, 0, NULL, NULL, 0, err,
@@ -453,130 +438,243 @@ static void test_optimiser_state(void) {
 
 /* ------------------------------------------------- resume = uninterrupted */
 
+/* The runs go through the trainer and a batch source, as qkv train does:
+ * one run of 2N steps, and one stopped after N steps, saved with
+ * qkv_trainer_save, forgotten, resumed with qkv_trainer_resume on a fresh
+ * source and run to 2N. */
+
 #define RESUME_N (QUICK ? 3 : 25) /* steps before and after the stop */
 
 static const qkv_task resume_task = {QKV_TASK_COPY, 11, 10, 10, 0, 0};
+static qkv_pairs resume_pairs; /* the corpus runs' pairs (resume_corpus) */
+enum { RESUME_TOKENS = 64 };   /* the corpus runs' token budget a batch */
 
-static qkv_model_config resume_config(void) {
-    qkv_model_config c = small_config(QKV_MODEL_ENCDEC);
+/* The tiny model, two layers a side (one in sanitizer builds), dropout on
+ * so that the dropout generator matters. */
+static qkv_model_config resume_config(int vocab) {
+    qkv_model_config c = test_tiny_config(QKV_MODEL_ENCDEC, vocab);
     c.n_enc = c.n_dec = QUICK ? 1 : 2;
-    c.dropout = 0.1f; /* so the dropout RNG matters */
+    c.dropout = 0.1f;
     return c;
 }
 
-static const qkv_schedule resume_sched = {QKV_SCHEDULE_COSINE, 3e-3f, 5,
-                                          2 * RESUME_N,        1e-4f, 0};
+/* Adam, warmup and cosine decay over the 2N steps, clipping at 1. */
+static qkv_trainer_config resume_trainer(void) {
+    qkv_trainer_config tc = qkv_trainer_defaults(QKV_OPTIM_ADAM, 3e-3f);
+    tc.schedule =
+        (qkv_schedule){QKV_SCHEDULE_COSINE, 3e-3f, 5, 2 * RESUME_N, 1e-4f, 0};
+    return tc;
+}
 
-/* Training steps from..to (counted from 1) as test_learn does; losses[s-1]
- * gets the loss of step s. */
-static void train_steps(qkv_model *m, qkv_optim *o, qkv_pcg32 *data,
-                        int64_t from, int64_t to, float *losses) {
-    qkv_task_batch b;
-    qkv_task_batch_init(&b, &resume_task, QUICK ? 4 : 16);
-    qkv_graph g;
-    qkv_graph_init(&g, 0);
-    for (int64_t s = from; s <= to; s++) {
-        qkv_task_sample(&resume_task, data, &b);
-        qkv_graph_reset(&g);
-        qkv_tensor *loss = qkv_model_loss(m, &g, &b.view, 0.0f);
-        losses[s - 1] = loss->data[0];
-        qkv_params_zero_grad(&m->params);
-        qkv_backward(&g, loss);
-        qkv_clip_grad_norm(&m->params, 1.0f);
-        qkv_optim_step(o, &m->params, qkv_schedule_lr(&resume_sched, s));
+/* resume_pairs: 40 pairs "x<TAB>x reversed" of 2 to 6 words a..g, written
+ * to a TSV file and loaded as qkv train loads one (a shared word
+ * vocabulary). Returns the vocabulary's size. */
+static int resume_corpus(void) {
+    char text[2048];
+    size_t len = 0;
+    qkv_pcg32 rng;
+    qkv_pcg32_seed(&rng, 3, 4);
+    for (int i = 0; i < 40; i++) {
+        int n = 2 + (int)qkv_pcg32_bounded(&rng, 5);
+        char w[6];
+        for (int j = 0; j < n; j++)
+            w[j] = (char)('a' + qkv_pcg32_bounded(&rng, 7));
+        for (int j = 0; j < n; j++) {
+            text[len++] = w[j];
+            text[len++] = j + 1 < n ? ' ' : '\t';
+        }
+        for (int j = n - 1; j >= 0; j--) {
+            text[len++] = w[j];
+            text[len++] = j ? ' ' : '\n';
+        }
     }
-    qkv_graph_free(&g);
-    qkv_task_batch_free(&b);
+    const char *path = test_path("resume.tsv");
+    write_bytes(path, text, len);
+    qkv_corpus c;
+    char err[300];
+    QKV_CHECK(qkv_corpus_load(path, &c, err, sizeof err) == 0, "%s", err);
+    qkv_vocab v;
+    qkv_vocab_build(&v, &c, QKV_SIDE_BOTH, QKV_TOK_WORD, 1);
+    qkv_pairs_encode(&resume_pairs, &c, QKV_TOK_WORD, &v, &v, 0, 0);
+    int size = v.size;
+    qkv_vocab_free(&v);
+    qkv_corpus_free(&c);
+    return size;
 }
 
-static void start_run(qkv_model *m, qkv_optim *o, qkv_pcg32 *data) {
-    qkv_model_config c = resume_config();
-    init_model(m, &c, 42);
-    qkv_optim_config oc = qkv_optim_defaults(QKV_OPTIM_ADAM);
-    qkv_optim_init(o, &oc, &m->params);
-    qkv_pcg32_seed(data, 42, 1);
+/* A training source at its start: fresh copy-task batches, or shuffled
+ * epochs of resume_pairs. */
+static qkv_source *resume_source(int corpus) {
+    char err[300] = "";
+    qkv_source *s = corpus
+                        ? qkv_corpus_source(&resume_pairs, RESUME_TOKENS, 42, 0,
+                                            err, sizeof err)
+                        : qkv_task_source(&resume_task, QUICK ? 4 : 16, 42, 0);
+    QKV_CHECK(s, "%s", err);
+    return s;
 }
 
-static void test_resume_equals_uninterrupted(void) {
+static void start_run(qkv_trainer *t, int vocab) {
+    qkv_model m;
+    qkv_model_config c = resume_config(vocab);
+    test_tiny_model(&m, &c, 42);
+    qkv_trainer_config tc = resume_trainer();
+    qkv_trainer_init(t, &m, &tc);
+}
+
+/* Steps until step `to` (counted from 1); losses[s - 1] gets step s's. */
+static void train_until(qkv_trainer *t, qkv_source *data, int64_t to,
+                        float *losses) {
+    while (t->step < to) {
+        qkv_step_result r = qkv_trainer_step(t, qkv_source_next(data));
+        losses[t->step - 1] = t->loss;
+        CHECK(r == QKV_STEP_OK, "step %lld: loss %g", (long long)t->step,
+              (double)t->loss);
+    }
+}
+
+static int same_position(const qkv_source *s, const qkv_source_state *want) {
+    qkv_source_state st;
+    qkv_source_get_state(s, &st);
+    return st.rng.state == want->rng.state && st.rng.inc == want->rng.inc &&
+           st.epoch == want->epoch && st.batch == want->batch;
+}
+
+static float *copy_floats(const float *x, size_t n) {
+    float *y = qkv_malloc(n * sizeof *y, "copy");
+    memcpy(y, x, n * sizeof *y);
+    return y;
+}
+
+/* Resumes t from path on a fresh source (*data); 0, or -1 after a failed
+ * check (nothing to free). */
+static int resume_run(qkv_trainer *t, const char *path, int corpus,
+                      qkv_source **data) {
+    char err[300];
+    qkv_trainer_config tc = resume_trainer();
+    memset(t, 0xee, sizeof *t);
+    *data = resume_source(corpus);
+    if (qkv_trainer_resume(t, path, &tc, *data, NULL, err, sizeof err) == 0)
+        return 0;
+    CHECK(0, "resume: %s", err);
+    qkv_source_free(*data);
+    return -1;
+}
+
+static void check_resume(int corpus) {
     enum { N = RESUME_N };
     float straight[2 * N], resumed[2 * N], reseeded[2 * N];
+    const char *kind = corpus ? "corpus" : "task";
+    int vocab = corpus ? resume_corpus() : resume_task.vocab;
     char err[300];
 
-    qkv_model m;
-    qkv_optim o;
-    qkv_pcg32 data;
-    start_run(&m, &o, &data);
-    train_steps(&m, &o, &data, 1, 2 * N, straight);
-    float *w = qkv_malloc(m.params.n * sizeof *w, "weights");
-    float *om = qkv_malloc(m.params.n * sizeof *om, "optimiser m");
-    memcpy(w, m.params.values, m.params.n * sizeof *w);
-    memcpy(om, o.m, m.params.n * sizeof *om);
-    size_t n = m.params.n;
-    qkv_optim_free(&o);
-    qkv_model_free(&m);
+    qkv_trainer t;
+    qkv_source *data = resume_source(corpus);
+    start_run(&t, vocab);
+    train_until(&t, data, 2 * N, straight);
+    size_t n = t.model.params.n;
+    float *w = copy_floats(t.model.params.values, n),
+          *om = copy_floats(t.opt.m, n);
+    int64_t tokens = t.tokens;
+    qkv_source_state end;
+    qkv_source_get_state(data, &end);
+    qkv_trainer_free(&t);
+    qkv_source_free(data);
 
-    /* Stop after N steps, save, forget everything, load, go on. */
-    const char *p = test_path("resume.safetensors");
-    start_run(&m, &o, &data);
-    train_steps(&m, &o, &data, 1, N, resumed);
-    qkv_ckpt_rng rngs[1] = {{"data", &data}};
+    /* Stop after N steps, save, forget everything, resume, go on. */
+    const char *p = test_path(corpus ? "resume-corpus.safetensors"
+                                     : "resume-task.safetensors");
+    data = resume_source(corpus);
+    start_run(&t, vocab);
+    train_until(&t, data, N, resumed);
+    qkv_source_state cut;
+    qkv_source_get_state(data, &cut);
+    if (corpus) /* the stop falls inside an epoch, the run crosses one */
+        CHECK(cut.batch > 0 && cut.batch < data->epoch_batches &&
+                  end.epoch > cut.epoch,
+              "stop at epoch %lld batch %lld of %d, end in epoch %lld",
+              (long long)cut.epoch, (long long)cut.batch, data->epoch_batches,
+              (long long)end.epoch);
     double t0 = qkv_seconds();
-    CHECK(qkv_ckpt_save(p, &m, &o, N, rngs, 1, NULL, NULL, 0, err,
-                        sizeof err) == 0,
+    CHECK(qkv_trainer_save(&t, p, data, NULL, NULL, 0, err, sizeof err) == 0,
           "save: %s", err);
     double t_save = qkv_seconds() - t0;
-    qkv_optim_free(&o);
-    qkv_model_free(&m);
-    qkv_pcg32_seed(&data, 0, 0);
-    memset(&m, 0xee, sizeof m);
-    memset(&o, 0xee, sizeof o);
+    qkv_trainer_free(&t);
+    qkv_source_free(data);
 
-    int64_t step = -1;
     t0 = qkv_seconds();
-    CHECK(qkv_ckpt_load(p, &m, &o, &step, rngs, 1, NULL, err, sizeof err) == 0,
-          "load: %s", err);
+    if (resume_run(&t, p, corpus, &data)) goto done;
     double t_load = qkv_seconds() - t0;
-    CHECK(step == N, "restored step %lld", (long long)step);
-    qkv_pcg32 data_at_stop = data, drop_at_stop = m.rng;
-    train_steps(&m, &o, &data, step + 1, 2 * N, resumed);
+    CHECK(t.step == N, "restored step %lld", (long long)t.step);
+    CHECK(same_position(data, &cut), "the source resumed elsewhere");
+    qkv_pcg32 drop_at_stop = t.model.rng;
+    train_until(&t, data, 2 * N, resumed);
     CHECK(memcmp(straight + N, resumed + N, N * sizeof *straight) == 0,
           "losses after the resume differ from the straight run");
     CHECK(memcmp(straight, resumed, N * sizeof *straight) == 0,
           "losses before the stop differ");
-    CHECK(m.params.n == n && memcmp(w, m.params.values, n * sizeof *w) == 0,
+    CHECK(t.model.params.n == n &&
+              memcmp(w, t.model.params.values, n * sizeof *w) == 0,
           "final weights differ");
-    CHECK(memcmp(om, o.m, n * sizeof *om) == 0 && o.step == 2 * N,
+    CHECK(memcmp(om, t.opt.m, n * sizeof *om) == 0 && t.opt.step == 2 * N,
           "final optimiser state differs");
+    CHECK(t.tokens == tokens && same_position(data, &end),
+          "tokens (%lld vs %lld) or the source's end position differ",
+          (long long)t.tokens, (long long)tokens);
     for (int s = N; s < 2 * N; s++)
         if (memcmp(&straight[s], &resumed[s], sizeof *straight)) {
             CHECK(0, "step %d: loss %.9g straight, %.9g resumed", s + 1,
                   (double)straight[s], (double)resumed[s]);
             break;
         }
-    qkv_optim_free(&o);
-    qkv_model_free(&m);
+    qkv_trainer_free(&t);
+    qkv_source_free(data);
 
     /* The test can tell: a different dropout RNG after the resume changes
      * the losses. */
-    CHECK(qkv_ckpt_load(p, &m, &o, &step, rngs, 1, NULL, err, sizeof err) == 0,
-          "load: %s", err);
-    CHECK(data.state == data_at_stop.state && m.rng.state == drop_at_stop.state,
+    if (resume_run(&t, p, corpus, &data)) goto done;
+    CHECK(same_position(data, &cut) && t.model.rng.state == drop_at_stop.state,
           "RNGs restored differently twice");
-    qkv_pcg32_seed(&m.rng, 1, 2);
-    train_steps(&m, &o, &data, step + 1, 2 * N, reseeded);
+    qkv_pcg32_seed(&t.model.rng, 1, 2);
+    train_until(&t, data, 2 * N, reseeded);
     CHECK(memcmp(straight + N, reseeded + N, N * sizeof *straight) != 0,
           "losses do not depend on the dropout RNG: the test proves nothing");
-    qkv_optim_free(&o);
-    qkv_model_free(&m);
+    qkv_trainer_free(&t);
+    qkv_source_free(data);
 
     size_t bytes;
     unsigned char *file = read_bytes(p, &bytes);
     free(file);
-    printf("  resume: %d + %d steps bit for bit; %zu parameters, checkpoint "
-           "%zu bytes (weights + Adam m, v), save %.1f ms, load %.1f ms\n",
-           N, N, n, bytes, 1e3 * t_save, 1e3 * t_load);
+    printf("  resume (%s): %d + %d steps bit for bit; %zu parameters, "
+           "checkpoint %zu bytes (weights + Adam m, v), save %.1f ms, load "
+           "%.1f ms\n",
+           kind, N, N, n, bytes, 1e3 * t_save, 1e3 * t_load);
+done:
     free(w);
     free(om);
+}
+
+static void test_resume_equals_uninterrupted(void) {
+    check_resume(0);
+}
+
+/* A corpus run, stopped inside an epoch; and a task run's checkpoint is
+ * refused as a corpus run's. */
+static void test_resume_corpus_equals_uninterrupted(void) {
+    check_resume(1);
+    qkv_trainer t;
+    qkv_trainer_config tc = resume_trainer();
+    qkv_source *data = resume_source(1);
+    char err[300] = "";
+    const char *p = test_path("resume-task.safetensors");
+    CHECK(qkv_trainer_resume(&t, p, &tc, data, NULL, err, sizeof err) == -1,
+          "a task run resumed on a corpus");
+    CHECK(strstr(err, "its data position is not of a corpus") &&
+              !strncmp(err, p, strlen(p)),
+          "message: %s", err);
+    CHECK(is_zero(&t, sizeof t), "trainer not zeroed on refusal");
+    qkv_source_free(data);
+    qkv_pairs_free(&resume_pairs);
 }
 
 /* ------------------------------------------------------------ refusals */
@@ -627,8 +725,8 @@ static void rewrite(const char *src, const char *dst, ckpt_edit ed) {
 static void write_good(const char *path, qkv_model *m_out) {
     qkv_model m;
     qkv_optim o;
-    qkv_model_config c = small_config(QKV_MODEL_ENCDEC);
-    init_model(&m, &c, 9);
+    qkv_model_config c = test_tiny_config(QKV_MODEL_ENCDEC, 11);
+    test_tiny_model(&m, &c, 9);
     qkv_optim_config oc = qkv_optim_defaults(QKV_OPTIM_ADAM);
     qkv_optim_init(&o, &oc, &m.params);
     fake_steps(&m, &o, 2);
@@ -767,7 +865,7 @@ static void test_refuse_bad_contents(void) {
     const char *good = test_path("bad-src.safetensors"),
                *p = test_path("bad.safetensors");
     write_good(good, NULL);
-    qkv_model_config mc = small_config(QKV_MODEL_ENCDEC);
+    qkv_model_config mc = test_tiny_config(QKV_MODEL_ENCDEC, 11);
     char *cfg = qkv_model_config_to_json(&mc);
     char *no_dff = edit_json(cfg, "d_ff", NULL),
          *narrow = edit_json(cfg, "d_model", "16"),
@@ -940,8 +1038,8 @@ static void test_load_weights_shape_checks(void) {
         if (!strcmp(cases[i].field, "kind"))
             c.kind = (qkv_model_kind)cases[i].value;
         qkv_model b, fresh;
-        init_model(&b, &c, 5);
-        init_model(&fresh, &c, 5);
+        test_tiny_model(&b, &c, 5);
+        test_tiny_model(&fresh, &c, 5);
         CHECK(qkv_ckpt_load_weights(p, &b, err, sizeof err) == -1,
               "%s accepted", cases[i].field);
         CHECK(strstr(err, cases[i].words) && !strncmp(err, p, strlen(p)),
@@ -954,7 +1052,7 @@ static void test_load_weights_shape_checks(void) {
     qkv_model_config c = a.cfg;
     c.dropout = 0.3f;
     qkv_model b;
-    init_model(&b, &c, 5);
+    test_tiny_model(&b, &c, 5);
     CHECK(qkv_ckpt_load_weights(p, &b, err, sizeof err) == 0, "%s", err);
     memcpy(&b.cfg.dropout, &a.cfg.dropout, sizeof b.cfg.dropout);
     CHECK(same_params(&a, &b), "weights differ");
@@ -963,7 +1061,7 @@ static void test_load_weights_shape_checks(void) {
     const char *victim = b.params.list[3]->name;
     rewrite(p, q, (ckpt_edit){0, 0, 0, victim, 0});
     qkv_model_free(&a);
-    init_model(&a, &c, 77); /* a: a reference copy of b's weights */
+    test_tiny_model(&a, &c, 77); /* a: a reference copy of b's weights */
     memcpy(a.params.values, b.params.values, a.params.n * sizeof(float));
     CHECK(qkv_ckpt_load_weights(q, &b, err, sizeof err) == -1,
           "another shape accepted");
@@ -980,9 +1078,9 @@ static void test_atomic_save(void) {
     const char *p = test_path("atomic.safetensors");
     char err[400];
     qkv_model a, b;
-    qkv_model_config c = small_config(QKV_MODEL_ENCDEC);
-    init_model(&a, &c, 1);
-    init_model(&b, &c, 2);
+    qkv_model_config c = test_tiny_config(QKV_MODEL_ENCDEC, 11);
+    test_tiny_model(&a, &c, 1);
+    test_tiny_model(&b, &c, 2);
     CHECK(qkv_ckpt_save(p, &a, NULL, 1, NULL, 0, NULL, NULL, 0, err,
                         sizeof err) == 0,
           "%s", err);
@@ -1087,7 +1185,7 @@ static void test_timing(void) {
     qkv_model_config c = qkv_model_defaults(QKV_MODEL_ENCDEC);
     c.src_vocab = c.tgt_vocab = 8000;
     qkv_model m, back;
-    init_model(&m, &c, 1);
+    test_tiny_model(&m, &c, 1);
     qkv_optim o, ob;
     qkv_optim_config oc = qkv_optim_defaults(QKV_OPTIM_ADAM);
     qkv_optim_init(&o, &oc, &m.params);
@@ -1127,6 +1225,7 @@ int main(void) {
     RUN(test_save_load_model);
     RUN(test_optimiser_state);
     RUN(test_resume_equals_uninterrupted);
+    RUN(test_resume_corpus_equals_uninterrupted);
     RUN(test_refuse_truncated);
     RUN(test_refuse_foreign_and_garbage);
     RUN(test_refuse_bad_contents);

@@ -626,8 +626,7 @@ static void test_bad_files_are_one_line_and_nothing_is_damaged(void) {
 int main(void) {
     test_prog = "cli";
     test_qkv_path(qkv, sizeof qkv);
-    snprintf(dir, sizeof dir, "/tmp/qkv-cli-XXXXXX");
-    if (!mkdtemp(dir)) return 1;
+    test_tmpdir(dir, sizeof dir, "cli");
     RUN(test_help_lists_every_flag_with_default);
     RUN(test_bad_input_is_one_line_and_exit_2);
     RUN(test_train_writes_log_and_config);
@@ -642,8 +641,6 @@ int main(void) {
     RUN(test_corpus_decoder_only);
     RUN(test_corpus_resume_equals_uninterrupted);
     RUN(test_bad_files_are_one_line_and_nothing_is_damaged);
-    char rm[128];
-    snprintf(rm, sizeof rm, "rm -rf '%s'", dir);
-    if (system(rm) != 0) return 1;
+    if (test_rmtree(dir)) return 1;
     return test_summary();
 }

@@ -802,19 +802,9 @@ static void test_decoder_only_loss(void) {
     qkv_pairs p;
     qkv_pairs_encode(&p, &c, QKV_TOK_WORD, &v, &v, 0, 0);
     p.decoder_only = 1;
-    qkv_model_config cfg = qkv_model_defaults(QKV_MODEL_DECODER);
-    cfg.tgt_vocab = v.size;
-    cfg.d_model = 16;
-    cfg.heads = 2;
-    cfg.d_ff = 32;
-    cfg.max_len = 16;
-    cfg.dropout = 0.0f;
+    qkv_model_config cfg = test_tiny_config(QKV_MODEL_DECODER, v.size);
     qkv_model m;
-    char err[200];
-    if (qkv_model_init(&m, &cfg, 3, err, sizeof err)) {
-        CHECK(0, "%s", err);
-        return;
-    }
+    test_tiny_model(&m, &cfg, 3);
     qkv_graph g;
     qkv_graph_init(&g, 0);
     g.training = 0;
@@ -922,11 +912,7 @@ static void test_shipped_grammar(void) {
 
 int main(void) {
     test_prog = "corpus";
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/qkv_corpus_XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        printf("FAIL corpus/setup: cannot make a temporary directory\n");
-        return 1;
-    }
+    test_tmpdir(tmpdir, sizeof tmpdir, "corpus");
     RUN(test_utf8_valid);
     RUN(test_utf8_invalid);
     RUN(test_word_tokens);
@@ -944,8 +930,6 @@ int main(void) {
     RUN(test_decoder_only_loss);
     RUN(test_shipped_dates);
     RUN(test_shipped_grammar);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) printf("note: could not remove %s\n", tmpdir);
+    if (test_rmtree(tmpdir)) printf("note: could not remove %s\n", tmpdir);
     return test_summary();
 }

@@ -5,9 +5,9 @@
  * greedy, top-k 2 never leaves the top two, frequencies match the softmax). */
 
 #include "decode.h"
-#include "optim.h"
 #include "tasks.h"
 #include "test.h"
+#include "trainer.h"
 
 /* Sanitizer builds run ~50x slower: there the model trains 5 steps and the
  * accuracy comparison is dropped; every exactness check stays. */
@@ -56,46 +56,32 @@ static int out_len(const int32_t *out, int max_out) {
 static qkv_model trained;
 static const qkv_task rev_task = {QKV_TASK_REVERSE, 11, 3, 8, 1, 0};
 
+/* The tiny model at test_learn's size (D 64, H 4, F 128, 2 + 2 layers),
+ * trained as qkv train trains: Adam, warmup and cosine decay, clipping at 1. */
 static void train_reverse(void) {
-    qkv_model_config c = qkv_model_defaults(QKV_MODEL_ENCDEC);
-    c.src_vocab = c.tgt_vocab = rev_task.vocab;
+    qkv_model_config c = test_tiny_config(QKV_MODEL_ENCDEC, rev_task.vocab);
+    c.d_model = 64;
+    c.heads = 4;
     c.d_ff = 128;
-    c.max_len = 32;
-    c.dropout = 0.0f;
-    char err[200];
-    if (qkv_model_init(&trained, &c, 7, err, sizeof err)) {
-        fprintf(stderr, "%s\n", err);
-        exit(1);
-    }
+    c.n_enc = c.n_dec = 2;
+    qkv_model m;
+    test_tiny_model(&m, &c, 7);
     int steps = QUICK ? 5 : 300, batch = QUICK ? 8 : 32;
-    qkv_optim opt;
-    qkv_optim_config oc = qkv_optim_defaults(QKV_OPTIM_ADAM);
-    qkv_optim_init(&opt, &oc, &trained.params);
-    qkv_schedule sched = {
-        QKV_SCHEDULE_COSINE, 2e-3f, steps / 4, steps, 1e-4f, 0};
-    qkv_pcg32 data;
-    qkv_pcg32_seed(&data, 42, 1);
-    qkv_task_batch b;
-    qkv_task_batch_init(&b, &rev_task, batch);
-    qkv_graph g;
-    qkv_graph_init(&g, 0);
+    qkv_trainer_config tc = qkv_trainer_defaults(QKV_OPTIM_ADAM, 2e-3f);
+    tc.schedule =
+        (qkv_schedule){QKV_SCHEDULE_COSINE, 2e-3f, steps / 4, steps, 1e-4f, 0};
+    qkv_trainer t;
+    qkv_trainer_init(&t, &m, &tc);
+    qkv_source *data = qkv_task_source(&rev_task, batch, 42, 0);
     double t0 = qkv_seconds();
-    float loss = 0;
-    for (int step = 1; step <= steps; step++) {
-        qkv_task_sample(&rev_task, &data, &b);
-        qkv_graph_reset(&g);
-        qkv_tensor *l = qkv_model_loss(&trained, &g, &b.view, 0.0f);
-        loss = l->data[0];
-        qkv_params_zero_grad(&trained.params);
-        qkv_backward(&g, l);
-        qkv_clip_grad_norm(&trained.params, 1.0f);
-        qkv_optim_step(&opt, &trained.params, qkv_schedule_lr(&sched, step));
-    }
+    for (int step = 1; step <= steps; step++)
+        qkv_trainer_step(&t, qkv_source_next(data));
     printf("  reverse (lengths 3-8, eos): %d steps, loss %.3f, %.2f s\n", steps,
-           (double)loss, qkv_seconds() - t0);
-    qkv_graph_free(&g);
-    qkv_task_batch_free(&b);
-    qkv_optim_free(&opt);
+           (double)t.loss, qkv_seconds() - t0);
+    trained = t.model; /* the tests' now; the trainer frees the rest */
+    memset(&t.model, 0, sizeof t.model);
+    qkv_trainer_free(&t);
+    qkv_source_free(data);
 }
 
 /* n fresh sources from a stream the training never saw. */
@@ -211,21 +197,12 @@ typedef struct bigram {
  * and the generator row v, (log p(v|u) / 8) (e_2u - e_2u+1), reads the log p.
  */
 static void bigram_model(qkv_model *m, const bigram *rows, int n) {
-    qkv_model_config c = qkv_model_defaults(QKV_MODEL_ENCDEC);
-    c.src_vocab = c.tgt_vocab = NV;
-    c.d_model = 32;
-    c.heads = 2;
+    qkv_model_config c = test_tiny_config(QKV_MODEL_ENCDEC, NV);
     c.d_ff = 8;
-    c.n_enc = c.n_dec = 1;
     c.max_len = 16;
-    c.dropout = 0.0f;
     c.pos = QKV_POS_LEARNED;
     c.scale_emb = 0;
-    char err[200];
-    if (qkv_model_init(m, &c, 1, err, sizeof err)) {
-        fprintf(stderr, "%s\n", err);
-        exit(1);
-    }
+    test_tiny_model(m, &c, 1);
     memset(m->params.values, 0, m->params.n * sizeof(float));
     for (int i = 0; i < m->params.count; i++) {
         qkv_tensor *t = m->params.list[i];
@@ -364,18 +341,11 @@ static void test_graph_state_and_arena(void) {
 
 /* ----------------------------------------------------------------- sampling */
 
+/* A decoder-only model of two layers, as initialised (seed 11). */
 static void lm_model(qkv_model *m) {
-    qkv_model_config c = qkv_model_defaults(QKV_MODEL_DECODER);
-    c.tgt_vocab = 11;
-    c.d_model = 32;
-    c.heads = 2;
-    c.d_ff = 64;
-    c.max_len = 32;
-    char err[200];
-    if (qkv_model_init(m, &c, 11, err, sizeof err)) {
-        fprintf(stderr, "%s\n", err);
-        exit(1);
-    }
+    qkv_model_config c = test_tiny_config(QKV_MODEL_DECODER, 11);
+    c.n_dec = 2;
+    test_tiny_model(m, &c, 11);
 }
 
 static const int32_t prompt[4] = {3, 7, 5, QKV_BOS};

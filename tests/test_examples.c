@@ -62,8 +62,8 @@ static void test_corpus_learns(void) {
 static void test_installed_copy_builds_with_pkg_config(void) {
     if (test_shell("pkg-config --version", out, sizeof out) != 0)
         SKIP("no pkg-config (apt-get install pkg-config)");
-    char dir[] = "/tmp/qkv-install-XXXXXX", cmd[3 * PATH_MAX];
-    if (!mkdtemp(dir)) SKIP("mkdtemp failed");
+    char dir[64], cmd[3 * PATH_MAX];
+    test_tmpdir(dir, sizeof dir, "install");
     /* the library as built (its flags: SAN=1 links the sanitizers) */
     snprintf(cmd, sizeof cmd,
              "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s BUILD=%s%s "
@@ -81,8 +81,7 @@ static void test_installed_copy_builds_with_pkg_config(void) {
     CHECK(rc == 0, "the installed copy: exit %d: %s", rc, out);
     CHECK(strstr(out, "step  200"), "the installed copy did not train: %s",
           out);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    test_shell(cmd, out, sizeof out);
+    CHECK(test_rmtree(dir) == 0, "cannot remove %s", dir);
 }
 
 int main(void) {

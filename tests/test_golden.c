@@ -9,9 +9,9 @@
  * here, MKL-DNN/ATen there), so agreement is expected to ~1e-6; the
  * measured errors are printed. */
 #include "model.h"
-#include "optim.h"
 #include "safetensors.h"
 #include "test.h"
+#include "trainer.h"
 
 static const char *dir = "tests/golden";
 
@@ -142,21 +142,18 @@ static void check_file(const char *name) {
         double e = t ? rel_err(p->grad, t->data, p->n) : 1;
         if (e >= err_grad) err_grad = e, worst = p->name;
     }
-    /* 10 Adam steps on the same batch, as the script does */
-    qkv_optim opt;
-    qkv_optim_config oc = qkv_optim_defaults(QKV_OPTIM_ADAM);
-    qkv_optim_init(&opt, &oc, &m.params);
+    /* 10 training steps on the same batch, as the script does: Adam at a
+     * constant lr, no clipping, the file's label smoothing */
+    qkv_trainer_config tc = qkv_trainer_defaults(QKV_OPTIM_ADAM, lr);
+    tc.clip = 0.0f;
+    tc.label_smoothing = smoothing;
+    qkv_trainer t;
+    qkv_trainer_init(&t, &m, &tc); /* t owns the model now */
     const qkv_st_tensor *e_adam = need(&f, "expect.adam_losses", 10);
     double err_adam = 0;
     for (int s = 0; s < 10 && e_adam; s++) {
-        qkv_graph_reset(&g);
-        qkv_tensor *l = qkv_cross_entropy(&g, qkv_model_forward(&m, &g, &b),
-                                          tout, c.pad_id, smoothing);
-        double e = fabs(l->data[0] - e_adam->data[s]);
-        err_adam = fmax(err_adam, e);
-        qkv_params_zero_grad(&m.params);
-        qkv_backward(&g, l);
-        qkv_optim_step(&opt, &m.params, lr);
+        qkv_trainer_step(&t, &b);
+        err_adam = fmax(err_adam, fabs(t.loss - e_adam->data[s]));
     }
     printf("  %-12s logits %.1e  loss %.1e  grads %.1e (worst %s)  adam losses "
            "%.1e\n",
@@ -166,7 +163,7 @@ static void check_file(const char *name) {
     CHECK(err_grad <= 1e-4, "%s: gradient of %s differs by %.2e", name, worst,
           err_grad);
     CHECK(err_adam <= 1e-4, "%s: Adam losses differ by %.2e", name, err_adam);
-    qkv_optim_free(&opt);
+    qkv_trainer_free(&t);
     qkv_graph_free(&g);
 done:
     free(src), free(tin), free(tout), free(spad), free(tpad);

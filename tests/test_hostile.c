@@ -602,8 +602,6 @@ int main(void) {
     RUN(test_divergence_keeps_the_last_good_checkpoint);
     RUN(test_resume_repairs_what_a_kill_left);
     RUN(test_a_second_writer_is_refused);
-    char rm[128];
-    snprintf(rm, sizeof rm, "rm -rf '%s'", dir);
-    if (system(rm) != 0) return 1;
+    if (test_dir_remove()) return 1;
     return test_summary();
 }

@@ -23,16 +23,14 @@ typedef struct learn_case {
     float lr, target; /* exact-match accuracy to reach */
 } learn_case;
 
+/* The tiny model, twice as wide and deep: D 64, H 4, F 128, 2 + 2 layers. */
 static qkv_model_config model_for(qkv_model_kind kind, int vocab) {
-    qkv_model_config c = qkv_model_defaults(kind);
-    c.src_vocab = c.tgt_vocab = vocab;
+    qkv_model_config c = test_tiny_config(kind, vocab);
     c.d_model = 64;
     c.heads = 4;
     c.d_ff = 128;
     c.n_enc = kind == QKV_MODEL_ENCDEC ? 2 : 0;
     c.n_dec = 2;
-    c.max_len = 32;
-    c.dropout = 0.0f;
     return c;
 }
 
@@ -56,11 +54,7 @@ static double train(const learn_case *lc, int threads, float *losses,
                     int *steps, double *seconds) {
     qkv_set_threads(threads);
     qkv_model m;
-    char err[200];
-    if (qkv_model_init(&m, &lc->mc, 42, err, sizeof err)) {
-        CHECK(0, "%s", err);
-        return 0;
-    }
+    test_tiny_model(&m, &lc->mc, 42);
     n_params = m.params.n;
     qkv_trainer_config tc = qkv_trainer_defaults(QKV_OPTIM_ADAM, lc->lr);
     int warm = lc->max_steps < 1000 ? lc->max_steps / 4 : 100;

@@ -20,17 +20,14 @@ static qkv_batch batch(int decoder_only) {
     return b;
 }
 
+/* The tiny model, narrower still (D 8, F 12, 8 positions) for the gradient
+ * checks, with two encoder layers so that one layer feeds another. */
 static qkv_model_config tiny(qkv_model_kind kind) {
-    qkv_model_config c = qkv_model_defaults(kind);
-    c.src_vocab = 7;
-    c.tgt_vocab = 7;
+    qkv_model_config c = test_tiny_config(kind, 7);
     c.d_model = 8;
-    c.heads = 2;
     c.d_ff = 12;
     c.n_enc = kind == QKV_MODEL_ENCDEC ? 2 : 0;
-    c.n_dec = 1;
     c.max_len = 8;
-    c.dropout = 0.0f;
     return c;
 }
 

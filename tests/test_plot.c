@@ -388,16 +388,14 @@ static void test_no_command_reaches_gnuplot(void) {
         snprintf(f, sizeof f, "pwned%d", i);
         CHECK(!exists(f), "%s/%s exists: gnuplot ran the command", dir, f);
     }
-    snprintf(cp, sizeof cp, "rm -rf 'run\nsystem \"touch pwned2\"\n'");
-    CHECK(system(cp) == 0, "cannot remove the directory");
+    CHECK(test_rmtree(evil) == 0, "cannot remove the directory");
     CHECK(chdir(cwd) == 0, "cannot return to %s", cwd);
 }
 
 int main(void) {
     test_prog = "plot";
     test_qkv_path(qkv, sizeof qkv);
-    snprintf(dir, sizeof dir, "/tmp/qkv-plot-XXXXXX");
-    if (!mkdtemp(dir)) return 1;
+    test_tmpdir(dir, sizeof dir, "plot");
     RUN(test_help_lists_every_flag);
     if (make_runs() != 0) {
         printf("FAIL plot/make_runs: qkv train failed\n");
@@ -412,8 +410,6 @@ int main(void) {
     RUN(test_missing_gnuplot_is_one_line);
     RUN(test_bad_input_is_one_line_and_exit_2);
     RUN(test_no_command_reaches_gnuplot);
-    char rm[128];
-    snprintf(rm, sizeof rm, "rm -rf '%s'", dir);
-    if (system(rm) != 0) return 1;
+    if (test_rmtree(dir)) return 1;
     return test_summary();
 }

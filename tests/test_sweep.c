@@ -207,14 +207,11 @@ static void test_bad_input(void) {
 int main(void) {
     test_prog = "sweep";
     test_qkv_path(qkv, sizeof qkv);
-    snprintf(dir, sizeof dir, "/tmp/qkv-sweep-XXXXXX");
-    if (!mkdtemp(dir)) return 1;
+    test_tmpdir(dir, sizeof dir, "sweep");
     RUN(test_grid_csv_table_and_pictures);
     RUN(test_interrupted_sweep_resumes);
     RUN(test_fixed_dk);
     RUN(test_bad_input);
-    char rm[128];
-    snprintf(rm, sizeof rm, "rm -rf '%s'", dir);
-    if (system(rm) != 0) return 1;
+    if (test_rmtree(dir)) return 1;
     return test_summary();
 }
