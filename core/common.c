@@ -68,3 +68,18 @@ double qkv_seconds(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+char *qkv_strdup(const char *s, const char *what) {
+    size_t n = strlen(s) + 1;
+    return memcpy(qkv_malloc(n, what), s, n);
+}
+
+int qkv_errf(char *err, size_t errlen, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}

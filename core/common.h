@@ -58,6 +58,14 @@ void *qkv_calloc(size_t count, size_t size, const char *what);
 void *qkv_malloc_aligned(size_t bytes, const char *what);
 void *qkv_realloc(void *p, size_t bytes, const char *what);
 
+/* A malloc'd copy of s (free() it); out of memory exits as qkv_malloc. */
+char *qkv_strdup(const char *s, const char *what);
+
+/* The library's one error convention for bad input: a function returns 0,
+ * or -1 with one line (no newline) in err[errlen]. qkv_errf formats that
+ * line and returns -1, so `return qkv_errf(err, errlen, "...", ...);`. */
+int qkv_errf(char *err, size_t errlen, const char *fmt, ...) QKV_PRINTF(3, 4);
+
 /* Names the command in the out-of-memory message ("train": "qkv: train:
  * out of memory ..."), as the CLI's own messages do. */
 void qkv_set_program(const char *name);

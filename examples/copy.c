@@ -37,8 +37,9 @@ int main(int argc, char **argv) {
     /* Adam, warm-up then cosine decay, clipping at 1 */
     int steps = argc > 1 ? atoi(argv[1]) : 600;
     qkv_trainer_config tc = qkv_trainer_defaults(QKV_OPTIM_ADAM, 2e-3f);
+    int warm = steps < 100 ? steps : 100;
     tc.schedule =
-        (qkv_schedule){QKV_SCHEDULE_COSINE, 2e-3f, 100, steps, 1e-4f, 0};
+        (qkv_schedule){QKV_SCHEDULE_COSINE, 2e-3f, warm, steps, 1e-4f, 0};
     qkv_trainer t;
     qkv_trainer_init(&t, &m, &tc);
 

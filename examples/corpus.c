@@ -72,8 +72,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     qkv_trainer_config tc = qkv_trainer_defaults(QKV_OPTIM_ADAM, 2e-3f);
+    int warm = steps < 100 ? steps : 100;
     tc.schedule =
-        (qkv_schedule){QKV_SCHEDULE_COSINE, 2e-3f, 100, steps, 1e-4f, 0};
+        (qkv_schedule){QKV_SCHEDULE_COSINE, 2e-3f, warm, steps, 1e-4f, 0};
     qkv_trainer t;
     qkv_trainer_init(&t, &m, &tc);
     for (int step = 1; step <= steps; step++) {

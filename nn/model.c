@@ -7,6 +7,39 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define F(...) QKV_INT_FIELD(qkv_model_config, __VA_ARGS__)
+const qkv_field qkv_model_fields[] = {
+    QKV_ENUM_FIELD(qkv_model_config, kind, "kind", "model", "encdec|decoder",
+                   "encoder-decoder or decoder-only"),
+    F(src_vocab, "src_vocab", NULL, 1, QKV_MAX_VOCAB, "source vocabulary"),
+    F(tgt_vocab, "tgt_vocab", NULL, 1, QKV_MAX_VOCAB, "target vocabulary"),
+    F(d_model, "d_model", "d-model", 1, QKV_MAX_WIDTH, "model width"),
+    F(heads, "heads", "h", 1, QKV_MAX_WIDTH,
+      "attention heads; must divide d-model"),
+    F(d_ff, "d_ff", "d-ff", 1, QKV_MAX_WIDTH, "feed-forward width"),
+    F(n_enc, "n_enc", NULL, 0, 64, "encoder layers"),
+    F(n_dec, "n_dec", NULL, 1, 64, "decoder layers"),
+    F(max_len, "max_len", NULL, 1, QKV_MAX_POSITIONS, "positions"),
+    QKV_FLOAT_FIELD(qkv_model_config, dropout, "dropout", "dropout", 0, 0.99,
+                    "dropout on sub-layer outputs and embeddings"),
+    QKV_FLOAT_FIELD(qkv_model_config, ln_eps, "ln_eps", "ln-eps",
+                    1.1754943508222875e-38, 1, "layer norm epsilon"),
+    QKV_ENUM_FIELD(qkv_model_config, pos, "pos", "pos", "sin|learned",
+                   "positional encoding"),
+    QKV_ENUM_FIELD(qkv_model_config, norm, "norm", "norm", "post|pre",
+                   "layer norm placement"),
+    QKV_ENUM_FIELD(qkv_model_config, act, "act", "act", "relu|gelu",
+                   "feed-forward activation"),
+    QKV_BOOL_FIELD(qkv_model_config, scale_emb, "scale_emb", NULL,
+                   "embeddings times sqrt(d_model)"),
+    QKV_BOOL_FIELD(qkv_model_config, tie_output, "tie_output", "tie-output",
+                   "the output layer shares the target embedding"),
+    F(pad_id, "pad_id", NULL, 0, QKV_MAX_VOCAB, "the padding id"),
+};
+#undef F
+const int qkv_model_n_fields =
+    (int)(sizeof qkv_model_fields / sizeof *qkv_model_fields);
+
 qkv_model_config qkv_model_defaults(qkv_model_kind kind) {
     qkv_model_config c = {
         .kind = kind,

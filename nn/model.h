@@ -24,6 +24,7 @@
 #include <stdio.h>
 
 #include "batch.h"
+#include "config.h"
 #include "layers.h"
 
 typedef enum qkv_model_kind {
@@ -47,6 +48,13 @@ typedef struct qkv_model_config {
     int tie_output; /* generator shares the target embedding */
     int pad_id;     /* padding token: masked, and ignored by the loss */
 } qkv_model_config;
+
+/* The config's fields, one row each (config.h): JSON keys as checkpoints
+ * store them, the command-line flags of those a user chooses (the vocabulary
+ * sizes, layer counts and positions come from the data and the command),
+ * ranges, enum names and help. */
+extern const qkv_field qkv_model_fields[];
+extern const int qkv_model_n_fields;
 
 /* The paper's base shape, scaled down: D 64, H 4, F 256, N 2+2, post-norm,
  * sinusoidal positions, ReLU, dropout 0.1, pad 0, max_len 256. Vocab 0: set it.

@@ -9,6 +9,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define F(m, key) QKV_FLOAT_FIELD(qkv_optim_config, m, key, NULL, 0, 0, NULL)
+const qkv_field qkv_optim_fields[] = {
+    QKV_ENUM_FIELD(qkv_optim_config, kind, "kind", "optim", "adam|adamw|sgd",
+                   "optimiser"),
+    F(beta1, "beta1"),
+    F(beta2, "beta2"),
+    F(eps, "eps"),
+    F(weight_decay, "weight_decay"),
+    F(momentum, "momentum"),
+    QKV_BOOL_FIELD(qkv_optim_config, nesterov, "nesterov", NULL, NULL),
+    QKV_BOOL_FIELD(qkv_optim_config, decay_all, "decay_all", NULL, NULL),
+};
+#undef F
+const int qkv_optim_n_fields =
+    (int)(sizeof qkv_optim_fields / sizeof *qkv_optim_fields);
+
 qkv_optim_config qkv_optim_defaults(qkv_optim_kind kind) {
     qkv_optim_config c = {
         .kind = kind, .beta1 = 0.9f, .beta2 = 0.98f, .eps = 1e-9f};

@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config.h"
 #include "tensor.h"
 
 typedef enum qkv_optim_kind {
@@ -56,6 +57,11 @@ typedef struct qkv_optim_config {
 
 /* The defaults for a kind: betas 0.9, 0.98, eps 1e-9; weight decay 0 except
  * AdamW 0.01; SGD momentum 0.9 without Nesterov; decay_all 0. */
+/* The config's fields (config.h): JSON keys as checkpoints store them, and
+ * the one command-line flag, --optim (the rest follow the kind's defaults). */
+extern const qkv_field qkv_optim_fields[];
+extern const int qkv_optim_n_fields;
+
 qkv_optim_config qkv_optim_defaults(qkv_optim_kind kind);
 
 typedef struct qkv_optim {

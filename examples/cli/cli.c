@@ -59,17 +59,29 @@ void cli_bprintf(cli_buf *b, const char *fmt, ...) {
     }
 }
 
-/* 1 if s is one of the '|'-separated words of choices. */
-static int is_choice(const char *s, const char *choices) {
+/* The index of s among the '|'-separated words of choices, or -1. */
+static int choice_index(const char *s, const char *choices) {
     size_t n = strlen(s);
-    for (const char *c = choices; *c;) {
+    int i = 0;
+    for (const char *c = choices; *c; i++) {
         const char *end = strchr(c, '|');
         size_t len = end ? (size_t)(end - c) : strlen(c);
-        if (len == n && strncmp(c, s, n) == 0) return 1;
+        if (len == n && strncmp(c, s, n) == 0) return i;
         if (!end) break;
         c = end + 1;
     }
-    return 0;
+    return -1;
+}
+
+/* The name of value v of an enum flag ("?" if it has none). */
+static void choice_name(const flag *f, char *buf, size_t cap) {
+    const char *c = f->choices;
+    for (int i = 0; i < *(int *)f->dst && c; i++)
+        if ((c = strchr(c, '|'))) c++;
+    if (!c || *(int *)f->dst < 0)
+        snprintf(buf, cap, "?");
+    else
+        snprintf(buf, cap, "%.*s", (int)strcspn(c, "|"), c);
 }
 
 /* 0 if x (already of f's type) is in f's range, else -1 and err naming the
@@ -128,13 +140,19 @@ int cli_flag_set(const char *cmd, const flag *f, const char *v, char *err,
         return 0;
     }
     case FLAG_STR:
-        if (f->choices && !is_choice(v, f->choices)) {
+    case FLAG_ENUM: {
+        int k = f->choices ? choice_index(v, f->choices) : 0;
+        if (k < 0) {
             snprintf(err, errlen, "%s: --%s must be one of %s, got '%.60s'",
                      cmd, f->name, f->choices, v);
             return -1;
         }
-        *(const char **)f->dst = v;
+        if (f->type == FLAG_ENUM)
+            *(int *)f->dst = k;
+        else
+            *(const char **)f->dst = v;
         return 0;
+    }
     case FLAG_BOOL:
         *(int *)f->dst = 1;
         return 0;
@@ -161,6 +179,9 @@ static void print_help(const char *cmd, const char *usage, const flag *flags,
             break;
         case FLAG_BOOL:
             snprintf(def, sizeof def, "off");
+            break;
+        case FLAG_ENUM:
+            choice_name(f, def, sizeof def);
             break;
         }
         /* what the value looks like: the choices, a number, a list, a
@@ -248,20 +269,26 @@ void cli_parse(const char *cmd, const char *usage, const flag *flags, int n,
 
 char *cli_flags_json(const flag *flags, int n) {
     cJSON *o = cJSON_CreateObject();
+    char name[64];
     for (int i = 0; i < n; i++) {
         const flag *f = &flags[i];
         switch (f->type) {
         case FLAG_INT:
             cJSON_AddNumberToObject(o, f->name, *(int *)f->dst);
             break;
-        case FLAG_FLOAT:
-            cJSON_AddNumberToObject(o, f->name, *(float *)f->dst);
+        case FLAG_FLOAT: /* 0.002, not 0.0020000000949949026 */
+            cJSON_AddNumberToObject(o, f->name,
+                                    qkv_float_shortest(*(float *)f->dst));
             break;
         case FLAG_STR:
             cJSON_AddStringToObject(o, f->name, *(const char **)f->dst);
             break;
         case FLAG_BOOL:
             cJSON_AddBoolToObject(o, f->name, *(int *)f->dst);
+            break;
+        case FLAG_ENUM:
+            choice_name(f, name, sizeof name);
+            cJSON_AddStringToObject(o, f->name, name);
             break;
         }
     }
@@ -282,8 +309,8 @@ int cli_flags_from_json_err(const char *cmd, const flag *flags, int n,
         const flag *f = &flags[i];
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, f->name);
         if (!v) continue;
-        int ok = f->type == FLAG_STR    ? cJSON_IsString(v)
-                 : f->type == FLAG_BOOL ? cJSON_IsBool(v)
+        int ok = f->type == FLAG_STR || f->type == FLAG_ENUM ? cJSON_IsString(v)
+                 : f->type == FLAG_BOOL                      ? cJSON_IsBool(v)
                                         : cJSON_IsNumber(v);
         if (!ok) {
             snprintf(err, errlen, "%s: the saved setting %s has the wrong type",
@@ -303,6 +330,7 @@ int cli_flags_from_json_err(const char *cmd, const flag *flags, int n,
             rc = cli_flag_set(cmd, f, text, why, sizeof why);
             break;
         case FLAG_STR:
+        case FLAG_ENUM:
             rc = cli_flag_set(cmd, f, v->valuestring, why, sizeof why);
             break;
         case FLAG_BOOL:
@@ -325,6 +353,26 @@ void cli_flags_from_json(const char *cmd, const flag *flags, int n,
     char err[600];
     if (cli_flags_from_json_err(cmd, flags, n, json, err, sizeof err))
         cli_die("%s", err);
+}
+
+int cli_flags_from_fields(flag *out, int max, const qkv_field *fields, int n,
+                          void *obj) {
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        const qkv_field *f = &fields[i];
+        if (!f->flag) continue;
+        QKV_CHECK(k < max, "cli_flags_from_fields: more than %d flags", max);
+        static const flag_type types[] = {[QKV_FIELD_INT] = FLAG_INT,
+                                          [QKV_FIELD_FLOAT] = FLAG_FLOAT,
+                                          [QKV_FIELD_BOOL] = FLAG_BOOL,
+                                          [QKV_FIELD_ENUM] = FLAG_ENUM,
+                                          [QKV_FIELD_STR] = FLAG_STR};
+        flag g = {f->flag,    types[f->type], (char *)obj + f->offset,
+                  f->choices, f->help,        f->lo,
+                  f->hi};
+        out[k++] = g;
+    }
+    return k;
 }
 
 int cli_max_threads(void) {

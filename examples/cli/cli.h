@@ -20,19 +20,27 @@
 
 #include "bleu.h"
 #include "checkpoint.h"
+#include "config.h"
 #include "corpus.h"
 #include "decode.h"
 #include "tasks.h"
 
 /* ------------------------------------------------------------------ flags */
 
-typedef enum flag_type { FLAG_INT, FLAG_FLOAT, FLAG_STR, FLAG_BOOL } flag_type;
+typedef enum flag_type {
+    FLAG_INT,
+    FLAG_FLOAT,
+    FLAG_STR,
+    FLAG_BOOL,
+    FLAG_ENUM /* int*: the index of the value among choices */
+} flag_type;
 
 typedef struct flag {
     const char *name; /* without the leading "--" */
     flag_type type;
-    void *dst;           /* int*, float*, const char**, int* */
-    const char *choices; /* FLAG_STR: "a|b|c", or NULL for any string */
+    void *dst;           /* int*, float*, const char**, int*, int* */
+    const char *choices; /* FLAG_STR: "a|b|c", or NULL for any string;
+                          * FLAG_ENUM: "a|b|c" */
     const char *help;
     /* FLAG_INT, FLAG_FLOAT: the range a value must lie in (inclusive),
      * checked in the type the value is used in (a float flag is parsed as a
@@ -77,6 +85,11 @@ int cli_flags_from_json_err(const char *cmd, const flag *flags, int n,
 /* The same; a bad setting ends the program (one line, exit 2). */
 void cli_flags_from_json(const char *cmd, const flag *flags, int n,
                          const void *j /* const cJSON * */);
+/* The flags of a library config table (config.h): one per field that has
+ * a flag name, pointing into obj, written to out (at most max). Returns how
+ * many. */
+int cli_flags_from_fields(flag *out, int max, const qkv_field *fields, int n,
+                          void *obj);
 /* The most threads --threads takes: 4 per CPU this process may use (more
  * only cost memory: libgomp gives each its stack). */
 int cli_max_threads(void);

@@ -77,29 +77,31 @@ static FILE *reopen_log(const char *path, int step) {
     return log;
 }
 
+/* The settings of a run that are neither the model's nor the optimiser's
+ * (those are qkv_model_config and qkv_optim_config, whose flags come from
+ * their tables, config.h). */
 typedef struct train_opts {
-    const char *task, *data, *valid, *tok, *model, *pos, *norm, *act, *optim,
-        *schedule, *out, *resume;
+    const char *data, *valid, *out, *resume;
+    int task, tok,
+        schedule; /* enums: qkv_task_kind, qkv_tok, qkv_schedule_kind */
     int vocab, min_len, max_len, min_freq, filter_len, batch_tokens, epochs;
-    int N, n_enc, n_dec, h, d_model, d_ff;
-    float dropout, label_smoothing, lr, clip, weight_decay;
+    int N, n_enc, n_dec;
+    float label_smoothing, lr, clip, weight_decay;
     int warmup, batch, steps, seed, threads, eval_every, eval_size, quiet;
     int save_every, plot, dry_run, profile, force, skip_nonfinite;
 } train_opts;
 
-/* The flags write into o; config.json and --resume read it back. */
+/* The flags write into o, mc (the model's) and oc (the optimiser's);
+ * config.json and --resume read them back. */
 static train_opts o;
+static qkv_model_config mc;
+static qkv_optim_config oc;
 static const train_opts defaults = {
-    .task = "copy",
+    .task = QKV_TASK_COPY,
+    .tok = QKV_TOK_WORD,
+    .schedule = QKV_SCHEDULE_COSINE,
     .data = "",
     .valid = "",
-    .tok = "word",
-    .model = "encdec",
-    .pos = "sin",
-    .norm = "post",
-    .act = "relu",
-    .optim = "adam",
-    .schedule = "cosine",
     .out = "runs/qkv",
     .resume = "",
     .vocab = 11,
@@ -112,10 +114,6 @@ static const train_opts defaults = {
     .N = 2,
     .n_enc = 0,
     .n_dec = 0,
-    .h = 4,
-    .d_model = 64,
-    .d_ff = 128,
-    .dropout = 0.0f,
     .label_smoothing = 0.0f,
     .lr = 2e-3f,
     .clip = 1.0f,
@@ -133,8 +131,8 @@ static const train_opts defaults = {
     .skip_nonfinite = 0,
 };
 
-static flag flags[] = {
-    {"task", FLAG_STR, &o.task, "copy|reverse|sort",
+static const flag train_flags[] = {
+    {"task", FLAG_ENUM, &o.task, "copy|reverse|sort",
      "generated task (when no --data)", 0, 0},
     {"vocab", FLAG_INT, &o.vocab, NULL, "task vocabulary, specials included", 1,
      QKV_MAX_VOCAB},
@@ -144,7 +142,7 @@ static flag flags[] = {
     {"data", FLAG_STR, &o.data, NULL, "training corpus, TSV source<TAB>target",
      0, 0},
     {"valid", FLAG_STR, &o.valid, NULL, "validation corpus, TSV", 0, 0},
-    {"tok", FLAG_STR, &o.tok, "word|char", "corpus tokenizer", 0, 0},
+    {"tok", FLAG_ENUM, &o.tok, "word|char", "corpus tokenizer", 0, 0},
     {"min-freq", FLAG_INT, &o.min_freq, NULL,
      "rarer tokens of --data become <unk>", 0, INT_MAX},
     {"filter-len", FLAG_INT, &o.filter_len, NULL,
@@ -155,28 +153,16 @@ static flag flags[] = {
      1 << 24},
     {"epochs", FLAG_INT, &o.epochs, NULL,
      "passes over --data; sets --steps (0: use --steps)", 0, 1000000},
-    {"model", FLAG_STR, &o.model, "encdec|decoder",
-     "encoder-decoder or decoder-only", 0, 0},
     {"N", FLAG_INT, &o.N, NULL, "layers in each stack", 1, 64},
     {"N-enc", FLAG_INT, &o.n_enc, NULL, "encoder layers (0: --N)", 0, 64},
     {"N-dec", FLAG_INT, &o.n_dec, NULL, "decoder layers (0: --N)", 0, 64},
-    {"h", FLAG_INT, &o.h, NULL, "attention heads; must divide d-model", 1,
-     QKV_MAX_WIDTH},
-    {"d-model", FLAG_INT, &o.d_model, NULL, "model width", 1, QKV_MAX_WIDTH},
-    {"d-ff", FLAG_INT, &o.d_ff, NULL, "feed-forward width", 1, QKV_MAX_WIDTH},
-    {"dropout", FLAG_FLOAT, &o.dropout, NULL,
-     "dropout on sub-layer outputs and embeddings", 0, 0.99},
-    {"pos", FLAG_STR, &o.pos, "sin|learned", "positional encoding", 0, 0},
-    {"norm", FLAG_STR, &o.norm, "post|pre", "layer norm placement", 0, 0},
-    {"act", FLAG_STR, &o.act, "relu|gelu", "feed-forward activation", 0, 0},
     {"label-smoothing", FLAG_FLOAT, &o.label_smoothing, NULL, "label smoothing",
      0, 1},
-    {"optim", FLAG_STR, &o.optim, "adam|adamw|sgd", "optimiser", 0, 0},
     {"lr", FLAG_FLOAT, &o.lr, NULL, "learning rate (noam: the factor)",
      CLI_POSITIVE, FLT_MAX},
     {"weight-decay", FLAG_FLOAT, &o.weight_decay, NULL,
      "adamw decoupled weight decay", 0, FLT_MAX},
-    {"schedule", FLAG_STR, &o.schedule, "const|noam|cosine",
+    {"schedule", FLAG_ENUM, &o.schedule, "const|noam|cosine",
      "learning-rate schedule", 0, 0},
     {"warmup", FLAG_INT, &o.warmup, NULL, "warm-up steps (noam, cosine)", 0,
      INT_MAX},
@@ -219,7 +205,30 @@ static flag flags[] = {
     {"dry-run", FLAG_BOOL, &o.dry_run, NULL,
      "check the flags and data, print the model's size, write nothing", 0, 0},
 };
-#define N_FLAGS ((int)(sizeof flags / sizeof *flags))
+#define N_TRAIN ((int)(sizeof train_flags / sizeof *train_flags))
+
+/* Every flag of qkv train: its own, then the model's and the optimiser's
+ * from their tables (made by make_flags). */
+static flag flags[N_TRAIN + 32];
+static int n_flags;
+#define N_FLAGS n_flags
+
+/* The flags, each pointing at its setting, with the defaults in place (the
+ * model's as qkv train has them: a narrower feed-forward, no dropout). */
+static void make_flags(void) {
+    o = defaults;
+    mc = qkv_model_defaults(QKV_MODEL_ENCDEC);
+    mc.d_ff = 128;
+    mc.dropout = 0.0f;
+    oc = qkv_optim_defaults(QKV_OPTIM_ADAM);
+    memcpy(flags, train_flags, sizeof train_flags);
+    n_flags = N_TRAIN;
+    int room = (int)(sizeof flags / sizeof *flags);
+    n_flags += cli_flags_from_fields(flags + n_flags, room - n_flags,
+                                     qkv_model_fields, qkv_model_n_fields, &mc);
+    n_flags += cli_flags_from_fields(flags + n_flags, room - n_flags,
+                                     qkv_optim_fields, qkv_optim_n_fields, &oc);
+}
 static const char usage[] = "[--task T | --data TRAIN.tsv --valid VALID.tsv] "
                             "[flags]";
 
@@ -247,6 +256,11 @@ typedef struct train_run {
     int64_t last_save; /* the last good checkpoint's step, or -1 */
     int step, diverged;
 } train_run;
+
+static const char *task_name(void) {
+    static const char *const names[] = {"copy", "reverse", "sort"};
+    return names[o.task];
+}
 
 static flag *find_flag(const char *name) {
     for (int i = 0; i < N_FLAGS; i++)
@@ -315,7 +329,7 @@ static void read_settings(train_run *r, int argc, char **argv) {
 /* The flags, then (--resume) the stored settings; flags that must go
  * together. The ranges were checked by the parser. */
 static void parse_flags(train_run *r, int argc, char **argv) {
-    o = defaults;
+    make_flags();
     find_flag("threads")->hi = cli_max_threads();
     cli_parse("train", usage, flags, N_FLAGS, argc, argv, 2, NULL, 0, NULL);
     if (o.force && *o.resume)
@@ -325,7 +339,7 @@ static void parse_flags(train_run *r, int argc, char **argv) {
     r->last_save = -1;
     if (r->resume) read_settings(r, argc, argv);
     r->corpus = *o.data != 0;
-    r->decoder = strcmp(o.model, "decoder") == 0;
+    r->decoder = mc.kind == QKV_MODEL_DECODER;
     if (!r->corpus && *o.valid)
         cli_die("train: --valid needs --data (a task makes its own)");
     if (!r->corpus && o.epochs)
@@ -339,14 +353,8 @@ static void parse_flags(train_run *r, int argc, char **argv) {
  * validate on. */
 static void task_data(train_run *r) {
     char err[512];
-    qkv_task task = {strcmp(o.task, "reverse") == 0 ? QKV_TASK_REVERSE
-                     : strcmp(o.task, "sort") == 0  ? QKV_TASK_SORT
-                                                    : QKV_TASK_COPY,
-                     o.vocab,
-                     o.min_len,
-                     o.max_len,
-                     o.min_len != o.max_len,
-                     r->decoder};
+    qkv_task task = {(qkv_task_kind)o.task,  o.vocab,   o.min_len, o.max_len,
+                     o.min_len != o.max_len, r->decoder};
     if (qkv_task_check(&task, err, sizeof err)) cli_die("train: %s", err);
     r->d.task = task;
     r->d.decoder_only = r->decoder;
@@ -391,7 +399,7 @@ static void build_vocabs(train_run *r) {
     cli_data *d = &r->d;
     d->corpus = 1;
     d->decoder_only = r->decoder;
-    d->tok = strcmp(o.tok, "char") == 0 ? QKV_TOK_CHAR : QKV_TOK_WORD;
+    d->tok = (qkv_tok)o.tok;
     qkv_vocab_build(&d->sv, &tc, r->decoder ? QKV_SIDE_BOTH : QKV_SIDE_SRC,
                     d->tok, o.min_freq);
     qkv_vocab_build(&d->tv, &tc, r->decoder ? QKV_SIDE_BOTH : QKV_SIDE_TGT,
@@ -454,45 +462,33 @@ static void corpus_data(train_run *r) {
     }
 }
 
-/* The model's config: the data's sizes (set by task_data or corpus_data)
- * and the flags. */
+/* The model's config: the flags' (mc), the data's sizes (set by task_data
+ * or corpus_data) and the layer counts. */
 static void model_config(train_run *r) {
     qkv_model_config *c = &r->c;
-    qkv_model_config dflt =
-        qkv_model_defaults(r->decoder ? QKV_MODEL_DECODER : QKV_MODEL_ENCDEC);
-    dflt.src_vocab = c->src_vocab;
-    dflt.tgt_vocab = c->tgt_vocab;
-    dflt.max_len = c->max_len;
-    *c = dflt;
-    c->d_model = o.d_model;
-    c->heads = o.h;
-    c->d_ff = o.d_ff;
+    int src_vocab = c->src_vocab, tgt_vocab = c->tgt_vocab;
+    int max_len = c->max_len;
+    *c = mc;
+    c->src_vocab = src_vocab;
+    c->tgt_vocab = tgt_vocab;
+    c->max_len = max_len;
     c->n_enc = r->decoder ? 0 : (o.n_enc ? o.n_enc : o.N);
     c->n_dec = o.n_dec ? o.n_dec : o.N;
-    c->dropout = o.dropout;
-    c->pos = strcmp(o.pos, "learned") == 0 ? QKV_POS_LEARNED : QKV_POS_SIN;
-    c->norm = strcmp(o.norm, "pre") == 0 ? QKV_NORM_PRE : QKV_NORM_POST;
-    c->act = strcmp(o.act, "gelu") == 0 ? QKV_ACT_GELU : QKV_ACT_RELU;
 }
 
 /* The optimiser, schedule, clipping and skipping of the flags. */
 static qkv_trainer_config trainer_config(void) {
     qkv_trainer_config tc = {0};
-    tc.optim =
-        qkv_optim_defaults(strcmp(o.optim, "sgd") == 0     ? QKV_OPTIM_SGD
-                           : strcmp(o.optim, "adamw") == 0 ? QKV_OPTIM_ADAMW
-                                                           : QKV_OPTIM_ADAM);
+    tc.optim = qkv_optim_defaults(oc.kind);
     if (tc.optim.kind == QKV_OPTIM_ADAMW)
         tc.optim.weight_decay = o.weight_decay;
     int warm = o.warmup < o.steps ? o.warmup : o.steps;
-    qkv_schedule s = {strcmp(o.schedule, "noam") == 0    ? QKV_SCHEDULE_NOAM
-                      : strcmp(o.schedule, "const") == 0 ? QKV_SCHEDULE_CONSTANT
-                                                         : QKV_SCHEDULE_COSINE,
+    qkv_schedule s = {(qkv_schedule_kind)o.schedule,
                       o.lr,
                       warm,
                       o.steps,
                       o.lr / 20,
-                      o.d_model};
+                      mc.d_model};
     if (s.kind == QKV_SCHEDULE_NOAM && warm < 1) s.warmup = 1;
     tc.schedule = s;
     tc.clip = o.clip;
@@ -506,11 +502,11 @@ static qkv_trainer_config trainer_config(void) {
  * training batch and of a validation batch, and the data's buffers, against
  * what qkv may use. */
 static void check_memory(const train_run *r, const qkv_model *m,
-                         const qkv_optim_config *oc) {
+                         const qkv_optim_config *opt) {
     const qkv_model_config *c = &m->cfg;
     const qkv_source *s = r->data;
     double n = (double)m->params.n;
-    int moments = oc->kind != QKV_OPTIM_SGD ? 2 : oc->momentum > 0;
+    int moments = opt->kind != QKV_OPTIM_SGD ? 2 : opt->momentum > 0;
     double params = 4.0 * n * (2 + moments) + 4.0 * c->max_len * c->d_model;
     double train =
         qkv_model_activation_bytes(c, s->max_B, s->max_S, s->max_T, 1);
@@ -816,7 +812,8 @@ int cmd_train(int argc, char **argv) {
     if (o.dry_run) { /* every check above passed; write nothing */
         printf("qkv train --dry-run: %s, %s N=%d+%d h=%d d_model=%d, %zu "
                "parameters, %d steps: the flags and data are fine\n",
-               r->corpus ? o.data : o.task, o.model, r->c.n_enc, r->c.n_dec,
+               r->corpus ? o.data : task_name(),
+               r->decoder ? "decoder" : "encdec", r->c.n_enc, r->c.n_dec,
                r->c.heads, r->c.d_model, r->t.model.params.n, o.steps);
         exit(0);
     }
@@ -825,7 +822,8 @@ int cmd_train(int argc, char **argv) {
     if (!o.quiet) {
         printf("qkv train: %s, %s N=%d+%d h=%d d_model=%d, %zu parameters, "
                "%d steps",
-               r->corpus ? o.data : o.task, o.model, r->c.n_enc, r->c.n_dec,
+               r->corpus ? o.data : task_name(),
+               r->decoder ? "decoder" : "encdec", r->c.n_enc, r->c.n_dec,
                r->c.heads, r->c.d_model, r->t.model.params.n, o.steps);
         if (r->corpus)
             printf(" (%d batches per epoch, vocab %d/%d)",
