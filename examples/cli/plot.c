@@ -79,38 +79,39 @@ static int parse_row(plot_run *r, const char *line, int *cap) {
     return 0;
 }
 
-/* Reads a run: arg is its directory (holding log.csv) or the log itself.
- * 0, or -1 with one line in err naming the file. */
-static int plot_run_load(plot_run *r, const char *arg, char *err,
-                         size_t errlen) {
-    memset(r, 0, sizeof *r);
-    char path[PLOT_PATH];
+enum { ROW_MAX = 4096 }; /* longest log line read; a log row is some 60 bytes */
+
+/* Opens the log of a run (arg: its directory, or the log itself): path is
+ * its name as given, r->log its absolute path, r->label the name of its
+ * directory. The file, or NULL with one line in err naming it. */
+static FILE *plot_run_open(plot_run *r, const char *arg, char *path, char *err,
+                           size_t errlen) {
     struct stat st;
     int is_dir = stat(arg, &st) == 0 && S_ISDIR(st.st_mode);
     size_t len = strlen(arg);
     while (is_dir && len > 1 && arg[len - 1] == '/') len--;
-    if (snprintf(path, sizeof path, "%.*s%s", (int)len, arg,
-                 is_dir ? "/log.csv" : "") >= (int)sizeof path) {
+    if (snprintf(path, PLOT_PATH, "%.*s%s", (int)len, arg,
+                 is_dir ? "/log.csv" : "") >= PLOT_PATH) {
         snprintf(err, errlen, "path %s is too long", arg);
-        return -1;
+        return NULL;
     }
     char why[PLOT_PATH + 200];
     FILE *f = qkv_fopen_file(path, QKV_MAX_TEXT_FILE, NULL, why, sizeof why);
     if (!f) {
         snprintf(err, errlen, "%s", why);
-        return -1;
+        return NULL;
     }
     if (!realpath(path, r->log)) {
         snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
         fclose(f);
-        return -1;
+        return NULL;
     }
     if (cli_has_control(r->log)) {
         snprintf(err, errlen,
                  "a run whose path has a control character (a newline or a "
                  "tab?) cannot go into a gnuplot script; rename it");
         fclose(f);
-        return -1;
+        return NULL;
     }
     /* label: the name of the directory holding the log */
     char dir[PLOT_PATH];
@@ -119,12 +120,16 @@ static int plot_run_load(plot_run *r, const char *arg, char *err,
     if (slash && slash != dir) *slash = 0;
     slash = strrchr(dir, '/');
     snprintf(r->label, sizeof r->label, "%.200s", slash ? slash + 1 : dir);
+    return f;
+}
 
+/* Reads the first line of the log f (named path) and checks that it is
+ * log.csv's header. 0, or -1 with one line in err. */
+static int read_header(FILE *f, const char *path, char *err, size_t errlen) {
     char *line = NULL;
     size_t cap = 0;
-    enum { ROW_MAX = 4096 }; /* a log row is some 60 bytes */
     ssize_t got = qkv_getline_max(&line, &cap, f, ROW_MAX);
-    int rc = 0, rows_cap = 0;
+    int rc = 0;
     if (got == QKV_LINE_TOO_LONG || (got > 0 && (size_t)got != strlen(line))) {
         snprintf(err, errlen,
                  "%s is not a qkv training log (its first line "
@@ -146,6 +151,18 @@ static int plot_run_load(plot_run *r, const char *arg, char *err,
             rc = -1;
         }
     }
+    free(line);
+    return rc;
+}
+
+/* Reads the rows of the log f (named path) after its header into r: at
+ * least one. 0, or -1 with one line in err. */
+static int read_rows(plot_run *r, FILE *f, const char *path, char *err,
+                     size_t errlen) {
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t got;
+    int rc = 0, rows_cap = 0;
     for (int lineno = 2;
          rc == 0 && (got = qkv_getline_max(&line, &cap, f, ROW_MAX)) != -1;
          lineno++) {
@@ -172,6 +189,19 @@ static int plot_run_load(plot_run *r, const char *arg, char *err,
         rc = -1;
     }
     free(line);
+    return rc;
+}
+
+/* Reads a run: arg is its directory (holding log.csv) or the log itself.
+ * 0, or -1 with one line in err naming the file. */
+static int plot_run_load(plot_run *r, const char *arg, char *err,
+                         size_t errlen) {
+    memset(r, 0, sizeof *r);
+    char path[PLOT_PATH];
+    FILE *f = plot_run_open(r, arg, path, err, errlen);
+    if (!f) return -1;
+    int rc = read_header(f, path, err, errlen);
+    if (rc == 0) rc = read_rows(r, f, path, err, errlen);
     fclose(f);
     if (rc) plot_run_free(r);
     return rc;
@@ -241,91 +271,113 @@ static int has_ext(const char *path, const char *ext) {
     return n > m && strcasecmp(path + n - m, ext) == 0;
 }
 
-/* Draws the runs as o says, smoothing the train loss over `smooth` rows (0:
- * a 25th of each run). Writes STEM.dat and STEM.gp beside o->out (STEM:
- * out without its extension); with no out (the terminal only), the smoothed
- * series goes inline into the script and no file is written. */
-static int plot_runs(const char *cmd, plot_run *runs, int n,
-                     const cli_plot_opts *o, int smooth) {
-    const char *out = o->out && *o->out ? o->out : NULL;
-    const char *term = o->term && *o->term    ? o->term
-                       : !out                 ? "dumb"
-                       : has_ext(out, ".svg") ? "svg"
-                                              : "png";
-    int dumb = strcmp(term, "dumb") == 0, svg = strcmp(term, "svg") == 0;
-    if (!dumb && !svg && strcmp(term, "png") != 0) {
-        cli_warn("%s: unknown terminal '%s' (png, svg or dumb)", cmd, term);
+/* What the pieces of plot_runs share: the runs, the terminal and the files. */
+typedef struct plot_job {
+    const char *cmd;
+    const plot_run *runs; /* (n) */
+    int n, smooth; /* smooth: rows of the moving average (0: a 25th of each) */
+    const cli_plot_opts *o;
+    const char *out, *term; /* out: NULL for the terminal only */
+    int dumb, svg, xcol;    /* xcol: log.csv column of the x axis, 1..3 */
+    int any_val, any_bleu;  /* a run has validation rows; one has BLEU */
+    /* absolute paths of the picture, the script and the data ("": none) */
+    char pic[PLOT_PATH], gp[PLOT_PATH + 8], dat[PLOT_PATH + 8];
+} plot_job;
+
+/* Picks the terminal and x column of j from j->o. 0, or -1 after a
+ * warning when the terminal is unknown or needs a file. */
+static int plot_job_term(plot_job *j) {
+    const cli_plot_opts *o = j->o;
+    j->out = o->out && *o->out ? o->out : NULL;
+    j->term = o->term && *o->term       ? o->term
+              : !j->out                 ? "dumb"
+              : has_ext(j->out, ".svg") ? "svg"
+                                        : "png";
+    j->dumb = strcmp(j->term, "dumb") == 0;
+    j->svg = strcmp(j->term, "svg") == 0;
+    if (!j->dumb && !j->svg && strcmp(j->term, "png") != 0) {
+        cli_warn("%s: unknown terminal '%s' (png, svg or dumb)", j->cmd,
+                 j->term);
         return -1;
     }
-    if (!dumb && !out) {
-        cli_warn("%s: a %s picture needs a file name", cmd, term);
+    if (!j->dumb && !j->out) {
+        cli_warn("%s: a %s picture needs a file name", j->cmd, j->term);
         return -1;
     }
     const char *x = o->x && *o->x ? o->x : "step";
-    int xcol = strcmp(x, "tokens") == 0 ? 2 : strcmp(x, "seconds") == 0 ? 3 : 1;
+    j->xcol = strcmp(x, "tokens") == 0 ? 2 : strcmp(x, "seconds") == 0 ? 3 : 1;
+    return 0;
+}
 
-    /* Absolute paths of the picture, the script and the data. */
-    char pic[PLOT_PATH] = "", gp[PLOT_PATH + 8] = "", dat[PLOT_PATH + 8] = "";
-    if (out) {
-        char dir[PLOT_PATH], real[PLOT_PATH];
-        snprintf(dir, sizeof dir, "%s", out);
-        char *slash = strrchr(dir, '/');
-        const char *base = slash ? slash + 1 : out;
-        if (slash == dir)
-            dir[1] = 0;
-        else if (slash)
-            *slash = 0;
-        else
-            snprintf(dir, sizeof dir, ".");
-        if (!realpath(dir, real)) {
-            cli_warn("%s: cannot write %s: %s", cmd, out, strerror(errno));
-            return -1;
-        }
-        if (snprintf(pic, sizeof pic, "%s/%s", strcmp(real, "/") ? real : "",
-                     base) >= (int)sizeof pic) {
-            cli_warn("%s: path %s is too long", cmd, out);
-            return -1;
-        }
-        if (cli_has_control(pic)) {
-            cli_warn("%s: the picture's path has a control character (a "
-                     "newline or a tab?): it cannot go into a gnuplot script",
-                     cmd);
-            return -1;
-        }
-        const char *dot = strrchr(pic, '.');
-        int stem = dot && dot > strrchr(pic, '/') ? (int)(dot - pic)
-                                                  : (int)strlen(pic);
-        snprintf(gp, sizeof gp, "%.*s.gp", stem, pic);
-        snprintf(dat, sizeof dat, "%.*s.dat", stem, pic);
+/* Sets j's absolute paths of the picture, the script and the data from
+ * j->out (left "" with no out). 0, or -1 after a warning. */
+static int plot_job_paths(plot_job *j) {
+    const char *out = j->out;
+    if (!out) return 0;
+    char dir[PLOT_PATH], real[PLOT_PATH];
+    snprintf(dir, sizeof dir, "%s", out);
+    char *slash = strrchr(dir, '/');
+    const char *base = slash ? slash + 1 : out;
+    if (slash == dir)
+        dir[1] = 0;
+    else if (slash)
+        *slash = 0;
+    else
+        snprintf(dir, sizeof dir, ".");
+    if (!realpath(dir, real)) {
+        cli_warn("%s: cannot write %s: %s", j->cmd, out, strerror(errno));
+        return -1;
     }
+    if (snprintf(j->pic, sizeof j->pic, "%s/%s", strcmp(real, "/") ? real : "",
+                 base) >= (int)sizeof j->pic) {
+        cli_warn("%s: path %s is too long", j->cmd, out);
+        return -1;
+    }
+    if (cli_has_control(j->pic)) {
+        cli_warn("%s: the picture's path has a control character (a "
+                 "newline or a tab?): it cannot go into a gnuplot script",
+                 j->cmd);
+        return -1;
+    }
+    const char *dot = strrchr(j->pic, '.');
+    int stem = dot && dot > strrchr(j->pic, '/') ? (int)(dot - j->pic)
+                                                 : (int)strlen(j->pic);
+    snprintf(j->gp, sizeof j->gp, "%.*s.gp", stem, j->pic);
+    snprintf(j->dat, sizeof j->dat, "%.*s.dat", stem, j->pic);
+    return 0;
+}
 
-    /* The smoothed train loss: one block per run (gnuplot's index). */
-    cli_buf d = {0}, s = {0};
-    int any_val = 0, any_bleu = 0;
-    cli_bprintf(&d,
+/* The smoothed train loss into d, one block per run (gnuplot's index);
+ * notes in j whether any run has validation rows and BLEU. */
+static void smooth_data(plot_job *j, cli_buf *d) {
+    cli_bprintf(d,
                 "# qkv plot: train loss smoothed by a centred moving average, "
                 "one block per run\n");
-    for (int r = 0; r < n; r++) {
-        const plot_run *u = &runs[r];
-        int w = smooth > 0 ? smooth : u->rows / 25 > 1 ? u->rows / 25 : 1;
+    for (int r = 0; r < j->n; r++) {
+        const plot_run *u = &j->runs[r];
+        int w = j->smooth > 0 ? j->smooth : u->rows / 25 > 1 ? u->rows / 25 : 1;
         double *m = qkv_malloc((size_t)u->rows * sizeof *m, "smoothing");
         moving_average(u->loss, u->rows, w, m);
-        cli_bprintf(&d, "%s# run %d: %s, window %d rows\n", r ? "\n\n" : "", r,
+        cli_bprintf(d, "%s# run %d: %s, window %d rows\n", r ? "\n\n" : "", r,
                     u->log, w);
-        cli_bprintf(&d, "step,tokens,seconds,train_loss_smooth\n");
+        cli_bprintf(d, "step,tokens,seconds,train_loss_smooth\n");
         for (int i = 0; i < u->rows; i++) {
             const double *v = u->x + (size_t)i * 3;
-            cli_bprintf(&d, "%.10g,%.10g,%.10g,", v[0], v[1], v[2]);
-            if (isfinite(m[i])) cli_bprintf(&d, "%.6g", m[i]);
-            cli_bprintf(&d, "\n");
+            cli_bprintf(d, "%.10g,%.10g,%.10g,", v[0], v[1], v[2]);
+            if (isfinite(m[i])) cli_bprintf(d, "%.6g", m[i]);
+            cli_bprintf(d, "\n");
         }
         free(m);
-        any_val |= u->has_val;
-        any_bleu |= u->has_bleu;
+        j->any_val |= u->has_val;
+        j->any_bleu |= u->has_bleu;
     }
+}
 
+/* The script's opening: what it draws, the terminal and the output. */
+static void script_setup(const plot_job *j, cli_buf *s) {
+    int n = j->n;
     cli_bprintf(
-        &s,
+        s,
         "# qkv plot: loss curves of %d run%s.%s%s\n"
         "# log.csv columns: 1 step, 2 tokens, 3 seconds, 4 lr, "
         "5 train_loss,\n"
@@ -335,115 +387,141 @@ static int plot_runs(const char *cmd, plot_run *runs, int n,
         "over %s rows),\n"
         "#   one block (index) per run: columns 1-3 as in log.csv, 4 the "
         "loss\n",
-        n, n > 1 ? "s" : "", *gp ? " Draw again: gnuplot " : "", gp,
-        *dat ? dat : "$smooth", smooth > 0 ? "--smooth" : "a 25th of the");
-    cli_bprintf(&s, "xcol = %d  # x axis: 1 step, 2 tokens, 3 seconds\n", xcol);
-    if (dumb) {
-        cli_bprintf(&s, "set terminal dumb size 110,34\n");
-    } else if (svg) {
-        cli_bprintf(&s, "set terminal svg size 1100,600 dynamic font 'sans,12' "
-                        "background rgb 'white'\n");
+        n, n > 1 ? "s" : "", *j->gp ? " Draw again: gnuplot " : "", j->gp,
+        *j->dat ? j->dat : "$smooth",
+        j->smooth > 0 ? "--smooth" : "a 25th of the");
+    cli_bprintf(s, "xcol = %d  # x axis: 1 step, 2 tokens, 3 seconds\n",
+                j->xcol);
+    if (j->dumb) {
+        cli_bprintf(s, "set terminal dumb size 110,34\n");
+    } else if (j->svg) {
+        cli_bprintf(s, "set terminal svg size 1100,600 dynamic font 'sans,12' "
+                       "background rgb 'white'\n");
     } else {
-        cli_bprintf(&s,
+        cli_bprintf(s,
                     "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) {\n"
                     "    set terminal pngcairo size 1100,600 font 'sans,10'\n"
                     "} else {\n"
                     "    set terminal png size 1100,600\n"
                     "}\n");
     }
-    if (!dumb) cli_bprintf(&s, "set output %s\n", gp_str(pic));
-    cli_bprintf(&s, "set termoption noenhanced\n"
-                    "set datafile separator ','\n"
-                    "set datafile columnheaders\n");
+    if (!j->dumb) cli_bprintf(s, "set output %s\n", gp_str(j->pic));
+    cli_bprintf(s, "set termoption noenhanced\n"
+                   "set datafile separator ','\n"
+                   "set datafile columnheaders\n");
+}
+
+/* The script's title, axes and key, then its data: the logs' paths and
+ * the smoothed loss d (inline when there is no data file). */
+static void script_axes(const plot_job *j, cli_buf *s, const char *d) {
+    int dumb = j->dumb, xcol = j->xcol;
     /* dumb cannot turn the y labels, so they go in the title */
     char t[400];
-    snprintf(t, sizeof t, "%s", o->title ? o->title : "");
+    snprintf(t, sizeof t, "%s", j->o->title ? j->o->title : "");
     if (dumb && !*t)
         snprintf(t, sizeof t, "cross-entropy loss (left axis)%s",
-                 !any_val   ? ""
-                 : any_bleu ? ", exact match and BLEU in % (right axis)"
-                            : ", exact match in % (right axis)");
-    if (*t) cli_bprintf(&s, "set title %s\n", gp_str(t));
-    cli_bprintf(&s, "set xlabel %s\n",
+                 !j->any_val   ? ""
+                 : j->any_bleu ? ", exact match and BLEU in % (right axis)"
+                               : ", exact match in % (right axis)");
+    if (*t) cli_bprintf(s, "set title %s\n", gp_str(t));
+    cli_bprintf(s, "set xlabel %s\n",
                 gp_str(xcol == 1   ? "step"
                        : xcol == 2 ? "tokens"
                                    : "seconds (wall clock)"));
-    if (xcol == 2) cli_bprintf(&s, "set format x '%%.1s%%c'\n");
-    if (!dumb) cli_bprintf(&s, "set ylabel 'cross-entropy loss'\n");
-    if (o->logy) cli_bprintf(&s, "set logscale y\n");
-    if (any_val)
-        cli_bprintf(&s, "set ytics nomirror\n"
-                        "set y2range [0:100]\n"
-                        "set y2tics 0, 20, 100\n");
-    if (any_val && !dumb)
-        cli_bprintf(&s, "set y2label 'validation exact match%s (%%)'\n",
-                    any_bleu ? " / BLEU" : "");
-    cli_bprintf(&s, "%sset key %s\n", dumb ? "" : "set grid\n",
+    if (xcol == 2) cli_bprintf(s, "set format x '%%.1s%%c'\n");
+    if (!dumb) cli_bprintf(s, "set ylabel 'cross-entropy loss'\n");
+    if (j->o->logy) cli_bprintf(s, "set logscale y\n");
+    if (j->any_val)
+        cli_bprintf(s, "set ytics nomirror\n"
+                       "set y2range [0:100]\n"
+                       "set y2tics 0, 20, 100\n");
+    if (j->any_val && !dumb)
+        cli_bprintf(s, "set y2label 'validation exact match%s (%%)'\n",
+                    j->any_bleu ? " / BLEU" : "");
+    cli_bprintf(s, "%sset key %s\n", dumb ? "" : "set grid\n",
                 dumb ? "outside below" : "outside right top Left reverse");
-    for (int r = 0; r < n; r++)
-        cli_bprintf(&s, "log%d = %s\n", r + 1, gp_str(runs[r].log));
-    if (*dat) {
-        cli_bprintf(&s, "smooth = %s\n", gp_str(dat));
+    for (int r = 0; r < j->n; r++)
+        cli_bprintf(s, "log%d = %s\n", r + 1, gp_str(j->runs[r].log));
+    if (*j->dat) {
+        cli_bprintf(s, "smooth = %s\n", gp_str(j->dat));
     } else {
-        cli_bprintf(&s, "$smooth << EOD\n%sEOD\nsmooth = '$smooth'\n", d.s);
+        cli_bprintf(s, "$smooth << EOD\n%sEOD\nsmooth = '$smooth'\n", d);
     }
+}
 
-    /* Graphic terminals: the runs' colours in the key, the kinds of curve
-     * in grey after them; dumb draws every curve with its own character, so
-     * each is named. */
-    cli_bprintf(&s, "plot \\\n");
-    for (int r = 0; r < n; r++) {
-        const plot_run *u = &runs[r];
+/* The script's plot command: graphic terminals show the runs' colours in
+ * the key, the kinds of curve in grey after them; dumb draws every curve
+ * with its own character, so each is named. */
+static void script_plot(const plot_job *j, cli_buf *s) {
+    int dumb = j->dumb;
+    char t[400];
+    cli_bprintf(s, "plot \\\n");
+    for (int r = 0; r < j->n; r++) {
+        const plot_run *u = &j->runs[r];
         const char *c = run_colour[r % N_COLOURS];
         if (!dumb)
-            cli_bprintf(&s,
+            cli_bprintf(s,
                         "    log%d using xcol:5 with lines lw 1 lc rgb '#b0%s' "
                         "notitle, \\\n",
                         r + 1, c);
         snprintf(t, sizeof t, "%s%s", u->label, dumb ? " train" : "");
-        cli_bprintf(&s,
+        cli_bprintf(s,
                     "    smooth index %d using xcol:4 with lines lw 2 lc rgb "
                     "'#%s' title %s, \\\n",
                     r, c, gp_str(t));
         if (!u->has_val) continue;
         snprintf(t, sizeof t, "%s val loss", u->label);
-        cli_bprintf(&s,
+        cli_bprintf(s,
                     "    log%d using xcol:6 with linespoints pt 7 ps 0.8 lw 1 "
                     "lc rgb '#%s' %s, \\\n",
                     r + 1, c, key_title(dumb, t));
         snprintf(t, sizeof t, "%s exact %%", u->label);
-        cli_bprintf(&s,
+        cli_bprintf(s,
                     "    log%d using xcol:(100*$7) axes x1y2 with linespoints "
                     "pt 5 ps 0.8 lw 1 dt 2 lc rgb '#%s' %s, \\\n",
                     r + 1, c, key_title(dumb, t));
         if (!u->has_bleu) continue;
         snprintf(t, sizeof t, "%s BLEU", u->label);
-        cli_bprintf(&s,
+        cli_bprintf(s,
                     "    log%d using xcol:8 axes x1y2 with linespoints pt 9 ps "
                     "0.9 lw 1 dt 3 lc rgb '#%s' %s, \\\n",
                     r + 1, c, key_title(dumb, t));
     }
     if (!dumb) {
-        cli_bprintf(&s, "    keyentry with lines lw 1 lc rgb '#b0404040' title "
-                        "'train loss', \\\n"
-                        "    keyentry with lines lw 2 lc rgb '#404040' title "
-                        "'train loss, smoothed', \\\n");
-        if (any_val)
-            cli_bprintf(&s,
+        cli_bprintf(s, "    keyentry with lines lw 1 lc rgb '#b0404040' title "
+                       "'train loss', \\\n"
+                       "    keyentry with lines lw 2 lc rgb '#404040' title "
+                       "'train loss, smoothed', \\\n");
+        if (j->any_val)
+            cli_bprintf(s,
                         "    keyentry with linespoints pt 7 ps 0.8 lc rgb "
                         "'#404040' title 'validation loss', \\\n"
                         "    keyentry with linespoints pt 5 ps 0.8 dt 2 lc "
                         "rgb '#404040' title 'exact match %% (right)', \\\n");
-        if (any_bleu)
-            cli_bprintf(&s, "    keyentry with linespoints pt 9 ps 0.9 dt 3 lc "
-                            "rgb '#404040' title 'BLEU (right)', \\\n");
+        if (j->any_bleu)
+            cli_bprintf(s, "    keyentry with linespoints pt 9 ps 0.9 dt 3 lc "
+                           "rgb '#404040' title 'BLEU (right)', \\\n");
     }
-    s.len -= 4; /* the last ", \\\n" */
-    cli_bprintf(&s, "\n");
-    if (!dumb) cli_bprintf(&s, "set output\n");
+    s->len -= 4; /* the last ", \\\n" */
+    cli_bprintf(s, "\n");
+    if (!dumb) cli_bprintf(s, "set output\n");
+}
 
-    int rc = *dat ? write_text(cmd, dat, d.s) : 0;
-    if (rc == 0) rc = cli_gnuplot(cmd, *gp ? gp : NULL, s.s);
+/* Draws the runs as o says, smoothing the train loss over `smooth` rows (0:
+ * a 25th of each run). Writes STEM.dat and STEM.gp beside o->out (STEM:
+ * out without its extension); with no out (the terminal only), the smoothed
+ * series goes inline into the script and no file is written. */
+static int plot_runs(const char *cmd, const plot_run *runs, int n,
+                     const cli_plot_opts *o, int smooth) {
+    plot_job j = {.cmd = cmd, .runs = runs, .n = n, .smooth = smooth, .o = o};
+    if (plot_job_term(&j) || plot_job_paths(&j)) return -1;
+    cli_buf d = {0}, s = {0};
+    smooth_data(&j, &d);
+    script_setup(&j, &s);
+    script_axes(&j, &s, d.s);
+    script_plot(&j, &s);
+    int rc = *j.dat ? write_text(cmd, j.dat, d.s) : 0;
+    if (rc == 0) rc = cli_gnuplot(cmd, *j.gp ? j.gp : NULL, s.s);
     free(d.s);
     free(s.s);
     return rc;
@@ -485,23 +563,32 @@ int cli_plot_logs(const char *cmd, const char *const *logs,
 
 /* ------------------------------------------------------------ qkv plot */
 
-int cmd_plot(int argc, char **argv) {
-    const char *out = "", *term = "", *x = "step", *title = "";
-    int logy = 0, smooth = 0;
+/* qkv plot's flags and runs. */
+typedef struct plot_cmd {
+    const char *out, *term, *x, *title; /* out, term: "" when not given */
+    int logy, smooth;
+    const char **pos; /* (n) the runs: directories or log.csv files */
+    int n;
+} plot_cmd;
+
+/* Parses qkv plot's arguments into c (c->pos malloc'd) and checks them;
+ * a bad one ends the program. */
+static void plot_parse(plot_cmd *c, int argc, char **argv) {
+    *c = (plot_cmd){.out = "", .term = "", .x = "step", .title = ""};
     const flag flags[] = {
-        {"out", FLAG_STR, &out, NULL,
+        {"out", FLAG_STR, &c->out, NULL,
          "picture, .png or .svg (-o works too); none: loss.png as above", 0, 0},
-        {"term", FLAG_STR, &term, "png|svg|dumb",
+        {"term", FLAG_STR, &c->term, "png|svg|dumb",
          "format; dumb draws in the terminal (script: loss-dumb.gp); none: "
          "from --out",
          0, 0},
-        {"x", FLAG_STR, &x, "step|tokens|seconds", "x axis", 0, 0},
-        {"logy", FLAG_BOOL, &logy, NULL, "log-scale loss axis", 0, 0},
-        {"smooth", FLAG_INT, &smooth, NULL,
+        {"x", FLAG_STR, &c->x, "step|tokens|seconds", "x axis", 0, 0},
+        {"logy", FLAG_BOOL, &c->logy, NULL, "log-scale loss axis", 0, 0},
+        {"smooth", FLAG_INT, &c->smooth, NULL,
          "train loss smoothed over N steps (centred moving average; 0: a "
          "25th of the run, 1: none)",
          0, INT_MAX},
-        {"title", FLAG_STR, &title, NULL, "title above the plot", 0, 0},
+        {"title", FLAG_STR, &c->title, NULL, "title above the plot", 0, 0},
     };
     int nf = (int)(sizeof flags / sizeof *flags);
     const char *usage =
@@ -516,14 +603,15 @@ int cmd_plot(int argc, char **argv) {
     char **args = qkv_malloc((size_t)argc * sizeof *args, "arguments");
     for (int i = 0; i < argc; i++)
         args[i] = strcmp(argv[i], "-o") == 0 ? "--out" : argv[i];
-    const char **pos = qkv_malloc((size_t)argc * sizeof *pos, "arguments");
-    int n = 0;
-    cli_parse("plot", usage, flags, nf, argc, args, 2, pos, argc, &n);
+    c->pos = qkv_malloc((size_t)argc * sizeof *c->pos, "arguments");
+    cli_parse("plot", usage, flags, nf, argc, args, 2, c->pos, argc, &c->n);
     free(args);
-    if (n == 0)
+    const char *out = c->out, *term = c->term;
+    if (c->n == 0)
         cli_die("plot: give one or more run directories or log.csv files "
                 "(see qkv plot --help)");
-    if (smooth < 0) cli_die("plot: --smooth must be >= 0, got %d", smooth);
+    if (c->smooth < 0)
+        cli_die("plot: --smooth must be >= 0, got %d", c->smooth);
     cli_check_name("plot", "--out", out);
     if (*out && *term && strcmp(term, "dumb") &&
         !has_ext(out, strcmp(term, "svg") ? ".png" : ".svg"))
@@ -532,52 +620,65 @@ int cmd_plot(int argc, char **argv) {
     if (*out && !*term && !has_ext(out, ".png") && !has_ext(out, ".svg"))
         cli_die("plot: --out %s must end in .png or .svg (or give --term)",
                 out);
+}
 
-    plot_run *runs = qkv_calloc((size_t)n, sizeof *runs, "runs");
-    char err[PLOT_PATH + 256];
-    for (int i = 0; i < n; i++)
-        if (plot_run_load(&runs[i], pos[i], err, sizeof err))
-            cli_die("plot: %s", err);
-    unique_labels(runs, n, pos);
-
-    /* Default picture: beside the run, or in the runs' common parent. */
-    char path[PLOT_PATH + 32];
-    if (!*out) {
+/* The picture's path: c->out, its directory made if need be; none given,
+ * beside the run or in the runs' common parent, written into path. */
+static const char *plot_out(const plot_cmd *c, const plot_run *runs, char *path,
+                            size_t cap) {
+    if (*c->out) {
         char dir[PLOT_PATH];
-        for (int i = 0; i < n; i++) {
-            char d[PLOT_PATH];
-            snprintf(d, sizeof d, "%s", runs[i].log);
-            *strrchr(d, '/') = 0; /* the run's directory */
-            char *slash = strrchr(d, '/');
-            if (n > 1 && slash) *slash = 0; /* its parent */
-            if (i == 0)
-                snprintf(dir, sizeof dir, "%s", d);
-            else if (strcmp(dir, d) != 0)
-                snprintf(dir, sizeof dir, ".");
-        }
-        snprintf(path, sizeof path, "%s/%s", *dir ? dir : "",
-                 strcmp(term, "dumb") == 0  ? "loss-dumb"
-                 : strcmp(term, "svg") == 0 ? "loss.svg"
-                                            : "loss.png");
-        out = path;
-    } else {
-        char dir[PLOT_PATH];
-        snprintf(dir, sizeof dir, "%s", out);
+        snprintf(dir, sizeof dir, "%s", c->out);
         char *slash = strrchr(dir, '/');
         if (slash && slash != dir) {
             *slash = 0;
             cli_make_dirs("plot", dir);
         }
+        return c->out;
     }
-    cli_plot_opts o = {out, *term ? term : NULL, x, logy, title};
-    int rc = plot_runs("plot", runs, n, &o, smooth);
-    if (rc == 0 && strcmp(term, "dumb") != 0) {
+    int n = c->n;
+    char dir[PLOT_PATH];
+    for (int i = 0; i < n; i++) {
+        char d[PLOT_PATH];
+        snprintf(d, sizeof d, "%s", runs[i].log);
+        *strrchr(d, '/') = 0; /* the run's directory */
+        char *slash = strrchr(d, '/');
+        if (n > 1 && slash) *slash = 0; /* its parent */
+        if (i == 0)
+            snprintf(dir, sizeof dir, "%s", d);
+        else if (strcmp(dir, d) != 0)
+            snprintf(dir, sizeof dir, ".");
+    }
+    snprintf(path, cap, "%s/%s", *dir ? dir : "",
+             strcmp(c->term, "dumb") == 0  ? "loss-dumb"
+             : strcmp(c->term, "svg") == 0 ? "loss.svg"
+                                           : "loss.png");
+    return path;
+}
+
+/* qkv plot: parse, load the runs, draw them, say where the picture went. */
+int cmd_plot(int argc, char **argv) {
+    plot_cmd c;
+    plot_parse(&c, argc, argv);
+    int n = c.n;
+    plot_run *runs = qkv_calloc((size_t)n, sizeof *runs, "runs");
+    char err[PLOT_PATH + 256];
+    for (int i = 0; i < n; i++)
+        if (plot_run_load(&runs[i], c.pos[i], err, sizeof err))
+            cli_die("plot: %s", err);
+    unique_labels(runs, n, c.pos);
+
+    char path[PLOT_PATH + 32];
+    const char *out = plot_out(&c, runs, path, sizeof path);
+    cli_plot_opts o = {out, *c.term ? c.term : NULL, c.x, c.logy, c.title};
+    int rc = plot_runs("plot", runs, n, &o, c.smooth);
+    if (rc == 0 && strcmp(c.term, "dumb") != 0) {
         const char *dot = strrchr(out, '.');
         printf("wrote %s (draw again: gnuplot %.*s.gp)\n", out,
                (int)(dot - out), out);
     }
     for (int i = 0; i < n; i++) plot_run_free(&runs[i]);
     free(runs);
-    free(pos);
+    free(c.pos);
     return rc ? 1 : 0;
 }
