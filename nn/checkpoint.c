@@ -365,17 +365,13 @@ static int reserved_key(const char *k) {
     return !strncmp(k, "rng.", 4);
 }
 
-int qkv_ckpt_save(const char *path, const qkv_model *m, const qkv_optim *opt,
-                  int64_t step, const qkv_ckpt_rng *rngs, int n_rngs,
-                  const char *const *keys, const char *const *values,
-                  int n_extra, char *err, size_t errlen) {
-    QKV_CHECK(m && m->params.values, "ckpt_save: model not initialised");
-    QKV_CHECK(!opt || opt->n == m->params.n,
-              "ckpt_save: optimiser of %zu floats for %zu parameters",
-              opt ? opt->n : 0, m->params.n);
-    QKV_CHECK(n_rngs >= 0 && n_extra >= 0 && (!n_rngs || rngs) &&
-                  (!n_extra || (keys && values)),
-              "ckpt_save: bad counts or NULL arrays");
+/* The user-input checks of qkv_ckpt_save: a path, a step >= 0, named RNGs,
+ * no reserved metadata key, an optimiser that fits one tensor. */
+static int check_save_args(const char *path, const qkv_model *m,
+                           const qkv_optim *opt, int64_t step,
+                           const qkv_ckpt_rng *rngs, int n_rngs,
+                           const char *const *keys, int n_extra, char *err,
+                           size_t errlen) {
     if (!path || !*path)
         return fail(err, errlen, "(no path)", "save: empty file name");
     if (step < 0)
@@ -399,8 +395,23 @@ int qkv_ckpt_save(const char *path, const qkv_model *m, const qkv_optim *opt,
                     "save: %zu parameters are too many for one optimiser "
                     "tensor",
                     m->params.n);
+    return 0;
+}
 
-    /* metadata: 4 fixed pairs, 2 for the optimiser, the RNGs, the extras */
+/* A checkpoint's metadata pairs, with the strings made for them. */
+typedef struct save_meta {
+    const char **keys, **values; /* (n) */
+    char **own;                  /* (nown) malloc'd keys and values */
+    int n, nown;
+} save_meta;
+
+/* Fills sm: 4 fixed pairs (format, model, step, rng.model), 2 for the
+ * optimiser, one per RNG, then the n_extra pairs as given. */
+static void save_meta_build(save_meta *sm, const qkv_model *m,
+                            const qkv_optim *opt, int64_t step,
+                            const qkv_ckpt_rng *rngs, int n_rngs,
+                            const char *const *keys, const char *const *values,
+                            int n_extra) {
     int nmeta = 4 + (opt ? 2 : 0) + n_rngs + n_extra, k = 0, nown = 0;
     const char **mk = qkv_malloc((size_t)nmeta * sizeof *mk, "metadata keys");
     const char **mv = qkv_malloc((size_t)nmeta * sizeof *mv, "metadata values");
@@ -424,11 +435,22 @@ int qkv_ckpt_save(const char *path, const qkv_model *m, const qkv_optim *opt,
         mk[k] = key, mv[k++] = own[nown++] = rng_to_json(rngs[i].rng);
     }
     for (int i = 0; i < n_extra; i++) mk[k] = keys[i], mv[k++] = values[i];
+    *sm = (save_meta){mk, mv, own, nmeta, nown};
+}
 
-    /* tensors: the parameters in registration order, then optim.m, optim.v */
+static void save_meta_free(save_meta *sm) {
+    for (int i = 0; i < sm->nown; i++) free(sm->own[i]);
+    free(sm->own);
+    free(sm->keys);
+    free(sm->values);
+}
+
+/* e (room for the parameters and 2) = the tensors to save: the parameters
+ * in registration order, then optim.m and optim.v if opt has them; returns
+ * how many. */
+static int save_entries(const qkv_model *m, const qkv_optim *opt,
+                        qkv_st_entry *e) {
     const qkv_params *ps = &m->params;
-    qkv_st_entry *e =
-        qkv_malloc((size_t)(ps->count + 2) * sizeof *e, "checkpoint entries");
     int ne = 0;
     for (int i = 0; i < ps->count; i++) {
         const qkv_tensor *t = ps->list[i];
@@ -440,14 +462,32 @@ int qkv_ckpt_save(const char *path, const qkv_model *m, const qkv_optim *opt,
         e[ne++] = (qkv_st_entry){"optim.m", opt->m, 1, {(int)opt->n}};
     if (opt && opt->v)
         e[ne++] = (qkv_st_entry){"optim.v", opt->v, 1, {(int)opt->n}};
+    return ne;
+}
 
+int qkv_ckpt_save(const char *path, const qkv_model *m, const qkv_optim *opt,
+                  int64_t step, const qkv_ckpt_rng *rngs, int n_rngs,
+                  const char *const *keys, const char *const *values,
+                  int n_extra, char *err, size_t errlen) {
+    QKV_CHECK(m && m->params.values, "ckpt_save: model not initialised");
+    QKV_CHECK(!opt || opt->n == m->params.n,
+              "ckpt_save: optimiser of %zu floats for %zu parameters",
+              opt ? opt->n : 0, m->params.n);
+    QKV_CHECK(n_rngs >= 0 && n_extra >= 0 && (!n_rngs || rngs) &&
+                  (!n_extra || (keys && values)),
+              "ckpt_save: bad counts or NULL arrays");
+    if (check_save_args(path, m, opt, step, rngs, n_rngs, keys, n_extra, err,
+                        errlen))
+        return -1;
+    save_meta sm;
+    save_meta_build(&sm, m, opt, step, rngs, n_rngs, keys, values, n_extra);
+    qkv_st_entry *e = qkv_malloc((size_t)(m->params.count + 2) * sizeof *e,
+                                 "checkpoint entries");
+    int ne = save_entries(m, opt, e);
     qkv_st_error se;
-    int rc = qkv_st_write(path, e, ne, mk, mv, nmeta, &se);
+    int rc = qkv_st_write(path, e, ne, sm.keys, sm.values, sm.n, &se);
     if (rc) fail(err, errlen, NULL, "%s", se.msg);
-    for (int i = 0; i < nown; i++) free(own[i]);
-    free(own);
-    free(mk);
-    free(mv);
+    save_meta_free(&sm);
     free(e);
     return rc;
 }
@@ -580,6 +620,98 @@ static int check_optim_tensor(const qkv_st_file *f, const char *name, int want,
     return 0;
 }
 
+/* What qkv_ckpt_load reads from the metadata besides the model config. */
+typedef struct ckpt_state {
+    int64_t step, optim_step;
+    qkv_pcg32 model_rng;
+    qkv_pcg32 *rngs;        /* (n_rngs) the states of the caller's RNGs */
+    const char *optim_json; /* the stored optimiser config, or NULL */
+    qkv_optim_config optim; /* parsed from optim_json */
+    int want_m, want_v;     /* which buffers qkv_optim_init allocates for it */
+} ckpt_state;
+
+/* Fills cs (whose optim_json the caller set) from f's metadata: the step,
+ * the model's RNG, the n_rngs RNGs and, when the file has an optimiser, its
+ * config and step; each checked. */
+static int read_state(const qkv_st_file *f, const qkv_ckpt_rng *rngs,
+                      int n_rngs, ckpt_state *cs, const char *path, char *err,
+                      size_t errlen) {
+    char why[300];
+    if (meta_count(f, "step", &cs->step, path, err, errlen) ||
+        meta_rng(f, "model", &cs->model_rng, path, err, errlen))
+        return -1;
+    for (int i = 0; i < n_rngs; i++) {
+        QKV_CHECK(rngs[i].name && rngs[i].rng, "ckpt_load: RNG %d is NULL", i);
+        if (meta_rng(f, rngs[i].name, &cs->rngs[i], path, err, errlen))
+            return -1;
+    }
+    if (cs->optim_json) {
+        if (qkv_optim_config_from_json(cs->optim_json, &cs->optim, why,
+                                       sizeof why))
+            return fail(err, errlen, path, "metadata \"optim\": %s", why);
+        if (meta_count(f, "optim_step", &cs->optim_step, path, err, errlen))
+            return -1;
+    }
+    cs->want_m = cs->optim_json &&
+                 (cs->optim.kind != QKV_OPTIM_SGD || cs->optim.momentum > 0);
+    cs->want_v = cs->optim_json && cs->optim.kind != QKV_OPTIM_SGD;
+    return 0;
+}
+
+/* Declares *lm from mc and checks f against it: the tensors match its
+ * parameters, the optimiser tensors are the ones cs needs, every weight is
+ * finite. *built = 1 once lm is declared (to be freed). The config is
+ * checked against the file's tensors before the model's memory is
+ * allocated: a small file cannot ask for gigabytes. */
+static int check_model(const qkv_st_file *f, const qkv_model_config *mc,
+                       const ckpt_state *cs, qkv_model *lm, int *built,
+                       const char *path, char *err, size_t errlen) {
+    char why[300];
+    if (qkv_model_declare(lm, mc, why, sizeof why))
+        return fail(err, errlen, path, "metadata \"model\": %s", why);
+    *built = 1;
+    if (load_tensors(f, &lm->params, 0, path, err, errlen) ||
+        check_optim_tensor(f, "optim.m", cs->want_m, lm->params.n, path, err,
+                           errlen) ||
+        check_optim_tensor(f, "optim.v", cs->want_v, lm->params.n, path, err,
+                           errlen) ||
+        check_finite(f, path, err, errlen))
+        return -1;
+    return 0;
+}
+
+/* Everything is valid: allocates lm, loads f's weights into it, and fills
+ * the caller's model, optimiser (if opt), RNGs, step (if step) and metadata
+ * (if meta_out; f's tensors are freed then). */
+static void fill_outputs(qkv_st_file *f, qkv_model *lm, const ckpt_state *cs,
+                         qkv_model *m, qkv_optim *opt, int64_t *step,
+                         const qkv_ckpt_rng *rngs, int n_rngs,
+                         qkv_st_file *meta_out, const char *path, char *err,
+                         size_t errlen) {
+    qkv_model_alloc(lm, 0);
+    load_tensors(f, &lm->params, 1, path, err, errlen); /* checked before */
+    if (opt && cs->optim_json) {
+        qkv_optim lo = {0};
+        qkv_optim_init(&lo, &cs->optim, &lm->params);
+        if (cs->want_m)
+            memcpy(lo.m, qkv_st_find(f, "optim.m")->data, lo.n * sizeof *lo.m);
+        if (cs->want_v)
+            memcpy(lo.v, qkv_st_find(f, "optim.v")->data, lo.n * sizeof *lo.v);
+        lo.step = cs->optim_step;
+        *opt = lo;
+    }
+    lm->rng = cs->model_rng; /* after qkv_model_init, which seeds it */
+    *m = *lm;
+    for (int i = 0; i < n_rngs; i++) *rngs[i].rng = cs->rngs[i];
+    if (step) *step = cs->step;
+    if (meta_out) { /* keep the metadata, drop the tensor copies */
+        cJSON *md = f->metadata;
+        f->metadata = NULL;
+        qkv_st_free(f);
+        meta_out->metadata = md;
+    }
+}
+
 int qkv_ckpt_load(const char *path, qkv_model *m, qkv_optim *opt, int64_t *step,
                   const qkv_ckpt_rng *rngs, int n_rngs, qkv_st_file *meta_out,
                   char *err, size_t errlen) {
@@ -593,75 +725,21 @@ int qkv_ckpt_load(const char *path, qkv_model *m, qkv_optim *opt, int64_t *step,
     if (open_ckpt(path, &f, &mc, err, errlen)) return -1;
 
     qkv_model lm;
-    qkv_optim lo = {0};
-    qkv_optim_config oc;
-    qkv_pcg32 mrng;
-    qkv_pcg32 *got =
-        qkv_malloc((size_t)(n_rngs ? n_rngs : 1) * sizeof *got, "RNG states");
-    int64_t st, ostep = 0;
-    const char *ojson = qkv_st_meta(&f, "optim");
-    char why[300];
+    ckpt_state cs = {
+        .rngs = qkv_malloc((size_t)(n_rngs ? n_rngs : 1) * sizeof *cs.rngs,
+                           "RNG states"),
+        .optim_json = qkv_st_meta(&f, "optim")};
     int built = 0, rc = -1;
-    if (meta_count(&f, "step", &st, path, err, errlen) ||
-        meta_rng(&f, "model", &mrng, path, err, errlen))
-        goto out;
-    for (int i = 0; i < n_rngs; i++) {
-        QKV_CHECK(rngs[i].name && rngs[i].rng, "ckpt_load: RNG %d is NULL", i);
-        if (meta_rng(&f, rngs[i].name, &got[i], path, err, errlen)) goto out;
+    if (read_state(&f, rngs, n_rngs, &cs, path, err, errlen) == 0 &&
+        check_model(&f, &mc, &cs, &lm, &built, path, err, errlen) == 0) {
+        fill_outputs(&f, &lm, &cs, m, opt, step, rngs, n_rngs, meta_out, path,
+                     err, errlen);
+        built = 0;
+        rc = 0;
     }
-    if (ojson) {
-        if (qkv_optim_config_from_json(ojson, &oc, why, sizeof why)) {
-            fail(err, errlen, path, "metadata \"optim\": %s", why);
-            goto out;
-        }
-        if (meta_count(&f, "optim_step", &ostep, path, err, errlen)) goto out;
-    }
-    /* The config is checked against the file's tensors before the model's
-     * memory is allocated: a small file cannot ask for gigabytes. */
-    if (qkv_model_declare(&lm, &mc, why, sizeof why)) {
-        fail(err, errlen, path, "metadata \"model\": %s", why);
-        goto out;
-    }
-    built = 1;
-    if (load_tensors(&f, &lm.params, 0, path, err, errlen)) goto out;
-    /* Which buffers qkv_optim_init allocates for the stored config. */
-    int want_m = ojson && (oc.kind != QKV_OPTIM_SGD || oc.momentum > 0);
-    int want_v = ojson && oc.kind != QKV_OPTIM_SGD;
-    if (check_optim_tensor(&f, "optim.m", want_m, lm.params.n, path, err,
-                           errlen) ||
-        check_optim_tensor(&f, "optim.v", want_v, lm.params.n, path, err,
-                           errlen) ||
-        check_finite(&f, path, err, errlen))
-        goto out;
-
-    /* Everything is valid: fill the caller's structs. */
-    qkv_model_alloc(&lm, 0);
-    load_tensors(&f, &lm.params, 1, path, err, errlen); /* checked above */
-    if (opt && ojson) {
-        qkv_optim_init(&lo, &oc, &lm.params);
-        if (want_m)
-            memcpy(lo.m, qkv_st_find(&f, "optim.m")->data, lo.n * sizeof *lo.m);
-        if (want_v)
-            memcpy(lo.v, qkv_st_find(&f, "optim.v")->data, lo.n * sizeof *lo.v);
-        lo.step = ostep;
-        *opt = lo;
-    }
-    lm.rng = mrng; /* after qkv_model_init, which seeds it */
-    *m = lm;
-    for (int i = 0; i < n_rngs; i++) *rngs[i].rng = got[i];
-    if (step) *step = st;
-    if (meta_out) { /* keep the metadata, drop the tensor copies */
-        cJSON *md = f.metadata;
-        f.metadata = NULL;
-        qkv_st_free(&f);
-        meta_out->metadata = md;
-    }
-    built = 0;
-    rc = 0;
-out:
     if (built) qkv_model_free(&lm);
     qkv_st_free(&f);
-    free(got);
+    free(cs.rngs);
     return rc;
 }
 

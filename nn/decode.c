@@ -54,6 +54,131 @@ static void cand_insert(beam_cand *best, int *count, int cap, beam_cand c) {
     best[pos] = c;
 }
 
+/* One beam search's buffers and state. */
+typedef struct beam_state {
+    int beam, S, D, V, max_out, eos;
+    float alpha;       /* the length penalty */
+    size_t L;          /* max_out + 1: room for bos and every token */
+    float *mem;        /* (beam, S, D) the encoder memory, once per beam row */
+    uint8_t *pad;      /* (beam, S) the source mask per beam row, or NULL */
+    int32_t *hyp_buf;  /* holds hyp and next */
+    int32_t *hyp;      /* (beam, L) live hypotheses: bos, tokens */
+    int32_t *next;     /* (beam, L) the next step's, built from hyp */
+    int32_t *cur;      /* (beam, L) the live prefixes packed as (live, t) */
+    double *score_buf; /* holds lscore and nscore */
+    double *lscore;    /* (beam) live: sum of log p */
+    double *nscore;    /* (beam) the next step's */
+    int32_t *fin;      /* (beam, max_out) finished hypotheses, without bos */
+    double *fnorm;     /* (beam) their scores over the length penalty */
+    int *flen;         /* (beam) their lengths */
+    beam_cand *best;   /* (beam) this step's best candidates */
+    int live, nfin;
+} beam_state;
+
+/* Encodes the source once (B = 1) into a fresh arena, copies the memory and
+ * the mask to every beam row, and allocates the rest of bs. */
+static void beam_alloc(beam_state *bs, qkv_model *m, qkv_graph *g,
+                       const int32_t *src, const uint8_t *src_pad) {
+    int beam = bs->beam, S = bs->S;
+    qkv_graph_reset(g);
+    qkv_tensor *mem1 =
+        qkv_model_encoder_forward(m, g, src, src_pad, 1, S, NULL);
+    size_t row = (size_t)S * bs->D, L = bs->L;
+    bs->mem =
+        qkv_malloc_aligned((size_t)beam * row * sizeof *bs->mem, "beam memory");
+    bs->pad = src_pad ? qkv_malloc((size_t)beam * S, "beam source mask") : NULL;
+    for (int i = 0; i < beam; i++) {
+        memcpy(bs->mem + i * row, mem1->data, row * sizeof *bs->mem);
+        if (bs->pad) memcpy(bs->pad + (size_t)i * S, src_pad, (size_t)S);
+    }
+    bs->hyp_buf = qkv_malloc(2 * (size_t)beam * L * sizeof *bs->hyp_buf,
+                             "beam hypotheses");
+    bs->hyp = bs->hyp_buf;
+    bs->next = bs->hyp_buf + (size_t)beam * L;
+    bs->cur = qkv_malloc((size_t)beam * L * sizeof *bs->cur, "beam input");
+    bs->fin = qkv_malloc((size_t)beam * bs->max_out * sizeof *bs->fin,
+                         "beam finished");
+    bs->score_buf =
+        qkv_malloc(2 * (size_t)beam * sizeof *bs->score_buf, "beam scores");
+    bs->lscore = bs->score_buf;
+    bs->nscore = bs->score_buf + beam;
+    bs->fnorm = qkv_malloc((size_t)beam * sizeof *bs->fnorm, "beam finished");
+    bs->flen = qkv_malloc((size_t)beam * sizeof *bs->flen, "beam finished");
+    bs->best = qkv_malloc((size_t)beam * sizeof *bs->best, "beam candidates");
+}
+
+static void beam_free(beam_state *bs) {
+    free(bs->hyp_buf);
+    free(bs->cur);
+    free(bs->fin);
+    free(bs->score_buf);
+    free(bs->fnorm);
+    free(bs->flen);
+    free(bs->best);
+    free(bs->mem);
+    free(bs->pad);
+}
+
+/* Fills bs->best with the best extensions of the live hypotheses, as many as
+ * beams are not finished yet, from logits (live, t, V); returns how many. */
+static int beam_expand(beam_state *bs, const float *logits, int t) {
+    int V = bs->V, want = bs->beam - bs->nfin, nbest = 0;
+    for (int i = 0; i < bs->live; i++) {
+        /* log p = x - logsumexp(x), in double */
+        const float *x = logits + ((size_t)i * t + t - 1) * V;
+        double mx, lse = qkv_log_sum_exp(x, V, &mx);
+        lse += mx;
+        QKV_CHECK(isfinite(lse),
+                  "qkv_beam_search: non-finite logits at step %d", t);
+        for (int v = 0; v < V; v++) {
+            beam_cand cd = {bs->lscore[i] + ((double)x[v] - lse),
+                            (int64_t)i * V + v};
+            cand_insert(bs->best, &nbest, want, cd);
+        }
+    }
+    return nbest;
+}
+
+/* Step t's nbest candidates become finished hypotheses (those that end with
+ * eos or reach max_out) or the next step's live ones. */
+static void beam_advance(beam_state *bs, int t, int nbest) {
+    int V = bs->V, max_out = bs->max_out, nlive = 0;
+    size_t L = bs->L;
+    for (int k = 0; k < nbest; k++) {
+        int i = (int)(bs->best[k].idx / V), v = (int)(bs->best[k].idx % V);
+        if (v == bs->eos || t == max_out) {
+            int32_t *f = bs->fin + (size_t)bs->nfin * max_out;
+            memcpy(f, bs->hyp + i * L + 1, (size_t)(t - 1) * sizeof *f);
+            f[t - 1] = v;
+            bs->flen[bs->nfin] = t;
+            bs->fnorm[bs->nfin++] =
+                bs->best[k].score / qkv_length_penalty(t, bs->alpha);
+        } else {
+            memcpy(bs->next + nlive * L, bs->hyp + i * L,
+                   (size_t)t * sizeof *bs->next);
+            bs->next[nlive * L + t] = v;
+            bs->nscore[nlive++] = bs->best[k].score;
+        }
+    }
+    int32_t *th = bs->hyp;
+    bs->hyp = bs->next;
+    bs->next = th;
+    double *ts = bs->lscore;
+    bs->lscore = bs->nscore;
+    bs->nscore = ts;
+    bs->live = nlive;
+}
+
+/* Early exit: a live score s <= 0 can only fall, and lp grows with the
+ * length, so s / lp(max_out) bounds what it can still reach. */
+static int beam_settled(const beam_state *bs, double lp_max) {
+    if (bs->nfin == 0 || bs->live == 0) return 0;
+    double top = bs->fnorm[0];
+    for (int k = 1; k < bs->nfin; k++)
+        top = bs->fnorm[k] > top ? bs->fnorm[k] : top;
+    return bs->lscore[0] / lp_max <= top; /* lscore[0] is the best live */
+}
+
 void qkv_beam_search(qkv_model *m, qkv_graph *g, const int32_t *src,
                      const uint8_t *src_pad, int S, int beam,
                      float length_penalty, int bos, int eos, int max_out,
@@ -79,115 +204,41 @@ void qkv_beam_search(qkv_model *m, qkv_graph *g, const int32_t *src,
     QKV_CHECK(eos < V, "qkv_beam_search: eos = %d outside the vocabulary (%d)",
               eos, V);
     decode_mode mode = decode_begin(g);
-
-    /* Encode once (B = 1), then copy the memory to every beam row: (beam, S,
-     * D). */
-    qkv_graph_reset(g);
-    qkv_tensor *mem1 =
-        qkv_model_encoder_forward(m, g, src, src_pad, 1, S, NULL);
-    size_t row = (size_t)S * D, L = (size_t)max_out + 1;
-    float *mem =
-        qkv_malloc_aligned((size_t)beam * row * sizeof *mem, "beam memory");
-    uint8_t *pad =
-        src_pad ? qkv_malloc((size_t)beam * S, "beam source mask") : NULL;
-    for (int i = 0; i < beam; i++) {
-        memcpy(mem + i * row, mem1->data, row * sizeof *mem);
-        if (pad) memcpy(pad + (size_t)i * S, src_pad, (size_t)S);
-    }
-
-    int32_t *hyp_buf =
-        qkv_malloc(2 * (size_t)beam * L * sizeof *hyp_buf, "beam hypotheses");
-    int32_t *hyp = hyp_buf,
-            *next = hyp_buf + (size_t)beam * L; /* (beam, L): bos, tokens */
-    int32_t *cur = qkv_malloc((size_t)beam * L * sizeof *cur, "beam input");
-    int32_t *fin =
-        qkv_malloc((size_t)beam * max_out * sizeof *fin, "beam finished");
-    double *score_buf =
-        qkv_malloc(2 * (size_t)beam * sizeof *score_buf, "beam scores");
-    double *lscore = score_buf,
-           *nscore = score_buf + beam; /* live: sum of log p */
-    double *fnorm = qkv_malloc((size_t)beam * sizeof *fnorm, "beam finished");
-    int *flen = qkv_malloc((size_t)beam * sizeof *flen, "beam finished");
-    beam_cand *best =
-        qkv_malloc((size_t)beam * sizeof *best, "beam candidates");
+    beam_state bs = {.beam = beam,
+                     .S = S,
+                     .D = D,
+                     .V = V,
+                     .max_out = max_out,
+                     .eos = eos,
+                     .alpha = length_penalty,
+                     .L = (size_t)max_out + 1};
+    beam_alloc(&bs, m, g, src, src_pad);
     double lp_max = qkv_length_penalty(max_out, length_penalty);
-
-    int live = 1, nfin = 0;
-    hyp[0] = bos;
-    lscore[0] = 0.0;
-    for (int t = 1; t <= max_out && live > 0; t++) {
+    bs.live = 1;
+    bs.hyp[0] = bos;
+    bs.lscore[0] = 0.0;
+    for (int t = 1; t <= max_out && bs.live > 0; t++) {
         /* The live prefixes (live, t) -> logits (live, t, V); row t-1 is next.
          */
         qkv_graph_reset(g);
-        for (int i = 0; i < live; i++)
-            memcpy(cur + (size_t)i * t, hyp + i * L, (size_t)t * sizeof *cur);
-        qkv_tensor *memt = qkv_tensor_wrap(g, mem, 3, (int[]){live, S, D});
-        qkv_tensor *logits = qkv_model_decoder_forward(m, g, cur, NULL, live, t,
-                                                       memt, pad, NULL, NULL);
-        int want = beam - nfin, nbest = 0;
-        for (int i = 0; i < live; i++) {
-            /* log p = x - logsumexp(x), in double */
-            const float *x = logits->data + ((size_t)i * t + t - 1) * V;
-            double mx, lse = qkv_log_sum_exp(x, V, &mx);
-            lse += mx;
-            QKV_CHECK(isfinite(lse),
-                      "qkv_beam_search: non-finite logits at step %d", t);
-            for (int v = 0; v < V; v++) {
-                beam_cand cd = {lscore[i] + ((double)x[v] - lse),
-                                (int64_t)i * V + v};
-                cand_insert(best, &nbest, want, cd);
-            }
-        }
-        int nlive = 0;
-        for (int k = 0; k < nbest; k++) {
-            int i = (int)(best[k].idx / V), v = (int)(best[k].idx % V);
-            if (v == eos || t == max_out) {
-                int32_t *f = fin + (size_t)nfin * max_out;
-                memcpy(f, hyp + i * L + 1, (size_t)(t - 1) * sizeof *f);
-                f[t - 1] = v;
-                flen[nfin] = t;
-                fnorm[nfin++] =
-                    best[k].score / qkv_length_penalty(t, length_penalty);
-            } else {
-                memcpy(next + nlive * L, hyp + i * L, (size_t)t * sizeof *next);
-                next[nlive * L + t] = v;
-                nscore[nlive++] = best[k].score;
-            }
-        }
-        int32_t *th = hyp;
-        hyp = next;
-        next = th;
-        double *ts = lscore;
-        lscore = nscore;
-        nscore = ts;
-        live = nlive;
-        /* Early exit: a live score s <= 0 can only fall, and lp grows with the
-         * length, so s / lp(max_out) bounds what it can still reach. */
-        if (nfin > 0 && live > 0) {
-            double top = fnorm[0];
-            for (int k = 1; k < nfin; k++)
-                top = fnorm[k] > top ? fnorm[k] : top;
-            if (lscore[0] / lp_max <= top)
-                break; /* lscore[0] is the best live */
-        }
+        for (int i = 0; i < bs.live; i++)
+            memcpy(bs.cur + (size_t)i * t, bs.hyp + i * bs.L,
+                   (size_t)t * sizeof *bs.cur);
+        qkv_tensor *memt =
+            qkv_tensor_wrap(g, bs.mem, 3, (int[]){bs.live, S, D});
+        qkv_tensor *logits = qkv_model_decoder_forward(
+            m, g, bs.cur, NULL, bs.live, t, memt, bs.pad, NULL, NULL);
+        beam_advance(&bs, t, beam_expand(&bs, logits->data, t));
+        if (beam_settled(&bs, lp_max)) break;
     }
 
     int b = 0; /* the first finished with the best normalised score */
-    for (int k = 1; k < nfin; k++)
-        if (fnorm[k] > fnorm[b]) b = k;
+    for (int k = 1; k < bs.nfin; k++)
+        if (bs.fnorm[k] > bs.fnorm[b]) b = k;
     for (int k = 0; k < max_out; k++)
-        out[k] = k < flen[b] ? fin[(size_t)b * max_out + k] : c->pad_id;
-    if (score) *score = (float)fnorm[b];
-
-    free(hyp_buf);
-    free(cur);
-    free(fin);
-    free(score_buf);
-    free(fnorm);
-    free(flen);
-    free(best);
-    free(mem);
-    free(pad);
+        out[k] = k < bs.flen[b] ? bs.fin[(size_t)b * max_out + k] : c->pad_id;
+    if (score) *score = (float)bs.fnorm[b];
+    beam_free(&bs);
     decode_end(g, mode);
 }
 

@@ -136,6 +136,110 @@ static void *need(void *p) {
     return p;
 }
 
+/* s is well-formed UTF-8 text (see bad_utf8_at). */
+static int is_utf8(const char *s) {
+    size_t len = strlen(s);
+    return bad_utf8_at((const unsigned char *)s, len) == len;
+}
+
+/* Adds the mcount metadata pairs to root as "__metadata__", refusing a NULL
+ * key or value, text that is not UTF-8, and a key given twice. names is
+ * scratch for mcount pointers. */
+static int add_metadata(const char *path, cJSON *root, const char *const *keys,
+                        const char *const *vals, int mcount, const char **names,
+                        qkv_st_error *err) {
+    if (!mcount) return 0;
+    cJSON *meta = need(cJSON_CreateObject());
+    cJSON_AddItemToObject(root, "__metadata__", meta);
+    for (int i = 0; i < mcount; i++) {
+        if (!keys[i] || !vals[i])
+            return fail(err, path, "write: metadata pair %d is NULL", i);
+        if (!is_utf8(vals[i]) || !is_utf8(keys[i]))
+            return fail(err, path,
+                        "write: metadata " NAME_FMT " is not valid UTF-8 text",
+                        keys[i]);
+        names[i] = keys[i];
+        cJSON_AddItemToObject(meta, keys[i], need(cJSON_CreateString(vals[i])));
+    }
+    const char *dup = first_duplicate(names, (size_t)mcount);
+    if (dup)
+        return fail(err, path, "write: metadata key " NAME_FMT " appears twice",
+                    dup);
+    return 0;
+}
+
+/* *bytes = the size of tensor e (number i, for messages) as F32, after
+ * checking its name, dimensions and shape, that its end offset (from offset)
+ * is exact as a JSON number, and that it has data unless it is empty. */
+static int check_entry(const char *path, const qkv_st_entry *e, int i,
+                       uint64_t offset, size_t *bytes, qkv_st_error *err) {
+    const char *name = e->name;
+    if (!name || !*name || strcmp(name, "__metadata__") == 0 || !is_utf8(name))
+        return fail(err, path, "write: tensor %d has a bad name %s%.100s%s", i,
+                    name ? "'" : "", name ? name : "(NULL)", name ? "'" : "");
+    if (e->ndim < 0 || e->ndim > QKV_MAX_DIMS)
+        return fail(err, path,
+                    "write: tensor " NAME_FMT " has %d dimensions (0 to %d)",
+                    name, e->ndim, QKV_MAX_DIMS);
+    size_t n = 1;
+    for (int d = 0; d < e->ndim; d++)
+        if (e->shape[d] < 0 || !qkv_mul_size(n, (size_t)e->shape[d], &n))
+            return fail(err, path,
+                        "write: tensor " NAME_FMT
+                        " has a negative or overflowing shape",
+                        name);
+    if (!qkv_mul_size(n, sizeof(float), bytes) ||
+        (double)offset + (double)*bytes > MAX_JSON_INT)
+        return fail(err, path, "write: tensor " NAME_FMT " is too large", name);
+    if (n && !e->data)
+        return fail(err, path, "write: tensor " NAME_FMT " has no data", name);
+    return 0;
+}
+
+/* Adds the count tensors' entries to root, each {"dtype": "F32", "shape",
+ * "data_offsets": [begin, end]}, laid end to end in entry order; refuses a
+ * bad entry (check_entry) or a name given twice. names is scratch for count
+ * pointers. */
+static int add_tensors(const char *path, cJSON *root, const qkv_st_entry *e,
+                       int count, const char **names, qkv_st_error *err) {
+    uint64_t offset = 0;
+    for (int i = 0; i < count; i++) {
+        size_t bytes = 0;
+        if (check_entry(path, &e[i], i, offset, &bytes, err)) return -1;
+        names[i] = e[i].name;
+        cJSON *t = need(cJSON_CreateObject());
+        cJSON_AddItemToObject(root, e[i].name, t);
+        need(cJSON_AddStringToObject(t, "dtype", "F32"));
+        cJSON_AddItemToObject(
+            t, "shape", need(cJSON_CreateIntArray(e[i].shape, e[i].ndim)));
+        cJSON *off = need(cJSON_CreateArray());
+        cJSON_AddItemToArray(off, need(cJSON_CreateNumber((double)offset)));
+        offset += bytes;
+        cJSON_AddItemToArray(off, need(cJSON_CreateNumber((double)offset)));
+        cJSON_AddItemToObject(t, "data_offsets", off);
+    }
+    const char *dup = first_duplicate(names, (size_t)count);
+    if (dup)
+        return fail(err, path, "write: tensor name " NAME_FMT " appears twice",
+                    dup);
+    return 0;
+}
+
+/* root as the file's first bytes: the 8-byte little-endian length, then the
+ * JSON padded with spaces to a multiple of 8 bytes (malloc'd, *len bytes). */
+static unsigned char *frame_header(const cJSON *root, size_t *len) {
+    char *json = need(cJSON_PrintUnformatted(root));
+    size_t jlen = strlen(json), padded = (jlen + 7) & ~(size_t)7;
+    unsigned char *buf = qkv_malloc(8 + padded, "safetensors header");
+    for (int i = 0; i < 8; i++)
+        buf[i] = (unsigned char)((uint64_t)padded >> (8 * i));
+    memcpy(buf + 8, json, jlen);
+    memset(buf + 8 + jlen, ' ', padded - jlen);
+    *len = 8 + padded;
+    cJSON_free(json);
+    return buf;
+}
+
 /* Checks the entries and metadata, and returns the 8-byte length followed by
  * the JSON header padded with spaces to a multiple of 8 bytes (malloc'd,
  * *len bytes in all), or NULL with err set. */
@@ -153,102 +257,13 @@ static unsigned char *build_header(const char *path, const qkv_st_entry *e,
     const char **names =
         qkv_malloc((nnames ? nnames : 1) * sizeof *names, "safetensors names");
     cJSON *root = need(cJSON_CreateObject());
-    const char *dup;
-    if (mcount) {
-        cJSON *meta = need(cJSON_CreateObject());
-        cJSON_AddItemToObject(root, "__metadata__", meta);
-        for (int i = 0; i < mcount; i++) {
-            if (!keys[i] || !vals[i]) {
-                fail(err, path, "write: metadata pair %d is NULL", i);
-                goto fail;
-            }
-            if (bad_utf8_at((const unsigned char *)vals[i], strlen(vals[i])) <
-                    strlen(vals[i]) ||
-                bad_utf8_at((const unsigned char *)keys[i], strlen(keys[i])) <
-                    strlen(keys[i])) {
-                fail(err, path,
-                     "write: metadata " NAME_FMT " is not valid UTF-8 text",
-                     keys[i]);
-                goto fail;
-            }
-            names[i] = keys[i];
-            cJSON_AddItemToObject(meta, keys[i],
-                                  need(cJSON_CreateString(vals[i])));
-        }
-        if ((dup = first_duplicate(names, (size_t)mcount))) {
-            fail(err, path, "write: metadata key " NAME_FMT " appears twice",
-                 dup);
-            goto fail;
-        }
-    }
-    uint64_t offset = 0;
-    for (int i = 0; i < count; i++) {
-        const char *name = e[i].name;
-        if (!name || !*name || strcmp(name, "__metadata__") == 0 ||
-            bad_utf8_at((const unsigned char *)name, strlen(name)) <
-                strlen(name)) {
-            fail(err, path, "write: tensor %d has a bad name %s%.100s%s", i,
-                 name ? "'" : "", name ? name : "(NULL)", name ? "'" : "");
-            goto fail;
-        }
-        if (e[i].ndim < 0 || e[i].ndim > QKV_MAX_DIMS) {
-            fail(err, path,
-                 "write: tensor " NAME_FMT " has %d dimensions (0 to %d)", name,
-                 e[i].ndim, QKV_MAX_DIMS);
-            goto fail;
-        }
-        size_t n = 1, bytes;
-        for (int d = 0; d < e[i].ndim; d++) {
-            if (e[i].shape[d] < 0 ||
-                !qkv_mul_size(n, (size_t)e[i].shape[d], &n)) {
-                fail(err, path,
-                     "write: tensor " NAME_FMT
-                     " has a negative or overflowing shape",
-                     name);
-                goto fail;
-            }
-        }
-        if (!qkv_mul_size(n, sizeof(float), &bytes) ||
-            (double)offset + (double)bytes > MAX_JSON_INT) {
-            fail(err, path, "write: tensor " NAME_FMT " is too large", name);
-            goto fail;
-        }
-        if (n && !e[i].data) {
-            fail(err, path, "write: tensor " NAME_FMT " has no data", name);
-            goto fail;
-        }
-        names[i] = name;
-        cJSON *t = need(cJSON_CreateObject());
-        cJSON_AddItemToObject(root, name, t);
-        need(cJSON_AddStringToObject(t, "dtype", "F32"));
-        cJSON_AddItemToObject(
-            t, "shape", need(cJSON_CreateIntArray(e[i].shape, e[i].ndim)));
-        cJSON *off = need(cJSON_CreateArray());
-        cJSON_AddItemToArray(off, need(cJSON_CreateNumber((double)offset)));
-        offset += bytes;
-        cJSON_AddItemToArray(off, need(cJSON_CreateNumber((double)offset)));
-        cJSON_AddItemToObject(t, "data_offsets", off);
-    }
-    if ((dup = first_duplicate(names, (size_t)count))) {
-        fail(err, path, "write: tensor name " NAME_FMT " appears twice", dup);
-        goto fail;
-    }
-    char *json = need(cJSON_PrintUnformatted(root));
-    size_t jlen = strlen(json), padded = (jlen + 7) & ~(size_t)7;
-    unsigned char *buf = qkv_malloc(8 + padded, "safetensors header");
-    for (int i = 0; i < 8; i++)
-        buf[i] = (unsigned char)((uint64_t)padded >> (8 * i));
-    memcpy(buf + 8, json, jlen);
-    memset(buf + 8 + jlen, ' ', padded - jlen);
-    *len = 8 + padded;
-    cJSON_free(json);
+    unsigned char *buf = NULL;
+    if (add_metadata(path, root, keys, vals, mcount, names, err) == 0 &&
+        add_tensors(path, root, e, count, names, err) == 0)
+        buf = frame_header(root, len);
     cJSON_Delete(root);
     free(names);
     return buf;
-fail:
-    cJSON_Delete(root);
-    free(names);
-    return NULL;
 }
 
 /* fsyncs the directory holding path, so the rename itself is durable. */
@@ -365,19 +380,16 @@ static int json_uint(const cJSON *v, double max, uint64_t *out) {
     return 1;
 }
 
-static int parse_entry(const char *path, const cJSON *item, uint64_t data_size,
-                       entry_info *t, qkv_st_error *err) {
-    const char *name = item->string;
-    t->name = name;
-    if (!*name) return fail(err, path, "a tensor has an empty name");
-    if (!cJSON_IsObject(item))
-        return fail(err, path,
-                    "tensor " NAME_FMT ": entry is not a JSON object", name);
-    const cJSON *dtype = NULL, *shape = NULL, *offs = NULL;
+/* Finds the three keys of tensor name's entry item, refusing any other key,
+ * a key given twice and a missing one. */
+static int entry_fields(const char *path, const char *name, const cJSON *item,
+                        const cJSON **dtype, const cJSON **shape,
+                        const cJSON **offs, qkv_st_error *err) {
+    *dtype = *shape = *offs = NULL;
     for (const cJSON *c = item->child; c; c = c->next) {
-        const cJSON **slot = strcmp(c->string, "dtype") == 0          ? &dtype
-                             : strcmp(c->string, "shape") == 0        ? &shape
-                             : strcmp(c->string, "data_offsets") == 0 ? &offs
+        const cJSON **slot = strcmp(c->string, "dtype") == 0          ? dtype
+                             : strcmp(c->string, "shape") == 0        ? shape
+                             : strcmp(c->string, "data_offsets") == 0 ? offs
                                                                       : NULL;
         if (!slot)
             return fail(err, path,
@@ -389,25 +401,25 @@ static int parse_entry(const char *path, const cJSON *item, uint64_t data_size,
                         c->string);
         *slot = c;
     }
-    if (!dtype || !shape || !offs)
+    if (!*dtype || !*shape || !*offs)
         return fail(err, path, "tensor " NAME_FMT ": missing \"%s\"", name,
-                    !dtype   ? "dtype"
-                    : !shape ? "shape"
-                             : "data_offsets");
-    if (!cJSON_IsString(dtype))
-        return fail(err, path, "tensor " NAME_FMT ": dtype is not a string",
-                    name);
-    if (strcmp(dtype->valuestring, "F32") != 0)
-        return fail(err, path,
-                    "tensor " NAME_FMT ": dtype %.20s not supported; "
-                    "qkv stores F32",
-                    name, dtype->valuestring);
+                    !*dtype   ? "dtype"
+                    : !*shape ? "shape"
+                              : "data_offsets");
+    return 0;
+}
 
+/* t->ndim, t->shape and t->n from the JSON array shape; *bytes = the size of
+ * the tensor as F32. Refuses more than QKV_MAX_DIMS dimensions, a dimension
+ * that is not an int from 0 up, and sizes that overflow. */
+static int parse_shape(const char *path, const cJSON *shape, entry_info *t,
+                       size_t *bytes, qkv_st_error *err) {
+    const char *name = t->name;
     if (!cJSON_IsArray(shape))
         return fail(err, path, "tensor " NAME_FMT ": shape is not an array",
                     name);
     t->ndim = 0;
-    size_t n = 1, bytes;
+    size_t n = 1;
     for (const cJSON *c = shape->child; c; c = c->next) {
         if (t->ndim == QKV_MAX_DIMS)
             return fail(err, path,
@@ -425,10 +437,17 @@ static int parse_entry(const char *path, const cJSON *item, uint64_t data_size,
             return fail(err, path, "tensor " NAME_FMT ": shape overflows",
                         name);
     }
-    if (!qkv_mul_size(n, sizeof(float), &bytes))
+    if (!qkv_mul_size(n, sizeof(float), bytes))
         return fail(err, path, "tensor " NAME_FMT ": shape overflows", name);
     t->n = n;
+    return 0;
+}
 
+/* t->begin and t->end from the JSON array offs: two integers, in order,
+ * `bytes` apart (what t's shape needs) and inside the data buffer. */
+static int parse_offsets(const char *path, const cJSON *offs, size_t bytes,
+                         uint64_t data_size, entry_info *t, qkv_st_error *err) {
+    const char *name = t->name;
     char sbuf[64];
     if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2 ||
         !json_uint(offs->child, MAX_JSON_INT, &t->begin) ||
@@ -458,6 +477,32 @@ static int parse_entry(const char *path, const cJSON *item, uint64_t data_size,
                     name, (unsigned long long)t->begin,
                     (unsigned long long)t->end, (unsigned long long)data_size);
     return 0;
+}
+
+/* *t = the header entry item of one tensor, validated: a non-empty name, an
+ * object of exactly dtype F32, shape and data_offsets that agree and lie
+ * within the data_size bytes of data. */
+static int parse_entry(const char *path, const cJSON *item, uint64_t data_size,
+                       entry_info *t, qkv_st_error *err) {
+    const char *name = item->string;
+    t->name = name;
+    if (!*name) return fail(err, path, "a tensor has an empty name");
+    if (!cJSON_IsObject(item))
+        return fail(err, path,
+                    "tensor " NAME_FMT ": entry is not a JSON object", name);
+    const cJSON *dtype, *shape, *offs;
+    if (entry_fields(path, name, item, &dtype, &shape, &offs, err)) return -1;
+    if (!cJSON_IsString(dtype))
+        return fail(err, path, "tensor " NAME_FMT ": dtype is not a string",
+                    name);
+    if (strcmp(dtype->valuestring, "F32") != 0)
+        return fail(err, path,
+                    "tensor " NAME_FMT ": dtype %.20s not supported; "
+                    "qkv stores F32",
+                    name, dtype->valuestring);
+    size_t bytes = 0;
+    if (parse_shape(path, shape, t, &bytes, err)) return -1;
+    return parse_offsets(path, offs, bytes, data_size, t, err);
 }
 
 static int cmp_info_name(const void *a, const void *b) {
@@ -572,99 +617,71 @@ fail:
     return -1;
 }
 
-int qkv_st_read(const char *path, qkv_st_file *f, qkv_st_error *err) {
-    memset(f, 0, sizeof *f);
-    char why[512];
-    uint64_t fsize;
-    FILE *fp = qkv_fopen_file(path, 0, &fsize, why, sizeof why);
-    if (!fp) { /* why names the path already */
-        if (err) snprintf(err->msg, sizeof err->msg, "%s", why);
-        return -1;
-    }
-    char *hdr = NULL;
-    cJSON *root = NULL;
-    entry_info *info = NULL;
-    size_t count = 0;
-    /* The tensors are read whole: a file larger than the memory this
-     * process may use is refused before any of it is allocated. */
-    if (fsize > qkv_memory_limit()) {
-        char a[32], b[32];
-        fail(err, path,
-             "the file is %s, more than the %s of memory qkv may use",
-             qkv_bytes_str((double)fsize, a),
-             qkv_bytes_str((double)qkv_memory_limit(), b));
-        goto fail;
-    }
+/* *hlen = the JSON header's length from the file's first 8 bytes (fp at the
+ * start of a file of fsize bytes), refused when 0, absurd or beyond the
+ * file. */
+static int read_header_length(const char *path, FILE *fp, uint64_t fsize,
+                              uint64_t *hlen, qkv_st_error *err) {
     unsigned char lenb[8];
-    if (fsize < 8) {
-        fail(err, path,
-             "file is %llu bytes, too short for the 8-byte header "
-             "length (not a safetensors file, or truncated)",
-             (unsigned long long)fsize);
-        goto fail;
-    }
-    if (fread(lenb, 1, 8, fp) != 8) {
-        fail(err, path, "read error in the header length");
-        goto fail;
-    }
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | lenb[i];
-    if (hlen == 0) {
-        fail(err, path, "header length is 0 (not a safetensors file)");
-        goto fail;
-    }
-    if (hlen > QKV_ST_MAX_HEADER) {
-        fail(err, path,
-             "header length %llu is absurd (over %u bytes): not a "
-             "safetensors file",
-             (unsigned long long)hlen, QKV_ST_MAX_HEADER);
-        goto fail;
-    }
-    if (hlen > fsize - 8) {
-        fail(err, path,
-             "header length %llu exceeds the file size %llu (not a "
-             "safetensors file, or truncated)",
-             (unsigned long long)hlen, (unsigned long long)fsize);
-        goto fail;
-    }
-    hdr = qkv_malloc((size_t)hlen + 1, "safetensors header");
-    if (fread(hdr, 1, (size_t)hlen, fp) != hlen) {
-        fail(err, path, "read error in the header");
-        goto fail;
-    }
-    hdr[hlen] = '\0';
-    if (hdr[0] != '{') {
-        fail(err, path,
-             "header does not start with '{' (not a safetensors file)");
-        goto fail;
-    }
+    if (fsize < 8)
+        return fail(err, path,
+                    "file is %llu bytes, too short for the 8-byte header "
+                    "length (not a safetensors file, or truncated)",
+                    (unsigned long long)fsize);
+    if (fread(lenb, 1, 8, fp) != 8)
+        return fail(err, path, "read error in the header length");
+    *hlen = 0;
+    for (int i = 7; i >= 0; i--) *hlen = *hlen << 8 | lenb[i];
+    if (*hlen == 0)
+        return fail(err, path, "header length is 0 (not a safetensors file)");
+    if (*hlen > QKV_ST_MAX_HEADER)
+        return fail(err, path,
+                    "header length %llu is absurd (over %u bytes): not a "
+                    "safetensors file",
+                    (unsigned long long)*hlen, QKV_ST_MAX_HEADER);
+    if (*hlen > fsize - 8)
+        return fail(err, path,
+                    "header length %llu exceeds the file size %llu (not a "
+                    "safetensors file, or truncated)",
+                    (unsigned long long)*hlen, (unsigned long long)fsize);
+    return 0;
+}
+
+/* Checks the hlen header bytes in hdr (NUL-terminated) as text: an object's
+ * '{' first, UTF-8 without control bytes; then *root = their JSON parsed,
+ * followed by nothing but whitespace. */
+static int parse_header_text(const char *path, const char *hdr, uint64_t hlen,
+                             cJSON **root, qkv_st_error *err) {
+    if (hdr[0] != '{')
+        return fail(err, path,
+                    "header does not start with '{' (not a safetensors file)");
     size_t bad = bad_utf8_at((const unsigned char *)hdr, (size_t)hlen);
-    if (bad < hlen) {
-        fail(err, path, "header byte %zu (0x%02x) is not valid UTF-8 JSON text",
-             bad, (unsigned char)hdr[bad]);
-        goto fail;
-    }
+    if (bad < hlen)
+        return fail(err, path,
+                    "header byte %zu (0x%02x) is not valid UTF-8 JSON text",
+                    bad, (unsigned char)hdr[bad]);
     const char *end = NULL;
-    root = cJSON_ParseWithLengthOpts(hdr, (size_t)hlen, &end, 0);
-    if (!root) {
+    *root = cJSON_ParseWithLengthOpts(hdr, (size_t)hlen, &end, 0);
+    if (!*root) {
         size_t at =
             end && end >= hdr && end <= hdr + hlen ? (size_t)(end - hdr) : 0;
-        fail(err, path,
-             "header is not valid JSON (error near byte %zu of %llu)", at,
-             (unsigned long long)hlen);
-        goto fail;
+        return fail(err, path,
+                    "header is not valid JSON (error near byte %zu of %llu)",
+                    at, (unsigned long long)hlen);
     }
     for (; end < hdr + hlen; end++)
-        if (*end != ' ' && *end != '\t' && *end != '\n' && *end != '\r') {
-            fail(err, path, "unexpected bytes after the JSON header (byte %zu)",
-                 (size_t)(end - hdr));
-            goto fail;
-        }
-    cJSON *meta = NULL;
-    const uint64_t data_start = 8 + hlen;
-    if (parse_header(path, root, fsize - data_start, &info, &count, &meta, err))
-        goto fail;
+        if (*end != ' ' && *end != '\t' && *end != '\n' && *end != '\r')
+            return fail(err, path,
+                        "unexpected bytes after the JSON header (byte %zu)",
+                        (size_t)(end - hdr));
+    return 0;
+}
 
+/* f's count tensors from info (validated by parse_header): names, shapes
+ * and data read from fp, whose data buffer starts at byte data_start. */
+static int read_tensors(const char *path, FILE *fp, uint64_t data_start,
+                        const entry_info *info, size_t count, qkv_st_file *f,
+                        qkv_st_error *err) {
     /* Valid: every tensor lies inside the file, so the allocations below add
      * up to less than the file size. */
     f->tensors = qkv_calloc(count ? count : 1, sizeof *f->tensors, "tensors");
@@ -680,28 +697,62 @@ int qkv_st_read(const char *path, qkv_st_file *f, qkv_st_error *err) {
         t->data = qkv_malloc_aligned(t->n * sizeof(float), "tensor data");
         if (t->n == 0) continue;
         if (fseeko(fp, (off_t)(data_start + info[i].begin), SEEK_SET) != 0 ||
-            fread(t->data, sizeof(float), t->n, fp) != t->n) {
-            fail(err, path,
-                 "read error in tensor " NAME_FMT " (file changed "
-                 "while reading?)",
-                 t->name);
-            goto fail;
-        }
+            fread(t->data, sizeof(float), t->n, fp) != t->n)
+            return fail(err, path,
+                        "read error in tensor " NAME_FMT " (file changed "
+                        "while reading?)",
+                        t->name);
         if (!host_is_little_endian()) swap_bytes32(t->data, t->n);
     }
-    if (meta) f->metadata = cJSON_DetachItemViaPointer(root, meta);
-    cJSON_Delete(root);
-    free(info);
-    free(hdr);
-    fclose(fp);
     return 0;
-fail:
-    qkv_st_free(f);
+}
+
+int qkv_st_read(const char *path, qkv_st_file *f, qkv_st_error *err) {
+    memset(f, 0, sizeof *f);
+    char why[512];
+    uint64_t fsize, hlen = 0;
+    FILE *fp = qkv_fopen_file(path, 0, &fsize, why, sizeof why);
+    if (!fp) { /* why names the path already */
+        if (err) snprintf(err->msg, sizeof err->msg, "%s", why);
+        return -1;
+    }
+    char *hdr = NULL;
+    cJSON *root = NULL, *meta = NULL;
+    entry_info *info = NULL;
+    size_t count = 0;
+    int rc = -1;
+    /* The tensors are read whole: a file larger than the memory this
+     * process may use is refused before any of it is allocated. */
+    if (fsize > qkv_memory_limit()) {
+        char a[32], b[32];
+        fail(err, path,
+             "the file is %s, more than the %s of memory qkv may use",
+             qkv_bytes_str((double)fsize, a),
+             qkv_bytes_str((double)qkv_memory_limit(), b));
+        goto out;
+    }
+    if (read_header_length(path, fp, fsize, &hlen, err)) goto out;
+    hdr = qkv_malloc((size_t)hlen + 1, "safetensors header");
+    if (fread(hdr, 1, (size_t)hlen, fp) != hlen) {
+        fail(err, path, "read error in the header");
+        goto out;
+    }
+    hdr[hlen] = '\0';
+    const uint64_t data_start = 8 + hlen;
+    if (parse_header_text(path, hdr, hlen, &root, err) ||
+        parse_header(path, root, fsize - data_start, &info, &count, &meta,
+                     err) ||
+        read_tensors(path, fp, data_start, info, count, f, err))
+        goto out;
+    if (meta) f->metadata = cJSON_DetachItemViaPointer(root, meta);
+    rc = 0;
+out:
+    if (rc) qkv_st_free(f);
     cJSON_Delete(root);
     free(info);
     free(hdr);
     fclose(fp);
-    return -1;
+    return rc;
 }
 
 static int cmp_find(const void *key, const void *t) {
