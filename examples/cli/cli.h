@@ -90,6 +90,11 @@ void cli_flags_from_json(const char *cmd, const flag *flags, int n,
  * many. */
 int cli_flags_from_fields(flag *out, int max, const qkv_field *fields, int n,
                           void *obj);
+/* qkv train, which qkv sweep calls for each cell (train.c). */
+int cmd_train(int argc, char **argv);
+/* 1 if qkv train's flag --name (text after a '=' ignored) takes a value, 0
+ * if it is a switch; 1 for a flag qkv train does not have. */
+int cli_train_flag_takes_value(const char *name);
 /* The most threads --threads takes: 4 per CPU this process may use (more
  * only cost memory: libgomp gives each its stack). */
 int cli_max_threads(void);

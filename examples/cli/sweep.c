@@ -4,8 +4,8 @@
  *   qkv sweep --N 1,2 --h 1,4,16 --data data/corpora/grammar/train.tsv \
  *             --valid data/corpora/grammar/valid.tsv --metric val_bleu
  *
- * Every cell is one `qkv train` run (this same program, started as a child)
- * in OUT/N<n>-h<h>/, with the same data, seed and budget; only N and h
+ * Every cell is one `qkv train` run (the same command, called in this
+ * process: the library's trainer) in OUT/N<n>-h<h>/, with the same data, seed and budget; only N and h
  * change. By default d_model stays fixed, so d_k = d_model / h shrinks as h
  * grows and the cost of attention stays the same: the paper's Table 3 row A
  * (Vaswani et al. 2017). --d-k K instead fixes d_k and sets d_model = h K.
@@ -18,12 +18,12 @@
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -269,60 +269,48 @@ static int draw_heatmap(const char *out, const cell *cells, const int *Ns,
 }
 
 static volatile sig_atomic_t interrupted;
-static volatile pid_t child; /* the cell's qkv train, while it runs */
 static void on_sigint(int sig) {
     (void)sig;
     interrupted = 1;
-    if (child > 0) kill(child, SIGINT); /* it saves and stops */
 }
 
-/* Runs `qkv train ARGS` (this program) and returns its exit status;
- * silent: its stdout goes to /dev/null (errors still show). */
+/* Runs `qkv train ARGS` in this process and returns its exit status (130:
+ * interrupted; a bad flag ends the program as qkv train's own message).
+ * silent: its stdout goes to /dev/null meanwhile. */
 static int run_train(char **args, int silent) {
+    int na = 0;
+    while (args[na]) na++;
     fflush(stdout);
-    pid_t pid = fork();
-    if (pid < 0) cli_die("sweep: fork failed: %s", strerror(errno));
-    if (pid == 0) {
-        signal(SIGINT, SIG_DFL);
-        if (silent && !freopen("/dev/null", "w", stdout)) _exit(127);
-        execv("/proc/self/exe", args);
-        cli_warn("sweep: cannot run %s: %s", args[0], strerror(errno));
-        _exit(127);
-    }
-    child = pid;
-    int st;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR) cli_die("sweep: waitpid: %s", strerror(errno));
-    child = 0;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    int saved = silent ? dup(1) : -1, null = -1;
+    if (silent && saved >= 0 && (null = open("/dev/null", O_WRONLY)) >= 0)
+        dup2(null, 1);
+    int rc = cmd_train(na, args); /* takes SIGINT over while it runs */
+    fflush(stdout);
+    if (saved >= 0) dup2(saved, 1), close(saved);
+    if (null >= 0) close(null);
+    if (rc == 130) interrupted = 1;
+    signal(SIGINT, on_sigint);
+    return rc;
 }
 
-int cmd_sweep(int argc, char **argv) {
-    const char *Nlist = "1,2", *hlist = "1,2,4", *metric_s = "val_loss",
-               *out = "runs/sweep", *term = "png";
-    int d_k = 0, keep_dk = 0, fixed_compute = 0;
-    const flag flags[] = {
-        {"N", FLAG_STR, &Nlist, NULL, "layer counts, comma-separated", 0, 0},
-        {"h", FLAG_STR, &hlist, NULL, "head counts, comma-separated", 0, 0},
-        {"fixed-compute", FLAG_BOOL, &fixed_compute, NULL,
-         "keep d_model, so d_k = d_model/h (Table 3 row A; the default)", 0, 0},
-        {"keep-dk", FLAG_BOOL, &keep_dk, NULL, "the same as --fixed-compute", 0,
-         0},
-        {"d-k", FLAG_INT, &d_k, NULL,
-         "instead fix d_k and set d_model = h x d_k (0: off)", 0,
-         QKV_MAX_WIDTH},
-        {"metric", FLAG_STR, &metric_s, "val_loss|val_acc|val_bleu|train_loss",
-         "what the table is sorted by and the heatmap shows", 0, 0},
-        {"out", FLAG_STR, &out, NULL,
-         "sweep directory (a run per cell, sweep.csv, pictures)", 0, 0},
-        {"term", FLAG_STR, &term, "png|svg|dumb", "picture format", 0, 0},
-    };
-    int nf = (int)(sizeof flags / sizeof flags[0]);
-    /* Our flags are parsed here; every other flag goes to qkv train. */
+/* A sweep: its flags, the qkv train flags it passes on, and its cells. */
+typedef struct sweep {
+    const char *Nlist, *hlist, *metric_s, *out, *term;
+    int d_k, keep_dk, fixed_compute, metric, d_model;
+    int Ns[MAX_VALUES], hs[MAX_VALUES], nN, nh;
     char *own[64], *pass[MAX_PASS];
-    int n_own = 0, n_pass = 0;
-    own[n_own++] = argv[0];
-    own[n_own++] = argv[1];
+    int n_own, n_pass;
+    char *argv0;
+    cell *cells;
+    char **logs, **labels;
+} sweep;
+
+/* Sorts argv into the sweep's own flags and qkv train's (which train's
+ * flag table says take a value or not). */
+static void split_args(sweep *w, const flag *flags, int nf, int argc,
+                       char **argv) {
+    w->own[w->n_own++] = argv[0];
+    w->own[w->n_own++] = argv[1];
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         const flag *f = NULL;
@@ -330,25 +318,20 @@ int cmd_sweep(int argc, char **argv) {
             if (strncmp(a, "--", 2) == 0 && strcmp(a + 2, flags[k].name) == 0)
                 f = &flags[k];
         int is_help = strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0;
-        /* qkv train's flags without a value (the rest take one, or carry
-         * it after '=') */
-        static const char *const train_bools[] = {
-            "--quiet", "--plot", "--profile", "--force", "--dry-run"};
-        int is_bool = strchr(a, '=') != NULL;
-        for (size_t k = 0; k < sizeof train_bools / sizeof *train_bools; k++)
-            is_bool |= strcmp(a, train_bools[k]) == 0;
-        int takes_value = f ? f->type != FLAG_BOOL : !is_bool && !is_help;
-        char **dst = f || is_help ? own : pass;
-        int *nd = f || is_help ? &n_own : &n_pass;
         if (!f && !is_help && strncmp(a, "--", 2) != 0)
             cli_die("sweep: unexpected argument '%s'", a);
+        int train_value =
+            strchr(a, '=') ? 0 : cli_train_flag_takes_value(a + 2);
+        int takes_value = f ? f->type != FLAG_BOOL : !is_help && train_value;
+        char **dst = f || is_help ? w->own : w->pass;
+        int *nd = f || is_help ? &w->n_own : &w->n_pass;
         if (!f && !is_help &&
             (strcmp(a, "--resume") == 0 || strcmp(a, "--N-enc") == 0 ||
              strcmp(a, "--N-dec") == 0))
             cli_die(
                 "sweep: %s cannot be given to a sweep (it sets it per cell)",
                 a);
-        if (*nd >= (dst == own ? 60 : MAX_PASS - 8))
+        if (*nd >= (dst == w->own ? 60 : MAX_PASS - 8))
             cli_die("sweep: too many arguments");
         dst[(*nd)++] = argv[i];
         if (takes_value) {
@@ -356,68 +339,97 @@ int cmd_sweep(int argc, char **argv) {
             dst[(*nd)++] = argv[++i];
         }
     }
+}
+
+static void parse(sweep *w, int argc, char **argv) {
+    const flag flags[] = {
+        {"N", FLAG_STR, &w->Nlist, NULL, "layer counts, comma-separated", 0, 0},
+        {"h", FLAG_STR, &w->hlist, NULL, "head counts, comma-separated", 0, 0},
+        {"fixed-compute", FLAG_BOOL, &w->fixed_compute, NULL,
+         "keep d_model, so d_k = d_model/h (Table 3 row A; the default)", 0, 0},
+        {"keep-dk", FLAG_BOOL, &w->keep_dk, NULL, "the same as --fixed-compute",
+         0, 0},
+        {"d-k", FLAG_INT, &w->d_k, NULL,
+         "instead fix d_k and set d_model = h x d_k (0: off)", 0,
+         QKV_MAX_WIDTH},
+        {"metric", FLAG_STR, &w->metric_s,
+         "val_loss|val_acc|val_bleu|train_loss",
+         "what the table is sorted by and the heatmap shows", 0, 0},
+        {"out", FLAG_STR, &w->out, NULL,
+         "sweep directory (a run per cell, sweep.csv, pictures)", 0, 0},
+        {"term", FLAG_STR, &w->term, "png|svg|dumb", "picture format", 0, 0},
+    };
+    int nf = (int)(sizeof flags / sizeof flags[0]);
+    /* Our flags are parsed here; every other flag goes to qkv train. */
+    split_args(w, flags, nf, argc, argv);
     cli_parse("sweep",
               "--N 1,2,4 --h 1,2,4,8 [--metric M] [--out DIR] [any qkv train "
               "flag]",
-              flags, nf, n_own, own, 2, NULL, 0, NULL);
-    int Ns[MAX_VALUES], hs[MAX_VALUES];
-    int nN = parse_list("N", Nlist, Ns), nh = parse_list("h", hlist, hs);
-    int metric = 0;
-    while (strcmp(metric_names[metric], metric_s)) metric++;
-    if (d_k < 0) cli_die("sweep: --d-k must be >= 0, got %d", d_k);
-    if (d_k && (keep_dk || fixed_compute))
+              flags, nf, w->n_own, w->own, 2, NULL, 0, NULL);
+    w->nN = parse_list("N", w->Nlist, w->Ns);
+    w->nh = parse_list("h", w->hlist, w->hs);
+    while (strcmp(metric_names[w->metric], w->metric_s)) w->metric++;
+    if (w->d_k && (w->keep_dk || w->fixed_compute))
         cli_die("sweep: --d-k and --fixed-compute contradict each other");
     /* the d_model the cells share: qkv train's default or --d-model */
-    int d_model = 64;
-    for (int i = 0; i < n_pass; i++)
-        if (strcmp(pass[i], "--d-model") == 0 && i + 1 < n_pass)
-            d_model = atoi(pass[i + 1]);
-        else if (strncmp(pass[i], "--d-model=", 10) == 0)
-            d_model = atoi(pass[i] + 10);
-    for (int j = 0; j < nh && !d_k; j++)
-        if (d_model % hs[j])
+    w->d_model = 64;
+    for (int i = 0; i < w->n_pass; i++)
+        if (strcmp(w->pass[i], "--d-model") == 0 && i + 1 < w->n_pass)
+            w->d_model = atoi(w->pass[i + 1]);
+        else if (strncmp(w->pass[i], "--d-model=", 10) == 0)
+            w->d_model = atoi(w->pass[i] + 10);
+    for (int j = 0; j < w->nh && !w->d_k; j++)
+        if (w->d_model % w->hs[j])
             cli_die("sweep: h = %d does not divide d_model = %d (pick heads "
                     "that divide it, or fix d_k with --d-k)",
-                    hs[j], d_model);
+                    w->hs[j], w->d_model);
+}
 
-    /* Every cell's flags are checked (qkv train --dry-run) before anything
-     * is written, so a typo costs nothing. */
-    for (int i = 0; i < nN; i++)
-        for (int j = 0; j < nh; j++) {
+/* Every cell's flags are checked (qkv train --dry-run) before anything is
+ * written, so a typo costs nothing. */
+static void check_cells(sweep *w) {
+    for (int i = 0; i < w->nN; i++)
+        for (int j = 0; j < w->nh; j++) {
             char N[16], h[16], dm[16], *args[MAX_PASS + 16];
-            snprintf(N, sizeof N, "%d", Ns[i]);
-            snprintf(h, sizeof h, "%d", hs[j]);
-            snprintf(dm, sizeof dm, "%d", d_k ? hs[j] * d_k : d_model);
+            snprintf(N, sizeof N, "%d", w->Ns[i]);
+            snprintf(h, sizeof h, "%d", w->hs[j]);
+            snprintf(dm, sizeof dm, "%d",
+                     w->d_k ? w->hs[j] * w->d_k : w->d_model);
             int na = 0;
-            args[na++] = argv[0];
+            args[na++] = w->argv0;
             args[na++] = "train";
-            for (int q = 0; q < n_pass; q++) args[na++] = pass[q];
+            for (int q = 0; q < w->n_pass; q++) args[na++] = w->pass[q];
             char *more[] = {"--N", N, "--h", h, "--d-model", dm, "--dry-run"};
             for (int q = 0; q < 7; q++) args[na++] = more[q];
             args[na] = NULL;
-            int rc = run_train(args, 1);
-            if (rc != 0)
-                cli_die("sweep: the cell N=%d h=%d cannot run (see above)",
-                        Ns[i], hs[j]);
+            if (run_train(args, 1) != 0)
+                cli_die("sweep: the cell N=%d h=%d cannot run", w->Ns[i],
+                        w->hs[j]);
         }
+}
 
-    /* The sweep's settings: a re-run must match them to continue. */
+/* The sweep's settings as JSON: a re-run must match them to continue. */
+static char *settings_json(const sweep *w) {
     cJSON *js = cJSON_CreateObject();
-    cJSON_AddStringToObject(js, "N", Nlist);
-    cJSON_AddStringToObject(js, "h", hlist);
-    cJSON_AddNumberToObject(js, "d_k", d_k);
+    cJSON_AddStringToObject(js, "N", w->Nlist);
+    cJSON_AddStringToObject(js, "h", w->hlist);
+    cJSON_AddNumberToObject(js, "d_k", w->d_k);
     cJSON *pa = cJSON_AddArrayToObject(js, "train");
-    for (int i = 0; i < n_pass; i++)
-        if (strcmp(pass[i], "--threads") && strcmp(pass[i], "--quiet") &&
-            (i == 0 || strcmp(pass[i - 1], "--threads")))
-            cJSON_AddItemToArray(pa, cJSON_CreateString(pass[i]));
+    for (int i = 0; i < w->n_pass; i++)
+        if (strcmp(w->pass[i], "--threads") && strcmp(w->pass[i], "--quiet") &&
+            (i == 0 || strcmp(w->pass[i - 1], "--threads")))
+            cJSON_AddItemToArray(pa, cJSON_CreateString(w->pass[i]));
     char *settings = cJSON_Print(js);
     cJSON_Delete(js);
-    if (strlen(out) > 4000) cli_die("sweep: --out path is too long");
-    cli_check_name("sweep", "--out", out);
-    char path[4400];
-    snprintf(path, sizeof path, "%s/sweep.json", out);
-    char why[4600];
+    return settings;
+}
+
+/* OUT made and locked, holding these settings (or refused, holding others). */
+static void open_sweep(const sweep *w, const char *settings) {
+    if (strlen(w->out) > 4000) cli_die("sweep: --out path is too long");
+    cli_check_name("sweep", "--out", w->out);
+    char path[4400], why[4600];
+    snprintf(path, sizeof path, "%s/sweep.json", w->out);
     FILE *f = access(path, F_OK) == 0
                   ? qkv_fopen_file(path, 1 << 20, NULL, why, sizeof why)
                   : NULL;
@@ -430,129 +442,151 @@ int cmd_sweep(int argc, char **argv) {
         if (strcmp(buf, settings) != 0)
             cli_die("sweep: %s holds a sweep with other settings (see %s); "
                     "use another --out",
-                    out, path);
+                    w->out, path);
     }
-    cli_make_dirs("sweep", out);
-    cli_run_lock("sweep", out); /* one sweep writes a directory at a time */
+    cli_make_dirs("sweep", w->out);
+    cli_run_lock("sweep", w->out); /* one sweep writes a directory at a time */
     cli_write_file("sweep", path, settings);
+}
 
-    int n = nN * nh;
-    cell *cells = qkv_calloc((size_t)n, sizeof *cells, "sweep");
-    char **logs = qkv_calloc((size_t)n, sizeof *logs, "sweep");
-    char **labels = qkv_calloc((size_t)n, sizeof *labels, "sweep");
-    signal(SIGINT, on_sigint);
-    int quiet_child = !isatty(1);
-    for (int i = 0; i < nN && !interrupted; i++) {
-        for (int j = 0; j < nh && !interrupted; j++) {
-            cell *c = &cells[i * nh + j];
-            c->N = Ns[i], c->h = hs[j];
-            c->d_model = d_k ? hs[j] * d_k : d_model;
-            char dir[4200], done[4300], ckpt[4300], N[16], h[16], dm[16];
-            snprintf(dir, sizeof dir, "%s/N%d-h%d", out, c->N, c->h);
-            snprintf(done, sizeof done, "%s/done", dir);
-            snprintf(ckpt, sizeof ckpt, "%s/ckpt.safetensors", dir);
-            snprintf(N, sizeof N, "%d", c->N);
-            snprintf(h, sizeof h, "%d", c->h);
-            snprintf(dm, sizeof dm, "%d", c->d_model);
-            int k = i * nh + j;
-            printf("[%d/%d] N=%d h=%d d_model=%d d_k=%d", k + 1, n, c->N, c->h,
-                   c->d_model, c->d_model / c->h);
-            struct stat st;
-            int rc = 0;
-            if (stat(done, &st) == 0) {
-                printf(": done before\n");
-            } else {
-                char *args[MAX_PASS + 16];
-                int na = 0;
-                args[na++] = argv[0];
-                args[na++] = "train";
-                if (stat(ckpt, &st) == 0) { /* interrupted: continue it */
-                    printf(": resuming\n");
-                    args[na++] = "--resume";
-                    args[na++] = dir;
-                    for (int q = 0; q + 1 < n_pass; q++)
-                        if (strcmp(pass[q], "--threads") == 0)
-                            args[na++] = pass[q], args[na++] = pass[q + 1];
-                } else {
-                    printf("\n");
-                    for (int q = 0; q < n_pass; q++) args[na++] = pass[q];
-                    args[na++] = "--N";
-                    args[na++] = N;
-                    args[na++] = "--h";
-                    args[na++] = h;
-                    args[na++] = "--d-model";
-                    args[na++] = dm;
-                    args[na++] = "--out";
-                    args[na++] = dir;
-                    /* no checkpoint: a cell cut before its first save,
-                     * whose log and config start over */
-                    args[na++] = "--force";
-                }
-                if (quiet_child) args[na++] = "--quiet";
-                args[na] = NULL;
-                rc = run_train(args, 0);
-                if (rc == 0) cli_write_file("sweep", done, "");
-            }
-            if (rc == 130 || interrupted) {
-                interrupted = 1;
-                break;
-            }
-            if (rc != 0)
-                cli_die("sweep: the run in %s failed (exit %d); fix the "
-                        "flags and run the sweep again",
-                        dir, rc);
-            snprintf(path, sizeof path, "%s/log.csv", dir);
-            if (read_results(path, c))
-                cli_die("sweep: cannot read the results in %s", path);
-            qkv_model m;
-            cli_data d;
-            cli_load_model("sweep", ckpt, &m, &d);
-            c->params = (long)m.params.n;
-            qkv_model_free(&m);
-            cli_data_free(&d);
-            c->done = 1;
-            logs[k] = qkv_malloc(strlen(path) + 1, "sweep");
-            strcpy(logs[k], path);
-            labels[k] = qkv_malloc(32, "sweep");
-            snprintf(labels[k], 32, "N=%d h=%d", c->N, c->h);
-            printf("      train loss %.4f  val loss %.4f  exact %.1f%%",
-                   c->train_loss, c->val_loss, 100 * c->val_acc);
-            if (!isnan(c->val_bleu)) printf("  BLEU %.2f", c->val_bleu);
-            printf("  %.1f s\n", c->seconds);
-            snprintf(path, sizeof path, "%s/sweep.csv", out);
-            write_csv(path, cells, n);
-        }
+/* Trains cell c in dir (or resumes it, if cut short), unless it is done. */
+static int train_cell(const sweep *w, const cell *c, const char *dir) {
+    char done[4300], ckpt[4300], N[16], h[16], dm[16], *args[MAX_PASS + 16];
+    snprintf(done, sizeof done, "%s/done", dir);
+    snprintf(ckpt, sizeof ckpt, "%s/ckpt.safetensors", dir);
+    struct stat st;
+    if (stat(done, &st) == 0) {
+        printf(": done before\n");
+        return 0;
     }
-    snprintf(path, sizeof path, "%s/sweep.csv", out);
-    write_csv(path, cells, n);
-    print_table(cells, n, metric);
-    printf("results: %s\n", path);
-    int rc = 0;
-    if (interrupted) {
-        cli_warn("sweep interrupted; run the same command again to "
-                 "continue (finished cells are kept)");
-        rc = 130;
+    int na = 0;
+    args[na++] = w->argv0;
+    args[na++] = "train";
+    if (stat(ckpt, &st) == 0) { /* interrupted: continue it */
+        printf(": resuming\n");
+        args[na++] = "--resume";
+        args[na++] = (char *)dir;
+        for (int q = 0; q + 1 < w->n_pass; q++)
+            if (strcmp(w->pass[q], "--threads") == 0)
+                args[na++] = w->pass[q], args[na++] = w->pass[q + 1];
     } else {
-        const char *ls[MAX_VALUES * MAX_VALUES], *lb[MAX_VALUES * MAX_VALUES];
-        for (int k = 0; k < n; k++) ls[k] = logs[k], lb[k] = labels[k];
-        char png[4200];
-        snprintf(png, sizeof png, "%s/loss.%s", out,
-                 strcmp(term, "svg") == 0 ? "svg" : "png");
-        cli_plot_opts po = {strcmp(term, "dumb") == 0 ? "" : png, term, "step",
-                            0, "qkv sweep: N x h"};
-        int p1 = cli_plot_logs("sweep", ls, lb, n, &po);
-        int p2 = draw_heatmap(out, cells, Ns, nN, hs, nh, metric, term);
-        if (p1 == 0 && strcmp(term, "dumb") != 0)
-            printf("loss curves: %s\n", png);
-        (void)p2;
+        printf("\n");
+        snprintf(N, sizeof N, "%d", c->N);
+        snprintf(h, sizeof h, "%d", c->h);
+        snprintf(dm, sizeof dm, "%d", c->d_model);
+        for (int q = 0; q < w->n_pass; q++) args[na++] = w->pass[q];
+        char *more[] = {"--N", N, "--h", h, "--d-model", dm, "--out",
+                        (char *)dir,
+                        /* no checkpoint: a cell cut before its first
+                         * save, whose log and config start over */
+                        "--force"};
+        for (int q = 0; q < 9; q++) args[na++] = more[q];
     }
-    for (int k = 0; k < n; k++) {
-        free(logs[k]);
-        free(labels[k]);
-    }
-    free(logs);
-    free(labels);
-    free(cells);
-    free(settings);
+    if (!isatty(1)) args[na++] = "--quiet";
+    args[na] = NULL;
+    int rc = run_train(args, 0);
+    if (rc == 0) cli_write_file("sweep", done, "");
     return rc;
+}
+
+/* Cell k's figures from its log and checkpoint, and its line of output. */
+static void read_cell(sweep *w, int k, const char *dir) {
+    cell *c = &w->cells[k];
+    char path[4400], ckpt[4300];
+    snprintf(path, sizeof path, "%s/log.csv", dir);
+    snprintf(ckpt, sizeof ckpt, "%s/ckpt.safetensors", dir);
+    if (read_results(path, c))
+        cli_die("sweep: cannot read the results in %s", path);
+    qkv_model m;
+    cli_data d;
+    cli_load_model("sweep", ckpt, &m, &d);
+    c->params = (long)m.params.n;
+    qkv_model_free(&m);
+    cli_data_free(&d);
+    c->done = 1;
+    w->logs[k] = qkv_strdup(path, "sweep");
+    w->labels[k] = qkv_malloc(32, "sweep");
+    snprintf(w->labels[k], 32, "N=%d h=%d", c->N, c->h);
+    printf("      train loss %.4f  val loss %.4f  exact %.1f%%", c->train_loss,
+           c->val_loss, 100 * c->val_acc);
+    if (!isnan(c->val_bleu)) printf("  BLEU %.2f", c->val_bleu);
+    printf("  %.1f s\n", c->seconds);
+}
+
+/* Every cell in turn, sweep.csv rewritten after each; stops at Ctrl-C. */
+static void run_cells(sweep *w) {
+    int n = w->nN * w->nh;
+    char path[4400];
+    snprintf(path, sizeof path, "%s/sweep.csv", w->out);
+    for (int k = 0; k < n && !interrupted; k++) {
+        cell *c = &w->cells[k];
+        c->N = w->Ns[k / w->nh], c->h = w->hs[k % w->nh];
+        c->d_model = w->d_k ? c->h * w->d_k : w->d_model;
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s/N%d-h%d", w->out, c->N, c->h);
+        printf("[%d/%d] N=%d h=%d d_model=%d d_k=%d", k + 1, n, c->N, c->h,
+               c->d_model, c->d_model / c->h);
+        int rc = train_cell(w, c, dir);
+        if (rc == 130 || interrupted) {
+            interrupted = 1;
+            break;
+        }
+        if (rc != 0)
+            cli_die("sweep: the run in %s failed (exit %d); fix the flags "
+                    "and run the sweep again",
+                    dir, rc);
+        read_cell(w, k, dir);
+        write_csv(path, w->cells, n);
+    }
+}
+
+/* The loss curves of every cell and the heatmap of the metric. */
+static void draw(const sweep *w) {
+    int n = w->nN * w->nh;
+    const char *ls[MAX_VALUES * MAX_VALUES], *lb[MAX_VALUES * MAX_VALUES];
+    for (int k = 0; k < n; k++) ls[k] = w->logs[k], lb[k] = w->labels[k];
+    char png[4200];
+    snprintf(png, sizeof png, "%s/loss.%s", w->out,
+             strcmp(w->term, "svg") == 0 ? "svg" : "png");
+    cli_plot_opts po = {strcmp(w->term, "dumb") == 0 ? "" : png, w->term,
+                        "step", 0, "qkv sweep: N x h"};
+    int p1 = cli_plot_logs("sweep", ls, lb, n, &po);
+    draw_heatmap(w->out, w->cells, w->Ns, w->nN, w->hs, w->nh, w->metric,
+                 w->term);
+    if (p1 == 0 && strcmp(w->term, "dumb") != 0)
+        printf("loss curves: %s\n", png);
+}
+
+int cmd_sweep(int argc, char **argv) {
+    static sweep sw;
+    sweep *w = &sw;
+    memset(w, 0, sizeof *w);
+    w->Nlist = "1,2", w->hlist = "1,2,4", w->metric_s = "val_loss";
+    w->out = "runs/sweep", w->term = "png", w->argv0 = argv[0];
+    parse(w, argc, argv);
+    check_cells(w);
+    char *settings = settings_json(w);
+    open_sweep(w, settings);
+    int n = w->nN * w->nh;
+    w->cells = qkv_calloc((size_t)n, sizeof *w->cells, "sweep");
+    w->logs = qkv_calloc((size_t)n, sizeof *w->logs, "sweep");
+    w->labels = qkv_calloc((size_t)n, sizeof *w->labels, "sweep");
+    signal(SIGINT, on_sigint);
+    run_cells(w);
+    char path[4400];
+    snprintf(path, sizeof path, "%s/sweep.csv", w->out);
+    write_csv(path, w->cells, n);
+    print_table(w->cells, n, w->metric);
+    printf("results: %s\n", path);
+    if (interrupted)
+        cli_warn("sweep interrupted; run the same command again to continue "
+                 "(finished cells are kept)");
+    else
+        draw(w);
+    for (int k = 0; k < n; k++) free(w->logs[k]), free(w->labels[k]);
+    free(w->logs);
+    free(w->labels);
+    free(w->cells);
+    free(settings);
+    return interrupted ? 130 : 0;
 }

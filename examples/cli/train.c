@@ -798,10 +798,20 @@ static void free_run(train_run *r) {
     qkv_trainer_free(&r->t);
 }
 
+int cli_train_flag_takes_value(const char *name) {
+    make_flags();
+    size_t len = strcspn(name, "=");
+    for (int i = 0; i < n_flags; i++)
+        if (strlen(flags[i].name) == len && !strncmp(flags[i].name, name, len))
+            return flags[i].type != FLAG_BOOL;
+    return 1; /* unknown: qkv train will say so */
+}
+
 int cmd_train(int argc, char **argv) {
     static train_run run;
     train_run *r = &run;
     memset(r, 0, sizeof *r);
+    interrupted = 0;
     parse_flags(r, argc, argv);
     if (r->corpus)
         corpus_data(r);
@@ -815,7 +825,8 @@ int cmd_train(int argc, char **argv) {
                r->corpus ? o.data : task_name(),
                r->decoder ? "decoder" : "encdec", r->c.n_enc, r->c.n_dec,
                r->c.heads, r->c.d_model, r->t.model.params.n, o.steps);
-        exit(0);
+        free_run(r);
+        return 0;
     }
     open_run(r);
     signal(SIGINT, on_sigint);
