@@ -45,6 +45,22 @@ static int choice_index(const char *choices, const char *name) {
     return -1;
 }
 
+/* "a|b|c" as "a, b or c" into buf. */
+static void choice_list(const char *choices, char *buf, size_t cap) {
+    size_t at = 0;
+    buf[0] = 0;
+    for (const char *p = choices; p && at < cap;) {
+        size_t n = strcspn(p, "|");
+        const char *next = p[n] ? p + n + 1 : NULL;
+        at += (size_t)snprintf(buf + at, cap - at, "%s%.*s",
+                               at == 0 ? ""
+                               : next  ? ", "
+                                       : " or ",
+                               (int)n, p);
+        p = next;
+    }
+}
+
 /* The fewest significant digits (up to 9, which always suffice) that read
  * back as exactly f: cJSON then prints the double nearest that decimal. */
 double qkv_float_shortest(float f) {
@@ -137,6 +153,7 @@ static int read_field(const qkv_field *f, void *obj, const cJSON *v, char *err,
                         want, type_name(v));
     double d = v->valuedouble;
     int e;
+    char list[160];
     switch (f->type) {
     case QKV_FIELD_INT:
         if (!(d >= INT_MIN && d <= INT_MAX) || d != floor(d))
@@ -154,11 +171,12 @@ static int read_field(const qkv_field *f, void *obj, const cJSON *v, char *err,
         *AT(obj, f, int) = cJSON_IsTrue(v);
         break;
     case QKV_FIELD_ENUM:
-        if ((e = choice_index(f->choices, v->valuestring)) < 0)
+        if ((e = choice_index(f->choices, v->valuestring)) < 0) {
+            choice_list(f->choices, list, sizeof list);
             return qkv_errf(err, len,
-                            "field '%s': unknown value '%.40s' (expected "
-                            "one of %s)",
-                            f->key, v->valuestring, f->choices);
+                            "field '%s': unknown value '%.40s' (expected %s)",
+                            f->key, v->valuestring, list);
+        }
         *AT(obj, f, int) = e;
         break;
     case QKV_FIELD_STR:

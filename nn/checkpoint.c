@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,286 +26,6 @@ static int fail(char *err, size_t len, const char *path, const char *fmt, ...) {
     return -1;
 }
 
-static void *need(void *p) {
-    if (!p) QKV_FATAL("out of memory building checkpoint JSON");
-    return p;
-}
-
-static char *dup_str(const char *s) {
-    size_t n = strlen(s) + 1;
-    return memcpy(qkv_malloc(n, "checkpoint string"), s, n);
-}
-
-/* ============================================================ JSON fields */
-
-/* Adds f as the JSON number with the fewest significant digits (up to 9,
- * which always suffice) that reads back as exactly f: cJSON then prints the
- * double nearest that decimal, which parses back to the same double. */
-static void add_float(cJSON *o, const char *name, float f) {
-    char buf[32];
-    double d = f;
-    for (int p = 1; p <= 9; p++) {
-        snprintf(buf, sizeof buf, "%.*g", p, (double)f);
-        d = strtod(buf, NULL);
-        if ((float)d == f) break;
-    }
-    need(cJSON_AddNumberToObject(o, name, d));
-}
-
-static void add_int(cJSON *o, const char *name, int v) {
-    need(cJSON_AddNumberToObject(o, name, v));
-}
-
-static void add_bool(cJSON *o, const char *name, int v) {
-    need(cJSON_AddBoolToObject(o, name, v != 0));
-}
-
-static void add_str(cJSON *o, const char *name, const char *v) {
-    need(cJSON_AddStringToObject(o, name, v));
-}
-
-static char *print_json(cJSON *o) {
-    char *s = need(cJSON_PrintUnformatted(o));
-    cJSON_Delete(o);
-    char *out = dup_str(s); /* free()-able whatever cJSON's allocator is */
-    cJSON_free(s);
-    return out;
-}
-
-static const char *type_name(const cJSON *v) {
-    return cJSON_IsString(v)   ? "a string"
-           : cJSON_IsNumber(v) ? "a number"
-           : cJSON_IsBool(v)   ? "a boolean"
-           : cJSON_IsNull(v)   ? "null"
-           : cJSON_IsArray(v)  ? "an array"
-                               : "an object";
-}
-
-/* The JSON object of json (parsed into *root), whose keys must be exactly
- * the n names, each once. */
-static int parse_object(const char *json, const char *const *names, int n,
-                        cJSON **root, char *err, size_t len) {
-    *root = NULL;
-    if (!json) return fail(err, len, NULL, "no JSON text");
-    const char *end = NULL;
-    cJSON *o = cJSON_ParseWithOpts(json, &end, 1);
-    if (!o) {
-        size_t at = end && end >= json ? (size_t)(end - json) : 0;
-        return fail(err, len, NULL, "not valid JSON (error near byte %zu)", at);
-    }
-    *root = o;
-    if (!cJSON_IsObject(o))
-        return fail(err, len, NULL, "not a JSON object but %s", type_name(o));
-    for (const cJSON *c = o->child; c; c = c->next) {
-        int known = 0;
-        for (int i = 0; i < n && !known; i++)
-            known = !strcmp(c->string, names[i]);
-        if (!known)
-            return fail(err, len, NULL, "unknown field '%.60s'", c->string);
-        for (const cJSON *p = o->child; p != c; p = p->next)
-            if (!strcmp(p->string, c->string))
-                return fail(err, len, NULL, "field '%s' appears twice",
-                            c->string);
-    }
-    for (int i = 0; i < n; i++)
-        if (!cJSON_GetObjectItemCaseSensitive(o, names[i]))
-            return fail(err, len, NULL, "field '%s' is missing", names[i]);
-    return 0;
-}
-
-static int get_int(const cJSON *o, const char *name, int *out, char *err,
-                   size_t len) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    if (!cJSON_IsNumber(v))
-        return fail(err, len, NULL, "field '%s': expected an integer, got %s",
-                    name, type_name(v));
-    double d = v->valuedouble;
-    if (!(d >= INT_MIN && d <= INT_MAX) || d != floor(d))
-        return fail(err, len, NULL, "field '%s': %.17g is not an integer", name,
-                    d);
-    *out = (int)d;
-    return 0;
-}
-
-static int get_float(const cJSON *o, const char *name, float *out, char *err,
-                     size_t len) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    if (!cJSON_IsNumber(v))
-        return fail(err, len, NULL, "field '%s': expected a number, got %s",
-                    name, type_name(v));
-    float f = (float)v->valuedouble;
-    if (!isfinite(f))
-        return fail(err, len, NULL, "field '%s': %g is not a finite float",
-                    name, v->valuedouble);
-    *out = f;
-    return 0;
-}
-
-static int get_bool(const cJSON *o, const char *name, int *out, char *err,
-                    size_t len) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    if (!cJSON_IsBool(v))
-        return fail(err, len, NULL,
-                    "field '%s': expected true or false, got %s", name,
-                    type_name(v));
-    *out = cJSON_IsTrue(v);
-    return 0;
-}
-
-/* *out = the index of the field's string in names (n of them). */
-static int get_enum(const cJSON *o, const char *name, const char *const *names,
-                    int n, int *out, char *err, size_t len) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    if (!cJSON_IsString(v))
-        return fail(err, len, NULL, "field '%s': expected a string, got %s",
-                    name, type_name(v));
-    for (int i = 0; i < n; i++)
-        if (!strcmp(v->valuestring, names[i])) return *out = i, 0;
-    char list[128] = "";
-    for (int i = 0; i < n; i++)
-        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s",
-                 i ? (i == n - 1 ? " or " : ", ") : "", names[i]);
-    return fail(err, len, NULL,
-                "field '%s': unknown value '%.40s' (expected %s)", name,
-                v->valuestring, list);
-}
-
-/* ========================================================= model config */
-
-static const char *const model_kinds[] = {"encdec", "decoder"};
-static const char *const pos_kinds[] = {"sin", "learned"};
-static const char *const norm_kinds[] = {"post", "pre"};
-static const char *const acts[] = {"relu", "gelu"};
-static const char *const model_fields[] = {
-    "kind",  "src_vocab", "tgt_vocab", "d_model",    "heads",  "d_ff",
-    "n_enc", "n_dec",     "max_len",   "dropout",    "ln_eps", "pos",
-    "norm",  "act",       "scale_emb", "tie_output", "pad_id"};
-#define COUNT(a) ((int)(sizeof(a) / sizeof(a)[0]))
-
-/* names[e], or "?" for a value outside the enum (a programmer error caught
- * by qkv_model_init anyway). */
-static const char *enum_name(const char *const *names, int n, int e) {
-    return e >= 0 && e < n ? names[e] : "?";
-}
-
-char *qkv_model_config_to_json(const qkv_model_config *c) {
-    cJSON *o = need(cJSON_CreateObject());
-    add_str(o, "kind", enum_name(model_kinds, 2, (int)c->kind));
-    add_int(o, "src_vocab", c->src_vocab);
-    add_int(o, "tgt_vocab", c->tgt_vocab);
-    add_int(o, "d_model", c->d_model);
-    add_int(o, "heads", c->heads);
-    add_int(o, "d_ff", c->d_ff);
-    add_int(o, "n_enc", c->n_enc);
-    add_int(o, "n_dec", c->n_dec);
-    add_int(o, "max_len", c->max_len);
-    add_float(o, "dropout", c->dropout);
-    add_float(o, "ln_eps", c->ln_eps);
-    add_str(o, "pos", enum_name(pos_kinds, 2, (int)c->pos));
-    add_str(o, "norm", enum_name(norm_kinds, 2, (int)c->norm));
-    add_str(o, "act", enum_name(acts, 2, (int)c->act));
-    add_bool(o, "scale_emb", c->scale_emb);
-    add_bool(o, "tie_output", c->tie_output);
-    add_int(o, "pad_id", c->pad_id);
-    return print_json(o);
-}
-
-int qkv_model_config_from_json(const char *json, qkv_model_config *out,
-                               char *err, size_t len) {
-    cJSON *o;
-    qkv_model_config c;
-    int kind = 0, pos = 0, norm = 0, act = 0;
-    int rc =
-        parse_object(json, model_fields, COUNT(model_fields), &o, err, len);
-    if (!rc)
-        rc = get_enum(o, "kind", model_kinds, 2, &kind, err, len) ||
-             get_int(o, "src_vocab", &c.src_vocab, err, len) ||
-             get_int(o, "tgt_vocab", &c.tgt_vocab, err, len) ||
-             get_int(o, "d_model", &c.d_model, err, len) ||
-             get_int(o, "heads", &c.heads, err, len) ||
-             get_int(o, "d_ff", &c.d_ff, err, len) ||
-             get_int(o, "n_enc", &c.n_enc, err, len) ||
-             get_int(o, "n_dec", &c.n_dec, err, len) ||
-             get_int(o, "max_len", &c.max_len, err, len) ||
-             get_float(o, "dropout", &c.dropout, err, len) ||
-             get_float(o, "ln_eps", &c.ln_eps, err, len) ||
-             get_enum(o, "pos", pos_kinds, 2, &pos, err, len) ||
-             get_enum(o, "norm", norm_kinds, 2, &norm, err, len) ||
-             get_enum(o, "act", acts, 2, &act, err, len) ||
-             get_bool(o, "scale_emb", &c.scale_emb, err, len) ||
-             get_bool(o, "tie_output", &c.tie_output, err, len) ||
-             get_int(o, "pad_id", &c.pad_id, err, len);
-    cJSON_Delete(o);
-    if (rc) return -1;
-    c.kind = kind ? QKV_MODEL_DECODER : QKV_MODEL_ENCDEC;
-    c.pos = pos ? QKV_POS_LEARNED : QKV_POS_SIN;
-    c.norm = norm ? QKV_NORM_PRE : QKV_NORM_POST;
-    c.act = act ? QKV_ACT_GELU : QKV_ACT_RELU;
-    *out = c;
-    return 0;
-}
-
-/* ========================================================= optim config */
-
-static const char *const optim_kinds[] = {"adam", "adamw", "sgd"};
-static const char *const optim_fields[] = {
-    "kind",         "beta1",    "beta2",    "eps",
-    "weight_decay", "momentum", "nesterov", "decay_all"};
-
-char *qkv_optim_config_to_json(const qkv_optim_config *c) {
-    cJSON *o = need(cJSON_CreateObject());
-    add_str(o, "kind", enum_name(optim_kinds, 3, (int)c->kind));
-    add_float(o, "beta1", c->beta1);
-    add_float(o, "beta2", c->beta2);
-    add_float(o, "eps", c->eps);
-    add_float(o, "weight_decay", c->weight_decay);
-    add_float(o, "momentum", c->momentum);
-    add_bool(o, "nesterov", c->nesterov);
-    add_bool(o, "decay_all", c->decay_all);
-    return print_json(o);
-}
-
-int qkv_optim_config_from_json(const char *json, qkv_optim_config *out,
-                               char *err, size_t len) {
-    cJSON *o;
-    qkv_optim_config c;
-    int kind = 0;
-    int rc =
-        parse_object(json, optim_fields, COUNT(optim_fields), &o, err, len);
-    if (!rc)
-        rc = get_enum(o, "kind", optim_kinds, 3, &kind, err, len) ||
-             get_float(o, "beta1", &c.beta1, err, len) ||
-             get_float(o, "beta2", &c.beta2, err, len) ||
-             get_float(o, "eps", &c.eps, err, len) ||
-             get_float(o, "weight_decay", &c.weight_decay, err, len) ||
-             get_float(o, "momentum", &c.momentum, err, len) ||
-             get_bool(o, "nesterov", &c.nesterov, err, len) ||
-             get_bool(o, "decay_all", &c.decay_all, err, len);
-    cJSON_Delete(o);
-    if (rc) return -1;
-    c.kind = kind == 0   ? QKV_OPTIM_ADAM
-             : kind == 1 ? QKV_OPTIM_ADAMW
-                         : QKV_OPTIM_SGD;
-    /* qkv_optim_init aborts on these (programmer errors there; user input
-     * here). */
-    const char *bad = !(c.beta1 >= 0 && c.beta1 < 1)         ? "beta1"
-                      : !(c.beta2 >= 0 && c.beta2 < 1)       ? "beta2"
-                      : !(c.eps >= 0)                        ? "eps"
-                      : !(c.weight_decay >= 0)               ? "weight_decay"
-                      : !(c.momentum >= 0 && c.momentum < 1) ? "momentum"
-                                                             : NULL;
-    if (bad)
-        return fail(err, len, NULL,
-                    "field '%s' is out of range (betas and momentum in "
-                    "[0, 1), eps and weight_decay >= 0)",
-                    bad);
-    if (c.nesterov && !(c.kind == QKV_OPTIM_SGD && c.momentum > 0))
-        return fail(err, len, NULL,
-                    "field 'nesterov': needs kind sgd with momentum > 0");
-    *out = c;
-    return 0;
-}
-
 /* ======================================================== integers, RNGs */
 
 /* Strict unsigned decimal: digits only, no sign or spaces, no overflow (never
@@ -322,45 +43,50 @@ static int parse_u64(const char *s, uint64_t *out) {
     return 0;
 }
 
+/* A generator as JSON: two u64s, as decimal strings. */
+typedef struct rng_text {
+    const char *state, *inc;
+} rng_text;
+static const qkv_field rng_fields[] = {
+    {"state", NULL, QKV_FIELD_STR, offsetof(rng_text, state), 0, 0, NULL, NULL},
+    {"inc", NULL, QKV_FIELD_STR, offsetof(rng_text, inc), 0, 0, NULL, NULL},
+};
+
 /* {"state": "<u64>", "inc": "<u64>"}, malloc'd. */
 static char *rng_to_json(const qkv_pcg32 *r) {
     char s[24], i[24];
     snprintf(s, sizeof s, "%" PRIu64, r->state);
     snprintf(i, sizeof i, "%" PRIu64, r->inc);
-    cJSON *o = need(cJSON_CreateObject());
-    add_str(o, "state", s);
-    add_str(o, "inc", i);
-    return print_json(o);
+    rng_text t = {s, i};
+    return qkv_config_to_json(rng_fields, 2, &t);
 }
 
 static int rng_from_json(const char *json, qkv_pcg32 *r, char *err,
                          size_t len) {
-    static const char *const fields[] = {"state", "inc"};
-    cJSON *o;
-    int rc = parse_object(json, fields, 2, &o, err, len);
+    const char *end = NULL;
+    cJSON *o = json ? cJSON_ParseWithOpts(json, &end, 1) : NULL;
+    if (!o) return fail(err, len, NULL, "not valid JSON");
+    rng_text t = {NULL, NULL};
+    int rc = qkv_config_from_cjson(rng_fields, 2, &t, o, 1, err, len);
     qkv_pcg32 v;
-    for (int i = 0; i < 2 && !rc; i++) {
-        const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, fields[i]);
-        if (!cJSON_IsString(x) ||
-            parse_u64(x->valuestring, i ? &v.inc : &v.state))
+    for (int i = 0; i < 2 && !rc; i++)
+        if (parse_u64(i ? t.inc : t.state, i ? &v.inc : &v.state))
             rc = fail(err, len, NULL,
                       "field '%s' is not a decimal string of a 64-bit "
                       "unsigned integer",
-                      fields[i]);
-    }
+                      rng_fields[i].key);
     if (!rc && !(v.inc & 1))
         rc = fail(err, len, NULL, "field 'inc' is even (PCG32 needs it odd)");
     cJSON_Delete(o);
     if (!rc) *r = v;
     return rc;
 }
-
 /* ============================================================== saving */
 
 static int reserved_key(const char *k) {
     static const char *const keys[] = {"format", "model", "optim", "optim_step",
                                        "step"};
-    for (int i = 0; i < COUNT(keys); i++)
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
         if (!strcmp(k, keys[i])) return 1;
     return !strncmp(k, "rng.", 4);
 }
@@ -420,13 +146,14 @@ static void save_meta_build(save_meta *sm, const qkv_model *m,
     mk[k] = "format", mv[k++] = QKV_CKPT_FORMAT;
     mk[k] = "model", mv[k++] = own[nown++] = qkv_model_config_to_json(&m->cfg);
     snprintf(buf, sizeof buf, "%" PRId64, step);
-    mk[k] = "step", mv[k++] = own[nown++] = dup_str(buf);
+    mk[k] = "step", mv[k++] = own[nown++] = qkv_strdup(buf, "checkpoint");
     mk[k] = "rng.model", mv[k++] = own[nown++] = rng_to_json(&m->rng);
     if (opt) {
         mk[k] = "optim";
         mv[k++] = own[nown++] = qkv_optim_config_to_json(&opt->cfg);
         snprintf(buf, sizeof buf, "%" PRId64, opt->step);
-        mk[k] = "optim_step", mv[k++] = own[nown++] = dup_str(buf);
+        mk[k] = "optim_step",
+        mv[k++] = own[nown++] = qkv_strdup(buf, "checkpoint");
     }
     for (int i = 0; i < n_rngs; i++) {
         size_t n = strlen(rngs[i].name) + 5;
@@ -741,34 +468,6 @@ int qkv_ckpt_load(const char *path, qkv_model *m, qkv_optim *opt, int64_t *step,
     qkv_st_free(&f);
     free(cs.rngs);
     return rc;
-}
-
-int qkv_model_config_diff(const qkv_model_config *file,
-                          const qkv_model_config *here, int with_dropout,
-                          char *msg, size_t len) {
-    char *a = qkv_model_config_to_json(file),
-         *b = qkv_model_config_to_json(here);
-    cJSON *ja = need(cJSON_Parse(a)), *jb = need(cJSON_Parse(b));
-    int dec = here->kind == QKV_MODEL_DECODER, differs = 0;
-    for (const cJSON *x = ja->child; x && !differs; x = x->next) {
-        const char *k = x->string;
-        if ((!with_dropout && !strcmp(k, "dropout")) ||
-            (dec && (!strcmp(k, "src_vocab") || !strcmp(k, "n_enc"))))
-            continue; /* dropout only acts in training; unused fields */
-        const cJSON *y = cJSON_GetObjectItemCaseSensitive(jb, k);
-        if (cJSON_Compare(x, y, 1)) continue;
-        char *xs = need(cJSON_PrintUnformatted(x)),
-             *ys = need(cJSON_PrintUnformatted(y));
-        snprintf(msg, len, "%s is %.40s in the file but %.40s here", k, xs, ys);
-        cJSON_free(xs);
-        cJSON_free(ys);
-        differs = 1;
-    }
-    cJSON_Delete(ja);
-    cJSON_Delete(jb);
-    free(a);
-    free(b);
-    return differs;
 }
 
 int qkv_ckpt_load_weights(const char *path, qkv_model *m, char *err,

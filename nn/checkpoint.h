@@ -47,33 +47,6 @@
 
 #define QKV_CKPT_FORMAT "qkv-checkpoint-1"
 
-/* ---- configs as JSON ---- */
-
-/* Every field by name, enums as strings ("encdec"/"decoder", "sin"/"learned",
- * "post"/"pre", "relu"/"gelu"), flags as true/false. malloc'd; free() it. */
-char *qkv_model_config_to_json(const qkv_model_config *c);
-/* Strict inverse: every field must be present exactly once with the right
- * type (ints integral and in range, floats finite), no unknown fields or enum
- * strings. Returns 0, or -1 with a one-line reason naming the field in err
- * and *c unchanged. Value ranges are qkv_model_init's to check. */
-int qkv_model_config_from_json(const char *json, qkv_model_config *c, char *err,
-                               size_t errlen);
-
-/* The first field in which two configs differ ("max_len is 30 in the file
- * but 40 here"), in msg; returns 1, or 0 if none does. Dropout is compared
- * only if with_dropout; src_vocab and n_enc not for decoder-only models. */
-int qkv_model_config_diff(const qkv_model_config *file,
-                          const qkv_model_config *here, int with_dropout,
-                          char *msg, size_t len);
-
-/* "kind" adam/adamw/sgd, beta1, beta2, eps, weight_decay, momentum, nesterov,
- * decay_all. */
-char *qkv_optim_config_to_json(const qkv_optim_config *c);
-/* As the model's, and it also checks the ranges qkv_optim_init requires
- * (which aborts on a bad config), so a loaded config is safe to use. */
-int qkv_optim_config_from_json(const char *json, qkv_optim_config *c, char *err,
-                               size_t errlen);
-
 /* ---- checkpoints ---- */
 
 /* A named random generator to save or restore as metadata "rng.<name>".

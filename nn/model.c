@@ -39,6 +39,32 @@ const qkv_field qkv_model_fields[] = {
 #undef F
 const int qkv_model_n_fields =
     (int)(sizeof qkv_model_fields / sizeof *qkv_model_fields);
+_Static_assert(sizeof(qkv_model_kind) == sizeof(int) &&
+                   sizeof(qkv_pos_kind) == sizeof(int) &&
+                   sizeof(qkv_norm_kind) == sizeof(int) &&
+                   sizeof(qkv_act) == sizeof(int),
+               "enum fields are read and written as ints");
+
+char *qkv_model_config_to_json(const qkv_model_config *c) {
+    return qkv_config_to_json(qkv_model_fields, qkv_model_n_fields, c);
+}
+
+int qkv_model_config_from_json(const char *json, qkv_model_config *c, char *err,
+                               size_t errlen) {
+    return qkv_config_from_json(qkv_model_fields, qkv_model_n_fields, c, json,
+                                1, err, errlen);
+}
+
+int qkv_model_config_diff(const qkv_model_config *file,
+                          const qkv_model_config *here, int with_dropout,
+                          char *msg, size_t len) {
+    /* dropout only acts in training; decoder-only models have no encoder */
+    const char *skip[4] = {NULL}, **k = skip;
+    if (!with_dropout) *k++ = "dropout";
+    if (here->kind == QKV_MODEL_DECODER) *k++ = "src_vocab", *k++ = "n_enc";
+    return qkv_config_diff(qkv_model_fields, qkv_model_n_fields, file, here,
+                           skip, msg, len);
+}
 
 qkv_model_config qkv_model_defaults(qkv_model_kind kind) {
     qkv_model_config c = {

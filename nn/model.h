@@ -56,6 +56,24 @@ typedef struct qkv_model_config {
 extern const qkv_field qkv_model_fields[];
 extern const int qkv_model_n_fields;
 
+/* As JSON (qkv_model_fields): every field by name, enums as strings
+ * ("encdec"/"decoder", "sin"/"learned", "post"/"pre", "relu"/"gelu"), flags
+ * as true/false. malloc'd; free() it. */
+char *qkv_model_config_to_json(const qkv_model_config *c);
+/* Strict inverse: every field must be present exactly once with the right
+ * type (ints integral and in range, floats finite), no unknown fields or enum
+ * strings. Returns 0, or -1 with a one-line reason naming the field in err
+ * and *c unchanged. Value ranges are qkv_model_init's to check. */
+int qkv_model_config_from_json(const char *json, qkv_model_config *c, char *err,
+                               size_t errlen);
+
+/* The first field in which two configs differ ("max_len is 30 in the file
+ * but 40 here"), in msg; returns 1, or 0 if none does. Dropout is compared
+ * only if with_dropout; src_vocab and n_enc not for decoder-only models. */
+int qkv_model_config_diff(const qkv_model_config *file,
+                          const qkv_model_config *here, int with_dropout,
+                          char *msg, size_t len);
+
 /* The paper's base shape, scaled down: D 64, H 4, F 256, N 2+2, post-norm,
  * sinusoidal positions, ReLU, dropout 0.1, pad 0, max_len 256. Vocab 0: set it.
  */

@@ -25,6 +25,36 @@ const qkv_field qkv_optim_fields[] = {
 const int qkv_optim_n_fields =
     (int)(sizeof qkv_optim_fields / sizeof *qkv_optim_fields);
 
+char *qkv_optim_config_to_json(const qkv_optim_config *c) {
+    return qkv_config_to_json(qkv_optim_fields, qkv_optim_n_fields, c);
+}
+
+int qkv_optim_config_from_json(const char *json, qkv_optim_config *out,
+                               char *err, size_t len) {
+    qkv_optim_config c = qkv_optim_defaults(QKV_OPTIM_ADAM);
+    if (qkv_config_from_json(qkv_optim_fields, qkv_optim_n_fields, &c, json, 1,
+                             err, len))
+        return -1;
+    /* qkv_optim_init aborts on these (programmer errors there; user input
+     * here). */
+    const char *bad = !(c.beta1 >= 0 && c.beta1 < 1)         ? "beta1"
+                      : !(c.beta2 >= 0 && c.beta2 < 1)       ? "beta2"
+                      : !(c.eps >= 0)                        ? "eps"
+                      : !(c.weight_decay >= 0)               ? "weight_decay"
+                      : !(c.momentum >= 0 && c.momentum < 1) ? "momentum"
+                                                             : NULL;
+    if (bad)
+        return qkv_errf(err, len,
+                        "field '%s' is out of range (betas and momentum in "
+                        "[0, 1), eps and weight_decay >= 0)",
+                        bad);
+    if (c.nesterov && !(c.kind == QKV_OPTIM_SGD && c.momentum > 0))
+        return qkv_errf(err, len,
+                        "field 'nesterov': needs kind sgd with momentum > 0");
+    *out = c;
+    return 0;
+}
+
 qkv_optim_config qkv_optim_defaults(qkv_optim_kind kind) {
     qkv_optim_config c = {
         .kind = kind, .beta1 = 0.9f, .beta2 = 0.98f, .eps = 1e-9f};

@@ -64,6 +64,14 @@ extern const int qkv_optim_n_fields;
 
 qkv_optim_config qkv_optim_defaults(qkv_optim_kind kind);
 
+/* As JSON (qkv_optim_fields): "kind" adam/adamw/sgd, beta1, beta2, eps,
+ * weight_decay, momentum, nesterov, decay_all. malloc'd; free() it. */
+char *qkv_optim_config_to_json(const qkv_optim_config *c);
+/* Strict inverse, as the model's (model.h), and it also checks the ranges qkv_optim_init requires
+ * (which aborts on a bad config), so a loaded config is safe to use. */
+int qkv_optim_config_from_json(const char *json, qkv_optim_config *c, char *err,
+                               size_t errlen);
+
 typedef struct qkv_optim {
     qkv_optim_config cfg;
     size_t n; /* floats, equal to the params' n */

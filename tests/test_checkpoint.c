@@ -914,7 +914,8 @@ static void test_refuse_bad_contents(void) {
          "metadata \"rng.model\": field 'state' is not a decimal string of a "
          "64-bit unsigned integer"},
         {{"rng.model", "{\"state\":1,\"inc\":\"1\"}", 0, 0, 0},
-         "metadata \"rng.model\": field 'state' is not a decimal string"},
+         "metadata \"rng.model\": field 'state': expected a string, got a "
+         "number"},
         {{"rng.model", "{\"state\":\"1\",\"inc\":\"2\"}", 0, 0, 0},
          "field 'inc' is even"},
         {{"rng.model", "{\"state\":\"1\"}", 0, 0, 0},
@@ -1022,11 +1023,10 @@ static void test_load_weights_shape_checks(void) {
          "d_model is 32 in the file but 16 here"},
         {"heads", 4, "heads is 2 in the file but 4 here"},
         {"n_dec", 2, "n_dec is 1 in the file but 2 here"},
-        {"act", QKV_ACT_GELU, "act is \"relu\" in the file but \"gelu\" here"},
+        {"act", QKV_ACT_GELU, "act is relu in the file but gelu here"},
         {"tgt_vocab", 12, "tgt_vocab is 11 in the file but 12 here"},
         {"kind", QKV_MODEL_DECODER,
-         "kind is \"encdec\" in the file but "
-         "\"decoder\" here"},
+         "kind is encdec in the file but decoder here"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         qkv_model_config c = a.cfg;
