@@ -83,3 +83,42 @@ int qkv_errf(char *err, size_t errlen, const char *fmt, ...) {
     }
     return -1;
 }
+
+/* Length (1..4) of the valid UTF-8 sequence at s[0..n), or 0 if s does not
+ * start one. The second-byte ranges are Unicode's table 3-7 (well-formed
+ * byte sequences); they exclude overlongs, surrogates and > U+10FFFF. */
+size_t qkv_utf8_seq(const char *str, size_t n) {
+    const unsigned char *s = (const unsigned char *)str;
+    unsigned c = s[0];
+    if (c < 0x80) return 1;
+    size_t len;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF)
+        len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0) lo = 0xA0; /* below: overlong */
+        if (c == 0xED) hi = 0x9F; /* above: surrogates D800..DFFF */
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0) lo = 0x90; /* below: overlong */
+        if (c == 0xF4) hi = 0x8F; /* above: > U+10FFFF */
+    } else {
+        return 0; /* continuation byte, C0/C1 (overlong), F5..FF */
+    }
+    if (n < len || s[1] < lo || s[1] > hi) return 0;
+    for (size_t i = 2; i < len; i++)
+        if (s[i] < 0x80 || s[i] > 0xBF) return 0;
+    return len;
+}
+
+size_t qkv_utf8_check(const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        size_t len = qkv_utf8_seq((const char *)u + i, n - i);
+        if (!len) return i;
+        i += len;
+    }
+    return n;
+}

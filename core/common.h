@@ -1,6 +1,6 @@
 /* common.h - error checks and checked allocation shared by all of qkv.
  *
- * Three kinds of error (STYLE.md rule 5):
+ * Three kinds of error (docs/STYLE.md, rule 5):
  *   - programmer errors (bad shapes, misuse): QKV_CHECK(cond, fmt, ...)
  *     stays on in release builds, prints "qkv: file:line: message" and exits
  *     with 1;
@@ -65,6 +65,17 @@ char *qkv_strdup(const char *s, const char *what);
  * or -1 with one line (no newline) in err[errlen]. qkv_errf formats that
  * line and returns -1, so `return qkv_errf(err, errlen, "...", ...);`. */
 int qkv_errf(char *err, size_t errlen, const char *fmt, ...) QKV_PRINTF(3, 4);
+
+/* Returns n if s[0..n) is valid UTF-8, else the offset of the first byte of
+ * the first invalid sequence. Strict (RFC 3629, Unicode table 3-7): rejects
+ * stray continuation bytes, truncated sequences, overlong forms (C0, C1,
+ * E0 80..9F, F0 80..8F), surrogates (ED A0..BF) and code points above
+ * U+10FFFF (F4 90.., F5..FF). U+0000 is valid UTF-8 (the loader rejects it
+ * separately). */
+size_t qkv_utf8_check(const char *s, size_t n);
+/* Length (1..4) of the valid UTF-8 sequence at s[0..n), n > 0, or 0 if s
+ * does not start one. */
+size_t qkv_utf8_seq(const char *s, size_t n);
 
 /* Names the command in the out-of-memory message ("train": "qkv: train:
  * out of memory ..."), as the CLI's own messages do. */

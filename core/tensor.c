@@ -20,13 +20,17 @@ size_t qkv_shape_numel(int ndim, const int *shape, const char *what) {
     return n;
 }
 
-const char *qkv_shape_str(const qkv_tensor *t, char *buf) {
+const char *qkv_dims_str(int ndim, const int *shape, char *buf) {
     int k = 0;
     buf[k++] = '(';
-    for (int i = 0; i < t->ndim; i++)
-        k += snprintf(buf + k, 64 - (size_t)k, i ? ",%d" : "%d", t->shape[i]);
+    for (int i = 0; i < ndim; i++)
+        k += snprintf(buf + k, 64 - (size_t)k, i ? ",%d" : "%d", shape[i]);
     snprintf(buf + k, 64 - (size_t)k, ")");
     return buf;
+}
+
+const char *qkv_shape_str(const qkv_tensor *t, char *buf) {
+    return qkv_dims_str(t->ndim, t->shape, buf);
 }
 
 int qkv_tensor_cols(const qkv_tensor *t) {

@@ -37,7 +37,9 @@ typedef struct qkv_tensor {
 /* Element count of a shape; exits with a message naming `what` on overflow
  * or a negative dimension. */
 size_t qkv_shape_numel(int ndim, const int *shape, const char *what);
-/* Writes "(2,3,4)" into buf (at least 64 bytes) and returns buf. */
+/* Writes "(2,3,4)" into buf (at least 64 bytes) and returns buf: a shape
+ * of ndim dimensions, or a tensor's. */
+const char *qkv_dims_str(int ndim, const int *shape, char *buf);
 const char *qkv_shape_str(const qkv_tensor *t, char *buf);
 /* Last dimension, and the number of rows (n / last dim). */
 int qkv_tensor_cols(const qkv_tensor *t);

@@ -13,46 +13,6 @@
 const char *const qkv_special_tokens[QKV_N_SPECIAL] = {"<pad>", "<bos>",
                                                        "<eos>", "<unk>"};
 
-/* ------------------------------------------------------------------ UTF-8 */
-
-/* Length (1..4) of the valid UTF-8 sequence at s[0..n), or 0 if s does not
- * start one. The second-byte ranges are Unicode's table 3-7 (well-formed
- * byte sequences); they exclude overlongs, surrogates and > U+10FFFF. */
-static size_t utf8_seq(const unsigned char *s, size_t n) {
-    unsigned c = s[0];
-    if (c < 0x80) return 1;
-    size_t len;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF)
-        len = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0) lo = 0xA0; /* below: overlong */
-        if (c == 0xED) hi = 0x9F; /* above: surrogates D800..DFFF */
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0) lo = 0x90; /* below: overlong */
-        if (c == 0xF4) hi = 0x8F; /* above: > U+10FFFF */
-    } else {
-        return 0; /* continuation byte, C0/C1 (overlong), F5..FF */
-    }
-    if (n < len || s[1] < lo || s[1] > hi) return 0;
-    for (size_t i = 2; i < len; i++)
-        if (s[i] < 0x80 || s[i] > 0xBF) return 0;
-    return len;
-}
-
-size_t qkv_utf8_check(const char *s, size_t n) {
-    const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0;
-    while (i < n) {
-        size_t len = utf8_seq(u + i, n - i);
-        if (!len) return i;
-        i += len;
-    }
-    return n;
-}
-
 /* -------------------------------------------------------------- tokenizers */
 
 static int is_space(char c) {
@@ -76,7 +36,7 @@ int qkv_token_next(qkv_tok tok, const char *s, size_t *pos, size_t *start,
      * the end of s is rejected without reading past it */
     size_t avail = 1;
     while (avail < 4 && s[i + avail]) avail++;
-    size_t n = utf8_seq((const unsigned char *)s + i, avail);
+    size_t n = qkv_utf8_seq(s + i, avail);
     if (!n) n = 1;
     *start = i, *len = n, *pos = i + n;
     return 1;

@@ -41,14 +41,6 @@ extern const char *const qkv_special_tokens[QKV_N_SPECIAL]; /* <pad> ... */
 
 /* ------------------------------------------------------------------ UTF-8 */
 
-/* Returns n if s[0..n) is valid UTF-8, else the offset of the first byte of
- * the first invalid sequence. Strict (RFC 3629, Unicode table 3-7): rejects
- * stray continuation bytes, truncated sequences, overlong forms (C0, C1,
- * E0 80..9F, F0 80..8F), surrogates (ED A0..BF) and code points above
- * U+10FFFF (F4 90.., F5..FF). U+0000 is valid UTF-8 (the loader rejects it
- * separately). */
-size_t qkv_utf8_check(const char *s, size_t n);
-
 /* -------------------------------------------------------------- tokenizers */
 
 typedef enum qkv_tok {

@@ -244,15 +244,6 @@ void qkv_model_free(qkv_model *m) {
     memset(m, 0, sizeof *m);
 }
 
-void qkv_model_print_params(const qkv_model *m, FILE *f) {
-    char sh[64];
-    for (int i = 0; i < m->params.count; i++) {
-        const qkv_tensor *t = m->params.list[i];
-        fprintf(f, "%-44s %-12s %9zu\n", t->name, qkv_shape_str(t, sh), t->n);
-    }
-    fprintf(f, "%-44s %-12s %9zu\n", "total", "", m->params.n);
-}
-
 /* ---------------------------------------------------------------- forward */
 
 /* x = drop(embed(ids) * sqrt(D)? + pos[0..T)) : (B, T, D) */

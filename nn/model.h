@@ -119,9 +119,6 @@ int qkv_model_declare(qkv_model *m, const qkv_model_config *cfg, char *err,
 /* The second half: allocates the parameters and initialises them. */
 void qkv_model_alloc(qkv_model *m, uint64_t seed);
 void qkv_model_free(qkv_model *m);
-/* Writes one line per parameter (name, shape, count) and the total. */
-void qkv_model_print_params(const qkv_model *m, FILE *f);
-
 /* Encoder output (B, S, D). weights, if non-NULL, receives per layer the
  * (B, H, S, S) self-attention weights, layer after layer. */
 qkv_tensor *qkv_model_encoder_forward(qkv_model *m, qkv_graph *g,

@@ -51,40 +51,15 @@ static void swap_bytes32(void *p, size_t n) {
     }
 }
 
-static const char *shape_str(int ndim, const int *shape, char *buf /* 64 */) {
-    int k = snprintf(buf, 64, "(");
-    for (int i = 0; i < ndim; i++)
-        k += snprintf(buf + k, 64 - (size_t)k, i ? ",%d" : "%d", shape[i]);
-    snprintf(buf + k, 64 - (size_t)k, ")");
-    return buf;
-}
-
-/* Byte offset of the first byte that is not well-formed UTF-8 (RFC 3629: no
- * overlongs, no surrogates, at most U+10FFFF) or is a control byte JSON
- * forbids outside whitespace; len if none. */
+/* Byte offset of the first byte that is not well-formed UTF-8
+ * (qkv_utf8_check) or is a control byte JSON forbids outside whitespace;
+ * len if none. */
 static size_t bad_utf8_at(const unsigned char *s, size_t len) {
-    size_t i = 0;
-    while (i < len) {
-        unsigned c = s[i];
-        if (c < 0x80) {
-            if (c < 0x20 && c != '\t' && c != '\n' && c != '\r') return i;
-            i++;
-            continue;
-        }
-        size_t n = c >= 0xC2 && c <= 0xDF   ? 1
-                   : c >= 0xE0 && c <= 0xEF ? 2
-                   : c >= 0xF0 && c <= 0xF4 ? 3
-                                            : 0;
-        if (n == 0 || len - i <= n) return i;
-        unsigned c1 = s[i + 1];
-        unsigned lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
-        unsigned hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
-        if (c1 < lo || c1 > hi) return i;
-        for (size_t j = 2; j <= n; j++)
-            if ((s[i + j] & 0xC0) != 0x80) return i;
-        i += n + 1;
-    }
-    return len;
+    size_t bad = qkv_utf8_check((const char *)s, len);
+    for (size_t i = 0; i < bad; i++)
+        if (s[i] < 0x20 && s[i] != '\t' && s[i] != '\n' && s[i] != '\r')
+            return i;
+    return bad;
 }
 
 static int cmp_str(const void *a, const void *b) {
@@ -469,7 +444,7 @@ static int parse_offsets(const char *path, const cJSON *offs, size_t bytes,
                     name, (unsigned long long)t->begin,
                     (unsigned long long)t->end,
                     (unsigned long long)(t->end - t->begin),
-                    shape_str(t->ndim, t->shape, sbuf), bytes);
+                    qkv_dims_str(t->ndim, t->shape, sbuf), bytes);
     if (t->end > data_size)
         return fail(err, path,
                     "tensor " NAME_FMT ": data_offsets [%llu, %llu] "
@@ -826,8 +801,8 @@ int qkv_st_check_params(const qkv_st_file *f, const qkv_params *ps,
             append(msg, sizeof msg,
                    "%s%.80s is %s in the file but %s in the model",
                    lead(&k, msg, "shape mismatch: ", h), p->name,
-                   shape_str(t->ndim, t->shape, a),
-                   shape_str(p->ndim, p->shape, b));
+                   qkv_dims_str(t->ndim, t->shape, a),
+                   qkv_dims_str(p->ndim, p->shape, b));
     }
     if (*msg) return fail(err, path, "does not match the model: %s", msg);
     return 0;

@@ -121,7 +121,7 @@ static double loss_of(qkv_model *m, qkv_graph *g, const qkv_batch *b,
 /* Central differences over every parameter; returns the worst error.
  * With ReLU the loss has kinks: where a step flips the sign of any ReLU
  * input, the difference straddles a kink and the entry is skipped (and
- * counted), as STYLE.md asks. */
+ * counted), as docs/STYLE.md asks. */
 static double model_gradcheck(const qkv_model_config *c, double *skipped) {
     qkv_model m;
     char err[200];

@@ -586,17 +586,10 @@ static char *vocab_json(const qkv_vocab *v) {
     return s;
 }
 
-static char *dup_str(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = qkv_malloc(n, "string");
-    memcpy(d, s, n);
-    return d;
-}
-
 int cli_data_meta(const cli_data *d, const char **keys, char **vals) {
     if (!d->corpus) return 0;
     keys[0] = "tok",
-    vals[0] = dup_str(d->tok == QKV_TOK_CHAR ? "char" : "word");
+    vals[0] = qkv_strdup(d->tok == QKV_TOK_CHAR ? "char" : "word", "metadata");
     keys[1] = "vocab.src", vals[1] = vocab_json(&d->sv);
     keys[2] = "vocab.tgt", vals[2] = vocab_json(&d->tv);
     return 3;
