@@ -213,7 +213,8 @@ FUZZ_CC    ?= clang
 FUZZ_BUILD := build-fuzz
 FUZZ_NAMES := ckpt tsv json flags
 FUZZ_SAN   := address,undefined -fno-sanitize-recover=all
-FUZZ_OBJ   := $(patsubst %.c,$(FUZZ_BUILD)/%.o,$(LIB_SRC) examples/cli/cli.c)
+FUZZ_OBJ   := $(patsubst %.c,$(FUZZ_BUILD)/%.o,$(LIB_SRC) examples/cli/cli.c \
+              examples/cli/train.c examples/cli/plot.c)
 FUZZ_BIN   := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz_%)
 .PHONY: fuzz fuzz-seeds
 

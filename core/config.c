@@ -93,8 +93,7 @@ void qkv_config_add_json(void *o, const qkv_field *f, int n, const void *obj) {
             need(cJSON_AddStringToObject(o, f->key, name));
             break;
         case QKV_FIELD_STR:
-            need(cJSON_AddStringToObject(o, f->key,
-                                         *AT_C(obj, f, const char *)));
+            need(cJSON_AddStringToObject(o, f->key, *AT_C(obj, f, char *)));
             break;
         }
     }
@@ -245,7 +244,7 @@ void qkv_field_format(const qkv_field *f, const void *obj, char *buf,
         choice_name(f->choices, *AT_C(obj, f, int), buf, cap);
         break;
     case QKV_FIELD_STR:
-        snprintf(buf, cap, "%s", *AT_C(obj, f, const char *));
+        snprintf(buf, cap, "%s", *AT_C(obj, f, char *));
         break;
     }
 }
@@ -254,8 +253,7 @@ static int same(const qkv_field *f, const void *a, const void *b) {
     if (f->type == QKV_FIELD_FLOAT)
         return *AT_C(a, f, float) == *AT_C(b, f, float);
     if (f->type == QKV_FIELD_STR)
-        return strcmp(*AT_C(a, f, const char *), *AT_C(b, f, const char *)) ==
-               0;
+        return strcmp(*AT_C(a, f, char *), *AT_C(b, f, char *)) == 0;
     return *AT_C(a, f, int) == *AT_C(b, f, int);
 }
 

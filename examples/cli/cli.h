@@ -92,6 +92,9 @@ int cli_flags_from_fields(flag *out, int max, const qkv_field *fields, int n,
                           void *obj);
 /* qkv train, which qkv sweep calls for each cell (train.c). */
 int cmd_train(int argc, char **argv);
+/* qkv train's flag table at its defaults (the fuzz harness parses with
+ * it): *out points at it; returns its length. */
+int cli_train_flags(flag **out);
 /* 1 if qkv train's flag --name (text after a '=' ignored) takes a value, 0
  * if it is a switch; 1 for a flag qkv train does not have. */
 int cli_train_flag_takes_value(const char *name);

@@ -798,6 +798,13 @@ static void free_run(train_run *r) {
     qkv_trainer_free(&r->t);
 }
 
+int cli_train_flags(flag **out) {
+    make_flags();
+    find_flag("threads")->hi = cli_max_threads();
+    *out = flags;
+    return n_flags;
+}
+
 int cli_train_flag_takes_value(const char *name) {
     make_flags();
     size_t len = strcspn(name, "=");

@@ -1,6 +1,6 @@
 /* fuzz_flags.c - libFuzzer harness of the command-line parser: the input,
  * split at NUL bytes, is the argv of `qkv train ...` (at most 64 arguments),
- * parsed by cli_parse_args against a table like qkv train's with up to 4
+ * parsed by cli_parse_args against qkv train's own flag table with up to 4
  * positional arguments: --name value, --name=value, bools, --help, "--",
  * "-", numbers out of range or not numbers, values not among the choices.
  * It must return 0, 1 (--help) or -1 with one line, never crash or exit.
@@ -24,9 +24,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
          i += strlen(buf + i) + 1)
         argv[argc++] = buf + i;
 
-    flag flags[FUZZ_MAX_FLAGS];
-    fuzz_opts o;
-    int n = fuzz_flag_table(flags, &o), n_pos;
+    flag *flags;
+    int n = cli_train_flags(&flags), n_pos;
     const char *pos[4];
     char err[512];
     int rc = cli_parse_args("train", flags, n, argc, argv, 2, pos, 4, &n_pos,

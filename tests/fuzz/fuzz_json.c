@@ -56,9 +56,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (qkv_optim_config_from_json(s, &oc, err, sizeof err) == 0)
         optim_round_trip(&oc);
 
-    flag flags[FUZZ_MAX_FLAGS];
-    fuzz_opts o;
-    int n = fuzz_flag_table(flags, &o);
+    flag *flags;
+    int n = cli_train_flags(&flags);
     cJSON *j = cJSON_Parse(s);
     if (cli_flags_from_json_err("train", flags, n, j, err, sizeof err) == 0)
         fuzz_flags_round_trip(flags, n);
