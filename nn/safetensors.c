@@ -394,6 +394,7 @@ static int parse_shape(const char *path, const cJSON *shape, entry_info *t,
         return fail(err, path, "tensor " NAME_FMT ": shape is not an array",
                     name);
     t->ndim = 0;
+    memset(t->shape, 0, sizeof t->shape); /* dimensions past ndim read 0 */
     size_t n = 1;
     for (const cJSON *c = shape->child; c; c = c->next) {
         if (t->ndim == QKV_MAX_DIMS)
@@ -663,9 +664,7 @@ static int read_tensors(const char *path, FILE *fp, uint64_t data_start,
     f->count = (int)count;
     for (size_t i = 0; i < count; i++) {
         qkv_st_tensor *t = &f->tensors[i];
-        size_t len = strlen(info[i].name) + 1;
-        t->name = qkv_malloc(len, "tensor name");
-        memcpy(t->name, info[i].name, len);
+        t->name = qkv_strdup(info[i].name, "tensor name");
         t->ndim = info[i].ndim;
         memcpy(t->shape, info[i].shape, sizeof t->shape);
         t->n = info[i].n;
