@@ -40,6 +40,16 @@ else ifneq ($(BLAS),)
   $(error BLAS=$(BLAS): the one optional backend is BLAS=openblas)
 endif
 
+# make MPI=1: the same programs built with Open MPI's mpicc (apt-get install
+# openmpi-bin libopenmpi-dev) in build-mpi/, for `mpirun -np K qkv train`
+# (data-parallel, core/comm.h). The default build has no MPI.
+MPI     ?= 0
+ifeq ($(MPI),1)
+  CC      := mpicc
+  BUILD   ?= build-mpi
+  CFLAGS  += -DQKV_MPI
+endif
+
 ifeq ($(SAN),1)
   BUILD   ?= build-san
   CFLAGS  += -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \

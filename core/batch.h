@@ -36,4 +36,22 @@ static inline long qkv_batch_tokens(const qkv_batch *b) {
     return n;
 }
 
+/* Rows r0..r1-1 of b (the same S and T): a slice of the batch. */
+static inline qkv_batch qkv_batch_rows(const qkv_batch *b, int r0, int r1) {
+    qkv_batch s = *b;
+    s.B = r1 - r0;
+    if (b->src) s.src += (long)r0 * b->S, s.src_pad += (long)r0 * b->S;
+    s.tgt_in += (long)r0 * b->T;
+    s.tgt_out += (long)r0 * b->T;
+    s.tgt_pad += (long)r0 * b->T;
+    return s;
+}
+
+/* Targets of b that a loss scores: tgt_out entries other than pad_id. */
+static inline long qkv_batch_targets(const qkv_batch *b, int pad_id) {
+    long n = 0;
+    for (long i = 0; i < (long)b->B * b->T; i++) n += b->tgt_out[i] != pad_id;
+    return n;
+}
+
 #endif

@@ -681,7 +681,15 @@ void qkv_merge_heads_backward(qkv_graph *g, qkv_node *nd) {
 qkv_tensor *qkv_cross_entropy(qkv_graph *g, qkv_tensor *logits,
                               const int32_t *target, int ignore_index,
                               float label_smoothing) {
+    return qkv_cross_entropy_over(g, logits, target, ignore_index,
+                                  label_smoothing, 0.0);
+}
+
+qkv_tensor *qkv_cross_entropy_over(qkv_graph *g, qkv_tensor *logits,
+                                   const int32_t *target, int ignore_index,
+                                   float label_smoothing, double divisor) {
     char sl[64];
+    QKV_CHECK(divisor >= 0, "cross_entropy: divisor %g < 0", divisor);
     int V = qkv_tensor_cols(logits);
     size_t N = qkv_tensor_rows(logits);
     QKV_CHECK(logits->ndim >= 1 && V > 0, "cross_entropy: logits %s are empty",
@@ -720,15 +728,16 @@ qkv_tensor *qkv_cross_entropy(qkv_graph *g, qkv_tensor *logits,
             total += row_loss[i];
             count++;
         }
+    double div = divisor > 0 ? divisor : (double)count;
     qkv_tensor *y = qkv_tensor_new(g, 0, NULL);
-    y->data[0] = count ? (float)(total / (double)count) : 0.0f;
+    y->data[0] = div > 0 ? (float)(total / div) : 0.0f;
     qkv_node *nd = qkv_record(g, QKV_OP_CROSS_ENTROPY, y, logits, NULL, NULL);
     if (nd) {
         nd->s.xent.prob = prob;
         nd->s.xent.target = qkv_graph_copy(g, target, N * sizeof *target);
         nd->s.xent.ignore_index = ignore_index;
         nd->s.xent.smoothing = ls;
-        nd->s.xent.count = (float)count;
+        nd->s.xent.count = (float)div;
     }
     return y;
 }

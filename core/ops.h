@@ -106,6 +106,13 @@ qkv_tensor *qkv_attention_packed(qkv_graph *g, qkv_tensor *q, int q_col,
 qkv_tensor *qkv_cross_entropy(qkv_graph *g, qkv_tensor *logits,
                               const int32_t *target, int ignore_index,
                               float label_smoothing);
+/* The same sum over rows divided by divisor instead of their count (0: the
+ * count): a slice of a batch scored against the whole batch's token count,
+ * so slices' losses and gradients add up to the whole batch's (data-parallel
+ * ranks, gradient accumulation). */
+qkv_tensor *qkv_cross_entropy_over(qkv_graph *g, qkv_tensor *logits,
+                                   const int32_t *target, int ignore_index,
+                                   float label_smoothing, double divisor);
 /* y = sum_i x_i (scalar) */
 qkv_tensor *qkv_sum(qkv_graph *g, qkv_tensor *x);
 /* y = sum_i x_i / n (scalar) */

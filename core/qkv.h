@@ -9,6 +9,7 @@
 #ifndef QKV_H
 #define QKV_H
 
+#include "comm.h"
 #include "common.h"
 #include "io.h"
 #include "matmul.h"

@@ -320,9 +320,14 @@ qkv_tensor *qkv_model_forward(qkv_model *m, qkv_graph *g, const qkv_batch *b) {
 
 qkv_tensor *qkv_model_loss(qkv_model *m, qkv_graph *g, const qkv_batch *b,
                            float label_smoothing) {
+    return qkv_model_loss_over(m, g, b, label_smoothing, 0.0);
+}
+
+qkv_tensor *qkv_model_loss_over(qkv_model *m, qkv_graph *g, const qkv_batch *b,
+                                float label_smoothing, double divisor) {
     qkv_tensor *logits = qkv_model_forward(m, g, b);
-    return qkv_cross_entropy(g, logits, b->tgt_out, m->cfg.pad_id,
-                             label_smoothing);
+    return qkv_cross_entropy_over(g, logits, b->tgt_out, m->cfg.pad_id,
+                                  label_smoothing, divisor);
 }
 
 /* ------------------------------------------------------------------ memory */

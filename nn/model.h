@@ -138,6 +138,11 @@ qkv_tensor *qkv_model_forward(qkv_model *m, qkv_graph *g, const qkv_batch *b);
 /* Mean cross-entropy over the non-pad targets of a batch. */
 qkv_tensor *qkv_model_loss(qkv_model *m, qkv_graph *g, const qkv_batch *b,
                            float label_smoothing);
+/* The cross-entropy summed over the batch's non-pad targets and divided by
+ * divisor (0: their count, as qkv_model_loss): a slice of a larger batch
+ * (data-parallel ranks, accumulation) divides by the larger batch's count. */
+qkv_tensor *qkv_model_loss_over(qkv_model *m, qkv_graph *g, const qkv_batch *b,
+                                float label_smoothing, double divisor);
 
 /* Bytes of activations (the graph arena) one batch of B rows of S source
  * and T target tokens needs: a training step (train 1: forward with the

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "checkpoint.h"
+#include "comm.h"
 
 const char *const qkv_phase_names[QKV_PHASE_COUNT] = {
     "data (batch)", "forward (loss)",   "zero grad",  "backward",
@@ -48,20 +49,55 @@ static void phase(qkv_trainer *t, int k, double *tp) {
     *tp = now;
 }
 
+/* The loss and gradients of batch b: at once (one process, no accumulation:
+ * the mean over b's targets), or slice by slice, each divided by b's whole
+ * target count, this rank's slices only, then summed over the ranks. */
+static void loss_and_grads(qkv_trainer *t, const qkv_batch *b, double *tp) {
+    const qkv_trainer_config *c = &t->cfg;
+    int ranks = qkv_comm_size(), micro = c->accum > 1 ? c->accum : 1;
+    if (ranks == 1 && micro == 1) {
+        qkv_graph_reset(&t->graph);
+        qkv_tensor *loss =
+            qkv_model_loss(&t->model, &t->graph, b, c->label_smoothing);
+        t->loss = loss->data[0];
+        phase(t, QKV_PHASE_LOSS, tp);
+        qkv_params_zero_grad(&t->model.params);
+        phase(t, QKV_PHASE_ZERO, tp);
+        qkv_backward(&t->graph, loss);
+        phase(t, QKV_PHASE_BACKWARD, tp);
+        return;
+    }
+    double count = (double)qkv_batch_targets(b, t->model.cfg.pad_id);
+    double loss = 0.0;
+    int slices = ranks * micro, first = qkv_comm_rank() * micro;
+    qkv_params_zero_grad(&t->model.params);
+    phase(t, QKV_PHASE_ZERO, tp);
+    for (int s = first; s < first + micro; s++) {
+        int r0 = (int)((long)b->B * s / slices);
+        int r1 = (int)((long)b->B * (s + 1) / slices);
+        if (r1 == r0) continue;
+        qkv_batch part = qkv_batch_rows(b, r0, r1);
+        qkv_graph_reset(&t->graph);
+        qkv_tensor *l = qkv_model_loss_over(&t->model, &t->graph, &part,
+                                            c->label_smoothing, count);
+        loss += l->data[0];
+        phase(t, QKV_PHASE_LOSS, tp);
+        qkv_backward(&t->graph, l);
+        phase(t, QKV_PHASE_BACKWARD, tp);
+    }
+    /* one all-reduce of the gradients, one of the loss (no-ops alone) */
+    qkv_comm_sum_floats(t->model.params.grads, t->model.params.n);
+    qkv_comm_sum_doubles(&loss, 1);
+    t->loss = (float)loss;
+    phase(t, QKV_PHASE_BACKWARD, tp);
+}
+
 qkv_step_result qkv_trainer_step(qkv_trainer *t, const qkv_batch *b) {
     double tp = t->graph.profile ? qkv_seconds() : 0;
     const qkv_trainer_config *c = &t->cfg;
     qkv_params *ps = &t->model.params;
     t->step++;
-    qkv_graph_reset(&t->graph);
-    qkv_tensor *loss =
-        qkv_model_loss(&t->model, &t->graph, b, c->label_smoothing);
-    t->loss = loss->data[0];
-    phase(t, QKV_PHASE_LOSS, &tp);
-    qkv_params_zero_grad(ps);
-    phase(t, QKV_PHASE_ZERO, &tp);
-    qkv_backward(&t->graph, loss);
-    phase(t, QKV_PHASE_BACKWARD, &tp);
+    loss_and_grads(t, b, &tp);
     /* The norm comes free with clipping; without it (and without skipping),
      * a NaN gradient shows in the next loss, or in the weights at a save. */
     t->norm = c->clip > 0             ? qkv_clip_grad_norm(ps, c->clip)
@@ -90,6 +126,7 @@ int qkv_trainer_save(const qkv_trainer *t, const char *path,
                      const qkv_source *data, const char *const *keys,
                      const char *const *vals, int n_extra, char *err,
                      size_t errlen) {
+    if (qkv_comm_rank() != 0) return 0; /* every rank holds the same state */
     qkv_source_state st = {{0, 0}, 0, 0};
     cJSON *j = cJSON_CreateObject();
     cJSON_AddNumberToObject(j, "tokens", (double)t->tokens);

@@ -7,6 +7,14 @@
  * learning rate, the optimiser's update. The command line, every test, the
  * benchmark and the golden test call this step; nothing else trains.
  *
+ * Data-parallel (comm.h, `mpirun -np K` of an MPI build): every rank holds
+ * the whole model and is handed the whole batch; rank r runs forward and
+ * backward on its slice (rows r B/K .. (r+1) B/K, each scored against the
+ * whole batch's token count), one all-reduce sums the flat gradient buffer,
+ * and every rank makes the same update, the one a single process would make
+ * (up to the order of float sums). Clipping sees the global norm. With
+ * accumulation each rank's slice is cut again into micro-batches.
+ *
  * Its whole state saves into one checkpoint (checkpoint.h) and loads back
  * from it: weights, optimiser moments, the dropout generator, the step, and
  * the batch source's position, so a resumed run draws the very batches the
@@ -43,6 +51,11 @@ typedef struct qkv_trainer_config {
      * update) up to this many times; the next one ends the run (0: the
      * first does). */
     int skip_nonfinite;
+    /* Gradient accumulation: each batch is cut into this many micro-batches
+     * of consecutive rows, run one after another (less activation memory)
+     * and scored against the whole batch's token count: the update is the
+     * whole batch's. 0 or 1: the batch at once. */
+    int accum;
 } qkv_trainer_config;
 
 /* A trainer config with the optimiser's defaults, a constant learning rate
@@ -122,7 +135,8 @@ double qkv_trainer_seconds(const qkv_trainer *t);
  * "trainer": {"tokens": N, "seconds": S, "skipped": N, "data": {"kind":
  * "corpus", "epoch": N, "batch": N}} with data's generator as "rng.data";
  * then n_extra string pairs of the caller's. data may be NULL (no
- * position). 0, or -1 with one line in err. */
+ * position). Only rank 0 writes (the ranks' states are the same); the
+ * others return 0. 0, or -1 with one line in err. */
 int qkv_trainer_save(const qkv_trainer *t, const char *path,
                      const qkv_source *data, const char *const *keys,
                      const char *const *vals, int n_extra, char *err,

@@ -18,6 +18,7 @@
 
 /* "qkv: MESSAGE" on one line, whatever a hostile name or file put in it. */
 static void vwarn(const char *fmt, va_list ap) {
+    if (qkv_comm_rank() != 0) return; /* said once, by rank 0 */
     char msg[2048];
     vsnprintf(msg, sizeof msg, fmt, ap);
     for (char *c = msg; *c; c++)
@@ -433,6 +434,7 @@ static const char *const run_files[] = {
     "loss.svg",         "loss.gp", "loss.dat",    "done"};
 
 int cli_run_lock(const char *cmd, const char *dir) {
+    if (qkv_comm_rank() != 0) return -1; /* rank 0 writes for the job */
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) cli_die("%s: %s: cannot open: %s", cmd, dir, strerror(errno));
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {

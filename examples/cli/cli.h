@@ -51,7 +51,8 @@ typedef struct flag {
 #define CLI_POSITIVE 1.1754943508222875e-38 /* FLT_MIN: "> 0" for floats */
 
 /* One line "qkv: ..." on stderr (control bytes shown as '?', so it stays one
- * line whatever a name holds) and exit(2). */
+ * line whatever a name holds) and exit(2). In an MPI job only rank 0 prints;
+ * every rank exits. */
 void cli_die(const char *fmt, ...) QKV_PRINTF(1, 2) __attribute__((noreturn));
 /* The same line, without exiting. */
 void cli_warn(const char *fmt, ...) QKV_PRINTF(1, 2);
@@ -129,7 +130,8 @@ void cli_check_forward_memory(const char *cmd, const qkv_model *m, int B, int S,
 /* A run directory (qkv train's --out, a sweep's): one writer at a time.
  * cli_run_lock takes an exclusive flock on the directory, held until the
  * process ends (the descriptor is returned and never closed); a second
- * writer is refused with one line (exit 2). The directory must exist. */
+ * writer is refused with one line (exit 2). The directory must exist. In an
+ * MPI job only rank 0 locks (and writes); the others get -1. */
 int cli_run_lock(const char *cmd, const char *dir);
 /* 1 if dir holds a run: its ckpt.safetensors, log.csv or config.json. */
 int cli_run_exists(const char *dir);

@@ -48,6 +48,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    qkv_comm_init(&argc, &argv); /* an MPI build under mpirun: the job */
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -88,7 +88,7 @@ typedef struct train_opts {
     int N, n_enc, n_dec;
     float label_smoothing, lr, clip, weight_decay;
     int warmup, batch, steps, seed, threads, eval_every, eval_size, quiet;
-    int save_every, plot, dry_run, profile, force, skip_nonfinite;
+    int save_every, plot, dry_run, profile, force, skip_nonfinite, accum;
 } train_opts;
 
 /* The flags write into o, mc (the model's) and oc (the optimiser's);
@@ -129,6 +129,7 @@ static const train_opts defaults = {
     .save_every = 0,
     .force = 0,
     .skip_nonfinite = 0,
+    .accum = 1,
 };
 
 static const flag train_flags[] = {
@@ -195,6 +196,10 @@ static const flag train_flags[] = {
      "skip up to N steps whose loss or gradient is NaN or inf (0: stop "
      "at the first, exit 3)",
      0, 1000000},
+    {"accum", FLAG_INT, &o.accum, NULL,
+     "gradient accumulation: each step draws N batches' worth and runs them "
+     "N micro-batches at a time (the update of one N-times-larger batch)",
+     1, 1024},
     {"plot", FLAG_BOOL, &o.plot, NULL,
      "draw DIR/loss.png at every validation and at the end (gnuplot)", 0, 0},
     {"quiet", FLAG_BOOL, &o.quiet, NULL, "print only the final line", 0, 0},
@@ -347,6 +352,7 @@ static void parse_flags(train_run *r, int argc, char **argv) {
     if (strlen(o.out) > 4000) cli_die("train: --out path is too long");
     cli_check_name("train", r->resume ? "--resume" : "--out", o.out);
     qkv_set_threads(o.threads);
+    if (qkv_comm_rank() != 0) o.quiet = 1, o.plot = 0; /* rank 0 speaks */
 }
 
 /* A generated task: fresh batches to train on, one fixed batch to
@@ -360,12 +366,12 @@ static void task_data(train_run *r) {
     r->d.decoder_only = r->decoder;
     r->c.src_vocab = r->c.tgt_vocab = o.vocab;
     r->c.max_len = 2 * o.max_len + 2;
-    r->data = qkv_task_source(&task, o.batch, (uint64_t)o.seed, 0);
+    r->data = qkv_task_source(&task, o.batch * o.accum, (uint64_t)o.seed, 0);
     r->vdata = qkv_task_source(&task, o.eval_size, (uint64_t)o.seed, 1);
     r->vB = o.eval_size, r->vS = r->data->max_S, r->vT = r->data->max_T;
     /* the batches' buffers: ids, targets and masks */
-    r->data_bytes =
-        13.0 * (o.batch + o.eval_size) * (r->data->max_S + r->data->max_T);
+    r->data_bytes = 13.0 * (o.batch * o.accum + o.eval_size) *
+                    (r->data->max_S + r->data->max_T);
 }
 
 /* Encodes the corpus at path with d's vocabularies, keeping pairs within the
@@ -442,16 +448,17 @@ static void corpus_data(train_run *r) {
     r->c.src_vocab = r->d.sv.size;
     r->c.tgt_vocab = r->d.tv.size;
     int64_t budget = o.batch_tokens ? o.batch_tokens : (int64_t)o.batch * cost;
+    budget *= o.accum; /* drawn at once, run --accum micro-batches a step */
     if (budget > 1 << 24)
-        cli_die("train: --batch %d x the longest pair (%lld tokens) is %lld "
-                "tokens a batch, more than %d; lower --batch, or give "
-                "--batch-tokens or --filter-len",
-                o.batch, (long long)cost, (long long)budget, 1 << 24);
+        cli_die("train: --batch %d x the longest pair (%lld tokens) x --accum "
+                "%d is %lld tokens a batch, more than %d; lower --batch, or "
+                "give --batch-tokens or --filter-len",
+                o.batch, (long long)cost, o.accum, (long long)budget, 1 << 24);
     r->data = qkv_corpus_source(&r->train, (int)budget, (uint64_t)o.seed, 0,
                                 err, sizeof err);
     if (!r->data) cli_die("train: --batch-tokens: %s", err);
     r->data_bytes = 13.0 * (double)budget + 8.0 * (double)r->train.n_tokens;
-    if (*o.valid) corpus_valid(r, (int)budget);
+    if (*o.valid) corpus_valid(r, (int)(budget / o.accum));
     if (o.epochs) {
         int64_t steps = (int64_t)o.epochs * r->data->epoch_batches;
         if (steps > 1000000000)
@@ -494,6 +501,7 @@ static qkv_trainer_config trainer_config(void) {
     tc.clip = o.clip;
     tc.label_smoothing = o.label_smoothing;
     tc.skip_nonfinite = o.skip_nonfinite;
+    tc.accum = o.accum;
     return tc;
 }
 
@@ -508,8 +516,11 @@ static void check_memory(const train_run *r, const qkv_model *m,
     double n = (double)m->params.n;
     int moments = opt->kind != QKV_OPTIM_SGD ? 2 : opt->momentum > 0;
     double params = 4.0 * n * (2 + moments) + 4.0 * c->max_len * c->d_model;
-    double train =
-        qkv_model_activation_bytes(c, s->max_B, s->max_S, s->max_T, 1);
+    /* a step runs its batch a slice at a time: --accum micro-batches, each
+     * cut across the processes of an MPI job */
+    int slices = o.accum * qkv_comm_size();
+    int rows = (s->max_B + slices - 1) / slices;
+    double train = qkv_model_activation_bytes(c, rows, s->max_S, s->max_T, 1);
     double valid =
         r->vdata ? qkv_model_activation_bytes(c, r->vB, r->vS, r->vT, 0) : 0;
     double arena = train > valid ? train : valid; /* one arena, reset */
@@ -522,7 +533,7 @@ static void check_memory(const train_run *r, const qkv_model *m,
             "tokens) %s, validation (%d sequences) %s; lower --batch, "
             "--batch-tokens, --eval-size, --filter-len or the model's size",
             qkv_bytes_str(need, a), qkv_bytes_str(have, b),
-            qkv_bytes_str(params, p), s->max_B, s->max_S, s->max_T,
+            qkv_bytes_str(params, p), rows, s->max_S, s->max_T,
             qkv_bytes_str(train, t), r->vB, qkv_bytes_str(valid, v));
 }
 
@@ -563,6 +574,9 @@ static void open_run(train_run *r) {
     char path[4200];
     r->cfg = cli_flags_json(flags, N_FLAGS);
     snprintf(r->ckpt, sizeof r->ckpt, "%s/ckpt.safetensors", o.out);
+    snprintf(r->log_path, sizeof r->log_path, "%s/log.csv", o.out);
+    r->n_dmeta = cli_data_meta(&r->d, r->dkeys, r->dvals);
+    if (qkv_comm_rank() != 0) return; /* rank 0 writes for an MPI job */
     if (!r->resume) {
         cli_make_dirs("train", o.out);
         cli_run_lock("train", o.out);
@@ -574,7 +588,6 @@ static void open_run(train_run *r) {
     }
     snprintf(path, sizeof path, "%s/config.json", o.out);
     cli_write_file("train", path, r->cfg);
-    snprintf(r->log_path, sizeof r->log_path, "%s/log.csv", o.out);
     if (r->resume) {
         r->log = reopen_log(r->log_path, (int)r->start);
     } else {
@@ -583,7 +596,6 @@ static void open_run(train_run *r) {
         if (!r->log)
             cli_die("train: cannot write %s: %s", r->log_path, strerror(errno));
     }
-    r->n_dmeta = cli_data_meta(&r->d, r->dkeys, r->dvals);
 }
 
 static void validate(train_run *r) {
@@ -596,6 +608,7 @@ static void validate(train_run *r) {
 }
 
 static void log_row(train_run *r, double secs, int eval) {
+    if (!r->log) return; /* not rank 0 */
     fprintf(r->log, "%d,%lld,%.3f,%.6g,%.6f,", r->step, (long long)r->t.tokens,
             secs, (double)r->t.lr, (double)r->t.loss);
     if (eval && r->corpus)
@@ -609,7 +622,7 @@ static void log_row(train_run *r, double secs, int eval) {
 /* The checkpoint, after the log (so the log never lags it). */
 static void save(train_run *r) {
     char err[512];
-    fflush(r->log);
+    if (r->log) fflush(r->log);
     const char *keys[4] = {"cli"}, *vals[4] = {r->cfg};
     for (int k = 0; k < r->n_dmeta; k++)
         keys[1 + k] = r->dkeys[k], vals[1 + k] = r->dvals[k];
@@ -682,6 +695,8 @@ static void train_loop(train_run *r) {
         double secs = qkv_trainer_seconds(t);
         log_row(r, secs, eval);
         if (r->diverged) break;
+        /* an MPI job's ranks stop at the same step, whichever got Ctrl-C */
+        if (qkv_comm_size() > 1) interrupted = qkv_comm_any(interrupted);
         int save_now = r->step == o.steps || interrupted ||
                        (o.save_every && r->step % o.save_every == 0);
         if (save_now && !qkv_params_finite(&t->model.params)) {
@@ -827,11 +842,12 @@ int cmd_train(int argc, char **argv) {
     model_config(r);
     build_trainer(r);
     if (o.dry_run) { /* every check above passed; write nothing */
-        printf("qkv train --dry-run: %s, %s N=%d+%d h=%d d_model=%d, %zu "
-               "parameters, %d steps: the flags and data are fine\n",
-               r->corpus ? o.data : task_name(),
-               r->decoder ? "decoder" : "encdec", r->c.n_enc, r->c.n_dec,
-               r->c.heads, r->c.d_model, r->t.model.params.n, o.steps);
+        if (qkv_comm_rank() == 0)
+            printf("qkv train --dry-run: %s, %s N=%d+%d h=%d d_model=%d, %zu "
+                   "parameters, %d steps: the flags and data are fine\n",
+                   r->corpus ? o.data : task_name(),
+                   r->decoder ? "decoder" : "encdec", r->c.n_enc, r->c.n_dec,
+                   r->c.heads, r->c.d_model, r->t.model.params.n, o.steps);
         free_run(r);
         return 0;
     }
@@ -854,9 +870,10 @@ int cmd_train(int argc, char **argv) {
         int n = r->step - (int)r->start - (r->step > o.steps);
         print_profile(&r->t, n < 1 ? 1 : n);
     }
-    if (fclose(r->log)) cli_die("train: writing %s failed", r->log_path);
+    if (r->log && fclose(r->log))
+        cli_die("train: writing %s failed", r->log_path);
     if (isatty(1) && !o.quiet) printf("\n");
-    report(r);
+    if (qkv_comm_rank() == 0) report(r);
     int rc = r->diverged ? EXIT_DIVERGED : interrupted ? 130 : 0;
     free_run(r);
     return rc;
