@@ -190,7 +190,11 @@ docs: $(QKV)
 	    --valid data/corpora/grammar/valid.tsv --steps 1000 --out runs/grammar --quiet --force
 	$(QKV) attn --ckpt runs/grammar/ckpt.safetensors "we see a dog ." -o docs/attn.png
 
+# With Open MPI's mpicc on the machine, the MPI build (build-mpi/) is made
+# too: tests/test_mpi.c runs it under mpirun (it says SKIP without).
 test: $(TEST_BIN) $(EXAMPLES)
+	@if command -v mpicc >/dev/null 2>&1; then \
+	    $(MAKE) --no-print-directory MPI=1 BUILD=build-mpi build-mpi/examples/qkv; fi
 	@sh tests/run.sh $(TEST_BIN)
 
 # Training speed against PyTorch (when python3-torch is installed) and the

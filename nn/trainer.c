@@ -69,9 +69,10 @@ static void loss_and_grads(qkv_trainer *t, const qkv_batch *b, double *tp) {
     }
     double count = (double)qkv_batch_targets(b, t->model.cfg.pad_id);
     double loss = 0.0;
-    int slices = ranks * micro, first = qkv_comm_rank() * micro;
-    qkv_params_zero_grad(&t->model.params);
-    phase(t, QKV_PHASE_ZERO, tp);
+    int slices = ranks * micro, first = qkv_comm_rank() * micro, have = 0;
+    qkv_params *ps = &t->model.params;
+    if (!t->acc && micro > 1)
+        t->acc = qkv_malloc_aligned(ps->n * sizeof *t->acc, "gradient sums");
     for (int s = first; s < first + micro; s++) {
         int r0 = (int)((long)b->B * s / slices);
         int r1 = (int)((long)b->B * (s + 1) / slices);
@@ -82,9 +83,27 @@ static void loss_and_grads(qkv_trainer *t, const qkv_batch *b, double *tp) {
                                             c->label_smoothing, count);
         loss += l->data[0];
         phase(t, QKV_PHASE_LOSS, tp);
+        qkv_params_zero_grad(ps);
+        phase(t, QKV_PHASE_ZERO, tp);
         qkv_backward(&t->graph, l);
+        /* each slice's gradient whole, then added: g0 + g1 + ..., the sum
+         * the all-reduce forms across ranks (K = 2 ranks are bit for bit one
+         * process with --accum 2) */
+        if (micro > 1) {
+            float *acc = t->acc;
+            const float *g = ps->grads;
+            if (!have)
+                memcpy(acc, g, ps->n * sizeof *acc);
+            else
+                for (size_t i = 0; i < ps->n; i++) acc[i] += g[i];
+        }
+        have = 1;
         phase(t, QKV_PHASE_BACKWARD, tp);
     }
+    if (!have)
+        qkv_params_zero_grad(ps); /* a rank with no rows adds nothing */
+    else if (micro > 1)
+        memcpy(ps->grads, t->acc, ps->n * sizeof *t->acc);
     /* one all-reduce of the gradients, one of the loss (no-ops alone) */
     qkv_comm_sum_floats(t->model.params.grads, t->model.params.n);
     qkv_comm_sum_doubles(&loss, 1);
@@ -255,6 +274,7 @@ int qkv_trainer_resume(qkv_trainer *t, const char *path,
 }
 
 void qkv_trainer_free(qkv_trainer *t) {
+    free(t->acc);
     qkv_graph_free(&t->graph);
     qkv_optim_free(&t->opt);
     qkv_model_free(&t->model);

@@ -101,6 +101,7 @@ typedef struct qkv_trainer {
      * phase[] sums the seconds of each phase of the steps. */
     qkv_profile prof;
     double phase[QKV_PHASE_COUNT];
+    float *acc; /* (n) the slices' gradient sum, with accumulation */
 } qkv_trainer;
 
 /* Takes over m (allocated; *m is zeroed: the trainer frees it) and starts a

@@ -515,7 +515,8 @@ static void check_memory(const train_run *r, const qkv_model *m,
     const qkv_source *s = r->data;
     double n = (double)m->params.n;
     int moments = opt->kind != QKV_OPTIM_SGD ? 2 : opt->momentum > 0;
-    double params = 4.0 * n * (2 + moments) + 4.0 * c->max_len * c->d_model;
+    double params = 4.0 * n * (2 + moments + (o.accum > 1)) +
+                    4.0 * c->max_len * c->d_model; /* + --accum's sums */
     /* a step runs its batch a slice at a time: --accum micro-batches, each
      * cut across the processes of an MPI job */
     int slices = o.accum * qkv_comm_size();
