@@ -97,7 +97,7 @@ STAGED_HDR := $(addprefix $(BUILD)/include/qkv/,$(notdir $(PUBLIC_HDR)))
 PREFIX    ?= /usr/local
 VERSION   := 0.1.0
 
-.PHONY: all test bench demo docs golden corpora valgrind clean format install uninstall format-check
+.PHONY: all test bench bench-mpi demo docs golden corpora valgrind clean format install uninstall format-check
 .SECONDARY:
 all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(EXAMPLES)
 
@@ -201,6 +201,13 @@ test: $(TEST_BIN) $(EXAMPLES)
 # matmul kernels: bench/run.sh prints the tables.
 bench: $(BENCH_BIN)
 	@sh bench/run.sh $(BUILD)
+
+# Data-parallel speed on this machine (Open MPI): the gradient all-reduce of
+# each bench config with 2 ranks, and a step on 2 ranks x 1 thread against
+# 1 process x 2 threads (bench/mpi.sh; needs openmpi-bin libopenmpi-dev).
+bench-mpi: $(BUILD)/bench/bench_train
+	$(MAKE) --no-print-directory MPI=1 BUILD=build-mpi build-mpi/bench/bench_train
+	@sh bench/mpi.sh $(BUILD) build-mpi
 
 # Every test but the long learning run and the thread-count test (its
 # timing means nothing under valgrind) under valgrind (memcheck), built

@@ -10,6 +10,9 @@
  *   bench_train tape                      tape overhead per recorded op
  *   bench_train spin                      a busy CPU, until killed (run.sh's
  *                                         "other core busy" rows)
+ *   mpirun -np K bench_train base ...     (make bench-mpi) data-parallel: the
+ *                                         step on K ranks, and the time of
+ *                                         its gradient all-reduce alone
  *
  * Timing: 5 warm-up steps, then R runs of K steps; the figure is the
  * median run's time per step (CLOCK_MONOTONIC). A step is a fresh batch
@@ -176,6 +179,7 @@ static void tape_overhead(void) {
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv) {
+    qkv_comm_init(&argc, &argv); /* make bench-mpi: mpirun -np K */
     if (argc < 2) {
         fprintf(stderr, "usage: bench_train tiny|small|base|peak|tape|spin "
                         "[--threads N] [--steps K] [--reps R]\n");
@@ -250,6 +254,27 @@ int main(int argc, char **argv) {
     size_t allocs = n_allocs - allocs0;
     qsort(t, (size_t)reps, sizeof *t, cmp_double);
     double s = t[reps / 2], flops = step_flops(c);
+    if (qkv_comm_size() > 1) { /* the step's all-reduce alone */
+        double *a = malloc((size_t)(5 * reps) * sizeof *a);
+        for (int r = 0; r < 5 * reps; r++) {
+            qkv_comm_barrier();
+            double t0 = qkv_seconds();
+            qkv_comm_sum_floats(tr.model.params.grads, tr.model.params.n);
+            a[r] = qkv_seconds() - t0;
+        }
+        qsort(a, (size_t)(5 * reps), sizeof *a, cmp_double);
+        if (qkv_comm_rank() == 0)
+            printf("ranks=%d grad_mb=%.1f allreduce_ms=%.3f ", qkv_comm_size(),
+                   4.0 * (double)tr.model.params.n / 1e6,
+                   1e3 * a[5 * reps / 2]);
+        free(a);
+    }
+    if (qkv_comm_rank() != 0) {
+        free(t);
+        qkv_source_free(data);
+        qkv_trainer_free(&tr);
+        return 0;
+    }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("config=%s threads=%d threads_at_end=%d ms_per_step=%.3f "
