@@ -8,7 +8,7 @@
 #ifdef QKV_MPI
 #include <mpi.h>
 
-static int started, rank_, size_ = 1;
+static int started, rank_, size_ = 1, local;
 
 void qkv_comm_init(int *argc, char ***argv) {
     int done = 0;
@@ -30,10 +30,19 @@ void qkv_comm_finalize(void) {
 }
 
 int qkv_comm_rank(void) {
-    return rank_;
+    return local ? 0 : rank_;
 }
 int qkv_comm_size(void) {
+    return local ? 1 : size_;
+}
+int qkv_comm_world_rank(void) {
+    return rank_;
+}
+int qkv_comm_world_size(void) {
     return size_;
+}
+void qkv_comm_set_local(int on) {
+    local = on != 0;
 }
 int qkv_comm_has_mpi(void) {
     return 1;
@@ -41,7 +50,7 @@ int qkv_comm_has_mpi(void) {
 
 /* MPI counts are ints: a buffer of more than INT_MAX goes in pieces. */
 static void sum(void *x, size_t n, size_t elem, MPI_Datatype type) {
-    if (size_ == 1) return;
+    if (qkv_comm_size() == 1) return;
     for (size_t at = 0; at < n; at += INT_MAX / 2) {
         size_t k = n - at < INT_MAX / 2 ? n - at : INT_MAX / 2;
         int rc = MPI_Allreduce(MPI_IN_PLACE, (char *)x + at * elem, (int)k,
@@ -58,13 +67,17 @@ void qkv_comm_sum_doubles(double *x, size_t n) {
 }
 
 int qkv_comm_any(int flag) {
-    if (size_ == 1) return flag != 0;
+    if (qkv_comm_size() == 1) return flag != 0;
     int in = flag != 0, out = 0;
     MPI_Allreduce(&in, &out, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
     return out;
 }
 
 void qkv_comm_barrier(void) {
+    if (qkv_comm_size() > 1) MPI_Barrier(MPI_COMM_WORLD);
+}
+
+void qkv_comm_world_barrier(void) {
     if (size_ > 1) MPI_Barrier(MPI_COMM_WORLD);
 }
 
@@ -83,6 +96,16 @@ int qkv_comm_size(void) {
 int qkv_comm_has_mpi(void) {
     return 0;
 }
+int qkv_comm_world_rank(void) {
+    return 0;
+}
+int qkv_comm_world_size(void) {
+    return 1;
+}
+void qkv_comm_set_local(int on) {
+    (void)on;
+}
+void qkv_comm_world_barrier(void) {}
 void qkv_comm_sum_floats(float *x, size_t n) {
     (void)x, (void)n;
 }

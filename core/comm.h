@@ -32,6 +32,14 @@ int qkv_comm_size(void); /* processes in the job; 1 without MPI */
 /* 1 in a build with MPI (make MPI=1), else 0. */
 int qkv_comm_has_mpi(void);
 
+/* Local mode (on != 0): this process acts as a job of one (rank 0 of 1)
+ * while on, so the trainer and the command line work alone: a distributed
+ * sweep gives whole runs to ranks. The world's rank and size stay readable. */
+void qkv_comm_set_local(int on);
+int qkv_comm_world_rank(void);
+int qkv_comm_world_size(void);
+void qkv_comm_world_barrier(void);
+
 /* x[0..n) = the sum over every rank of its x[0..n), in place, the same
  * values on every rank. */
 void qkv_comm_sum_floats(float *x, size_t n);

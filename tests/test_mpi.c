@@ -11,6 +11,7 @@
  * - Two runs with two ranks are bitwise identical.
  * - A checkpoint does not depend on the rank count: a 2-rank run resumed by
  *   one process continues it.
+ * - A sweep across 2 ranks writes the sequential sweep's figures.
  * - A bad flag is said once, exit 2; a killed rank ends the job, no hang;
  *   Ctrl-C on mpirun ends every rank and the last checkpoint loads.
  *
@@ -125,6 +126,9 @@ static void test_two_ranks_against_one_process(void) {
            "and %.1f%%\n",
            agree, agree1, 100 * last_acc("k2"), 100 * last_acc("k1"));
     CHECK(agree >= 30, "2 ranks leave 1 process's curve at step %d", agree + 1);
+    /* --accum 2 --batch 32 is --batch 64's update, up to float order */
+    CHECK(agree1 >= 30, "--accum 2 leaves --batch 64's curve at step %d",
+          agree1 + 1);
     CHECK(last_acc("k1") >= 0.98 && last_acc("k2") >= 0.98,
           "exact match %.3f (1 process), %.3f (2 ranks)", last_acc("k1"),
           last_acc("k2"));
@@ -214,6 +218,24 @@ static void test_ctrl_c_keeps_the_last_checkpoint(void) {
     CHECK(rc == 0, "the checkpoint left by Ctrl-C does not load: %s", out);
 }
 
+static void test_sweep_across_ranks(void) {
+    if (!have_mpi()) SKIP("no mpirun or no MPI build");
+#define SWEEP "sweep --N 1,2 --h 1,2 --steps 60 --eval-every 30 --term dumb"
+    int rc = sh("%s " SWEEP " --out %s/sw1%s", qkv, dir, "");
+    CHECK(rc == 0, "sweep: exit %d: %s", rc, out);
+    rc = sh("%s %s " SWEEP " --out %s/sw2", mpirun, qkv_mpi, dir);
+    CHECK(rc == 0, "mpirun sweep: exit %d: %s", rc, out);
+    /* the same figures but for the time columns */
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "bash -c 'cmp <(cut -d, -f1-9 %s/sw1/sweep.csv) <(cut -d, -f1-9 "
+             "%s/sw2/sweep.csv)'",
+             dir, dir);
+    CHECK(test_shell(cmd, out, sizeof out) == 0,
+          "the 2-rank sweep's sweep.csv differs from the sequential one: %s",
+          out);
+}
+
 int main(void) {
     test_prog = "mpi";
     test_qkv_path(qkv, sizeof qkv);
@@ -233,6 +255,7 @@ int main(void) {
     RUN(test_bad_flag_said_once);
     RUN(test_a_killed_rank_ends_the_job);
     RUN(test_ctrl_c_keeps_the_last_checkpoint);
+    RUN(test_sweep_across_ranks);
     test_rmtree(dir);
     return test_summary();
 }

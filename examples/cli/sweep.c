@@ -5,8 +5,10 @@
  *             --valid data/corpora/grammar/valid.tsv --metric val_bleu
  *
  * Every cell is one `qkv train` run (the same command, called in this
- * process: the library's trainer) in OUT/N<n>-h<h>/, with the same data, seed and budget; only N and h
- * change. By default d_model stays fixed, so d_k = d_model / h shrinks as h
+ * process: the library's trainer) in OUT/N<n>-h<h>/, with the same data,
+ * seed and budget; only N and h change. Under mpirun (an MPI build) the
+ * ranks share the cells out, each training whole cells alone, and rank 0
+ * writes the results. By default d_model stays fixed, so d_k = d_model / h shrinks as h
  * grows and the cost of attention stays the same: the paper's Table 3 row A
  * (Vaswani et al. 2017). --d-k K instead fixes d_k and sets d_model = h K.
  *
@@ -446,7 +448,8 @@ static void open_sweep(const sweep *w, const char *settings) {
     }
     cli_make_dirs("sweep", w->out);
     cli_run_lock("sweep", w->out); /* one sweep writes a directory at a time */
-    cli_write_file("sweep", path, settings);
+    if (qkv_comm_world_rank() == 0) cli_write_file("sweep", path, settings);
+    qkv_comm_world_barrier(); /* an MPI job's ranks start on a made OUT */
 }
 
 /* Trains cell c in dir (or resumes it, if cut short), unless it is done. */
@@ -514,15 +517,23 @@ static void read_cell(sweep *w, int k, const char *dir) {
 }
 
 /* Every cell in turn, sweep.csv rewritten after each; stops at Ctrl-C. */
+/* Every cell in turn, sweep.csv rewritten after each; stops at Ctrl-C. In
+ * an MPI job (mpirun -np K qkv sweep) rank r trains cells r, r + K, ...,
+ * each alone (a job of one: qkv_comm_set_local), and rank 0 gathers the
+ * results from the cells' directories once every rank is done. */
 static void run_cells(sweep *w) {
-    int n = w->nN * w->nh;
-    char path[4400];
+    int n = w->nN * w->nh, rank = qkv_comm_world_rank();
+    int ranks = qkv_comm_world_size();
+    char path[4400], dir[4200];
     snprintf(path, sizeof path, "%s/sweep.csv", w->out);
-    for (int k = 0; k < n && !interrupted; k++) {
+    for (int k = 0; k < n; k++) {
         cell *c = &w->cells[k];
         c->N = w->Ns[k / w->nh], c->h = w->hs[k % w->nh];
         c->d_model = w->d_k ? c->h * w->d_k : w->d_model;
-        char dir[4200];
+    }
+    qkv_comm_set_local(1);
+    for (int k = rank; k < n && !interrupted; k += ranks) {
+        cell *c = &w->cells[k];
         snprintf(dir, sizeof dir, "%s/N%d-h%d", w->out, c->N, c->h);
         printf("[%d/%d] N=%d h=%d d_model=%d d_k=%d", k + 1, n, c->N, c->h,
                c->d_model, c->d_model / c->h);
@@ -535,9 +546,21 @@ static void run_cells(sweep *w) {
             cli_die("sweep: the run in %s failed (exit %d); fix the flags "
                     "and run the sweep again",
                     dir, rc);
+        if (ranks > 1) continue; /* rank 0 reads them all at the end */
         read_cell(w, k, dir);
         write_csv(path, w->cells, n);
     }
+    qkv_comm_set_local(0);
+    if (ranks == 1) return;
+    qkv_comm_world_barrier();
+    for (int k = 0; k < n && rank == 0; k++) {
+        cell *c = &w->cells[k];
+        snprintf(dir, sizeof dir, "%s/N%d-h%d", w->out, c->N, c->h);
+        printf("[%d/%d] N=%d h=%d (rank %d)\n", k + 1, n, c->N, c->h,
+               k % ranks);
+        read_cell(w, k, dir);
+    }
+    if (rank == 0) write_csv(path, w->cells, n);
 }
 
 /* The loss curves of every cell and the heatmap of the metric. */
@@ -563,6 +586,9 @@ int cmd_sweep(int argc, char **argv) {
     memset(w, 0, sizeof *w);
     w->Nlist = "1,2", w->hlist = "1,2,4", w->metric_s = "val_loss";
     w->out = "runs/sweep", w->term = "png", w->argv0 = argv[0];
+    /* in an MPI job rank 0 speaks for the sweep */
+    if (qkv_comm_world_rank() != 0 && !freopen("/dev/null", "w", stdout))
+        cli_die("sweep: cannot silence rank %d", qkv_comm_world_rank());
     parse(w, argc, argv);
     check_cells(w);
     char *settings = settings_json(w);
@@ -573,6 +599,10 @@ int cmd_sweep(int argc, char **argv) {
     w->labels = qkv_calloc((size_t)n, sizeof *w->labels, "sweep");
     signal(SIGINT, on_sigint);
     run_cells(w);
+    if (qkv_comm_world_rank() != 0) {
+        free(w->cells), free(w->logs), free(w->labels), free(settings);
+        return 0;
+    }
     char path[4400];
     snprintf(path, sizeof path, "%s/sweep.csv", w->out);
     write_csv(path, w->cells, n);
