@@ -11,7 +11,8 @@
  * - Two runs with two ranks are bitwise identical.
  * - A checkpoint does not depend on the rank count: a 2-rank run resumed by
  *   one process continues it.
- * - A sweep across 2 ranks writes the sequential sweep's figures.
+ * - A sweep across 2 ranks, with --seeds, writes the sequential sweep's
+ *   figures, means and deviations.
  * - A bad flag is said once, exit 2; a killed rank ends the job, no hang;
  *   Ctrl-C on mpirun ends every rank and the last checkpoint loads.
  *
@@ -220,7 +221,8 @@ static void test_ctrl_c_keeps_the_last_checkpoint(void) {
 
 static void test_sweep_across_ranks(void) {
     if (!have_mpi()) SKIP("no mpirun or no MPI build");
-#define SWEEP "sweep --N 1,2 --h 1,2 --steps 60 --eval-every 30 --term dumb"
+#define SWEEP                                                                  \
+    "sweep --N 1,2 --h 1,2 --seeds 1,2 --steps 60 --eval-every 30 --term dumb"
     int rc = sh("%s " SWEEP " --out %s/sw1%s", qkv, dir, "");
     CHECK(rc == 0, "sweep: exit %d: %s", rc, out);
     rc = sh("%s %s " SWEEP " --out %s/sw2", mpirun, qkv_mpi, dir);
@@ -228,8 +230,8 @@ static void test_sweep_across_ranks(void) {
     /* the same figures but for the time columns */
     char cmd[1024];
     snprintf(cmd, sizeof cmd,
-             "bash -c 'cmp <(cut -d, -f1-9 %s/sw1/sweep.csv) <(cut -d, -f1-9 "
-             "%s/sw2/sweep.csv)'",
+             "bash -c 'cmp <(cut -d, -f1-9,12- %s/sw1/sweep.csv) <(cut -d, "
+             "-f1-9,12- %s/sw2/sweep.csv)'",
              dir, dir);
     CHECK(test_shell(cmd, out, sizeof out) == 0,
           "the 2-rank sweep's sweep.csv differs from the sequential one: %s",

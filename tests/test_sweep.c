@@ -1,5 +1,6 @@
 /* qkv sweep: the grid, sweep.csv against the printed table, the pictures,
  * resuming an interrupted sweep, and bad input. Drives build/examples/qkv. */
+#include <math.h>
 #include <sys/stat.h>
 
 #include "test.h"
@@ -179,6 +180,67 @@ static void test_fixed_dk(void) {
           "d_model/d_k with --d-k");
 }
 
+/* The last val_loss of a run's log.csv. */
+static double last_val_loss(const char *log) {
+    FILE *f = fopen(log, "r");
+    char line[512];
+    double v = -1;
+    while (f && fgets(line, sizeof line, f)) {
+        double c[6];
+        int step;
+        if (sscanf(line, "%d,%lf,%lf,%lf,%lf,%lf", &step, &c[0], &c[1], &c[2],
+                   &c[3], &c[4]) == 6)
+            v = c[4];
+    }
+    if (f) fclose(f);
+    return v;
+}
+
+static void test_seeds_give_means_and_deviations(void) {
+    char cmd[2000], out[16384], path[300], line[512];
+    snprintf(cmd, sizeof cmd,
+             "sweep --N 1 --h 1,2 --seeds 3,5 --task copy --steps 20 "
+             "--eval-every 10 --eval-size 10 --batch 8 --d-model 16 --d-ff 32 "
+             "--term dumb --out %s/s",
+             dir);
+    CHECK(run(cmd, out, sizeof out) == 0, "sweep --seeds failed: %s", out);
+    CHECK(strstr(out, "mean±sd over the seeds") && strstr(out, "±"),
+          "the table shows no deviations: %s", out);
+    snprintf(path, sizeof path, "%s/s/sweep.csv", dir);
+    FILE *f = fopen(path, "r");
+    CHECK(f && fgets(line, sizeof line, f) &&
+              strstr(line, ",seeds,train_loss_sd,val_loss_sd,val_acc_sd,"
+                           "val_bleu_sd\n"),
+          "sweep.csv has no seed columns");
+    int N, h, runs, rows = 0;
+    double vl, vl_sd;
+    while (f && fgets(line, sizeof line, f)) {
+        double x[8];
+        if (sscanf(line, "%d,%d,%lf,%lf,%lf,%lf,%lf", &N, &h, &x[0], &x[1],
+                   &x[2], &x[3], &vl) != 7)
+            continue;
+        const char *p = line;
+        for (int i = 0; i < 11 && p; i++) p = strchr(p, ',') + 1;
+        CHECK(p && sscanf(p, "%d,%lf,%lf", &runs, &x[0], &vl_sd) == 3,
+              "seed columns of %s", line);
+        /* the mean and sample sd of the two runs' last val_loss */
+        char a[400], b[400];
+        snprintf(a, sizeof a, "%s/s/N%d-h%d-s3/log.csv", dir, N, h);
+        snprintf(b, sizeof b, "%s/s/N%d-h%d-s5/log.csv", dir, N, h);
+        double va = last_val_loss(a), vb = last_val_loss(b);
+        CHECK(runs == 2 && va > 0 && vb > 0, "runs %d, logs %g %g", runs, va,
+              vb);
+        CHECK(fabs(vl - (va + vb) / 2) < 2e-6, "mean %g of %g and %g", vl, va,
+              vb);
+        CHECK(fabs(vl_sd - fabs(va - vb) / sqrt(2)) < 2e-6, "sd %g of %g, %g",
+              vl_sd, va, vb);
+        CHECK(va != vb, "seeds 3 and 5 gave the same run");
+        rows++;
+    }
+    if (f) fclose(f);
+    CHECK(rows == 2, "sweep.csv has %d rows, want 2", rows);
+}
+
 static void test_bad_input(void) {
     static const struct {
         const char *args, *want;
@@ -211,6 +273,7 @@ int main(void) {
     RUN(test_grid_csv_table_and_pictures);
     RUN(test_interrupted_sweep_resumes);
     RUN(test_fixed_dk);
+    RUN(test_seeds_give_means_and_deviations);
     RUN(test_bad_input);
     if (test_rmtree(dir)) return 1;
     return test_summary();

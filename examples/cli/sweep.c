@@ -37,6 +37,10 @@ typedef struct cell {
     int N, h, d_model, done;
     long params;
     double train_loss, val_loss, val_acc, val_bleu, seconds, tok_per_s;
+    /* --seeds: the runs averaged, and the sample standard deviation of
+     * train_loss, val_loss, val_acc, val_bleu over them */
+    int runs;
+    double sd[4];
 } cell;
 
 /* "1,2,4" -> values; one line and exit 2 if it is not a list of positive
@@ -140,12 +144,17 @@ static void fmt(char *buf, size_t cap, double v, const char *f, int csv) {
         snprintf(buf, cap, f, v);
 }
 
-static void write_csv(const char *path, const cell *cells, int n) {
-    size_t cap = 256 + (size_t)n * 256, len = 0;
+/* sweep.csv: a row per finished cell; with --seeds the figures are means,
+ * and the last five columns give the seeds and the standard deviations. */
+static void write_csv(const char *path, const cell *cells, int n, int seeds) {
+    size_t cap = 256 + (size_t)n * 384, len = 0;
     char *text = qkv_malloc(cap, "sweep.csv");
     len += (size_t)snprintf(text + len, cap - len,
                             "N,h,d_model,d_k,params,train_loss,val_loss,"
-                            "val_acc,val_bleu,seconds,tokens_per_s\n");
+                            "val_acc,val_bleu,seconds,tokens_per_s%s\n",
+                            seeds ? ",seeds,train_loss_sd,val_loss_sd,"
+                                    "val_acc_sd,val_bleu_sd"
+                                  : "");
     for (int i = 0; i < n; i++) {
         const cell *c = &cells[i];
         if (!c->done) continue;
@@ -157,36 +166,64 @@ static void write_csv(const char *path, const cell *cells, int n) {
         fmt(v[4], 32, c->seconds, "%.3f", 1);
         fmt(v[5], 32, c->tok_per_s, "%.0f", 1);
         len += (size_t)snprintf(text + len, cap - len,
-                                "%d,%d,%d,%d,%ld,%s,%s,%s,%s,%s,%s\n", c->N,
-                                c->h, c->d_model, c->d_model / c->h, c->params,
-                                v[0], v[1], v[2], v[3], v[4], v[5]);
+                                "%d,%d,%d,%d,%ld,%s,%s,%s,%s,%s,%s", c->N, c->h,
+                                c->d_model, c->d_model / c->h, c->params, v[0],
+                                v[1], v[2], v[3], v[4], v[5]);
+        if (seeds) {
+            char d[4][32];
+            fmt(d[0], 32, c->sd[0], "%.6f", 1);
+            fmt(d[1], 32, c->sd[1], "%.6f", 1);
+            fmt(d[2], 32, c->sd[2], "%.4f", 1);
+            fmt(d[3], 32, c->sd[3], "%.2f", 1);
+            len += (size_t)snprintf(text + len, cap - len, ",%d,%s,%s,%s,%s",
+                                    c->runs, d[0], d[1], d[2], d[3]);
+        }
+        len += (size_t)snprintf(text + len, cap - len, "\n");
     }
     cli_write_file("sweep", path, text);
     free(text);
 }
 
-static void print_table(const cell *cells, int n, int metric) {
+/* A mean and its standard deviation ("1.2345±0.0123"), or just the value. */
+static void fmt_sd(char *buf, size_t cap, double v, double sd, const char *f,
+                   int seeds) {
+    fmt(buf, cap, v, f, 0);
+    if (seeds && !isnan(v) && !isnan(sd)) {
+        size_t k = strlen(buf);
+        snprintf(buf + k, cap - k, "±");
+        k = strlen(buf);
+        snprintf(buf + k, cap - k, f, sd);
+    }
+}
+
+static void print_table(const cell *cells, int n, int metric, int seeds) {
     cell *s = qkv_malloc((size_t)n * sizeof *s, "table");
     int k = 0;
     for (int i = 0; i < n; i++)
         if (cells[i].done) s[k++] = cells[i];
     sort_metric = metric;
     qsort(s, (size_t)k, sizeof *s, cmp_cells);
-    printf("\n%3s %3s %7s %4s %9s %10s %9s %8s %8s %8s %9s   (sorted by %s)\n",
-           "N", "h", "d_model", "d_k", "params", "train_loss", "val_loss",
-           "val_acc", "val_bleu", "seconds", "tokens/s", metric_names[metric]);
+    /* with --seeds a figure is "mean±sd": wider columns (± is 2 bytes) */
+    int w1 = seeds ? 16 : 10, w2 = seeds ? 16 : 9, w3 = seeds ? 14 : 8;
+    int u = seeds != 0; /* the extra byte of a "±" */
+    printf("\n%3s %3s %7s %4s %9s %*s %*s %*s %*s %8s %9s   (sorted by %s%s)\n",
+           "N", "h", "d_model", "d_k", "params", w1, "train_loss", w2,
+           "val_loss", w3, seeds ? "val_acc %" : "val_acc", w3, "val_bleu",
+           "seconds", "tokens/s", metric_names[metric],
+           seeds ? "; mean±sd over the seeds" : "");
     for (int i = 0; i < k; i++) {
         const cell *c = &s[i];
         char v[6][32];
-        fmt(v[0], 32, c->train_loss, "%.4f", 0);
-        fmt(v[1], 32, c->val_loss, "%.4f", 0);
-        fmt(v[2], 32, 100 * c->val_acc, "%.1f%%", 0);
-        fmt(v[3], 32, c->val_bleu, "%.2f", 0);
+        fmt_sd(v[0], 32, c->train_loss, c->sd[0], "%.4f", seeds);
+        fmt_sd(v[1], 32, c->val_loss, c->sd[1], "%.4f", seeds);
+        fmt_sd(v[2], 32, 100 * c->val_acc, 100 * c->sd[2], "%.1f", seeds);
+        if (!seeds && !isnan(c->val_acc)) strcat(v[2], "%");
+        fmt_sd(v[3], 32, c->val_bleu, c->sd[3], "%.2f", seeds);
         fmt(v[4], 32, c->seconds, "%.1f", 0);
         fmt(v[5], 32, c->tok_per_s, "%.0f", 0);
-        printf("%3d %3d %7d %4d %9ld %10s %9s %8s %8s %8s %9s\n", c->N, c->h,
-               c->d_model, c->d_model / c->h, c->params, v[0], v[1], v[2], v[3],
-               v[4], v[5]);
+        printf("%3d %3d %7d %4d %9ld %*s %*s %*s %*s %8s %9s\n", c->N, c->h,
+               c->d_model, c->d_model / c->h, c->params, w1 + u, v[0], w2 + u,
+               v[1], w3 + u, v[2], w3 + u, v[3], v[4], v[5]);
     }
     free(s);
 }
@@ -195,7 +232,7 @@ static void print_table(const cell *cells, int n, int metric) {
  * written in the cells. */
 static int draw_heatmap(const char *out, const cell *cells, const int *Ns,
                         int nN, const int *hs, int nh, int metric,
-                        const char *term) {
+                        const char *term, int seeds) {
     char dat[4200], gp[4200], png[4200];
     snprintf(dat, sizeof dat, "%s/heatmap.dat", out);
     snprintf(gp, sizeof gp, "%s/heatmap.gp", out);
@@ -206,16 +243,18 @@ static int draw_heatmap(const char *out, const cell *cells, const int *Ns,
         cli_warn("sweep: cannot write %s: %s", dat, strerror(errno));
         return -1;
     }
-    fprintf(f, "# h_index N_index %s h N\n", metric_names[metric]);
+    fprintf(f, "# h_index N_index %s h N sd\n", metric_names[metric]);
     for (int i = 0; i < nN; i++) {
         for (int j = 0; j < nh; j++) {
             const cell *c = &cells[i * nh + j];
             double v = c->done ? metric_of(c, metric) : NAN;
-            if (metric == 1 && !isnan(v)) v *= 100;
+            double sd = c->done ? c->sd[metric == 3 ? 0 : metric + 1] : NAN;
+            if (metric == 1) v *= 100, sd *= 100;
             if (isnan(v))
-                fprintf(f, "%d %d NaN %d %d\n", j, i, hs[j], Ns[i]);
+                fprintf(f, "%d %d NaN %d %d NaN\n", j, i, hs[j], Ns[i]);
             else
-                fprintf(f, "%d %d %.6g %d %d\n", j, i, v, hs[j], Ns[i]);
+                fprintf(f, "%d %d %.6g %d %d %.6g\n", j, i, v, hs[j], Ns[i],
+                        sd);
         }
         fputc('\n', f);
     }
@@ -231,7 +270,12 @@ static int draw_heatmap(const char *out, const cell *cells, const int *Ns,
                               i ? ", " : "", Ns[i], i);
     cli_gp_string(q_dat, sizeof q_dat, "heatmap.dat");
     cli_gp_string(q_png, sizeof q_png, strrchr(png, '/') + 1);
-    const char *label = metric == 1 ? "%.1f" : metric == 2 ? "%.1f" : "%.3f";
+    const char *f1 = metric == 1 || metric == 2 ? "%.1f" : "%.3f";
+    char label[64]; /* the value, and with --seeds its sd: 1.740±0.012 */
+    if (seeds)
+        snprintf(label, sizeof label, "sprintf('%s±%s', $3, $6)", f1, f1);
+    else
+        snprintf(label, sizeof label, "sprintf('%s', $3)", f1);
     char script[20000];
     const char *terminal =
         strcmp(term, "dumb") == 0 ? "set terminal dumb size 80,25\n"
@@ -251,7 +295,7 @@ static int draw_heatmap(const char *out, const cell *cells, const int *Ns,
              "set style fill solid noborder\n"
              "plot %s using 1:2:(0.5):(0.5):3 with boxxyerror fc palette, "
              "\\\n"
-             "     %s using 1:2:(sprintf('%s', $3)) with labels\n",
+             "     %s using 1:2:(%s) with labels\n",
              metric_names[metric], terminal,
              strcmp(term, "dumb") == 0 ? "" : "set output ",
              strcmp(term, "dumb") == 0 ? "" : q_png,
@@ -297,7 +341,8 @@ static int run_train(char **args, int silent) {
 
 /* A sweep: its flags, the qkv train flags it passes on, and its cells. */
 typedef struct sweep {
-    const char *Nlist, *hlist, *metric_s, *out, *term;
+    const char *Nlist, *hlist, *metric_s, *out, *term, *seedlist;
+    int seeds[MAX_VALUES], ns; /* --seeds; ns 0: one run a cell, no suffix */
     int d_k, keep_dk, fixed_compute, metric, d_model;
     int Ns[MAX_VALUES], hs[MAX_VALUES], nN, nh;
     char *own[64], *pass[MAX_PASS];
@@ -360,6 +405,10 @@ static void parse(sweep *w, int argc, char **argv) {
         {"out", FLAG_STR, &w->out, NULL,
          "sweep directory (a run per cell, sweep.csv, pictures)", 0, 0},
         {"term", FLAG_STR, &w->term, "png|svg|dumb", "picture format", 0, 0},
+        {"seeds", FLAG_STR, &w->seedlist, NULL,
+         "repeat each cell with these --seed values, comma-separated, and "
+         "report means and standard deviations (none: one run a cell)",
+         0, 0},
     };
     int nf = (int)(sizeof flags / sizeof flags[0]);
     /* Our flags are parsed here; every other flag goes to qkv train. */
@@ -370,6 +419,7 @@ static void parse(sweep *w, int argc, char **argv) {
               flags, nf, w->n_own, w->own, 2, NULL, 0, NULL);
     w->nN = parse_list("N", w->Nlist, w->Ns);
     w->nh = parse_list("h", w->hlist, w->hs);
+    w->ns = *w->seedlist ? parse_list("seeds", w->seedlist, w->seeds) : 0;
     while (strcmp(metric_names[w->metric], w->metric_s)) w->metric++;
     if (w->d_k && (w->keep_dk || w->fixed_compute))
         cli_die("sweep: --d-k and --fixed-compute contradict each other");
@@ -416,6 +466,7 @@ static char *settings_json(const sweep *w) {
     cJSON_AddStringToObject(js, "N", w->Nlist);
     cJSON_AddStringToObject(js, "h", w->hlist);
     cJSON_AddNumberToObject(js, "d_k", w->d_k);
+    if (w->ns) cJSON_AddStringToObject(js, "seeds", w->seedlist);
     cJSON *pa = cJSON_AddArrayToObject(js, "train");
     for (int i = 0; i < w->n_pass; i++)
         if (strcmp(w->pass[i], "--threads") && strcmp(w->pass[i], "--quiet") &&
@@ -453,8 +504,10 @@ static void open_sweep(const sweep *w, const char *settings) {
 }
 
 /* Trains cell c in dir (or resumes it, if cut short), unless it is done. */
-static int train_cell(const sweep *w, const cell *c, const char *dir) {
-    char done[4300], ckpt[4300], N[16], h[16], dm[16], *args[MAX_PASS + 16];
+static int train_cell(const sweep *w, const cell *c, const char *dir,
+                      int seed) {
+    char done[4300], ckpt[4300], N[16], h[16], dm[16], sd[16];
+    char *args[MAX_PASS + 16];
     snprintf(done, sizeof done, "%s/done", dir);
     snprintf(ckpt, sizeof ckpt, "%s/ckpt.safetensors", dir);
     struct stat st;
@@ -484,6 +537,11 @@ static int train_cell(const sweep *w, const cell *c, const char *dir) {
                          * save, whose log and config start over */
                         "--force"};
         for (int q = 0; q < 9; q++) args[na++] = more[q];
+        if (seed >= 0) { /* --seeds: after --seed, so it wins */
+            snprintf(sd, sizeof sd, "%d", seed);
+            args[na++] = "--seed";
+            args[na++] = sd;
+        }
     }
     if (!isatty(1)) args[na++] = "--quiet";
     args[na] = NULL;
@@ -493,13 +551,46 @@ static int train_cell(const sweep *w, const cell *c, const char *dir) {
 }
 
 /* Cell k's figures from its log and checkpoint, and its line of output. */
-static void read_cell(sweep *w, int k, const char *dir) {
+/* The directory of run r (0 .. runs - 1) of cell c. */
+static void cell_dir(const sweep *w, const cell *c, int r, char *dir,
+                     size_t cap) {
+    if (w->ns)
+        snprintf(dir, cap, "%s/N%d-h%d-s%d", w->out, c->N, c->h, w->seeds[r]);
+    else
+        snprintf(dir, cap, "%s/N%d-h%d", w->out, c->N, c->h);
+}
+
+/* Cell k's figures from its runs' logs (the mean over --seeds, with their
+ * standard deviations) and its first checkpoint, and its line of output. */
+static void read_cell(sweep *w, int k) {
     cell *c = &w->cells[k];
-    char path[4400], ckpt[4300];
-    snprintf(path, sizeof path, "%s/log.csv", dir);
+    int runs = w->ns ? w->ns : 1;
+    double sum[6] = {0}, sq[4] = {0};
+    char dir[4200], path[4400], ckpt[4300];
+    for (int r = 0; r < runs; r++) {
+        cell one = *c;
+        cell_dir(w, c, r, dir, sizeof dir);
+        snprintf(path, sizeof path, "%s/log.csv", dir);
+        if (read_results(path, &one))
+            cli_die("sweep: cannot read the results in %s", path);
+        double v[6] = {one.train_loss, one.val_loss, one.val_acc,
+                       one.val_bleu,   one.seconds,  one.tok_per_s};
+        for (int i = 0; i < 6; i++) sum[i] += v[i];
+        for (int i = 0; i < 4; i++) sq[i] += v[i] * v[i];
+        if (r == 0) w->logs[k] = qkv_strdup(path, "sweep");
+    }
+    double *mean[6] = {&c->train_loss, &c->val_loss, &c->val_acc,
+                       &c->val_bleu,   &c->seconds,  &c->tok_per_s};
+    for (int i = 0; i < 6; i++) *mean[i] = sum[i] / runs;
+    for (int i = 0; i < 4; i++) /* sample standard deviation */
+        c->sd[i] =
+            isnan(*mean[i]) ? NAN
+            : runs > 1
+                ? sqrt(fmax(0, (sq[i] - sum[i] * sum[i] / runs) / (runs - 1)))
+                : 0;
+    c->runs = runs;
+    cell_dir(w, c, 0, dir, sizeof dir);
     snprintf(ckpt, sizeof ckpt, "%s/ckpt.safetensors", dir);
-    if (read_results(path, c))
-        cli_die("sweep: cannot read the results in %s", path);
     qkv_model m;
     cli_data d;
     cli_load_model("sweep", ckpt, &m, &d);
@@ -507,13 +598,14 @@ static void read_cell(sweep *w, int k, const char *dir) {
     qkv_model_free(&m);
     cli_data_free(&d);
     c->done = 1;
-    w->logs[k] = qkv_strdup(path, "sweep");
     w->labels[k] = qkv_malloc(32, "sweep");
     snprintf(w->labels[k], 32, "N=%d h=%d", c->N, c->h);
     printf("      train loss %.4f  val loss %.4f  exact %.1f%%", c->train_loss,
            c->val_loss, 100 * c->val_acc);
     if (!isnan(c->val_bleu)) printf("  BLEU %.2f", c->val_bleu);
-    printf("  %.1f s\n", c->seconds);
+    printf("  %.1f s", c->seconds);
+    if (runs > 1) printf("  (mean of %d seeds)", runs);
+    printf("\n");
 }
 
 /* Every cell in turn, sweep.csv rewritten after each; stops at Ctrl-C. */
@@ -523,7 +615,7 @@ static void read_cell(sweep *w, int k, const char *dir) {
  * results from the cells' directories once every rank is done. */
 static void run_cells(sweep *w) {
     int n = w->nN * w->nh, rank = qkv_comm_world_rank();
-    int ranks = qkv_comm_world_size();
+    int ranks = qkv_comm_world_size(), runs = w->ns ? w->ns : 1;
     char path[4400], dir[4200];
     snprintf(path, sizeof path, "%s/sweep.csv", w->out);
     for (int k = 0; k < n; k++) {
@@ -532,12 +624,15 @@ static void run_cells(sweep *w) {
         c->d_model = w->d_k ? c->h * w->d_k : w->d_model;
     }
     qkv_comm_set_local(1);
-    for (int k = rank; k < n && !interrupted; k += ranks) {
+    /* run i is cell i / runs with seed i % runs; rank r has runs r, r + K.. */
+    for (int i = rank; i < n * runs && !interrupted; i += ranks) {
+        int k = i / runs, r = i % runs;
         cell *c = &w->cells[k];
-        snprintf(dir, sizeof dir, "%s/N%d-h%d", w->out, c->N, c->h);
-        printf("[%d/%d] N=%d h=%d d_model=%d d_k=%d", k + 1, n, c->N, c->h,
-               c->d_model, c->d_model / c->h);
-        int rc = train_cell(w, c, dir);
+        cell_dir(w, c, r, dir, sizeof dir);
+        printf("[%d/%d] N=%d h=%d d_model=%d d_k=%d", i + 1, n * runs, c->N,
+               c->h, c->d_model, c->d_model / c->h);
+        if (w->ns) printf(" seed=%d", w->seeds[r]);
+        int rc = train_cell(w, c, dir, w->ns ? w->seeds[r] : -1);
         if (rc == 130 || interrupted) {
             interrupted = 1;
             break;
@@ -546,21 +641,18 @@ static void run_cells(sweep *w) {
             cli_die("sweep: the run in %s failed (exit %d); fix the flags "
                     "and run the sweep again",
                     dir, rc);
-        if (ranks > 1) continue; /* rank 0 reads them all at the end */
-        read_cell(w, k, dir);
-        write_csv(path, w->cells, n);
+        if (ranks > 1 || r != runs - 1) continue; /* the cell's last run */
+        read_cell(w, k);
+        write_csv(path, w->cells, n, w->ns);
     }
     qkv_comm_set_local(0);
     if (ranks == 1) return;
-    qkv_comm_world_barrier();
+    qkv_comm_world_barrier(); /* rank 0 reads them all */
     for (int k = 0; k < n && rank == 0; k++) {
-        cell *c = &w->cells[k];
-        snprintf(dir, sizeof dir, "%s/N%d-h%d", w->out, c->N, c->h);
-        printf("[%d/%d] N=%d h=%d (rank %d)\n", k + 1, n, c->N, c->h,
-               k % ranks);
-        read_cell(w, k, dir);
+        printf("[%d/%d] N=%d h=%d\n", k + 1, n, w->cells[k].N, w->cells[k].h);
+        read_cell(w, k);
     }
-    if (rank == 0) write_csv(path, w->cells, n);
+    if (rank == 0) write_csv(path, w->cells, n, w->ns);
 }
 
 /* The loss curves of every cell and the heatmap of the metric. */
@@ -575,7 +667,7 @@ static void draw(const sweep *w) {
                         "step", 0, "qkv sweep: N x h"};
     int p1 = cli_plot_logs("sweep", ls, lb, n, &po);
     draw_heatmap(w->out, w->cells, w->Ns, w->nN, w->hs, w->nh, w->metric,
-                 w->term);
+                 w->term, w->ns);
     if (p1 == 0 && strcmp(w->term, "dumb") != 0)
         printf("loss curves: %s\n", png);
 }
@@ -586,6 +678,7 @@ int cmd_sweep(int argc, char **argv) {
     memset(w, 0, sizeof *w);
     w->Nlist = "1,2", w->hlist = "1,2,4", w->metric_s = "val_loss";
     w->out = "runs/sweep", w->term = "png", w->argv0 = argv[0];
+    w->seedlist = "";
     /* in an MPI job rank 0 speaks for the sweep */
     if (qkv_comm_world_rank() != 0 && !freopen("/dev/null", "w", stdout))
         cli_die("sweep: cannot silence rank %d", qkv_comm_world_rank());
@@ -605,8 +698,8 @@ int cmd_sweep(int argc, char **argv) {
     }
     char path[4400];
     snprintf(path, sizeof path, "%s/sweep.csv", w->out);
-    write_csv(path, w->cells, n);
-    print_table(w->cells, n, w->metric);
+    write_csv(path, w->cells, n, w->ns);
+    print_table(w->cells, n, w->metric, w->ns);
     printf("results: %s\n", path);
     if (interrupted)
         cli_warn("sweep interrupted; run the same command again to continue "
