@@ -97,7 +97,7 @@ STAGED_HDR := $(addprefix $(BUILD)/include/qkv/,$(notdir $(PUBLIC_HDR)))
 PREFIX    ?= /usr/local
 VERSION   := 0.1.0
 
-.PHONY: all test bench bench-mpi demo docs golden corpora valgrind clean format install uninstall format-check
+.PHONY: all test bench bench-mpi demo docs docs-seeds golden corpora valgrind clean format install uninstall format-check
 .SECONDARY:
 all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(EXAMPLES)
 
@@ -192,6 +192,20 @@ docs: $(QKV)
 
 # With Open MPI's mpicc on the machine, the MPI build (build-mpi/) is made
 # too: tests/test_mpi.c runs it under mpirun (it says SKIP without).
+# The README's Table 3 over 3 seeds (error bars; ~15 minutes on 2 cores),
+# across 2 ranks when the MPI build can be made.
+docs-seeds: $(QKV)
+	@mkdir -p docs
+	if command -v mpicc >/dev/null 2>&1; then \
+	    $(MAKE) --no-print-directory MPI=1 BUILD=build-mpi build-mpi/examples/qkv && \
+	    mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 build-mpi/examples/qkv sweep \
+	        --N 1,2,4 --h 1,2,4,8,16 $(DATES) --steps 600 --eval-every 300 \
+	        --eval-size 1000 --metric val_acc --seeds 1,2,3 --out runs/table3-seeds; \
+	else $(QKV) sweep --N 1,2,4 --h 1,2,4,8,16 $(DATES) --steps 600 --eval-every 300 \
+	        --eval-size 1000 --metric val_acc --seeds 1,2,3 --out runs/table3-seeds; fi
+	cp runs/table3-seeds/heatmap.png docs/sweep-heatmap-seeds.png
+	cp runs/table3-seeds/sweep.csv docs/table3-seeds.csv
+
 test: $(TEST_BIN) $(EXAMPLES)
 	@if command -v mpicc >/dev/null 2>&1; then \
 	    $(MAKE) --no-print-directory MPI=1 BUILD=build-mpi build-mpi/examples/qkv; fi
