@@ -208,7 +208,7 @@ docs-seeds: $(QKV)
 
 test: $(TEST_BIN) $(EXAMPLES)
 	@if command -v mpicc >/dev/null 2>&1; then \
-	    $(MAKE) --no-print-directory MPI=1 BUILD=build-mpi build-mpi/examples/qkv; fi
+	    $(MAKE) --no-print-directory MPI=1 SAN=0 DEBUG=0 BUILD=build-mpi build-mpi/examples/qkv; fi
 	@sh tests/run.sh $(TEST_BIN)
 
 # Training speed against PyTorch (when python3-torch is installed) and the

@@ -430,7 +430,8 @@ static void script_axes(const plot_job *j, cli_buf *s, const char *d) {
                                    : "seconds (wall clock)"));
     if (xcol == 2) cli_bprintf(s, "set format x '%%.1s%%c'\n");
     if (!dumb) cli_bprintf(s, "set ylabel 'cross-entropy loss'\n");
-    if (j->o->logy) cli_bprintf(s, "set logscale y\n");
+    if (j->o->logy) /* ticks 1e-06, not 0.0000010 */
+        cli_bprintf(s, "set logscale y\nset format y '%%g'\n");
     if (j->any_val)
         cli_bprintf(s, "set ytics nomirror\n"
                        "set y2range [0:100]\n"

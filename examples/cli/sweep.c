@@ -361,23 +361,27 @@ static void split_args(sweep *w, const flag *flags, int nf, int argc,
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         const flag *f = NULL;
+        size_t len = strcspn(a, "="); /* --name value, or --name=value */
         for (int k = 0; k < nf && !f; k++)
-            if (strncmp(a, "--", 2) == 0 && strcmp(a + 2, flags[k].name) == 0)
+            if (strncmp(a, "--", 2) == 0 && strlen(flags[k].name) == len - 2 &&
+                strncmp(a + 2, flags[k].name, len - 2) == 0)
                 f = &flags[k];
         int is_help = strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0;
         if (!f && !is_help && strncmp(a, "--", 2) != 0)
             cli_die("sweep: unexpected argument '%s'", a);
-        int train_value =
-            strchr(a, '=') ? 0 : cli_train_flag_takes_value(a + 2);
-        int takes_value = f ? f->type != FLAG_BOOL : !is_help && train_value;
+        int has_eq = a[len] == '=';
+        int train_value = has_eq ? 0 : cli_train_flag_takes_value(a + 2);
+        int takes_value =
+            f ? f->type != FLAG_BOOL && !has_eq : !is_help && train_value;
         char **dst = f || is_help ? w->own : w->pass;
         int *nd = f || is_help ? &w->n_own : &w->n_pass;
-        if (!f && !is_help &&
-            (strcmp(a, "--resume") == 0 || strcmp(a, "--N-enc") == 0 ||
-             strcmp(a, "--N-dec") == 0))
-            cli_die(
-                "sweep: %s cannot be given to a sweep (it sets it per cell)",
-                a);
+        static const char *const per_cell[] = {"--resume", "--N-enc",
+                                               "--N-dec"};
+        for (int k = 0; k < 3 && !f && !is_help; k++)
+            if (strlen(per_cell[k]) == len && !strncmp(a, per_cell[k], len))
+                cli_die("sweep: %s cannot be given to a sweep (it sets it "
+                        "per cell)",
+                        per_cell[k]);
         if (*nd >= (dst == w->own ? 60 : MAX_PASS - 8))
             cli_die("sweep: too many arguments");
         dst[(*nd)++] = argv[i];

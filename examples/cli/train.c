@@ -651,11 +651,12 @@ static void progress(train_run *r, double secs, int report) {
     char line[256];
     int n = snprintf(line, sizeof line, "step %d/%d  loss %.4f", r->step,
                      o.steps, (double)r->t.loss);
-    if (r->vdata)
+    int shown = r->vdata && !isnan(r->vloss); /* none before the first */
+    if (shown)
         n += snprintf(line + n, sizeof line - (size_t)n,
                       "  val loss %.4f  exact %5.1f%%", r->vloss,
                       100.0 * r->vacc);
-    if (r->corpus && r->vdata && n < (int)sizeof line)
+    if (r->corpus && shown && n < (int)sizeof line)
         n += snprintf(line + n, sizeof line - (size_t)n, "  BLEU %.1f",
                       r->vbleu);
     if (n < (int)sizeof line)
