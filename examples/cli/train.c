@@ -89,6 +89,9 @@ typedef struct train_opts {
     float label_smoothing, lr, clip, weight_decay;
     int warmup, batch, steps, seed, threads, eval_every, eval_size, quiet;
     int save_every, plot, dry_run, profile, force, skip_nonfinite, accum;
+    const char *config; /* --config: a previous run's config.json */
+    int metric;         /* 0 val_loss, 1 val_acc, 2 val_bleu */
+    int keep_best, patience;
 } train_opts;
 
 /* The flags write into o, mc (the model's) and oc (the optimiser's);
@@ -130,6 +133,7 @@ static const train_opts defaults = {
     .force = 0,
     .skip_nonfinite = 0,
     .accum = 1,
+    .config = "",
 };
 
 static const flag train_flags[] = {
@@ -196,6 +200,18 @@ static const flag train_flags[] = {
      "skip up to N steps whose loss or gradient is NaN or inf (0: stop "
      "at the first, exit 3)",
      0, 1000000},
+    {"config", FLAG_STR, &o.config, NULL,
+     "start from the settings of a previous run's config.json (flags given "
+     "here win)",
+     0, 0},
+    {"metric", FLAG_ENUM, &o.metric, "val_loss|val_acc|val_bleu",
+     "the validation figure --keep-best and --patience follow", 0, 0},
+    {"keep-best", FLAG_BOOL, &o.keep_best, NULL,
+     "keep DIR/best.safetensors, the checkpoint at the best --metric so far", 0,
+     0},
+    {"patience", FLAG_INT, &o.patience, NULL,
+     "stop after N validations without a better --metric (0: never)", 0,
+     1000000},
     {"accum", FLAG_INT, &o.accum, NULL,
      "gradient accumulation: each step draws N batches' worth and runs them "
      "N micro-batches at a time (the update of one N-times-larger batch)",
@@ -260,12 +276,17 @@ typedef struct train_run {
     double vloss, vacc, vbleu, secs0;
     int64_t last_save; /* the last good checkpoint's step, or -1 */
     int step, diverged;
+    /* --metric's best so far, its step, and validations since (-1: none) */
+    double best;
+    int best_step, since, stopped_early;
 } train_run;
 
 static const char *task_name(void) {
     static const char *const names[] = {"copy", "reverse", "sort"};
     return names[o.task];
 }
+
+static void read_best(train_run *r);
 
 static flag *find_flag(const char *name) {
     for (int i = 0; i < N_FLAGS; i++)
@@ -276,8 +297,8 @@ static flag *find_flag(const char *name) {
 /* Flags a --resume may give again: the checkpoint holds the rest. */
 static void check_resume_flags(int argc, char **argv) {
     static const char *const keep[] = {
-        "resume", "threads", "quiet",      "steps",         "epochs",
-        "plot",   "profile", "save-every", "skip-nonfinite"};
+        "resume", "threads", "quiet",      "steps",          "epochs",
+        "plot",   "profile", "save-every", "skip-nonfinite", "patience"};
     for (int i = 2; i < argc; i++) {
         if (strncmp(argv[i], "--", 2) != 0) continue;
         int ok = 0;
@@ -333,10 +354,44 @@ static void read_settings(train_run *r, int argc, char **argv) {
 
 /* The flags, then (--resume) the stored settings; flags that must go
  * together. The ranges were checked by the parser. */
+/* --config FILE: the settings a previous run wrote (config.json), checked
+ * as flags are, then the flags on the command line again, which win. What
+ * only makes sense given by hand (--resume, --force, --dry-run) is not
+ * taken from the file. */
+static void apply_config(int argc, char **argv) {
+    char err[600];
+    const char *path = o.config;
+    FILE *f = qkv_fopen_file(path, 1 << 20, NULL, err, sizeof err);
+    if (!f) cli_die("train: --config: %s", err);
+    char *text = qkv_malloc((1 << 20) + 1, "config");
+    size_t n = fread(text, 1, 1 << 20, f);
+    text[n] = 0;
+    fclose(f);
+    static cJSON *j; /* string settings point into it for the whole run */
+    cJSON_Delete(j);
+    j = cJSON_Parse(text);
+    free(text);
+    if (!cJSON_IsObject(j))
+        cli_die("train: --config: %s is not a JSON object (a config.json "
+                "that qkv train wrote)",
+                path);
+    static const char *const by_hand[] = {"config", "resume", "force",
+                                          "dry-run"};
+    for (size_t i = 0; i < sizeof by_hand / sizeof *by_hand; i++)
+        cJSON_DeleteItemFromObjectCaseSensitive(j, by_hand[i]);
+    if (cli_flags_from_json_err("train", flags, N_FLAGS, j, err, sizeof err))
+        cli_die("train: --config: %s: %s", path, err + 7);
+    cli_parse("train", usage, flags, N_FLAGS, argc, argv, 2, NULL, 0, NULL);
+}
+
 static void parse_flags(train_run *r, int argc, char **argv) {
     make_flags();
     find_flag("threads")->hi = cli_max_threads();
     cli_parse("train", usage, flags, N_FLAGS, argc, argv, 2, NULL, 0, NULL);
+    if (*o.config && *o.resume)
+        cli_die("train: --config starts a run from settings; it cannot go "
+                "with --resume (the checkpoint holds the run's settings)");
+    if (*o.config) apply_config(argc, argv);
     if (o.force && *o.resume)
         cli_die("train: --force starts a run afresh; it cannot go with "
                 "--resume");
@@ -349,6 +404,9 @@ static void parse_flags(train_run *r, int argc, char **argv) {
         cli_die("train: --valid needs --data (a task makes its own)");
     if (!r->corpus && o.epochs)
         cli_die("train: --epochs needs --data (a task has no epochs)");
+    if (!r->corpus && o.metric == 2)
+        cli_die("train: --metric val_bleu needs --data (a task has no BLEU)");
+    r->best_step = -1;
     if (strlen(o.out) > 4000) cli_die("train: --out path is too long");
     cli_check_name("train", r->resume ? "--resume" : "--out", o.out);
     qkv_set_threads(o.threads);
@@ -566,6 +624,7 @@ static void build_trainer(train_run *r) {
                 "more --steps or --epochs)",
                 (long long)r->start, o.steps);
     r->last_save = r->start;
+    read_best(r);
 }
 
 /* Only now is anything written: the directory is made and locked, an old
@@ -621,16 +680,61 @@ static void log_row(train_run *r, double secs, int eval) {
 }
 
 /* The checkpoint, after the log (so the log never lags it). */
-static void save(train_run *r) {
-    char err[512];
+static void save_to(train_run *r, const char *path) {
+    char err[512], best[160];
     if (r->log) fflush(r->log);
-    const char *keys[4] = {"cli"}, *vals[4] = {r->cfg};
+    if (r->best_step >= 0) /* --metric's best so far, for --resume */
+        snprintf(best, sizeof best,
+                 "{\"value\":%.17g,\"step\":%d,\"since\":%d}", r->best,
+                 r->best_step, r->since);
+    else
+        snprintf(best, sizeof best, "{\"step\":-1}");
+    const char *keys[5] = {"cli", "best"}, *vals[5] = {r->cfg, best};
     for (int k = 0; k < r->n_dmeta; k++)
-        keys[1 + k] = r->dkeys[k], vals[1 + k] = r->dvals[k];
-    if (qkv_trainer_save(&r->t, r->ckpt, r->data, keys, vals, 1 + r->n_dmeta,
-                         err, sizeof err))
+        keys[2 + k] = r->dkeys[k], vals[2 + k] = r->dvals[k];
+    if (qkv_trainer_save(&r->t, path, r->data, keys, vals, 2 + r->n_dmeta, err,
+                         sizeof err))
         cli_die("train: %s", err);
+}
+
+static void save(train_run *r) {
+    save_to(r, r->ckpt);
     r->last_save = r->step;
+}
+
+/* After a validation: a better --metric is the new best (kept as
+ * DIR/best.safetensors with --keep-best); --patience validations without
+ * one stop the run. */
+static void track_best(train_run *r) {
+    double v = o.metric == 0 ? r->vloss : o.metric == 1 ? r->vacc : r->vbleu;
+    int better =
+        r->best_step < 0 || (o.metric == 0 ? v < r->best : v > r->best);
+    if (!better) {
+        if (o.patience && ++r->since >= o.patience) r->stopped_early = 1;
+        return;
+    }
+    r->best = v, r->best_step = r->step, r->since = 0;
+    if (!o.keep_best || !qkv_params_finite(&r->t.model.params)) return;
+    char path[4300];
+    snprintf(path, sizeof path, "%s/best.safetensors", o.out);
+    save_to(r, path);
+}
+
+/* --resume: the best so far, as the checkpoint kept it. */
+static void read_best(train_run *r) {
+    const char *b = qkv_st_meta(&r->meta, "best");
+    cJSON *j = b ? cJSON_Parse(b) : NULL;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "value"),
+                *st = cJSON_GetObjectItemCaseSensitive(j, "step"),
+                *si = cJSON_GetObjectItemCaseSensitive(j, "since");
+    if (cJSON_IsNumber(v) && cJSON_IsNumber(st) && cJSON_IsNumber(si) &&
+        st->valuedouble >= 0 && st->valuedouble <= r->start &&
+        si->valuedouble >= 0 && si->valuedouble <= r->start) {
+        r->best = v->valuedouble;
+        r->best_step = (int)st->valuedouble;
+        r->since = (int)si->valuedouble;
+    }
+    cJSON_Delete(j);
 }
 
 static void plot(train_run *r) {
@@ -697,9 +801,10 @@ static void train_loop(train_run *r) {
         double secs = qkv_trainer_seconds(t);
         log_row(r, secs, eval);
         if (r->diverged) break;
+        if (eval) track_best(r);
         /* an MPI job's ranks stop at the same step, whichever got Ctrl-C */
         if (qkv_comm_size() > 1) interrupted = qkv_comm_any(interrupted);
-        int save_now = r->step == o.steps || interrupted ||
+        int save_now = r->step == o.steps || interrupted || r->stopped_early ||
                        (o.save_every && r->step % o.save_every == 0);
         if (save_now && !qkv_params_finite(&t->model.params)) {
             r->diverged = 1; /* weights gone bad without a bad loss yet */
@@ -708,7 +813,7 @@ static void train_loop(train_run *r) {
         if (save_now) save(r);
         if (o.plot && (report || interrupted)) plot(r);
         phase(r, QKV_PHASE_LOG, &tp);
-        if (interrupted) break;
+        if (interrupted || r->stopped_early) break;
         if (!o.quiet) progress(r, secs, report);
     }
 }
@@ -776,23 +881,31 @@ static void report(const train_run *r) {
     qkv_source_state st;
     qkv_source_get_state(r->data, &st);
     double secs = qkv_trainer_seconds(t);
+    int last = r->stopped_early ? r->step : o.steps;
+    if (r->stopped_early) {
+        static const char *const names[] = {"val_loss", "val_acc", "val_bleu"};
+        printf("stopped early at step %d: %d validations without a better %s "
+               "(--patience %d; the best, %.4f, at step %d%s)\n",
+               r->step, r->since, names[o.metric], o.patience, r->best,
+               r->best_step, o.keep_best ? ", in best.safetensors" : "");
+    }
     if (r->diverged || interrupted)
         warn_stopped(r);
     else if (!r->vdata)
         printf("done: %d steps (%lld epochs) in %.1f s, train loss %.4f (no "
                "--valid: no validation); log in %s, checkpoint %s\n",
-               o.steps, (long long)st.epoch, secs, (double)t->loss, r->log_path,
+               last, (long long)st.epoch, secs, (double)t->loss, r->log_path,
                r->ckpt);
     else if (r->corpus)
         printf("done: %d steps (%lld epochs) in %.1f s, train loss %.4f, val "
                "loss %.4f, exact match %.1f%%, BLEU %.1f; log in %s, "
                "checkpoint %s\n",
-               o.steps, (long long)st.epoch, secs, (double)t->loss, r->vloss,
+               last, (long long)st.epoch, secs, (double)t->loss, r->vloss,
                100.0 * r->vacc, r->vbleu, r->log_path, r->ckpt);
     else
         printf("done: %d steps in %.1f s, train loss %.4f, val loss %.4f, val "
                "exact match %.1f%%; log in %s, checkpoint %s\n",
-               o.steps, secs, (double)t->loss, r->vloss, 100.0 * r->vacc,
+               last, secs, (double)t->loss, r->vloss, 100.0 * r->vacc,
                r->log_path, r->ckpt);
     if (t->skipped && !r->diverged)
         cli_warn("train: %d step%s skipped for a loss or gradient that was "
@@ -841,6 +954,9 @@ int cmd_train(int argc, char **argv) {
         corpus_data(r);
     else
         task_data(r);
+    if (!r->vdata && (o.keep_best || o.patience))
+        cli_die("train: --keep-best and --patience follow the validation: "
+                "give --valid");
     model_config(r);
     build_trainer(r);
     if (o.dry_run) { /* every check above passed; write nothing */
