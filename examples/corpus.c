@@ -83,7 +83,7 @@ int main(int argc, char **argv) {
             printf("step %4d  loss %.4f\n", step, (double)t.loss);
     }
 
-    qkv_eval_opts eo = {QKV_EOS, 1, 0.0f};
+    qkv_eval_opts eo = {QKV_EOS, 1, 0.0f, QKV_UNK};
     qkv_scores s;
     qkv_evaluate(&t.model, &t.graph, eval, &eo, &s);
     printf("%s: %ld pairs  loss %.4f  token accuracy %.1f%%  exact match "

@@ -121,19 +121,19 @@ static void decode_batch(qkv_model *m, qkv_graph *g, const qkv_batch *b,
 /* Adds the exact matches and BLEU statistics of the decoded rows out
  * (B, max_out) against b's references to s. */
 static void score_decoded(const qkv_batch *b, const int32_t *out, int max_out,
-                          int eos, qkv_scores *s) {
+                          int eos, int unk, qkv_scores *s) {
     int32_t *ref = qkv_malloc((size_t)b->T * sizeof *ref, "reference");
     for (int r = 0; r < b->B; r++) {
         const int32_t *h = out + (size_t)r * max_out;
         int nr = reference(b, r, ref), nh = hyp_length(h, max_out, eos);
         s->seqs++;
         s->exact += nh == nr && memcmp(h, ref, (size_t)nr * sizeof *ref) == 0;
-        /* BLEU on the tokens without eos; an unknown reference token
-         * matches nothing (not even a predicted <unk>). */
+        /* BLEU on the tokens without eos; an unknown reference token of a
+         * corpus matches nothing (not even a predicted <unk>). */
         if (eos >= 0 && nr && ref[nr - 1] == eos) nr--;
         if (eos >= 0 && nh && h[nh - 1] == eos) nh--;
         for (int j = 0; j < nr; j++)
-            if (ref[j] == QKV_UNK) ref[j] = -1;
+            if (unk && ref[j] == unk) ref[j] = -1;
         qkv_bleu_add(&s->bleu, h, nh, ref, nr);
     }
     free(ref);
@@ -149,7 +149,7 @@ void qkv_eval_batch(qkv_model *m, qkv_graph *g, const qkv_batch *b,
     int32_t *out =
         hyps ? hyps : qkv_malloc((size_t)b->B * max_out * sizeof *out, "hyps");
     decode_batch(m, g, b, o, max_out, out);
-    score_decoded(b, out, max_out, o->eos, s);
+    score_decoded(b, out, max_out, o->eos, o->unk, s);
     if (!hyps) free(out);
     qkv_graph_reset(g);
     g->training = train;

@@ -5,7 +5,7 @@
  * search for an encoder-decoder) for exact match and BLEU (bleu.h, on token
  * ids). Training's validation, `qkv eval` and the tests all score here.
  *
- *   qkv_eval_opts o = {QKV_EOS, 1, 0.0f};   // eos, beam, length penalty
+ *   qkv_eval_opts o = {QKV_EOS, 1, 0.0f, QKV_UNK};  // eos, beam, lp, unk
  *   qkv_scores s;
  *   qkv_evaluate(&m, &g, valid, &o, &s);
  *   printf("loss %.4f exact %.1f%%\n", qkv_scores_loss(&s),
@@ -25,6 +25,10 @@ typedef struct qkv_eval_opts {
                   * task of one length) and answers are cut at their length */
     int beam;    /* 1: greedy; > 1: beam search (encoder-decoder only) */
     float alpha; /* beam search's length penalty (decode.h) */
+    /* The <unk> id of a corpus vocabulary (QKV_UNK), which matches nothing
+     * in BLEU (an unknown reference word is not a right guess), or 0: the
+     * data has none (a task, whose id 3 is an ordinary symbol). */
+    int unk;
 } qkv_eval_opts;
 
 /* Sums over an evaluation set; qkv_scores_* turn them into figures. */

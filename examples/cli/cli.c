@@ -566,6 +566,10 @@ int cli_gnuplot(const char *cmd, const char *gp_path, const char *script) {
 
 /* -------------------------------------------------------------- run data */
 
+int cli_data_unk(const cli_data *d) {
+    return d->corpus ? QKV_UNK : 0;
+}
+
 int cli_data_eos(const cli_data *d) {
     return d->corpus || d->task.use_eos ? QKV_EOS : -1;
 }

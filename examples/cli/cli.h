@@ -200,6 +200,9 @@ void cli_data_free(cli_data *d);
 /* The end token of d's sequences (QKV_EOS), or -1 for a task of one length,
  * whose sequences have none: what the evaluator needs (eval.h). */
 int cli_data_eos(const cli_data *d);
+/* The <unk> id of d's vocabulary (QKV_UNK), or 0 for a task, which has
+ * none (eval.h). */
+int cli_data_unk(const cli_data *d);
 /* Metadata pairs a checkpoint stores for d ("tok", "vocab.src",
  * "vocab.tgt", JSON arrays of the tokens in id order): appends up to 3 pairs
  * to keys/vals (values malloc'd; free them with free()) and returns how many.

@@ -75,7 +75,8 @@ static void open_model(evaluator *e) {
                 "corpus",
                 e->o.ckpt);
     qkv_graph_init(&e->g, 0);
-    e->eo = (qkv_eval_opts){cli_data_eos(&e->d), e->o.beam, e->o.alpha};
+    e->eo = (qkv_eval_opts){cli_data_eos(&e->d), e->o.beam, e->o.alpha,
+                            cli_data_unk(&e->d)};
 }
 
 /* --show: the first rows of a task batch, input and output symbols. */

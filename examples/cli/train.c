@@ -659,7 +659,7 @@ static void open_run(train_run *r) {
 }
 
 static void validate(train_run *r) {
-    qkv_eval_opts eo = {cli_data_eos(&r->d), 1, 0.0f};
+    qkv_eval_opts eo = {cli_data_eos(&r->d), 1, 0.0f, cli_data_unk(&r->d)};
     qkv_scores s;
     qkv_evaluate(&r->t.model, &r->t.graph, r->vdata, &eo, &s);
     r->vloss = qkv_scores_loss(&s);
