@@ -142,6 +142,39 @@ static void test_several_runs_overlaid(void) {
           data_rows(text));
 }
 
+/* Twelve runs: the last two share colours with the first two, so their
+ * curves are dashed; every (colour, dash) pair differs. */
+static void test_twelve_runs_stay_apart(void) {
+    char args[8192], out[4096], path[600], text[1 << 17];
+    int n = snprintf(args, sizeof args, "plot");
+    for (int r = 0; r < 12; r++) {
+        char cmd[600];
+        snprintf(cmd, sizeof cmd,
+                 "mkdir -p %s/many/r%02d && cp %s/copy/log.csv %s/many/r%02d/",
+                 dir, r, dir, dir, r);
+        CHECK(test_shell(cmd, out, sizeof out) == 0, "%s", out);
+        n += snprintf(args + n, sizeof args - (size_t)n, " %s/many/r%02d", dir,
+                      r);
+    }
+    snprintf(args + n, sizeof args - (size_t)n, " -o %s/many/loss.svg", dir);
+    CHECK(run(args, out, sizeof out) == 0, "qkv plot of 12 runs: %s", out);
+    snprintf(path, sizeof path, "%s/many/loss.gp", dir);
+    CHECK(slurp(path, text, sizeof text) > 0, "no %s", path);
+    char style[12][48] = {{0}};
+    const char *s = text;
+    for (int r = 0; r < 12 && (s = strstr(s, "smooth index ")); r++, s++) {
+        const char *w = strstr(s, "lw 2"), *c = strstr(s, "'#");
+        if (w && c)
+            snprintf(style[r], sizeof style[r], "%.*s", (int)(c - w + 8), w);
+    }
+    for (int a = 0; a < 12; a++)
+        for (int b = a + 1; b < 12; b++)
+            CHECK(*style[a] && strcmp(style[a], style[b]),
+                  "runs %d and %d are drawn alike: %s", a + 1, b + 1, style[a]);
+    CHECK(strstr(style[10], "dt 2") && !strstr(style[0], "dt"),
+          "run 11 is not dashed (%s) or run 1 is (%s)", style[10], style[0]);
+}
+
 static void test_svg(void) {
     char args[512], out[4096], path[600], text[65536];
     snprintf(args, sizeof args, "plot %s/copy --term svg --x tokens", dir);
@@ -405,6 +438,7 @@ int main(void) {
     RUN(test_script_redraws_the_picture);
     RUN(test_several_runs_overlaid);
     RUN(test_svg);
+    RUN(test_twelve_runs_stay_apart);
     RUN(test_dumb_draws_in_the_terminal);
     RUN(test_smoothing_is_a_centred_moving_average);
     RUN(test_missing_gnuplot_is_one_line);

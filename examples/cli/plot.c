@@ -460,6 +460,11 @@ static void script_plot(const plot_job *j, cli_buf *s) {
     for (int r = 0; r < j->n; r++) {
         const plot_run *u = &j->runs[r];
         const char *c = run_colour[r % N_COLOURS];
+        /* past the colours, the train curves cycle dash types too: runs
+         * N_COLOURS apart share a colour, not a line */
+        char dt[16] = "";
+        if (r >= N_COLOURS)
+            snprintf(dt, sizeof dt, " dt %d", 1 + r / N_COLOURS);
         if (!dumb)
             cli_bprintf(s,
                         "    log%d using xcol:5 with lines lw 1 lc rgb '#b0%s' "
@@ -467,9 +472,9 @@ static void script_plot(const plot_job *j, cli_buf *s) {
                         r + 1, c);
         snprintf(t, sizeof t, "%s%s", u->label, dumb ? " train" : "");
         cli_bprintf(s,
-                    "    smooth index %d using xcol:4 with lines lw 2 lc rgb "
+                    "    smooth index %d using xcol:4 with lines lw 2%s lc rgb "
                     "'#%s' title %s, \\\n",
-                    r, c, gp_str(t));
+                    r, dt, c, gp_str(t));
         if (!u->has_val) continue;
         snprintf(t, sizeof t, "%s val loss", u->label);
         cli_bprintf(s,
