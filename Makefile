@@ -132,16 +132,8 @@ $(BUILD)/examples/%.o: examples/%.c $(STAGED_HDR)
 $(BUILD)/examples/%: $(BUILD)/examples/%.o $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
-$(BUILD)/include/qkv/%.h: core/%.h
-	@mkdir -p $(dir $@)
-	cp $< $@
-$(BUILD)/include/qkv/%.h: nn/%.h
-	@mkdir -p $(dir $@)
-	cp $< $@
-$(BUILD)/include/qkv/%.h: optim/%.h
-	@mkdir -p $(dir $@)
-	cp $< $@
-$(BUILD)/include/qkv/%.h: data/%.h
+vpath %.h core nn optim data
+$(BUILD)/include/qkv/%.h: %.h
 	@mkdir -p $(dir $@)
 	cp $< $@
 

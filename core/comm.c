@@ -44,9 +44,6 @@ int qkv_comm_world_size(void) {
 void qkv_comm_set_local(int on) {
     local = on != 0;
 }
-int qkv_comm_has_mpi(void) {
-    return 1;
-}
 
 /* MPI counts are ints: a buffer of more than INT_MAX goes in pieces. */
 static void sum(void *x, size_t n, size_t elem, MPI_Datatype type) {
@@ -92,9 +89,6 @@ int qkv_comm_rank(void) {
 }
 int qkv_comm_size(void) {
     return 1;
-}
-int qkv_comm_has_mpi(void) {
-    return 0;
 }
 int qkv_comm_world_rank(void) {
     return 0;

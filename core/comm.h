@@ -29,8 +29,6 @@ void qkv_comm_finalize(void);
 
 int qkv_comm_rank(void); /* 0 .. size - 1 */
 int qkv_comm_size(void); /* processes in the job; 1 without MPI */
-/* 1 in a build with MPI (make MPI=1), else 0. */
-int qkv_comm_has_mpi(void);
 
 /* Local mode (on != 0): this process acts as a job of one (rank 0 of 1)
  * while on, so the trainer and the command line work alone: a distributed

@@ -349,13 +349,6 @@ int cli_flags_from_json_err(const char *cmd, const flag *flags, int n,
     return 0;
 }
 
-void cli_flags_from_json(const char *cmd, const flag *flags, int n,
-                         const void *json) {
-    char err[600];
-    if (cli_flags_from_json_err(cmd, flags, n, json, err, sizeof err))
-        cli_die("%s", err);
-}
-
 int cli_flags_from_fields(flag *out, int max, const qkv_field *fields, int n,
                           void *obj) {
     int k = 0;

@@ -83,9 +83,6 @@ char *cli_flags_json(const flag *flags, int n);
 int cli_flags_from_json_err(const char *cmd, const flag *flags, int n,
                             const void *j /* const cJSON * */, char *err,
                             size_t errlen);
-/* The same; a bad setting ends the program (one line, exit 2). */
-void cli_flags_from_json(const char *cmd, const flag *flags, int n,
-                         const void *j /* const cJSON * */);
 /* The flags of a library config table (config.h): one per field that has
  * a flag name, pointing into obj, written to out (at most max). Returns how
  * many. */
