@@ -207,13 +207,13 @@ static void test_picture_script_and_data(void) {
     } else {
         printf("  (no gnuplot here: the picture is not checked)\n");
     }
-    snprintf(path, sizeof path, "%s/pic/a.gp", dir);
+    snprintf(path, sizeof path, "%s/pic/a.png.gp", dir);
     char *gp = slurp(path);
     CHECK(gp, "no %s", path);
     if (gp) {
         const char *want[] = {"set output",
                               "a.png",
-                              "a.dat",
+                              "a.png.dat",
                               "multiplot layout "
                               "4,2",
                               "set cbrange [0:1]",
@@ -226,7 +226,7 @@ static void test_picture_script_and_data(void) {
             CHECK(strstr(gp, want[i]), "%s lacks %s", path, want[i]);
         free(gp);
     }
-    snprintf(path, sizeof path, "%s/pic/a.dat", dir);
+    snprintf(path, sizeof path, "%s/pic/a.png.dat", dir);
     int n = read_data(path, blocks);
     const char *names[] = {
         "encoder layer 1 head 1",       "encoder layer 1 head 2",
@@ -260,10 +260,12 @@ static void test_picture_script_and_data(void) {
     if (have_gnuplot) { /* the script redraws the picture by hand */
         snprintf(path, sizeof path, "%s/pic/a.png", dir);
         remove(path);
-        snprintf(args, sizeof args, "cd %s/pic && gnuplot a.gp", dir);
-        CHECK(test_shell(args, out, sizeof out) == 0, "gnuplot a.gp: %s", out);
-        CHECK(is_png(path) && file_size(path) > 5000, "gnuplot a.gp drew no "
-                                                      "picture");
+        snprintf(args, sizeof args, "cd %s/pic && gnuplot a.png.gp", dir);
+        CHECK(test_shell(args, out, sizeof out) == 0, "gnuplot a.png.gp: %s",
+              out);
+        CHECK(is_png(path) && file_size(path) > 5000,
+              "gnuplot a.png.gp drew no "
+              "picture");
     }
 }
 
@@ -312,7 +314,7 @@ static void test_layer_head_kind_select(void) {
         int rc = run(args, out, sizeof out);
         CHECK(rc == (have_gnuplot ? 0 : 1), "%s: exit %d: %s", cases[i].flags,
               rc, out);
-        snprintf(path, sizeof path, "%s/sel%zu.dat", dir, i);
+        snprintf(path, sizeof path, "%s/sel%zu.png.dat", dir, i);
         int n = read_data(path, other);
         CHECK(n == cases[i].n, "%s: %d panels, want %d", cases[i].flags, n,
               cases[i].n);
@@ -344,7 +346,7 @@ static void test_decoder_only_utf8_labels(void) {
     CHECK(rc == (have_gnuplot ? 0 : 1), "attn: exit %d: %s", rc, out);
     snprintf(path, sizeof path, "%s/dec.png", dir);
     if (have_gnuplot) CHECK(is_png(path), "no picture: %s", out);
-    snprintf(path, sizeof path, "%s/dec.dat", dir);
+    snprintf(path, sizeof path, "%s/dec.png.dat", dir);
     int n = read_data(path, other);
     CHECK(n == 8, "%d panels, want 2 layers x 4 heads", n);
     for (int i = 0; i < n; i++) {
@@ -360,7 +362,7 @@ static void test_decoder_only_utf8_labels(void) {
               other[i].labels);
     }
     check_weights(other, n, 1e-4);
-    snprintf(path, sizeof path, "%s/dec.gp", dir);
+    snprintf(path, sizeof path, "%s/dec.png.gp", dir);
     char *gp = slurp(path);
     CHECK(gp && strstr(gp, "set ytics (\"'\".'x''' 0, 'grüß' 1, '\"y\"' 2, "
                            "'<bos>' 3"),
@@ -373,7 +375,7 @@ static void test_decoder_only_utf8_labels(void) {
              dir, dir);
     rc = run(args, out, sizeof out);
     CHECK(rc == (have_gnuplot ? 0 : 1), "attn: exit %d: %s", rc, out);
-    snprintf(path, sizeof path, "%s/pre.dat", dir);
+    snprintf(path, sizeof path, "%s/pre.png.dat", dir);
     CHECK(read_data(path, shorter) == n, "prompt 'x' grüß: not %d panels", n);
     for (int i = 0; i < n; i++)
         for (int r = 0; r < 2; r++)
@@ -387,13 +389,13 @@ static void test_decoder_only_utf8_labels(void) {
              dir, dir);
     rc = run(args, out, sizeof out);
     CHECK(rc == (have_gnuplot ? 0 : 1), "attn: exit %d: %s", rc, out);
-    snprintf(path, sizeof path, "%s/ed.gp", dir);
+    snprintf(path, sizeof path, "%s/ed.png.gp", dir);
     gp = slurp(path);
     CHECK(gp && strstr(gp, "set xtics ('grüß' 0, \"'\".'x''' 1)"),
           "xtics in %s", path);
     CHECK(gp && strstr(gp, "title 'grüß ''x'' → "), "title in %s", path);
     free(gp);
-    snprintf(path, sizeof path, "%s/ed.dat", dir);
+    snprintf(path, sizeof path, "%s/ed.png.dat", dir);
     n = read_data(path, other);
     CHECK(n == 2 && other[0].cols == 2 && other[1].cols == 2, "%d cross panels",
           n);
@@ -413,9 +415,9 @@ static void test_missing_gnuplot(void) {
     CHECK(strstr(out, "apt-get install gnuplot-nox"), "message: %s", out);
     char *nl = strchr(out, '\n');
     CHECK(nl && nl[1] == 0, "not one line: %s", out);
-    snprintf(path, sizeof path, "%s/nogp/x.gp", dir);
+    snprintf(path, sizeof path, "%s/nogp/x.png.gp", dir);
     CHECK(file_size(path) > 100, "no script %s", path);
-    snprintf(path, sizeof path, "%s/nogp/x.dat", dir);
+    snprintf(path, sizeof path, "%s/nogp/x.png.dat", dir);
     CHECK(read_data(path, other) == 8, "no data in %s", path);
     snprintf(path, sizeof path, "%s/nogp/x.png", dir);
     CHECK(file_size(path) < 0, "%s exists", path);
@@ -430,9 +432,9 @@ static void test_default_path_and_svg(void) {
              dir, qkv, qkv);
     int rc = test_shell(cmd, out, sizeof out);
     CHECK(rc == (have_gnuplot ? 0 : 1), "exit %d: %s", rc, out);
-    snprintf(path, sizeof path, "%s/attn.gp", dir);
+    snprintf(path, sizeof path, "%s/attn.png.gp", dir);
     CHECK(file_size(path) > 0, "no %s", path);
-    snprintf(path, sizeof path, "%s/attn.dat", dir);
+    snprintf(path, sizeof path, "%s/attn.png.dat", dir);
     CHECK(file_size(path) > 0, "no %s", path);
     if (!have_gnuplot) return;
     snprintf(path, sizeof path, "%s/attn.png", dir);

@@ -51,14 +51,15 @@ static int data_rows(const char *text) {
 static void test_help_lists_every_flag(void) {
     char out[8192];
     CHECK(run("plot --help", out, sizeof out) == 0, "plot --help failed");
-    const char *want[] = {"--out",    "--term",  "--x ",     "--logy",
-                          "--smooth", "--title", "loss.png", "-o"};
+    const char *want[] = {"--out",    "--term",    "--x ",     "--logy",
+                          "--smooth", "--title",   "loss.png", "-o",
+                          "--watch",  "--interval"};
     for (size_t i = 0; i < sizeof want / sizeof *want; i++)
         CHECK(strstr(out, want[i]), "plot --help lacks %s: %s", want[i], out);
     int lines = 0, defaults = 0;
     for (char *s = out; (s = strstr(s, "\n  --")); s++) lines++;
     for (char *s = out; (s = strstr(s, "(default ")); s++) defaults++;
-    CHECK(lines == 6 && defaults == 6, "%d flags, %d defaults", lines,
+    CHECK(lines == 8 && defaults == 8, "%d flags, %d defaults", lines,
           defaults);
 }
 
@@ -71,14 +72,14 @@ static void test_one_run_png_with_script_and_data(void) {
     snprintf(path, sizeof path, "%s/copy/loss.png", dir);
     check_png(path, 10000);
     /* the script reads the log and the smoothed series from files */
-    snprintf(path, sizeof path, "%s/copy/loss.gp", dir);
+    snprintf(path, sizeof path, "%s/copy/loss.png.gp", dir);
     CHECK(slurp(path, text, sizeof text) > 0, "no %s", path);
     snprintf(log, sizeof log, "log1 = '%s/copy/log.csv'", dir);
     CHECK(strstr(text, log), "script does not read the log (%s): %s", log,
           text);
     snprintf(log, sizeof log, "set output '%s/copy/loss.png'", dir);
     CHECK(strstr(text, log), "script lacks %s", log);
-    snprintf(log, sizeof log, "'%s/copy/loss.dat'", dir);
+    snprintf(log, sizeof log, "'%s/copy/loss.png.dat'", dir);
     CHECK(strstr(text, log), "script does not read %s", log);
     CHECK(strstr(text, "pngcairo") && strstr(text, "set terminal png "),
           "script lacks pngcairo with png as fallback");
@@ -86,7 +87,7 @@ static void test_one_run_png_with_script_and_data(void) {
     CHECK(strstr(text, "title 'copy'"), "run not labelled 'copy'");
     CHECK(strstr(text, "axes x1y2"), "no exact match on the second axis");
     CHECK(!strstr(text, "BLEU"), "BLEU drawn for a task without it");
-    snprintf(path, sizeof path, "%s/copy/loss.dat", dir);
+    snprintf(path, sizeof path, "%s/copy/loss.png.dat", dir);
     CHECK(slurp(path, text, sizeof text) > 0, "no %s", path);
     CHECK(data_rows(text) == 60, "%s: %d rows, want 60", path, data_rows(text));
 }
@@ -102,11 +103,12 @@ static void test_script_redraws_the_picture(void) {
     long nb = slurp(png, before, sizeof before);
     check_png(png, 10000);
     CHECK(remove(png) == 0 && !exists(png), "cannot remove %s", png);
-    snprintf(args, sizeof args, "cd / && gnuplot '%s/again/r.gp'", dir);
+    snprintf(args, sizeof args, "cd / && gnuplot '%s/again/r.png.gp'", dir);
     CHECK(test_shell(args, out, sizeof out) == 0, "%s: %s", args, out);
     long na = slurp(png, after, sizeof after);
     CHECK(na == nb && nb > 0 && memcmp(before, after, (size_t)nb) == 0,
-          "gnuplot r.gp drew a different picture (%ld vs %ld bytes)", na, nb);
+          "gnuplot r.png.gp drew a different picture (%ld vs %ld bytes)", na,
+          nb);
 }
 
 static void test_several_runs_overlaid(void) {
@@ -119,7 +121,7 @@ static void test_several_runs_overlaid(void) {
     /* the runs' common parent directory */
     snprintf(path, sizeof path, "%s/loss.png", dir);
     check_png(path, 20000);
-    snprintf(path, sizeof path, "%s/loss.gp", dir);
+    snprintf(path, sizeof path, "%s/loss.png.gp", dir);
     CHECK(slurp(path, text, sizeof text) > 0, "no %s", path);
     const char *want[] = {
         "title 'copy'", "title 'reverse'", "title 'corpus'",         "log3 = ",
@@ -136,7 +138,7 @@ static void test_several_runs_overlaid(void) {
     CHECK(*colour[2] && strcmp(colour[0], colour[1]) &&
               strcmp(colour[1], colour[2]) && strcmp(colour[0], colour[2]),
           "runs share a colour: %s %s %s", colour[0], colour[1], colour[2]);
-    snprintf(path, sizeof path, "%s/loss.dat", dir);
+    snprintf(path, sizeof path, "%s/loss.png.dat", dir);
     CHECK(slurp(path, text, sizeof text) > 0, "no %s", path);
     CHECK(data_rows(text) == 60 + 60 + 100, "%s: %d rows", path,
           data_rows(text));
@@ -158,7 +160,7 @@ static void test_twelve_runs_stay_apart(void) {
     }
     snprintf(args + n, sizeof args - (size_t)n, " -o %s/many/loss.svg", dir);
     CHECK(run(args, out, sizeof out) == 0, "qkv plot of 12 runs: %s", out);
-    snprintf(path, sizeof path, "%s/many/loss.gp", dir);
+    snprintf(path, sizeof path, "%s/many/loss.svg.gp", dir);
     CHECK(slurp(path, text, sizeof text) > 0, "no %s", path);
     char style[12][48] = {{0}};
     const char *s = text;
@@ -184,10 +186,15 @@ static void test_svg(void) {
     CHECK(size > 5000, "%s: %ld bytes", path, size);
     CHECK(strncmp(text, "<?xml", 5) == 0 && strstr(text, "<svg"),
           "%s is not SVG: %.80s", path, text);
-    snprintf(path, sizeof path, "%s/copy/loss.gp", dir);
+    snprintf(path, sizeof path, "%s/copy/loss.svg.gp", dir);
     CHECK(slurp(path, text, sizeof text) > 0 &&
               strstr(text, "set terminal svg") && strstr(text, "xcol = 2"),
           "%s is not the svg script over tokens", path);
+    /* the png's script, named after the whole file, is still the png's */
+    snprintf(path, sizeof path, "%s/copy/loss.png.gp", dir);
+    CHECK(slurp(path, text, sizeof text) > 0 && strstr(text, "png") &&
+              !strstr(text, "set terminal svg"),
+          "%s was overwritten by the svg's script", path);
     /* the extension picks the format; missing directories are made */
     snprintf(args, sizeof args, "plot %s/reverse -o %s/new/dir/r.svg", dir,
              dir);
@@ -217,6 +224,41 @@ static void test_dumb_draws_in_the_terminal(void) {
           "no terminal script at %s", path);
 }
 
+/* --watch redraws in the terminal while a run writes its log, draws the
+ * finished log once more, and ends by itself when the run ends; a finished
+ * run is drawn once. */
+static void test_watch_follows_a_live_run(void) {
+    char cmd[2048], out[1 << 17];
+    snprintf(cmd, sizeof cmd,
+             "cd %s && ('%s' train --steps 400 --eval-every 20 --out watched "
+             "--quiet >/dev/null 2>&1 &) && "
+             "while [ ! -s watched/log.csv ]; do sleep 0.05; done && "
+             "timeout 120 '%s' plot --watch watched --interval 0.1 2>&1",
+             dir, qkv, qkv);
+    CHECK(test_shell(cmd, out, sizeof out) == 0, "plot --watch: %s", out);
+    int frames = 0;
+    double step = -1, last = -1;
+    int rising = 1;
+    for (const char *s = out; (s = strstr(s, "qkv plot --watch: step ")); s++) {
+        step = atof(s + strlen("qkv plot --watch: step "));
+        rising &= step > last;
+        last = step;
+        frames++;
+    }
+    CHECK(frames >= 2, "%d drawings of a 400-step run:\n%.2000s", frames, out);
+    CHECK(rising, "the drawings' steps do not rise");
+    CHECK(last == 400, "the last drawing is of step %g, not the run's end",
+          last);
+    CHECK(strstr(out, "no run is writing the log") &&
+              strstr(out, "cross-entropy loss"),
+          "no end line or no plot:\n%.2000s", out);
+    snprintf(cmd, sizeof cmd, "cd %s && timeout 60 '%s' plot --watch watched",
+             dir, qkv);
+    CHECK(test_shell(cmd, out, sizeof out) == 0 && strstr(out, "(1 drawing)") &&
+              strstr(out, "qkv plot --watch: step 400 of watched\n"),
+          "a finished run is not drawn once: %.2000s", out);
+}
+
 /* The dat file holds a centred moving average of the train loss. */
 static void test_smoothing_is_a_centred_moving_average(void) {
     char args[512], out[4096], path[600];
@@ -231,7 +273,7 @@ static void test_smoothing_is_a_centred_moving_average(void) {
     while (f && fgets(line, sizeof line, f))
         if (n < 64 && sscanf(line, "%*d,%*d,%*f,%*f,%lf", &loss[n]) == 1) n++;
     if (f) fclose(f);
-    snprintf(path, sizeof path, "%s/s5.dat", dir);
+    snprintf(path, sizeof path, "%s/s5.png.dat", dir);
     f = fopen(path, "r");
     while (f && fgets(line, sizeof line, f))
         if (m < 64 && sscanf(line, "%*d,%*d,%*f,%lf", &smooth[m]) == 1) m++;
@@ -258,10 +300,10 @@ static void test_missing_gnuplot_is_one_line(void) {
     char *nl = strchr(out, '\n');
     CHECK(nl && nl[1] == 0 && strncmp(out, "qkv: plot: ", 11) == 0,
           "not one line: %s", out);
-    snprintf(path, sizeof path, "%s/ng/x.gp", dir);
+    snprintf(path, sizeof path, "%s/ng/x.png.gp", dir);
     CHECK(exists(path), "no script %s without gnuplot", path);
     CHECK(strstr(out, path), "message does not name %s: %s", path, out);
-    snprintf(path, sizeof path, "%s/ng/x.dat", dir);
+    snprintf(path, sizeof path, "%s/ng/x.png.dat", dir);
     CHECK(exists(path), "no data %s without gnuplot", path);
     snprintf(path, sizeof path, "%s/ng/x.png", dir);
     CHECK(!exists(path), "a picture without gnuplot?");
@@ -440,6 +482,7 @@ int main(void) {
     RUN(test_svg);
     RUN(test_twelve_runs_stay_apart);
     RUN(test_dumb_draws_in_the_terminal);
+    RUN(test_watch_follows_a_live_run);
     RUN(test_smoothing_is_a_centred_moving_average);
     RUN(test_missing_gnuplot_is_one_line);
     RUN(test_bad_input_is_one_line_and_exit_2);

@@ -105,9 +105,9 @@ static void test_grid_csv_table_and_pictures(void) {
     }
     snprintf(path, sizeof path, "%s/a/heatmap.png", dir);
     CHECK(is_png(path, 3000), "heatmap.png is not a real picture");
-    snprintf(path, sizeof path, "%s/a/heatmap.gp", dir);
+    snprintf(path, sizeof path, "%s/a/heatmap.png.gp", dir);
     struct stat st;
-    CHECK(stat(path, &st) == 0 && st.st_size > 100, "no heatmap.gp");
+    CHECK(stat(path, &st) == 0 && st.st_size > 100, "no heatmap.png.gp");
     snprintf(path, sizeof path, "%s/a/loss.png", dir);
     CHECK(is_png(path, 3000), "loss.png is not a real picture");
     /* the same command again: every cell is done, nothing is retrained */

@@ -12,8 +12,8 @@
  * t + 1. One panel per layer and head, in one picture (gnuplot multiplot):
  * a row of panels per layer (encoder layers, then decoder self, then
  * decoder cross), a column per head, one shared colour scale 0..1. Beside
- * OUT.png go OUT.gp (the script; `gnuplot OUT.gp` redraws it) and OUT.dat
- * (the weights, one `matrix` block per panel: `index i` is panel i).
+ * OUT.png go OUT.png.gp (the script; `gnuplot OUT.png.gp` redraws it) and
+ * OUT.png.dat (the weights, one `matrix` block per panel: `index i` is panel i).
  *
  *   qkv attn --ckpt runs/grammar/ckpt.safetensors "we see a dog ." -o a.png
  *   qkv attn --ckpt runs/copy/ckpt.safetensors "3 4 5" --term dumb --layer 1
@@ -240,13 +240,10 @@ static void write_script(cli_buf *b, const panel *p, int n, int C,
     free(qtitle);
 }
 
-/* path with its extension (after the last '/') replaced by ext (malloc'd). */
-static char *with_ext(const char *path, const char *ext) {
-    const char *slash = strrchr(path, '/'), *dot = strrchr(path, '.');
-    size_t n = dot && (!slash || dot > slash + 1) ? (size_t)(dot - path)
-                                                  : strlen(path);
+/* path followed by suffix (malloc'd). */
+static char *with_suffix(const char *path, const char *suffix) {
     cli_buf b = {0};
-    cli_bprintf(&b, "%.*s%s", (int)n, path, ext);
+    cli_bprintf(&b, "%s%s", path, suffix);
     return b.s;
 }
 
@@ -286,7 +283,7 @@ static void attn_parse(attn_job *a, int argc, char **argv) {
          0},
         {"out", FLAG_STR, &a->out, NULL,
          "picture, also -o (none: attn.png, or attn.svg with --term svg); "
-         "its gnuplot script and data go beside it (OUT.gp, OUT.dat)",
+         "its gnuplot script and data go beside it (OUT.png.gp, OUT.png.dat)",
          0, 0},
         {"term", FLAG_STR, &a->term, "png|svg|dumb",
          "picture format (none: from --out's extension, else png); dumb: "
@@ -336,11 +333,8 @@ static void attn_parse(attn_job *a, int argc, char **argv) {
     cli_check_name("attn", "--out", a->out);
     if (!*a->out)
         a->out = strcmp(a->term, "svg") == 0 ? "attn.svg" : "attn.png";
-    a->gp = with_ext(a->out, ".gp"), a->dat = with_ext(a->out, ".dat");
-    if (!a->dumb && (strcmp(a->dat, a->out) == 0 || strcmp(a->gp, a->out) == 0))
-        cli_die("attn: --out %s would be overwritten by its own script or "
-                "data; give it a .png or .svg name",
-                a->out);
+    /* named after the whole file: attn.png.gp and attn.svg.gp both live */
+    a->gp = with_suffix(a->out, ".gp"), a->dat = with_suffix(a->out, ".dat");
     if (a->threads) qkv_set_threads(a->threads);
 }
 

@@ -423,8 +423,10 @@ void cli_check_forward_memory(const char *cmd, const qkv_model *m, int B, int S,
 
 /* The files a run writes in its directory (qkv train, sweep's marker). */
 static const char *const run_files[] = {
-    "ckpt.safetensors", "log.csv", "config.json", "loss.png",
-    "loss.svg",         "loss.gp", "loss.dat",    "done"};
+    "ckpt.safetensors", "log.csv",          "config.json",  "loss.png",
+    "loss.svg",         "loss.png.gp",      "loss.png.dat", "loss.svg.gp",
+    "loss.svg.dat",     "best.safetensors", "done",         "loss.gp",
+    "loss.dat" /* as older qkv named them */};
 
 int cli_run_lock(const char *cmd, const char *dir) {
     if (qkv_comm_rank() != 0) return -1; /* rank 0 writes for the job */

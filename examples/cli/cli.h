@@ -173,7 +173,7 @@ typedef struct cli_plot_opts {
 
 /* Plots the n log.csv files logs (labels: one per run, NULL: the run's
  * directory name) and writes the script and the smoothed series beside the
- * picture (OUT.gp, OUT.dat). With out NULL or "" it draws in the terminal
+ * picture (OUT.gp, OUT.dat: loss.png.gp). With out NULL or "" it draws in the terminal
  * and writes no file; with term "dumb" and an out path, it draws in the
  * terminal and writes the script beside out. Returns 0 or -1 (one line
  * printed). */

@@ -1,17 +1,21 @@
 /* plot.c - `qkv plot`: loss curves of training runs, drawn by gnuplot.
  *
- *   qkv plot runs/copy                 -> runs/copy/loss.png, .gp, .dat
- *   qkv plot runs/a runs/b -o cmp.svg  -> cmp.svg, cmp.gp, cmp.dat
- *   qkv plot runs/copy --term dumb     -> the terminal; runs/copy/loss-dumb.gp
+ *   qkv plot runs/copy                -> runs/copy/loss.png, loss.png.gp,
+ *                                        loss.png.dat
+ *   qkv plot runs/a runs/b -o cmp.svg -> cmp.svg, cmp.svg.gp, cmp.svg.dat
+ *   qkv plot runs/copy --term dumb    -> the terminal; runs/copy/loss-dumb.gp
+ *   qkv plot --watch runs/copy        -> the terminal, redrawn as the run
+ *                                        writes its log
  *
  * Each run's log.csv (step,tokens,seconds,lr,train_loss,val_loss,val_acc
  * [,val_bleu]) gives: the train loss raw (faint) and smoothed, the validation
  * loss, and on a second axis the validation exact match and BLEU in percent.
  * Runs are overlaid, one colour each, named by their directory in the key.
  *
- * The picture comes with two files beside it, sharing its name: NAME.gp, the
- * gnuplot script that drew it (gnuplot NAME.gp draws it again, from any
- * directory: files are named by absolute path), and NAME.dat, the train loss
+ * The picture comes with two files beside it, named after the whole picture
+ * file (so a loss.png and a loss.svg keep their own): NAME.gp, the gnuplot
+ * script that drew it (gnuplot NAME.gp draws it again, from any directory:
+ * files are named by absolute path), and NAME.dat, the train loss
  * smoothed in C (centred moving average, moving_average below). The script
  * reads the log.csv files themselves for everything else.
  */
@@ -21,10 +25,14 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -339,11 +347,9 @@ static int plot_job_paths(plot_job *j) {
                  j->cmd);
         return -1;
     }
-    const char *dot = strrchr(j->pic, '.');
-    int stem = dot && dot > strrchr(j->pic, '/') ? (int)(dot - j->pic)
-                                                 : (int)strlen(j->pic);
-    snprintf(j->gp, sizeof j->gp, "%.*s.gp", stem, j->pic);
-    snprintf(j->dat, sizeof j->dat, "%.*s.dat", stem, j->pic);
+    /* named after the whole file: loss.png.gp and loss.svg.gp both live */
+    snprintf(j->gp, sizeof j->gp, "%s.gp", j->pic);
+    snprintf(j->dat, sizeof j->dat, "%s.dat", j->pic);
     return 0;
 }
 
@@ -514,8 +520,8 @@ static void script_plot(const plot_job *j, cli_buf *s) {
 }
 
 /* Draws the runs as o says, smoothing the train loss over `smooth` rows (0:
- * a 25th of each run). Writes STEM.dat and STEM.gp beside o->out (STEM:
- * out without its extension); with no out (the terminal only), the smoothed
+ * a 25th of each run). Writes OUT.gp and OUT.dat beside OUT = o->out
+ * (loss.png.gp, loss.png.dat); with no out (the terminal only), the smoothed
  * series goes inline into the script and no file is written. */
 static int plot_runs(const char *cmd, const plot_run *runs, int n,
                      const cli_plot_opts *o, int smooth) {
@@ -572,7 +578,8 @@ int cli_plot_logs(const char *cmd, const char *const *logs,
 /* qkv plot's flags and runs. */
 typedef struct plot_cmd {
     const char *out, *term, *x, *title; /* out, term: "" when not given */
-    int logy, smooth;
+    int logy, smooth, watch;
+    float interval;   /* --watch: seconds between looks at the logs */
     const char **pos; /* (n) the runs: directories or log.csv files */
     int n;
 } plot_cmd;
@@ -580,7 +587,8 @@ typedef struct plot_cmd {
 /* Parses qkv plot's arguments into c (c->pos malloc'd) and checks them;
  * a bad one ends the program. */
 static void plot_parse(plot_cmd *c, int argc, char **argv) {
-    *c = (plot_cmd){.out = "", .term = "", .x = "step", .title = ""};
+    *c = (plot_cmd){
+        .out = "", .term = "", .x = "step", .title = "", .interval = 2.0f};
     const flag flags[] = {
         {"out", FLAG_STR, &c->out, NULL,
          "picture, .png or .svg (-o works too); none: loss.png as above", 0, 0},
@@ -595,6 +603,12 @@ static void plot_parse(plot_cmd *c, int argc, char **argv) {
          "25th of the run, 1: none)",
          0, INT_MAX},
         {"title", FLAG_STR, &c->title, NULL, "title above the plot", 0, 0},
+        {"watch", FLAG_BOOL, &c->watch, NULL,
+         "draw in the terminal, again whenever a log grows, until the runs "
+         "writing them end (or Ctrl-C)",
+         0, 0},
+        {"interval", FLAG_FLOAT, &c->interval, NULL,
+         "--watch: seconds between looks at the logs", 0.05f, 3600},
     };
     int nf = (int)(sizeof flags / sizeof *flags);
     const char *usage =
@@ -603,8 +617,9 @@ static void plot_parse(plot_cmd *c, int argc, char **argv) {
         "exact match and BLEU in % on the right axis; one colour per run.\n"
         "The picture goes to RUN_DIR/loss.png, or for several runs to\n"
         "loss.png in their common parent directory (else the current one).\n"
-        "Beside it: NAME.gp (gnuplot NAME.gp draws it again) and NAME.dat\n"
-        "(the smoothed train loss).";
+        "Beside it, named after the whole picture file: loss.png.gp\n"
+        "(gnuplot loss.png.gp draws it again) and loss.png.dat (the\n"
+        "smoothed train loss).";
     /* -o is --out: cli_parse knows long flags only */
     char **args = qkv_malloc((size_t)argc * sizeof *args, "arguments");
     for (int i = 0; i < argc; i++)
@@ -626,6 +641,113 @@ static void plot_parse(plot_cmd *c, int argc, char **argv) {
     if (*out && !*term && !has_ext(out, ".png") && !has_ext(out, ".svg"))
         cli_die("plot: --out %s must end in .png or .svg (or give --term)",
                 out);
+    if (c->watch && (*out || (*term && strcmp(term, "dumb"))))
+        cli_die("plot: --watch draws in the terminal; drop --out and --term");
+}
+
+/* ------------------------------------------------------------ --watch */
+
+static volatile sig_atomic_t watch_stop;
+static void on_watch_sigint(int sig) {
+    (void)sig;
+    watch_stop = 1;
+}
+
+/* 1 if a process holds a lock on the directory of the run arg (a qkv train
+ * writing it holds one, cli_run_lock), 0 if none does, -1 if this cannot
+ * be known. Read from /proc/locks (Linux), so that looking takes no lock:
+ * a shared lock taken here, however briefly, could make a qkv train that is
+ * starting in the directory fail as "in use". */
+static int run_is_live(const char *arg) {
+    char dir[PLOT_PATH];
+    struct stat st;
+    snprintf(dir, sizeof dir, "%s", arg);
+    if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode)) { /* a log.csv */
+        char *slash = strrchr(dir, '/');
+        snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - arg) : 1,
+                 slash ? arg : ".");
+    }
+    if (stat(dir, &st) != 0) return 0;
+    FILE *f = fopen("/proc/locks", "r");
+    if (!f) return -1;
+    char line[512];
+    int live = 0;
+    while (!live && fgets(line, sizeof line, f)) {
+        /* "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" */
+        unsigned maj, min;
+        unsigned long long ino;
+        char *p = line;
+        for (int field = 0; field < 5 && p; field++) {
+            p = strchr(p, ' ');
+            while (p && *p == ' ') p++;
+        }
+        if (p && sscanf(p, "%x:%x:%llu", &maj, &min, &ino) == 3)
+            live = maj == major(st.st_dev) && min == minor(st.st_dev) &&
+                   ino == (unsigned long long)st.st_ino;
+    }
+    fclose(f);
+    return live;
+}
+
+/* The logs' sizes and modification times, to see when one grows. */
+static unsigned long long logs_stamp(plot_run *runs, int n) {
+    unsigned long long h = 0;
+    for (int i = 0; i < n; i++) {
+        struct stat st;
+        if (stat(runs[i].log, &st) == 0)
+            h = h * 1000003u + (unsigned long long)st.st_size * 31u +
+                (unsigned long long)st.st_mtime;
+    }
+    return h;
+}
+
+/* qkv plot --watch: draws the runs in the terminal whenever a log changes,
+ * until no process writes any of them (having seen one that did, or at
+ * once if none did: a finished run is drawn once) or Ctrl-C. */
+static int plot_watch(const plot_cmd *c) {
+    signal(SIGINT, on_watch_sigint);
+    int n = c->n, tty = isatty(1), seen_live = 0, frames = 0;
+    unsigned long long last = 0;
+    struct timespec nap = {(time_t)c->interval,
+                           (long)((c->interval - (int)c->interval) * 1e9)};
+    for (;;) {
+        int live = 0;
+        for (int i = 0; i < n; i++) live |= run_is_live(c->pos[i]) == 1;
+        seen_live |= live;
+        plot_run *runs = qkv_calloc((size_t)n, sizeof *runs, "runs");
+        char err[PLOT_PATH + 256];
+        int loaded = 0, rc = 0;
+        for (; loaded < n && rc == 0; loaded++)
+            rc = plot_run_load(&runs[loaded], c->pos[loaded], err, sizeof err);
+        if (rc) loaded--;
+        unsigned long long stamp = rc ? 0 : logs_stamp(runs, n);
+        if (rc == 0 && (frames == 0 || stamp != last)) {
+            unique_labels(runs, n, c->pos);
+            if (tty) printf("\033[H\033[2J"); /* home, clear */
+            printf("qkv plot --watch: step %.0f of %s%s\n",
+                   runs[0].x[(size_t)(runs[0].rows - 1) * 3], runs[0].label,
+                   live ? " (Ctrl-C to stop)" : "");
+            fflush(stdout);
+            cli_plot_opts o = {NULL, "dumb", c->x, c->logy,
+                               *c->title ? c->title : NULL};
+            if (plot_runs("plot", runs, n, &o, c->smooth))
+                cli_die("plot: --watch cannot draw (see above)");
+            fflush(stdout);
+            frames++;
+            last = stamp;
+        } else if (rc && !live && !seen_live && frames == 0) {
+            cli_die("plot: %s", err); /* nothing there, nothing coming */
+        }
+        for (int i = 0; i < loaded; i++) plot_run_free(&runs[i]);
+        free(runs);
+        if (watch_stop || (!live && frames > 0)) break;
+        nanosleep(&nap, NULL);
+        if (watch_stop) break;
+    }
+    printf("qkv plot --watch: %s (%d drawing%s)\n",
+           watch_stop ? "stopped" : "no run is writing the log", frames,
+           frames == 1 ? "" : "s");
+    return 0;
 }
 
 /* The picture's path: c->out, its directory made if need be; none given,
@@ -666,6 +788,11 @@ static const char *plot_out(const plot_cmd *c, const plot_run *runs, char *path,
 int cmd_plot(int argc, char **argv) {
     plot_cmd c;
     plot_parse(&c, argc, argv);
+    if (c.watch) {
+        int rc = plot_watch(&c);
+        free(c.pos);
+        return rc;
+    }
     int n = c.n;
     plot_run *runs = qkv_calloc((size_t)n, sizeof *runs, "runs");
     char err[PLOT_PATH + 256];
@@ -679,9 +806,7 @@ int cmd_plot(int argc, char **argv) {
     cli_plot_opts o = {out, *c.term ? c.term : NULL, c.x, c.logy, c.title};
     int rc = plot_runs("plot", runs, n, &o, c.smooth);
     if (rc == 0 && strcmp(c.term, "dumb") != 0) {
-        const char *dot = strrchr(out, '.');
-        printf("wrote %s (draw again: gnuplot %.*s.gp)\n", out,
-               (int)(dot - out), out);
+        printf("wrote %s (draw again: gnuplot %s.gp)\n", out, out);
     }
     for (int i = 0; i < n; i++) plot_run_free(&runs[i]);
     free(runs);

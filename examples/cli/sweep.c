@@ -233,11 +233,17 @@ static void print_table(const cell *cells, int n, int metric, int seeds) {
 static int draw_heatmap(const char *out, const cell *cells, const int *Ns,
                         int nN, const int *hs, int nh, int metric,
                         const char *term, int seeds) {
-    char dat[4200], gp[4200], png[4200];
-    snprintf(dat, sizeof dat, "%s/heatmap.dat", out);
-    snprintf(gp, sizeof gp, "%s/heatmap.gp", out);
-    snprintf(png, sizeof png, "%s/heatmap.%s", out,
-             strcmp(term, "svg") == 0 ? "svg" : "png");
+    /* the script and data are named after the whole picture file
+     * (heatmap.png.gp), as qkv plot's are */
+    const char *pic = strcmp(term, "dumb") == 0  ? "heatmap-dumb"
+                      : strcmp(term, "svg") == 0 ? "heatmap.svg"
+                                                 : "heatmap.png";
+    char dat[4200], gp[4200], png[4200], gp_name[64], dat_name[64];
+    snprintf(gp_name, sizeof gp_name, "%s.gp", pic);
+    snprintf(dat_name, sizeof dat_name, "%s.dat", pic);
+    snprintf(dat, sizeof dat, "%s/%s", out, dat_name);
+    snprintf(gp, sizeof gp, "%s/%s", out, gp_name);
+    snprintf(png, sizeof png, "%s/%s", out, pic);
     FILE *f = fopen(dat, "w");
     if (!f) {
         cli_warn("sweep: cannot write %s: %s", dat, strerror(errno));
@@ -268,7 +274,7 @@ static int draw_heatmap(const char *out, const cell *cells, const int *Ns,
     for (int i = 0; i < nN && n < sizeof yt - 32; i++)
         n += (size_t)snprintf(yt + n, sizeof yt - n, "%s\"%d\" %d",
                               i ? ", " : "", Ns[i], i);
-    cli_gp_string(q_dat, sizeof q_dat, "heatmap.dat");
+    cli_gp_string(q_dat, sizeof q_dat, dat_name);
     cli_gp_string(q_png, sizeof q_png, strrchr(png, '/') + 1);
     const char *f1 = metric == 1 || metric == 2 ? "%.1f" : "%.3f";
     char label[64]; /* the value, and with --seeds its sd: 1.740±0.012 */
@@ -283,7 +289,7 @@ static int draw_heatmap(const char *out, const cell *cells, const int *Ns,
             ? "set terminal svg size 640,480 noenhanced\n"
             : "set terminal pngcairo size 640,480 noenhanced\n";
     snprintf(script, sizeof script,
-             "# qkv sweep: %s over N x h (run: gnuplot heatmap.gp in this "
+             "# qkv sweep: %s over N x h (run: gnuplot %s in this "
              "directory)\n"
              "%s%s%s%s"
              "set title 'final %s over layers N and heads h'\n"
@@ -296,18 +302,18 @@ static int draw_heatmap(const char *out, const cell *cells, const int *Ns,
              "plot %s using 1:2:(0.5):(0.5):3 with boxxyerror fc palette, "
              "\\\n"
              "     %s using 1:2:(%s) with labels\n",
-             metric_names[metric], terminal,
+             metric_names[metric], gp_name, terminal,
              strcmp(term, "dumb") == 0 ? "" : "set output ",
              strcmp(term, "dumb") == 0 ? "" : q_png,
              strcmp(term, "dumb") == 0 ? "" : "\n", metric_names[metric], xt,
              yt, nh - 1, nN - 1,
              metric == 1 ? "val_acc (%)" : metric_names[metric], q_dat, q_dat,
              label);
-    /* gnuplot reads heatmap.dat relative to its working directory: run it
+    /* gnuplot reads the .dat relative to its working directory: run it
      * in OUT, as a user re-running the script would. */
     char cwd[4200];
     if (!getcwd(cwd, sizeof cwd) || chdir(out)) return -1;
-    int rc = cli_gnuplot("sweep", "heatmap.gp", script);
+    int rc = cli_gnuplot("sweep", gp_name, script);
     if (chdir(cwd)) cli_die("sweep: cannot return to %s", cwd);
     if (rc == 0 && strcmp(term, "dumb") != 0)
         printf("heatmap: %s (script %s)\n", png, gp);
