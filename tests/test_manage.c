@@ -89,6 +89,28 @@ static void test_config_and_flag_equals_value(void) {
           "the settings of --config are not in the new run: %s", text);
     CHECK(strstr(text, "\"h\":\t4") && strstr(text, "\"steps\":\t10"),
           "the flags on the line did not win: %s", text);
+    /* only what applies: no corpus flags in a task run, no one-off actions,
+     * no metric nothing reads; numbers at their precision */
+    const char *absent[] = {"\"data\"",    "\"tok\"",   "\"epochs\"",
+                            "\"resume\"",  "\"force\"", "\"config\"",
+                            "\"dry-run\"", "\"N-enc\"", "\"metric\""};
+    for (size_t i = 0; i < sizeof absent / sizeof *absent; i++)
+        CHECK(!strstr(text, absent[i]), "config.json of a task run has %s",
+              absent[i]);
+    CHECK(strstr(text, "\"lr\":\t0.002,") && strstr(text, "\"warmup\""),
+          "lr or warmup not as given: %s", text);
+    rc = run("train --data data/corpora/dates/train.tsv --tok char --model "
+             "decoder --schedule const --steps 2 --quiet --out %s/c5",
+             dir);
+    snprintf(path, sizeof path, "%s/c5/config.json", dir);
+    f = fopen(path, "r");
+    n = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    text[n] = 0;
+    if (f) fclose(f);
+    CHECK(rc == 0 && strstr(text, "\"tok\":\t\"char\"") &&
+              !strstr(text, "\"task\"") && !strstr(text, "\"vocab\"") &&
+              !strstr(text, "\"warmup\"") && !strstr(text, "\"valid\""),
+          "config.json of a corpus run without --valid: %s", text);
     rc = run("train --config %s/nope.json --out %s/c3", dir);
     CHECK(rc == 2 && test_one_line(out) && strstr(out, "--config"),
           "a missing --config: exit %d: %s", rc, out);

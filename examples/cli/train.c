@@ -4,7 +4,7 @@
  *   qkv train --data data/corpora/dates/train.tsv \
  *             --valid data/corpora/dates/valid.tsv --tok char --out runs/dates
  *
- * Writes DIR/config.json (every flag), DIR/log.csv (one row per step; the
+ * Writes DIR/config.json (the settings that apply), DIR/log.csv (one row per step; the
  * validation columns at every --eval-every) and DIR/ckpt.safetensors (every
  * --save-every steps, at the end, and on Ctrl-C). `--resume DIR` continues a
  * run bit for bit: the checkpoint holds the weights, the optimiser state, the
@@ -267,7 +267,7 @@ typedef struct train_run {
     cJSON *saved;     /* --resume: its settings */
     int64_t start;    /* --resume: the steps it had */
     char ckpt[4200], log_path[4200];
-    char *cfg; /* config.json */
+    char *cfg; /* every flag, as JSON: the checkpoint's "cli" */
     const char *dkeys[3];
     char *dvals[3];
     int n_dmeta;
@@ -630,6 +630,47 @@ static void build_trainer(train_run *r) {
 /* Only now is anything written: the directory is made and locked, an old
  * run in it is kept (or, with --force, removed), then config.json and the
  * log's header are written atomically. */
+/* config.json: the settings that apply to this run, not every flag. Dropped:
+ * what is given by hand for one invocation (--resume, --force, --config,
+ * --dry-run); the corpus flags of a task run and the task flags of a corpus
+ * run; --N-enc/--N-dec left at 0 (they follow --N) and --N-enc of a
+ * decoder-only model; --warmup under a constant schedule; --metric when
+ * neither --keep-best nor --patience reads it. A dropped key keeps its
+ * default under --config, which is what it meant here. (The checkpoint
+ * keeps every flag, for --resume.) */
+static char *config_json(void) {
+    char *all = cli_flags_json(flags, N_FLAGS);
+    cJSON *j = cJSON_Parse(all);
+    free(all);
+    static const char *const by_hand[] = {"resume", "force", "config",
+                                          "dry-run"};
+    static const char *const corpus_only[] = {
+        "data",       "valid",        "tok",   "min-freq",
+        "filter-len", "batch-tokens", "epochs"};
+    static const char *const task_only[] = {"task", "vocab", "min-len",
+                                            "max-len"};
+    const char *drop[32];
+    int n = 0;
+    for (size_t i = 0; i < sizeof by_hand / sizeof *by_hand; i++)
+        drop[n++] = by_hand[i];
+    int corpus = *o.data != 0;
+    for (size_t i = 0; !corpus && i < sizeof corpus_only / sizeof *corpus_only;
+         i++)
+        drop[n++] = corpus_only[i];
+    for (size_t i = 0; corpus && i < sizeof task_only / sizeof *task_only; i++)
+        drop[n++] = task_only[i];
+    if (corpus && !*o.valid) drop[n++] = "valid";
+    if (o.n_enc == 0 || mc.kind == QKV_MODEL_DECODER) drop[n++] = "N-enc";
+    if (o.n_dec == 0) drop[n++] = "N-dec";
+    if (o.schedule == QKV_SCHEDULE_CONSTANT) drop[n++] = "warmup";
+    if (!o.keep_best && o.patience == 0) drop[n++] = "metric";
+    for (int i = 0; i < n; i++)
+        cJSON_DeleteItemFromObjectCaseSensitive(j, drop[i]);
+    char *text = cJSON_Print(j);
+    cJSON_Delete(j);
+    return text;
+}
+
 static void open_run(train_run *r) {
     char path[4200];
     r->cfg = cli_flags_json(flags, N_FLAGS);
@@ -647,7 +688,9 @@ static void open_run(train_run *r) {
         if (o.force) cli_run_clear("train", o.out);
     }
     snprintf(path, sizeof path, "%s/config.json", o.out);
-    cli_write_file("train", path, r->cfg);
+    char *applies = config_json();
+    cli_write_file("train", path, applies);
+    free(applies);
     if (r->resume) {
         r->log = reopen_log(r->log_path, (int)r->start);
     } else {
