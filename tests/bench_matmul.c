@@ -4,6 +4,9 @@
  * 50 ms have passed (CLOCK_MONOTONIC). GFLOPS = 2 M N K / seconds / 1e9.
  * Usage: bench_matmul [quick]           all shapes ("quick": 1 run of >= 10 ms)
  *        bench_matmul ta tb M N K      one shape
+ *        bench_matmul bf16 [quick]     qkv_gemm_bf16 (core/bf16.h) beside
+ *                                      qkv_sgemm on the transformer shapes,
+ *                                      and the CPU's FMA and bf16 peaks
  *
  * When libopenblas.so.0 can be loaded (apt-get install libopenblas0-pthread)
  * its cblas_sgemm is measured beside, with OPENBLAS_CORETYPE=SkylakeX unless
@@ -14,10 +17,14 @@
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
 #endif
+#include "bf16.h"
 #include "common.h"
 #include "matmul.h"
 
 #include <dlfcn.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -143,8 +150,100 @@ static void run_cases(const bench_case *c, int n) {
     free(g);
 }
 
+/* ------------------------------------------------------------------ bf16 */
+
+/* Peak GFLOPS of one core: 16 independent accumulators (enough to cover the
+ * latency of 2 pipes), in registers, no memory traffic. fp32 FMA: 32 flops
+ * per zmm instruction; vdpbf16ps: 64 (16 lanes x 2 products x 2). */
+#if defined(__x86_64__)
+#define PEAK_LOOP(T, ZERO, OP, FLOPS)                                          \
+    do {                                                                       \
+        T acc[16];                                                             \
+        for (int i = 0; i < 16; i++) acc[i] = ZERO;                            \
+        long reps = 0;                                                         \
+        double t0 = qkv_seconds(), t;                                          \
+        do {                                                                   \
+            for (int it = 0; it < 4096; it++) {                                \
+                _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) acc[i] = \
+                    OP;                                                        \
+            }                                                                  \
+            reps += 4096;                                                      \
+            t = qkv_seconds() - t0;                                            \
+        } while (t < 0.2);                                                     \
+        float sink = 0;                                                        \
+        for (int i = 0; i < 16; i++) {                                         \
+            float v[16];                                                       \
+            memcpy(v, &acc[i], sizeof v);                                      \
+            sink += v[0];                                                      \
+        }                                                                      \
+        if (sink == 12345.0f) printf(" ");                                     \
+        return (double)reps * 16 * FLOPS / t / 1e9;                            \
+    } while (0)
+
+__attribute__((target("avx512f"))) static double peak_fma(void) {
+    __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(1e-3f);
+    PEAK_LOOP(__m512, _mm512_setzero_ps(), _mm512_fmadd_ps(acc[i], x, y), 32);
+}
+
+__attribute__((target("avx512f,avx512bf16"))) static double peak_bf16(void) {
+    __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80);
+    PEAK_LOOP(__m512, _mm512_setzero_ps(), _mm512_dpbf16_ps(acc[i], x, x), 64);
+}
+#endif
+
+static void run_bf16(void) {
+    qkv_bf16_kernel k = qkv_bf16_kernel_best();
+    printf("qkv_gemm_bf16 kernel: %s; qkv_sgemm kernel: %s; GFLOPS (median "
+           "of %d runs)\n",
+           qkv_bf16_kernel_name(k), qkv_sgemm_kernel_name(), n_runs);
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) {
+        double f = peak_fma();
+        printf("one core's peak: fp32 FMA %.1f GFLOPS", f);
+        if (qkv_bf16_kernel_usable(QKV_BF16_AVX512, NULL, 0))
+            printf(", vdpbf16ps %.1f GFLOPS (%.2fx)", peak_bf16(),
+                   peak_bf16() / f);
+        printf("\n");
+    }
+#endif
+    printf("%-14s %2s %2s %5s %5s %5s %8s %8s %8s %8s %6s %6s\n", "case", "ta",
+           "tb", "M", "N", "K", "fp32 1t", "bf16 1t", "fp32 2t", "bf16 2t",
+           "x 1t", "x 2t");
+    static const int tf[][3] = {
+        {1024, 384, 128},  {1024, 512, 128},   {1024, 128, 512},
+        {2048, 768, 256},  {2048, 1024, 256},  {2048, 256, 1024},
+        {2048, 1000, 256}, {1024, 1024, 1024},
+    };
+    for (size_t i = 0; i < sizeof tf / sizeof tf[0]; i++) {
+        int M = tf[i][0], N = tf[i][1], K = tf[i][2];
+        bench_case c[3] = {{"fwd  X W^T", 0, 1, M, N, K},
+                           {"bwd  dY W", 0, 0, M, K, N},
+                           {"bwd  dY^T X", 1, 0, N, K, M}};
+        for (int j = 0; j < 3; j++) {
+            double g[4];
+            for (int t = 1; t <= 2; t++) {
+                g[2 * t - 2] = bench(qkv_sgemm, t, c[j].ta, c[j].tb, c[j].M,
+                                     c[j].N, c[j].K);
+                g[2 * t - 1] = bench(qkv_gemm_bf16, t, c[j].ta, c[j].tb, c[j].M,
+                                     c[j].N, c[j].K);
+            }
+            printf("%-14s %2d %2d %5d %5d %5d %8.1f %8.1f %8.1f %8.1f %6.2f "
+                   "%6.2f\n",
+                   c[j].label, c[j].ta, c[j].tb, c[j].M, c[j].N, c[j].K, g[0],
+                   g[1], g[2], g[3], g[1] / g[0], g[3] / g[2]);
+        }
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "quick") == 0) n_runs = 1, min_run_s = 0.01;
+    if (argc > 1 && strcmp(argv[1], "bf16") == 0) {
+        if (argc > 2 && strcmp(argv[2], "quick") == 0)
+            n_runs = 1, min_run_s = 0.01;
+        run_bf16();
+        return 0;
+    }
     openblas_load();
     if (argc == 6) {
         int d[5];

@@ -1,0 +1,354 @@
+#include "bf16.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define QKV_X86 1
+#endif
+
+/* ------------------------------------------------------------ conversion */
+
+qkv_bf16 qkv_bf16_from_float(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep it, quiet */
+        return (qkv_bf16)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u); /* to nearest, ties to even */
+    return (qkv_bf16)(u >> 16);
+}
+
+float qkv_bf16_to_float(qkv_bf16 h) {
+    uint32_t u = (uint32_t)h << 16;
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+void qkv_bf16_round(const float *x, float *out, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        out[i] = qkv_bf16_to_float(qkv_bf16_from_float(x[i]));
+}
+
+/* ------------------------------------------------- the order, one element */
+
+/* A bf16 read as vdpbf16ps reads it: a denormal is zero (DAZ). */
+static inline float bf_daz(uint32_t h) {
+    h &= 0xffffu;
+    if ((h & 0x7f80u) == 0) h &= 0x8000u;
+    return qkv_bf16_to_float((qkv_bf16)h);
+}
+
+/* s + a b with one rounding, a denormal result flushed to zero (FTZ). With
+ * FMA in the build this is exactly vdpbf16ps's step; without, a product
+ * below FLT_MIN is rounded before the add (no other product is: bf16 x bf16
+ * is exact in fp32). */
+static inline float dp_step(float s, float a, float b) {
+#ifdef __FMA__
+    float r = fmaf(a, b, s);
+#else
+    float r = s + a * b;
+#endif
+    return fabsf(r) < FLT_MIN ? copysignf(0.0f, r) : r;
+}
+
+/* Two bf16 packed as vdpbf16ps pairs them: even k low, odd k high. */
+static inline uint32_t pair(float lo, float hi) {
+    return (uint32_t)qkv_bf16_from_float(lo) | (uint32_t)qkv_bf16_from_float(hi)
+                                                   << 16;
+}
+
+static void check_args(int ta, int tb, int M, int N, int K, const float *A,
+                       int lda, const float *B, int ldb, const float *C,
+                       int ldc) {
+    QKV_CHECK(M >= 0 && N >= 0 && K >= 0, "qkv_gemm_bf16: negative size");
+    QKV_CHECK(lda >= (ta ? M : K) && ldb >= (tb ? K : N) && ldc >= N,
+              "qkv_gemm_bf16: leading dimension too small");
+    QKV_CHECK((A && B) || M == 0 || N == 0 || K == 0,
+              "qkv_gemm_bf16: NULL operand");
+    QKV_CHECK(C || M == 0 || N == 0, "qkv_gemm_bf16: NULL C");
+}
+
+void qkv_gemm_bf16_ref(int ta, int tb, int M, int N, int K, const float *A,
+                       int lda, const float *B, int ldb, int accumulate,
+                       float *C, int ldc) {
+    check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            float *c = C + (size_t)i * ldc + j;
+            if (K == 0 && !accumulate) *c = 0.0f;
+            for (int k0 = 0; k0 < K; k0 += QKV_BF16_KC) {
+                int k1 = k0 + QKV_BF16_KC < K ? k0 + QKV_BF16_KC : K;
+                float s = 0.0f;
+                for (int k = k0; k < k1; k += 2) {
+                    float v[2][2] = {{0}}; /* [a, b][even, odd] */
+                    for (int e = 0; e < 2 && k + e < k1; e++) {
+                        int kk = k + e;
+                        v[0][e] = ta ? A[(size_t)kk * lda + i]
+                                     : A[(size_t)i * lda + kk];
+                        v[1][e] = tb ? B[(size_t)j * ldb + kk]
+                                     : B[(size_t)kk * ldb + j];
+                    }
+                    uint32_t a = pair(v[0][0], v[0][1]);
+                    uint32_t b = pair(v[1][0], v[1][1]);
+                    s = dp_step(s, bf_daz(a >> 16), bf_daz(b >> 16));
+                    s = dp_step(s, bf_daz(a), bf_daz(b));
+                }
+                *c = k0 == 0 && !accumulate ? s : *c + s;
+            }
+        }
+}
+
+/* ----------------------------------------------------------------- kernels */
+
+/* Register tile MR x NR, cache blocks MC rows x NC columns x KC k. */
+enum { MR = 12, NR = 32, MC = MR * 16, NC = 512, KC = QKV_BF16_KC };
+_Static_assert(KC % 2 == 0, "KC: whole pairs");
+
+/* Products smaller than this stay on the calling thread. */
+#define PAR_MIN_FLOPS 2.0e6
+
+/* c[MR x NR] (ldc) = acc (add 0) or c + acc (add 1), acc summed over np
+ * pairs of the packed slivers a (np x MR words) and b (np x NR words). */
+typedef void kernel_fn(int np, const uint32_t *a, const uint32_t *b, float *c,
+                       size_t ldc, int add);
+
+static void kernel_portable(int np, const uint32_t *a, const uint32_t *b,
+                            float *c, size_t ldc, int add) {
+    float acc[MR][NR] = {{0}};
+    for (int p = 0; p < np; p++, a += MR, b += NR)
+        for (int i = 0; i < MR; i++) {
+            float alo = bf_daz(a[i]), ahi = bf_daz(a[i] >> 16);
+            for (int j = 0; j < NR; j++) {
+                float s = dp_step(acc[i][j], ahi, bf_daz(b[j] >> 16));
+                acc[i][j] = dp_step(s, alo, bf_daz(b[j]));
+            }
+        }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) {
+            float *ci = c + (size_t)i * ldc + j;
+            *ci = add ? *ci + acc[i][j] : acc[i][j];
+        }
+}
+
+#if QKV_X86
+__attribute__((target("avx512f,avx512bf16"))) static void
+kernel_avx512(int np, const uint32_t *a, const uint32_t *b, float *c,
+              size_t ldc, int add) {
+    __m512 acc[MR][2];
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int p = 0; p < np; p++, a += MR, b += NR) {
+        __m512i b0 = _mm512_loadu_si512(b), b1 = _mm512_loadu_si512(b + 16);
+#pragma GCC unroll 12
+        for (int i = 0; i < MR; i++) {
+            __m512i ai = _mm512_set1_epi32((int)a[i]);
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], (__m512bh)ai, (__m512bh)b0);
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], (__m512bh)ai, (__m512bh)b1);
+        }
+    }
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; i++) {
+        float *ci = c + (size_t)i * ldc;
+        if (add) {
+            acc[i][0] = _mm512_add_ps(_mm512_loadu_ps(ci), acc[i][0]);
+            acc[i][1] = _mm512_add_ps(_mm512_loadu_ps(ci + 16), acc[i][1]);
+        }
+        _mm512_storeu_ps(ci, acc[i][0]);
+        _mm512_storeu_ps(ci + 16, acc[i][1]);
+    }
+}
+#endif
+
+/* ------------------------------------------------------------- dispatch */
+
+static const char *const kernel_names[QKV_BF16_N_KERNELS] = {"portable",
+                                                             "avx512-bf16"};
+static kernel_fn *const kernels[QKV_BF16_N_KERNELS] = {
+    kernel_portable,
+#if QKV_X86
+    kernel_avx512,
+#else
+    NULL,
+#endif
+};
+
+const char *qkv_bf16_kernel_name(qkv_bf16_kernel k) {
+    return k >= 0 && k < QKV_BF16_N_KERNELS ? kernel_names[k] : "?";
+}
+
+int qkv_bf16_kernel_usable(qkv_bf16_kernel k, char *why, size_t cap) {
+    const char *no = NULL;
+    if (k == QKV_BF16_PORTABLE) return 1;
+    if (k != QKV_BF16_AVX512) {
+        no = "no such kernel";
+    } else {
+#if QKV_X86
+        __builtin_cpu_init();
+        if (!__builtin_cpu_supports("avx512f") ||
+            !__builtin_cpu_supports("avx512bf16"))
+            no = "this CPU has no avx512_bf16";
+#else
+        no = "not an x86-64 CPU";
+#endif
+    }
+    if (no && why && cap) snprintf(why, cap, "%s", no);
+    return !no;
+}
+
+qkv_bf16_kernel qkv_bf16_kernel_best(void) {
+    return qkv_bf16_kernel_usable(QKV_BF16_AVX512, NULL, 0) ? QKV_BF16_AVX512
+                                                            : QKV_BF16_PORTABLE;
+}
+
+static int current = -1; /* not chosen yet */
+
+qkv_bf16_kernel qkv_bf16_get_kernel(void) {
+    if (current < 0) current = qkv_bf16_kernel_best();
+    return (qkv_bf16_kernel)current;
+}
+
+qkv_bf16_kernel qkv_bf16_set_kernel(qkv_bf16_kernel k) {
+    char why[128];
+    QKV_CHECK(qkv_bf16_kernel_usable(k, why, sizeof why),
+              "qkv_bf16_set_kernel(%s): %s", qkv_bf16_kernel_name(k), why);
+    qkv_bf16_kernel old = qkv_bf16_get_kernel();
+    current = k;
+    return old;
+}
+
+/* --------------------------------------------------------------- packing */
+
+/* op(A) rows [i0, i0 + MR) (zeros past M), k block [k0, k0 + kc), as np
+ * pairs of MR words: pa[p * MR + i]. */
+static void pack_a(int ta, const float *A, size_t lda, int M, int i0, int k0,
+                   int kc, uint32_t *pa) {
+    int np = (kc + 1) / 2;
+    for (int p = 0; p < np; p++)
+        for (int i = 0; i < MR; i++) {
+            float v[2] = {0.0f, 0.0f};
+            for (int e = 0; e < 2; e++) {
+                int k = 2 * p + e;
+                if (i0 + i < M && k < kc)
+                    v[e] = ta ? A[(size_t)(k0 + k) * lda + i0 + i]
+                              : A[(size_t)(i0 + i) * lda + k0 + k];
+            }
+            pa[(size_t)p * MR + i] = pair(v[0], v[1]);
+        }
+}
+
+/* op(B) columns [j0, j0 + NR) (zeros past N), k block [k0, k0 + kc), as np
+ * pairs of NR words: pb[p * NR + j]. */
+static void pack_b(int tb, const float *B, size_t ldb, int N, int j0, int k0,
+                   int kc, uint32_t *pb) {
+    int np = (kc + 1) / 2, nr = N - j0 < NR ? N - j0 : NR;
+    for (int p = 0; p < np; p++) {
+        uint32_t *out = pb + (size_t)p * NR;
+        for (int j = 0; j < NR; j++) {
+            float v[2] = {0.0f, 0.0f};
+            for (int e = 0; e < 2; e++) {
+                int k = 2 * p + e;
+                if (j < nr && k < kc)
+                    v[e] = tb ? B[(size_t)(j0 + j) * ldb + k0 + k]
+                              : B[(size_t)(k0 + k) * ldb + j0 + j];
+            }
+            out[j] = pair(v[0], v[1]);
+        }
+    }
+}
+
+/* One MR x NR tile; a partial one goes through a local buffer, with exactly
+ * the operations of a whole one. */
+static void tile(kernel_fn *kern, int np, const uint32_t *a, const uint32_t *b,
+                 float *c, size_t ldc, int mr, int nr, int add) {
+    if (mr == MR && nr == NR) {
+        kern(np, a, b, c, ldc, add);
+        return;
+    }
+    float buf[MR * NR];
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++)
+            buf[i * NR + j] = add ? c[(size_t)i * ldc + j] : 0.0f;
+    kern(np, a, b, buf, NR, add);
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++) c[(size_t)i * ldc + j] = buf[i * NR + j];
+}
+
+/* Scratch for the packed operands, the calling thread's, grown as needed
+ * (kept between calls). */
+static uint32_t *scratch(size_t words) {
+    static _Thread_local uint32_t *buf;
+    static _Thread_local size_t cap;
+    if (words > cap) {
+        free(buf);
+        buf = qkv_malloc_aligned(words * sizeof *buf, "bf16 packing");
+        cap = words;
+    }
+    return buf;
+}
+
+void qkv_gemm_bf16(int ta, int tb, int M, int N, int K, const float *A, int lda,
+                   const float *B, int ldb, int accumulate, float *C, int ldc) {
+    ta = ta != 0, tb = tb != 0;
+    check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+    if (M == 0 || N == 0) return;
+    if (K == 0) {
+        for (int i = 0; i < M && !accumulate; i++)
+            memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof *C);
+        return;
+    }
+    kernel_fn *kern = kernels[qkv_bf16_get_kernel()];
+    int n_ir = (M + MR - 1) / MR, n_jr = (NC + NR - 1) / NR;
+    size_t a_words = (size_t)n_ir * MR * (KC / 2);
+    uint32_t *pa = scratch(a_words + (size_t)n_jr * NR * (KC / 2));
+    uint32_t *pb = pa + a_words;
+    int nt = 1;
+#ifdef _OPENMP
+    double flops = 2.0 * M * N * K;
+    nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (nt > flops / PAR_MIN_FLOPS) nt = (int)(flops / PAR_MIN_FLOPS);
+    if (nt < 1) nt = 1;
+#endif
+    (void)nt;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    for (int pc = 0; pc < K; pc += KC) {
+        int kc = K - pc < KC ? K - pc : KC, np = (kc + 1) / 2;
+        int add = pc > 0 || accumulate;
+#pragma omp for schedule(static)
+        for (int ir = 0; ir < n_ir; ir++)
+            pack_a(ta, A, (size_t)lda, M, ir * MR, pc, kc,
+                   pa + (size_t)ir * MR * np);
+        for (int jc = 0; jc < N; jc += NC) {
+            int nc = N - jc < NC ? N - jc : NC, jrs = (nc + NR - 1) / NR;
+#pragma omp for schedule(static)
+            for (int jr = 0; jr < jrs; jr++)
+                pack_b(tb, B, (size_t)ldb, N, jc + jr * NR, pc, kc,
+                       pb + (size_t)jr * NR * np);
+            /* tiles: row blocks of MC outer, so an A block is reused across
+             * the B slivers; each tile is one thread's, in one order */
+            int n_ic = (M + MC - 1) / MC;
+#pragma omp for collapse(2) schedule(static)
+            for (int ic = 0; ic < n_ic; ic++)
+                for (int jr = 0; jr < jrs; jr++) {
+                    int j0 = jc + jr * NR, nr = N - j0 < NR ? N - j0 : NR;
+                    for (int i0 = ic * MC; i0 < M && i0 < (ic + 1) * MC;
+                         i0 += MR) {
+                        int mr = M - i0 < MR ? M - i0 : MR;
+                        tile(kern, np, pa + (size_t)(i0 / MR) * MR * np,
+                             pb + (size_t)jr * NR * np,
+                             C + (size_t)i0 * ldc + j0, (size_t)ldc, mr, nr,
+                             add);
+                    }
+                }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+/* bf16.h - bfloat16 matrix products: operands rounded to bf16, products
+ * summed in fp32 (what PyTorch's CPU autocast does for matmuls).
+ *
+ * bfloat16 is the top half of an IEEE float: sign, 8 exponent bits, 7
+ * mantissa bits (Kalamkar et al. 2019, "A Study of BFLOAT16 for Deep
+ * Learning Training"). A float becomes bf16 by rounding to nearest, ties to
+ * even; NaN stays NaN (quiet). The product of two bf16 numbers is exact in
+ * fp32 (8 + 8 significant bits < 24), so the only roundings of a product
+ * are the fp32 additions, and their order is the whole contract:
+ *
+ *   C[i][j] (+)= sum over k of bf16(op(A)[i][k]) * bf16(op(B)[k][j])
+ *
+ * summed, for each block of QKV_BF16_KC consecutive k, from 0 in pairs
+ * (k, k+1) with k even within the block: s = s + a[k+1] b[k+1], then
+ * s = s + a[k] b[k] (a lone last k pairs with a zero); then the block sum
+ * is stored (first block, no accumulate) or added to C (c = c + s). This is
+ * the order of the AVX512-BF16 instruction vdpbf16ps (Intel SDM: odd element
+ * first, each step one fused multiply-add with denormal inputs read as zero
+ * and denormal results flushed to zero, round to nearest even), so every
+ * kernel below gives the same bits:
+ *
+ *   avx512   vdpbf16ps, 12 x 32 register tiles (CPUs with avx512_bf16:
+ *            Intel Cooper Lake and Sapphire Rapids on, AMD Zen 4 on);
+ *   portable plain C emulating it, denormals included, for any CPU.
+ *
+ * The kernel is chosen at run time (qkv_bf16_kernel_best), so one binary
+ * runs everywhere; results are bitwise identical for any thread count.
+ *
+ *   float A[2*3], B[3*4], C[2*4];
+ *   qkv_gemm_bf16(0, 0, 2, 4, 3, A, 3, B, 4, 0, C, 4);   // C = A B in bf16
+ */
+#ifndef QKV_BF16_H
+#define QKV_BF16_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef uint16_t qkv_bf16;
+
+/* The k block of the summation order above. */
+#define QKV_BF16_KC 256
+
+/* x rounded to bf16 (nearest, ties to even; NaN stays a quiet NaN). */
+qkv_bf16 qkv_bf16_from_float(float x);
+/* The float a bf16 number is (exact). */
+float qkv_bf16_to_float(qkv_bf16 h);
+/* x rounded to bf16 and back, n values (out may be x). */
+void qkv_bf16_round(const float *x, float *out, size_t n);
+
+typedef enum qkv_bf16_kernel {
+    QKV_BF16_PORTABLE,
+    QKV_BF16_AVX512, /* avx512f + avx512_bf16 */
+    QKV_BF16_N_KERNELS
+} qkv_bf16_kernel;
+
+/* "portable", "avx512-bf16" */
+const char *qkv_bf16_kernel_name(qkv_bf16_kernel k);
+/* 1 if this CPU (and build) can run kernel k; else 0 with the reason in
+ * why (e.g. "this CPU has no avx512_bf16"). why may be NULL. */
+int qkv_bf16_kernel_usable(qkv_bf16_kernel k, char *why, size_t cap);
+/* The fastest usable kernel. */
+qkv_bf16_kernel qkv_bf16_kernel_best(void);
+/* The kernel qkv_gemm_bf16 uses from now on (it must be usable); returns
+ * the previous one. The first call of qkv_gemm_bf16 picks the best. */
+qkv_bf16_kernel qkv_bf16_set_kernel(qkv_bf16_kernel k);
+qkv_bf16_kernel qkv_bf16_get_kernel(void);
+
+/* C (+)= bf16(op(A)) bf16(op(B)) in the order above, with the arguments of
+ * qkv_sgemm (matmul.h). Uses OpenMP threads when the product is big enough
+ * and the caller is not inside a parallel region. */
+void qkv_gemm_bf16(int ta, int tb, int M, int N, int K, const float *A, int lda,
+                   const float *B, int ldb, int accumulate, float *C, int ldc);
+
+/* The definition itself, one element at a time (slow): what the kernels are
+ * tested against. */
+void qkv_gemm_bf16_ref(int ta, int tb, int M, int N, int K, const float *A,
+                       int lda, const float *B, int ldb, int accumulate,
+                       float *C, int ldc);
+
+#endif

@@ -1,0 +1,228 @@
+/* bf16 matrix products (core/bf16.h): the rounding, the summation order,
+ * every kernel this CPU can run against the one-element-at-a-time
+ * definition, bit for bit, on every shape class the model uses, for any
+ * thread count; and the error against the exact product within the bound
+ * that bf16 operands and fp32 sums allow. */
+#include <float.h>
+#include <math.h>
+
+#include "bf16.h"
+#include "pcg.h"
+#include "test.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static float bits_float(uint32_t u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+static void test_round_to_nearest_even(void) {
+    /* 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to even (1) */
+    CHECK(qkv_bf16_from_float(1.0f) == 0x3f80, "1.0");
+    CHECK(qkv_bf16_from_float(1.0f + 0x1p-8f) == 0x3f80, "tie to even, down");
+    CHECK(qkv_bf16_from_float(1.0f + 3 * 0x1p-8f) == 0x3f82, "tie to even, up");
+    CHECK(qkv_bf16_from_float(1.0f + 0x1p-8f + 0x1p-20f) == 0x3f81,
+          "above the tie rounds up");
+    CHECK(qkv_bf16_from_float(-2.5f) == 0xc020, "-2.5 is exact");
+    CHECK(qkv_bf16_from_float(INFINITY) == 0x7f80, "inf");
+    CHECK(qkv_bf16_from_float(FLT_MAX) == 0x7f80, "FLT_MAX rounds to inf");
+    qkv_bf16 n = qkv_bf16_from_float(bits_float(0x7f800001u));
+    CHECK((n & 0x7f80) == 0x7f80 && (n & 0x7f) != 0 && (n & 0x40),
+          "a signalling NaN whose payload is in the low bits stays a quiet "
+          "NaN: %04x",
+          n);
+    CHECK(qkv_bf16_to_float(0x3f81) == 1.0f + 0x1p-7f, "to float is exact");
+}
+
+/* The definition on numbers worked out by hand: products exact, fp32 sums
+ * in the stated order, blocks of QKV_BF16_KC added to C. */
+static void test_the_order_by_hand(void) {
+    float A[3] = {1, 2, 3}, B[3] = {4, 5, 6}, C[1] = {100};
+    qkv_gemm_bf16_ref(0, 0, 1, 1, 3, A, 3, B, 1, 0, C, 1);
+    CHECK(C[0] == 32.0f, "1*4 + 2*5 + 3*6 = %g", (double)C[0]);
+    qkv_gemm_bf16_ref(0, 0, 1, 1, 3, A, 3, B, 1, 1, C, 1);
+    CHECK(C[0] == 64.0f, "accumulate: %g", (double)C[0]);
+    /* the odd k of a pair first, then the even: products 2^24, 1, -2^24, 1
+     * sum in pairs as 1 + 2^24 = 2^24 (a tie, to even), + 1 = 2^24 again,
+     * - 2^24 = 0; in k order they would give 2^24, 2^24, 0, 1. */
+    float a4[4] = {0x1p24f, 1, 0x1p24f, 1}, b4[4] = {1, 1, -1, 1};
+    qkv_gemm_bf16_ref(0, 0, 1, 1, 4, a4, 4, b4, 1, 0, C, 1);
+    CHECK(C[0] == 0.0f, "the pair order gives 0, k order 1: got %g",
+          (double)C[0]);
+    /* two blocks: each summed from 0, the second added to the first */
+    int K = QKV_BF16_KC + 1;
+    float *a = calloc((size_t)K, sizeof *a), *b = calloc((size_t)K, sizeof *b);
+    a[0] = 0x1p24f, b[0] = 1;
+    for (int k = 1; k < K; k++) a[k] = 1, b[k] = 1;
+    qkv_gemm_bf16_ref(0, 0, 1, 1, K, a, K, b, 1, 0, C, 1);
+    /* block 1: 1 + 2^24 = 2^24, and every later + 1 is lost; block 2 is 1,
+     * and 2^24 + 1 = 2^24 again */
+    CHECK(C[0] == 0x1p24f, "two blocks: %.9g", (double)C[0]);
+    a[0] = 0;
+    qkv_gemm_bf16_ref(0, 0, 1, 1, K, a, K, b, 1, 0, C, 1);
+    CHECK(C[0] == (float)(K - 1), "256 ones: %g", (double)C[0]);
+    free(a);
+    free(b);
+    /* operands are rounded: 1 + 2^-8 is 1 in bf16 */
+    float x = 1.0f + 0x1p-8f, y = 3.0f;
+    qkv_gemm_bf16_ref(0, 0, 1, 1, 1, &x, 1, &y, 1, 0, C, 1);
+    CHECK(C[0] == 3.0f, "bf16(1 + 2^-8) * 3 = %.9g", (double)C[0]);
+}
+
+/* op(A) (M x K) and op(B) (K x N) stored with padding in their rows, in
+ * N(0, 1) with a few large and tiny values. */
+typedef struct case_t {
+    int ta, tb, M, N, K, acc;
+} case_t;
+
+static void fill(float *x, size_t n, qkv_pcg32 *r) {
+    for (size_t i = 0; i < n; i++) {
+        float v = qkv_pcg32_normal(r);
+        uint32_t u = qkv_pcg32_next(r) % 64;
+        x[i] = u == 0 ? v * 1e4f : u == 1 ? v * 1e-4f : v;
+    }
+}
+
+/* The shapes of a training step (B*T rows; d_model, d_ff, vocab, heads'
+ * d_k) and the edges of the kernels' blocks (12 x 32 tiles, k pairs and
+ * blocks of 256, column blocks of 512). */
+static const case_t cases[] = {
+    {0, 0, 1, 1, 1, 0},        {0, 0, 1, 7, 3, 1},
+    {0, 0, 12, 32, 2, 0},      {0, 0, 13, 33, 5, 0},
+    {0, 1, 11, 31, 255, 1},    {1, 0, 25, 65, 256, 0},
+    {1, 1, 24, 64, 257, 1},    {0, 1, 64, 64, 16, 0},
+    {0, 0, 130, 128, 64, 0},   {0, 1, 130, 256, 64, 1},
+    {1, 0, 64, 128, 130, 0},   {0, 0, 37, 513, 300, 0},
+    {0, 1, 200, 1030, 128, 0}, {1, 0, 128, 512, 600, 1},
+    {0, 0, 1, 2000, 64, 0},
+};
+
+static void run_case(const case_t *c, qkv_bf16_kernel k, int threads,
+                     float *got, float *want, qkv_pcg32 *r) {
+    int lda = (c->ta ? c->M : c->K) + 3, ldb = (c->tb ? c->K : c->N) + 5,
+        ldc = c->N + 2;
+    size_t na = (size_t)(c->ta ? c->K : c->M) * lda,
+           nb = (size_t)(c->tb ? c->N : c->K) * ldb, nc = (size_t)c->M * ldc;
+    float *A = malloc(na * sizeof *A), *B = malloc(nb * sizeof *B);
+    fill(A, na, r);
+    fill(B, nb, r);
+    fill(want, nc, r);
+    memcpy(got, want, nc * sizeof *got);
+    qkv_gemm_bf16_ref(c->ta, c->tb, c->M, c->N, c->K, A, lda, B, ldb, c->acc,
+                      want, ldc);
+    qkv_bf16_kernel old = qkv_bf16_set_kernel(k);
+#ifdef _OPENMP
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+#else
+    (void)threads;
+#endif
+    qkv_gemm_bf16(c->ta, c->tb, c->M, c->N, c->K, A, lda, B, ldb, c->acc, got,
+                  ldc);
+#ifdef _OPENMP
+    omp_set_num_threads(saved);
+#endif
+    qkv_bf16_set_kernel(old);
+    free(A);
+    free(B);
+}
+
+static void check_kernel(qkv_bf16_kernel k) {
+    char why[128];
+    if (!qkv_bf16_kernel_usable(k, why, sizeof why)) {
+        SKIP("%s kernel: %s", qkv_bf16_kernel_name(k), why);
+        return;
+    }
+    qkv_pcg32 r;
+    qkv_pcg32_seed(&r, 7, 1);
+    size_t cap = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        if ((size_t)cases[i].M * (cases[i].N + 2) > cap)
+            cap = (size_t)cases[i].M * (cases[i].N + 2);
+    float *got = malloc(cap * sizeof *got), *want = malloc(cap * sizeof *want);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        for (int t = 1; t <= 2; t++) {
+            const case_t *c = &cases[i];
+            qkv_pcg32 rc = r;
+            run_case(c, k, t, got, want, &rc);
+            size_t n = (size_t)c->M * (c->N + 2), bad = 0, first = 0;
+            for (size_t e = 0; e < n; e++)
+                if (memcmp(&got[e], &want[e], sizeof *got) != 0 && !bad++)
+                    first = e;
+            CHECK(bad == 0,
+                  "%s, %d thread(s), ta %d tb %d %dx%dx%d acc %d: %zu of %zu "
+                  "elements differ from the definition (first [%zu]: %.9g vs "
+                  "%.9g)",
+                  qkv_bf16_kernel_name(k), t, c->ta, c->tb, c->M, c->N, c->K,
+                  c->acc, bad, n, first, (double)got[first],
+                  (double)want[first]);
+        }
+    free(got);
+    free(want);
+}
+
+static void test_portable_kernel_is_the_definition(void) {
+    check_kernel(QKV_BF16_PORTABLE);
+}
+
+static void test_avx512_bf16_kernel_is_the_definition(void) {
+    check_kernel(QKV_BF16_AVX512);
+}
+
+/* Against the exact product (double, of the fp32 operands): each operand's
+ * rounding is off by at most 2^-9 relative, so each product by at most
+ * 2^-8 + 2^-18; the fp32 sum of K terms adds at most (K + 1) 2^-24 of the
+ * sum of magnitudes (Higham, Accuracy and Stability, 3.1). So
+ *   |C - exact| <= (2^-8 + 2^-18 + (K + 1) 2^-24) sum_k |a_k b_k|. */
+static void test_error_within_the_bf16_bound(void) {
+    qkv_pcg32 r;
+    qkv_pcg32_seed(&r, 11, 3);
+    int M = 33, N = 70, K = 700;
+    float *A = malloc((size_t)M * K * sizeof *A),
+          *B = malloc((size_t)K * N * sizeof *B),
+          *C = malloc((size_t)M * N * sizeof *C);
+    for (int i = 0; i < M * K; i++) A[i] = qkv_pcg32_normal(&r);
+    for (int i = 0; i < K * N; i++) B[i] = qkv_pcg32_normal(&r);
+    qkv_gemm_bf16(0, 0, M, N, K, A, K, B, N, 0, C, N);
+    double worst = 0, bound_used = 0, mean_rel = 0;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double exact = 0, mag = 0;
+            for (int k = 0; k < K; k++) {
+                double p = (double)A[i * K + k] * B[k * N + j];
+                exact += p;
+                mag += fabs(p);
+            }
+            double bound = (0x1p-8 + 0x1p-18 + (K + 1) * 0x1p-24) * mag;
+            double e = fabs(C[i * N + j] - exact);
+            if (e / bound > worst) worst = e / bound, bound_used = bound;
+            mean_rel += e / mag;
+        }
+    mean_rel /= (double)M * N;
+    CHECK(worst <= 1.0, "error %.3g of the bound %.3g", worst, bound_used);
+    /* and it is bf16's error, not less: random rounding errors of 2^-9
+     * relative cancel to well above fp32's but below the bound */
+    CHECK(mean_rel > 1e-5 && mean_rel < 2e-3,
+          "mean error %.3g of sum |a b|: not bf16", mean_rel);
+    printf("  bf16 vs exact: worst %.2f of the bound, mean %.2e of sum|ab|\n",
+           worst, mean_rel);
+    free(A);
+    free(B);
+    free(C);
+}
+
+int main(void) {
+    test_prog = "bf16";
+    printf("  bf16 kernel on this CPU: %s\n",
+           qkv_bf16_kernel_name(qkv_bf16_kernel_best()));
+    RUN(test_round_to_nearest_even);
+    RUN(test_the_order_by_hand);
+    RUN(test_portable_kernel_is_the_definition);
+    RUN(test_avx512_bf16_kernel_is_the_definition);
+    RUN(test_error_within_the_bf16_bound);
+    return test_summary();
+}
