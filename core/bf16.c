@@ -228,42 +228,66 @@ qkv_bf16_kernel qkv_bf16_set_kernel(qkv_bf16_kernel k) {
 
 /* --------------------------------------------------------------- packing */
 
-/* op(A) rows [i0, i0 + MR) (zeros past M), k block [k0, k0 + kc), as np
- * pairs of MR words: pa[p * MR + i]. */
-static void pack_a(int ta, const float *A, size_t lda, int M, int i0, int k0,
-                   int kc, uint32_t *pa) {
-    int np = (kc + 1) / 2;
-    for (int p = 0; p < np; p++)
-        for (int i = 0; i < MR; i++) {
+/* The bits of bf16(x), as qkv_bf16_from_float, without a branch (the
+ * packing loops vectorise). */
+static inline uint32_t rne(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : r;
+}
+
+/* Element (r, c) of a row-major matrix stored transposed or not. */
+static inline float at(const float *X, size_t ld, int trans, int r, int c) {
+    return trans ? X[(size_t)c * ld + r] : X[(size_t)r * ld + c];
+}
+
+/* Packs the sliver of op(X) (rows: the w = MR or NR rows/columns the words
+ * go across, from x0, zeros past n; k from k0, kc of them) as np pairs of w
+ * words: out[p * w + i] = bf16 pair (k0 + 2p, k0 + 2p + 1) of row x0 + i.
+ * `across` says how op(X)'s element (i, k) sits in memory: across 0, i is
+ * the row of op(X) (A's rows), across 1, its column (B's columns). */
+static void pack(const float *X, size_t ld, int trans, int across, int n,
+                 int x0, int k0, int kc, int w, uint32_t *out) {
+    int np = (kc + 1) / 2, full = x0 + w <= n ? np - (kc & 1) : 0;
+    if (across == trans) { /* k runs along X's rows: X[(x0 + i) ld + k] */
+        for (int i = 0; i < w && full; i++) {
+            const float *row = X + (size_t)(x0 + i) * ld + k0;
+            for (int p = 0; p < full; p++)
+                out[(size_t)p * w + i] = rne(row[2 * p]) | rne(row[2 * p + 1])
+                                                               << 16;
+        }
+    } else { /* i runs along X's rows: X[k ld + x0 + i] */
+        for (int p = 0; p < full; p++) {
+            const float *r0 = X + (size_t)(k0 + 2 * p) * ld + x0, *r1 = r0 + ld;
+            uint32_t *o = out + (size_t)p * w;
+            for (int i = 0; i < w; i++) o[i] = rne(r0[i]) | rne(r1[i]) << 16;
+        }
+    }
+    /* the edges: rows past n, a lone last k */
+    for (int p = full; p < np; p++)
+        for (int i = 0; i < w; i++) {
             float v[2] = {0.0f, 0.0f};
             for (int e = 0; e < 2; e++) {
-                int k = 2 * p + e;
-                if (i0 + i < M && k < kc)
-                    v[e] = ta ? A[(size_t)(k0 + k) * lda + i0 + i]
-                              : A[(size_t)(i0 + i) * lda + k0 + k];
+                int k = k0 + 2 * p + e;
+                if (x0 + i < n && 2 * p + e < kc)
+                    v[e] = across ? at(X, ld, trans, k, x0 + i)
+                                  : at(X, ld, trans, x0 + i, k);
             }
-            pa[(size_t)p * MR + i] = pair(v[0], v[1]);
+            out[(size_t)p * w + i] = rne(v[0]) | rne(v[1]) << 16;
         }
 }
 
-/* op(B) columns [j0, j0 + NR) (zeros past N), k block [k0, k0 + kc), as np
- * pairs of NR words: pb[p * NR + j]. */
+/* op(A) rows [i0, i0 + MR), k block [k0, k0 + kc): pa[p * MR + i]. */
+static void pack_a(int ta, const float *A, size_t lda, int M, int i0, int k0,
+                   int kc, uint32_t *pa) {
+    pack(A, lda, ta, 0, M, i0, k0, kc, MR, pa);
+}
+
+/* op(B) columns [j0, j0 + NR), k block [k0, k0 + kc): pb[p * NR + j]. */
 static void pack_b(int tb, const float *B, size_t ldb, int N, int j0, int k0,
                    int kc, uint32_t *pb) {
-    int np = (kc + 1) / 2, nr = N - j0 < NR ? N - j0 : NR;
-    for (int p = 0; p < np; p++) {
-        uint32_t *out = pb + (size_t)p * NR;
-        for (int j = 0; j < NR; j++) {
-            float v[2] = {0.0f, 0.0f};
-            for (int e = 0; e < 2; e++) {
-                int k = 2 * p + e;
-                if (j < nr && k < kc)
-                    v[e] = tb ? B[(size_t)(j0 + j) * ldb + k0 + k]
-                              : B[(size_t)(k0 + k) * ldb + j0 + j];
-            }
-            out[j] = pair(v[0], v[1]);
-        }
-    }
+    pack(B, ldb, tb, 1, N, j0, k0, kc, NR, pb);
 }
 
 /* One MR x NR tile; a partial one goes through a local buffer, with exactly
