@@ -114,15 +114,22 @@ typedef struct qkv_profile {
     double mark; /* end of the last timed forward */
 } qkv_profile;
 
+/* What the matrix products of the linear layers (qkv_matmul) compute in:
+ * fp32, or bf16 operands with fp32 sums (bf16.h) as PyTorch's autocast
+ * does; everything else (norms, softmax, attention, the loss, gradients,
+ * the optimiser) stays fp32 either way. */
+typedef enum qkv_precision { QKV_FP32, QKV_BF16 } qkv_precision;
+
 typedef struct qkv_graph {
     qkv_arena arena;
     qkv_profile *profile; /* NULL: not profiling */
     qkv_node *nodes;      /* the tape, in execution order */
     int n_nodes, cap_nodes;
-    size_t n_reallocs; /* tape growths so far (tests watch this) */
-    void *free_grads;  /* released gradient buffers, reused by size */
-    int recording;     /* 1: ops record nodes (grad mode); 0: no_grad */
-    int training;      /* 1: dropout is active */
+    size_t n_reallocs;       /* tape growths so far (tests watch this) */
+    void *free_grads;        /* released gradient buffers, reused by size */
+    int recording;           /* 1: ops record nodes (grad mode); 0: no_grad */
+    int training;            /* 1: dropout is active */
+    qkv_precision precision; /* of qkv_matmul, forward and backward */
 } qkv_graph;
 
 /* Starts recording and training; `arena_bytes` may be 0 (grows as needed). */

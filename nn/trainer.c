@@ -25,6 +25,7 @@ qkv_trainer_config qkv_trainer_defaults(qkv_optim_kind kind, float lr) {
 static void start(qkv_trainer *t, const qkv_trainer_config *c) {
     t->cfg = *c;
     qkv_graph_init(&t->graph, 0);
+    t->graph.precision = c->precision;
     t->t0 = qkv_seconds();
 }
 

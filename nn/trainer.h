@@ -56,6 +56,10 @@ typedef struct qkv_trainer_config {
      * and scored against the whole batch's token count: the update is the
      * whole batch's. 0 or 1: the batch at once. */
     int accum;
+    /* The linear layers' products in fp32 (0, the default) or in bf16 with
+     * fp32 sums (QKV_BF16, tape.h); weights, gradients and the optimiser
+     * stay fp32, and so do checkpoints. */
+    qkv_precision precision;
 } qkv_trainer_config;
 
 /* A trainer config with the optimiser's defaults, a constant learning rate

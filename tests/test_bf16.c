@@ -7,8 +7,18 @@
 #include <math.h>
 
 #include "bf16.h"
+#include "eval.h"
 #include "pcg.h"
 #include "test.h"
+#include "trainer.h"
+
+/* Sanitizer builds run ~50x slower: the learning case only runs a few
+ * steps there. */
+#if defined(__SANITIZE_ADDRESS__)
+#define QUICK 1
+#else
+#define QUICK 0
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -215,6 +225,131 @@ static void test_error_within_the_bf16_bound(void) {
     free(C);
 }
 
+/* ------------------------------------------------------- the model in bf16 */
+
+/* The gradients of one batch's loss in precision p (tiny encoder-decoder,
+ * reverse task) into g (params.n floats); returns the loss. */
+static float model_grads(qkv_precision p, float *grads, size_t *n) {
+    qkv_model_config c = test_tiny_config(QKV_MODEL_ENCDEC, 12);
+    qkv_model m;
+    test_tiny_model(&m, &c, 5);
+    qkv_task task = {QKV_TASK_REVERSE, 12, 4, 9, 1, 0};
+    qkv_source *src = qkv_task_source(&task, 16, 9, 0);
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    g.precision = p;
+    qkv_tensor *loss = qkv_model_loss(&m, &g, qkv_source_next(src), 0.0f);
+    float l = loss->data[0];
+    qkv_params_zero_grad(&m.params);
+    qkv_backward(&g, loss);
+    *n = m.params.n;
+    if (grads) memcpy(grads, m.params.grads, *n * sizeof *grads);
+    qkv_graph_free(&g);
+    qkv_source_free(src);
+    qkv_model_free(&m);
+    return l;
+}
+
+/* The bf16 model's loss and gradients against fp32's (whose gradients
+ * test_grad and test_model check against finite differences): each matmul
+ * operand carries 2^-9 relative rounding, a product 2^-8, and a few layers
+ * of them compound; a gradient's error relative to the whole gradient's norm
+ * stays near 2^-8 x depth. Bounds: loss within 1%, the gradient within 3%
+ * (norm of the difference over the norm), and not equal (it is bf16). */
+static void test_bf16_gradients_near_fp32(void) {
+    size_t n;
+    model_grads(QKV_FP32, NULL, &n);
+    float *g32 = malloc(n * sizeof *g32), *g16 = malloc(n * sizeof *g16);
+    float l32 = model_grads(QKV_FP32, g32, &n);
+    float l16 = model_grads(QKV_BF16, g16, &n);
+    double d2 = 0, n2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        d2 += ((double)g16[i] - g32[i]) * ((double)g16[i] - g32[i]);
+        n2 += (double)g32[i] * g32[i];
+    }
+    double rel = sqrt(d2 / n2);
+    printf("  loss fp32 %.6f bf16 %.6f; gradient |bf16 - fp32| / |fp32| = "
+           "%.2e\n",
+           (double)l32, (double)l16, rel);
+    CHECK(fabs(l16 - l32) < 0.01 * fabs(l32), "loss %.6f vs %.6f", (double)l16,
+          (double)l32);
+    CHECK(rel < 0.03, "gradient off by %.3g of its norm", rel);
+    CHECK(rel > 1e-5, "the bf16 gradient is fp32's (%.3g): not bf16", rel);
+    free(g32);
+    free(g16);
+}
+
+/* Trains the copy model in bf16 with `threads` threads for up to `steps`
+ * steps (stopping at 100% exact match when eval_every > 0); losses (steps)
+ * receives every step's loss, *hash the final weights' FNV hash; returns
+ * the exact match and sets *done to the steps run. */
+static double bf16_copy(int threads, int steps, int eval_every, float *losses,
+                        uint32_t *hash, int *done) {
+    qkv_task task = {QKV_TASK_COPY, 11, 10, 10, 0, 0};
+    qkv_set_threads(threads);
+    qkv_model_config c = test_tiny_config(QKV_MODEL_ENCDEC, 11);
+    c.d_model = 64, c.heads = 4, c.d_ff = 128, c.n_enc = c.n_dec = 2;
+    qkv_model m;
+    test_tiny_model(&m, &c, 42);
+    qkv_trainer_config tc = qkv_trainer_defaults(QKV_OPTIM_ADAM, 2e-3f);
+    tc.schedule =
+        (qkv_schedule){QKV_SCHEDULE_COSINE, 2e-3f, 100, 1500, 1e-4f, 0};
+    tc.precision = QKV_BF16;
+    qkv_trainer tr;
+    qkv_trainer_init(&tr, &m, &tc);
+    qkv_source *data = qkv_task_source(&task, 64, 42, 0);
+    double acc = 0;
+    int s;
+    for (s = 0; s < steps && acc < 1.0; s++) {
+        qkv_trainer_step(&tr, qkv_source_next(data));
+        if (losses) losses[s] = tr.loss;
+        if (eval_every && (s + 1) % eval_every == 0) {
+            qkv_source *valid =
+                qkv_task_source(&task, QUICK ? 10 : 200, 777, 1);
+            qkv_eval_opts eo = {-1, 1, 0.0f, 0};
+            qkv_scores sc;
+            qkv_evaluate(&tr.model, &tr.graph, valid, &eo, &sc);
+            acc = qkv_scores_exact(&sc);
+            qkv_source_free(valid);
+        }
+    }
+    *done = s;
+    *hash = 2166136261u;
+    for (size_t i = 0; i < tr.model.params.n; i++) {
+        uint32_t u;
+        memcpy(&u, &tr.model.params.values[i], sizeof u);
+        *hash = (*hash ^ u) * 16777619u;
+    }
+    qkv_source_free(data);
+    qkv_trainer_free(&tr);
+    qkv_set_threads(0);
+    return acc;
+}
+
+/* A bf16 run repeats bit for bit with 1 and 2 threads (the kernels split
+ * only independent tiles). */
+static void test_bf16_steps_same_for_any_thread_count(void) {
+    enum { STEPS = 12 };
+    float loss[2][STEPS];
+    uint32_t hash[2];
+    int done;
+    for (int t = 0; t < 2; t++)
+        bf16_copy(t + 1, STEPS, 0, loss[t], &hash[t], &done);
+    CHECK(memcmp(loss[0], loss[1], sizeof loss[0]) == 0 && hash[0] == hash[1],
+          "bf16 runs with 1 and 2 threads differ");
+}
+
+/* The copy task to 100% exact match, as in fp32 (test_learn). */
+static void test_bf16_learns_copy(void) {
+    uint32_t hash;
+    int steps;
+    double acc =
+        bf16_copy(2, QUICK ? 10 : 1500, QUICK ? 0 : 100, NULL, &hash, &steps);
+    printf("  copy in bf16: %.1f%% exact match after %d steps\n", 100 * acc,
+           steps);
+    if (!QUICK) CHECK(acc == 1.0, "%.1f%% exact match", 100 * acc);
+}
+
 int main(void) {
     test_prog = "bf16";
     printf("  bf16 kernel on this CPU: %s\n",
@@ -224,5 +359,8 @@ int main(void) {
     RUN(test_portable_kernel_is_the_definition);
     RUN(test_avx512_bf16_kernel_is_the_definition);
     RUN(test_error_within_the_bf16_bound);
+    RUN(test_bf16_gradients_near_fp32);
+    RUN(test_bf16_steps_same_for_any_thread_count);
+    RUN(test_bf16_learns_copy);
     return test_summary();
 }

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bf16.h"
 #include "cli.h"
 #include "eval.h"
 #include "trainer.h"
@@ -92,6 +93,7 @@ typedef struct train_opts {
     const char *config; /* --config: a previous run's config.json */
     int metric;         /* 0 val_loss, 1 val_acc, 2 val_bleu */
     int keep_best, patience;
+    int precision; /* qkv_precision */
 } train_opts;
 
 /* The flags write into o, mc (the model's) and oc (the optimiser's);
@@ -216,6 +218,10 @@ static const flag train_flags[] = {
      "gradient accumulation: each step draws N batches' worth and runs them "
      "N micro-batches at a time (the update of one N-times-larger batch)",
      1, 1024},
+    {"precision", FLAG_ENUM, &o.precision, "fp32|bf16",
+     "the linear layers' matrix products: fp32, or bf16 operands with fp32 "
+     "sums (as PyTorch's autocast; weights, gradients and Adam stay fp32)",
+     0, 0},
     {"plot", FLAG_BOOL, &o.plot, NULL,
      "draw DIR/loss.png at every validation and at the end (gnuplot)", 0, 0},
     {"quiet", FLAG_BOOL, &o.quiet, NULL, "print only the final line", 0, 0},
@@ -297,8 +303,9 @@ static flag *find_flag(const char *name) {
 /* Flags a --resume may give again: the checkpoint holds the rest. */
 static void check_resume_flags(int argc, char **argv) {
     static const char *const keep[] = {
-        "resume", "threads", "quiet",      "steps",          "epochs",
-        "plot",   "profile", "save-every", "skip-nonfinite", "patience"};
+        "resume",         "threads",  "quiet",    "steps",
+        "epochs",         "plot",     "profile",  "save-every",
+        "skip-nonfinite", "patience", "precision"};
     for (int i = 2; i < argc; i++) {
         if (strncmp(argv[i], "--", 2) != 0) continue;
         int ok = 0;
@@ -560,6 +567,7 @@ static qkv_trainer_config trainer_config(void) {
     tc.label_smoothing = o.label_smoothing;
     tc.skip_nonfinite = o.skip_nonfinite;
     tc.accum = o.accum;
+    tc.precision = (qkv_precision)o.precision;
     return tc;
 }
 
@@ -1024,6 +1032,18 @@ int cmd_train(int argc, char **argv) {
             printf(" (%d batches per epoch, vocab %d/%d)",
                    r->data->epoch_batches, r->c.src_vocab, r->c.tgt_vocab);
         printf("\n");
+    }
+    if (o.precision == QKV_BF16 && qkv_comm_rank() == 0) {
+        char why[128];
+        qkv_bf16_kernel k = qkv_bf16_kernel_best();
+        if (k == QKV_BF16_PORTABLE &&
+            !qkv_bf16_kernel_usable(QKV_BF16_AVX512, why, sizeof why))
+            cli_warn("train: --precision bf16: %s, so the portable kernel "
+                     "computes it (the same numbers, slower than fp32)",
+                     why);
+        else if (!o.quiet)
+            printf("bf16 matrix products on the %s kernel\n",
+                   qkv_bf16_kernel_name(k));
     }
     if (o.profile) qkv_trainer_profile(&r->t);
     train_loop(r);
