@@ -600,7 +600,10 @@ static void build_vocabs(train_run *r) {
     qkv_corpus tc;
     char err[512];
     if (qkv_corpus_load(o.data, &tc, err, sizeof err))
-        cli_die("train: --data: %s", err);
+        cli_die("train: --data: %s%s", err,
+                strstr(err, "has no tab") ? "; a plain text? --model decoder "
+                                            "--text FILE trains on one"
+                                          : "");
     cli_data *d = &r->d;
     d->corpus = 1;
     d->decoder_only = r->decoder;
