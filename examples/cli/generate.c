@@ -56,8 +56,9 @@ static int32_t *encode_prompt(const gen_opts *o, const qkv_model *m,
     int cap = 0;
     if (cli_encode_input(d, o->prompt, &ids, &cap, n, err, sizeof err))
         cli_die("generate: --prompt: %s", err);
-    ids = qkv_realloc(ids, ((size_t)*n + (size_t)o->max_tokens + 1) * 4,
-                      "generated tokens");
+    ids =
+        qkv_realloc(ids, ((size_t)*n + (size_t)o->max_tokens + 1) * sizeof *ids,
+                    "generated tokens");
     int unk = 0;
     for (int i = 0; i < *n; i++) unk += ids[i] == QKV_UNK;
     if (unk)
