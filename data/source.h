@@ -1,8 +1,9 @@
 /* source.h - batch sources: where a trainer or an evaluator gets its batches.
  *
- * One interface, two implementations: generated tasks (tasks.h) and TSV
- * corpora (corpus.h). A source hands out batches one at a time and tells its
- * position as a typed state (qkv_source_state), which the trainer saves in
+ * One interface, two implementations here: generated tasks (tasks.h) and
+ * TSV corpora (corpus.h); a third, windows of a plain text, is in text.h.
+ * A source hands out batches one at a time and tells its position as a
+ * typed state (qkv_source_state), which the trainer saves in
  * its checkpoint and gives back on resume: nothing else is needed to go on
  * with the very batch that would have come next.
  *

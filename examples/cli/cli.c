@@ -593,7 +593,9 @@ int cli_data_meta(const cli_data *d, const char **keys, char **vals) {
     vals[0] = qkv_strdup(d->tok == QKV_TOK_CHAR ? "char" : "word", "metadata");
     keys[1] = "vocab.src", vals[1] = vocab_json(&d->sv);
     keys[2] = "vocab.tgt", vals[2] = vocab_json(&d->tv);
-    return 3;
+    if (!d->text) return 3;
+    keys[3] = "data", vals[3] = qkv_strdup("text", "metadata"); /* its kind */
+    return 4;
 }
 
 static int vocab_from_meta(qkv_vocab *v, const qkv_st_file *meta,
@@ -640,6 +642,9 @@ int cli_data_from_meta(cli_data *d, const qkv_st_file *meta, char *err,
     d->decoder_only =
         cJSON_IsString(model) && strcmp(model->valuestring, "decoder") == 0;
     d->corpus = cJSON_IsString(data) && data->valuestring[0];
+    const char *dkind = qkv_st_meta(meta, "data"); /* qkv train --text */
+    d->text = dkind && strcmp(dkind, "text") == 0;
+    d->corpus |= d->text;
     int rc = 0;
     if (d->corpus) {
         const char *tok = qkv_st_meta(meta, "tok");
@@ -768,4 +773,28 @@ int cli_encode_input(const cli_data *d, const char *s, int32_t **ids, int *cap,
     qkv_encode(&d->sv, d->tok, s, *ids, k);
     *n = k;
     return 0;
+}
+
+int cli_generate(qkv_model *m, qkv_graph *g, const cli_data *d, int32_t *seq,
+                 int n, int max_out, float temperature, int top_k,
+                 int stop_at_eos, qkv_pcg32 *rng, FILE *out) {
+    int window = m->cfg.max_len - 1; /* context + the new token: max_len */
+    if (window < 1) window = 1;
+    char *text = NULL;
+    size_t cap = 0;
+    for (int k = 0; k < max_out; k++) {
+        int P = n < window ? n : window;
+        int32_t tok;
+        qkv_sample(m, g, seq + n - P, P, 1, temperature, top_k, -1, rng, &tok);
+        seq[n++] = tok;
+        if (tok == QKV_EOS && stop_at_eos) break;
+        if (!out) continue;
+        cli_detokenize(d, &tok, 1, &text, &cap);
+        /* words are joined by one space (qkv_detokenize) */
+        if (d->tok == QKV_TOK_WORD && *text) fputc(' ', out);
+        fputs(text, out);
+        fflush(out);
+    }
+    free(text);
+    return n;
 }

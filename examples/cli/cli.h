@@ -184,9 +184,11 @@ int cli_plot_logs(const char *cmd, const char *const *logs,
 
 /* What a model was trained on, enough to encode inputs and score outputs:
  * a generated task, or a corpus tokenizer with its two vocabularies
- * (decoder-only models share one vocabulary: tv is a copy of sv). */
+ * (decoder-only models share one vocabulary: tv is a copy of sv). A plain
+ * text (qkv train --text) is a corpus of one stream: corpus and text 1. */
 typedef struct cli_data {
-    int corpus;       /* 0: task, 1: TSV corpus */
+    int corpus;       /* 0: task, 1: TSV corpus or text */
+    int text;         /* 1: a language model of a plain text (data/text.h) */
     int decoder_only; /* sequences x bos y eos in one decoder */
     qkv_task task;    /* task only */
     qkv_tok tok;      /* corpus only */
@@ -201,9 +203,11 @@ int cli_data_eos(const cli_data *d);
  * none (eval.h). */
 int cli_data_unk(const cli_data *d);
 /* Metadata pairs a checkpoint stores for d ("tok", "vocab.src",
- * "vocab.tgt", JSON arrays of the tokens in id order): appends up to 3 pairs
- * to keys/vals (values malloc'd; free them with free()) and returns how many.
+ * "vocab.tgt", JSON arrays of the tokens in id order; "data": "text" for a
+ * text model): appends up to CLI_DATA_META pairs to keys/vals (values
+ * malloc'd; free them with free()) and returns how many.
  */
+#define CLI_DATA_META 4
 int cli_data_meta(const cli_data *d, const char **keys, char **vals);
 /* Rebuilds d from a checkpoint's metadata (the "cli" settings, and the
  * vocabularies for a corpus model). -1 and one line in err if it is bad. */
@@ -227,5 +231,16 @@ void cli_load_model(const char *cmd, const char *path, qkv_model *m,
  * for a bos). -1 and a one-line reason in err if the input is bad. */
 int cli_encode_input(const cli_data *d, const char *s, int32_t **ids, int *cap,
                      int *n, char *err, size_t errlen);
+
+/* Continues the text model m (decoder-only) from the n ids of seq, which
+ * has room for n + max_out, by max_out tokens drawn by qkv_sample
+ * (temperature, top_k, rng), one at a time: each is predicted from the last
+ * max_len - 1 tokens at most (a sliding window), so max_out may exceed the
+ * model's positions. Stops after an eos only with stop_at_eos. Each new
+ * token's text goes to out (if non-NULL) as it comes; returns the new
+ * length of seq. */
+int cli_generate(qkv_model *m, qkv_graph *g, const cli_data *d, int32_t *seq,
+                 int n, int max_out, float temperature, int top_k,
+                 int stop_at_eos, qkv_pcg32 *rng, FILE *out);
 
 #endif

@@ -3,6 +3,8 @@
  *   qkv train --task copy --N 2 --h 4 --steps 800 --out runs/copy
  *   qkv train --data data/corpora/dates/train.tsv \
  *             --valid data/corpora/dates/valid.tsv --tok char --out runs/dates
+ *   qkv train --model decoder --text data/text/gnu-licenses.txt --tok char \
+ *             --block 128 --out runs/text
  *
  * Writes DIR/config.json (the settings that apply), DIR/log.csv (one row per step; the
  * validation columns at every --eval-every) and DIR/ckpt.safetensors (every
@@ -30,6 +32,7 @@
 #include "bf16.h"
 #include "cli.h"
 #include "eval.h"
+#include "text.h"
 #include "trainer.h"
 
 /* Exit status of a run stopped because it diverged (0 done, 1 a bug, 2 bad
@@ -93,7 +96,9 @@ typedef struct train_opts {
     const char *config; /* --config: a previous run's config.json */
     int metric;         /* 0 val_loss, 1 val_acc, 2 val_bleu */
     int keep_best, patience;
-    int precision; /* qkv_precision */
+    int precision;                 /* qkv_precision */
+    const char *text, *valid_text; /* --text: a language model of a text */
+    int block;
 } train_opts;
 
 /* The flags write into o, mc (the model's) and oc (the optimiser's);
@@ -136,6 +141,9 @@ static const train_opts defaults = {
     .skip_nonfinite = 0,
     .accum = 1,
     .config = "",
+    .text = "",
+    .valid_text = "",
+    .block = 64,
 };
 
 static const flag train_flags[] = {
@@ -160,6 +168,15 @@ static const flag train_flags[] = {
      1 << 24},
     {"epochs", FLAG_INT, &o.epochs, NULL,
      "passes over --data; sets --steps (0: use --steps)", 0, 1000000},
+    {"text", FLAG_STR, &o.text, NULL,
+     "a plain UTF-8 text to train a language model on (--model decoder): "
+     "random windows of --block tokens",
+     0, 0},
+    {"valid-text", FLAG_STR, &o.valid_text, NULL,
+     "validation text for --text (default: the last 10% of --text)", 0, 0},
+    {"block", FLAG_INT, &o.block, NULL,
+     "--text: tokens a window holds (the model's positions)", 1,
+     QKV_MAX_POSITIONS},
     {"N", FLAG_INT, &o.N, NULL, "layers in each stack", 1, 64},
     {"N-enc", FLAG_INT, &o.n_enc, NULL, "encoder layers (0: --N)", 0, 64},
     {"N-dec", FLAG_INT, &o.n_dec, NULL, "decoder layers (0: --N)", 0, 64},
@@ -262,6 +279,9 @@ static const char usage[] = "[--task T | --data TRAIN.tsv --valid VALID.tsv] "
 /* A run as it is set up, trained and reported. */
 typedef struct train_run {
     int corpus, decoder, resume;
+    int text;                 /* --text */
+    qkv_text ttext, vtext;    /* --text, --valid-text */
+    qkv_text_ids tids, vids;  /* their ids: training, validation */
     cli_data d;               /* the task, or the corpus's vocabularies */
     qkv_pairs train, valid;   /* corpus only */
     qkv_source *data, *vdata; /* vdata NULL: no validation */
@@ -274,8 +294,8 @@ typedef struct train_run {
     int64_t start;    /* --resume: the steps it had */
     char ckpt[4200], log_path[4200];
     char *cfg; /* every flag, as JSON: the checkpoint's "cli" */
-    const char *dkeys[3];
-    char *dvals[3];
+    const char *dkeys[CLI_DATA_META];
+    char *dvals[CLI_DATA_META];
     int n_dmeta;
     FILE *log;
     /* how it went */
@@ -391,6 +411,125 @@ static void apply_config(int argc, char **argv) {
     cli_parse("train", usage, flags, N_FLAGS, argc, argv, 2, NULL, 0, NULL);
 }
 
+/* --text: the flags that go with it, and those that do not. */
+static void check_text_flags(const train_run *r) {
+    if (!r->text) {
+        if (*o.valid_text) cli_die("train: --valid-text needs --text");
+        return;
+    }
+    if (r->corpus || *o.valid)
+        cli_die("train: --text trains on a plain text; it cannot go with "
+                "--data or --valid (TSV pairs)");
+    if (!r->decoder)
+        cli_die("train: --text trains a language model: give --model "
+                "decoder");
+    if (o.epochs)
+        cli_die("train: --epochs needs --data; a --text run counts --steps "
+                "(its windows are drawn at random)");
+    if (o.metric == 2)
+        cli_die("train: --metric val_bleu: a --text run has no BLEU (use "
+                "val_loss or val_acc)");
+}
+
+/* The text at path (flag names it) into t; a bad file ends the run. */
+static void load_text(const char *flag_name, const char *path, qkv_text *t) {
+    char err[600];
+    cli_check_name("train", flag_name, path);
+    if (qkv_text_load(path, t, err, sizeof err))
+        cli_die("train: %s: %s", flag_name, err);
+}
+
+/* A plain text: random windows of --block + 1 tokens of it to train on;
+ * the first --eval-size consecutive windows of --valid-text, or of the
+ * text's last tenth (held out, as nanoGPT does), to validate on. */
+static void text_data(train_run *r) {
+    char err[600];
+    cli_data *d = &r->d;
+    load_text("--text", o.text, &r->ttext);
+    size_t cut = r->ttext.n;
+    if (*o.valid_text)
+        load_text("--valid-text", o.valid_text, &r->vtext);
+    else
+        cut = qkv_text_split(&r->ttext, 0.9);
+    if (!r->resume) { /* else the checkpoint's vocabulary */
+        d->corpus = d->text = d->decoder_only = 1;
+        d->tok = (qkv_tok)o.tok;
+        qkv_text_vocab(&d->sv, r->ttext.s, cut, d->tok);
+        qkv_text_vocab(&d->tv, r->ttext.s, cut, d->tok);
+    }
+    const qkv_text *vt = *o.valid_text ? &r->vtext : &r->ttext;
+    size_t v0 = *o.valid_text ? 0 : cut;
+    qkv_text_encode(&r->tids, &d->sv, d->tok, r->ttext.s, cut);
+    qkv_text_encode(&r->vids, &d->sv, d->tok, vt->s + v0, vt->n - v0);
+    r->c.max_len = o.block;
+    r->c.src_vocab = r->c.tgt_vocab = d->sv.size;
+    r->data = qkv_text_source(&r->tids, o.batch * o.accum, o.block,
+                              (uint64_t)o.seed, 0, 0, err, sizeof err);
+    if (!r->data) cli_die("train: --text: %s: %s; lower --block", o.text, err);
+    r->vdata = qkv_text_source(&r->vids, o.batch, o.block, 0, 1, o.eval_size,
+                               err, sizeof err);
+    if (!r->vdata && *o.valid_text)
+        cli_die("train: --valid-text: %s: %s; lower --block", o.valid_text,
+                err);
+    if (!r->vdata)
+        cli_die("train: --text: %s: its last 10%%, held out to validate on, "
+                "has %s; give --valid-text or lower --block",
+                o.text, err);
+    r->vB = r->vdata->max_B, r->vS = 0, r->vT = o.block;
+    r->data_bytes = (double)r->ttext.n + (double)r->vtext.n +
+                    4.0 * (double)(r->tids.n + r->vids.n) +
+                    9.0 * o.block * (o.batch * o.accum + r->vB);
+    if (o.quiet) return;
+    int64_t vw = qkv_text_windows(&r->vids, o.block, o.eval_size);
+    printf("%s: %lld tokens to train on (vocabulary %d); validation: %s%s, "
+           "%lld tokens (%.2f%% unknown), the first %lld windows of %d\n",
+           o.text, (long long)r->tids.n, d->sv.size,
+           *o.valid_text ? o.valid_text : "the held-out last 10% of ",
+           *o.valid_text ? "" : o.text, (long long)r->vids.n,
+           r->vids.n ? 100.0 * (double)r->vids.n_unk / (double)r->vids.n : 0.0,
+           (long long)vw, o.block);
+}
+
+/* --text validation: teacher-forced loss and token accuracy, no decoding
+ * (a window has no answer to match: max_out 0). */
+static void text_validate(train_run *r) {
+    qkv_eval_opts eo = {QKV_EOS, 1, 0.0f, QKV_UNK};
+    qkv_scores s;
+    memset(&s, 0, sizeof s);
+    const qkv_batch *b;
+    for (qkv_source_rewind(r->vdata); (b = qkv_source_next(r->vdata));)
+        qkv_eval_batch(&r->t.model, &r->t.graph, b, &eo, 0, &s, NULL);
+    r->vloss = qkv_scores_loss(&s);
+    r->vacc = qkv_scores_accuracy(&s);
+    r->vbleu = NAN;
+}
+
+/* --text: a short sample at each validation, from a fixed seed, starting
+ * after a newline (or the text's first token), each line shown as "  | ". */
+static void print_sample(train_run *r) {
+    enum { SAMPLE = 120 };
+    int32_t seq[SAMPLE + 1];
+    int32_t nl = qkv_vocab_find(&r->d.sv, "\n", 1);
+    seq[0] = nl != QKV_UNK ? nl : r->tids.ids[0];
+    qkv_pcg32 rng;
+    qkv_pcg32_seed(&rng, 1, 7);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) return;
+    cli_generate(&r->t.model, &r->t.graph, &r->d, seq, 1, SAMPLE, 0.8f, 0, 0,
+                 &rng, f);
+    fclose(f);
+    printf("%ssample (temperature 0.8):\n  | ", isatty(1) ? "\n" : "");
+    for (const char *c = text; *c; c++)
+        if (*c == '\n')
+            printf("\n  | ");
+        else
+            putchar(*c);
+    printf("\n");
+    free(text);
+}
+
 static void parse_flags(train_run *r, int argc, char **argv) {
     make_flags();
     find_flag("threads")->hi = cli_max_threads();
@@ -407,6 +546,8 @@ static void parse_flags(train_run *r, int argc, char **argv) {
     if (r->resume) read_settings(r, argc, argv);
     r->corpus = *o.data != 0;
     r->decoder = mc.kind == QKV_MODEL_DECODER;
+    r->text = *o.text != 0;
+    check_text_flags(r);
     if (!r->corpus && *o.valid)
         cli_die("train: --valid needs --data (a task makes its own)");
     if (!r->corpus && o.epochs)
@@ -466,7 +607,10 @@ static void build_vocabs(train_run *r) {
     qkv_corpus tc;
     char err[512];
     if (qkv_corpus_load(o.data, &tc, err, sizeof err))
-        cli_die("train: --data: %s", err);
+        cli_die("train: --data: %s%s", err,
+                strstr(err, "has no tab") ? "; a plain text? --model decoder "
+                                            "--text FILE trains on one"
+                                          : "");
     cli_data *d = &r->d;
     d->corpus = 1;
     d->decoder_only = r->decoder;
@@ -640,8 +784,8 @@ static void build_trainer(train_run *r) {
  * log's header are written atomically. */
 /* config.json: the settings that apply to this run, not every flag. Dropped:
  * what is given by hand for one invocation (--resume, --force, --config,
- * --dry-run); the corpus flags of a task run and the task flags of a corpus
- * run; --N-enc/--N-dec left at 0 (they follow --N) and --N-enc of a
+ * --dry-run); the flags of the other kinds of data (a task, a TSV corpus,
+ * a text); --N-enc/--N-dec left at 0 (they follow --N) and --N-enc of a
  * decoder-only model; --warmup under a constant schedule; --metric when
  * neither --keep-best nor --patience reads it. A dropped key keeps its
  * default under --config, which is what it meant here. (The checkpoint
@@ -650,24 +794,28 @@ static char *config_json(void) {
     char *all = cli_flags_json(flags, N_FLAGS);
     cJSON *j = cJSON_Parse(all);
     free(all);
-    static const char *const by_hand[] = {"resume", "force", "config",
-                                          "dry-run"};
-    static const char *const corpus_only[] = {
-        "data",       "valid",        "tok",   "min-freq",
-        "filter-len", "batch-tokens", "epochs"};
-    static const char *const task_only[] = {"task", "vocab", "min-len",
-                                            "max-len"};
-    const char *drop[32];
+    /* per kind of data (task, corpus, text): 1 if the flag applies */
+    static const struct {
+        const char *name;
+        char applies[3];
+    } data_flags[] = {
+        {"task", {1, 0, 0}},       {"vocab", {1, 0, 0}},
+        {"min-len", {1, 0, 0}},    {"max-len", {1, 0, 0}},
+        {"data", {0, 1, 0}},       {"valid", {0, 1, 0}},
+        {"filter-len", {0, 1, 0}}, {"batch-tokens", {0, 1, 0}},
+        {"epochs", {0, 1, 0}},     {"tok", {0, 1, 1}},
+        {"min-freq", {0, 1, 1}},   {"text", {0, 0, 1}},
+        {"valid-text", {0, 0, 1}}, {"block", {0, 0, 1}},
+        {"resume", {0, 0, 0}},     {"force", {0, 0, 0}},
+        {"config", {0, 0, 0}},     {"dry-run", {0, 0, 0}},
+    };
+    int kind = *o.text ? 2 : *o.data ? 1 : 0;
+    const char *drop[48];
     int n = 0;
-    for (size_t i = 0; i < sizeof by_hand / sizeof *by_hand; i++)
-        drop[n++] = by_hand[i];
-    int corpus = *o.data != 0;
-    for (size_t i = 0; !corpus && i < sizeof corpus_only / sizeof *corpus_only;
-         i++)
-        drop[n++] = corpus_only[i];
-    for (size_t i = 0; corpus && i < sizeof task_only / sizeof *task_only; i++)
-        drop[n++] = task_only[i];
-    if (corpus && !*o.valid) drop[n++] = "valid";
+    for (size_t i = 0; i < sizeof data_flags / sizeof *data_flags; i++)
+        if (!data_flags[i].applies[kind]) drop[n++] = data_flags[i].name;
+    if (!*o.valid) drop[n++] = "valid";
+    if (!*o.valid_text) drop[n++] = "valid-text";
     if (o.n_enc == 0 || mc.kind == QKV_MODEL_DECODER) drop[n++] = "N-enc";
     if (o.n_dec == 0) drop[n++] = "N-dec";
     if (o.schedule == QKV_SCHEDULE_CONSTANT) drop[n++] = "warmup";
@@ -710,6 +858,10 @@ static void open_run(train_run *r) {
 }
 
 static void validate(train_run *r) {
+    if (r->text) {
+        text_validate(r);
+        return;
+    }
     qkv_eval_opts eo = {cli_data_eos(&r->d), 1, 0.0f, cli_data_unk(&r->d)};
     qkv_scores s;
     qkv_evaluate(&r->t.model, &r->t.graph, r->vdata, &eo, &s);
@@ -740,7 +892,8 @@ static void save_to(train_run *r, const char *path) {
                  r->best_step, r->since);
     else
         snprintf(best, sizeof best, "{\"step\":-1}");
-    const char *keys[5] = {"cli", "best"}, *vals[5] = {r->cfg, best};
+    const char *keys[2 + CLI_DATA_META] = {"cli", "best"},
+                         *vals[2 + CLI_DATA_META] = {r->cfg, best};
     for (int k = 0; k < r->n_dmeta; k++)
         keys[2 + k] = r->dkeys[k], vals[2 + k] = r->dvals[k];
     if (qkv_trainer_save(&r->t, path, r->data, keys, vals, 2 + r->n_dmeta, err,
@@ -807,7 +960,11 @@ static void progress(train_run *r, double secs, int report) {
     int n = snprintf(line, sizeof line, "step %d/%d  loss %.4f", r->step,
                      o.steps, (double)r->t.loss);
     int shown = r->vdata && !isnan(r->vloss); /* none before the first */
-    if (shown)
+    if (shown && r->text) /* perplexity exp(loss) and token accuracy */
+        n += snprintf(line + n, sizeof line - (size_t)n,
+                      "  val loss %.4f  ppl %.2f  acc %5.1f%%", r->vloss,
+                      exp(r->vloss), 100.0 * r->vacc);
+    else if (shown)
         n += snprintf(line + n, sizeof line - (size_t)n,
                       "  val loss %.4f  exact %5.1f%%", r->vloss,
                       100.0 * r->vacc);
@@ -866,6 +1023,7 @@ static void train_loop(train_run *r) {
         phase(r, QKV_PHASE_LOG, &tp);
         if (interrupted || r->stopped_early) break;
         if (!o.quiet) progress(r, secs, report);
+        if (!o.quiet && eval && r->text) print_sample(r);
     }
 }
 
@@ -947,6 +1105,12 @@ static void report(const train_run *r) {
                "--valid: no validation); log in %s, checkpoint %s\n",
                last, (long long)st.epoch, secs, (double)t->loss, r->log_path,
                r->ckpt);
+    else if (r->text)
+        printf("done: %d steps in %.1f s, train loss %.4f, val loss %.4f, "
+               "perplexity %.2f, token accuracy %.1f%%; log in %s, checkpoint "
+               "%s\n",
+               last, secs, (double)t->loss, r->vloss, exp(r->vloss),
+               100.0 * r->vacc, r->log_path, r->ckpt);
     else if (r->corpus)
         printf("done: %d steps (%lld epochs) in %.1f s, train loss %.4f, val "
                "loss %.4f, exact match %.1f%%, BLEU %.1f; log in %s, "
@@ -975,6 +1139,10 @@ static void free_run(train_run *r) {
         qkv_pairs_free(&r->train);
         if (r->vdata) qkv_pairs_free(&r->valid);
     }
+    qkv_text_free(&r->ttext);
+    qkv_text_free(&r->vtext);
+    qkv_text_ids_free(&r->tids);
+    qkv_text_ids_free(&r->vids);
     cli_data_free(&r->d);
     qkv_trainer_free(&r->t);
 }
@@ -1001,7 +1169,9 @@ int cmd_train(int argc, char **argv) {
     memset(r, 0, sizeof *r);
     interrupted = 0;
     parse_flags(r, argc, argv);
-    if (r->corpus)
+    if (r->text)
+        text_data(r);
+    else if (r->corpus)
         corpus_data(r);
     else
         task_data(r);
@@ -1014,7 +1184,9 @@ int cmd_train(int argc, char **argv) {
         if (qkv_comm_rank() == 0)
             printf("qkv train --dry-run: %s, %s N=%d+%d h=%d d_model=%d, %zu "
                    "parameters, %d steps: the flags and data are fine\n",
-                   r->corpus ? o.data : task_name(),
+                   r->text     ? o.text
+                   : r->corpus ? o.data
+                               : task_name(),
                    r->decoder ? "decoder" : "encdec", r->c.n_enc, r->c.n_dec,
                    r->c.heads, r->c.d_model, r->t.model.params.n, o.steps);
         free_run(r);
@@ -1025,7 +1197,9 @@ int cmd_train(int argc, char **argv) {
     if (!o.quiet) {
         printf("qkv train: %s, %s N=%d+%d h=%d d_model=%d, %zu parameters, "
                "%d steps",
-               r->corpus ? o.data : task_name(),
+               r->text     ? o.text
+               : r->corpus ? o.data
+                           : task_name(),
                r->decoder ? "decoder" : "encdec", r->c.n_enc, r->c.n_dec,
                r->c.heads, r->c.d_model, r->t.model.params.n, o.steps);
         if (r->corpus)
