@@ -5,8 +5,8 @@
  *             --valid data/corpora/dates/valid.tsv --tok char --out runs/dates
  *
  * Writes DIR/config.json (every flag), DIR/log.csv (one row per step; the
- * validation columns at every --eval-every: val_acc the exact match, 0..1,
- * val_bleu, for a corpus, the BLEU of eval.h on detokenized text,
+ * validation columns at every --eval-every: val_acc the exact match in
+ * percent, val_bleu, for a corpus, the BLEU of eval.h on detokenized text,
  * sacreBLEU's default, 0..100) and DIR/ckpt.safetensors (every
  * --save-every steps, at the end, and on Ctrl-C). `--resume DIR` continues a
  * run bit for bit: the checkpoint holds the weights, the optimiser state, the
@@ -677,7 +677,7 @@ static size_t val_detok(const void *ctx, const int32_t *ids, int n, char *out,
     return len;
 }
 
-/* val_bleu: BLEU on detokenized text. */
+/* val_acc: exact match in percent; val_bleu: BLEU on detokenized text. */
 static void validate(train_run *r) {
     qkv_eval_opts eo = {.eos = cli_data_eos(&r->d),
                         .beam = 1,
@@ -687,7 +687,7 @@ static void validate(train_run *r) {
     qkv_scores s;
     qkv_evaluate(&r->t.model, &r->t.graph, r->vdata, &eo, &s);
     r->vloss = qkv_scores_loss(&s);
-    r->vacc = qkv_scores_exact(&s);
+    r->vacc = 100.0 * qkv_scores_exact(&s);
     r->vbleu = r->corpus ? qkv_scores_bleu(&s) : NAN;
 }
 
@@ -696,9 +696,9 @@ static void log_row(train_run *r, double secs, int eval) {
     fprintf(r->log, "%d,%lld,%.3f,%.6g,%.6f,", r->step, (long long)r->t.tokens,
             secs, (double)r->t.lr, (double)r->t.loss);
     if (eval && r->corpus)
-        fprintf(r->log, "%.6f,%.4f,%.2f\n", r->vloss, r->vacc, r->vbleu);
+        fprintf(r->log, "%.6f,%.2f,%.2f\n", r->vloss, r->vacc, r->vbleu);
     else if (eval)
-        fprintf(r->log, "%.6f,%.4f,\n", r->vloss, r->vacc);
+        fprintf(r->log, "%.6f,%.2f,\n", r->vloss, r->vacc);
     else
         fputs(",,\n", r->log);
 }
@@ -782,8 +782,7 @@ static void progress(train_run *r, double secs, int report) {
     int shown = r->vdata && !isnan(r->vloss); /* none before the first */
     if (shown)
         n += snprintf(line + n, sizeof line - (size_t)n,
-                      "  val loss %.4f  exact %5.1f%%", r->vloss,
-                      100.0 * r->vacc);
+                      "  val loss %.4f  exact %5.1f%%", r->vloss, r->vacc);
     if (r->corpus && shown && n < (int)sizeof line)
         n += snprintf(line + n, sizeof line - (size_t)n, "  BLEU %.1f",
                       r->vbleu);
@@ -925,12 +924,12 @@ static void report(const train_run *r) {
                "loss %.4f, exact match %.1f%%, BLEU %.1f; log in %s, "
                "checkpoint %s\n",
                last, (long long)st.epoch, secs, (double)t->loss, r->vloss,
-               100.0 * r->vacc, r->vbleu, r->log_path, r->ckpt);
+               r->vacc, r->vbleu, r->log_path, r->ckpt);
     else
         printf("done: %d steps in %.1f s, train loss %.4f, val loss %.4f, val "
                "exact match %.1f%%; log in %s, checkpoint %s\n",
-               last, secs, (double)t->loss, r->vloss, 100.0 * r->vacc,
-               r->log_path, r->ckpt);
+               last, secs, (double)t->loss, r->vloss, r->vacc, r->log_path,
+               r->ckpt);
     if (t->skipped && !r->diverged)
         cli_warn("train: %d step%s skipped for a loss or gradient that was "
                  "not finite (--skip-nonfinite %d)",
