@@ -144,6 +144,16 @@ static void test_tokenize_13a(void) {
               "it's ( a ) { b } [ c ] ~ d ~ e / f g @ h 100 % # 1 $ 5 a * b "
               "+ c = d ? x ^ y _ z ` q ` a | b");
     check_tok("3,5-4 x-y 12-\nend\n", "3,5 - 4 x-y 12end");
+    /* Python's whitespace beyond ASCII (U+3000, U+2028, \x1f, U+00A0), but
+     * not U+200B or U+180E */
+    check_tok("a\xe3\x80\x80"
+              "b\xe2\x80\xa8"
+              "c\x1f"
+              "d\xe2\x80\x8b"
+              "e\xc2\xa0"
+              "f\xe1\xa0\x8eg",
+              "a b c d\xe2\x80\x8b"
+              "e f\xe1\xa0\x8eg");
     check_tok("", "");
     check_tok(" \t ", "");
     check_tok("caf\xc3\xa9. na\xc3\xafve,x", "caf\xc3\xa9 . na\xc3\xafve , x");

@@ -9,9 +9,10 @@
  * model on --size fresh sequences of its task. The figures come from the
  * library's evaluator (eval.h): loss, perplexity, token accuracy, exact
  * match, BLEU on detokenized text (sacreBLEU's default: 13a tokenizer, 'exp'
- * smoothing) and BLEU on token ids. --hyp writes the detokenized outputs,
- * one a line in the evaluated order (what BLEU scored; a task's symbols as
- * numbers).
+ * smoothing; for a corpus, against the reference lines of --data as they
+ * are in the file) and BLEU on token ids. --hyp writes the detokenized
+ * outputs, one a line in the evaluated order (what BLEU scored; a task's
+ * symbols as numbers; pairs dropped for length are absent).
  */
 #include <errno.h>
 #include <math.h>
@@ -40,6 +41,7 @@ typedef struct evaluator {
     char *text;
     size_t text_cap;
     cli_buf hyps; /* --hyp: the outputs, one a line */
+    qkv_bleu raw; /* a corpus: the outputs against --data's references */
 } evaluator;
 
 static void parse(eval_opts *o, int argc, char **argv) {
@@ -128,13 +130,16 @@ static void show_task_rows(evaluator *e, const qkv_task_batch *tb,
     }
 }
 
-/* --hyp: the text of the n decoded rows of hyp (max_out ids each). */
-static void keep_hyps(evaluator *e, const int32_t *hyp, int n, int max_out) {
-    if (!*e->o.hyp) return;
-    for (int r = 0; r < n; r++) {
+/* The text of the n decoded rows of hyp (max_out ids each; what BLEU
+ * scores): kept for --hyp, and for a corpus scored against the raw
+ * reference lines of --data, refs[0..n). */
+static void take_outputs(evaluator *e, const int32_t *hyp, int n, int max_out,
+                         const char *const *refs) {
+    for (int r = 0; r < n && (*e->o.hyp || refs); r++) {
         qkv_eval_text(&e->eo, hyp + (size_t)r * max_out, max_out, &e->text,
                       &e->text_cap);
-        cli_bprintf(&e->hyps, "%s\n", e->text);
+        if (*e->o.hyp) cli_bprintf(&e->hyps, "%s\n", e->text);
+        if (refs) qkv_bleu_add_text(&e->raw, e->text, refs[r]);
     }
 }
 
@@ -151,7 +156,7 @@ static void eval_task(evaluator *e) {
         int32_t *hyp = qkv_malloc((size_t)B * max_out * sizeof *hyp, "hyps");
         qkv_eval_batch(&e->m, &e->g, &tb.view, &e->eo, max_out, &e->s, hyp);
         show_task_rows(e, &tb, hyp, max_out);
-        keep_hyps(e, hyp, B, max_out);
+        take_outputs(e, hyp, B, max_out, NULL);
         free(hyp);
         qkv_task_batch_free(&tb);
         done += B;
@@ -215,13 +220,15 @@ static void eval_corpus(evaluator *e) {
     int *idx = qkv_malloc((size_t)p.n * sizeof *idx, "eval");
     for (int i = 0; i < p.n; i++) idx[i] = i;
     int32_t *hyp = NULL;
+    const char **refs = qkv_malloc((size_t)p.n * sizeof *refs, "eval");
     for (int i = 0, n; i < p.n; i += n) {
         n = pairs_that_fit(&p, i, budget);
         qkv_pairs_batch(&p, idx + i, n, &b);
         int max_out = qkv_eval_max_out(&e->m, &b.view, e->eo.eos);
         hyp = qkv_realloc(hyp, (size_t)n * max_out * sizeof *hyp, "hyps");
         qkv_eval_batch(&e->m, &e->g, &b.view, &e->eo, max_out, &e->s, hyp);
-        keep_hyps(e, hyp, n, max_out);
+        for (int r = 0; r < n; r++) refs[r] = c.tgt[p.pair[i + r].index];
+        take_outputs(e, hyp, n, max_out, refs);
         for (int r = 0; r < n && e->shown < e->o.show; r++, e->shown++) {
             const qkv_pair *q = &p.pair[i + r];
             cli_detokenize(&e->d, hyp + (size_t)r * max_out, max_out, &e->text,
@@ -230,6 +237,10 @@ static void eval_corpus(evaluator *e) {
                    c.tgt[q->index], e->text);
         }
     }
+    /* BLEU against the lines of --data, as sacreBLEU would score --hyp's
+     * file, rather than against the detokenized reference ids */
+    e->s.bleu = e->raw;
+    free(refs);
     free(hyp);
     free(idx);
     qkv_corpus_batch_free(&b);
