@@ -14,7 +14,8 @@
  *   qkv_bleu_score_smooth (sacreBLEU's defaults: smooth_method 'exp'):
  *     the same, but the k-th order (k = 1, 2, ...) with no match but some
  *     candidate n-grams gets p_n = 1 / (2^k * total_n) (the geometric
- *     smoothing of NIST's mteval-v13a.pl, nltk's SmoothingFunction().method3);
+ *     smoothing of NIST's mteval-v13a.pl, nltk's SmoothingFunction().method3,
+ *     though nltk's corpus_bleu returns 0 when no unigram matches at all);
  *     0 if the candidates have no n-grams of an order n <= N.
  *   BP = 1 if c > r, else exp(1 - r / c)  (c, r: total candidate and
  *   reference lengths; 0 if c = 0).
@@ -23,9 +24,10 @@
  * longest order the references have n-grams of (1 for one-token
  * references). So a perfect output scores 1 on any corpus, even one of
  * short sentences. This is the one difference from sacreBLEU, which scores
- * such a corpus 0 (without --effective-order); on a corpus with a reference
- * of 4 or more tokens both scores equal sacreBLEU's corpus_score (the
- * token one with smooth_method 'none').
+ * such a corpus 0 (without --effective-order): on a corpus with a reference
+ * of 4 or more tokens (words, for text), qkv_bleu_score_smooth of the text
+ * is sacreBLEU's corpus_score / 100 with its defaults, and qkv_bleu_score
+ * is the same computation with smooth_method 'none'.
  *
  * Text is scored as sacreBLEU does by default: 13a tokenization
  * (qkv_bleu_tokenize_13a), case-sensitive, words compared as byte strings.
