@@ -30,6 +30,12 @@ static qkv_pairs load(const char *path, const qkv_vocab *sv,
     return p;
 }
 
+/* eval.h's detokenizer: the text of target ids, characters joined. */
+static size_t detok(const void *tv, const int32_t *ids, int n, char *out,
+                    size_t cap) {
+    return qkv_detokenize(tv, QKV_TOK_CHAR, ids, n, out, cap);
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: corpus TRAIN.tsv TEST.tsv [STEPS]\n");
@@ -83,7 +89,7 @@ int main(int argc, char **argv) {
             printf("step %4d  loss %.4f\n", step, (double)t.loss);
     }
 
-    qkv_eval_opts eo = {QKV_EOS, 1, 0.0f, QKV_UNK};
+    qkv_eval_opts eo = {QKV_EOS, 1, 0.0f, QKV_UNK, detok, &tv};
     qkv_scores s;
     qkv_evaluate(&t.model, &t.graph, eval, &eo, &s);
     printf("%s: %ld pairs  loss %.4f  token accuracy %.1f%%  exact match "

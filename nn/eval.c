@@ -1,6 +1,7 @@
 #include "eval.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -118,24 +119,80 @@ static void decode_batch(qkv_model *m, qkv_graph *g, const qkv_batch *b,
     }
 }
 
-/* Adds the exact matches and BLEU statistics of the decoded rows out
- * (B, max_out) against b's references to s. */
-static void score_decoded(const qkv_batch *b, const int32_t *out, int max_out,
-                          int eos, int unk, qkv_scores *s) {
+/* The text of ids[0..n): through o->detok, or the ids as decimal numbers
+ * separated by spaces. Returns its length, as snprintf does. */
+static size_t render(const qkv_eval_opts *o, const int32_t *ids, int n,
+                     char *out, size_t cap) {
+    if (o->detok) return o->detok(o->detok_ctx, ids, n, out, cap);
+    size_t len = 0;
+    if (cap) *out = 0;
+    for (int i = 0; i < n; i++)
+        len += (size_t)snprintf(len < cap ? out + len : NULL,
+                                len < cap ? cap - len : 0, "%s%d", i ? " " : "",
+                                (int)ids[i]);
+    return len;
+}
+
+/* render into *text (malloc'd, *cap bytes), grown to fit. */
+static size_t text_of(const qkv_eval_opts *o, const int32_t *ids, int n,
+                      char **text, size_t *cap) {
+    if (*cap == 0) {
+        *cap = 256;
+        *text = qkv_malloc(*cap, "text");
+    }
+    size_t need = render(o, ids, n, *text, *cap);
+    if (need + 1 > *cap) {
+        *cap = need + 1;
+        *text = qkv_realloc(*text, *cap, "text");
+        render(o, ids, n, *text, *cap);
+    }
+    return need;
+}
+
+/* The hypothesis h[0..n) (no eos) without its <unk>s, as text. */
+static size_t hyp_text(const qkv_eval_opts *o, const int32_t *h, int n,
+                       char **text, size_t *cap) {
+    int32_t *ids = qkv_malloc((size_t)(n + 1) * sizeof *ids, "hypothesis");
+    int k = 0;
+    for (int j = 0; j < n; j++)
+        if (!o->unk || h[j] != o->unk) ids[k++] = h[j];
+    size_t len = text_of(o, ids, k, text, cap);
+    free(ids);
+    return len;
+}
+
+size_t qkv_eval_text(const qkv_eval_opts *o, const int32_t *h, int max_out,
+                     char **text, size_t *cap) {
+    int n = hyp_length(h, max_out, o->eos);
+    if (o->eos >= 0 && n && h[n - 1] == o->eos) n--;
+    return hyp_text(o, h, n, text, cap);
+}
+
+void qkv_eval_score(const qkv_batch *b, const int32_t *hyps, int max_out,
+                    const qkv_eval_opts *o, qkv_scores *s) {
+    int eos = o->eos, unk = o->unk;
     int32_t *ref = qkv_malloc((size_t)b->T * sizeof *ref, "reference");
+    char *ht = NULL, *rt = NULL;
+    size_t hc = 0, rc = 0;
     for (int r = 0; r < b->B; r++) {
-        const int32_t *h = out + (size_t)r * max_out;
+        const int32_t *h = hyps + (size_t)r * max_out;
         int nr = reference(b, r, ref), nh = hyp_length(h, max_out, eos);
         s->seqs++;
         s->exact += nh == nr && memcmp(h, ref, (size_t)nr * sizeof *ref) == 0;
-        /* BLEU on the tokens without eos; an unknown reference token of a
-         * corpus matches nothing (not even a predicted <unk>). */
+        /* BLEU on the tokens without eos */
         if (eos >= 0 && nr && ref[nr - 1] == eos) nr--;
         if (eos >= 0 && nh && h[nh - 1] == eos) nh--;
+        text_of(o, ref, nr, &rt, &rc);
+        hyp_text(o, h, nh, &ht, &hc);
+        qkv_bleu_add_text(&s->bleu, ht, rt);
+        /* an unknown reference token of a corpus matches nothing (not even a
+         * predicted <unk>) */
         for (int j = 0; j < nr; j++)
             if (unk && ref[j] == unk) ref[j] = -1;
-        qkv_bleu_add(&s->bleu, h, nh, ref, nr);
+        qkv_bleu_add(&s->token_bleu, h, nh, ref, nr);
     }
+    free(ht);
+    free(rt);
     free(ref);
 }
 
@@ -149,7 +206,7 @@ void qkv_eval_batch(qkv_model *m, qkv_graph *g, const qkv_batch *b,
     int32_t *out =
         hyps ? hyps : qkv_malloc((size_t)b->B * max_out * sizeof *out, "hyps");
     decode_batch(m, g, b, o, max_out, out);
-    score_decoded(b, out, max_out, o->eos, o->unk, s);
+    qkv_eval_score(b, out, max_out, o, s);
     if (!hyps) free(out);
     qkv_graph_reset(g);
     g->training = train;
@@ -174,5 +231,8 @@ double qkv_scores_exact(const qkv_scores *s) {
     return (double)s->exact / (double)s->seqs;
 }
 double qkv_scores_bleu(const qkv_scores *s) {
-    return 100.0 * qkv_bleu_score(&s->bleu);
+    return 100.0 * qkv_bleu_score_smooth(&s->bleu);
+}
+double qkv_scores_token_bleu(const qkv_scores *s) {
+    return 100.0 * qkv_bleu_score(&s->token_bleu);
 }

@@ -306,7 +306,7 @@ static double bf16_copy(int threads, int steps, int eval_every, float *losses,
         if (eval_every && (s + 1) % eval_every == 0) {
             qkv_source *valid =
                 qkv_task_source(&task, QUICK ? 10 : 200, 777, 1);
-            qkv_eval_opts eo = {-1, 1, 0.0f, 0};
+            qkv_eval_opts eo = {.eos = -1, .beam = 1};
             qkv_scores sc;
             qkv_evaluate(&tr.model, &tr.graph, valid, &eo, &sc);
             acc = qkv_scores_exact(&sc);

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <sys/stat.h>
 
+#include "bleu.h"
 #include "pcg.h"
 #include "safetensors.h"
 
@@ -279,6 +280,43 @@ static int last_row(const char *path, double col[8]) {
     return 0;
 }
 
+/* --hyp's file: a line per pair of the test file, and the BLEU eval printed
+ * (sacreBLEU's, bleu.h) is that of these lines against the file's targets
+ * (which the vocabulary knows, so the detokenized references are these). */
+static void check_hyp_file(const char *out, double bleu, const char *tsv,
+                           const char *hyp) {
+    char path[600], ref[1000], line[1000];
+    snprintf(path, sizeof path, "%s/%s", corpus_dir, tsv);
+    FILE *r = fopen(path, "r");
+    snprintf(path, sizeof path, "%s/%s", dir, hyp);
+    FILE *h = fopen(path, "r");
+    qkv_bleu b = {0};
+    long n = 0, bad = 0;
+    while (r && h && fgets(ref, sizeof ref, r)) {
+        char *tab = strchr(ref, '\t');
+        if (!fgets(line, sizeof line, h) || !tab) {
+            bad++;
+            break;
+        }
+        tab[strcspn(tab, "\n")] = 0;
+        line[strcspn(line, "\n")] = 0;
+        qkv_bleu_add_text(&b, line, tab + 1);
+        n++;
+    }
+    bad += h && fgets(line, sizeof line, h) != NULL; /* a line too many */
+    if (r) fclose(r);
+    if (h) fclose(h);
+    char want[64];
+    snprintf(want, sizeof want, "%ld sequences", n);
+    CHECK(r && h && !bad && n > 0 && strstr(out, want),
+          "%s: %ld lines for %s: %s", hyp, n, tsv, out);
+    CHECK(fabs(100 * qkv_bleu_score_smooth(&b) - bleu) < 0.006,
+          "BLEU of %s %.4f, eval printed %.2f", hyp,
+          100 * qkv_bleu_score_smooth(&b), bleu);
+    CHECK(strstr(out, "(sacreBLEU 13a, detokenized)  token BLEU "),
+          "labels: %s", out);
+}
+
 /* train on a corpus -> checkpoint -> eval: eval on the validation file
  * reproduces the run's last validation figures, and the model has learned
  * the task on the held-out test file. Then decode. */
@@ -301,19 +339,21 @@ static void test_corpus_train_eval_decode(void) {
     double bleu = figure(out, "BLEU ");
     CHECK(fabs(loss - row[5]) < 2e-6 + 1e-5 * row[5],
           "eval loss %.6f, train's last val loss %.6f", loss, row[5]);
-    CHECK(fabs(exact - 100 * row[6]) < 0.01, "eval exact %.2f, log %.4f", exact,
+    CHECK(fabs(exact - row[6]) < 0.01, "eval exact %.2f, log %.2f", exact,
           row[6]);
     CHECK(fabs(bleu - row[7]) < 0.01, "eval BLEU %.2f, log %.2f", bleu, row[7]);
     CHECK(strstr(out, "100 sequences"), "eval counts: %s", out);
     snprintf(cmd, sizeof cmd,
-             "eval --ckpt %s/rev/ckpt.safetensors --data %s/test.tsv", dir,
-             corpus_dir);
+             "eval --ckpt %s/rev/ckpt.safetensors --data %s/test.tsv --hyp "
+             "%s/rev/test.hyp",
+             dir, corpus_dir, dir);
     CHECK(run(cmd, out, sizeof out) == 0, "eval failed: %s", out);
     exact = figure(out, "exact match ");
     bleu = figure(out, "BLEU ");
     double ppl = figure(out, "perplexity "), acc = figure(out, "accuracy ");
     CHECK(exact >= 90 && bleu >= 90 && acc >= 97 && ppl < 1.2,
           "reversal not learned: %s", out);
+    check_hyp_file(out, bleu, "test.tsv", "rev/test.hyp");
     /* beam search does at least as well here */
     snprintf(cmd, sizeof cmd,
              "eval --ckpt %s/rev/ckpt.safetensors --data %s/test.tsv --beam 4",
@@ -412,7 +452,7 @@ static void test_task_symbol_2_is_not_eos(void) {
     CHECK(run(cmd, out, sizeof out) == 0, "train: %s", out);
     double row[8];
     snprintf(cmd, sizeof cmd, "%s/c2/log.csv", dir);
-    CHECK(last_row(cmd, row) == 0 && row[6] == 1.0, "val exact match %g",
+    CHECK(last_row(cmd, row) == 0 && row[6] == 100.0, "val exact match %g",
           row[6]);
     snprintf(cmd, sizeof cmd, "eval --ckpt %s/c2/ckpt.safetensors --size 300",
              dir);

@@ -40,14 +40,16 @@ static qkv_model_config model_for(qkv_model_kind kind, int vocab) {
  * another seed than training's. */
 static double exact_match(qkv_trainer *t, const qkv_task *task, int n) {
     qkv_source *valid = qkv_task_source(task, n, 777, 1);
-    qkv_eval_opts eo = {task->use_eos ? QKV_EOS : -1, 1, 0.0f, 0};
+    qkv_eval_opts eo = {task->use_eos ? QKV_EOS : -1, 1, 0.0f, 0, NULL, NULL};
     qkv_scores s;
     qkv_evaluate(&t->model, &t->graph, valid, &eo, &s);
     qkv_source_free(valid);
     /* a perfect output scores BLEU 100 (task symbol 3 is no <unk>) */
     if (qkv_scores_exact(&s) == 1.0)
-        CHECK(fabs(qkv_scores_bleu(&s) - 100.0) < 1e-9,
-              "100%% exact match but BLEU %.4f", qkv_scores_bleu(&s));
+        CHECK(fabs(qkv_scores_bleu(&s) - 100.0) < 1e-9 &&
+                  fabs(qkv_scores_token_bleu(&s) - 100.0) < 1e-9,
+              "100%% exact match but BLEU %.4f, token BLEU %.4f",
+              qkv_scores_bleu(&s), qkv_scores_token_bleu(&s));
     return qkv_scores_exact(&s);
 }
 

@@ -407,7 +407,7 @@ static int make_runs(void) {
         double loss = 4 * exp(-i / 40.0) + 0.5 + 0.2 * sin(i * 1.7);
         fprintf(f, "%d,%d,%.3f,0.001,%.6f,", i, 900 * i, 0.05 * i, loss);
         if (i % 25 == 0)
-            fprintf(f, "%.6f,%.4f,%.2f\n", loss + 0.1, i / 120.0, 0.6 * i);
+            fprintf(f, "%.6f,%.2f,%.2f\n", loss + 0.1, i / 1.2, 0.6 * i);
         else
             fprintf(f, ",,\n");
     }

@@ -251,7 +251,7 @@ static void test_learns_beyond_unigram(void) {
     qkv_source *s = qkv_text_source(&tr, 16, 32, 1, 0, 0, err, sizeof err);
     qkv_source *vs = qkv_text_source(&va, 32, 32, 0, 1, 64, err, sizeof err);
     for (int k = 0; k < 300; k++) qkv_trainer_step(&tn, qkv_source_next(s));
-    qkv_eval_opts eo = {QKV_EOS, 1, 0.0f, QKV_UNK};
+    qkv_eval_opts eo = {.eos = QKV_EOS, .beam = 1, .unk = QKV_UNK};
     qkv_scores sc;
     memset(&sc, 0, sizeof sc);
     const qkv_batch *b;

@@ -1,23 +1,30 @@
 /* eval.c - `qkv eval`: a checkpoint's scores on a test set.
  *
  *   qkv eval --ckpt runs/dates/ckpt.safetensors \
- *            --data data/corpora/dates/test.tsv [--beam 4] [--show 5]
+ *            --data data/corpora/dates/test.tsv [--beam 4] [--show 5] \
+ *            [--hyp runs/dates/test.hyp]
  *   qkv eval --ckpt runs/copy/ckpt.safetensors --size 1000
  *
  * A corpus model is scored on the pairs of --data, in file order; a task
  * model on --size fresh sequences of its task. The figures come from the
  * library's evaluator (eval.h): loss, perplexity, token accuracy, exact
- * match and BLEU.
+ * match, BLEU on detokenized text (sacreBLEU's default: 13a tokenizer, 'exp'
+ * smoothing; for a corpus, against the reference lines of --data as they
+ * are in the file) and BLEU on token ids. --hyp writes the detokenized
+ * outputs, one a line in the evaluated order (what BLEU scored; a task's
+ * symbols as numbers; pairs dropped for length are absent).
  */
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "eval.h"
 
 typedef struct eval_opts {
-    const char *ckpt, *data;
+    const char *ckpt, *data, *hyp;
     int beam, batch_tokens, size, seed, threads, show;
     float alpha;
 } eval_opts;
@@ -33,6 +40,8 @@ typedef struct evaluator {
     int shown, dropped;
     char *text;
     size_t text_cap;
+    cli_buf hyps; /* --hyp: the outputs, one a line */
+    qkv_bleu raw; /* a corpus: the outputs against --data's references */
 } evaluator;
 
 static void parse(eval_opts *o, int argc, char **argv) {
@@ -52,6 +61,8 @@ static void parse(eval_opts *o, int argc, char **argv) {
         {"seed", FLAG_INT, &o->seed, NULL, "task models: PCG32 seed", 0, 0},
         {"show", FLAG_INT, &o->show, NULL,
          "print the first N pairs with their outputs", 0, INT_MAX},
+        {"hyp", FLAG_STR, &o->hyp, NULL,
+         "write the detokenized outputs to FILE, one a line", 0, 0},
         {"threads", FLAG_INT, &o->threads, NULL,
          "OpenMP threads (0: the free cores, following the load)", 0,
          cli_max_threads()},
@@ -60,6 +71,23 @@ static void parse(eval_opts *o, int argc, char **argv) {
               (int)(sizeof flags / sizeof flags[0]), argc, argv, 2, NULL, 0,
               NULL);
     if (o->threads) qkv_set_threads(o->threads);
+}
+
+/* eval.h's detokenizer for a corpus model (ctx: its cli_data): the text
+ * cli_detokenize gives. */
+static size_t detok(const void *ctx, const int32_t *ids, int n, char *out,
+                    size_t cap) {
+    char *t = NULL;
+    size_t c = 0;
+    cli_detokenize(ctx, ids, n, &t, &c);
+    size_t len = strlen(t);
+    if (cap) {
+        size_t k = len < cap - 1 ? len : cap - 1;
+        memcpy(out, t, k);
+        out[k] = 0;
+    }
+    free(t);
+    return len;
 }
 
 /* The model, and the flags that must fit it. */
@@ -75,8 +103,12 @@ static void open_model(evaluator *e) {
                 "corpus",
                 e->o.ckpt);
     qkv_graph_init(&e->g, 0);
-    e->eo = (qkv_eval_opts){cli_data_eos(&e->d), e->o.beam, e->o.alpha,
-                            cli_data_unk(&e->d)};
+    e->eo = (qkv_eval_opts){.eos = cli_data_eos(&e->d),
+                            .beam = e->o.beam,
+                            .alpha = e->o.alpha,
+                            .unk = cli_data_unk(&e->d),
+                            .detok = e->d.corpus ? detok : NULL,
+                            .detok_ctx = &e->d};
 }
 
 /* --show: the first rows of a task batch, input and output symbols. */
@@ -98,6 +130,19 @@ static void show_task_rows(evaluator *e, const qkv_task_batch *tb,
     }
 }
 
+/* The text of the n decoded rows of hyp (max_out ids each; what BLEU
+ * scores): kept for --hyp, and for a corpus scored against the raw
+ * reference lines of --data, refs[0..n). */
+static void take_outputs(evaluator *e, const int32_t *hyp, int n, int max_out,
+                         const char *const *refs) {
+    for (int r = 0; r < n && (*e->o.hyp || refs); r++) {
+        qkv_eval_text(&e->eo, hyp + (size_t)r * max_out, max_out, &e->text,
+                      &e->text_cap);
+        if (*e->o.hyp) cli_bprintf(&e->hyps, "%s\n", e->text);
+        if (refs) qkv_bleu_add_text(&e->raw, e->text, refs[r]);
+    }
+}
+
 /* A task model: --size fresh sequences, 256 a batch. */
 static void eval_task(evaluator *e) {
     qkv_pcg32 rng;
@@ -111,6 +156,7 @@ static void eval_task(evaluator *e) {
         int32_t *hyp = qkv_malloc((size_t)B * max_out * sizeof *hyp, "hyps");
         qkv_eval_batch(&e->m, &e->g, &tb.view, &e->eo, max_out, &e->s, hyp);
         show_task_rows(e, &tb, hyp, max_out);
+        take_outputs(e, hyp, B, max_out, NULL);
         free(hyp);
         qkv_task_batch_free(&tb);
         done += B;
@@ -174,12 +220,15 @@ static void eval_corpus(evaluator *e) {
     int *idx = qkv_malloc((size_t)p.n * sizeof *idx, "eval");
     for (int i = 0; i < p.n; i++) idx[i] = i;
     int32_t *hyp = NULL;
+    const char **refs = qkv_malloc((size_t)p.n * sizeof *refs, "eval");
     for (int i = 0, n; i < p.n; i += n) {
         n = pairs_that_fit(&p, i, budget);
         qkv_pairs_batch(&p, idx + i, n, &b);
         int max_out = qkv_eval_max_out(&e->m, &b.view, e->eo.eos);
         hyp = qkv_realloc(hyp, (size_t)n * max_out * sizeof *hyp, "hyps");
         qkv_eval_batch(&e->m, &e->g, &b.view, &e->eo, max_out, &e->s, hyp);
+        for (int r = 0; r < n; r++) refs[r] = c.tgt[p.pair[i + r].index];
+        take_outputs(e, hyp, n, max_out, refs);
         for (int r = 0; r < n && e->shown < e->o.show; r++, e->shown++) {
             const qkv_pair *q = &p.pair[i + r];
             cli_detokenize(&e->d, hyp + (size_t)r * max_out, max_out, &e->text,
@@ -188,6 +237,10 @@ static void eval_corpus(evaluator *e) {
                    c.tgt[q->index], e->text);
         }
     }
+    /* BLEU against the lines of --data, as sacreBLEU would score --hyp's
+     * file, rather than against the detokenized reference ids */
+    e->s.bleu = e->raw;
+    free(refs);
     free(hyp);
     free(idx);
     qkv_corpus_batch_free(&b);
@@ -195,12 +248,28 @@ static void eval_corpus(evaluator *e) {
     qkv_corpus_free(&c);
 }
 
+/* --hyp: refused before the work if it names an input or its directory
+ * cannot be written. */
+static void check_hyp(const eval_opts *o) {
+    if (strcmp(o->hyp, o->data) == 0 || strcmp(o->hyp, o->ckpt) == 0)
+        cli_die("eval: --hyp %s would overwrite the %s", o->hyp,
+                strcmp(o->hyp, o->data) == 0 ? "test data" : "checkpoint");
+    char dir[4096];
+    const char *slash = strrchr(o->hyp, '/');
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - o->hyp + 1) : 1,
+             slash ? o->hyp : ".");
+    if (access(dir, W_OK) != 0)
+        cli_die("eval: --hyp %s: cannot write in %s: %s", o->hyp, dir,
+                strerror(errno));
+}
+
 int cmd_eval(int argc, char **argv) {
     static evaluator ev;
     evaluator *e = &ev;
     memset(e, 0, sizeof *e);
-    e->o = (eval_opts){"", "", 1, 4096, 1000, 7, 0, 0, 0.6f};
+    e->o = (eval_opts){"", "", "", 1, 4096, 1000, 7, 0, 0, 0.6f};
     parse(&e->o, argc, argv);
+    if (*e->o.hyp) check_hyp(&e->o);
     open_model(e);
     if (e->d.corpus)
         eval_corpus(e);
@@ -213,9 +282,15 @@ int cmd_eval(int argc, char **argv) {
         printf(" (%d more dropped: longer than the model's %d positions)",
                e->dropped, e->m.cfg.max_len);
     printf("\nloss %.6f  perplexity %.4f  token accuracy %.2f%%  exact match "
-           "%.2f%%  BLEU %.2f\n",
+           "%.2f%%\nBLEU %.2f (sacreBLEU 13a, detokenized)  token BLEU %.2f\n",
            loss, exp(loss), 100.0 * qkv_scores_accuracy(s),
-           100.0 * qkv_scores_exact(s), qkv_scores_bleu(s));
+           100.0 * qkv_scores_exact(s), qkv_scores_bleu(s),
+           qkv_scores_token_bleu(s));
+    if (*e->o.hyp) {
+        cli_write_file("eval", e->o.hyp, e->hyps.s ? e->hyps.s : "");
+        printf("outputs in %s\n", e->o.hyp);
+    }
+    free(e->hyps.s);
     free(e->text);
     qkv_graph_free(&e->g);
     cli_data_free(&e->d);

@@ -387,7 +387,7 @@ static void script_setup(const plot_job *j, cli_buf *s) {
         "# qkv plot: loss curves of %d run%s.%s%s\n"
         "# log.csv columns: 1 step, 2 tokens, 3 seconds, 4 lr, "
         "5 train_loss,\n"
-        "#   6 val_loss, 7 val_acc (exact match, 0..1), 8 val_bleu "
+        "#   6 val_loss, 7 val_acc (exact match, 0..100), 8 val_bleu "
         "(0..100)\n"
         "# %s: the train loss smoothed by qkv (centred moving average "
         "over %s rows),\n"
@@ -489,7 +489,7 @@ static void script_plot(const plot_job *j, cli_buf *s) {
                     r + 1, c, key_title(dumb, t));
         snprintf(t, sizeof t, "%s exact %%", u->label);
         cli_bprintf(s,
-                    "    log%d using xcol:(100*$7) axes x1y2 with linespoints "
+                    "    log%d using xcol:7 axes x1y2 with linespoints "
                     "pt 5 ps 0.8 lw 1 dt 2 lc rgb '#%s' %s, \\\n",
                     r + 1, c, key_title(dumb, t));
         if (!u->has_bleu) continue;

@@ -161,7 +161,7 @@ static void write_csv(const char *path, const cell *cells, int n, int seeds) {
         char v[6][32];
         fmt(v[0], 32, c->train_loss, "%.6f", 1);
         fmt(v[1], 32, c->val_loss, "%.6f", 1);
-        fmt(v[2], 32, c->val_acc, "%.4f", 1);
+        fmt(v[2], 32, c->val_acc, "%.2f", 1);
         fmt(v[3], 32, c->val_bleu, "%.2f", 1);
         fmt(v[4], 32, c->seconds, "%.3f", 1);
         fmt(v[5], 32, c->tok_per_s, "%.0f", 1);
@@ -216,7 +216,7 @@ static void print_table(const cell *cells, int n, int metric, int seeds) {
         char v[6][32];
         fmt_sd(v[0], 32, c->train_loss, c->sd[0], "%.4f", seeds);
         fmt_sd(v[1], 32, c->val_loss, c->sd[1], "%.4f", seeds);
-        fmt_sd(v[2], 32, 100 * c->val_acc, 100 * c->sd[2], "%.1f", seeds);
+        fmt_sd(v[2], 32, c->val_acc, c->sd[2], "%.1f", seeds);
         if (!seeds && !isnan(c->val_acc)) strcat(v[2], "%");
         fmt_sd(v[3], 32, c->val_bleu, c->sd[3], "%.2f", seeds);
         fmt(v[4], 32, c->seconds, "%.1f", 0);
@@ -255,7 +255,6 @@ static int draw_heatmap(const char *out, const cell *cells, const int *Ns,
             const cell *c = &cells[i * nh + j];
             double v = c->done ? metric_of(c, metric) : NAN;
             double sd = c->done ? c->sd[metric == 3 ? 0 : metric + 1] : NAN;
-            if (metric == 1) v *= 100, sd *= 100;
             if (isnan(v))
                 fprintf(f, "%d %d NaN %d %d NaN\n", j, i, hs[j], Ns[i]);
             else
@@ -611,7 +610,7 @@ static void read_cell(sweep *w, int k) {
     w->labels[k] = qkv_malloc(32, "sweep");
     snprintf(w->labels[k], 32, "N=%d h=%d", c->N, c->h);
     printf("      train loss %.4f  val loss %.4f  exact %.1f%%", c->train_loss,
-           c->val_loss, 100 * c->val_acc);
+           c->val_loss, c->val_acc);
     if (!isnan(c->val_bleu)) printf("  BLEU %.2f", c->val_bleu);
     printf("  %.1f s", c->seconds);
     if (runs > 1) printf("  (mean of %d seeds)", runs);

@@ -6,8 +6,11 @@
  *   qkv train --model decoder --text data/text/gnu-licenses.txt --tok char \
  *             --block 128 --out runs/text
  *
- * Writes DIR/config.json (the settings that apply), DIR/log.csv (one row per step; the
- * validation columns at every --eval-every) and DIR/ckpt.safetensors (every
+ * Writes DIR/config.json (the settings that apply), DIR/log.csv (one row per
+ * step; the validation columns at every --eval-every: val_acc the exact
+ * match in percent (token accuracy for a text), val_bleu, for a corpus, the
+ * BLEU of eval.h on detokenized text, sacreBLEU's default, 0..100) and
+ * DIR/ckpt.safetensors (every
  * --save-every steps, at the end, and on Ctrl-C). `--resume DIR` continues a
  * run bit for bit: the checkpoint holds the weights, the optimiser state, the
  * dropout and data generators, the position in the epoch, and the settings.
@@ -493,14 +496,14 @@ static void text_data(train_run *r) {
 /* --text validation: teacher-forced loss and token accuracy, no decoding
  * (a window has no answer to match: max_out 0). */
 static void text_validate(train_run *r) {
-    qkv_eval_opts eo = {QKV_EOS, 1, 0.0f, QKV_UNK};
+    qkv_eval_opts eo = {.eos = QKV_EOS, .beam = 1, .unk = QKV_UNK};
     qkv_scores s;
     memset(&s, 0, sizeof s);
     const qkv_batch *b;
     for (qkv_source_rewind(r->vdata); (b = qkv_source_next(r->vdata));)
         qkv_eval_batch(&r->t.model, &r->t.graph, b, &eo, 0, &s, NULL);
     r->vloss = qkv_scores_loss(&s);
-    r->vacc = qkv_scores_accuracy(&s);
+    r->vacc = 100.0 * qkv_scores_accuracy(&s); /* percent, as exact match */
     r->vbleu = NAN;
 }
 
@@ -857,16 +860,38 @@ static void open_run(train_run *r) {
     }
 }
 
+/* eval.h's detokenizer for a corpus model (ctx: its cli_data): the text
+ * cli_detokenize gives. */
+static size_t val_detok(const void *ctx, const int32_t *ids, int n, char *out,
+                        size_t cap) {
+    char *t = NULL;
+    size_t c = 0;
+    cli_detokenize(ctx, ids, n, &t, &c);
+    size_t len = strlen(t);
+    if (cap) {
+        size_t k = len < cap - 1 ? len : cap - 1;
+        memcpy(out, t, k);
+        out[k] = 0;
+    }
+    free(t);
+    return len;
+}
+
+/* val_acc: exact match in percent; val_bleu: BLEU on detokenized text. */
 static void validate(train_run *r) {
     if (r->text) {
         text_validate(r);
         return;
     }
-    qkv_eval_opts eo = {cli_data_eos(&r->d), 1, 0.0f, cli_data_unk(&r->d)};
+    qkv_eval_opts eo = {.eos = cli_data_eos(&r->d),
+                        .beam = 1,
+                        .unk = cli_data_unk(&r->d),
+                        .detok_ctx = &r->d};
+    if (r->corpus) eo.detok = val_detok;
     qkv_scores s;
     qkv_evaluate(&r->t.model, &r->t.graph, r->vdata, &eo, &s);
     r->vloss = qkv_scores_loss(&s);
-    r->vacc = qkv_scores_exact(&s);
+    r->vacc = 100.0 * qkv_scores_exact(&s);
     r->vbleu = r->corpus ? qkv_scores_bleu(&s) : NAN;
 }
 
@@ -875,9 +900,9 @@ static void log_row(train_run *r, double secs, int eval) {
     fprintf(r->log, "%d,%lld,%.3f,%.6g,%.6f,", r->step, (long long)r->t.tokens,
             secs, (double)r->t.lr, (double)r->t.loss);
     if (eval && r->corpus)
-        fprintf(r->log, "%.6f,%.4f,%.2f\n", r->vloss, r->vacc, r->vbleu);
+        fprintf(r->log, "%.6f,%.2f,%.2f\n", r->vloss, r->vacc, r->vbleu);
     else if (eval)
-        fprintf(r->log, "%.6f,%.4f,\n", r->vloss, r->vacc);
+        fprintf(r->log, "%.6f,%.2f,\n", r->vloss, r->vacc);
     else
         fputs(",,\n", r->log);
 }
@@ -963,11 +988,10 @@ static void progress(train_run *r, double secs, int report) {
     if (shown && r->text) /* perplexity exp(loss) and token accuracy */
         n += snprintf(line + n, sizeof line - (size_t)n,
                       "  val loss %.4f  ppl %.2f  acc %5.1f%%", r->vloss,
-                      exp(r->vloss), 100.0 * r->vacc);
+                      exp(r->vloss), r->vacc);
     else if (shown)
         n += snprintf(line + n, sizeof line - (size_t)n,
-                      "  val loss %.4f  exact %5.1f%%", r->vloss,
-                      100.0 * r->vacc);
+                      "  val loss %.4f  exact %5.1f%%", r->vloss, r->vacc);
     if (r->corpus && shown && n < (int)sizeof line)
         n += snprintf(line + n, sizeof line - (size_t)n, "  BLEU %.1f",
                       r->vbleu);
@@ -1109,19 +1133,19 @@ static void report(const train_run *r) {
         printf("done: %d steps in %.1f s, train loss %.4f, val loss %.4f, "
                "perplexity %.2f, token accuracy %.1f%%; log in %s, checkpoint "
                "%s\n",
-               last, secs, (double)t->loss, r->vloss, exp(r->vloss),
-               100.0 * r->vacc, r->log_path, r->ckpt);
+               last, secs, (double)t->loss, r->vloss, exp(r->vloss), r->vacc,
+               r->log_path, r->ckpt);
     else if (r->corpus)
         printf("done: %d steps (%lld epochs) in %.1f s, train loss %.4f, val "
                "loss %.4f, exact match %.1f%%, BLEU %.1f; log in %s, "
                "checkpoint %s\n",
                last, (long long)st.epoch, secs, (double)t->loss, r->vloss,
-               100.0 * r->vacc, r->vbleu, r->log_path, r->ckpt);
+               r->vacc, r->vbleu, r->log_path, r->ckpt);
     else
         printf("done: %d steps in %.1f s, train loss %.4f, val loss %.4f, val "
                "exact match %.1f%%; log in %s, checkpoint %s\n",
-               last, secs, (double)t->loss, r->vloss, 100.0 * r->vacc,
-               r->log_path, r->ckpt);
+               last, secs, (double)t->loss, r->vloss, r->vacc, r->log_path,
+               r->ckpt);
     if (t->skipped && !r->diverged)
         cli_warn("train: %d step%s skipped for a loss or gradient that was "
                  "not finite (--skip-nonfinite %d)",
