@@ -259,6 +259,26 @@ static void test_watch_follows_a_live_run(void) {
           "a finished run is not drawn once: %.2000s", out);
 }
 
+/* A language model's run (config.json has "text") logs token accuracy as
+ * val_acc: the plot names it so, per run and on the axis. */
+static void test_text_run_shows_token_accuracy(void) {
+    char cmd[1200], out[16384];
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p %s/lm && cp %s/copy/log.csv %s/lm/ && "
+             "printf '{\"text\": \"a.txt\"}' > %s/lm/config.json",
+             dir, dir, dir, dir);
+    CHECK(test_shell(cmd, out, sizeof out) == 0, "%s", out);
+    snprintf(cmd, sizeof cmd, "plot %s/lm --term dumb", dir);
+    CHECK(run(cmd, out, sizeof out) == 0 && strstr(out, "lm acc %") &&
+              strstr(out, "token accuracy in %") && !strstr(out, "exact"),
+          "a text run's plot: %s", out);
+    snprintf(cmd, sizeof cmd, "plot %s/lm %s/copy --term dumb", dir, dir);
+    CHECK(run(cmd, out, sizeof out) == 0 &&
+              strstr(out, "exact match / token accuracy") &&
+              strstr(out, "copy exact %"),
+          "a text run beside a task run: %s", out);
+}
+
 /* The dat file holds a centred moving average of the train loss. */
 static void test_smoothing_is_a_centred_moving_average(void) {
     char args[512], out[4096], path[600];
@@ -483,6 +503,7 @@ int main(void) {
     RUN(test_twelve_runs_stay_apart);
     RUN(test_dumb_draws_in_the_terminal);
     RUN(test_watch_follows_a_live_run);
+    RUN(test_text_run_shows_token_accuracy);
     RUN(test_smoothing_is_a_centred_moving_average);
     RUN(test_missing_gnuplot_is_one_line);
     RUN(test_bad_input_is_one_line_and_exit_2);

@@ -46,6 +46,8 @@ typedef struct plot_run {
     double *x;    /* (rows, 3): step, tokens, seconds (log.csv columns 1-3) */
     double *loss; /* (rows): train loss, NAN where the log says nan */
     int has_val, has_bleu; /* any validation row; any with BLEU */
+    int token_acc;         /* val_acc is token accuracy (a language model of a
+                    * text, config.json's "text"), not exact match */
 } plot_run;
 
 static void plot_run_free(plot_run *r) {
@@ -128,6 +130,17 @@ static FILE *plot_run_open(plot_run *r, const char *arg, char *path, char *err,
     if (slash && slash != dir) *slash = 0;
     slash = strrchr(dir, '/');
     snprintf(r->label, sizeof r->label, "%.200s", slash ? slash + 1 : dir);
+    /* a text run (qkv train --text) logs token accuracy as val_acc */
+    char cfg[PLOT_PATH + 16], buf[8192];
+    snprintf(cfg, sizeof cfg, "%.*s/config.json",
+             (int)(strrchr(r->log, '/') - r->log), r->log);
+    FILE *c = fopen(cfg, "r");
+    if (c) {
+        size_t n = fread(buf, 1, sizeof buf - 1, c);
+        buf[n] = 0;
+        r->token_acc = strstr(buf, "\"text\":") != NULL;
+        fclose(c);
+    }
     return f;
 }
 
@@ -417,6 +430,18 @@ static void script_setup(const plot_job *j, cli_buf *s) {
                    "set datafile columnheaders\n");
 }
 
+/* What the runs' val_acc is: exact match, token accuracy (texts), or both. */
+static const char *acc_name(const plot_job *j) {
+    int text = 0, other = 0;
+    for (int r = 0; r < j->n; r++) {
+        text |= j->runs[r].token_acc;
+        other |= !j->runs[r].token_acc;
+    }
+    return text && other ? "exact match / token accuracy"
+           : text        ? "token accuracy"
+                         : "exact match";
+}
+
 /* The script's title, axes and key, then its data: the logs' paths and
  * the smoothed loss d (inline when there is no data file). */
 static void script_axes(const plot_job *j, cli_buf *s, const char *d) {
@@ -425,10 +450,11 @@ static void script_axes(const plot_job *j, cli_buf *s, const char *d) {
     char t[400];
     snprintf(t, sizeof t, "%s", j->o->title ? j->o->title : "");
     if (dumb && !*t)
-        snprintf(t, sizeof t, "cross-entropy loss (left axis)%s",
+        snprintf(t, sizeof t, "cross-entropy loss (left axis)%s%s%s",
+                 j->any_val ? ", " : "", j->any_val ? acc_name(j) : "",
                  !j->any_val   ? ""
-                 : j->any_bleu ? ", exact match and BLEU in % (right axis)"
-                               : ", exact match in % (right axis)");
+                 : j->any_bleu ? " and BLEU in % (right axis)"
+                               : " in % (right axis)");
     if (*t) cli_bprintf(s, "set title %s\n", gp_str(t));
     cli_bprintf(s, "set xlabel %s\n",
                 gp_str(xcol == 1   ? "step"
@@ -443,7 +469,7 @@ static void script_axes(const plot_job *j, cli_buf *s, const char *d) {
                        "set y2range [0:100]\n"
                        "set y2tics 0, 20, 100\n");
     if (j->any_val && !dumb)
-        cli_bprintf(s, "set y2label 'validation exact match%s (%%)'\n",
+        cli_bprintf(s, "set y2label 'validation %s%s (%%)'\n", acc_name(j),
                     j->any_bleu ? " / BLEU" : "");
     cli_bprintf(s, "%sset key %s\n", dumb ? "" : "set grid\n",
                 dumb ? "outside below" : "outside right top Left reverse");
@@ -487,7 +513,8 @@ static void script_plot(const plot_job *j, cli_buf *s) {
                     "    log%d using xcol:6 with linespoints pt 7 ps 0.8 lw 1 "
                     "lc rgb '#%s' %s, \\\n",
                     r + 1, c, key_title(dumb, t));
-        snprintf(t, sizeof t, "%s exact %%", u->label);
+        snprintf(t, sizeof t, "%s %s %%", u->label,
+                 u->token_acc ? "acc" : "exact");
         cli_bprintf(s,
                     "    log%d using xcol:7 axes x1y2 with linespoints "
                     "pt 5 ps 0.8 lw 1 dt 2 lc rgb '#%s' %s, \\\n",
@@ -509,7 +536,8 @@ static void script_plot(const plot_job *j, cli_buf *s) {
                         "    keyentry with linespoints pt 7 ps 0.8 lc rgb "
                         "'#404040' title 'validation loss', \\\n"
                         "    keyentry with linespoints pt 5 ps 0.8 dt 2 lc "
-                        "rgb '#404040' title 'exact match %% (right)', \\\n");
+                        "rgb '#404040' title '%s %% (right)', \\\n",
+                        acc_name(j));
         if (j->any_bleu)
             cli_bprintf(s, "    keyentry with linespoints pt 9 ps 0.9 dt 3 lc "
                            "rgb '#404040' title 'BLEU (right)', \\\n");
