@@ -17,7 +17,7 @@
 #include "eval.h"
 
 typedef struct eval_opts {
-    const char *ckpt, *data;
+    const char *ckpt, *config, *data;
     int beam, batch_tokens, size, seed, threads, show;
     float alpha;
 } eval_opts;
@@ -37,8 +37,10 @@ typedef struct evaluator {
 
 static void parse(eval_opts *o, int argc, char **argv) {
     const flag flags[] = {
-        {"ckpt", FLAG_STR, &o->ckpt, NULL, "checkpoint written by qkv train", 0,
-         0},
+        {"ckpt", FLAG_STR, &o->ckpt, NULL,
+         "checkpoint written by qkv train, or weights (qkv export)", 0, 0},
+        {"config", FLAG_STR, &o->config, NULL,
+         "model config JSON for weights written elsewhere (PyTorch)", 0, 0},
         {"data", FLAG_STR, &o->data, NULL,
          "test corpus, TSV (a task model draws fresh sequences instead)", 0, 0},
         {"beam", FLAG_INT, &o->beam, NULL,
@@ -64,7 +66,7 @@ static void parse(eval_opts *o, int argc, char **argv) {
 
 /* The model, and the flags that must fit it. */
 static void open_model(evaluator *e) {
-    cli_load_model("eval", e->o.ckpt, &e->m, &e->d);
+    cli_open_model("eval", e->o.ckpt, e->o.config, &e->m, &e->d);
     if (e->o.beam > 1 && e->d.decoder_only)
         cli_die("eval: --beam needs an encoder-decoder model");
     if (e->d.corpus && !*e->o.data)
@@ -199,7 +201,7 @@ int cmd_eval(int argc, char **argv) {
     static evaluator ev;
     evaluator *e = &ev;
     memset(e, 0, sizeof *e);
-    e->o = (eval_opts){"", "", 1, 4096, 1000, 7, 0, 0, 0.6f};
+    e->o = (eval_opts){"", "", "", 1, 4096, 1000, 7, 0, 0, 0.6f};
     parse(&e->o, argc, argv);
     open_model(e);
     if (e->d.corpus)

@@ -21,6 +21,7 @@ int cmd_plot(int argc, char **argv);
 int cmd_sweep(int argc, char **argv);
 int cmd_attn(int argc, char **argv);
 int cmd_explain(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 static const struct {
     const char *name;
@@ -36,6 +37,8 @@ static const struct {
     {"sweep", cmd_sweep, "train a grid of N x h and compare the runs"},
     {"attn", cmd_attn, "heatmaps of every attention layer and head"},
     {"explain", cmd_explain, "attention step by step on a tiny example"},
+    {"export", cmd_export,
+     "a checkpoint's weights and config only, for PyTorch and other tools"},
 };
 
 static void usage(FILE *f) {
