@@ -300,30 +300,35 @@ def greedy(model, c, ids, eos, max_out):
     return out
 
 
+def upto(out, stop):
+    """out up to its first token in stop."""
+    for k, y in enumerate(out):
+        if y in stop:
+            return out[:k]
+    return out
+
+
 def decode_case(c, data):
-    """An input for qkv decode, its ids, eos and output length, the text of
-    output ids."""
-    dec = c["kind"] == "decoder"
+    """An input for qkv decode, its ids, eos, the output's length, and the
+    text qkv decode prints for output ids (cli_detokenize, print_output)."""
     if "tok" in data:
-        vocab = data["vocab.src"]
-        toks = vocab[4:9]
+        toks = data["vocab.src"][4:9]
         sep = " " if data["tok"] == "word" else ""
         text, ids, eos = sep.join(toks), list(range(4, 4 + len(toks))), EOS
         tv = data["vocab.tgt"]
-        show = lambda out: sep.join(tv[i] for i in out if i not in (PAD, BOS) and i != EOS)
-        n = len(ids)
-        L = 2 * n + 8
+        show = lambda out: sep.join(tv[i] for i in upto(out, {EOS})
+                                    if i not in (PAD, BOS))
+        L = 2 * len(ids) + 8
     else:
-        first = 3 if data["min-len"] != data["max-len"] else 2
-        n = data["min-len"]
-        ids = [first + (i % (data["vocab"] - first)) for i in range(n)]
-        text = " ".join(map(str, ids))
-        eos = EOS if data["min-len"] != data["max-len"] else -1
-        show = lambda out: " ".join(str(i) for i in out if i != PAD and i != eos)
-        L = 2 * n + 8 if eos >= 0 else n
-    room = c["max_len"] - (n + 1) if dec else c["max_len"]
-    L = min(L, room)
-    return text, ids, eos, L, show
+        use_eos = data["min-len"] != data["max-len"]
+        first = 3 if use_eos else 2  # ids below are specials
+        ids = [first + (i * 7) % (data["vocab"] - first)
+               for i in range(data["min-len"])]
+        text, eos = " ".join(map(str, ids)), EOS if use_eos else -1
+        show = lambda out: " ".join(map(str, upto(out, {PAD, eos})))
+        L = 2 * len(ids) + 8 if use_eos else len(ids)
+    room = c["max_len"] - (len(ids) + 1) if c["kind"] == "decoder" else c["max_len"]
+    return text, ids, eos, min(L, room), show
 
 
 # ------------------------------------------------------------ main
@@ -379,7 +384,7 @@ def main():
           "the export's logits differ from the checkpoint's")
 
     # 4. one SGD step in torch, saved under qkv's names without metadata
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
     y = torch.roll(tgt, -1, 1)
     loss = F.cross_entropy(model(src, tgt).reshape(-1, c["tgt_vocab"]),
                            y.reshape(-1), ignore_index=c["pad_id"])
