@@ -145,6 +145,17 @@ static void test_refusals(void) {
     snprintf(cmd, sizeof cmd, "decode --ckpt %s --config %s/nope.json 3", bare,
              test_dir);
     expect_refusal(cmd, "nope.json");
+    { /* the model alone: eval and decode need the data too */
+        qkv_st_file x;
+        qkv_st_error xe;
+        QKV_CHECK(qkv_st_read(ex, &x, &xe) == 0, "%s", xe.msg);
+        f = fopen(bad, "w");
+        fprintf(f, "{\"model\": %s}", qkv_st_meta(&x, "model"));
+        fclose(f);
+        qkv_st_free(&x);
+        snprintf(cmd, sizeof cmd, "decode --ckpt %s --config %s 3", bare, bad);
+        expect_refusal(cmd, "bad.json: \"data\" is missing");
+    }
     /* tensors: missing, extra, another shape */
     qkv_st_file w;
     qkv_st_error se;

@@ -755,9 +755,23 @@ static cJSON *data_meta_from_json(const char *json, int decoder_only) {
  * settings and vocabularies, or an export's (or a config's) "data". */
 static int data_from_any_meta(cli_data *d, const qkv_st_file *meta,
                               int decoder_only, char *err, size_t errlen) {
-    const char *data = qkv_st_meta(meta, "data");
-    if (qkv_st_meta(meta, "cli") || !data)
+    const char *data = qkv_st_meta(meta, "data"),
+               *fmt = qkv_st_meta(meta, "format");
+    if (qkv_st_meta(meta, "cli") || (fmt && !strcmp(fmt, QKV_CKPT_FORMAT)))
         return cli_data_from_meta(d, meta, err, errlen);
+    cJSON *j = data ? cJSON_Parse(data) : NULL;
+    int ok = cJSON_IsObject(j);
+    cJSON_Delete(j);
+    if (!ok) {
+        memset(d, 0, sizeof *d);
+        snprintf(err, errlen,
+                 "\"data\" is %s: it holds the task (\"task\", \"vocab\", "
+                 "\"min-len\", \"max-len\") or the tokenizer (\"tok\", "
+                 "\"vocab.src\", \"vocab.tgt\"), as qkv export --json writes "
+                 "it",
+                 data ? "not a JSON object" : "missing");
+        return -1;
+    }
     qkv_st_file dm = {0};
     dm.metadata = data_meta_from_json(data, decoder_only);
     int rc = cli_data_from_meta(d, &dm, err, errlen);
@@ -769,27 +783,27 @@ void cli_open_model(const char *cmd, const char *path, const char *config,
                     qkv_model *m, cli_data *d) {
     char err[512];
     qkv_st_file meta;
+    int cfg = config && *config;
     if (!*path)
         cli_die("%s: --ckpt is required (a checkpoint qkv train wrote, a file "
                 "qkv export wrote, or weights with --config)",
                 cmd);
-    if (qkv_weights_load(path, config && *config ? config : NULL, m, &meta, err,
-                         sizeof err))
-        cli_die("%s: %s: %s", cmd, config && *config ? "--config" : "--ckpt",
-                err);
+    /* the library's line names the file at fault: the weights or config */
+    if (qkv_weights_load(path, cfg ? config : NULL, m, &meta, err, sizeof err))
+        cli_die("%s: %s%s", cmd, cfg ? "" : "--ckpt: ", err);
     int decoder = m->cfg.kind == QKV_MODEL_DECODER;
     if (data_from_any_meta(d, &meta, decoder, err, sizeof err))
-        cli_die("%s: %s: %s: %s", cmd,
-                config && *config ? "--config" : "--ckpt",
-                config && *config ? config : path, err);
+        cli_die("%s: %s: %s: %s", cmd, cfg ? "--config" : "--ckpt",
+                cfg ? config : path, err);
     qkv_st_free(&meta);
     int sv = d->corpus ? d->sv.size : d->task.vocab;
     int tv = d->corpus ? d->tv.size : d->task.vocab;
     if ((!decoder && m->cfg.src_vocab != sv) || m->cfg.tgt_vocab != tv ||
         decoder != d->decoder_only)
-        cli_die("%s: --ckpt: %s: the stored vocabularies (%d, %d) do not fit "
+        cli_die("%s: %s: %s: the stored vocabularies (%d, %d) do not fit "
                 "the model (%d, %d)",
-                cmd, path, sv, tv, m->cfg.src_vocab, m->cfg.tgt_vocab);
+                cmd, cfg ? "--config" : "--ckpt", cfg ? config : path, sv, tv,
+                m->cfg.src_vocab, m->cfg.tgt_vocab);
 }
 
 void cli_load_model(const char *cmd, const char *path, qkv_model *m,
