@@ -210,8 +210,9 @@ def name_map(c):
     for i in range(c["n_dec"]):
         m += layer(f"decoder.layers.{i}", f"transformer.decoder.layers.{i}",
                    [("self_attn", "self_attn"), ("cross_attn", "multihead_attn")], 3)
-    if pre:
+    if pre and c["n_enc"]:
         m += norm("encoder.norm", "transformer.encoder.norm")
+    if pre:
         m += norm("decoder.norm", "transformer.decoder.norm")
     return m
 

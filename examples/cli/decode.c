@@ -3,11 +3,13 @@
  *   qkv decode --ckpt runs/dates/ckpt.safetensors "3 March 2001"
  *   echo "we see a dog ." | qkv decode --ckpt runs/grammar/ckpt.safetensors
  *   qkv decode --ckpt runs/copy/ckpt.safetensors --beam 4 "3 9 4 4 10"
+ *   qkv decode --ckpt torch.safetensors --config model.json "3 9 4 4 10"
  *
  * Each argument (or, with none, each line of stdin) is one input: an
  * encoder-decoder translates it (greedy, or beam search with --beam), a
  * decoder-only model continues it (greedy, or sampling with --temp and
- * --top-k). One output line per input.
+ * --top-k). One output line per input. Input tokens the vocabulary lacks
+ * become <unk>, and a warning on stderr names them, once per input.
  */
 #include <stdlib.h>
 #include <string.h>

@@ -3,6 +3,7 @@
  *   qkv eval --ckpt runs/dates/ckpt.safetensors \
  *            --data data/corpora/dates/test.tsv [--beam 4] [--show 5]
  *   qkv eval --ckpt runs/copy/ckpt.safetensors --size 1000
+ *   qkv eval --ckpt torch.safetensors --config model.json --size 1000
  *
  * A corpus model is scored on the pairs of --data, in file order; a task
  * model on --size fresh sequences of its task. The figures come from the
