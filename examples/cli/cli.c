@@ -699,6 +699,8 @@ char *cli_data_json(const cli_data *d) {
     cJSON *o = cJSON_CreateObject();
     if (!d->corpus) {
         static const char *const kinds[] = {"copy", "reverse", "sort"};
+        QKV_CHECK((unsigned)d->task.kind < 3, "cli_data_json: task kind %d",
+                  (int)d->task.kind);
         cJSON_AddStringToObject(o, "task", kinds[d->task.kind]);
         cJSON_AddNumberToObject(o, "vocab", d->task.vocab);
         cJSON_AddNumberToObject(o, "min-len", d->task.min_len);
