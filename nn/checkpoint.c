@@ -84,8 +84,8 @@ static int rng_from_json(const char *json, qkv_pcg32 *r, char *err,
 /* ============================================================== saving */
 
 static int reserved_key(const char *k) {
-    static const char *const keys[] = {"format", "model", "optim", "optim_step",
-                                       "step"};
+    static const char *const keys[] = {"format",     "model", "optim",
+                                       "optim_step", "step",  "optim.params"};
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
         if (!strcmp(k, keys[i])) return 1;
     return !strncmp(k, "rng.", 4);
@@ -131,14 +131,36 @@ typedef struct save_meta {
     int n, nown;
 } save_meta;
 
-/* Fills sm: 4 fixed pairs (format, model, step, rng.model), 2 for the
+/* The layout of the optimiser's flat buffers: [[name, numel], ...] of the
+ * parameters in buffer order (registration order, which qkv_params_alloc
+ * lays out back to back). malloc'd. */
+static char *optim_params_json(const qkv_params *ps) {
+    cJSON *a = cJSON_CreateArray();
+    size_t off = 0;
+    for (int i = 0; i < ps->count; i++) {
+        const qkv_tensor *t = ps->list[i];
+        QKV_CHECK(!ps->values || t->data == ps->values + off,
+                  "ckpt_save: parameter %s is not at offset %zu", t->name, off);
+        cJSON *e = cJSON_CreateArray();
+        cJSON_AddItemToArray(e, cJSON_CreateString(t->name));
+        cJSON_AddItemToArray(e, cJSON_CreateNumber((double)t->n));
+        cJSON_AddItemToArray(a, e);
+        off += t->n;
+    }
+    char *s = cJSON_PrintUnformatted(a);
+    cJSON_Delete(a);
+    QKV_CHECK(s, "out of memory writing the optimiser's layout");
+    return s;
+}
+
+/* Fills sm: 4 fixed pairs (format, model, step, rng.model), 3 for the
  * optimiser, one per RNG, then the n_extra pairs as given. */
 static void save_meta_build(save_meta *sm, const qkv_model *m,
                             const qkv_optim *opt, int64_t step,
                             const qkv_ckpt_rng *rngs, int n_rngs,
                             const char *const *keys, const char *const *values,
                             int n_extra) {
-    int nmeta = 4 + (opt ? 2 : 0) + n_rngs + n_extra, k = 0, nown = 0;
+    int nmeta = 4 + (opt ? 3 : 0) + n_rngs + n_extra, k = 0, nown = 0;
     const char **mk = qkv_malloc((size_t)nmeta * sizeof *mk, "metadata keys");
     const char **mv = qkv_malloc((size_t)nmeta * sizeof *mv, "metadata values");
     char **own = qkv_malloc((size_t)nmeta * 2 * sizeof *own, "metadata text");
@@ -154,6 +176,8 @@ static void save_meta_build(save_meta *sm, const qkv_model *m,
         snprintf(buf, sizeof buf, "%" PRId64, opt->step);
         mk[k] = "optim_step",
         mv[k++] = own[nown++] = qkv_strdup(buf, "checkpoint");
+        mk[k] = "optim.params";
+        mv[k++] = own[nown++] = optim_params_json(&m->params);
     }
     for (int i = 0; i < n_rngs; i++) {
         size_t n = strlen(rngs[i].name) + 5;
@@ -347,6 +371,50 @@ static int check_optim_tensor(const qkv_st_file *f, const char *name, int want,
     return 0;
 }
 
+/* The stored optimiser layout ("optim.params", absent in checkpoints from
+ * before it was written) must be the model's parameters in buffer order:
+ * otherwise m and v would be applied to the wrong weights. */
+static int check_optim_params(const qkv_st_file *f, const qkv_params *ps,
+                              const char *path, char *err, size_t len) {
+    const char *s = qkv_st_meta(f, "optim.params");
+    if (!s) return 0;
+    cJSON *a = cJSON_Parse(s);
+    int n = cJSON_IsArray(a) ? cJSON_GetArraySize(a) : -1, rc = 0;
+    if (n < 0)
+        rc = fail(err, len, path,
+                  "metadata \"optim.params\" is not a JSON array of "
+                  "[name, size] pairs");
+    for (int i = 0; i < n && !rc; i++) {
+        const cJSON *e = cJSON_GetArrayItem(a, i);
+        const cJSON *name = cJSON_GetArrayItem(e, 0),
+                    *k = cJSON_GetArrayItem(e, 1);
+        const qkv_tensor *t = i < ps->count ? ps->list[i] : NULL;
+        if (!cJSON_IsArray(e) || cJSON_GetArraySize(e) != 2 ||
+            !cJSON_IsString(name) || !cJSON_IsNumber(k))
+            rc = fail(err, len, path,
+                      "metadata \"optim.params\": entry %d is not a [name, "
+                      "size] pair",
+                      i);
+        else if (!t || strcmp(t->name, name->valuestring) ||
+                 k->valuedouble != (double)t->n)
+            rc =
+                fail(err, len, path,
+                     "metadata \"optim.params\": the optimiser state is laid "
+                     "out for parameter %d '%.80s' of %.0f floats, the model's "
+                     "is %s%.80s%s of %zu: refusing to apply it to the wrong "
+                     "weights",
+                     i, name->valuestring, k->valuedouble, t ? "'" : "",
+                     t ? t->name : "(none)", t ? "'" : "", t ? t->n : 0);
+    }
+    if (!rc && n != ps->count)
+        rc = fail(err, len, path,
+                  "metadata \"optim.params\" lists %d parameters, the model "
+                  "has %d",
+                  n, ps->count);
+    cJSON_Delete(a);
+    return rc;
+}
+
 /* What qkv_ckpt_load reads from the metadata besides the model config. */
 typedef struct ckpt_state {
     int64_t step, optim_step;
@@ -402,6 +470,8 @@ static int check_model(const qkv_st_file *f, const qkv_model_config *mc,
                            errlen) ||
         check_optim_tensor(f, "optim.v", cs->want_v, lm->params.n, path, err,
                            errlen) ||
+        (cs->optim_json &&
+         check_optim_params(f, &lm->params, path, err, errlen)) ||
         check_finite(f, path, err, errlen))
         return -1;
     return 0;
@@ -486,5 +556,150 @@ int qkv_ckpt_load_weights(const char *path, qkv_model *m, char *err,
                  ? -1
                  : load_tensors(&f, &m->params, 1, path, err, errlen);
     qkv_st_free(&f);
+    return rc;
+}
+
+/* ======================================================== weights only */
+
+int qkv_weights_save(const char *path, const qkv_model *m,
+                     const char *const *keys, const char *const *values,
+                     int n_extra, char *err, size_t errlen) {
+    QKV_CHECK(m && m->params.values, "weights_save: model not initialised");
+    QKV_CHECK(n_extra >= 0 && (!n_extra || (keys && values)),
+              "weights_save: bad count or NULL arrays");
+    if (!path || !*path)
+        return fail(err, errlen, "(no path)", "save: empty file name");
+    for (int i = 0; i < n_extra; i++)
+        if (keys[i] &&
+            (!strcmp(keys[i], "format") || !strcmp(keys[i], "model")))
+            return fail(err, errlen, path,
+                        "save: metadata key '%s' is reserved for the file "
+                        "itself",
+                        keys[i]);
+    int nmeta = 2 + n_extra;
+    const char **mk = qkv_malloc((size_t)nmeta * sizeof *mk, "metadata keys");
+    const char **mv = qkv_malloc((size_t)nmeta * sizeof *mv, "metadata values");
+    char *model = qkv_model_config_to_json(&m->cfg);
+    mk[0] = "format", mv[0] = QKV_WEIGHTS_FORMAT;
+    mk[1] = "model", mv[1] = model;
+    for (int i = 0; i < n_extra; i++)
+        mk[2 + i] = keys[i], mv[2 + i] = values[i];
+    qkv_st_entry *e =
+        qkv_malloc((size_t)m->params.count * sizeof *e, "weights entries");
+    int ne = save_entries(m, NULL, e);
+    qkv_st_error se;
+    int rc = qkv_st_write(path, e, ne, mk, mv, nmeta, &se);
+    if (rc) fail(err, errlen, NULL, "%s", se.msg);
+    free(e);
+    free(model);
+    free(mk);
+    free(mv);
+    return rc;
+}
+
+/* The config JSON file cpath ({"model": {...}, ...}): *mc from its "model",
+ * and *md = its top-level members as metadata strings (strings as they
+ * are, anything else as compact JSON text). */
+static int read_config_file(const char *cpath, qkv_model_config *mc, cJSON **md,
+                            char *err, size_t len) {
+    uint64_t size = 0;
+    FILE *fp = qkv_fopen_file(cpath, (uint64_t)1 << 30, &size, err, len);
+    if (!fp) return -1;
+    char *text = qkv_malloc((size_t)size + 1, "config file");
+    size_t got = fread(text, 1, (size_t)size, fp);
+    fclose(fp);
+    text[got] = 0;
+    cJSON *j = got == size && strlen(text) == got
+                   ? cJSON_ParseWithOpts(text, NULL, 1)
+                   : NULL;
+    free(text);
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(j, "model");
+    char why[300];
+    int rc = 0;
+    if (!cJSON_IsObject(j))
+        rc = fail(err, len, cpath,
+                  "not a JSON object (a model config is "
+                  "{\"model\": {...}, \"data\": {...}})");
+    else if (!cJSON_IsObject(model))
+        rc = fail(err, len, cpath, "no \"model\" object in the config");
+    if (!rc) {
+        char *s = cJSON_PrintUnformatted(model);
+        QKV_CHECK(s, "out of memory reading a config");
+        if (qkv_model_config_from_json(s, mc, why, sizeof why))
+            rc = fail(err, len, cpath, "\"model\": %s", why);
+        free(s);
+    }
+    if (!rc) {
+        *md = cJSON_CreateObject();
+        for (const cJSON *c = j->child; c; c = c->next) {
+            char *s = cJSON_IsString(c) ? NULL : cJSON_PrintUnformatted(c);
+            cJSON_AddItemToObject(*md, c->string,
+                                  cJSON_CreateString(s ? s : c->valuestring));
+            free(s);
+        }
+    }
+    cJSON_Delete(j);
+    return rc;
+}
+
+/* *mc from the file's own metadata: a qkv checkpoint's or weights file's
+ * "model". */
+static int config_from_meta(const qkv_st_file *f, qkv_model_config *mc,
+                            const char *path, char *err, size_t len) {
+    const char *fmt = qkv_st_meta(f, "format"), *model;
+    char why[300];
+    if (!fmt)
+        return fail(err, len, path,
+                    "not a qkv checkpoint or weights file (no \"format\" in "
+                    "the metadata: written by another program?); give its "
+                    "model config as a JSON file (qkv's --config)");
+    if (strcmp(fmt, QKV_CKPT_FORMAT) && strcmp(fmt, QKV_WEIGHTS_FORMAT))
+        return fail(err, len, path,
+                    "not a qkv checkpoint or weights file this version reads "
+                    "(format '%.40s'); give its model config as a JSON file "
+                    "(qkv's --config)",
+                    fmt);
+    if (meta(f, "model", &model, path, err, len)) return -1;
+    if (qkv_model_config_from_json(model, mc, why, sizeof why))
+        return fail(err, len, path, "metadata \"model\": %s", why);
+    return 0;
+}
+
+int qkv_weights_load(const char *path, const char *config_path, qkv_model *m,
+                     qkv_st_file *meta_out, char *err, size_t errlen) {
+    QKV_CHECK(m, "weights_load: NULL model");
+    memset(m, 0, sizeof *m);
+    if (meta_out) memset(meta_out, 0, sizeof *meta_out);
+    if (!path) path = "(null)";
+    qkv_st_file f;
+    qkv_st_error se;
+    if (qkv_st_read(path, &f, &se))
+        return fail(err, errlen, NULL, "%s", se.msg);
+    qkv_model_config mc;
+    cJSON *md = NULL;
+    int rc = config_path ? read_config_file(config_path, &mc, &md, err, errlen)
+                         : config_from_meta(&f, &mc, path, err, errlen);
+    if (!rc && !config_path) md = f.metadata, f.metadata = NULL;
+    qkv_model lm;
+    char why[300];
+    if (!rc && qkv_model_declare(&lm, &mc, why, sizeof why))
+        rc = fail(err, errlen, config_path ? config_path : path,
+                  "%s\"model\": %s", config_path ? "" : "metadata ", why);
+    else if (!rc) {
+        if (load_tensors(&f, &lm.params, 0, path, err, errlen) ||
+            check_finite(&f, path, err, errlen)) {
+            qkv_model_free(&lm);
+            rc = -1;
+        } else {
+            qkv_model_alloc(&lm, 0);
+            load_tensors(&f, &lm.params, 1, path, err, errlen); /* checked */
+            *m = lm;
+        }
+    }
+    qkv_st_free(&f);
+    if (!rc && meta_out)
+        meta_out->metadata = md;
+    else
+        cJSON_Delete(md);
     return rc;
 }

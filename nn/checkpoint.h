@@ -14,6 +14,11 @@
  *   "rng.NAME"    each RNG the caller names (e.g. "data"), same form
  *   "optim"       the optimiser config as JSON (only with an optimiser)
  *   "optim_step"  its update count, decimal (only with an optimiser)
+ *   "optim.params" the layout of optim.m / optim.v: a JSON array of
+ *                 [name, numel] of the parameters in buffer order (only with
+ *                 an optimiser; load refuses state laid out for other
+ *                 parameters; files from before it was written load as they
+ *                 did)
  *   ...           the caller's extra string pairs (vocabularies, command line)
  * u64s are decimal strings, never JSON numbers: those are doubles, exact only
  * to 2^53. Floats in the config JSON are written with the fewest digits that
@@ -45,7 +50,8 @@
 #include "optim.h"
 #include "safetensors.h"
 
-#define QKV_CKPT_FORMAT "qkv-checkpoint-1"
+#define QKV_CKPT_FORMAT    "qkv-checkpoint-1"
+#define QKV_WEIGHTS_FORMAT "qkv-weights-1"
 
 /* ---- checkpoints ---- */
 
@@ -86,5 +92,48 @@ int qkv_ckpt_load(const char *path, qkv_model *m, qkv_optim *opt, int64_t *step,
  * optimiser state in the file are ignored. */
 int qkv_ckpt_load_weights(const char *path, qkv_model *m, char *err,
                           size_t errlen);
+
+/* ---- weights only: exports, and files written by other programs ----
+ *
+ * A weights file is a safetensors file of the model's parameters under
+ * their dotted names and nothing else (no optimiser state, no RNGs), with
+ * metadata "format" = "qkv-weights-1", "model" = the config JSON, and the
+ * caller's pairs (qkv export adds "data": what encodes and decodes text).
+ * PyTorch writes the same with safetensors' save_file(tensors, path,
+ * metadata={"format": "qkv-weights-1", "model": json.dumps(cfg), ...}), or
+ * with no metadata at all and the config in a JSON file beside it:
+ *
+ *   {"model": {"kind": "encdec", "src_vocab": 11, ...}, "data": {...}}
+ *
+ * ("model": every field of qkv_model_config_to_json; other members are the
+ * caller's).
+ *
+ *   if (qkv_weights_save("w.safetensors", &m, NULL, NULL, 0, err, sizeof err))
+ *       die(err);
+ *   if (qkv_weights_load("torch.safetensors", "config.json", &m, &meta, err,
+ *                        sizeof err)) die(err);          // fresh m
+ */
+
+/* Writes m's parameters (registration order) and the metadata above plus
+ * n_extra pairs (keys other than "format" and "model"). Atomic. Returns 0,
+ * or -1 with one line naming path in err. */
+int qkv_weights_save(const char *path, const qkv_model *m,
+                     const char *const *keys, const char *const *values,
+                     int n_extra, char *err, size_t errlen);
+
+/* Builds *m from any file of qkv's weights by name: a checkpoint (its
+ * optimiser state and RNGs ignored), a weights file, or, with config_path,
+ * a safetensors file from anywhere (its own metadata then ignored) and the
+ * model config in the JSON file config_path. Refuses, with one line naming
+ * the file: no config (a file without qkv's "format" and no config_path), a
+ * config that does not parse or is out of range (the field named), a
+ * parameter missing, an extra tensor or a shape that differs (named), a
+ * weight that is NaN or infinite. meta_out (if non-NULL) receives the
+ * metadata the config came from: the file's, or config_path's top-level
+ * members as strings (non-strings as compact JSON text); read it with
+ * qkv_st_meta and free it with qkv_st_free. On failure *m and *meta_out
+ * are zeroed. */
+int qkv_weights_load(const char *path, const char *config_path, qkv_model *m,
+                     qkv_st_file *meta_out, char *err, size_t errlen);
 
 #endif

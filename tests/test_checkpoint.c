@@ -1074,6 +1074,228 @@ static void test_load_weights_shape_checks(void) {
 
 /* ------------------------------------------------------------ atomic saves */
 
+/* ------------------------------------------ optimiser layout, weights */
+
+/* dst = src with metadata key set to value (NULL: removed); the tensors
+ * as they are. */
+static void rewrite_meta(const char *src, const char *dst, const char *key,
+                         const char *value) {
+    qkv_st_file f;
+    qkv_st_error se;
+    QKV_CHECK(qkv_st_read(src, &f, &se) == 0, "%s", se.msg);
+    qkv_st_entry *e = qkv_malloc((size_t)f.count * sizeof *e, "entries");
+    for (int i = 0; i < f.count; i++) {
+        e[i] = (qkv_st_entry){
+            f.tensors[i].name, f.tensors[i].data, f.tensors[i].ndim, {0}};
+        memcpy(e[i].shape, f.tensors[i].shape, sizeof e[i].shape);
+    }
+    const char *k[64], *v[64];
+    int n = 0;
+    for (const cJSON *c = f.metadata ? f.metadata->child : NULL; c && n < 63;
+         c = c->next)
+        if (strcmp(c->string, key)) k[n] = c->string, v[n++] = c->valuestring;
+    if (value) k[n] = key, v[n++] = value;
+    QKV_CHECK(qkv_st_write(dst, e, f.count, k, v, n, &se) == 0, "%s", se.msg);
+    free(e);
+    qkv_st_free(&f);
+}
+
+/* The optimiser's buffers are laid out like the parameter buffer: the
+ * checkpoint names that layout ("optim.params", [name, numel] in buffer
+ * order) and load refuses state laid out for other parameters; a file from
+ * before the key existed still loads. */
+static void test_optimiser_layout(void) {
+    qkv_model_config mc = test_tiny_config(QKV_MODEL_ENCDEC, 11);
+    qkv_optim_config oc = qkv_optim_defaults(QKV_OPTIM_ADAM);
+    const char *p = test_path("layout.safetensors"),
+               *q = test_path("layout2.safetensors");
+    char err[400];
+    qkv_model a, b;
+    qkv_optim oa, ob;
+    test_tiny_model(&a, &mc, 1);
+    qkv_optim_init(&oa, &oc, &a.params);
+    fake_steps(&a, &oa, 2);
+    CHECK(qkv_ckpt_save(p, &a, &oa, 2, NULL, 0, NULL, NULL, 0, err,
+                        sizeof err) == 0,
+          "save: %s", err);
+    qkv_st_file f;
+    qkv_st_error se;
+    CHECK(qkv_st_read(p, &f, &se) == 0, "read: %s", se.msg);
+    cJSON *j = cJSON_Parse(qkv_st_meta(&f, "optim.params"));
+    CHECK(cJSON_GetArraySize(j) == a.params.count, "optim.params: %d entries",
+          cJSON_GetArraySize(j));
+    size_t off = 0;
+    for (int i = 0; i < a.params.count && i < cJSON_GetArraySize(j); i++) {
+        const qkv_tensor *t = a.params.list[i];
+        const cJSON *e = cJSON_GetArrayItem(j, i);
+        CHECK(!strcmp(cJSON_GetArrayItem(e, 0)->valuestring, t->name) &&
+                  cJSON_GetArrayItem(e, 1)->valuedouble == (double)t->n &&
+                  t->data == a.params.values + off,
+              "optim.params[%d] is not %s of %zu at offset %zu", i, t->name,
+              t->n, off);
+        off += t->n;
+    }
+    /* the same layout with two entries swapped: refused, one line */
+    cJSON *first = cJSON_DetachItemFromArray(j, 0);
+    cJSON_InsertItemInArray(j, 1, first);
+    char *swapped = cJSON_PrintUnformatted(j);
+    rewrite_meta(p, q, "optim.params", swapped);
+    int rc = qkv_ckpt_load(q, &b, &ob, NULL, NULL, 0, NULL, err, sizeof err);
+    CHECK(rc == -1 && strstr(err, "optim.params") &&
+              strstr(err, a.params.list[1]->name) && !strchr(err, '\n'),
+          "swapped layout: rc %d, %s", rc, err);
+    CHECK(b.params.values == NULL && ob.m == NULL, "refusal left a model");
+    rewrite_meta(p, q, "optim.params", "[[\"x\", 3]]");
+    rc = qkv_ckpt_load(q, &b, &ob, NULL, NULL, 0, NULL, err, sizeof err);
+    CHECK(rc == -1 && strstr(err, "optim.params"), "short layout: %s", err);
+    rewrite_meta(p, q, "optim.params", "{}");
+    rc = qkv_ckpt_load(q, &b, &ob, NULL, NULL, 0, NULL, err, sizeof err);
+    CHECK(rc == -1 && strstr(err, "not a JSON array"), "not an array: %s", err);
+    /* a checkpoint from before the key: loads, state intact */
+    rewrite_meta(p, q, "optim.params", NULL);
+    rc = qkv_ckpt_load(q, &b, &ob, NULL, NULL, 0, NULL, err, sizeof err);
+    CHECK(rc == 0, "old checkpoint refused: %s", err);
+    if (rc == 0) {
+        CHECK(same_params(&a, &b) &&
+                  memcmp(oa.m, ob.m, oa.n * sizeof *oa.m) == 0 &&
+                  memcmp(oa.v, ob.v, oa.n * sizeof *oa.v) == 0,
+              "old checkpoint: state differs");
+        qkv_optim_free(&ob);
+        qkv_model_free(&b);
+    }
+    /* the key is the checkpoint's own */
+    const char *k = "optim.params", *v = "[]";
+    CHECK(qkv_ckpt_save(q, &a, &oa, 2, NULL, 0, &k, &v, 1, err, sizeof err) ==
+                  -1 &&
+              strstr(err, "reserved"),
+          "extra key optim.params accepted: %s", err);
+    free(swapped);
+    cJSON_Delete(j);
+    qkv_st_free(&f);
+    qkv_optim_free(&oa);
+    qkv_model_free(&a);
+}
+
+/* Weights-only files: qkv_weights_save writes the parameters and config
+ * only; qkv_weights_load reads them, a checkpoint, or a file with no
+ * metadata plus a config JSON, bit for bit; bad configs and tensors are
+ * refused with one line. */
+static void test_weights_only(void) {
+    qkv_model_config mc = test_tiny_config(QKV_MODEL_DECODER, 13);
+    mc.norm = QKV_NORM_PRE, mc.pos = QKV_POS_LEARNED;
+    qkv_model a, b;
+    test_tiny_model(&a, &mc, 3);
+    char err[400];
+    const char *w = test_path("w.safetensors"), *bare = test_path("bare.st");
+    const char *k = "data", *v = "{\"task\": \"copy\"}";
+    CHECK(qkv_weights_save(w, &a, &k, &v, 1, err, sizeof err) == 0, "save: %s",
+          err);
+    qkv_st_file f, meta;
+    qkv_st_error se;
+    CHECK(qkv_st_read(w, &f, &se) == 0, "read: %s", se.msg);
+    CHECK(f.count == a.params.count && !qkv_st_find(&f, "optim.m") &&
+              !qkv_st_meta(&f, "rng.model") && !qkv_st_meta(&f, "step") &&
+              !strcmp(qkv_st_meta(&f, "format"), QKV_WEIGHTS_FORMAT) &&
+              !strcmp(qkv_st_meta(&f, "data"), v),
+          "weights file holds more or less than weights, config and data");
+    qkv_st_free(&f);
+    CHECK(qkv_weights_load(w, NULL, &b, &meta, err, sizeof err) == 0,
+          "load: %s", err);
+    CHECK(same_params(&a, &b) &&
+              !qkv_model_config_diff(&a.cfg, &b.cfg, 1, err, sizeof err),
+          "weights file: model differs");
+    CHECK(qkv_st_meta(&meta, "data") && !strcmp(qkv_st_meta(&meta, "data"), v),
+          "meta_out lacks data");
+    qkv_st_free(&meta);
+    qkv_model_free(&b);
+    /* a checkpoint reads the same way */
+    const char *ck = test_path("ck.safetensors");
+    CHECK(qkv_ckpt_save(ck, &a, NULL, 5, NULL, 0, NULL, NULL, 0, err,
+                        sizeof err) == 0 &&
+              qkv_weights_load(ck, NULL, &b, NULL, err, sizeof err) == 0 &&
+              same_params(&a, &b),
+          "checkpoint through weights_load: %s", err);
+    qkv_model_free(&b);
+    /* no metadata (as PyTorch's save_file) + a config JSON */
+    CHECK(qkv_st_write_params(bare, &a.params, NULL, NULL, 0, &se) == 0, "%s",
+          se.msg);
+    char *model = qkv_model_config_to_json(&a.cfg), text[4096];
+    snprintf(text, sizeof text, "{\"model\": %s, \"data\": {\"x\": [1, 2]}}",
+             model);
+    const char *cj = test_path("config.json");
+    write_bytes(cj, text, strlen(text));
+    CHECK(qkv_weights_load(bare, cj, &b, &meta, err, sizeof err) == 0,
+          "bare + config: %s", err);
+    CHECK(same_params(&a, &b), "bare + config: weights differ");
+    CHECK(qkv_st_meta(&meta, "data") &&
+              !strcmp(qkv_st_meta(&meta, "data"), "{\"x\":[1,2]}"),
+          "config's data: %s", qkv_st_meta(&meta, "data"));
+    qkv_st_free(&meta);
+    qkv_model_free(&b);
+    int rc = qkv_weights_load(bare, NULL, &b, NULL, err, sizeof err);
+    CHECK(rc == -1 && strstr(err, "bare.st") && strstr(err, "--config"),
+          "bare without a config: %s", err);
+    /* bad configs: each refused with one line naming the file and fault */
+    static const struct {
+        const char *json, *want;
+    } bad[] = {
+        {"{\"model\": ", "not a JSON object"},
+        {"[1, 2]", "not a JSON object"},
+        {"{\"data\": {}}", "no \"model\""},
+        {"{\"model\": {\"kind\": \"decoder\"}}", "\"model\":"},
+        {NULL, "shape mismatch"}, /* d_model 34: the tensors' shapes differ */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        if (bad[i].json)
+            snprintf(text, sizeof text, "%s", bad[i].json);
+        else {
+            char *edited = qkv_strdup(model, "config");
+            char *d = strstr(edited, "\"d_model\":") + 10;
+            d[0] = '3', d[1] = '4'; /* 32 -> 34: heads 2 still divide it */
+            snprintf(text, sizeof text, "{\"model\": %s}", edited);
+            free(edited);
+        }
+        write_bytes(cj, text, strlen(text));
+        rc = qkv_weights_load(bare, cj, &b, NULL, err, sizeof err);
+        CHECK(rc == -1 && strstr(err, bad[i].want) && !strchr(err, '\n') &&
+                  b.params.values == NULL,
+              "bad config %zu: rc %d, %s", i, rc, err);
+    }
+    /* tensors: one missing, one extra, one of another shape */
+    snprintf(text, sizeof text, "{\"model\": %s}", model);
+    write_bytes(cj, text, strlen(text));
+    qkv_st_entry e[64];
+    int n = a.params.count < 63 ? a.params.count : 63;
+    for (int i = 0; i < n; i++) {
+        const qkv_tensor *t = a.params.list[i];
+        e[i] = (qkv_st_entry){t->name, t->data, t->ndim, {0}};
+        memcpy(e[i].shape, t->shape, sizeof e[i].shape);
+    }
+    const char *shape_name = e[1].name;
+    const struct {
+        int drop, extra, reshape;
+        const char *want;
+    } cases[] = {
+        {1, 0, 0, e[0].name}, {0, 1, 0, "surplus"}, {0, 0, 1, shape_name}};
+    for (int c = 0; c < 3; c++) {
+        qkv_st_entry g[64];
+        memcpy(g, e, sizeof g);
+        int m = n;
+        if (cases[c].drop) g[0] = g[--m];
+        if (cases[c].extra)
+            g[m++] = (qkv_st_entry){"surplus", a.params.values, 1, {2}};
+        if (cases[c].reshape) g[1].shape[0] -= 1; /* fewer rows, same data */
+        QKV_CHECK(qkv_st_write(bare, g, m, NULL, NULL, 0, &se) == 0, "%s",
+                  se.msg);
+        rc = qkv_weights_load(bare, cj, &b, NULL, err, sizeof err);
+        CHECK(rc == -1 && strstr(err, cases[c].want) && !strchr(err, '\n') &&
+                  b.params.values == NULL,
+              "tensor case %d: rc %d, %s", c, rc, err);
+    }
+    free(model);
+    qkv_model_free(&a);
+}
+
 static void test_atomic_save(void) {
     const char *p = test_path("atomic.safetensors");
     char err[400];
@@ -1230,6 +1452,8 @@ int main(void) {
     RUN(test_refuse_foreign_and_garbage);
     RUN(test_refuse_bad_contents);
     RUN(test_load_weights_shape_checks);
+    RUN(test_optimiser_layout);
+    RUN(test_weights_only);
     RUN(test_atomic_save);
     RUN(test_timing);
     RUN(test_cleanup);

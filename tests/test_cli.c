@@ -487,7 +487,7 @@ static void test_train_plot(void) {
     }
     CHECK(memcmp(sig, "\x89PNG\r\n\x1a\n", 8) == 0 && size > 5000,
           "no real %s (%ld bytes)", path, size);
-    snprintf(path, sizeof path, "%s/plot/loss.gp", dir);
+    snprintf(path, sizeof path, "%s/plot/loss.png.gp", dir);
     CHECK(access(path, R_OK) == 0, "no %s", path);
     /* no gnuplot on the PATH: one line, exit 0, the whole log */
     char empty[300];

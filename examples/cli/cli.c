@@ -702,26 +702,144 @@ void cli_detokenize(const cli_data *d, const int32_t *ids, int n, char **text,
     }
 }
 
-/* The model and its data description from a checkpoint written by qkv
- * train; any problem ends the program with one line. */
-void cli_load_model(const char *cmd, const char *path, qkv_model *m,
-                    cli_data *d) {
+char *cli_data_json(const cli_data *d) {
+    cJSON *o = cJSON_CreateObject();
+    if (!d->corpus) {
+        static const char *const kinds[] = {"copy", "reverse", "sort"};
+        QKV_CHECK((unsigned)d->task.kind < 3, "cli_data_json: task kind %d",
+                  (int)d->task.kind);
+        cJSON_AddStringToObject(o, "task", kinds[d->task.kind]);
+        cJSON_AddNumberToObject(o, "vocab", d->task.vocab);
+        cJSON_AddNumberToObject(o, "min-len", d->task.min_len);
+        cJSON_AddNumberToObject(o, "max-len", d->task.max_len);
+    }
+    const char *keys[8];
+    char *vals[8];
+    int n = cli_data_meta(d, keys, vals);
+    for (int i = 0; i < n; i++) { /* a vocabulary as an array, not text */
+        cJSON *v = cJSON_Parse(vals[i]);
+        if (!cJSON_IsArray(v) && !cJSON_IsObject(v)) {
+            cJSON_Delete(v);
+            v = cJSON_CreateString(vals[i]);
+        }
+        cJSON_AddItemToObject(o, keys[i], v);
+        free(vals[i]);
+    }
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    QKV_CHECK(s, "out of memory writing the data description");
+    return s;
+}
+
+/* The metadata a checkpoint holds for its data, from a "data" description
+ * (cli_data_json): "cli" with the settings cli_data_from_meta reads, and
+ * the data's other members as strings. So one reader serves both. */
+static cJSON *data_meta_from_json(const char *json, int decoder_only) {
+    cJSON *dj = cJSON_Parse(json), *md = cJSON_CreateObject();
+    cJSON *cli = cJSON_AddObjectToObject(md, "cli");
+    cJSON_AddStringToObject(cli, "model", decoder_only ? "decoder" : "encdec");
+    int corpus = cJSON_GetObjectItemCaseSensitive(dj, "tok") != NULL;
+    cJSON_AddStringToObject(cli, "data", corpus ? "(exported)" : "");
+    for (const cJSON *c = cJSON_IsObject(dj) ? dj->child : NULL; c;
+         c = c->next) {
+        int setting =
+            !strcmp(c->string, "task") || !strcmp(c->string, "vocab") ||
+            !strcmp(c->string, "min-len") || !strcmp(c->string, "max-len");
+        if (setting) {
+            cJSON_AddItemToObject(cli, c->string, cJSON_Duplicate(c, 1));
+            continue;
+        }
+        char *t = cJSON_IsString(c) ? NULL : cJSON_PrintUnformatted(c);
+        cJSON_AddStringToObject(md, c->string, t ? t : c->valuestring);
+        free(t);
+    }
+    char *t = cJSON_PrintUnformatted(cli); /* metadata values are strings */
+    cJSON_ReplaceItemInObjectCaseSensitive(md, "cli", cJSON_CreateString(t));
+    free(t);
+    cJSON_Delete(dj);
+    return md;
+}
+
+/* d from the metadata a model file or --config gave: a checkpoint's
+ * settings and vocabularies, or an export's (or a config's) "data". */
+static int data_from_any_meta(cli_data *d, const qkv_st_file *meta,
+                              int decoder_only, char *err, size_t errlen) {
+    const char *data = qkv_st_meta(meta, "data"),
+               *fmt = qkv_st_meta(meta, "format");
+    if (qkv_st_meta(meta, "cli") || (fmt && !strcmp(fmt, QKV_CKPT_FORMAT)))
+        return cli_data_from_meta(d, meta, err, errlen);
+    cJSON *j = data ? cJSON_Parse(data) : NULL;
+    int ok = cJSON_IsObject(j);
+    cJSON_Delete(j);
+    if (!ok) {
+        memset(d, 0, sizeof *d);
+        snprintf(err, errlen,
+                 "\"data\" is %s: it holds the task (\"task\", \"vocab\", "
+                 "\"min-len\", \"max-len\") or the tokenizer (\"tok\", "
+                 "\"vocab.src\", \"vocab.tgt\"), as qkv export --json writes "
+                 "it",
+                 data ? "not a JSON object" : "missing");
+        return -1;
+    }
+    qkv_st_file dm = {0};
+    dm.metadata = data_meta_from_json(data, decoder_only);
+    int rc = cli_data_from_meta(d, &dm, err, errlen);
+    qkv_st_free(&dm);
+    return rc;
+}
+
+void cli_open_model(const char *cmd, const char *path, const char *config,
+                    qkv_model *m, cli_data *d) {
     char err[512];
     qkv_st_file meta;
-    if (!*path) cli_die("%s: --ckpt is required (a file qkv train wrote)", cmd);
-    if (qkv_ckpt_load(path, m, NULL, NULL, NULL, 0, &meta, err, sizeof err))
-        cli_die("%s: --ckpt: %s", cmd, err);
-    if (cli_data_from_meta(d, &meta, err, sizeof err))
-        cli_die("%s: --ckpt: %s: %s", cmd, path, err);
+    int cfg = config && *config;
+    if (!*path)
+        cli_die("%s: --ckpt is required (a checkpoint qkv train wrote, a file "
+                "qkv export wrote, or weights with --config)",
+                cmd);
+    /* the library's line names the file at fault: the weights or config */
+    if (qkv_weights_load(path, cfg ? config : NULL, m, &meta, err, sizeof err))
+        cli_die("%s: %s%s", cmd, cfg ? "" : "--ckpt: ", err);
+    int decoder = m->cfg.kind == QKV_MODEL_DECODER;
+    if (data_from_any_meta(d, &meta, decoder, err, sizeof err))
+        cli_die("%s: %s: %s: %s", cmd, cfg ? "--config" : "--ckpt",
+                cfg ? config : path, err);
     qkv_st_free(&meta);
     int sv = d->corpus ? d->sv.size : d->task.vocab;
     int tv = d->corpus ? d->tv.size : d->task.vocab;
-    int decoder = m->cfg.kind == QKV_MODEL_DECODER;
     if ((!decoder && m->cfg.src_vocab != sv) || m->cfg.tgt_vocab != tv ||
         decoder != d->decoder_only)
-        cli_die("%s: --ckpt: %s: the stored vocabularies (%d, %d) do not fit "
+        cli_die("%s: %s: %s: the stored vocabularies (%d, %d) do not fit "
                 "the model (%d, %d)",
-                cmd, path, sv, tv, m->cfg.src_vocab, m->cfg.tgt_vocab);
+                cmd, cfg ? "--config" : "--ckpt", cfg ? config : path, sv, tv,
+                m->cfg.src_vocab, m->cfg.tgt_vocab);
+}
+
+void cli_load_model(const char *cmd, const char *path, qkv_model *m,
+                    cli_data *d) {
+    cli_open_model(cmd, path, NULL, m, d);
+}
+
+int cli_unknown_tokens(const cli_data *d, const char *s, char *names,
+                       size_t cap) {
+    int n = 0;
+    size_t pos = 0, start, len, used = 0;
+    if (cap) names[0] = 0;
+    if (!d->corpus || (d->tok != QKV_TOK_WORD && d->tok != QKV_TOK_CHAR))
+        return 0;
+    while (qkv_token_next(d->tok, s, &pos, &start, &len)) {
+        if (qkv_vocab_find(&d->sv, s + start, len) != QKV_UNK ||
+            (len == 5 && !strncmp(s + start, "<unk>", 5)))
+            continue;
+        if (n++ < 3 && used < cap) {
+            int k = snprintf(names + used, cap - used, "%s'%.*s'",
+                             n > 1 ? ", " : "", (int)(len < 40 ? len : 40),
+                             s + start);
+            used += k > 0 ? (size_t)k : 0;
+        }
+    }
+    if (n > 3 && used < cap) snprintf(names + used, cap - used, ", ...");
+    return n;
 }
 
 int cli_encode_input(const cli_data *d, const char *s, int32_t **ids, int *cap,

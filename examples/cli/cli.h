@@ -219,11 +219,29 @@ int cli_data_from_meta(cli_data *d, const qkv_st_file *meta, char *err,
 void cli_detokenize(const cli_data *d, const int32_t *ids, int n, char **text,
                     size_t *cap);
 
-/* Loads the checkpoint at path (written by qkv train): builds *m and *d
- * (free with qkv_model_free and cli_data_free). Any problem ends the
- * program with one line naming the file ("qkv: CMD: --ckpt: ..."). */
+/* Loads the model at path: a checkpoint qkv train wrote, a weights file
+ * qkv export wrote, or (with config, a JSON file {"model": {...}, "data":
+ * {...}}: see nn/checkpoint.h and cli_data_json) a safetensors file of
+ * qkv's parameter names from anywhere (PyTorch). Builds *m and *d (free
+ * with qkv_model_free and cli_data_free). config NULL or "": the file's own
+ * metadata. Any problem ends the program with one line naming the file
+ * ("qkv: CMD: --ckpt: ..." or "qkv: CMD: --config: ..."). */
+void cli_open_model(const char *cmd, const char *path, const char *config,
+                    qkv_model *m, cli_data *d);
+/* cli_open_model without a config. */
 void cli_load_model(const char *cmd, const char *path, qkv_model *m,
                     cli_data *d);
+/* What an export or a config stores as "data": d's task settings ("task",
+ * "vocab", "min-len", "max-len") or its tokenizer pairs (cli_data_meta:
+ * "tok", "vocab.src", "vocab.tgt", vocabularies as JSON arrays), as one
+ * JSON object (malloc'd). */
+char *cli_data_json(const cli_data *d);
+/* How many tokens of the input s the source vocabulary lacks (they encode
+ * as <unk>); names (cap bytes) gets the first three, quoted and
+ * comma-separated ("'Dog', 'zebra'", ", ..." when there are more). 0 for a
+ * task model. */
+int cli_unknown_tokens(const cli_data *d, const char *s, char *names,
+                       size_t cap);
 
 /* Token ids of one input line: text through the source vocabulary, or, for
  * a task model, symbols written as numbers ("3 4 5"). *ids (malloc'd, *cap

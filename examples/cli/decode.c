@@ -3,11 +3,13 @@
  *   qkv decode --ckpt runs/dates/ckpt.safetensors "3 March 2001"
  *   echo "we see a dog ." | qkv decode --ckpt runs/grammar/ckpt.safetensors
  *   qkv decode --ckpt runs/copy/ckpt.safetensors --beam 4 "3 9 4 4 10"
+ *   qkv decode --ckpt torch.safetensors --config model.json "3 9 4 4 10"
  *
  * Each argument (or, with none, each line of stdin) is one input: an
  * encoder-decoder translates it (greedy, or beam search with --beam), a
  * decoder-only model continues it (greedy, or sampling with --temp and
- * --top-k). One output line per input.
+ * --top-k). One output line per input. Input tokens the vocabulary lacks
+ * become <unk>, and a warning on stderr names them, once per input.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +17,7 @@
 #include "cli.h"
 
 typedef struct decode_opts {
-    const char *ckpt;
+    const char *ckpt, *config;
     int beam, max_out, top_k, seed, threads;
     float alpha, temp;
 } decode_opts;
@@ -39,8 +41,10 @@ enum { MAX_INPUTS = 64 };
 static void parse(decode_opts *o, int argc, char **argv, const char **inputs,
                   int *n_in) {
     const flag flags[] = {
-        {"ckpt", FLAG_STR, &o->ckpt, NULL, "checkpoint written by qkv train", 0,
-         0},
+        {"ckpt", FLAG_STR, &o->ckpt, NULL,
+         "checkpoint written by qkv train, or weights (qkv export)", 0, 0},
+        {"config", FLAG_STR, &o->config, NULL,
+         "model config JSON for weights written elsewhere (PyTorch)", 0, 0},
         {"beam", FLAG_INT, &o->beam, NULL,
          "beam width (1: greedy; encoder-decoder only)", 1, 256},
         {"alpha", FLAG_FLOAT, &o->alpha, NULL, "beam length penalty (GNMT)", 0,
@@ -67,7 +71,7 @@ static void parse(decode_opts *o, int argc, char **argv, const char **inputs,
 
 /* The model and what goes with it; flags that do not fit it are refused. */
 static void open_decoder(decoder *x) {
-    cli_load_model("decode", x->o.ckpt, &x->m, &x->d);
+    cli_open_model("decode", x->o.ckpt, x->o.config, &x->m, &x->d);
     if (x->o.beam > 1 && x->d.decoder_only)
         cli_die("decode: --beam needs an encoder-decoder model (use --temp "
                 "and --top-k to sample)");
@@ -95,6 +99,17 @@ static const char *next_input(const char **inputs, int n_in, int k, char **line,
     while (len > 0 && ((*line)[len - 1] == '\n' || (*line)[len - 1] == '\r'))
         (*line)[--len] = 0;
     return *line;
+}
+
+/* One line on stderr when input k has tokens the vocabulary lacks: they
+ * are decoded as <unk>, which a user should not have to guess. */
+static void warn_unknown(const decoder *x, int k, const char *s) {
+    char names[256];
+    int n = cli_unknown_tokens(&x->d, s, names, sizeof names);
+    if (n)
+        cli_warn("decode: input %d: %d token%s not in the vocabulary became "
+                 "<unk>: %s",
+                 k + 1, n, n > 1 ? "s" : "", names);
 }
 
 /* Decodes the n ids of input k into x->out; returns the output's room L. */
@@ -145,7 +160,7 @@ int cmd_decode(int argc, char **argv) {
     static decoder dx;
     decoder *x = &dx;
     memset(x, 0, sizeof *x);
-    x->o = (decode_opts){"", 1, 0, 0, 1, 0, 0.6f, 0.0f};
+    x->o = (decode_opts){"", "", 1, 0, 0, 1, 0, 0.6f, 0.0f};
     const char *inputs[MAX_INPUTS], *s;
     int n_in = 0;
     parse(&x->o, argc, argv, inputs, &n_in);
@@ -156,6 +171,7 @@ int cmd_decode(int argc, char **argv) {
         int n = 0;
         if (cli_encode_input(&x->d, s, &x->ids, &x->cap, &n, err, sizeof err))
             cli_die("decode: input %d: %s", k + 1, err);
+        warn_unknown(x, k, s);
         if (n == 0) { /* nothing to translate */
             printf("\n");
             continue;

@@ -4,6 +4,7 @@
  *            --data data/corpora/dates/test.tsv [--beam 4] [--show 5] \
  *            [--hyp runs/dates/test.hyp]
  *   qkv eval --ckpt runs/copy/ckpt.safetensors --size 1000
+ *   qkv eval --ckpt torch.safetensors --config model.json --size 1000
  *
  * A corpus model is scored on the pairs of --data, in file order; a task
  * model on --size fresh sequences of its task. The figures come from the
@@ -24,7 +25,7 @@
 #include "eval.h"
 
 typedef struct eval_opts {
-    const char *ckpt, *data, *hyp;
+    const char *ckpt, *config, *data, *hyp;
     int beam, batch_tokens, size, seed, threads, show;
     float alpha;
 } eval_opts;
@@ -46,8 +47,10 @@ typedef struct evaluator {
 
 static void parse(eval_opts *o, int argc, char **argv) {
     const flag flags[] = {
-        {"ckpt", FLAG_STR, &o->ckpt, NULL, "checkpoint written by qkv train", 0,
-         0},
+        {"ckpt", FLAG_STR, &o->ckpt, NULL,
+         "checkpoint written by qkv train, or weights (qkv export)", 0, 0},
+        {"config", FLAG_STR, &o->config, NULL,
+         "model config JSON for weights written elsewhere (PyTorch)", 0, 0},
         {"data", FLAG_STR, &o->data, NULL,
          "test corpus, TSV (a task model draws fresh sequences instead)", 0, 0},
         {"beam", FLAG_INT, &o->beam, NULL,
@@ -92,7 +95,7 @@ static size_t detok(const void *ctx, const int32_t *ids, int n, char *out,
 
 /* The model, and the flags that must fit it. */
 static void open_model(evaluator *e) {
-    cli_load_model("eval", e->o.ckpt, &e->m, &e->d);
+    cli_open_model("eval", e->o.ckpt, e->o.config, &e->m, &e->d);
     if (e->o.beam > 1 && e->d.decoder_only)
         cli_die("eval: --beam needs an encoder-decoder model");
     if (e->d.corpus && !*e->o.data)
@@ -267,7 +270,7 @@ int cmd_eval(int argc, char **argv) {
     static evaluator ev;
     evaluator *e = &ev;
     memset(e, 0, sizeof *e);
-    e->o = (eval_opts){"", "", "", 1, 4096, 1000, 7, 0, 0, 0.6f};
+    e->o = (eval_opts){"", "", "", "", 1, 4096, 1000, 7, 0, 0, 0.6f};
     parse(&e->o, argc, argv);
     if (*e->o.hyp) check_hyp(&e->o);
     open_model(e);

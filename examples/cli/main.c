@@ -22,6 +22,7 @@ int cmd_sweep(int argc, char **argv);
 int cmd_attn(int argc, char **argv);
 int cmd_explain(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 static const struct {
     const char *name;
@@ -38,6 +39,8 @@ static const struct {
     {"attn", cmd_attn, "heatmaps of every attention layer and head"},
     {"explain", cmd_explain, "attention step by step on a tiny example"},
     {"generate", cmd_generate, "sample text from a language model (--text)"},
+    {"export", cmd_export,
+     "a checkpoint's weights and config only, for PyTorch and other tools"},
 };
 
 static void usage(FILE *f) {
