@@ -338,6 +338,36 @@ static void test_cli_train_and_generate(void) {
           "resumed weights differ");
     qkv_model_free(&m1);
     qkv_model_free(&m2);
+    /* qkv eval --text scores a text as training's validation does: on a
+     * --valid-text of exactly 16 windows (--eval-size 16), the run's last
+     * val_loss (to the batching's rounding) */
+    snprintf(cmd, sizeof cmd, "head -c 513 %s > %s", shipped,
+             test_path("v16.txt"));
+    CHECK(test_shell(cmd, out, sizeof out) == 0, "%s", out);
+    snprintf(cmd, sizeof cmd,
+             "--steps 20 --eval-every 20 --quiet --valid-text %s",
+             test_path("v16.txt"));
+    CHECK(run(tiny("ev", cmd), out, sizeof out) == 0, "train: %s", out);
+    snprintf(cmd, sizeof cmd, "tail -n 1 %s | cut -d, -f6",
+             test_path("ev/log.csv"));
+    CHECK(test_shell(cmd, out, sizeof out) == 0, "%s", out);
+    double logged = atof(out);
+    snprintf(cmd, sizeof cmd, "eval --ckpt %s --text %s",
+             test_path("ev/ckpt.safetensors"), test_path("v16.txt"));
+    CHECK(run(cmd, a, sizeof a) == 0 && strstr(a, "16 windows of 32 tokens") &&
+              strstr(a, "perplexity"),
+          "eval --text: %s", a);
+    const char *l = strstr(a, "loss ");
+    CHECK(l && fabs(atof(l + 5) - logged) < 1e-5 * logged,
+          "eval --text: %s; the run's val_loss %.6f", a, logged);
+    snprintf(cmd, sizeof cmd, "eval --ckpt %s",
+             test_path("lm/ckpt.safetensors"));
+    CHECK(run(cmd, a, sizeof a) == 2 && strstr(a, "--text is required"),
+          "eval without --text: %s", a);
+    snprintf(cmd, sizeof cmd, "decode --ckpt %s abc",
+             test_path("lm/ckpt.safetensors"));
+    CHECK(run(cmd, a, sizeof a) == 2 && strstr(a, "qkv generate"),
+          "decode of a text model: %s", a);
     /* config.json records the text flags */
     snprintf(cmd, sizeof cmd, "grep -c '\"text\":\\|\"block\":\\s*32' %s",
              test_path("lm/config.json"));

@@ -72,6 +72,10 @@ static void parse(decode_opts *o, int argc, char **argv, const char **inputs,
 /* The model and what goes with it; flags that do not fit it are refused. */
 static void open_decoder(decoder *x) {
     cli_open_model("decode", x->o.ckpt, x->o.config, &x->m, &x->d);
+    if (x->d.text)
+        cli_die("decode: %s is a language model of a text: continue a prompt "
+                "with qkv generate --ckpt %s --prompt TEXT",
+                x->o.ckpt, x->o.ckpt);
     if (x->o.beam > 1 && x->d.decoder_only)
         cli_die("decode: --beam needs an encoder-decoder model (use --temp "
                 "and --top-k to sample)");

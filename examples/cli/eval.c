@@ -23,9 +23,10 @@
 
 #include "cli.h"
 #include "eval.h"
+#include "text.h"
 
 typedef struct eval_opts {
-    const char *ckpt, *config, *data, *hyp;
+    const char *ckpt, *config, *data, *hyp, *text;
     int beam, batch_tokens, size, seed, threads, show;
     float alpha;
 } eval_opts;
@@ -66,6 +67,10 @@ static void parse(eval_opts *o, int argc, char **argv) {
          "print the first N pairs with their outputs", 0, INT_MAX},
         {"hyp", FLAG_STR, &o->hyp, NULL,
          "write the detokenized outputs to FILE, one a line", 0, 0},
+        {"text", FLAG_STR, &o->text, NULL,
+         "a language model (qkv train --text): the text to score, in "
+         "consecutive windows of the model's positions",
+         0, 0},
         {"threads", FLAG_INT, &o->threads, NULL,
          "OpenMP threads (0: the free cores, following the load)", 0,
          cli_max_threads()},
@@ -98,7 +103,16 @@ static void open_model(evaluator *e) {
     cli_open_model("eval", e->o.ckpt, e->o.config, &e->m, &e->d);
     if (e->o.beam > 1 && e->d.decoder_only)
         cli_die("eval: --beam needs an encoder-decoder model");
-    if (e->d.corpus && !*e->o.data)
+    if (e->d.text != (*e->o.text != 0))
+        cli_die(e->d.text ? "eval: --text is required: %s is a language model "
+                            "of a text (qkv train --text)"
+                          : "eval: --text: %s is not a language model of a "
+                            "text (give --data, or nothing for a task)",
+                e->o.ckpt);
+    if (e->d.text && (*e->o.hyp || e->o.show))
+        cli_die("eval: --hyp and --show decode; a language model's text is "
+                "scored, not decoded (use qkv generate)");
+    if (e->d.corpus && !e->d.text && !*e->o.data)
         cli_die("eval: --data is required: %s was trained on a corpus",
                 e->o.ckpt);
     if (!e->d.corpus && *e->o.data)
@@ -251,6 +265,41 @@ static void eval_corpus(evaluator *e) {
     qkv_corpus_free(&c);
 }
 
+/* A language model of a text: the loss, perplexity and token accuracy of
+ * --text in consecutive windows of the model's positions, as training's
+ * validation scores its held-out text. */
+static void eval_text(evaluator *e) {
+    char err[600];
+    qkv_text t;
+    if (qkv_text_load(e->o.text, &t, err, sizeof err))
+        cli_die("eval: --text: %s", err);
+    qkv_text_ids x;
+    qkv_text_encode(&x, &e->d.sv, e->d.tok, t.s, t.n);
+    int block = e->m.cfg.max_len;
+    int B = e->o.batch_tokens / block > 0 ? e->o.batch_tokens / block : 1;
+    cli_check_forward_memory("eval", &e->m, B, 0, block, "--batch-tokens");
+    qkv_source *src = qkv_text_source(&x, B, block, 0, 1, 0, err, sizeof err);
+    if (!src) cli_die("eval: --text: %s: %s", e->o.text, err);
+    if (x.n_unk)
+        cli_warn("eval: --text: %lld tokens of %s are not in the model's "
+                 "vocabulary (scored as <unk>)",
+                 (long long)x.n_unk, e->o.text);
+    const qkv_batch *b;
+    long windows = 0;
+    while ((b = qkv_source_next(src))) {
+        qkv_eval_batch(&e->m, &e->g, b, &e->eo, 0, &e->s, NULL);
+        windows += b->B;
+    }
+    double loss = qkv_scores_loss(&e->s);
+    printf("%s: %ld windows of %d tokens\nloss %.6f  perplexity %.4f  token "
+           "accuracy %.2f%%\n",
+           e->o.text, windows, block, loss, exp(loss),
+           100.0 * qkv_scores_accuracy(&e->s));
+    qkv_source_free(src);
+    qkv_text_ids_free(&x);
+    qkv_text_free(&t);
+}
+
 /* --hyp: refused before the work if it names an input or its directory
  * cannot be written. */
 static void check_hyp(const eval_opts *o) {
@@ -270,10 +319,17 @@ int cmd_eval(int argc, char **argv) {
     static evaluator ev;
     evaluator *e = &ev;
     memset(e, 0, sizeof *e);
-    e->o = (eval_opts){"", "", "", "", 1, 4096, 1000, 7, 0, 0, 0.6f};
+    e->o = (eval_opts){"", "", "", "", "", 1, 4096, 1000, 7, 0, 0, 0.6f};
     parse(&e->o, argc, argv);
     if (*e->o.hyp) check_hyp(&e->o);
     open_model(e);
+    if (e->d.text) {
+        eval_text(e);
+        qkv_graph_free(&e->g);
+        cli_data_free(&e->d);
+        qkv_model_free(&e->m);
+        return 0;
+    }
     if (e->d.corpus)
         eval_corpus(e);
     else
