@@ -307,18 +307,46 @@ static void test_cli_train_eval_decode(void) {
     CHECK(test_rmtree(dir) == 0, "cannot remove %s", dir);
 }
 
-int main(void) {
+/* Misuse: QKV_TOK_SPM with a word vocabulary (no model), and asking
+ * qkv_token_next for SentencePiece tokens, which are not substrings. */
+static void spm_without_model(void) {
+    qkv_vocab v;
+    qkv_vocab_build(&v, &grammar, QKV_SIDE_SRC, QKV_TOK_WORD, 1);
+    qkv_encode(&v, QKV_TOK_SPM, "we see", NULL, 0);
+}
+static void spm_token_next(void) {
+    size_t pos = 0, start, len;
+    qkv_token_next(QKV_TOK_SPM, "we see", &pos, &start, &len);
+}
+static void spm_vocab_build(void) {
+    qkv_vocab v;
+    qkv_vocab_build(&v, &grammar, QKV_SIDE_SRC, QKV_TOK_SPM, 1);
+}
+static const test_misuse misuse[] = {
+    {"spm_without_model", spm_without_model, {"no SentencePiece model"}},
+    {"spm_token_next", spm_token_next, {"not substrings"}},
+    {"spm_vocab_build", spm_vocab_build, {"qkv_vocab_train_spm"}},
+};
+#define N_MISUSE ((int)(sizeof misuse / sizeof *misuse))
+
+static void test_misuse_is_one_line(void) {
+    test_misuse_all(misuse, N_MISUSE);
+}
+
+int main(int argc, char **argv) {
     test_prog = "spm";
     test_qkv_path(qkv, sizeof qkv);
     if (load("grammar", &all_grammar) || load("dates", &all_dates)) return 1;
     grammar = all_grammar, dates = all_dates;
     grammar.n = dates.n = N_PAIRS;
+    if (test_die(argc, argv, misuse, N_MISUSE)) return 0;
     RUN(test_training_is_deterministic);
     RUN(test_special_ids);
     RUN(test_round_trip);
     RUN(test_pairs_and_detokenize);
     RUN(test_bad_models_refused);
     RUN(test_cli_train_eval_decode);
+    RUN(test_misuse_is_one_line);
     qkv_corpus_free(&all_grammar);
     qkv_corpus_free(&all_dates);
     return test_summary();
