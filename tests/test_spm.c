@@ -259,12 +259,21 @@ static void test_cli_train_eval_decode(void) {
     snprintf(cmd, sizeof cmd, "head -n %d %s/train.tsv > %s/train.tsv", N_PAIRS,
              g, dir);
     CHECK(test_shell(cmd, out, sizeof out) == 0, "%s: %s", cmd, out);
+    /* 20 steps, then --resume to 40, against 40 straight (a constant rate:
+     * the schedule does not depend on --steps) */
+    const char *flags =
+        "--tok spm --spm-vocab 120 --spm-type bpe --eval-every 20 "
+        "--eval-size 100 --d-model 32 --d-ff 64 --h 2 --N 1 --schedule const "
+        "--warmup 0 --dropout 0.1 --quiet";
     snprintf(cmd, sizeof cmd,
-             "train --data %s/train.tsv --valid %s/valid.tsv --tok spm "
-             "--spm-vocab 120 --spm-type bpe --steps 40 --eval-every 20 "
-             "--eval-size 100 --d-model 32 --d-ff 64 --h 2 --N 1 --quiet "
+             "train --data %s/train.tsv --valid %s/valid.tsv %s --steps 40 "
+             "--out %s/straight",
+             dir, g, flags, dir);
+    CHECK(test_qkv(qkv, cmd, out, sizeof out) == 0, "train: %s", out);
+    snprintf(cmd, sizeof cmd,
+             "train --data %s/train.tsv --valid %s/valid.tsv %s --steps 20 "
              "--out %s/run",
-             dir, g, dir);
+             dir, g, flags, dir);
     CHECK(test_qkv(qkv, cmd, out, sizeof out) == 0, "train: %s", out);
     snprintf(cmd, sizeof cmd,
              "mkdir %s/only && cp %s/run/ckpt.safetensors %s/only/", dir, dir,
@@ -290,8 +299,14 @@ static void test_cli_train_eval_decode(void) {
     CHECK(qkv_vocab_load_spm(&v, path, err, sizeof err) == 0 && v.size == 120,
           "%s: %s", path, err);
     qkv_vocab_free(&v);
-    snprintf(cmd, sizeof cmd, "train --resume %s/run --steps 50 --quiet", dir);
+    snprintf(cmd, sizeof cmd, "train --resume %s/run --steps 40", dir);
     CHECK(test_qkv(qkv, cmd, out, sizeof out) == 0, "resume: %s", out);
+    snprintf(cmd, sizeof cmd,
+             "bash -c 'cmp -s <(cut -d, -f1,2,4- %s/straight/log.csv) "
+             "<(cut -d, -f1,2,4- %s/run/log.csv)'",
+             dir, dir);
+    CHECK(test_shell(cmd, out, sizeof out) == 0,
+          "the resumed log differs from the straight run's");
     snprintf(cmd, sizeof cmd, "train --data %s/train.tsv --spm-vocab 100", dir);
     CHECK(test_qkv(qkv, cmd, out, sizeof out) == 2 && test_one_line(out) &&
               strstr(out, "--spm-vocab needs --tok spm"),
