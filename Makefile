@@ -14,7 +14,7 @@
 #   make SAN=1 ...     AddressSanitizer + UBSan        (objects in build-san/)
 #   make NATIVE=0      portable code (no -march=native)
 #   make OMP=0         single-threaded, no OpenMP
-#   make CC=clang      clang works as well as gcc
+#   make CC=clang      clang works as well as gcc (C++ then with clang++)
 
 CC      ?= cc
 NATIVE  ?= 1
@@ -25,7 +25,16 @@ BLAS    ?=
 
 CFLAGS  := -std=c11 -D_POSIX_C_SOURCE=200809L -fno-math-errno -Wall -Wextra -Werror \
            -Wshadow -Wstrict-prototypes -Icore -Inn -Ioptim -Idata
-LDLIBS  := -lcjson -lm
+# SentencePiece (--tok spm): data/spm.cc, the one C++ file, is compiled by
+# the C++ compiler of CC's family with CC's flags, and the programs link the
+# C++ runtime.
+LDLIBS  := -lcjson -lsentencepiece_train -lsentencepiece -lstdc++ -lm
+ifneq ($(findstring clang,$(CC)),)
+  CXX   := $(subst clang,clang++,$(CC))
+endif
+# UBSan's vptr check needs its C++ runtime, which a C driver does not link.
+CXXFLAGS = $(filter-out -std=c11 -Wstrict-prototypes,$(CFLAGS)) -std=c++17 \
+           $(if $(findstring -fsanitize,$(CFLAGS)),-fno-sanitize=vptr)
 # make fuzz: these warnings and includes, its own optimisation and sanitizers;
 # portable code (clang's -Wpsabi: vec.h's 16-wide vectors without AVX-512).
 FUZZ_CFLAGS := $(CFLAGS) -Iexamples/cli -O1 -g -fno-omit-frame-pointer -Wno-psabi
@@ -71,16 +80,21 @@ ifeq ($(OMP),1)
   LDFLAGS += -fopenmp
 endif
 
-# cJSON (checkpoints) is the one library qkv needs beyond libc and libm.
+# cJSON (checkpoints) and SentencePiece (subword tokens) are the libraries
+# qkv needs beyond libc and libm.
 ifneq ($(MAKECMDGOALS),clean)
 ifeq ($(wildcard /usr/include/cjson/cJSON.h),)
   $(error cJSON is missing: apt-get install libcjson-dev)
 endif
+ifeq ($(wildcard /usr/include/sentencepiece_trainer.h),)
+  $(error SentencePiece is missing: apt-get install libsentencepiece-dev g++)
+endif
 endif
 
 LIB_SRC   := $(wildcard core/*.c nn/*.c optim/*.c data/*.c)
+LIB_CXX   := $(wildcard data/*.cc)
 LIB_HDR   := $(wildcard core/*.h nn/*.h optim/*.h data/*.h)
-LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/%.o) $(LIB_CXX:%.cc=$(BUILD)/%.o)
 LIB       := $(BUILD)/libqkv.a
 
 TEST_SRC  := $(wildcard tests/test_*.c)
@@ -107,6 +121,10 @@ all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(EXAMPLES)
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/%.o: %.cc
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -MMD -MP -c $< -o $@
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
@@ -146,7 +164,7 @@ install: $(LIB) $(STAGED_HDR)
 	install -m 644 $(LIB) $(DESTDIR)$(PREFIX)/lib/libqkv.a
 	install -m 644 $(STAGED_HDR) $(DESTDIR)$(PREFIX)/include/qkv/
 	sed -e 's|@PREFIX@|$(PREFIX)|; s|@VERSION@|$(VERSION)|' \
-	    -e 's|@LIBS@|$(strip $(LDFLAGS) -lm)|' qkv.pc.in \
+	    -e 's|@LIBS@|$(strip $(LDFLAGS) $(filter-out -lcjson,$(LDLIBS)))|' qkv.pc.in \
 	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/qkv.pc
 
 uninstall:
@@ -258,7 +276,8 @@ FUZZ_BUILD := build-fuzz
 FUZZ_NAMES := ckpt tsv json flags
 FUZZ_SAN   := address,undefined -fno-sanitize-recover=all
 FUZZ_OBJ   := $(patsubst %.c,$(FUZZ_BUILD)/%.o,$(LIB_SRC) examples/cli/cli.c \
-              examples/cli/train.c examples/cli/plot.c)
+              examples/cli/train.c examples/cli/plot.c) \
+              $(LIB_CXX:%.cc=$(FUZZ_BUILD)/%.o)
 FUZZ_BIN   := $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz_%)
 .PHONY: fuzz fuzz-seeds
 
@@ -273,10 +292,15 @@ $(FUZZ_BUILD)/%.o: %.c $(LIB_HDR) examples/cli/cli.h tests/fuzz/fuzz.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,$(FUZZ_SAN) -c $< -o $@
 
-$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/tests/fuzz/fuzz_%.o $(FUZZ_OBJ)
-	$(FUZZ_CC) -fsanitize=fuzzer,$(FUZZ_SAN) $^ -lcjson -lm -o $@
+$(FUZZ_BUILD)/%.o: %.cc $(LIB_HDR)
+	@mkdir -p $(dir $@)
+	$(subst clang,clang++,$(FUZZ_CC)) $(filter-out -std=c11 -Wstrict-prototypes,$(FUZZ_CFLAGS)) \
+	    -std=c++17 -fsanitize=fuzzer-no-link,$(FUZZ_SAN) -fno-sanitize=vptr -c $< -o $@
 
-FORMAT_SRC = $(LIB_SRC) $(LIB_HDR) tests/*.[ch] tests/fuzz/*.[ch] examples/*.c examples/cli/*.[ch] bench/*.c
+$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/tests/fuzz/fuzz_%.o $(FUZZ_OBJ)
+	$(FUZZ_CC) -fsanitize=fuzzer,$(FUZZ_SAN) $^ $(filter-out -fopenmp,$(LDLIBS)) -o $@
+
+FORMAT_SRC = $(LIB_SRC) $(LIB_CXX) $(LIB_HDR) tests/*.[ch] tests/fuzz/*.[ch] examples/*.c examples/cli/*.[ch] bench/*.c
 format:
 	clang-format -i $(FORMAT_SRC)
 

@@ -22,6 +22,8 @@ static int is_space(char c) {
 
 int qkv_token_next(qkv_tok tok, const char *s, size_t *pos, size_t *start,
                    size_t *len) {
+    QKV_CHECK(tok != QKV_TOK_SPM,
+              "token_next: SentencePiece tokens are not substrings");
     size_t i = *pos;
     if (tok == QKV_TOK_WORD) {
         while (s[i] && is_space(s[i])) i++;
@@ -236,6 +238,7 @@ int32_t qkv_vocab_find(const qkv_vocab *v, const char *s, size_t len) {
 }
 
 void qkv_vocab_free(qkv_vocab *v) {
+    qkv_spm_free(v->spm);
     for (int i = 0; i < v->size; i++) free(v->tokens[i]);
     free(v->tokens);
     free(v->slots);
@@ -258,6 +261,8 @@ void qkv_vocab_build(qkv_vocab *v, const qkv_corpus *c, int sides, qkv_tok tok,
                      int min_freq) {
     QKV_CHECK(sides >= QKV_SIDE_SRC && sides <= QKV_SIDE_BOTH,
               "vocab_build: sides %d is not QKV_SIDE_SRC/TGT/BOTH", sides);
+    QKV_CHECK(tok != QKV_TOK_SPM, "vocab_build: SentencePiece vocabularies "
+                                  "come from qkv_vocab_train_spm");
     qkv_vocab seen; /* every distinct token, specials first */
     vocab_init(&seen);
     for (int i = 0; i < QKV_N_SPECIAL; i++)
@@ -335,8 +340,88 @@ fail:
     return -1;
 }
 
+/* v from the pieces of m (which v then owns, freed with it); on error m is
+ * freed and v left empty. The specials keep qkv's names (a model given by a
+ * user may call them <s> and </s>). */
+static int vocab_of_spm(qkv_vocab *v, qkv_spm *m, const char *name, char *err,
+                        size_t errlen) {
+    vocab_init(v);
+    int n = qkv_spm_size(m);
+    for (int i = 0; i < n; i++) {
+        const char *t =
+            i < QKV_N_SPECIAL ? qkv_special_tokens[i] : qkv_spm_piece(m, i);
+        size_t len = strlen(t);
+        if (!len || qkv_utf8_check(t, len) != len) {
+            qkv_errf(err, errlen, "%s: SentencePiece piece %d is %s", name, i,
+                     len ? "not valid UTF-8" : "empty");
+            goto fail;
+        }
+        if (vocab_add(v, t, len) != i) {
+            qkv_errf(err, errlen,
+                     "%s: SentencePiece piece %d (\"%.40s\") repeats token "
+                     "%d",
+                     name, i, t, qkv_vocab_find(v, t, len));
+            goto fail;
+        }
+    }
+    v->spm = m;
+    return 0;
+fail:
+    qkv_spm_free(m);
+    qkv_vocab_free(v);
+    return -1;
+}
+
+int qkv_vocab_train_spm(qkv_vocab *v, const qkv_corpus *c, int sides,
+                        const char *type, int size, char *err, size_t errlen) {
+    QKV_CHECK(sides >= QKV_SIDE_SRC && sides <= QKV_SIDE_BOTH,
+              "vocab_train_spm: sides %d is not QKV_SIDE_SRC/TGT/BOTH", sides);
+    memset(v, 0, sizeof *v);
+    const char **s =
+        qkv_malloc(2 * (size_t)(c->n ? c->n : 1) * sizeof *s, "sentences");
+    size_t n = 0;
+    for (int i = 0; i < c->n; i++) {
+        if (sides & QKV_SIDE_SRC) s[n++] = c->src[i];
+        if (sides & QKV_SIDE_TGT) s[n++] = c->tgt[i];
+    }
+    qkv_spm *m;
+    int rc = qkv_spm_train(&m, s, n, type, size, err, errlen);
+    free(s);
+    return rc ? rc : vocab_of_spm(v, m, "SentencePiece", err, errlen);
+}
+
+int qkv_vocab_from_spm(qkv_vocab *v, const void *bytes, size_t len,
+                       const char *name, char *err, size_t errlen) {
+    memset(v, 0, sizeof *v);
+    qkv_spm *m;
+    if (qkv_spm_load(&m, bytes, len, name, err, errlen)) return -1;
+    return vocab_of_spm(v, m, name, err, errlen);
+}
+
+int qkv_vocab_load_spm(qkv_vocab *v, const char *path, char *err,
+                       size_t errlen) {
+    memset(v, 0, sizeof *v);
+    uint64_t size;
+    FILE *f = qkv_fopen_file(path, QKV_MAX_SPM_FILE, &size, err, errlen);
+    if (!f) return -1;
+    char *buf = qkv_malloc(size ? (size_t)size : 1, "SentencePiece model");
+    size_t got = fread(buf, 1, (size_t)size, f);
+    int rc = got == size && !ferror(f)
+                 ? qkv_vocab_from_spm(v, buf, got, path, err, errlen)
+                 : qkv_errf(err, errlen, "%s: cannot read: %s", path,
+                            strerror(errno ? errno : EIO));
+    fclose(f);
+    free(buf);
+    return rc;
+}
+
 int qkv_encode(const qkv_vocab *v, qkv_tok tok, const char *s, int32_t *ids,
                int max) {
+    if (tok == QKV_TOK_SPM) {
+        QKV_CHECK(v->spm, "encode: QKV_TOK_SPM with a vocabulary that has no "
+                          "SentencePiece model");
+        return qkv_spm_encode(v->spm, s, ids, max);
+    }
     size_t pos = 0, start, len;
     int n = 0;
     while (qkv_token_next(tok, s, &pos, &start, &len)) {
@@ -350,6 +435,18 @@ int qkv_encode(const qkv_vocab *v, qkv_tok tok, const char *s, int32_t *ids,
 size_t qkv_detokenize(const qkv_vocab *v, qkv_tok tok, const int32_t *ids,
                       int n, char *out, size_t cap) {
     QKV_CHECK(cap > 0, "detokenize: no room for the NUL");
+    if (tok == QKV_TOK_SPM) {
+        QKV_CHECK(v->spm, "detokenize: QKV_TOK_SPM with a vocabulary that has "
+                          "no SentencePiece model");
+        int k = 0; /* up to the first eos; pad and bos decode to nothing */
+        while (k < n && ids[k] != QKV_EOS) {
+            QKV_CHECK(ids[k] >= 0 && ids[k] < v->size,
+                      "detokenize: id %d outside the vocabulary (size %d)",
+                      (int)ids[k], v->size);
+            k++;
+        }
+        return qkv_spm_decode(v->spm, ids, k, out, cap);
+    }
     size_t need = 0;
     int words = 0;
     for (int i = 0; i < n && ids[i] != QKV_EOS; i++) {

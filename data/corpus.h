@@ -1,5 +1,6 @@
-/* corpus.h - parallel corpora from TSV files: strict UTF-8, word and
- * character tokenizers, vocabularies, length filtering, token-budget batches.
+/* corpus.h - parallel corpora from TSV files: strict UTF-8, word,
+ * character and SentencePiece tokenizers, vocabularies, length filtering,
+ * token-budget batches.
  *
  * A corpus file has one pair per line, `source<TAB>target`, UTF-8, the format
  * Tatoeba and OPUS exports use. Blank lines are skipped, a trailing \r
@@ -24,11 +25,17 @@
  *   qkv_batcher_init(&it, &p, 4096, err, sizeof err);
  *   qkv_batcher_epoch(&it, &rng);
  *   while (qkv_batcher_next(&it, &b)) train_step(&b.view);
+ *
+ * SentencePiece: the vocabulary carries the model, and the same calls take
+ * QKV_TOK_SPM:
+ *   qkv_vocab_train_spm(&sv, &c, QKV_SIDE_BOTH, "unigram", 200, err, errlen);
+ *   qkv_pairs_encode(&p, &c, QKV_TOK_SPM, &sv, &sv, 64, 64);
  */
 #ifndef QKV_CORPUS_H
 #define QKV_CORPUS_H
 
 #include "pcg.h"
+#include "spm.h"
 #include "tasks.h"
 
 #include <stddef.h>
@@ -54,12 +61,18 @@ typedef enum qkv_tok {
      * detokenization gives back the exact text. A byte that does not start a
      * valid sequence is a token of its own (it can only come from unchecked
      * input, e.g. a command-line argument, and maps to <unk>). */
-    QKV_TOK_CHAR
+    QKV_TOK_CHAR,
+    /* SentencePiece subwords (spm.h): the vocabulary's model (qkv_vocab.spm,
+     * from qkv_vocab_train_spm or qkv_vocab_from_spm) splits and joins the
+     * text, so detokenization gives back the text with its spaces (runs of
+     * spaces made one). */
+    QKV_TOK_SPM
 } qkv_tok;
 
 /* Finds the next token of s (NUL-terminated) at or after s[*pos]: returns 1
  * with the token at s[*start .. *start + *len) and *pos past it, or 0 at the
- * end of s. Start with *pos = 0. */
+ * end of s. Start with *pos = 0. Word and character tokenizers only
+ * (SentencePiece tokens are not substrings of the text). */
 int qkv_token_next(qkv_tok tok, const char *s, size_t *pos, size_t *start,
                    size_t *len);
 
@@ -87,13 +100,15 @@ void qkv_corpus_free(qkv_corpus *c);
 
 /* id <-> token. Ids 0..3 are <pad> <bos> <eos> <unk>; the rest follow by
  * descending count in the training text, ties in byte order (strcmp), so the
- * same text always gives the same ids. */
+ * same text always gives the same ids. A SentencePiece vocabulary's tokens
+ * are its model's pieces, in the model's id order. */
 typedef struct qkv_vocab {
     int size;       /* ids 0 .. size-1 */
     char **tokens;  /* (size) id -> NUL-terminated UTF-8 token (owned) */
     int32_t *slots; /* (n_slots) open-addressing hash table: id, or -1 */
     size_t n_slots; /* a power of two > 2 * size */
     int cap;        /* room in tokens */
+    qkv_spm *spm;   /* QKV_TOK_SPM: the model (owned), else NULL */
 } qkv_vocab;
 
 /* Which sides of a corpus a vocabulary is built from (BOTH: one shared
@@ -110,17 +125,36 @@ void qkv_vocab_build(qkv_vocab *v, const qkv_corpus *c, int sides, qkv_tok tok,
  * specials, has an empty or a duplicate token, or is not valid UTF-8. */
 int qkv_vocab_from_list(qkv_vocab *v, const char *const *tokens, int n,
                         char *err, size_t errlen);
+/* A SentencePiece vocabulary: trains a model of type "unigram" or "bpe"
+ * with size pieces on the sentences of c's chosen sides (spm.h: the specials
+ * have qkv's ids, training is deterministic) and builds v from it. -1 and a
+ * message ("SentencePiece: Vocabulary size too high (5000). Please set it
+ * to a value <= 416.") if the text cannot make that many pieces or needs
+ * more. */
+int qkv_vocab_train_spm(qkv_vocab *v, const qkv_corpus *c, int sides,
+                        const char *type, int size, char *err, size_t errlen);
+/* A SentencePiece vocabulary from a serialized model (a .model file's
+ * bytes, as a checkpoint keeps them; name for messages), or from the model
+ * file at path (at most QKV_MAX_SPM_FILE bytes). -1 and a message if it is
+ * not a model, its pad/bos/eos/unk ids are not 0..3, or it has a piece that
+ * is empty, not UTF-8 or spelt like a qkv special. */
+#define QKV_MAX_SPM_FILE ((uint64_t)1 << 30) /* 1 GiB */
+int qkv_vocab_from_spm(qkv_vocab *v, const void *bytes, size_t len,
+                       const char *name, char *err, size_t errlen);
+int qkv_vocab_load_spm(qkv_vocab *v, const char *path, char *err,
+                       size_t errlen);
 /* The id of token s[0..len), or QKV_UNK if v does not have it. */
 int32_t qkv_vocab_find(const qkv_vocab *v, const char *s, size_t len);
 void qkv_vocab_free(qkv_vocab *v);
 
 /* Token ids of the text s: returns how many tokens s has and writes the
  * first min(that, max) of them to ids (call again with more room if needed).
- * No bos or eos is added. */
+ * No bos or eos is added. QKV_TOK_SPM needs v->spm. */
 int qkv_encode(const qkv_vocab *v, qkv_tok tok, const char *s, int32_t *ids,
                int max);
 /* Text of ids[0..n): skips pad and bos, stops at the first eos; words are
- * joined by one space, characters concatenated. Writes at most cap bytes
+ * joined by one space, characters concatenated, SentencePiece pieces decoded
+ * by v->spm ("▁" is a space, none leading). Writes at most cap bytes
  * (NUL included, cap > 0) to out and returns the length the whole text
  * needs, as snprintf does. Ids must be < v->size. */
 size_t qkv_detokenize(const qkv_vocab *v, qkv_tok tok, const int32_t *ids,

@@ -392,14 +392,19 @@ void cli_make_dirs(const char *cmd, const char *dir) {
 }
 
 void cli_write_file(const char *cmd, const char *path, const char *text) {
+    cli_write_bytes(cmd, path, text, strlen(text));
+}
+
+void cli_write_bytes(const char *cmd, const char *path, const void *data,
+                     size_t len) {
     char tmp[4300];
     qkv_remove_stale_tmp(path);
     if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >=
         (int)sizeof tmp)
         cli_die("%s: path %s is too long", cmd, path);
-    FILE *f = fopen(tmp, "w");
+    FILE *f = fopen(tmp, "wb");
     if (!f) cli_die("%s: cannot write %s: %s", cmd, tmp, strerror(errno));
-    int ok = fputs(text, f) >= 0;
+    int ok = fwrite(data, 1, len, f) == len;
     ok = fclose(f) == 0 && ok;
     if (!ok || rename(tmp, path)) {
         remove(tmp);
@@ -425,8 +430,8 @@ void cli_check_forward_memory(const char *cmd, const qkv_model *m, int B, int S,
 static const char *const run_files[] = {
     "ckpt.safetensors", "log.csv",          "config.json",  "loss.png",
     "loss.svg",         "loss.png.gp",      "loss.png.dat", "loss.svg.gp",
-    "loss.svg.dat",     "best.safetensors", "done",         "loss.gp",
-    "loss.dat" /* as older qkv named them */};
+    "loss.svg.dat",     "best.safetensors", "done",         "spm.model",
+    "loss.gp",          "loss.dat" /* as older qkv named them */};
 
 int cli_run_lock(const char *cmd, const char *dir) {
     if (qkv_comm_rank() != 0) return -1; /* rank 0 writes for the job */
@@ -587,15 +592,71 @@ static char *vocab_json(const qkv_vocab *v) {
     return s;
 }
 
+/* Base64 (RFC 4648, section 4, with padding): how "spm.model" keeps the
+ * model's bytes in a metadata string. */
+static const char b64[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static char *base64_encode(const unsigned char *p, size_t n) {
+    char *out = qkv_malloc((n + 2) / 3 * 4 + 1, "base64"), *o = out;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16;
+        if (i + 1 < n) v |= (uint32_t)p[i + 1] << 8;
+        if (i + 2 < n) v |= p[i + 2];
+        *o++ = b64[v >> 18];
+        *o++ = b64[(v >> 12) & 63];
+        *o++ = i + 1 < n ? b64[(v >> 6) & 63] : '=';
+        *o++ = i + 2 < n ? b64[v & 63] : '=';
+    }
+    *o = '\0';
+    return out;
+}
+
+/* The bytes of the base64 text s (malloc'd, *n of them), or NULL if s is
+ * not base64 with padding. */
+static unsigned char *base64_decode(const char *s, size_t *n) {
+    size_t len = strlen(s);
+    if (len % 4) return NULL;
+    unsigned char *out = qkv_malloc(len / 4 * 3 + 1, "base64");
+    size_t k = 0;
+    for (size_t i = 0; i < len; i += 4) {
+        uint32_t v = 0;
+        int pad = 0;
+        for (int j = 0; j < 4; j++) {
+            const char *c = s[i + j] ? strchr(b64, s[i + j]) : NULL;
+            if (s[i + j] == '=' && i + 4 == len && j >= 2 &&
+                (j == 3 || s[i + 3] == '='))
+                pad++;
+            else if (!c || pad) {
+                free(out);
+                return NULL;
+            }
+            v = v << 6 | (uint32_t)(c ? c - b64 : 0);
+        }
+        out[k++] = (unsigned char)(v >> 16);
+        if (pad < 2) out[k++] = (unsigned char)(v >> 8);
+        if (pad < 1) out[k++] = (unsigned char)v;
+    }
+    *n = k;
+    return out;
+}
+
+static const char *const tok_names[] = {"word", "char", "spm"};
+
 int cli_data_meta(const cli_data *d, const char **keys, char **vals) {
     if (!d->corpus) return 0;
-    keys[0] = "tok",
-    vals[0] = qkv_strdup(d->tok == QKV_TOK_CHAR ? "char" : "word", "metadata");
+    keys[0] = "tok", vals[0] = qkv_strdup(tok_names[d->tok], "metadata");
     keys[1] = "vocab.src", vals[1] = vocab_json(&d->sv);
     keys[2] = "vocab.tgt", vals[2] = vocab_json(&d->tv);
-    if (!d->text) return 3;
-    keys[3] = "data", vals[3] = qkv_strdup("text", "metadata"); /* its kind */
-    return 4;
+    int n = 3;
+    if (d->text) /* its kind */
+        keys[n] = "data", vals[n++] = qkv_strdup("text", "metadata");
+    if (d->tok == QKV_TOK_SPM) {
+        size_t len;
+        const void *bytes = qkv_spm_bytes(d->sv.spm, &len);
+        keys[n] = "spm.model", vals[n++] = base64_encode(bytes, len);
+    }
+    return n;
 }
 
 static int vocab_from_meta(qkv_vocab *v, const qkv_st_file *meta,
@@ -626,6 +687,40 @@ static int vocab_from_meta(qkv_vocab *v, const qkv_st_file *meta,
     return rc;
 }
 
+/* --tok spm: both vocabularies from the model in "spm.model" (the one
+ * SentencePiece model of both sides), which must give the stored pieces. */
+static int spm_from_meta(cli_data *d, const qkv_st_file *meta, char *err,
+                         size_t errlen) {
+    const char *s = qkv_st_meta(meta, "spm.model");
+    size_t n;
+    unsigned char *bytes = s ? base64_decode(s, &n) : NULL;
+    if (!bytes)
+        return qkv_errf(err, errlen,
+                        "%s \"spm.model\" in the metadata (want the "
+                        "SentencePiece model, base64)",
+                        s ? "a bad" : "no");
+    int rc = qkv_vocab_from_spm(&d->sv, bytes, n, "spm.model", err, errlen);
+    if (!rc &&
+        (rc = qkv_vocab_from_spm(&d->tv, bytes, n, "spm.model", err, errlen)))
+        qkv_vocab_free(&d->sv);
+    free(bytes);
+    const char *keys[] = {"vocab.src", "vocab.tgt"};
+    for (int k = 0; k < 2 && !rc; k++) {
+        qkv_vocab stored;
+        if ((rc = vocab_from_meta(&stored, meta, keys[k], err, errlen))) break;
+        const qkv_vocab *v = k ? &d->tv : &d->sv;
+        int same = stored.size == v->size;
+        for (int i = 0; same && i < v->size; i++)
+            same = strcmp(stored.tokens[i], v->tokens[i]) == 0;
+        qkv_vocab_free(&stored);
+        if (!same)
+            rc = qkv_errf(err, errlen,
+                          "\"%s\" is not the pieces of \"spm.model\"", keys[k]);
+    }
+    if (rc) qkv_vocab_free(&d->sv), qkv_vocab_free(&d->tv);
+    return rc;
+}
+
 int cli_data_from_meta(cli_data *d, const qkv_st_file *meta, char *err,
                        size_t errlen) {
     memset(d, 0, sizeof *d);
@@ -649,8 +744,11 @@ int cli_data_from_meta(cli_data *d, const qkv_st_file *meta, char *err,
     if (d->corpus) {
         const char *tok = qkv_st_meta(meta, "tok");
         d->tok = tok && strcmp(tok, "char") == 0 ? QKV_TOK_CHAR : QKV_TOK_WORD;
-        if (!tok || (strcmp(tok, "char") && strcmp(tok, "word"))) {
-            snprintf(err, errlen, "\"tok\" must be word or char");
+        if (tok && strcmp(tok, "spm") == 0) {
+            d->tok = QKV_TOK_SPM;
+            rc = spm_from_meta(d, meta, err, errlen);
+        } else if (!tok || (strcmp(tok, "char") && strcmp(tok, "word"))) {
+            snprintf(err, errlen, "\"tok\" must be word, char or spm");
             rc = -1;
         } else if (vocab_from_meta(&d->sv, meta, "vocab.src", err, errlen)) {
             rc = -1;

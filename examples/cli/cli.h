@@ -114,6 +114,9 @@ void cli_make_dirs(const char *cmd, const char *dir); /* mkdir -p */
 /* Writes path atomically (temp file + rename): never half a file; stale
  * temporaries of killed writers are removed first. */
 void cli_write_file(const char *cmd, const char *path, const char *text);
+/* The same for len bytes of data (a binary file). */
+void cli_write_bytes(const char *cmd, const char *path, const void *data,
+                     size_t len);
 
 /* Ends the program (one line, exit 2) if a forward without a tape of B
  * rows of S + T tokens (evaluation, a step of decoding: the beam's rows)
@@ -192,7 +195,8 @@ typedef struct cli_data {
     int decoder_only; /* sequences x bos y eos in one decoder */
     qkv_task task;    /* task only */
     qkv_tok tok;      /* corpus only */
-    qkv_vocab sv, tv; /* corpus only: source and target vocabularies */
+    qkv_vocab sv, tv; /* corpus only: source and target vocabularies (spm:
+                       * each with its copy of the one shared model) */
 } cli_data;
 
 void cli_data_free(cli_data *d);
@@ -202,12 +206,14 @@ int cli_data_eos(const cli_data *d);
 /* The <unk> id of d's vocabulary (QKV_UNK), or 0 for a task, which has
  * none (eval.h). */
 int cli_data_unk(const cli_data *d);
-/* Metadata pairs a checkpoint stores for d ("tok", "vocab.src",
- * "vocab.tgt", JSON arrays of the tokens in id order; "data": "text" for a
- * text model): appends up to CLI_DATA_META pairs to keys/vals (values
- * malloc'd; free them with free()) and returns how many.
+/* Metadata pairs a checkpoint stores for d ("tok": word, char or spm;
+ * "vocab.src", "vocab.tgt": JSON arrays of the tokens in id order; "data":
+ * "text" for a text model; for spm, "spm.model": the SentencePiece model's
+ * bytes in base64, RFC 4648, from which both vocabularies are rebuilt):
+ * appends up to CLI_DATA_META pairs to keys/vals (values malloc'd; free them
+ * with free()) and returns how many.
  */
-#define CLI_DATA_META 4
+#define CLI_DATA_META 5
 int cli_data_meta(const cli_data *d, const char **keys, char **vals);
 /* Rebuilds d from a checkpoint's metadata (the "cli" settings, and the
  * vocabularies for a corpus model). -1 and one line in err if it is bad. */

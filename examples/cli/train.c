@@ -102,6 +102,8 @@ typedef struct train_opts {
     int precision;                 /* qkv_precision */
     const char *text, *valid_text; /* --text: a language model of a text */
     int block;
+    int spm_vocab, spm_type; /* --tok spm: pieces, 0 unigram / 1 bpe */
+    const char *spm_model;   /* --tok spm: a model to use, not train */
 } train_opts;
 
 /* The flags write into o, mc (the model's) and oc (the optimiser's);
@@ -147,6 +149,7 @@ static const train_opts defaults = {
     .text = "",
     .valid_text = "",
     .block = 64,
+    .spm_model = "",
 };
 
 static const flag train_flags[] = {
@@ -160,7 +163,15 @@ static const flag train_flags[] = {
     {"data", FLAG_STR, &o.data, NULL, "training corpus, TSV source<TAB>target",
      0, 0},
     {"valid", FLAG_STR, &o.valid, NULL, "validation corpus, TSV", 0, 0},
-    {"tok", FLAG_ENUM, &o.tok, "word|char", "corpus tokenizer", 0, 0},
+    {"tok", FLAG_ENUM, &o.tok, "word|char|spm",
+     "corpus tokenizer (spm: SentencePiece subwords of both sides)", 0, 0},
+    {"spm-vocab", FLAG_INT, &o.spm_vocab, NULL,
+     "--tok spm: train a model of N pieces on --data", 0, QKV_MAX_VOCAB},
+    {"spm-type", FLAG_ENUM, &o.spm_type, "unigram|bpe",
+     "--tok spm: the model --spm-vocab trains", 0, 0},
+    {"spm-model", FLAG_STR, &o.spm_model, NULL,
+     "--tok spm: use this SentencePiece model file instead of training one", 0,
+     0},
     {"min-freq", FLAG_INT, &o.min_freq, NULL,
      "rarer tokens of --data become <unk>", 0, INT_MAX},
     {"filter-len", FLAG_INT, &o.filter_len, NULL,
@@ -341,6 +352,22 @@ static void check_resume_flags(int argc, char **argv) {
                     "checkpoint holds the run's settings)",
                     (int)(len + 2), argv[i]);
     }
+}
+
+/* The --spm-* flags given by hand, and only with --tok spm. */
+static void check_spm_flags(int argc, char **argv) {
+    for (int i = 2; i < argc; i++)
+        if (o.tok != QKV_TOK_SPM && strncmp(argv[i], "--spm-", 6) == 0)
+            cli_die("train: %.*s needs --tok spm", (int)strcspn(argv[i], "="),
+                    argv[i]);
+    if (o.tok != QKV_TOK_SPM || !*o.data) return;
+    if (*o.spm_model && o.spm_vocab)
+        cli_die("train: give --spm-vocab (train a model) or --spm-model (use "
+                "one), not both");
+    if (!*o.spm_model && o.spm_vocab < QKV_N_SPECIAL + 1)
+        cli_die("train: --tok spm needs --spm-vocab N (pieces to train, N > "
+                "%d) or --spm-model FILE",
+                QKV_N_SPECIAL);
 }
 
 /* --resume: the settings stored in the checkpoint, checked as flags are,
@@ -547,6 +574,7 @@ static void parse_flags(train_run *r, int argc, char **argv) {
     r->resume = *o.resume != 0;
     r->last_save = -1;
     if (r->resume) read_settings(r, argc, argv);
+    if (!r->resume) check_spm_flags(argc, argv);
     r->corpus = *o.data != 0;
     r->decoder = mc.kind == QKV_MODEL_DECODER;
     r->text = *o.text != 0;
@@ -605,6 +633,23 @@ static void load_pairs(const char *flag_name, const char *path,
         cli_die("train: %s: no pairs left after the length limit", path);
 }
 
+/* --tok spm: one SentencePiece model of both sides, trained on tc or read
+ * from --spm-model, in both vocabularies. */
+static void spm_vocabs(cli_data *d, const qkv_corpus *tc) {
+    char err[600];
+    if (*o.spm_model &&
+        qkv_vocab_load_spm(&d->sv, o.spm_model, err, sizeof err))
+        cli_die("train: --spm-model: %s", err);
+    if (!*o.spm_model && qkv_vocab_train_spm(&d->sv, tc, QKV_SIDE_BOTH,
+                                             o.spm_type ? "bpe" : "unigram",
+                                             o.spm_vocab, err, sizeof err))
+        cli_die("train: --spm-vocab %d: %s", o.spm_vocab, err);
+    size_t len;
+    const void *bytes = qkv_spm_bytes(d->sv.spm, &len);
+    if (qkv_vocab_from_spm(&d->tv, bytes, len, "spm", err, sizeof err))
+        cli_die("train: %s", err);
+}
+
 /* A fresh corpus run's vocabularies, from the training split. */
 static void build_vocabs(train_run *r) {
     qkv_corpus tc;
@@ -618,6 +663,11 @@ static void build_vocabs(train_run *r) {
     d->corpus = 1;
     d->decoder_only = r->decoder;
     d->tok = (qkv_tok)o.tok;
+    if (d->tok == QKV_TOK_SPM) {
+        spm_vocabs(d, &tc);
+        qkv_corpus_free(&tc);
+        return;
+    }
     qkv_vocab_build(&d->sv, &tc, r->decoder ? QKV_SIDE_BOTH : QKV_SIDE_SRC,
                     d->tok, o.min_freq);
     qkv_vocab_build(&d->tv, &tc, r->decoder ? QKV_SIDE_BOTH : QKV_SIDE_TGT,
@@ -823,6 +873,11 @@ static char *config_json(void) {
     if (o.n_dec == 0) drop[n++] = "N-dec";
     if (o.schedule == QKV_SCHEDULE_CONSTANT) drop[n++] = "warmup";
     if (!o.keep_best && o.patience == 0) drop[n++] = "metric";
+    if (o.tok != QKV_TOK_SPM) {
+        drop[n++] = "spm-vocab";
+        drop[n++] = "spm-type";
+        drop[n++] = "spm-model";
+    }
     for (int i = 0; i < n; i++)
         cJSON_DeleteItemFromObjectCaseSensitive(j, drop[i]);
     char *text = cJSON_Print(j);
@@ -850,6 +905,12 @@ static void open_run(train_run *r) {
     char *applies = config_json();
     cli_write_file("train", path, applies);
     free(applies);
+    if (r->corpus && r->d.tok == QKV_TOK_SPM) { /* for spm_encode and co. */
+        size_t len;
+        const void *bytes = qkv_spm_bytes(r->d.sv.spm, &len);
+        snprintf(path, sizeof path, "%s/spm.model", o.out);
+        cli_write_bytes("train", path, bytes, len);
+    }
     if (r->resume) {
         r->log = reopen_log(r->log_path, (int)r->start);
     } else {
