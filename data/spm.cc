@@ -132,6 +132,8 @@ extern "C" int qkv_spm_train(qkv_spm **out, const char *const *sentences,
             {"max_sentence_length", "1048576"},
             {"num_threads", "1"},
             {"minloglevel", "3"},
+            // a newline is one piece of its own: a text's lines stay lines
+            {"user_defined_symbols", "\n"},
         };
         sentencepiece::SetRandomGeneratorSeed(1);
         array_iterator it(sentences, n);
@@ -141,14 +143,15 @@ extern "C" int qkv_spm_train(qkv_spm **out, const char *const *sentences,
         if (!st.ok()) {
             delete m;
             std::string why = reason_of(st.message());
-            int have, need; // "10 vs 35": pieces asked, characters + specials
+            int have, need; // "10 vs 36": pieces asked, characters + 4 specials
+                            // + the newline
             const char *p = std::strstr(why.c_str(), "required_chars. ");
             if (p && std::sscanf(p + 16, "%d vs %d", &have, &need) == 2)
                 return qkv_errf(err, errlen,
                                 "SentencePiece: %d pieces cannot hold the %d "
-                                "characters of the text and the specials "
-                                "(want at least %d)",
-                                have, need - 4, need);
+                                "characters of the text, the specials and "
+                                "the newline (want at least %d)",
+                                have, need - 5, need);
             return fail(err, errlen, "SentencePiece", why);
         }
         if (load(m, "SentencePiece", err, errlen)) {

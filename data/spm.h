@@ -12,7 +12,9 @@
  * for any s made of training characters, except that runs of spaces become
  * one and leading and trailing spaces go (SentencePiece's
  * remove_extra_whitespaces); a character never seen is <unk>, decoded as
- * "<unk>". libsentencepiece logs nothing: its log level is raised.
+ * "<unk>". A newline is a piece of its own (user_defined_symbols), id 4,
+ * so a plain text's lines survive encoding (text.h). libsentencepiece logs
+ * nothing: its log level is raised.
  *
  * Errors follow qkv's convention (common.h): 0, or -1 with one line in err;
  * nothing throws across this interface. A qkv_spm owns its processor and its

@@ -105,6 +105,37 @@ void qkv_text_vocab(qkv_vocab *v, const char *s, size_t n, qkv_tok tok) {
     free(copy);
 }
 
+int qkv_text_vocab_spm(qkv_vocab *v, const char *s, size_t n, const char *type,
+                       int size, char *err, size_t errlen) {
+    char *copy = copy_text(s, n), *empty = "";
+    size_t lines = 1;
+    for (size_t i = 0; i < n; i++) lines += copy[i] == '\n';
+    /* the lines, newline kept, as the sources of a corpus: cut a copy */
+    char **src = qkv_malloc(lines * sizeof *src, "text lines");
+    char **tgt = qkv_malloc(lines * sizeof *tgt, "text lines");
+    char *buf = qkv_malloc(n + lines + 1, "text lines");
+    int *line = qkv_malloc(lines * sizeof *line, "text lines");
+    size_t k = 0, at = 0;
+    for (size_t i = 0; i < n;) {
+        size_t end = i;
+        while (end < n && copy[end] != '\n') end++;
+        if (end < n) end++; /* the newline */
+        memcpy(buf + at, copy + i, end - i);
+        buf[at + end - i] = 0;
+        src[k] = buf + at, tgt[k] = empty, line[k] = (int)k + 1, k++;
+        at += end - i + 1;
+        i = end;
+    }
+    qkv_corpus c = {(int)k, src, tgt, line};
+    int rc = qkv_vocab_train_spm(v, &c, QKV_SIDE_SRC, type, size, err, errlen);
+    free(line);
+    free(buf);
+    free(tgt);
+    free(src);
+    free(copy);
+    return rc;
+}
+
 void qkv_text_encode(qkv_text_ids *x, const qkv_vocab *v, qkv_tok tok,
                      const char *s, size_t n) {
     QKV_CHECK(n <= QKV_MAX_TEXT_BYTES, "text_encode: %zu bytes, at most %zu", n,

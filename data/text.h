@@ -65,6 +65,13 @@ size_t qkv_text_split(const qkv_text *t, double frac);
  * as qkv_vocab_build. */
 void qkv_text_vocab(qkv_vocab *v, const char *s, size_t n, qkv_tok tok);
 
+/* A SentencePiece vocabulary (corpus.h, QKV_TOK_SPM) trained on the lines
+ * of s[0..n) (each with its newline, which spm.h keeps as a piece of its
+ * own, so a text's lines survive encoding), of type "unigram" or "bpe" and
+ * size pieces. -1 and SentencePiece's reason in err if it cannot. */
+int qkv_text_vocab_spm(qkv_vocab *v, const char *s, size_t n, const char *type,
+                       int size, char *err, size_t errlen);
+
 /* The token ids of a text, one stream. */
 typedef struct qkv_text_ids {
     int32_t *ids; /* (n) */

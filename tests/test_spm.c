@@ -7,6 +7,7 @@
 #include "spm.h"
 
 #include "test.h"
+#include "text.h"
 
 /* The first 2000 pairs of the shipped training splits (all 20000 take
  * minutes under the sanitizers); views of all_grammar and all_dates. */
@@ -344,6 +345,52 @@ static const test_misuse misuse[] = {
 };
 #define N_MISUSE ((int)(sizeof misuse / sizeof *misuse))
 
+/* A language model of a text with SentencePiece tokens: the newline is a
+ * piece of its own (lines survive), qkv_text_vocab_spm trains on the lines,
+ * and qkv generate prints pieces with their spaces. */
+static void test_text_language_model(void) {
+    const char *text = "the dog sees the cat .\nthe cat sees a dog .\n\n"
+                       "a cat and a dog .\n";
+    qkv_vocab v;
+    char err[300];
+    CHECK(qkv_text_vocab_spm(&v, text, strlen(text), "bpe", 30, err,
+                             sizeof err) == 0,
+          "%s", err);
+    qkv_text_ids x;
+    qkv_text_encode(&x, &v, QKV_TOK_SPM, text, strlen(text));
+    char back[200];
+    qkv_detokenize(&v, QKV_TOK_SPM, x.ids, (int)x.n, back, sizeof back);
+    CHECK(strcmp(back, text) == 0 && x.n_unk == 0, "round trip: [%s]", back);
+    int32_t nl = qkv_vocab_find(&v, "\n", 1);
+    CHECK(nl > QKV_UNK, "no newline piece");
+    qkv_text_ids_free(&x);
+    qkv_vocab_free(&v);
+    char dir[64], cmd[1600], out[16384];
+    test_tmpdir(dir, sizeof dir, "spm-text");
+    snprintf(
+        cmd, sizeof cmd,
+        "train --model decoder --text data/text/gnu-licenses.txt --tok spm "
+        "--spm-vocab 300 --block 32 --N 1 --d-model 32 --d-ff 64 --steps "
+        "30 --eval-every 30 --eval-size 8 --quiet --out %s/lm",
+        dir);
+    CHECK(test_qkv(qkv, cmd, out, sizeof out) == 0, "train: %s", out);
+    snprintf(cmd, sizeof cmd,
+             "generate --ckpt %s/lm/ckpt.safetensors --prompt 'This License' "
+             "--max-tokens 80 --seed 3",
+             dir);
+    CHECK(test_qkv(qkv, cmd, out, sizeof out) == 0 &&
+              strncmp(out, "This License", 12) == 0 && strchr(out + 12, ' ') &&
+              !strstr(out, "\xE2\x96\x81"),
+          "generate: %s", out);
+    snprintf(
+        cmd, sizeof cmd,
+        "eval --ckpt %s/lm/ckpt.safetensors --text data/text/gnu-licenses.txt",
+        dir);
+    CHECK(test_qkv(qkv, cmd, out, sizeof out) == 0 && strstr(out, "perplexity"),
+          "eval --text: %s", out);
+    test_rmtree(dir);
+}
+
 static void test_misuse_is_one_line(void) {
     test_misuse_all(misuse, N_MISUSE);
 }
@@ -361,6 +408,7 @@ int main(int argc, char **argv) {
     RUN(test_pairs_and_detokenize);
     RUN(test_bad_models_refused);
     RUN(test_cli_train_eval_decode);
+    RUN(test_text_language_model);
     RUN(test_misuse_is_one_line);
     qkv_corpus_free(&all_grammar);
     qkv_corpus_free(&all_dates);

@@ -997,7 +997,11 @@ int cli_generate(qkv_model *m, qkv_graph *g, const cli_data *d, int32_t *seq,
     int window = m->cfg.max_len - 1; /* context + the new token: max_len */
     if (window < 1) window = 1;
     char *text = NULL;
-    size_t cap = 0;
+    size_t cap = 0, shown = 0;
+    if (d->tok == QKV_TOK_SPM) { /* what the prompt decodes to is shown */
+        cli_detokenize(d, seq, n, &text, &cap);
+        shown = strlen(text);
+    }
     for (int k = 0; k < max_out; k++) {
         int P = n < window ? n : window;
         int32_t tok;
@@ -1005,10 +1009,19 @@ int cli_generate(qkv_model *m, qkv_graph *g, const cli_data *d, int32_t *seq,
         seq[n++] = tok;
         if (tok == QKV_EOS && stop_at_eos) break;
         if (!out) continue;
-        cli_detokenize(d, &tok, 1, &text, &cap);
-        /* words are joined by one space (qkv_detokenize) */
-        if (d->tok == QKV_TOK_WORD && *text) fputc(' ', out);
-        fputs(text, out);
+        if (d->tok == QKV_TOK_SPM) {
+            /* a piece's leading space depends on what precedes it: decode
+             * the whole continuation and print what is new */
+            cli_detokenize(d, seq, n, &text, &cap);
+            size_t len = strlen(text);
+            if (len > shown) fputs(text + shown, out);
+            shown = len > shown ? len : shown;
+        } else {
+            cli_detokenize(d, &tok, 1, &text, &cap);
+            /* words are joined by one space (qkv_detokenize) */
+            if (d->tok == QKV_TOK_WORD && *text) fputc(' ', out);
+            fputs(text, out);
+        }
         fflush(out);
     }
     free(text);

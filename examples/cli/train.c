@@ -360,7 +360,7 @@ static void check_spm_flags(int argc, char **argv) {
         if (o.tok != QKV_TOK_SPM && strncmp(argv[i], "--spm-", 6) == 0)
             cli_die("train: %.*s needs --tok spm", (int)strcspn(argv[i], "="),
                     argv[i]);
-    if (o.tok != QKV_TOK_SPM || !*o.data) return;
+    if (o.tok != QKV_TOK_SPM || (!*o.data && !*o.text)) return;
     if (*o.spm_model && o.spm_vocab)
         cli_die("train: give --spm-vocab (train a model) or --spm-model (use "
                 "one), not both");
@@ -469,6 +469,23 @@ static void load_text(const char *flag_name, const char *path, qkv_text *t) {
         cli_die("train: %s: %s", flag_name, err);
 }
 
+/* --tok spm for a text: a model trained on its training part's lines
+ * (--spm-vocab, --spm-type) or read from --spm-model; both sides share it. */
+static void text_spm_vocabs(cli_data *d, const char *s, size_t n) {
+    char err[600];
+    if (*o.spm_model &&
+        qkv_vocab_load_spm(&d->sv, o.spm_model, err, sizeof err))
+        cli_die("train: --spm-model: %s", err);
+    if (!*o.spm_model &&
+        qkv_text_vocab_spm(&d->sv, s, n, o.spm_type ? "bpe" : "unigram",
+                           o.spm_vocab, err, sizeof err))
+        cli_die("train: --spm-vocab %d: %s", o.spm_vocab, err);
+    size_t len;
+    const void *bytes = qkv_spm_bytes(d->sv.spm, &len);
+    if (qkv_vocab_from_spm(&d->tv, bytes, len, "spm", err, sizeof err))
+        cli_die("train: %s", err);
+}
+
 /* A plain text: random windows of --block + 1 tokens of it to train on;
  * the first --eval-size consecutive windows of --valid-text, or of the
  * text's last tenth (held out, as nanoGPT does), to validate on. */
@@ -484,8 +501,12 @@ static void text_data(train_run *r) {
     if (!r->resume) { /* else the checkpoint's vocabulary */
         d->corpus = d->text = d->decoder_only = 1;
         d->tok = (qkv_tok)o.tok;
-        qkv_text_vocab(&d->sv, r->ttext.s, cut, d->tok);
-        qkv_text_vocab(&d->tv, r->ttext.s, cut, d->tok);
+        if (d->tok == QKV_TOK_SPM) {
+            text_spm_vocabs(d, r->ttext.s, cut);
+        } else {
+            qkv_text_vocab(&d->sv, r->ttext.s, cut, d->tok);
+            qkv_text_vocab(&d->tv, r->ttext.s, cut, d->tok);
+        }
     }
     const qkv_text *vt = *o.valid_text ? &r->vtext : &r->ttext;
     size_t v0 = *o.valid_text ? 0 : cut;
@@ -905,7 +926,7 @@ static void open_run(train_run *r) {
     char *applies = config_json();
     cli_write_file("train", path, applies);
     free(applies);
-    if (r->corpus && r->d.tok == QKV_TOK_SPM) { /* for spm_encode and co. */
+    if (r->d.tok == QKV_TOK_SPM) { /* for spm_encode and co. */
         size_t len;
         const void *bytes = qkv_spm_bytes(r->d.sv.spm, &len);
         snprintf(path, sizeof path, "%s/spm.model", o.out);
