@@ -43,7 +43,7 @@ int main(int argc, char **argv) {
     qkv_trainer t;
     qkv_trainer_init(&t, &m, &tc);
 
-    qkv_eval_opts eo = {-1, 1, 0.0f, 0, NULL, NULL}; /* no eos: 10 long */
+    qkv_eval_opts eo = {.eos = -1, .beam = 1}; /* no eos: 10 long */
     for (int step = 1; step <= steps; step++) {
         qkv_trainer_step(&t, qkv_source_next(train));
         if (step % 100 == 0 || step == steps) {
