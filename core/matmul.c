@@ -543,11 +543,11 @@ static void gemm_split_part(int t, int nt, int ta, int tb, int M, int N, int K,
 }
 #endif
 
-/* The whole product on the calling thread; arguments already checked. */
-static void gemm_serial(int ta, int tb, int M, int N, int K, const float *A,
-                        size_t lda, const float *B, size_t ldb, int accumulate,
-                        float *C, size_t ldc) {
-    int K1 = k_split(M, N, K);
+/* The whole product on the calling thread, K in groups as K1 says (0: one
+ * group; see k_split); arguments already checked. */
+static void gemm_serial(int K1, int ta, int tb, int M, int N, int K,
+                        const float *A, size_t lda, const float *B, size_t ldb,
+                        int accumulate, float *C, size_t ldc) {
     if (K1)
         gemm_split_serial(ta, tb, M, N, K, K1, A, lda, B, ldb, accumulate, C,
                           ldc);
@@ -555,22 +555,47 @@ static void gemm_serial(int ta, int tb, int M, int N, int K, const float *A,
         gemm_blocked(ta, tb, M, N, K, A, lda, B, ldb, accumulate, C, ldc);
 }
 
-void qkv_sgemm_serial(int ta, int tb, int M, int N, int K, const float *A,
-                      int lda, const float *B, int ldb, int accumulate,
-                      float *C, int ldc) {
+/* qkv_sgemm_serial, K grouped as for a product of M_like rows */
+static void sgemm_serial(int M_like, int ta, int tb, int M, int N, int K,
+                         const float *A, int lda, const float *B, int ldb,
+                         int accumulate, float *C, int ldc) {
     ta = ta != 0, tb = tb != 0, accumulate = accumulate != 0;
     check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
     if (gemm_trivial(M, N, K, accumulate, C, ldc)) return;
-    gemm_serial(ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb, accumulate, C,
-                (size_t)ldc);
+    gemm_serial(k_split(M_like, N, K), ta, tb, M, N, K, A, (size_t)lda, B,
+                (size_t)ldb, accumulate, C, (size_t)ldc);
 }
 
-/* qkv_sgemm with accumulate = 0, ADD or RELU */
-static void sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
-                  const float *B, int ldb, int accumulate, float *C, int ldc) {
+void qkv_sgemm_serial(int ta, int tb, int M, int N, int K, const float *A,
+                      int lda, const float *B, int ldb, int accumulate,
+                      float *C, int ldc) {
+    sgemm_serial(M, ta, tb, M, N, K, A, lda, B, ldb, accumulate, C, ldc);
+}
+
+void qkv_sgemm_rows_serial(int M_like, int ta, int tb, int M, int N, int K,
+                           const float *A, int lda, const float *B, int ldb,
+                           int accumulate, float *C, int ldc) {
+    sgemm_serial(M_like, ta, tb, M, N, K, A, lda, B, ldb, accumulate, C, ldc);
+}
+
+int qkv_sgemm_k_groups(int M, int N, int K) {
+#ifdef QKV_OPENBLAS
+    (void)M, (void)N, (void)K;
+    return -1;
+#else
+    return k_split(M, N, K);
+#endif
+}
+
+/* qkv_sgemm with accumulate = 0, ADD or RELU; K grouped as for a product
+ * of M_like rows (M_like = M but in qkv_sgemm_rows) */
+static void sgemm(int M_like, int ta, int tb, int M, int N, int K,
+                  const float *A, int lda, const float *B, int ldb,
+                  int accumulate, float *C, int ldc) {
     ta = ta != 0, tb = tb != 0;
     check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
     if (gemm_trivial(M, N, K, accumulate, C, ldc)) return;
+    (void)M_like; /* unused with OpenBLAS */
 #ifdef QKV_OPENBLAS
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
                 tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb,
@@ -589,7 +614,7 @@ static void sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
     int tiles = ((M + MR - 1) / MR) * ((N + NR - 1) / NR);
     if (nt > tiles) nt = tiles;
     if (nt > flops / PAR_MIN_FLOPS) nt = (int)(flops / PAR_MIN_FLOPS);
-    int K1 = k_split(M, N, K);
+    int K1 = k_split(M_like, N, K);
     if (nt > 1 && !omp_in_parallel()) {
         float *buf = ksplit_buf; /* the calling thread's */
 #pragma omp parallel num_threads(nt)
@@ -608,18 +633,24 @@ static void sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
         return;
     }
 #endif
-    gemm_serial(ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb, accumulate, C,
-                (size_t)ldc);
+    gemm_serial(k_split(M_like, N, K), ta, tb, M, N, K, A, (size_t)lda, B,
+                (size_t)ldb, accumulate, C, (size_t)ldc);
 }
 
 void qkv_sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
                const float *B, int ldb, int accumulate, float *C, int ldc) {
-    sgemm(ta, tb, M, N, K, A, lda, B, ldb, accumulate ? ADD : 0, C, ldc);
+    sgemm(M, ta, tb, M, N, K, A, lda, B, ldb, accumulate ? ADD : 0, C, ldc);
 }
 
 void qkv_sgemm_relu(int ta, int tb, int M, int N, int K, const float *A,
                     int lda, const float *B, int ldb, float *C, int ldc) {
-    sgemm(ta, tb, M, N, K, A, lda, B, ldb, RELU, C, ldc);
+    sgemm(M, ta, tb, M, N, K, A, lda, B, ldb, RELU, C, ldc);
+}
+
+void qkv_sgemm_rows(int M_like, int relu, int ta, int tb, int M, int N, int K,
+                    const float *A, int lda, const float *B, int ldb, float *C,
+                    int ldc) {
+    sgemm(M_like, ta, tb, M, N, K, A, lda, B, ldb, relu ? RELU : 0, C, ldc);
 }
 
 void qkv_sgemm_ref(int ta, int tb, int M, int N, int K, const float *A, int lda,

@@ -377,9 +377,9 @@ static void test_sample_repeats_and_greedy(void) {
     qkv_pcg32_seed(&r3, 6, 6);
     int differ = 0;
     for (int rep = 0; rep < 5; rep++) {
-        qkv_sample(&m, &g, prompt, 4, N, 1.0f, 0, -1, &r1, a);
-        qkv_sample(&m, &g, prompt, 4, N, 1.0f, 0, -1, &r2, b);
-        qkv_sample(&m, &g, prompt, 4, N, 1.0f, 0, -1, &r3, c);
+        qkv_sample(&m, &g, prompt, 4, N, 1.0f, 0, 0.0f, -1, &r1, a);
+        qkv_sample(&m, &g, prompt, 4, N, 1.0f, 0, 0.0f, -1, &r2, b);
+        qkv_sample(&m, &g, prompt, 4, N, 1.0f, 0, 0.0f, -1, &r3, c);
         CHECK(memcmp(a, b, sizeof a) == 0,
               "same seed, different samples (rep %d)", rep);
         differ += memcmp(a, c, sizeof a) != 0;
@@ -389,16 +389,16 @@ static void test_sample_repeats_and_greedy(void) {
 
     qkv_greedy(&m, &g, prompt, NULL, 1, 4, QKV_BOS, QKV_EOS, N, greedy);
     qkv_pcg32 before = r1;
-    qkv_sample(&m, &g, prompt, 4, N, 0.0f, 5, QKV_EOS, &r1, t0);
+    qkv_sample(&m, &g, prompt, 4, N, 0.0f, 5, 0.0f, QKV_EOS, &r1, t0);
     CHECK(memcmp(t0, greedy, sizeof t0) == 0,
           "temperature 0 differs from greedy");
     CHECK(r1.state == before.state, "temperature 0 drew random numbers");
-    qkv_sample(&m, &g, prompt, 4, N, 0.0f, 0, QKV_EOS, NULL, t0);
+    qkv_sample(&m, &g, prompt, 4, N, 0.0f, 0, 0.0f, QKV_EOS, NULL, t0);
     CHECK(memcmp(t0, greedy, sizeof t0) == 0,
           "temperature 0 without rng differs");
     const float temps[3] = {0.5f, 1.0f, 3.0f};
     for (int i = 0; i < 3; i++) {
-        qkv_sample(&m, &g, prompt, 4, N, temps[i], 1, QKV_EOS, &r1, k1);
+        qkv_sample(&m, &g, prompt, 4, N, temps[i], 1, 0.0f, QKV_EOS, &r1, k1);
         CHECK(memcmp(k1, greedy, sizeof k1) == 0,
               "top_k 1 at T %g differs from greedy", (double)temps[i]);
     }
@@ -406,7 +406,7 @@ static void test_sample_repeats_and_greedy(void) {
     int32_t e[N];
     int found = 0;
     for (int rep = 0; rep < 50 && !found; rep++) {
-        qkv_sample(&m, &g, prompt, 4, N, 2.0f, 0, QKV_EOS, &r1, e);
+        qkv_sample(&m, &g, prompt, 4, N, 2.0f, 0, 0.0f, QKV_EOS, &r1, e);
         int k = 0;
         while (k < N && e[k] != QKV_EOS) k++;
         if (k < N - 1) {
@@ -433,7 +433,7 @@ static void test_top_k_2_stays_in_top_two(void) {
     qkv_pcg32_seed(&rng, 77, 3);
     for (int s = 0; s < n; s++) {
         int32_t out[N], seq[4 + N];
-        qkv_sample(&m, &g, prompt, 4, N, 2.0f, 2, -1, &rng, out);
+        qkv_sample(&m, &g, prompt, 4, N, 2.0f, 2, 0.0f, -1, &rng, out);
         memcpy(seq, prompt, sizeof prompt);
         memcpy(seq + 4, out, sizeof out);
         for (int k = 0; k < N; k++) {
@@ -474,7 +474,7 @@ static void test_sample_frequencies(void) {
     double t0 = qkv_seconds();
     for (int i = 0; i < n; i++) {
         int32_t tok;
-        qkv_sample(&m, &g, prompt, 4, 1, T, 0, -1, &rng, &tok);
+        qkv_sample(&m, &g, prompt, 4, 1, T, 0, 0.0f, -1, &rng, &tok);
         count[tok]++;
     }
     double secs = qkv_seconds() - t0, chi2 = 0, e_pool = 0;
