@@ -448,6 +448,7 @@ qkv_tensor *qkv_model_decoder_step(qkv_model *m, qkv_graph *g, qkv_kv_cache *kc,
     if (kc->len != t - 1 || t == 1 || np != kc->nplan ||
         memcmp(plan, kc->plan, (size_t)np * sizeof *plan)) {
         t0 = 0; /* (re)compute every position, and the memory's K | V */
+        kc->recomputes++;
         memcpy(kc->plan, plan, (size_t)np * sizeof *plan);
         kc->nplan = np;
         for (int i = 0; i < c->n_dec && kc->S; i++)

@@ -175,6 +175,7 @@ typedef struct qkv_kv_cache {
     uint8_t *pad[2]; /* (rows_cap, S) its padding mask, or NULL */
     int cur;         /* which of each pair is live (gather swaps) */
     int plan[QKV_LAYER_PLAN], nplan; /* kernel choices of the cached values */
+    int recomputes; /* steps that computed every position (the first too) */
 } qkv_kv_cache;
 
 /* A cache for up to rows_cap rows of cap positions (cap <= max_len),
