@@ -218,16 +218,18 @@ static int generation(int reps) {
             qkv_decode_set_cache(was);
         }
     same = !memcmp(out[0], out[1], sizeof out[0]);
-    for (int k = 0; k < 2; k++) qsort(t[k], (size_t)reps, sizeof *t[k], cmp_double);
+    for (int k = 0; k < 2; k++)
+        qsort(t[k], (size_t)reps, sizeof *t[k], cmp_double);
     double c = t[0][reps / 2], f = t[1][reps / 2];
 #ifdef _OPENMP
     int nthreads = omp_get_max_threads();
 #else
     int nthreads = 1;
 #endif
-    printf("config=generate threads=%d tokens=%d reps=%d cache_tokens_per_s=%.1f "
-           "recompute_tokens_per_s=%.1f speedup=%.2f same_tokens=%d\n",
-           nthreads, N, reps, N / c, N / f, f / c, same);
+    printf(
+        "config=generate threads=%d tokens=%d reps=%d cache_tokens_per_s=%.1f "
+        "recompute_tokens_per_s=%.1f speedup=%.2f same_tokens=%d\n",
+        nthreads, N, reps, N / c, N / f, f / c, same);
     for (int k = 0; k < 2; k++) free(t[k]);
     qkv_graph_free(&g);
     qkv_model_free(&m);

@@ -122,8 +122,18 @@ typedef struct qkv_layer_kv {
     float *k, *v;           /* (B, H, cap, K) self-attention keys, values */
     const float *ckv;       /* (B, S, 2D) the memory's keys | values, or NULL */
     const uint8_t *src_pad; /* (B, S) or NULL */
+    const float *wt;        /* the transposed weights, or NULL (below) */
     int cap, S;
 } qkv_layer_kv;
+
+/* A step's few rows multiply by the weights transposed, (in, out), read in
+ * place instead of packed at every product (the same bits): floats of a
+ * layer's copy, and filling it: [W_Q; W_K; W_V]^T (D, 3D), W_O^T, W_1^T
+ * (D, F), W_2^T (F, D), then cross-attention's W_Q^T and W_O^T. */
+size_t qkv_decoder_layer_wt_size(const qkv_decoder_layer *l);
+void qkv_decoder_layer_wt_fill(const qkv_decoder_layer *l, float *wt);
+/* dst (cols, rows) = src (rows, cols)^T */
+void qkv_transpose(const float *src, int rows, int cols, float *dst);
 
 /* The cross-attention keys | values of the memory (M = B S rows of D):
  * ckv (M, 2D) = mem [W_K; W_V]^T, as qkv_decoder_layer_forward computes

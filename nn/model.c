@@ -360,6 +360,16 @@ void qkv_kv_cache_init(qkv_kv_cache *kc, const qkv_model *m, int rows,
             qkv_malloc_aligned(R * S * D * sizeof(float), "key/value cache");
         if (src_pad) kc->pad[i] = qkv_malloc(R * S, "key/value cache");
     }
+    size_t nwt = (size_t)c->tgt_vocab * D;
+    for (int i = 0; i < c->n_dec; i++)
+        nwt += qkv_decoder_layer_wt_size(&m->dec[i]);
+    kc->wt = qkv_malloc_aligned(nwt * sizeof(float), "transposed weights");
+    float *w = kc->wt;
+    for (int i = 0; i < c->n_dec; i++) {
+        qkv_decoder_layer_wt_fill(&m->dec[i], w);
+        w += qkv_decoder_layer_wt_size(&m->dec[i]);
+    }
+    qkv_transpose(m->generator->data, c->tgt_vocab, (int)D, w);
     if (encdec) {
         memcpy(kc->mem[0], mem, (size_t)rows * S * D * sizeof(float));
         if (src_pad) memcpy(kc->pad[0], src_pad, (size_t)rows * S);
@@ -373,6 +383,7 @@ void qkv_kv_cache_free(qkv_kv_cache *kc) {
         free(kc->mem[i]);
         free(kc->pad[i]);
     }
+    free(kc->wt);
     memset(kc, 0, sizeof *kc);
 }
 
@@ -426,8 +437,11 @@ static qkv_layer_kv layer_kv(const qkv_kv_cache *kc, int i) {
     size_t R = (size_t)kc->rows_cap, D = (size_t)kc->d_model, S = kc->S;
     size_t per = R * kc->cap * D; /* keys (or values) of one layer */
     float *self = kc->self[kc->cur] + (size_t)i * 2 * per;
-    qkv_layer_kv kv = {self,    self + per, NULL, kc->pad[kc->cur],
-                       kc->cap, kc->S};
+    qkv_layer_kv kv = {.k = self,
+                       .v = self + per,
+                       .src_pad = kc->pad[kc->cur],
+                       .cap = kc->cap,
+                       .S = kc->S};
     if (S) kv.ckv = kc->cross[kc->cur] + (size_t)i * R * S * 2 * D;
     return kv;
 }
@@ -472,9 +486,12 @@ qkv_tensor *qkv_model_decoder_step(qkv_model *m, qkv_graph *g, qkv_kv_cache *kc,
     }
     x = qkv_add(g, x, p);
     qkv_sublayer_ctx sc = sublayer_ctx(m);
+    const float *wt = kc->wt;
     for (int i = 0; i < c->n_dec; i++) {
         qkv_layer_kv kv = layer_kv(kc, i);
+        kv.wt = wt;
         x = qkv_decoder_layer_step(&m->dec[i], g, &sc, x, &kv, t0);
+        wt += qkv_decoder_layer_wt_size(&m->dec[i]);
     }
     kc->len = t;
     /* the last position of each row: final norm, generator */
@@ -485,8 +502,8 @@ qkv_tensor *qkv_model_decoder_step(qkv_model *m, qkv_graph *g, qkv_kv_cache *kc,
                (size_t)D * sizeof(float));
     if (c->norm == QKV_NORM_PRE) last = qkv_norm_forward(&m->dec_norm, g, last);
     qkv_tensor *logits = qkv_tensor_new(g, 2, (int[]){B, V});
-    qkv_sgemm_rows(B * t, 0, 0, 1, B, V, D, last->data, D, m->generator->data,
-                   D, logits->data, V);
+    qkv_sgemm_rows(B * t, 0, 0, 0, B, V, D, last->data, D, wt, V, logits->data,
+                   V); /* wt: now the generator's, (D, V) */
     return logits;
 }
 

@@ -174,6 +174,9 @@ typedef struct qkv_kv_cache {
     float *mem[2];   /* (rows_cap, S, D) the encoder memory */
     uint8_t *pad[2]; /* (rows_cap, S) its padding mask, or NULL */
     int cur;         /* which of each pair is live (gather swaps) */
+    float *wt;       /* the decoder's weights transposed, layer by layer
+                      * (qkv_decoder_layer_wt_fill), then the generator's
+                      * (D, V): products of a few rows read them in place */
     int plan[QKV_LAYER_PLAN], nplan; /* kernel choices of the cached values */
     int recomputes; /* steps that computed every position (the first too) */
 } qkv_kv_cache;

@@ -8,6 +8,7 @@
  * prefix, across model variants and the kernels' switch points. */
 
 #include "decode.h"
+#include "matmul.h"
 #include "tasks.h"
 #include "test.h"
 #include "trainer.h"
@@ -621,6 +622,11 @@ static void test_cache_kernel_switches(void) {
     int n = step_vs_forward(&m, 8, 0, 4, 28, 1); /* 8 x 20 < 164 < 8 x 21 */
     CHECK(n == 2, "ffn grouping: %d full recomputes, want 2", n);
     qkv_model_free(&m);
+    c.max_len = 64; /* 4 rows: the few-row kernel, 4 x 41 < 164 < 4 x 42 */
+    test_tiny_model(&m, &c, 5);
+    n = step_vs_forward(&m, 4, 0, 30, 50, 1);
+    CHECK(n == 2, "ffn grouping, 4 rows: %d full recomputes, want 2", n);
+    qkv_model_free(&m);
 
     c = test_tiny_config(QKV_MODEL_DECODER, 13);
     c.max_len = 80;
@@ -652,6 +658,57 @@ static void test_cache_kernel_switches(void) {
     n = step_vs_forward(&m, 1, 0, 500, 520, 5);
     CHECK(n == 3, "A V from one group to two: %d full recomputes, want 3", n);
     qkv_model_free(&m);
+}
+
+/* qkv_sgemm_rows: the rows of a product of M_like rows, bit for bit, on
+ * odd shapes, for the few-row kernel (M <= 4) and the blocked one, with
+ * and without relu, with K in one group and in two (K 1100: five blocks;
+ * with N 200, two groups up to 440 rows, one for 512). */
+static void test_sgemm_rows_are_rows(void) {
+    const int Ms[] = {1, 2, 3, 4, 7}, Ns[] = {1, 7, 33, 127, 200};
+    const int Ks[] = {1, 17, 300, 1100}, likes[] = {0, 512};
+    size_t big = (size_t)512 * 1100;
+    float *A = malloc(big * sizeof *A), *W = malloc(200 * 1100 * sizeof *W);
+    float *Wt = malloc(200 * 1100 * sizeof *Wt);
+    float *full = malloc((size_t)512 * 200 * sizeof *full), y[7 * 200];
+    qkv_pcg32 r;
+    qkv_pcg32_seed(&r, 4, 4);
+    for (size_t i = 0; i < big; i++) A[i] = qkv_pcg32_float(&r) - 0.5f;
+    for (int i = 0; i < 200 * 1100; i++) W[i] = qkv_pcg32_float(&r) - 0.5f;
+    int cases = 0;
+    for (int a = 0; a < 5; a++)
+        for (int b = 0; b < 5; b++)
+            for (int k = 0; k < 4; k++)
+                for (int l = 0; l < 2; l++)
+                    for (int relu = 0; relu < 2; relu++) {
+                        int M = Ms[a], N = Ns[b], K = Ks[k];
+                        int ML = likes[l] ? likes[l] : M;
+                        /* the whole product of ML rows; the rows' are its
+                         * last M */
+                        if (relu)
+                            qkv_sgemm_relu(0, 1, ML, N, K, A, K, W, K, full, N);
+                        else
+                            qkv_sgemm(0, 1, ML, N, K, A, K, W, K, 0, full, N);
+                        const float *last = full + (size_t)(ML - M) * N;
+                        const float *Al = A + (size_t)(ML - M) * K;
+                        qkv_transpose(W, N, K, Wt);
+                        qkv_sgemm_rows(ML, relu, 0, 0, M, N, K, Al, K, Wt, N, y,
+                                       N);
+                        CHECK(!memcmp(y, last, (size_t)M * N * sizeof *y),
+                              "W^T: M %d of %d, N %d, K %d, relu %d", M, ML, N,
+                              K, relu);
+                        qkv_sgemm_rows(ML, relu, 0, 1, M, N, K, Al, K, W, K, y,
+                                       N);
+                        CHECK(!memcmp(y, last, (size_t)M * N * sizeof *y),
+                              "W: M %d of %d, N %d, K %d, relu %d", M, ML, N, K,
+                              relu);
+                        cases++;
+                    }
+    CHECK(qkv_sgemm_k_groups(7, 200, 1100) !=
+              qkv_sgemm_k_groups(512, 200, 1100),
+          "the shapes do not cover both groupings");
+    printf("  %d shapes: the rows' bits\n", cases);
+    free(A), free(W), free(Wt), free(full);
 }
 
 /* Every step's logits of a decode, appended. */
@@ -867,6 +924,7 @@ int main(void) {
     RUN(test_sample_repeats_and_greedy);
     RUN(test_top_k_2_stays_in_top_two);
     RUN(test_sample_frequencies);
+    RUN(test_sgemm_rows_are_rows);
     RUN(test_cache_step_is_forward);
     RUN(test_cache_kernel_switches);
     RUN(test_cached_decodes_are_recompute);
