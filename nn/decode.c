@@ -64,17 +64,16 @@ typedef struct stepper {
     int32_t *cur; /* recompute: (rows_cap, cap) the prefixes packed */
 } stepper;
 
-/* rows_cap rows of up to cap positions; mem (rows, S, D) and pad stay the
- * caller's (the cache copies them). */
+/* rows_cap rows of up to cap >= 1 positions; mem (rows, S, D) and pad stay
+ * the caller's (the cache copies them). */
 static void stepper_init(stepper *st, qkv_model *m, qkv_graph *g, int rows,
                          int rows_cap, int cap, const float *mem, int S,
                          const uint8_t *pad) {
     memset(st, 0, sizeof *st);
     st->m = m, st->g = g, st->cached = cache_on;
     st->mem = mem, st->pad = pad, st->S = S;
-    QKV_CHECK(cap >= 1 && cap <= m->cfg.max_len,
-              "decode: %d positions, outside 1..max_len = %d", cap,
-              m->cfg.max_len);
+    /* past max_len a step fails as the recompute would, naming the length */
+    if (cap > m->cfg.max_len) cap = m->cfg.max_len;
     if (st->cached)
         qkv_kv_cache_init(&st->kc, m, rows, rows_cap, cap, mem, mem ? S : 0,
                           pad);
@@ -95,6 +94,9 @@ static const float *stepper_logits(stepper *st, const int32_t *seq, size_t ld,
     qkv_graph *g = st->g;
     int V = st->m->cfg.tgt_vocab;
     const float *x;
+    QKV_CHECK(t >= 1 && t <= st->m->cfg.max_len,
+              "model: sequence length %d is outside 1..max_len = %d", t,
+              st->m->cfg.max_len);
     qkv_graph_reset(g);
     if (st->cached) {
         QKV_CHECK(st->kc.rows == rows, "decode: %d rows, the cache has %d",
