@@ -35,9 +35,6 @@
  * halves) and the bits do not depend on the thread count.
  */
 #include "matmul.h"
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-#include <immintrin.h> /* before vec.h, whose AVX2 vfma needs it */
-#endif
 #include "vec.h"
 
 #include <stddef.h>
