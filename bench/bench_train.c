@@ -8,6 +8,9 @@
  *   bench_train tiny [--threads N] [--steps K] [--reps R]
  *   bench_train peak [--threads N]        the machine's FMA peak, GFLOPS
  *   bench_train tape                      tape overhead per recorded op
+ *   bench_train generate [--reps R]       tokens/s of a 512-token sample
+ *                                         with and without the key/value
+ *                                         cache (see generation())
  *   bench_train spin                      a busy CPU, until killed (run.sh's
  *                                         "other core busy" rows)
  *   mpirun -np K bench_train base ...     (make bench-mpi) data-parallel: the
@@ -41,6 +44,7 @@
 #include <omp.h>
 #endif
 
+#include "decode.h"
 #include "trainer.h"
 
 /* ---------------------------------------------------- allocation counter */
@@ -176,12 +180,69 @@ static void tape_overhead(void) {
     qkv_params_free(&ps);
 }
 
+/* ------------------------------------------------------------ generation */
+
+/* Generation speed with and without the key/value cache: a decoder-only
+ * model of the small config's shape (D 128, 2 layers, 4 heads, F 512,
+ * V 64; max_len 513, as initialised, seed 42) samples 512 tokens after a
+ * one-token prompt (temperature 1, eos never), alternately with the cache
+ * and recomputing the prefix at every step; medians of reps runs each. The
+ * two must draw the same tokens (same_tokens=1). */
+static int generation(int reps) {
+    enum { P = 1, N = 512 };
+    qkv_model_config mc = qkv_model_defaults(QKV_MODEL_DECODER);
+    mc.tgt_vocab = 64;
+    mc.d_model = 128, mc.heads = 4, mc.d_ff = 512, mc.n_dec = 2;
+    mc.max_len = P + N;
+    mc.dropout = 0;
+    qkv_model m;
+    char err[256];
+    if (qkv_model_init(&m, &mc, 42, err, sizeof err)) {
+        fprintf(stderr, "bench_train: %s\n", err);
+        return 1;
+    }
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    int32_t prompt[P] = {1}, out[2][N];
+    double *t[2];
+    for (int k = 0; k < 2; k++) t[k] = malloc((size_t)reps * sizeof *t[k]);
+    int same = 1;
+    for (int r = 0; r < reps; r++)
+        for (int k = 0; k < 2; k++) { /* 0: cache, 1: recompute */
+            int was = qkv_decode_set_cache(k == 0);
+            qkv_pcg32 rng;
+            qkv_pcg32_seed(&rng, 7, 7);
+            double t0 = qkv_seconds();
+            qkv_sample(&m, &g, prompt, P, N, 1.0f, 0, 0.0f, -1, &rng, out[k]);
+            t[k][r] = qkv_seconds() - t0;
+            qkv_decode_set_cache(was);
+        }
+    same = !memcmp(out[0], out[1], sizeof out[0]);
+    for (int k = 0; k < 2; k++)
+        qsort(t[k], (size_t)reps, sizeof *t[k], cmp_double);
+    double c = t[0][reps / 2], f = t[1][reps / 2];
+#ifdef _OPENMP
+    int nthreads = omp_get_max_threads();
+#else
+    int nthreads = 1;
+#endif
+    printf(
+        "config=generate threads=%d tokens=%d reps=%d cache_tokens_per_s=%.1f "
+        "recompute_tokens_per_s=%.1f speedup=%.2f same_tokens=%d\n",
+        nthreads, N, reps, N / c, N / f, f / c, same);
+    for (int k = 0; k < 2; k++) free(t[k]);
+    qkv_graph_free(&g);
+    qkv_model_free(&m);
+    return same ? 0 : 1;
+}
+
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv) {
     qkv_comm_init(&argc, &argv); /* make bench-mpi: mpirun -np K */
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_train tiny|small|base|peak|tape|spin "
+        fprintf(stderr, "usage: bench_train "
+                        "tiny|small|base|peak|tape|spin|generate "
                         "[--threads N] [--steps K] [--reps R]\n");
         return 2;
     }
@@ -215,6 +276,7 @@ int main(int argc, char **argv) {
         tape_overhead();
         return 0;
     }
+    if (strcmp(argv[1], "generate") == 0) return generation(reps);
     const config *c = NULL;
     for (size_t i = 0; i < sizeof configs / sizeof *configs; i++)
         if (strcmp(argv[1], configs[i].name) == 0) c = &configs[i];

@@ -1,6 +1,7 @@
 #!/bin/sh
 # bench/run.sh BUILD_DIR - qkv's training speed beside PyTorch's, measured in
-# the same run, and the matmul kernels (make bench runs this).
+# the same run, generation with and without the key/value cache, and the
+# matmul kernels (make bench runs this).
 #
 # For each config (tiny, small, base; see bench/bench_train.c) qkv trains
 # with 1 and 2 threads and PyTorch (Debian's python3-torch, when it imports)
@@ -108,6 +109,20 @@ for cfg in tiny small base; do
     done
 done
 [ $TORCH = 1 ] || echo "(PyTorch not found: apt-get install python3-torch for the ratios)"
+echo
+
+# Generation: bench_train generate alternates a 512-token sample with the
+# key/value cache and one recomputing the prefix at every step, and prints
+# the medians; the two must draw the same tokens.
+printf '== generation: a 512-token sample (decoder-only, D 128, 2 layers, 4 heads, F 512, V 64), medians of 5 alternating runs\n'
+printf '%-7s %15s %19s %8s %12s\n' threads "cache tok/s" "recompute tok/s" speedup same_tokens
+for t in 1 2; do
+    L=$($B generate --threads $t --reps 5)
+    awk -v t=$t -v c="$(get "$L" cache_tokens_per_s)" \
+        -v r="$(get "$L" recompute_tokens_per_s)" -v x="$(get "$L" speedup)" \
+        -v s="$(get "$L" same_tokens)" 'BEGIN{
+        printf "%-7s %15.0f %19.1f %8.2f %12s\n", t, c, r, x, s }'
+done
 echo
 
 # Busy machine: every CPU but one runs a spinning process (started here).

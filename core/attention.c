@@ -324,17 +324,19 @@ static int small_heads(int T, int S, int K) {
     return T <= lim && S <= lim && K <= lim;
 }
 
-/* The forward on views; returns A (B,H,T,S) from the arena. */
+/* The forward on views; returns A (B,H,T,S) from the arena. The T queries
+ * are the last T of T_full (T_full = T but in qkv_attention_rows): the
+ * kernels are chosen, and the products' sums grouped, as for T_full. */
 static float *attend(qkv_graph *g, heads_view q, heads_view k, heads_view v,
                      heads_view y, int B, int H, int T, int S, int K,
-                     float scale, const qkv_attn_opts *o) {
+                     int T_full, float scale, const qkv_attn_opts *o) {
     size_t ts;
     QKV_CHECK(qkv_mul_size((size_t)T, (size_t)S, &ts) &&
                   qkv_mul_size(ts, (size_t)B * H * sizeof(float), &(size_t){0}),
               "attention: weights (%d,%d,%d,%d) overflow", B, H, T, S);
     float *A = qkv_arena_alloc(&g->arena, (size_t)B * H * ts * sizeof(float));
     const uint8_t *pad = o->key_pad;
-    int small = small_heads(T, S, K);
+    int small = small_heads(T_full, S, K);
     QKV_OMP(omp parallel for if ((size_t)B * H * ts * K > 65536))
     for (int bh = 0; bh < B * H; bh++) {
         int b = bh / H, h = bh % H;
@@ -355,7 +357,8 @@ static float *attend(qkv_graph *g, heads_view q, heads_view k, heads_view v,
             const float *Kt = transposed(Kb, k.ld, S, K, scratch[0], &ld);
             rows_product(T, S, K, Qb, q.ld, 1, Kt, ld, Ab, S, 0, &e);
         } else {
-            qkv_sgemm_serial(0, 1, T, S, K, Qb, q.ld, Kb, k.ld, 0, Ab, S);
+            qkv_sgemm_rows_serial(T_full, 0, 1, T, S, K, Qb, q.ld, Kb, k.ld, 0,
+                                  Ab, S);
             masked_softmax(Ab, T, S, scale, o->causal, padb);
         }
         /* Y = A V: (T,S) x (S,K) */
@@ -363,7 +366,8 @@ static float *attend(qkv_graph *g, heads_view q, heads_view k, heads_view v,
             const float *Vr = vector_rows(Vb, v.ld, S, K, scratch[1], &ld);
             rows_product(T, K, S, Ab, S, 1, Vr, ld, Yb, y.ld, 0, NULL);
         } else {
-            qkv_sgemm_serial(0, 0, T, K, S, Ab, S, Vb, v.ld, 0, Yb, y.ld);
+            qkv_sgemm_rows_serial(T_full, 0, 0, T, K, S, Ab, S, Vb, v.ld, 0, Yb,
+                                  y.ld);
         }
     }
     if (o->weights) memcpy(o->weights, A, (size_t)B * H * ts * sizeof(float));
@@ -387,7 +391,7 @@ qkv_tensor *qkv_attention(qkv_graph *g, qkv_tensor *q, qkv_tensor *k,
     qkv_tensor *y = qkv_tensor_new(g, 4, q->shape);
     float *A =
         attend(g, view_4d(q->data, q), view_4d(k->data, k), view_4d(v->data, v),
-               view_4d(y->data, y), B, H, T, S, K, scale, &o);
+               view_4d(y->data, y), B, H, T, S, K, T, scale, &o);
     qkv_node *nd = qkv_record(g, QKV_OP_ATTENTION, y, q, k, v);
     if (nd) {
         nd->s.attention.p = A;
@@ -425,7 +429,7 @@ qkv_tensor *qkv_attention_packed(qkv_graph *g, qkv_tensor *q, int q_col,
     float *A = attend(
         g, view_packed(q->data, q, q_col, K), view_packed(k->data, k, k_col, K),
         view_packed(v->data, v, v_col, K), view_packed(y->data, y, 0, K), B,
-        heads, T, S, K, scale, &o);
+        heads, T, S, K, T, scale, &o);
     qkv_node *nd = qkv_record(g, QKV_OP_ATTENTION, y, q, k, v);
     if (nd) {
         nd->s.attention.p = A;
@@ -437,6 +441,29 @@ qkv_tensor *qkv_attention_packed(qkv_graph *g, qkv_tensor *q, int q_col,
         nd->s.attention.col[2] = v_col;
     }
     return y;
+}
+
+void qkv_attention_rows(qkv_graph *g, qkv_heads q, qkv_heads k, qkv_heads v,
+                        qkv_heads y, int B, int H, int T, int S, int K,
+                        int T_full, const qkv_attn_opts *opts) {
+    qkv_attn_opts o = {0};
+    if (opts) o = *opts;
+    QKV_CHECK(B >= 1 && H >= 1 && K >= 1 && T >= 1 && S >= 1 && T <= T_full &&
+                  (!o.causal || T <= S),
+              "attention_rows: B %d, H %d, T %d of %d, S %d, K %d", B, H, T,
+              T_full, S, K);
+    float scale = o.scale != 0.0f ? o.scale : 1.0f / sqrtf((float)K);
+    heads_view vq = {q.data, q.sb, q.sh, q.ld}, vk = {k.data, k.sb, k.sh, k.ld},
+               vv = {v.data, v.sb, v.sh, v.ld}, vy = {y.data, y.sb, y.sh, y.ld};
+    attend(g, vq, vk, vv, vy, B, H, T, S, K, T_full, scale, &o);
+}
+
+int qkv_attention_plan(int T, int S, int K, int plan[3]) {
+    int small = small_heads(T, S, K);
+    plan[0] = small;
+    plan[1] = small ? 0 : qkv_sgemm_k_groups(T, S, K); /* Q K^T */
+    plan[2] = small ? 0 : qkv_sgemm_k_groups(T, K, S); /* A V */
+    return 3;
 }
 
 /* Gradient buffers of q, k, v (NULL: not wanted) and whether each backward

@@ -543,11 +543,11 @@ static void gemm_split_part(int t, int nt, int ta, int tb, int M, int N, int K,
 }
 #endif
 
-/* The whole product on the calling thread; arguments already checked. */
-static void gemm_serial(int ta, int tb, int M, int N, int K, const float *A,
-                        size_t lda, const float *B, size_t ldb, int accumulate,
-                        float *C, size_t ldc) {
-    int K1 = k_split(M, N, K);
+/* The whole product on the calling thread, K in groups as K1 says (0: one
+ * group; see k_split); arguments already checked. */
+static void gemm_serial(int K1, int ta, int tb, int M, int N, int K,
+                        const float *A, size_t lda, const float *B, size_t ldb,
+                        int accumulate, float *C, size_t ldc) {
     if (K1)
         gemm_split_serial(ta, tb, M, N, K, K1, A, lda, B, ldb, accumulate, C,
                           ldc);
@@ -555,22 +555,47 @@ static void gemm_serial(int ta, int tb, int M, int N, int K, const float *A,
         gemm_blocked(ta, tb, M, N, K, A, lda, B, ldb, accumulate, C, ldc);
 }
 
-void qkv_sgemm_serial(int ta, int tb, int M, int N, int K, const float *A,
-                      int lda, const float *B, int ldb, int accumulate,
-                      float *C, int ldc) {
+/* qkv_sgemm_serial, K grouped as for a product of M_like rows */
+static void sgemm_serial(int M_like, int ta, int tb, int M, int N, int K,
+                         const float *A, int lda, const float *B, int ldb,
+                         int accumulate, float *C, int ldc) {
     ta = ta != 0, tb = tb != 0, accumulate = accumulate != 0;
     check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
     if (gemm_trivial(M, N, K, accumulate, C, ldc)) return;
-    gemm_serial(ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb, accumulate, C,
-                (size_t)ldc);
+    gemm_serial(k_split(M_like, N, K), ta, tb, M, N, K, A, (size_t)lda, B,
+                (size_t)ldb, accumulate, C, (size_t)ldc);
 }
 
-/* qkv_sgemm with accumulate = 0, ADD or RELU */
-static void sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
-                  const float *B, int ldb, int accumulate, float *C, int ldc) {
+void qkv_sgemm_serial(int ta, int tb, int M, int N, int K, const float *A,
+                      int lda, const float *B, int ldb, int accumulate,
+                      float *C, int ldc) {
+    sgemm_serial(M, ta, tb, M, N, K, A, lda, B, ldb, accumulate, C, ldc);
+}
+
+void qkv_sgemm_rows_serial(int M_like, int ta, int tb, int M, int N, int K,
+                           const float *A, int lda, const float *B, int ldb,
+                           int accumulate, float *C, int ldc) {
+    sgemm_serial(M_like, ta, tb, M, N, K, A, lda, B, ldb, accumulate, C, ldc);
+}
+
+int qkv_sgemm_k_groups(int M, int N, int K) {
+#ifdef QKV_OPENBLAS
+    (void)M, (void)N, (void)K;
+    return -1;
+#else
+    return k_split(M, N, K);
+#endif
+}
+
+/* qkv_sgemm with accumulate = 0, ADD or RELU; K grouped as for a product
+ * of M_like rows (M_like = M but in qkv_sgemm_rows) */
+static void sgemm(int M_like, int ta, int tb, int M, int N, int K,
+                  const float *A, int lda, const float *B, int ldb,
+                  int accumulate, float *C, int ldc) {
     ta = ta != 0, tb = tb != 0;
     check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
     if (gemm_trivial(M, N, K, accumulate, C, ldc)) return;
+    (void)M_like; /* unused with OpenBLAS */
 #ifdef QKV_OPENBLAS
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
                 tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A, lda, B, ldb,
@@ -589,7 +614,7 @@ static void sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
     int tiles = ((M + MR - 1) / MR) * ((N + NR - 1) / NR);
     if (nt > tiles) nt = tiles;
     if (nt > flops / PAR_MIN_FLOPS) nt = (int)(flops / PAR_MIN_FLOPS);
-    int K1 = k_split(M, N, K);
+    int K1 = k_split(M_like, N, K);
     if (nt > 1 && !omp_in_parallel()) {
         float *buf = ksplit_buf; /* the calling thread's */
 #pragma omp parallel num_threads(nt)
@@ -608,18 +633,84 @@ static void sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
         return;
     }
 #endif
-    gemm_serial(ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb, accumulate, C,
-                (size_t)ldc);
+    gemm_serial(k_split(M_like, N, K), ta, tb, M, N, K, A, (size_t)lda, B,
+                (size_t)ldb, accumulate, C, (size_t)ldc);
 }
 
 void qkv_sgemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
                const float *B, int ldb, int accumulate, float *C, int ldc) {
-    sgemm(ta, tb, M, N, K, A, lda, B, ldb, accumulate ? ADD : 0, C, ldc);
+    sgemm(M, ta, tb, M, N, K, A, lda, B, ldb, accumulate ? ADD : 0, C, ldc);
 }
 
 void qkv_sgemm_relu(int ta, int tb, int M, int N, int K, const float *A,
                     int lda, const float *B, int ldb, float *C, int ldc) {
-    sgemm(ta, tb, M, N, K, A, lda, B, ldb, RELU, C, ldc);
+    sgemm(M, ta, tb, M, N, K, A, lda, B, ldb, RELU, C, ldc);
+}
+
+#if !defined(QKV_OPENBLAS) &&                                                  \
+    (defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__)))
+#define ROWS_FMA 1
+/* A few rows of C = op(A) op(B), ta = tb = 0, without packing: the micro
+ * kernels' operations element by element (one accumulator per KC block,
+ * fused multiply-adds in k order from zero, then c + acc; the two groups
+ * of a split sum added; the relu last), so the same bits as the blocked
+ * path, for the one or few rows of a decoding step, where packing B and
+ * running MR-row tiles for one row cost up to 8 times the product. Four
+ * 16-column blocks at a time keep four FMA chains in flight. */
+static void rows_fma(int K1, int M, int N, int K, const float *A, size_t lda,
+                     const float *B, size_t ldb, int relu, float *C,
+                     size_t ldc) {
+    enum { NB = 4 };
+    for (int i = 0; i < M; i++) {
+        const float *a = A + (size_t)i * lda;
+        for (int j0 = 0; j0 < N; j0 += NB * VW) {
+            int w[NB], nb = 0;
+            for (int b = 0; b < NB && j0 + b * VW < N; b++, nb++)
+                w[b] = N - j0 - b * VW < VW ? N - j0 - b * VW : VW;
+            vf c[NB], g[NB];
+            for (int grp = 0; grp < (K1 ? 2 : 1); grp++) {
+                int k0 = grp ? K1 : 0, k1 = K1 && !grp ? K1 : K;
+                vf *sum = grp ? g : c;
+                for (int pc = k0; pc < k1; pc += KC) {
+                    int ke = k1 - pc < KC ? k1 : pc + KC;
+                    vf acc[NB];
+                    for (int b = 0; b < nb; b++) acc[b] = vsplat(0.0f);
+                    for (int k = pc; k < ke; k++) {
+                        vf x = vsplat(a[k]);
+                        const float *bk = B + (size_t)k * ldb + j0;
+                        for (int b = 0; b < nb; b++)
+                            acc[b] =
+                                vfma(x, vload_part(bk + b * VW, w[b]), acc[b]);
+                    }
+                    for (int b = 0; b < nb; b++)
+                        sum[b] = pc == k0 ? acc[b] : sum[b] + acc[b];
+                }
+            }
+            for (int b = 0; b < nb; b++) {
+                vf v = K1 ? c[b] + g[b] : c[b];
+                if (relu) v = vselect(v > vsplat(0.0f), v, vsplat(0.0f));
+                float t[VW];
+                memcpy(t, &v, sizeof t);
+                memcpy(C + (size_t)i * ldc + j0 + b * VW, t,
+                       (size_t)w[b] * sizeof(float));
+            }
+        }
+    }
+}
+#endif
+
+void qkv_sgemm_rows(int M_like, int relu, int ta, int tb, int M, int N, int K,
+                    const float *A, int lda, const float *B, int ldb, float *C,
+                    int ldc) {
+#ifdef ROWS_FMA
+    if (!ta && !tb && M >= 1 && M <= 4 && N >= 1 && K >= 1) {
+        check_args(0, 0, M, N, K, A, lda, B, ldb, C, ldc);
+        rows_fma(k_split(M_like, N, K), M, N, K, A, (size_t)lda, B, (size_t)ldb,
+                 relu, C, (size_t)ldc);
+        return;
+    }
+#endif
+    sgemm(M_like, ta, tb, M, N, K, A, lda, B, ldb, relu ? RELU : 0, C, ldc);
 }
 
 void qkv_sgemm_ref(int ta, int tb, int M, int N, int K, const float *A, int lda,

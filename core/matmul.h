@@ -35,6 +35,26 @@ void qkv_sgemm_serial(int ta, int tb, int M, int N, int K, const float *A,
                       int lda, const float *B, int ldb, int accumulate,
                       float *C, int ldc);
 
+/* The rows of a larger product: C = op(A) op(B) for M rows (relu: then
+ * max(., 0), as qkv_sgemm_relu), each row with exactly the bits it would
+ * get as a row of the same product with M_like rows. The kernels sum a row
+ * the same way whatever M is, but long products (K >= 512) sum K in one or
+ * two groups depending on M, N and K (see qkv_sgemm_k_groups); this takes
+ * that choice from M_like. Incremental decoding computes the newest rows of
+ * products that a full recompute does with every row. */
+void qkv_sgemm_rows(int M_like, int relu, int ta, int tb, int M, int N, int K,
+                    const float *A, int lda, const float *B, int ldb, float *C,
+                    int ldc);
+/* The same on the calling thread, with qkv_sgemm_serial's accumulate. */
+void qkv_sgemm_rows_serial(int M_like, int ta, int tb, int M, int N, int K,
+                           const float *A, int lda, const float *B, int ldb,
+                           int accumulate, float *C, int ldc);
+/* How a product of M rows groups its sum over K: 0 (one group), or where
+ * the second group starts. Two products (same N and K) whose M give the
+ * same value give the same bits in the rows they share; -1 with OpenBLAS
+ * (no such promise). */
+int qkv_sgemm_k_groups(int M, int N, int K);
+
 /* Plain triple loop, the reference the fast kernels are tested against. */
 void qkv_sgemm_ref(int ta, int tb, int M, int N, int K, const float *A, int lda,
                    const float *B, int ldb, int accumulate, float *C, int ldc);

@@ -98,6 +98,29 @@ qkv_tensor *qkv_attention_packed(qkv_graph *g, qkv_tensor *q, int q_col,
                                  qkv_tensor *k, int k_col, qkv_tensor *v,
                                  int v_col, int d, int heads,
                                  const qkv_attn_opts *opts);
+/* Heads at strides: element (b, h, s, k) is data[b sb + h sh + s ld + k]. */
+typedef struct qkv_heads {
+    float *data;
+    size_t sb, sh;
+    int ld;
+} qkv_heads;
+/* The attention of T queries per row that are the last T of T_full, without
+ * a tape (incremental decoding: T new positions, the keys and values of all
+ * S from a cache). q, y: (B, H, T, K) views; k, v: (B, H, S, K) views.
+ * Masks as qkv_attention (causal: query i sees keys j <= i + S - T). Each
+ * row of y has exactly the bits of the same row of qkv_attention_packed
+ * over T_full queries with the same keys, provided the two choose the same
+ * kernels (qkv_attention_plan of T_full here and there); a key hidden from
+ * a query adds nothing, so keys past it do not change its row. The weights
+ * are scratch in g's arena (or copied to opts->weights, (B, H, T, S)). */
+void qkv_attention_rows(qkv_graph *g, qkv_heads q, qkv_heads k, qkv_heads v,
+                        qkv_heads y, int B, int H, int T, int S, int K,
+                        int T_full, const qkv_attn_opts *opts);
+/* The kernel choices of an attention of T queries over S keys, K wide
+ * (small-head path or not, then how its two products group their sums), in
+ * plan; returns how many ints it wrote (at most 3). Equal plans, equal bits
+ * for the rows two attentions share. */
+int qkv_attention_plan(int T, int S, int K, int plan[3]);
 /* loss = mean over rows i with target[i] != ignore_index of
  *   -(1 - ls) log p[i, target[i]] - (ls / V) sum_j log p[i, j],
  * p = softmax(logits[i, :]); logits (..., V), target one id per row.

@@ -13,8 +13,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-#if defined(__AVX512F__)
-#include <immintrin.h>
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__FMA__)
+#include <immintrin.h> /* vfma's AVX2 form needs it too */
 #endif
 
 #define QKV_LANES 16

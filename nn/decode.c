@@ -33,6 +33,94 @@ static void decode_end(qkv_graph *g, decode_mode d) {
     qkv_graph_set_grad(g, d.rec);
 }
 
+/* ------------------------------------------------------ next-token logits */
+
+static int cache_on = 1;
+
+int qkv_decode_set_cache(int on) {
+    int was = cache_on;
+    cache_on = on != 0;
+    return was;
+}
+
+static qkv_decode_observer observer;
+static void *observer_ctx;
+
+void qkv_decode_set_observer(qkv_decode_observer fn, void *ctx) {
+    observer = fn;
+    observer_ctx = ctx;
+}
+
+/* Where a decode's next-token logits come from: the key/value cache, or the
+ * whole prefix again (qkv_decode_set_cache(0)). */
+typedef struct stepper {
+    qkv_model *m;
+    qkv_graph *g;
+    int cached;
+    qkv_kv_cache kc;
+    const float *mem;   /* recompute: (rows, S, D) encoder memory, or NULL */
+    const uint8_t *pad; /* (rows, S) or NULL */
+    int S;
+    int32_t *cur; /* recompute: (rows_cap, cap) the prefixes packed */
+} stepper;
+
+/* rows_cap rows of up to cap >= 1 positions; mem (rows, S, D) and pad stay
+ * the caller's (the cache copies them). */
+static void stepper_init(stepper *st, qkv_model *m, qkv_graph *g, int rows,
+                         int rows_cap, int cap, const float *mem, int S,
+                         const uint8_t *pad) {
+    memset(st, 0, sizeof *st);
+    st->m = m, st->g = g, st->cached = cache_on;
+    st->mem = mem, st->pad = pad, st->S = S;
+    /* past max_len a step fails as the recompute would, naming the length */
+    if (cap > m->cfg.max_len) cap = m->cfg.max_len;
+    if (st->cached)
+        qkv_kv_cache_init(&st->kc, m, rows, rows_cap, cap, mem, mem ? S : 0,
+                          pad);
+    else
+        st->cur = qkv_malloc((size_t)rows_cap * cap * sizeof *st->cur,
+                             "decode buffer");
+}
+
+static void stepper_free(stepper *st) {
+    if (st->cached) qkv_kv_cache_free(&st->kc);
+    free(st->cur);
+}
+
+/* The logits of position t - 1 of the rows of seq (rows, t; row stride ld):
+ * row i at the result + i * *stride. Resets g first. */
+static const float *stepper_logits(stepper *st, const int32_t *seq, size_t ld,
+                                   int rows, int t, size_t *stride) {
+    qkv_graph *g = st->g;
+    int V = st->m->cfg.tgt_vocab;
+    const float *x;
+    QKV_CHECK(t >= 1 && t <= st->m->cfg.max_len,
+              "model: sequence length %d is outside 1..max_len = %d", t,
+              st->m->cfg.max_len);
+    qkv_graph_reset(g);
+    if (st->cached) {
+        QKV_CHECK(st->kc.rows == rows, "decode: %d rows, the cache has %d",
+                  rows, st->kc.rows);
+        x = qkv_model_decoder_step(st->m, g, &st->kc, seq, ld, t)->data;
+        *stride = (size_t)V;
+    } else {
+        for (int i = 0; i < rows; i++)
+            memcpy(st->cur + (size_t)i * t, seq + i * ld,
+                   (size_t)t * sizeof *st->cur);
+        qkv_tensor *memt =
+            st->mem ? qkv_tensor_wrap(g, (float *)st->mem, 3,
+                                      (int[]){rows, st->S, st->m->cfg.d_model})
+                    : NULL;
+        x = qkv_model_decoder_forward(st->m, g, st->cur, NULL, rows, t, memt,
+                                      st->pad, NULL, NULL)
+                ->data +
+            (size_t)(t - 1) * V;
+        *stride = (size_t)t * V;
+    }
+    if (observer) observer(observer_ctx, x, rows, *stride, t);
+    return x;
+}
+
 /* ------------------------------------------------------------ beam search */
 
 /* A candidate: hypothesis `idx / V` extended by token `idx % V`. */
@@ -64,7 +152,6 @@ typedef struct beam_state {
     int32_t *hyp_buf;  /* holds hyp and next */
     int32_t *hyp;      /* (beam, L) live hypotheses: bos, tokens */
     int32_t *next;     /* (beam, L) the next step's, built from hyp */
-    int32_t *cur;      /* (beam, L) the live prefixes packed as (live, t) */
     double *score_buf; /* holds lscore and nscore */
     double *lscore;    /* (beam) live: sum of log p */
     double *nscore;    /* (beam) the next step's */
@@ -72,7 +159,9 @@ typedef struct beam_state {
     double *fnorm;     /* (beam) their scores over the length penalty */
     int *flen;         /* (beam) their lengths */
     beam_cand *best;   /* (beam) this step's best candidates */
+    int *parent;       /* (beam) the live hypothesis each next one extends */
     int live, nfin;
+    stepper st;
 } beam_state;
 
 /* Encodes the source once (B = 1) into a fresh arena, copies the memory and
@@ -91,11 +180,14 @@ static void beam_alloc(beam_state *bs, qkv_model *m, qkv_graph *g,
         memcpy(bs->mem + i * row, mem1->data, row * sizeof *bs->mem);
         if (bs->pad) memcpy(bs->pad + (size_t)i * S, src_pad, (size_t)S);
     }
+    /* the cache starts with the one live hypothesis */
+    stepper_init(&bs->st, m, g, 1, beam, bs->max_out, mem1->data, S, src_pad);
+    bs->st.mem = bs->mem, bs->st.pad = bs->pad; /* recompute: per beam row */
     bs->hyp_buf = qkv_malloc(2 * (size_t)beam * L * sizeof *bs->hyp_buf,
                              "beam hypotheses");
     bs->hyp = bs->hyp_buf;
     bs->next = bs->hyp_buf + (size_t)beam * L;
-    bs->cur = qkv_malloc((size_t)beam * L * sizeof *bs->cur, "beam input");
+    bs->parent = qkv_malloc((size_t)beam * sizeof *bs->parent, "beam parents");
     bs->fin = qkv_malloc((size_t)beam * bs->max_out * sizeof *bs->fin,
                          "beam finished");
     bs->score_buf =
@@ -108,8 +200,9 @@ static void beam_alloc(beam_state *bs, qkv_model *m, qkv_graph *g,
 }
 
 static void beam_free(beam_state *bs) {
+    stepper_free(&bs->st);
     free(bs->hyp_buf);
-    free(bs->cur);
+    free(bs->parent);
     free(bs->fin);
     free(bs->score_buf);
     free(bs->fnorm);
@@ -120,12 +213,14 @@ static void beam_free(beam_state *bs) {
 }
 
 /* Fills bs->best with the best extensions of the live hypotheses, as many as
- * beams are not finished yet, from logits (live, t, V); returns how many. */
-static int beam_expand(beam_state *bs, const float *logits, int t) {
+ * beams are not finished yet, from their next-token logits (row i at
+ * logits + i stride); returns how many. */
+static int beam_expand(beam_state *bs, const float *logits, size_t stride,
+                       int t) {
     int V = bs->V, want = bs->beam - bs->nfin, nbest = 0;
     for (int i = 0; i < bs->live; i++) {
         /* log p = x - logsumexp(x), in double */
-        const float *x = logits + ((size_t)i * t + t - 1) * V;
+        const float *x = logits + i * stride;
         double mx, lse = qkv_log_sum_exp(x, V, &mx);
         lse += mx;
         QKV_CHECK(isfinite(lse),
@@ -157,6 +252,7 @@ static void beam_advance(beam_state *bs, int t, int nbest) {
             memcpy(bs->next + nlive * L, bs->hyp + i * L,
                    (size_t)t * sizeof *bs->next);
             bs->next[nlive * L + t] = v;
+            bs->parent[nlive] = i;
             bs->nscore[nlive++] = bs->best[k].score;
         }
     }
@@ -167,6 +263,9 @@ static void beam_advance(beam_state *bs, int t, int nbest) {
     bs->lscore = bs->nscore;
     bs->nscore = ts;
     bs->live = nlive;
+    /* the cache follows: row k becomes its parent's */
+    if (nlive > 0 && bs->st.cached)
+        qkv_kv_cache_gather(&bs->st.kc, bs->parent, nlive);
 }
 
 /* Early exit: a live score s <= 0 can only fall, and lp grows with the
@@ -218,17 +317,11 @@ void qkv_beam_search(qkv_model *m, qkv_graph *g, const int32_t *src,
     bs.hyp[0] = bos;
     bs.lscore[0] = 0.0;
     for (int t = 1; t <= max_out && bs.live > 0; t++) {
-        /* The live prefixes (live, t) -> logits (live, t, V); row t-1 is next.
-         */
-        qkv_graph_reset(g);
-        for (int i = 0; i < bs.live; i++)
-            memcpy(bs.cur + (size_t)i * t, bs.hyp + i * bs.L,
-                   (size_t)t * sizeof *bs.cur);
-        qkv_tensor *memt =
-            qkv_tensor_wrap(g, bs.mem, 3, (int[]){bs.live, S, D});
-        qkv_tensor *logits = qkv_model_decoder_forward(
-            m, g, bs.cur, NULL, bs.live, t, memt, bs.pad, NULL, NULL);
-        beam_advance(&bs, t, beam_expand(&bs, logits->data, t));
+        /* the live prefixes (live, t) -> their next-token logits */
+        size_t stride;
+        const float *x =
+            stepper_logits(&bs.st, bs.hyp, bs.L, bs.live, t, &stride);
+        beam_advance(&bs, t, beam_expand(&bs, x, stride, t));
         if (beam_settled(&bs, lp_max)) break;
     }
 
@@ -256,6 +349,18 @@ static int logit_id_cmp(const void *pa, const void *pb) {
     return (a->id > b->id) - (a->id < b->id);
 }
 
+typedef struct prob_id {
+    double w;
+    int id;
+} prob_id;
+
+/* Larger probability first, then lower id. */
+static int prob_id_cmp(const void *pa, const void *pb) {
+    const prob_id *a = pa, *b = pb;
+    if (a->w != b->w) return a->w > b->w ? -1 : 1;
+    return (a->id > b->id) - (a->id < b->id);
+}
+
 static int argmax(const float *x, int n) {
     int best = 0;
     for (int j = 1; j < n; j++)
@@ -263,18 +368,43 @@ static int argmax(const float *x, int n) {
     return best;
 }
 
-/* One draw from softmax(x / temp) over the top_k largest of x (V). Scratch:
- * kept (V), w (V), order (V). */
-static int draw_token(const float *x, int V, float temp, int top_k,
-                      qkv_pcg32 *rng, uint8_t *kept, double *w,
-                      logit_id *order) {
+/* Scratch of one draw, V each. */
+typedef struct draw_scratch {
+    uint8_t *kept;
+    double *w;
+    logit_id *order;
+    prob_id *by_p;
+} draw_scratch;
+
+static void scratch_alloc(draw_scratch *d, int V) {
+    d->kept = qkv_malloc((size_t)V, "sample scratch");
+    d->w = qkv_malloc((size_t)V * sizeof *d->w, "sample scratch");
+    d->order = qkv_malloc((size_t)V * sizeof *d->order, "sample scratch");
+    d->by_p = qkv_malloc((size_t)V * sizeof *d->by_p, "sample scratch");
+}
+
+static void scratch_free(draw_scratch *d) {
+    free(d->kept);
+    free(d->w);
+    free(d->order);
+    free(d->by_p);
+}
+
+/* d->w (V) = exp((x - max) / temp) over the top_k largest of x, then over
+ * the top_p nucleus (Holtzman et al. 2019, sec. 3.1: the smallest set, by
+ * descending probability, whose probability reaches top_p), 0 elsewhere,
+ * d->kept marking them; returns their sum. */
+static double draw_weights(const float *x, int V, float temp, int top_k,
+                           float top_p, draw_scratch *d) {
+    uint8_t *kept = d->kept;
+    double *w = d->w;
     if (top_k <= 0 || top_k >= V) {
         memset(kept, 1, (size_t)V);
     } else {
-        for (int v = 0; v < V; v++) order[v] = (logit_id){x[v], v};
-        qsort(order, (size_t)V, sizeof *order, logit_id_cmp);
+        for (int v = 0; v < V; v++) d->order[v] = (logit_id){x[v], v};
+        qsort(d->order, (size_t)V, sizeof *d->order, logit_id_cmp);
         memset(kept, 0, (size_t)V);
-        for (int k = 0; k < top_k; k++) kept[order[k].id] = 1;
+        for (int k = 0; k < top_k; k++) kept[d->order[k].id] = 1;
     }
     double mx = -INFINITY, total = 0.0;
     for (int v = 0; v < V; v++)
@@ -284,20 +414,76 @@ static int draw_token(const float *x, int V, float temp, int top_k,
         w[v] = kept[v] ? exp(((double)x[v] - mx) / temp) : 0.0;
         total += w[v];
     }
-    /* inverse CDF in id order; the last kept id absorbs rounding */
+    if (top_p > 0.0f && top_p < 1.0f) {
+        int n = 0;
+        for (int v = 0; v < V; v++)
+            if (kept[v]) d->by_p[n++] = (prob_id){w[v], v};
+        qsort(d->by_p, (size_t)n, sizeof *d->by_p, prob_id_cmp);
+        double need = (double)top_p * total, cum = 0.0;
+        int k = 0;
+        while (k < n && cum < need) cum += d->by_p[k++].w;
+        for (int j = k; j < n; j++) {
+            kept[d->by_p[j].id] = 0;
+            w[d->by_p[j].id] = 0.0;
+        }
+        total = 0.0; /* renormalise: the sum of what is left, in id order */
+        for (int v = 0; v < V; v++) total += w[v];
+    }
+    return total;
+}
+
+/* One draw from the kept weights: one qkv_pcg32_float u picks the first id,
+ * in id order, where the cumulative weight exceeds u * total; the last kept
+ * id absorbs rounding. */
+static int draw_token(const float *x, int V, float temp, int top_k, float top_p,
+                      qkv_pcg32 *rng, draw_scratch *d) {
+    double total = draw_weights(x, V, temp, top_k, top_p, d);
     double u = (double)qkv_pcg32_float(rng) * total, cum = 0.0;
     int tok = -1;
     for (int v = 0; v < V; v++) {
-        if (!kept[v]) continue;
+        if (!d->kept[v]) continue;
         tok = v;
-        cum += w[v];
+        cum += d->w[v];
         if (u < cum) break;
     }
     return tok;
 }
 
+static void check_draw(int V, float temperature, float top_p) {
+    QKV_CHECK(V >= 1, "qkv_sample: V = %d", V);
+    QKV_CHECK(temperature > 0.0f, "qkv_sample: temperature = %g must be > 0",
+              (double)temperature);
+    QKV_CHECK(top_p >= 0.0f, "qkv_sample: top_p = %g must be >= 0",
+              (double)top_p);
+}
+
+int qkv_sample_probs(const float *x, int V, float temperature, int top_k,
+                     float top_p, double *p) {
+    check_draw(V, temperature, top_p);
+    draw_scratch d;
+    scratch_alloc(&d, V);
+    double total = draw_weights(x, V, temperature, top_k, top_p, &d);
+    int n = 0;
+    for (int v = 0; v < V; v++) {
+        p[v] = d.w[v] / total;
+        n += d.kept[v];
+    }
+    scratch_free(&d);
+    return n;
+}
+
+int qkv_sample_token(const float *x, int V, float temperature, int top_k,
+                     float top_p, qkv_pcg32 *rng) {
+    check_draw(V, temperature, top_p);
+    draw_scratch d;
+    scratch_alloc(&d, V);
+    int tok = draw_token(x, V, temperature, top_k, top_p, rng, &d);
+    scratch_free(&d);
+    return tok;
+}
+
 void qkv_sample(qkv_model *m, qkv_graph *g, const int32_t *prompt, int P,
-                int max_out, float temperature, int top_k, int eos,
+                int max_out, float temperature, int top_k, float top_p, int eos,
                 qkv_pcg32 *rng, int32_t *out) {
     const qkv_model_config *c = &m->cfg;
     int V = c->tgt_vocab;
@@ -306,6 +492,8 @@ void qkv_sample(qkv_model *m, qkv_graph *g, const int32_t *prompt, int P,
         "qkv_sample: needs the decoder-only model, got the encoder-decoder");
     QKV_CHECK(temperature >= 0.0f, "qkv_sample: temperature = %g must be >= 0",
               (double)temperature);
+    QKV_CHECK(top_p >= 0.0f, "qkv_sample: top_p = %g must be >= 0",
+              (double)top_p);
     QKV_CHECK(max_out >= 1, "qkv_sample: max_out = %d must be >= 1", max_out);
     QKV_CHECK(P >= 1 && P - 1 + max_out <= c->max_len,
               "qkv_sample: prompt P = %d plus max_out = %d - 1 must be "
@@ -318,36 +506,33 @@ void qkv_sample(qkv_model *m, qkv_graph *g, const int32_t *prompt, int P,
     decode_mode mode = decode_begin(g);
     int32_t *seq =
         qkv_malloc(((size_t)P + max_out) * sizeof *seq, "sample buffer");
-    uint8_t *kept = qkv_malloc((size_t)V, "sample scratch");
-    double *w = qkv_malloc((size_t)V * sizeof *w, "sample scratch");
-    logit_id *order = qkv_malloc((size_t)V * sizeof *order, "sample scratch");
+    draw_scratch d;
+    scratch_alloc(&d, V);
+    stepper st;
+    stepper_init(&st, m, g, 1, 1, P - 1 + max_out, NULL, 0, NULL);
     memcpy(seq, prompt, (size_t)P * sizeof *seq);
     int k = 0;
     for (; k < max_out; k++) {
         int t = P + k;
-        qkv_graph_reset(g);
-        qkv_tensor *logits = qkv_model_decoder_forward(m, g, seq, NULL, 1, t,
-                                                       NULL, NULL, NULL, NULL);
-        const float *x = logits->data + (size_t)(t - 1) * V;
-        int tok = temperature == 0.0f ? argmax(x, V)
-                                      : draw_token(x, V, temperature, top_k,
-                                                   rng, kept, w, order);
+        size_t stride;
+        const float *x = stepper_logits(&st, seq, (size_t)t, 1, t, &stride);
+        int tok = temperature == 0.0f
+                      ? argmax(x, V)
+                      : draw_token(x, V, temperature, top_k, top_p, rng, &d);
         seq[t] = out[k] = tok;
         if (tok == eos) break;
     }
     for (k++; k < max_out; k++) out[k] = c->pad_id;
+    stepper_free(&st);
     free(seq);
-    free(kept);
-    free(w);
-    free(order);
+    scratch_free(&d);
     decode_end(g, mode);
 }
 
 void qkv_greedy(qkv_model *m, qkv_graph *g, const int32_t *src,
                 const uint8_t *src_pad, int B, int S, int bos, int eos,
                 int max_out, int32_t *out) {
-    int was_rec = qkv_graph_set_grad(g, 0), was_train = g->training;
-    g->training = 0;
+    decode_mode mode = decode_begin(g);
     int encdec = m->cfg.kind == QKV_MODEL_ENCDEC, V = m->cfg.tgt_vocab;
     int prefix = encdec ? 1 : S, L = prefix + max_out;
     int32_t *seq = qkv_malloc((size_t)B * L * sizeof *seq, "decode buffer");
@@ -359,7 +544,6 @@ void qkv_greedy(qkv_model *m, qkv_graph *g, const int32_t *src,
      * at every step, so it holds one step's activations, not a whole
      * decode's (2.7 GB for 200 sentences of 32 tokens at d_model 128). */
     float *mem = NULL;
-    int D = m->cfg.d_model;
     qkv_graph_reset(g);
     if (encdec) {
         qkv_tensor *e =
@@ -367,21 +551,13 @@ void qkv_greedy(qkv_model *m, qkv_graph *g, const int32_t *src,
         mem = qkv_malloc_aligned(e->n * sizeof *mem, "decode memory");
         memcpy(mem, e->data, e->n * sizeof *mem);
     }
-    int32_t *cur = qkv_malloc((size_t)B * L * sizeof *cur, "decode buffer");
+    stepper st = {0};
+    if (max_out > 0) stepper_init(&st, m, g, B, B, L - 1, mem, S, src_pad);
     for (int t = prefix; t < L; t++) {
-        /* the whole prefix again: simple, and cheap at these lengths */
-        for (int b = 0; b < B; b++)
-            memcpy(cur + (size_t)b * t, seq + (size_t)b * L,
-                   (size_t)t * sizeof *cur);
-        qkv_graph_reset(g);
-        qkv_tensor *memt =
-            encdec ? qkv_tensor_wrap(g, mem, 3, (int[]){B, S, D}) : NULL;
-        qkv_tensor *logits = qkv_model_decoder_forward(
-            m, g, cur, NULL, B, t, memt, src_pad, NULL, NULL);
+        size_t stride;
+        const float *x = stepper_logits(&st, seq, (size_t)L, B, t, &stride);
         for (int b = 0; b < B; b++) {
-            int tok =
-                done[b] ? m->cfg.pad_id
-                        : argmax(logits->data + ((size_t)b * t + t - 1) * V, V);
+            int tok = done[b] ? m->cfg.pad_id : argmax(x + b * stride, V);
             seq[(size_t)b * L + t] = tok;
             out[(size_t)b * max_out + t - prefix] = tok;
             if (tok == eos) done[b] = 1;
@@ -395,11 +571,9 @@ void qkv_greedy(qkv_model *m, qkv_graph *g, const int32_t *src,
             break;
         }
     }
-    qkv_graph_reset(g); /* drops the view of mem */
+    stepper_free(&st);
+    decode_end(g, mode); /* drops the view of mem */
     free(mem);
-    free(cur);
     free(seq);
     free(done);
-    g->training = was_train;
-    qkv_graph_set_grad(g, was_rec);
 }

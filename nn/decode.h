@@ -1,8 +1,12 @@
 /* decode.h - beam search for the encoder-decoder, sampling for decoder-only.
  *
- * Both run without a tape (recording off, training off; both restored on
- * return) and re-run the whole prefix through qkv_model_decoder_forward at each step,
- * as qkv_greedy does: no key/value cache, cheap at these lengths. Graph
+ * All run without a tape (recording off, training off; both restored on
+ * return) and feed only the newest token of every row at each step, the
+ * earlier positions' keys and values coming from a key/value cache
+ * (model.h's qkv_kv_cache, allocated once per decode); beam search gathers
+ * the cache rows of the hypotheses it keeps. The logits are bitwise those
+ * of re-running the whole prefix through qkv_model_decoder_forward, which
+ * qkv_decode_set_cache(0) does instead (tests and the bench compare). Graph
  * g is reset at every step (so its arena holds one step, not a whole decode)
  * and on return; the encoder memory lives in a malloc'd copy meanwhile. The
  * caller owns every buffer passed in; nothing is kept between calls.
@@ -11,7 +15,7 @@
  *   int32_t out[32];
  *   qkv_beam_search(&m, &g, src, NULL, S, 4, 0.6f, QKV_BOS, QKV_EOS, 32, out,
  *                   &score);
- *   qkv_sample(&lm, &g, prompt, P, 32, 0.8f, 40, QKV_EOS, &rng, out);
+ *   qkv_sample(&lm, &g, prompt, P, 32, 0.8f, 40, 0.9f, QKV_EOS, &rng, out);
  */
 #ifndef QKV_DECODE_H
 #define QKV_DECODE_H
@@ -57,13 +61,42 @@ void qkv_beam_search(qkv_model *m, qkv_graph *g, const int32_t *src,
 /* Sampling for the decoder-only model: the P prompt tokens (no padding) are
  * continued by up to max_out tokens, each drawn from
  * softmax(logits / temperature) restricted to the top_k largest logits
- * (ties: lower id; top_k <= 0 or >= V: all). One qkv_pcg32_float u per
- * token picks the first id, in id order, where the cumulative probability
- * exceeds u, so a seed repeats exactly. temperature 0 is greedy (argmax,
- * no draw). out (max_out) stops after eos (written; eos < 0: never) and is
- * padded with pad_id. */
+ * (ties: lower id; top_k <= 0 or >= V: all), then to the top_p nucleus
+ * (Holtzman et al. 2019, "The Curious Case of Neural Text Degeneration",
+ * sec. 3.1): the smallest set of those tokens, taken in descending
+ * probability (ties: lower id), whose probability reaches top_p, the rest
+ * dropped and the kept ones renormalised (top_p 0 or >= 1: off). One
+ * qkv_pcg32_float u per token picks the first kept id, in id order, where
+ * the cumulative probability exceeds u, so a seed repeats exactly.
+ * temperature 0 is greedy (argmax, no draw). out (max_out) stops after eos
+ * (written; eos < 0: never, all max_out tokens are drawn) and is padded
+ * with pad_id. */
 void qkv_sample(qkv_model *m, qkv_graph *g, const int32_t *prompt, int P,
-                int max_out, float temperature, int top_k, int eos,
+                int max_out, float temperature, int top_k, float top_p, int eos,
                 qkv_pcg32 *rng, int32_t *out);
+
+/* The distribution qkv_sample draws a token from, for logits x (V) and
+ * temperature > 0: p (V) as above (0 for the tokens top_k and top_p drop);
+ * returns how many tokens it keeps. */
+int qkv_sample_probs(const float *x, int V, float temperature, int top_k,
+                     float top_p, double *p);
+/* One draw from that distribution, as qkv_sample makes it (one
+ * qkv_pcg32_float from rng). */
+int qkv_sample_token(const float *x, int V, float temperature, int top_k,
+                     float top_p, qkv_pcg32 *rng);
+
+/* Decodes use the key/value cache (1, the default) or re-run the whole
+ * prefix at every step (0); returns the previous setting. The outputs are
+ * the same bits either way; for tests and the bench. Not thread-safe: set
+ * it before decoding. */
+int qkv_decode_set_cache(int on);
+
+/* Called at every step of every decode with the next-token logits of the
+ * `rows` rows (row i at logits + i * stride, V each) after t positions;
+ * NULL: none (the default). For tests that compare the two paths' logits
+ * step by step. */
+typedef void (*qkv_decode_observer)(void *ctx, const float *logits, int rows,
+                                    size_t stride, int t);
+void qkv_decode_set_observer(qkv_decode_observer fn, void *ctx);
 
 #endif

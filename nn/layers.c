@@ -1,7 +1,10 @@
 #include "layers.h"
 
+#include "matmul.h"
+
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* out = prefix + "." + suffix (out holds QKV_NAME_MAX bytes) */
@@ -227,4 +230,205 @@ qkv_tensor *qkv_decoder_layer_forward(const qkv_decoder_layer *l, qkv_graph *g,
     }
     h = sub_input(c, g, ffn_norm, x);
     return residual(c, g, ffn_norm, x, qkv_ffn_forward(&l->ffn, g, h));
+}
+
+/* ------------------------------------------------- incremental decoding */
+
+/* out (M, count N) = x (M, D) [W_1; ...; W_count]^T, the count linears
+ * side by side, each row as in a product of M_like rows: one product when
+ * their weights are stacked (as qkv_mha_forward does), else one each. */
+static void project(qkv_graph *g, const qkv_linear *const *l, int count,
+                    const float *x, int M, int M_like, const float *wt,
+                    float *out) {
+    int N = l[0]->w->shape[0], D = l[0]->w->shape[1], ld = count * N;
+    qkv_tensor *w = count > 1 ? stacked(g, l, count) : NULL;
+    if (w || count == 1) {
+        if (wt) /* wt: (D, ld), the weights transposed */
+            qkv_sgemm_rows(M_like, 0, 0, 0, M, ld, D, x, D, wt, ld, out, ld);
+        else
+            qkv_sgemm_rows(M_like, 0, 0, 1, M, ld, D, x, D,
+                           w ? w->data : l[0]->w->data, D, out, ld);
+        return;
+    }
+    for (int i = 0; i < count; i++)
+        if (wt)
+            qkv_sgemm_rows(M_like, 0, 0, 0, M, N, D, x, D, wt + (size_t)i * N,
+                           ld, out + (size_t)i * N, ld);
+        else
+            qkv_sgemm_rows(M_like, 0, 0, 1, M, N, D, x, D, l[i]->w->data, D,
+                           out + (size_t)i * N, ld);
+}
+
+/* x (B, T, D) W^T for one linear, as rows of a product of M_like rows;
+ * relu as qkv_matmul_relu; wt: W^T, or NULL. */
+static qkv_tensor *linear_rows(qkv_graph *g, const qkv_linear *l, qkv_tensor *x,
+                               int M_like, int relu, const float *wt) {
+    int B = x->shape[0], T = x->shape[1], N = l->w->shape[0],
+        D = l->w->shape[1];
+    qkv_tensor *y = qkv_tensor_new(g, 3, (int[]){B, T, N});
+    if (wt)
+        qkv_sgemm_rows(M_like, relu, 0, 0, B * T, N, D, x->data, D, wt, N,
+                       y->data, N);
+    else
+        qkv_sgemm_rows(M_like, relu, 0, 1, B * T, N, D, x->data, D, l->w->data,
+                       D, y->data, N);
+    return y;
+}
+
+void qkv_transpose(const float *src, int rows, int cols, float *dst) {
+    for (int i0 = 0; i0 < rows; i0 += 32) /* 32 x 32 blocks stay in L1 */
+        for (int j0 = 0; j0 < cols; j0 += 32)
+            for (int i = i0; i < rows && i < i0 + 32; i++)
+                for (int j = j0; j < cols && j < j0 + 32; j++)
+                    dst[(size_t)j * rows + i] = src[(size_t)i * cols + j];
+}
+
+/* Offsets of the transposed weights in a layer's copy (floats). */
+typedef struct wt_layout {
+    size_t qkv, o, w1, w2, cq, co, n;
+} wt_layout;
+
+static wt_layout wt_offsets(const qkv_decoder_layer *l) {
+    size_t D = (size_t)l->self_attn.w_q.w->shape[0],
+           F = (size_t)l->ffn.w1.w->shape[0];
+    wt_layout o = {0};
+    o.o = 3 * D * D;
+    o.w1 = o.o + D * D;
+    o.w2 = o.w1 + D * F;
+    o.cq = o.w2 + F * D;
+    o.co = o.cq + (l->has_cross ? D * D : 0);
+    o.n = o.co + (l->has_cross ? D * D : 0);
+    return o;
+}
+
+size_t qkv_decoder_layer_wt_size(const qkv_decoder_layer *l) {
+    return wt_offsets(l).n;
+}
+
+void qkv_decoder_layer_wt_fill(const qkv_decoder_layer *l, float *wt) {
+    wt_layout o = wt_offsets(l);
+    int D = l->self_attn.w_q.w->shape[0], F = l->ffn.w1.w->shape[0];
+    float *tmp = qkv_malloc((size_t)3 * D * D * sizeof *tmp, "weights");
+    const qkv_tensor *w[3] = {l->self_attn.w_q.w, l->self_attn.w_k.w,
+                              l->self_attn.w_v.w};
+    for (int i = 0; i < 3; i++) /* [W_Q; W_K; W_V]: (3D, D) */
+        memcpy(tmp + (size_t)i * D * D, w[i]->data,
+               (size_t)D * D * sizeof *tmp);
+    qkv_transpose(tmp, 3 * D, D, wt + o.qkv);
+    free(tmp);
+    qkv_transpose(l->self_attn.w_o.w->data, D, D, wt + o.o);
+    qkv_transpose(l->ffn.w1.w->data, F, D, wt + o.w1);
+    qkv_transpose(l->ffn.w2.w->data, D, F, wt + o.w2);
+    if (l->has_cross) {
+        qkv_transpose(l->cross_attn.w_q.w->data, D, D, wt + o.cq);
+        qkv_transpose(l->cross_attn.w_o.w->data, D, D, wt + o.co);
+    }
+}
+
+void qkv_decoder_layer_memory(const qkv_decoder_layer *l, qkv_graph *g,
+                              const float *mem, int M, float *ckv) {
+    QKV_CHECK(l->has_cross, "decoder layer: no cross-attention");
+    project(g, (const qkv_linear *[]){&l->cross_attn.w_k, &l->cross_attn.w_v},
+            2, mem, M, M, NULL, ckv);
+}
+
+/* Self-attention of the new positions over the cache (B, T, D) -> before
+ * W_O: as qkv_mha_forward(h, h, causal), with K and V of the earlier
+ * positions from kv. */
+static qkv_tensor *self_attn_step(const qkv_mha *a, qkv_graph *g, qkv_tensor *h,
+                                  const qkv_layer_kv *kv, int t0,
+                                  const float *wt) {
+    int B = h->shape[0], T = h->shape[1], D = h->shape[2], H = a->heads,
+        K = D / H, t = t0 + T;
+    float *qkv = qkv_arena_alloc(&g->arena, (size_t)B * T * 3 * D * 4);
+    project(g, (const qkv_linear *[]){&a->w_q, &a->w_k, &a->w_v}, 3, h->data,
+            B * T, B * t, wt, qkv);
+    size_t hs = (size_t)kv->cap * K; /* one head of the cache */
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < T; i++) {
+            const float *r = qkv + ((size_t)b * T + i) * 3 * D;
+            for (int hh = 0; hh < H; hh++) {
+                size_t at = ((size_t)b * H + hh) * hs + (size_t)(t0 + i) * K;
+                memcpy(kv->k + at, r + D + hh * K, (size_t)K * 4);
+                memcpy(kv->v + at, r + 2 * D + hh * K, (size_t)K * 4);
+            }
+        }
+    qkv_tensor *y = qkv_tensor_new(g, 3, (int[]){B, T, D});
+    qkv_heads q = {qkv, (size_t)T * 3 * D, (size_t)K, 3 * D},
+              k = {kv->k, H * hs, hs, K}, v = {kv->v, H * hs, hs, K},
+              o = {y->data, (size_t)T * D, (size_t)K, D};
+    qkv_attn_opts opts = {.causal = 1};
+    qkv_attention_rows(g, q, k, v, o, B, H, T, t, K, t, &opts);
+    return y;
+}
+
+/* Cross-attention of the new positions over the memory's cached K | V. */
+static qkv_tensor *cross_attn_step(const qkv_mha *a, qkv_graph *g,
+                                   qkv_tensor *h, const qkv_layer_kv *kv,
+                                   int t0, const float *wt) {
+    int B = h->shape[0], T = h->shape[1], D = h->shape[2], H = a->heads,
+        K = D / H, S = kv->S;
+    qkv_tensor *q = linear_rows(g, &a->w_q, h, B * (t0 + T), 0, wt);
+    qkv_tensor *y = qkv_tensor_new(g, 3, (int[]){B, T, D});
+    float *ckv = (float *)kv->ckv;
+    qkv_heads qh = {q->data, (size_t)T * D, (size_t)K, D},
+              k = {ckv, (size_t)S * 2 * D, (size_t)K, 2 * D},
+              v = {ckv + D, (size_t)S * 2 * D, (size_t)K, 2 * D},
+              o = {y->data, (size_t)T * D, (size_t)K, D};
+    qkv_attn_opts opts = {.key_pad = kv->src_pad};
+    qkv_attention_rows(g, qh, k, v, o, B, H, T, S, K, t0 + T, &opts);
+    return y;
+}
+
+qkv_tensor *qkv_decoder_layer_step(const qkv_decoder_layer *l, qkv_graph *g,
+                                   const qkv_sublayer_ctx *c, qkv_tensor *x,
+                                   const qkv_layer_kv *kv, int t0) {
+    QKV_CHECK(!g->training && !g->recording,
+              "decoder_layer_step: decoding only (no tape, no dropout)");
+    QKV_CHECK(x->ndim == 3 && t0 >= 0 && t0 + x->shape[1] <= kv->cap,
+              "decoder_layer_step: positions %d.. of %d outside the cache (%d)",
+              t0, x->ndim == 3 ? x->shape[1] : -1, kv->cap);
+    int M_like = x->shape[0] * (t0 + x->shape[1]);
+    wt_layout o = wt_offsets(l);
+    const float *wt = kv->wt;
+#define WT(part) (wt ? wt + o.part : NULL)
+    qkv_tensor *h = sub_input(c, g, &l->norm1, x);
+    qkv_tensor *y = self_attn_step(&l->self_attn, g, h, kv, t0, WT(qkv));
+    x = residual(c, g, &l->norm1, x,
+                 linear_rows(g, &l->self_attn.w_o, y, M_like, 0, WT(o)));
+    const qkv_norm *ffn_norm = &l->norm2;
+    if (l->has_cross) {
+        QKV_CHECK(kv->ckv, "decoder layer with cross-attention needs the "
+                           "memory's keys and values");
+        h = sub_input(c, g, &l->norm2, x);
+        y = cross_attn_step(&l->cross_attn, g, h, kv, t0, WT(cq));
+        x = residual(c, g, &l->norm2, x,
+                     linear_rows(g, &l->cross_attn.w_o, y, M_like, 0, WT(co)));
+        ffn_norm = &l->norm3;
+    }
+    h = sub_input(c, g, ffn_norm, x);
+    const qkv_ffn *f = &l->ffn;
+    qkv_tensor *z =
+        f->act == QKV_ACT_GELU
+            ? qkv_gelu(g, linear_rows(g, &f->w1, h, M_like, 0, WT(w1)))
+            : linear_rows(g, &f->w1, h, M_like, 1, WT(w1));
+    return residual(c, g, ffn_norm, x,
+                    linear_rows(g, &f->w2, z, M_like, 0, WT(w2)));
+#undef WT
+}
+
+int qkv_decoder_layer_plan(int B, int t, int S, int D, int H, int F,
+                           int *plan) {
+    int n = 0, M = B * t, K = D / H;
+    plan[n++] = qkv_sgemm_k_groups(M, 3 * D, D); /* Q | K | V */
+    plan[n++] = qkv_sgemm_k_groups(M, D, D);     /* one of them, W_O */
+    plan[n++] = qkv_sgemm_k_groups(M, F, D);     /* W_1 */
+    plan[n++] = qkv_sgemm_k_groups(M, D, F);     /* W_2 */
+    n += qkv_attention_plan(t, t, K, plan + n);
+    if (S > 0) {
+        plan[n++] = qkv_sgemm_k_groups(B * S, 2 * D, D); /* memory K | V */
+        plan[n++] = qkv_sgemm_k_groups(B * S, D, D);
+        n += qkv_attention_plan(t, S, K, plan + n);
+    }
+    return n;
 }

@@ -114,4 +114,48 @@ qkv_tensor *qkv_decoder_layer_forward(const qkv_decoder_layer *l, qkv_graph *g,
                                       const uint8_t *src_pad, float *self_w,
                                       float *cross_w);
 
+/* ------------------------------------------------- incremental decoding */
+
+/* One decoder layer's cache for incremental decoding (model.h's
+ * qkv_model_decoder_step owns and fills it). */
+typedef struct qkv_layer_kv {
+    float *k, *v;           /* (B, H, cap, K) self-attention keys, values */
+    const float *ckv;       /* (B, S, 2D) the memory's keys | values, or NULL */
+    const uint8_t *src_pad; /* (B, S) or NULL */
+    const float *wt;        /* the transposed weights, or NULL (below) */
+    int cap, S;
+} qkv_layer_kv;
+
+/* A step's few rows multiply by the weights transposed, (in, out), read in
+ * place instead of packed at every product (the same bits): floats of a
+ * layer's copy, and filling it: [W_Q; W_K; W_V]^T (D, 3D), W_O^T, W_1^T
+ * (D, F), W_2^T (F, D), then cross-attention's W_Q^T and W_O^T. */
+size_t qkv_decoder_layer_wt_size(const qkv_decoder_layer *l);
+void qkv_decoder_layer_wt_fill(const qkv_decoder_layer *l, float *wt);
+/* dst (cols, rows) = src (rows, cols)^T */
+void qkv_transpose(const float *src, int rows, int cols, float *dst);
+
+/* The cross-attention keys | values of the memory (M = B S rows of D):
+ * ckv (M, 2D) = mem [W_K; W_V]^T, as qkv_decoder_layer_forward computes
+ * them (the same products, the same bits). */
+void qkv_decoder_layer_memory(const qkv_decoder_layer *l, qkv_graph *g,
+                              const float *mem, int M, float *ckv);
+
+/* The layer on positions t0..t0+T-1 of x (B, T, D) -> (B, T, D), without a
+ * tape: their self-attention keys and values are written into kv at those
+ * positions, and the queries attend to positions 0..t0+T-1 of the cache.
+ * Every row has exactly the bits qkv_decoder_layer_forward gives it on the
+ * whole prefix (B, t0 + T), as long as the cached positions hold what that
+ * would compute (model.c's plan check). */
+qkv_tensor *qkv_decoder_layer_step(const qkv_decoder_layer *l, qkv_graph *g,
+                                   const qkv_sublayer_ctx *c, qkv_tensor *x,
+                                   const qkv_layer_kv *kv, int t0);
+
+/* The kernel choices qkv_decoder_layer_step's rows depend on, for B rows
+ * of t positions over S memory positions (0: none) of a layer of width D,
+ * H heads and F: ints into plan (room for QKV_LAYER_PLAN), returns how many.
+ * Equal plans: equal bits for the rows two computations share. */
+#define QKV_LAYER_PLAN 16
+int qkv_decoder_layer_plan(int B, int t, int S, int D, int H, int F, int *plan);
+
 #endif

@@ -1,6 +1,7 @@
 #include "model.h"
 
 #include "io.h"
+#include "matmul.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -328,6 +329,182 @@ qkv_tensor *qkv_model_loss_over(qkv_model *m, qkv_graph *g, const qkv_batch *b,
     qkv_tensor *logits = qkv_model_forward(m, g, b);
     return qkv_cross_entropy_over(g, logits, b->tgt_out, m->cfg.pad_id,
                                   label_smoothing, divisor);
+}
+
+/* ----------------------------------------------------- incremental decoding */
+
+void qkv_kv_cache_init(qkv_kv_cache *kc, const qkv_model *m, int rows,
+                       int rows_cap, int cap, const float *mem, int S,
+                       const uint8_t *src_pad) {
+    const qkv_model_config *c = &m->cfg;
+    int encdec = c->kind == QKV_MODEL_ENCDEC;
+    QKV_CHECK(rows >= 1 && rows <= rows_cap && cap >= 1 && cap <= c->max_len,
+              "kv_cache: %d of %d rows, %d positions (max_len %d)", rows,
+              rows_cap, cap, c->max_len);
+    QKV_CHECK(encdec ? mem && S >= 1 && S <= c->max_len : !mem && S == 0,
+              "kv_cache: the encoder-decoder needs its memory (S %d), the "
+              "decoder-only none",
+              S);
+    memset(kc, 0, sizeof *kc);
+    kc->rows = rows, kc->rows_cap = rows_cap, kc->cap = cap, kc->S = S;
+    kc->layers = c->n_dec, kc->heads = c->heads, kc->d_model = c->d_model;
+    kc->d_k = c->d_model / c->heads;
+    size_t D = (size_t)c->d_model, R = (size_t)rows_cap;
+    size_t self = (size_t)kc->layers * 2 * R * cap * D * sizeof(float);
+    size_t cross = (size_t)kc->layers * R * S * 2 * D * sizeof(float);
+    for (int i = 0; i < 2; i++) {
+        kc->self[i] = qkv_malloc_aligned(self, "key/value cache");
+        if (!encdec) continue;
+        kc->cross[i] = qkv_malloc_aligned(cross, "key/value cache");
+        kc->mem[i] =
+            qkv_malloc_aligned(R * S * D * sizeof(float), "key/value cache");
+        if (src_pad) kc->pad[i] = qkv_malloc(R * S, "key/value cache");
+    }
+    size_t nwt = (size_t)c->tgt_vocab * D;
+    for (int i = 0; i < c->n_dec; i++)
+        nwt += qkv_decoder_layer_wt_size(&m->dec[i]);
+    kc->wt = qkv_malloc_aligned(nwt * sizeof(float), "transposed weights");
+    float *w = kc->wt;
+    for (int i = 0; i < c->n_dec; i++) {
+        qkv_decoder_layer_wt_fill(&m->dec[i], w);
+        w += qkv_decoder_layer_wt_size(&m->dec[i]);
+    }
+    qkv_transpose(m->generator->data, c->tgt_vocab, (int)D, w);
+    if (encdec) {
+        memcpy(kc->mem[0], mem, (size_t)rows * S * D * sizeof(float));
+        if (src_pad) memcpy(kc->pad[0], src_pad, (size_t)rows * S);
+    }
+}
+
+void qkv_kv_cache_free(qkv_kv_cache *kc) {
+    for (int i = 0; i < 2; i++) {
+        free(kc->self[i]);
+        free(kc->cross[i]);
+        free(kc->mem[i]);
+        free(kc->pad[i]);
+    }
+    free(kc->wt);
+    memset(kc, 0, sizeof *kc);
+}
+
+/* Rows of `width` elements of `size` bytes: dst row i = src row parent[i],
+ * for blocks of rows_cap rows `blocks` times. */
+static void gather_rows(void *dst, const void *src, size_t row_bytes,
+                        size_t block_bytes, int blocks, const int *parent,
+                        int rows) {
+    for (int k = 0; k < blocks; k++)
+        for (int i = 0; i < rows; i++)
+            memcpy((char *)dst + k * block_bytes + i * row_bytes,
+                   (const char *)src + k * block_bytes +
+                       (size_t)parent[i] * row_bytes,
+                   row_bytes);
+}
+
+void qkv_kv_cache_gather(qkv_kv_cache *kc, const int *parent, int rows) {
+    QKV_CHECK(rows >= 1 && rows <= kc->rows_cap,
+              "kv_cache_gather: %d rows, at most %d", rows, kc->rows_cap);
+    for (int i = 0; i < rows; i++)
+        QKV_CHECK(parent[i] >= 0 && parent[i] < kc->rows,
+                  "kv_cache_gather: parent %d of row %d outside 0..%d",
+                  parent[i], i, kc->rows - 1);
+    int a = kc->cur, b = 1 - a, H = kc->heads, K = kc->d_k;
+    size_t R = (size_t)kc->rows_cap, D = (size_t)kc->d_model, S = kc->S;
+    size_t head = (size_t)kc->cap * K * sizeof(float);
+    /* only the cached positions of each head */
+    for (int l = 0; l < 2 * kc->layers; l++)
+        for (int i = 0; i < rows; i++)
+            for (int h = 0; h < H; h++) {
+                size_t blk = (size_t)l * R * H * head;
+                memcpy((char *)kc->self[b] + blk + ((size_t)i * H + h) * head,
+                       (char *)kc->self[a] + blk +
+                           ((size_t)parent[i] * H + h) * head,
+                       (size_t)kc->len * K * sizeof(float));
+            }
+    if (kc->S) {
+        gather_rows(kc->cross[b], kc->cross[a], S * 2 * D * sizeof(float),
+                    R * S * 2 * D * sizeof(float), kc->layers, parent, rows);
+        gather_rows(kc->mem[b], kc->mem[a], S * D * sizeof(float), 0, 1, parent,
+                    rows);
+        if (kc->pad[a])
+            gather_rows(kc->pad[b], kc->pad[a], S, 0, 1, parent, rows);
+    }
+    kc->cur = b;
+    kc->rows = rows;
+}
+
+/* Layer i's view of the live buffers. */
+static qkv_layer_kv layer_kv(const qkv_kv_cache *kc, int i) {
+    size_t R = (size_t)kc->rows_cap, D = (size_t)kc->d_model, S = kc->S;
+    size_t per = R * kc->cap * D; /* keys (or values) of one layer */
+    float *self = kc->self[kc->cur] + (size_t)i * 2 * per;
+    qkv_layer_kv kv = {.k = self,
+                       .v = self + per,
+                       .src_pad = kc->pad[kc->cur],
+                       .cap = kc->cap,
+                       .S = kc->S};
+    if (S) kv.ckv = kc->cross[kc->cur] + (size_t)i * R * S * 2 * D;
+    return kv;
+}
+
+qkv_tensor *qkv_model_decoder_step(qkv_model *m, qkv_graph *g, qkv_kv_cache *kc,
+                                   const int32_t *tgt, size_t ld, int t) {
+    const qkv_model_config *c = &m->cfg;
+    int B = kc->rows, D = c->d_model, V = c->tgt_vocab;
+    QKV_CHECK(t >= 1 && t <= kc->cap && (size_t)t <= ld,
+              "decoder_step: position %d outside the cache (%d) or the rows "
+              "(%zu)",
+              t, kc->cap, ld);
+    QKV_CHECK(!g->training && !g->recording,
+              "decoder_step: decoding only (no tape, no dropout)");
+    int plan[QKV_LAYER_PLAN];
+    int np = qkv_decoder_layer_plan(B, t, kc->S, D, c->heads, c->d_ff, plan);
+    int t0 = t - 1;
+    if (kc->len != t - 1 || t == 1 || np != kc->nplan ||
+        memcmp(plan, kc->plan, (size_t)np * sizeof *plan)) {
+        t0 = 0; /* (re)compute every position, and the memory's K | V */
+        kc->recomputes++;
+        memcpy(kc->plan, plan, (size_t)np * sizeof *plan);
+        kc->nplan = np;
+        for (int i = 0; i < c->n_dec && kc->S; i++)
+            qkv_decoder_layer_memory(&m->dec[i], g, kc->mem[kc->cur], B * kc->S,
+                                     (float *)layer_kv(kc, i).ckv);
+    }
+    int T = t - t0;
+    int32_t *ids = qkv_arena_alloc(&g->arena, (size_t)B * T * sizeof *ids);
+    for (int b = 0; b < B; b++)
+        memcpy(ids + (size_t)b * T, tgt + b * ld + t0, (size_t)T * sizeof *ids);
+    /* embed(ids) * sqrt(D)? + pos[t0..t), as embed() */
+    qkv_tensor *x = qkv_embedding(g, m->tgt_embed, ids, 2, (int[]){B, T});
+    if (c->scale_emb) x = qkv_scale(g, x, sqrtf((float)D));
+    qkv_tensor *p;
+    if (m->tgt_pos) {
+        int32_t *at = qkv_arena_alloc(&g->arena, (size_t)T * sizeof *at);
+        for (int i = 0; i < T; i++) at[i] = t0 + i;
+        p = qkv_embedding(g, m->tgt_pos, at, 1, &T);
+    } else {
+        p = qkv_tensor_wrap(g, m->pe + (size_t)t0 * D, 2, (int[]){T, D});
+    }
+    x = qkv_add(g, x, p);
+    qkv_sublayer_ctx sc = sublayer_ctx(m);
+    const float *wt = kc->wt;
+    for (int i = 0; i < c->n_dec; i++) {
+        qkv_layer_kv kv = layer_kv(kc, i);
+        kv.wt = wt;
+        x = qkv_decoder_layer_step(&m->dec[i], g, &sc, x, &kv, t0);
+        wt += qkv_decoder_layer_wt_size(&m->dec[i]);
+    }
+    kc->len = t;
+    /* the last position of each row: final norm, generator */
+    qkv_tensor *last = qkv_tensor_new(g, 2, (int[]){B, D});
+    for (int b = 0; b < B; b++)
+        memcpy(last->data + (size_t)b * D,
+               x->data + ((size_t)b * T + T - 1) * D,
+               (size_t)D * sizeof(float));
+    if (c->norm == QKV_NORM_PRE) last = qkv_norm_forward(&m->dec_norm, g, last);
+    qkv_tensor *logits = qkv_tensor_new(g, 2, (int[]){B, V});
+    qkv_sgemm_rows(B * t, 0, 0, 0, B, V, D, last->data, D, wt, V, logits->data,
+                   V); /* wt: now the generator's, (D, V) */
+    return logits;
 }
 
 /* ------------------------------------------------------------------ memory */

@@ -144,6 +144,65 @@ qkv_tensor *qkv_model_loss(qkv_model *m, qkv_graph *g, const qkv_batch *b,
 qkv_tensor *qkv_model_loss_over(qkv_model *m, qkv_graph *g, const qkv_batch *b,
                                 float label_smoothing, double divisor);
 
+/* ------------------------------------------------- incremental decoding
+ *
+ * A key/value cache: each decoder layer keeps the self-attention keys and
+ * values of the positions decoded so far, (rows, H, cap, K), and, for the
+ * encoder-decoder, the cross-attention keys and values of the encoder memory,
+ * computed once. qkv_model_decoder_step then feeds only the newest token of
+ * every row. Its logits have exactly the bits of qkv_model_decoder_forward
+ * on the whole prefix: every product and attention row is computed with the
+ * kernel choices the whole prefix would get (matmul.h's qkv_sgemm_rows,
+ * ops.h's qkv_attention_rows), and where those choices change with the
+ * prefix length or the row count (long products group their sums by shape)
+ * the cache is recomputed from the tokens, a few times per decode at most.
+ *
+ *   qkv_kv_cache kc;
+ *   qkv_kv_cache_init(&kc, &m, B, B, max_t, mem, S, src_pad);  // mem: or NULL
+ *   for (int t = 1; t <= max_t; t++)   // seq (B, L): tokens so far
+ *       logits = qkv_model_decoder_step(&m, &g, &kc, seq, L, t);  // (B, V)
+ *   qkv_kv_cache_free(&kc);
+ */
+typedef struct qkv_kv_cache {
+    int rows, rows_cap; /* live rows; the most there may be */
+    int cap;            /* positions per row */
+    int len;            /* positions cached in every row */
+    int S;              /* memory positions (encoder-decoder), else 0 */
+    int layers, heads, d_k, d_model;
+    float *self[2];  /* (layers, 2, rows_cap, H, cap, K) keys, values */
+    float *cross[2]; /* (layers, rows_cap, S, 2D) the memory's K | V */
+    float *mem[2];   /* (rows_cap, S, D) the encoder memory */
+    uint8_t *pad[2]; /* (rows_cap, S) its padding mask, or NULL */
+    int cur;         /* which of each pair is live (gather swaps) */
+    float *wt;       /* the decoder's weights transposed, layer by layer
+                      * (qkv_decoder_layer_wt_fill), then the generator's
+                      * (D, V): products of a few rows read them in place */
+    int plan[QKV_LAYER_PLAN], nplan; /* kernel choices of the cached values */
+    int recomputes; /* steps that computed every position (the first too) */
+} qkv_kv_cache;
+
+/* A cache for up to rows_cap rows of cap positions (cap <= max_len),
+ * starting with `rows` rows, empty. Encoder-decoder: mem (rows, S, D), the
+ * encoder output, and src_pad (rows, S) (or NULL) are copied; decoder-only:
+ * NULL, 0, NULL. Out of memory: a message and exit 2. */
+void qkv_kv_cache_init(qkv_kv_cache *kc, const qkv_model *m, int rows,
+                       int rows_cap, int cap, const float *mem, int S,
+                       const uint8_t *src_pad);
+void qkv_kv_cache_free(qkv_kv_cache *kc);
+/* Beam search keeps some hypotheses: row i becomes old row parent[i]
+ * (i < rows <= rows_cap; parents may repeat), cached positions, memory and
+ * mask alike. */
+void qkv_kv_cache_gather(qkv_kv_cache *kc, const int *parent, int rows);
+
+/* The logits (rows, V) of position t - 1 of tgt (rows, t), row stride ld,
+ * without a tape (recording and training off): only positions past those
+ * cached are computed, and they are cached. The cache must hold a prefix of
+ * these very tokens (it is recomputed from tgt when t - 1 positions are not
+ * cached, or when the kernel choices changed). The result lives in g's
+ * arena. */
+qkv_tensor *qkv_model_decoder_step(qkv_model *m, qkv_graph *g, qkv_kv_cache *kc,
+                                   const int32_t *tgt, size_t ld, int t);
+
 /* Bytes of activations (the graph arena) one batch of B rows of S source
  * and T target tokens needs: a training step (train 1: forward with the
  * tape, then backward), or a forward without a tape (0: evaluation, a

@@ -2,9 +2,13 @@
  * accurate; on hand-made models whose probabilities we set, beam search finds
  * the sequence greedy misses and the length penalty flips a ranking; scores
  * are recomputed), and sampling (seeds repeat, temperature 0 and top-k 1 are
- * greedy, top-k 2 never leaves the top two, frequencies match the softmax). */
+ * greedy, top-k 2 never leaves the top two, frequencies match the softmax;
+ * top-p keeps the nucleus, eos < 0 never stops). The key/value cache: every
+ * step's logits, and every decode's, have the bits of recomputing the
+ * prefix, across model variants and the kernels' switch points. */
 
 #include "decode.h"
+#include "matmul.h"
 #include "tasks.h"
 #include "test.h"
 #include "trainer.h"
@@ -377,9 +381,9 @@ static void test_sample_repeats_and_greedy(void) {
     qkv_pcg32_seed(&r3, 6, 6);
     int differ = 0;
     for (int rep = 0; rep < 5; rep++) {
-        qkv_sample(&m, &g, prompt, 4, N, 1.0f, 0, -1, &r1, a);
-        qkv_sample(&m, &g, prompt, 4, N, 1.0f, 0, -1, &r2, b);
-        qkv_sample(&m, &g, prompt, 4, N, 1.0f, 0, -1, &r3, c);
+        qkv_sample(&m, &g, prompt, 4, N, 1.0f, 0, 0.0f, -1, &r1, a);
+        qkv_sample(&m, &g, prompt, 4, N, 1.0f, 0, 0.0f, -1, &r2, b);
+        qkv_sample(&m, &g, prompt, 4, N, 1.0f, 0, 0.0f, -1, &r3, c);
         CHECK(memcmp(a, b, sizeof a) == 0,
               "same seed, different samples (rep %d)", rep);
         differ += memcmp(a, c, sizeof a) != 0;
@@ -389,16 +393,16 @@ static void test_sample_repeats_and_greedy(void) {
 
     qkv_greedy(&m, &g, prompt, NULL, 1, 4, QKV_BOS, QKV_EOS, N, greedy);
     qkv_pcg32 before = r1;
-    qkv_sample(&m, &g, prompt, 4, N, 0.0f, 5, QKV_EOS, &r1, t0);
+    qkv_sample(&m, &g, prompt, 4, N, 0.0f, 5, 0.0f, QKV_EOS, &r1, t0);
     CHECK(memcmp(t0, greedy, sizeof t0) == 0,
           "temperature 0 differs from greedy");
     CHECK(r1.state == before.state, "temperature 0 drew random numbers");
-    qkv_sample(&m, &g, prompt, 4, N, 0.0f, 0, QKV_EOS, NULL, t0);
+    qkv_sample(&m, &g, prompt, 4, N, 0.0f, 0, 0.0f, QKV_EOS, NULL, t0);
     CHECK(memcmp(t0, greedy, sizeof t0) == 0,
           "temperature 0 without rng differs");
     const float temps[3] = {0.5f, 1.0f, 3.0f};
     for (int i = 0; i < 3; i++) {
-        qkv_sample(&m, &g, prompt, 4, N, temps[i], 1, QKV_EOS, &r1, k1);
+        qkv_sample(&m, &g, prompt, 4, N, temps[i], 1, 0.0f, QKV_EOS, &r1, k1);
         CHECK(memcmp(k1, greedy, sizeof k1) == 0,
               "top_k 1 at T %g differs from greedy", (double)temps[i]);
     }
@@ -406,7 +410,7 @@ static void test_sample_repeats_and_greedy(void) {
     int32_t e[N];
     int found = 0;
     for (int rep = 0; rep < 50 && !found; rep++) {
-        qkv_sample(&m, &g, prompt, 4, N, 2.0f, 0, QKV_EOS, &r1, e);
+        qkv_sample(&m, &g, prompt, 4, N, 2.0f, 0, 0.0f, QKV_EOS, &r1, e);
         int k = 0;
         while (k < N && e[k] != QKV_EOS) k++;
         if (k < N - 1) {
@@ -433,7 +437,7 @@ static void test_top_k_2_stays_in_top_two(void) {
     qkv_pcg32_seed(&rng, 77, 3);
     for (int s = 0; s < n; s++) {
         int32_t out[N], seq[4 + N];
-        qkv_sample(&m, &g, prompt, 4, N, 2.0f, 2, -1, &rng, out);
+        qkv_sample(&m, &g, prompt, 4, N, 2.0f, 2, 0.0f, -1, &rng, out);
         memcpy(seq, prompt, sizeof prompt);
         memcpy(seq + 4, out, sizeof out);
         for (int k = 0; k < N; k++) {
@@ -474,7 +478,7 @@ static void test_sample_frequencies(void) {
     double t0 = qkv_seconds();
     for (int i = 0; i < n; i++) {
         int32_t tok;
-        qkv_sample(&m, &g, prompt, 4, 1, T, 0, -1, &rng, &tok);
+        qkv_sample(&m, &g, prompt, 4, 1, T, 0, 0.0f, -1, &rng, &tok);
         count[tok]++;
     }
     double secs = qkv_seconds() - t0, chi2 = 0, e_pool = 0;
@@ -501,6 +505,425 @@ static void test_sample_frequencies(void) {
     qkv_model_free(&m);
 }
 
+/* ------------------------------------------- the key/value cache, top-p */
+
+/* With BLAS=openblas the products are OpenBLAS's, whose bits depend on
+ * the row count: the cache then promises nothing bitwise. */
+#define SKIP_OPENBLAS()                                                        \
+    do {                                                                       \
+        if (!strcmp(qkv_sgemm_kernel_name(), "openblas"))                      \
+            SKIP("OpenBLAS products: no bitwise promise across row counts");   \
+    } while (0)
+
+/* Random ids in 3..V-1 (no pad, bos or eos). */
+static void random_ids(int32_t *ids, size_t n, int V, uint64_t seed) {
+    qkv_pcg32 r;
+    qkv_pcg32_seed(&r, seed, 3);
+    for (size_t i = 0; i < n; i++)
+        ids[i] = 3 + (int32_t)(qkv_pcg32_float(&r) * (float)(V - 3));
+}
+
+/* Steps the cache through positions t_lo..t_hi of B random rows and checks
+ * every step's logits against the last position of qkv_model_decoder_forward
+ * on the whole prefix, bit for bit; returns how many times the cache
+ * recomputed every position (-1: a mismatch). */
+static int step_vs_forward(qkv_model *m, int B, int S, int t_lo, int t_hi,
+                           uint64_t seed) {
+    const qkv_model_config *c = &m->cfg;
+    int V = c->tgt_vocab, D = c->d_model, encdec = c->kind == QKV_MODEL_ENCDEC;
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    int rec = qkv_graph_set_grad(&g, 0);
+    g.training = 0;
+    int32_t *tgt = malloc((size_t)B * t_hi * sizeof *tgt);
+    int32_t *src = malloc((size_t)B * (S + 1) * sizeof *src);
+    uint8_t *pad = calloc((size_t)B * (S + 1), 1);
+    float *mem = NULL, *want = malloc((size_t)B * V * sizeof *want);
+    random_ids(tgt, (size_t)B * t_hi, V, seed);
+    random_ids(src, (size_t)B * (S + 1), V, seed + 1);
+    if (encdec) { /* row b has b padding positions at the end */
+        for (int b = 0; b < B; b++)
+            for (int j = S - b; j < S; j++)
+                if (j > 0) pad[(size_t)b * S + j] = 1;
+        qkv_tensor *e = qkv_model_encoder_forward(m, &g, src, pad, B, S, NULL);
+        mem = malloc(e->n * sizeof *mem);
+        memcpy(mem, e->data, e->n * sizeof *mem);
+    }
+    qkv_kv_cache kc;
+    qkv_kv_cache_init(&kc, m, B, B, t_hi, mem, encdec ? S : 0,
+                      encdec ? pad : NULL);
+    int bad = 0;
+    for (int t = t_lo; t <= t_hi && !bad; t++) {
+        qkv_graph_reset(&g);
+        int32_t *cur = qkv_arena_alloc(&g.arena, (size_t)B * t * sizeof *cur);
+        for (int b = 0; b < B; b++)
+            memcpy(cur + (size_t)b * t, tgt + (size_t)b * t_hi,
+                   (size_t)t * sizeof *cur);
+        qkv_tensor *mt =
+            encdec ? qkv_tensor_wrap(&g, mem, 3, (int[]){B, S, D}) : NULL;
+        qkv_tensor *full = qkv_model_decoder_forward(
+            m, &g, cur, NULL, B, t, mt, encdec ? pad : NULL, NULL, NULL);
+        for (int b = 0; b < B; b++)
+            memcpy(want + (size_t)b * V,
+                   full->data + ((size_t)b * t + t - 1) * V,
+                   (size_t)V * sizeof *want);
+        qkv_graph_reset(&g);
+        qkv_tensor *got =
+            qkv_model_decoder_step(m, &g, &kc, tgt, (size_t)t_hi, t);
+        if (memcmp(got->data, want, (size_t)B * V * sizeof *want)) {
+            CHECK(0, "step %d: logits differ from the whole prefix's", t);
+            bad = 1;
+        }
+    }
+    int n = bad ? -1 : kc.recomputes;
+    qkv_kv_cache_free(&kc);
+    qkv_graph_set_grad(&g, rec);
+    qkv_graph_free(&g);
+    free(tgt), free(src), free(pad), free(mem), free(want);
+    return n;
+}
+
+/* The configurations the cache must cover: either model, post- and
+ * pre-norm, sinusoidal and learned positions, tied output, ReLU and GELU. */
+static qkv_model_config variant(int i) {
+    qkv_model_config c =
+        test_tiny_config(i & 1 ? QKV_MODEL_DECODER : QKV_MODEL_ENCDEC, 13);
+    c.norm = i & 2 ? QKV_NORM_PRE : QKV_NORM_POST;
+    c.pos = i & 4 ? QKV_POS_LEARNED : QKV_POS_SIN;
+    c.tie_output = (i >> 1) & 1;
+    c.act = i & 4 ? QKV_ACT_GELU : QKV_ACT_RELU;
+    c.n_dec = 2;
+    c.d_model = 48;
+    c.heads = 3; /* K = 16 */
+    return c;
+}
+
+static void test_cache_step_is_forward(void) {
+    SKIP_OPENBLAS();
+    for (int i = 0; i < 8; i++) {
+        qkv_model_config c = variant(i);
+        qkv_model m;
+        test_tiny_model(&m, &c, 100 + i);
+        int n = step_vs_forward(&m, 3, 7, 1, 20, 7 + i);
+        CHECK(n == 1, "variant %d: %d full recomputes (-1: mismatch), want 1",
+              i, n);
+        /* a prompt: the first step computes 9 positions at once */
+        n = step_vs_forward(&m, 2, 5, 9, 24, 70 + i);
+        CHECK(n == 1, "variant %d, prompt: %d full recomputes, want 1", i, n);
+        qkv_model_free(&m);
+    }
+}
+
+/* Where the kernels' choices change with the prefix, the cache is
+ * recomputed once more and the bits still match: the FFN's second product
+ * (K = d_ff = 800, four blocks) groups its sum in two up to 164 rows and in
+ * one beyond; attention leaves its small-head path past 64 positions; and
+ * from 512 positions A V sums its keys in two groups, split at key 256,
+ * then 512 (from 513), then 768 (from 1025). */
+static void test_cache_kernel_switches(void) {
+    SKIP_OPENBLAS();
+    qkv_model_config c = test_tiny_config(QKV_MODEL_DECODER, 13);
+    c.d_model = 256;
+    c.heads = 4;
+    c.d_ff = 800;
+    c.n_dec = 2; /* the first layer's rows feed the second's keys */
+    qkv_model m;
+    test_tiny_model(&m, &c, 5);
+    int n = step_vs_forward(&m, 8, 0, 4, 28, 1); /* 8 x 20 < 164 < 8 x 21 */
+    CHECK(n == 2, "ffn grouping: %d full recomputes, want 2", n);
+    qkv_model_free(&m);
+    c.max_len = 64; /* 4 rows: the few-row kernel, 4 x 41 < 164 < 4 x 42 */
+    test_tiny_model(&m, &c, 5);
+    n = step_vs_forward(&m, 4, 0, 30, 50, 1);
+    CHECK(n == 2, "ffn grouping, 4 rows: %d full recomputes, want 2", n);
+    qkv_model_free(&m);
+
+    c = test_tiny_config(QKV_MODEL_DECODER, 13);
+    c.max_len = 80;
+    c.n_dec = 2;
+    test_tiny_model(&m, &c, 6);
+    n = step_vs_forward(&m, 2, 0, 60, 70, 2);
+    CHECK(n == 2, "small heads: %d full recomputes, want 2", n);
+    qkv_model_free(&m);
+
+    c = test_tiny_config(QKV_MODEL_ENCDEC, 13);
+    c.max_len = 80;
+    c.n_dec = 2;
+    test_tiny_model(&m, &c, 6);
+    n = step_vs_forward(&m, 2, 70, 60, 70, 3); /* cross-attention too */
+    CHECK(n == 2, "small heads, cross: %d full recomputes, want 2", n);
+    qkv_model_free(&m);
+
+    if (QUICK) return;
+    c = test_tiny_config(QKV_MODEL_DECODER, 13);
+    c.d_model = 16;
+    c.heads = 1;
+    c.d_ff = 32;
+    c.n_dec = 2;
+    c.max_len = 1040;
+    test_tiny_model(&m, &c, 7);
+    n = step_vs_forward(&m, 1, 0, 1010, 1040, 4);
+    CHECK(n == 2, "long A V: %d full recomputes, want 2", n);
+    /* 512: two groups split at key 256; 513: at key 512 */
+    n = step_vs_forward(&m, 1, 0, 500, 520, 5);
+    CHECK(n == 3, "A V from one group to two: %d full recomputes, want 3", n);
+    qkv_model_free(&m);
+}
+
+/* qkv_sgemm_rows: the rows of a product of M_like rows, bit for bit, on
+ * odd shapes, for the few-row kernel (M <= 4) and the blocked one, with
+ * and without relu, with K in one group and in two (K 1100: five blocks;
+ * with N 200, two groups up to 440 rows, one for 512). */
+static void test_sgemm_rows_are_rows(void) {
+    SKIP_OPENBLAS();
+    const int Ms[] = {1, 2, 3, 4, 7}, Ns[] = {1, 7, 33, 127, 200};
+    const int Ks[] = {1, 17, 300, 1100}, likes[] = {0, 512};
+    size_t big = (size_t)512 * 1100;
+    float *A = malloc(big * sizeof *A), *W = malloc(200 * 1100 * sizeof *W);
+    float *Wt = malloc(200 * 1100 * sizeof *Wt);
+    float *full = malloc((size_t)512 * 200 * sizeof *full), y[7 * 200];
+    qkv_pcg32 r;
+    qkv_pcg32_seed(&r, 4, 4);
+    for (size_t i = 0; i < big; i++) A[i] = qkv_pcg32_float(&r) - 0.5f;
+    for (int i = 0; i < 200 * 1100; i++) W[i] = qkv_pcg32_float(&r) - 0.5f;
+    int cases = 0;
+    for (int a = 0; a < 5; a++)
+        for (int b = 0; b < 5; b++)
+            for (int k = 0; k < 4; k++)
+                for (int l = 0; l < 2; l++)
+                    for (int relu = 0; relu < 2; relu++) {
+                        int M = Ms[a], N = Ns[b], K = Ks[k];
+                        int ML = likes[l] ? likes[l] : M;
+                        /* the whole product of ML rows; the rows' are its
+                         * last M */
+                        if (relu)
+                            qkv_sgemm_relu(0, 1, ML, N, K, A, K, W, K, full, N);
+                        else
+                            qkv_sgemm(0, 1, ML, N, K, A, K, W, K, 0, full, N);
+                        const float *last = full + (size_t)(ML - M) * N;
+                        const float *Al = A + (size_t)(ML - M) * K;
+                        qkv_transpose(W, N, K, Wt);
+                        qkv_sgemm_rows(ML, relu, 0, 0, M, N, K, Al, K, Wt, N, y,
+                                       N);
+                        CHECK(!memcmp(y, last, (size_t)M * N * sizeof *y),
+                              "W^T: M %d of %d, N %d, K %d, relu %d", M, ML, N,
+                              K, relu);
+                        qkv_sgemm_rows(ML, relu, 0, 1, M, N, K, Al, K, W, K, y,
+                                       N);
+                        CHECK(!memcmp(y, last, (size_t)M * N * sizeof *y),
+                              "W: M %d of %d, N %d, K %d, relu %d", M, ML, N, K,
+                              relu);
+                        cases++;
+                    }
+    CHECK(qkv_sgemm_k_groups(7, 200, 1100) !=
+              qkv_sgemm_k_groups(512, 200, 1100),
+          "the shapes do not cover both groupings");
+    printf("  %d shapes: the rows' bits\n", cases);
+    free(A), free(W), free(Wt), free(full);
+}
+
+/* Every step's logits of a decode, appended. */
+typedef struct logit_log {
+    float *x;
+    size_t n, cap;
+    int steps, V_;
+} logit_log;
+
+static void log_logits(void *ctx, const float *x, int rows, size_t stride,
+                       int t) {
+    logit_log *l = ctx;
+    (void)t;
+    l->steps++;
+    for (int i = 0; i < rows; i++) {
+        if (l->n + (size_t)l->V_ > l->cap || !l->x) {
+            l->cap = 2 * l->cap + 4096;
+            l->x = realloc(l->x, l->cap * sizeof *l->x);
+        }
+        memcpy(l->x + l->n, x + i * stride, (size_t)l->V_ * sizeof *x);
+        l->n += (size_t)l->V_;
+    }
+}
+
+/* One decode, run with the cache (on = 1) or recomputing (0): out and the
+ * logits of every step. */
+typedef struct decode_run {
+    int32_t out[4 * 64];
+    float score;
+    logit_log log;
+} decode_run;
+
+enum { GREEDY, BEAM1, BEAM4, SAMPLE };
+
+static void run_decode(qkv_model *m, int kind, int on, decode_run *r,
+                       uint64_t seed) {
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    memset(r, 0, sizeof *r);
+    r->log.V_ = m->cfg.tgt_vocab;
+    int encdec = m->cfg.kind == QKV_MODEL_ENCDEC;
+    int32_t src[3 * 9];
+    uint8_t pad[3 * 9] = {0};
+    random_ids(src, 27, m->cfg.tgt_vocab, seed);
+    pad[9 + 8] = pad[18 + 7] = pad[18 + 8] = 1;
+    int was = qkv_decode_set_cache(on);
+    qkv_decode_set_observer(log_logits, &r->log);
+    qkv_pcg32 rng;
+    qkv_pcg32_seed(&rng, seed, 9);
+    switch (kind) {
+    case GREEDY:
+        qkv_greedy(m, &g, src, encdec ? pad : NULL, encdec ? 3 : 2, 9, QKV_BOS,
+                   QKV_EOS, 20, r->out);
+        break;
+    case BEAM1:
+    case BEAM4:
+        qkv_beam_search(m, &g, src, pad, 9, kind == BEAM1 ? 1 : 4, 0.6f,
+                        QKV_BOS, QKV_EOS, 20, r->out, &r->score);
+        break;
+    default: /* temperature, top-k and top-p at once, then each alone */
+        qkv_sample(m, &g, src, 5, 20, 0.8f, 6, 0.9f, -1, &rng, r->out);
+        qkv_sample(m, &g, src, 5, 20, 1.5f, 0, 0.0f, -1, &rng, r->out + 20);
+        qkv_sample(m, &g, src, 5, 20, 1.0f, 3, 0.0f, -1, &rng, r->out + 40);
+        qkv_sample(m, &g, src, 5, 20, 1.0f, 0, 0.7f, -1, &rng, r->out + 60);
+        break;
+    }
+    qkv_decode_set_observer(NULL, NULL);
+    qkv_decode_set_cache(was);
+    qkv_graph_free(&g);
+}
+
+static void test_cached_decodes_are_recompute(void) {
+    SKIP_OPENBLAS();
+    static const char *names[] = {"greedy", "beam 1", "beam 4", "sample"};
+    int compared = 0;
+    for (int i = 0; i < 8; i++) {
+        qkv_model_config c = variant(i);
+        qkv_model m;
+        test_tiny_model(&m, &c, 200 + i);
+        for (int kind = GREEDY; kind <= SAMPLE; kind++) {
+            int encdec = c.kind == QKV_MODEL_ENCDEC;
+            if ((kind == BEAM1 || kind == BEAM4) != encdec && kind != GREEDY)
+                continue;
+            static decode_run a, b;
+            run_decode(&m, kind, 1, &a, 31 + i);
+            run_decode(&m, kind, 0, &b, 31 + i);
+            CHECK(a.log.steps > 0 && a.log.steps == b.log.steps &&
+                      a.log.n == b.log.n &&
+                      !memcmp(a.log.x, b.log.x, a.log.n * sizeof *a.log.x),
+                  "variant %d, %s: the logits of %d (%d) steps differ", i,
+                  names[kind], a.log.steps, b.log.steps);
+            CHECK(!memcmp(a.out, b.out, sizeof a.out) &&
+                      !memcmp(&a.score, &b.score, sizeof a.score),
+                  "variant %d, %s: outputs differ", i, names[kind]);
+            compared += a.log.steps;
+            free(a.log.x), free(b.log.x);
+        }
+        qkv_model_free(&m);
+    }
+    printf("  %d decode steps, cached and recomputed: the same bits\n",
+           compared);
+}
+
+/* Probabilities 0.4, 0.3, 0.2, 0.1 (as logits). */
+static const float four[4] = {-0.916290732f, -1.203972804f, -1.609437912f,
+                              -2.302585093f};
+
+static void test_top_p_keeps_the_nucleus(void) {
+    double p[4];
+    /* 0.4 < 0.65 <= 0.4 + 0.3: two tokens, renormalised to 4/7, 3/7 */
+    int k = qkv_sample_probs(four, 4, 1.0f, 0, 0.65f, p);
+    CHECK(k == 2, "top_p 0.65 kept %d tokens, want 2", k);
+    CHECK_NEAR(p[0], 4.0 / 7, 1e-6, "p[0]");
+    CHECK_NEAR(p[1], 3.0 / 7, 1e-6, "p[1]");
+    CHECK(p[2] == 0.0 && p[3] == 0.0, "dropped tokens have p %g, %g", p[2],
+          p[3]);
+    k = qkv_sample_probs(four, 4, 1.0f, 0, 0.71f, p);
+    CHECK(k == 3, "top_p 0.71 kept %d tokens, want 3", k);
+    CHECK_NEAR(p[2], 2.0 / 9, 1e-6, "p[2] of 3");
+    k = qkv_sample_probs(four, 4, 1.0f, 0, 0.3f, p);
+    CHECK(k == 1 && p[0] == 1.0, "top_p 0.3 kept %d, p[0] %g", k, p[0]);
+    /* off: 0 and 1 keep all */
+    CHECK(qkv_sample_probs(four, 4, 1.0f, 0, 0.0f, p) == 4 &&
+              qkv_sample_probs(four, 4, 1.0f, 0, 1.0f, p) == 4,
+          "top_p 0 or 1 drops tokens");
+    CHECK_NEAR(p[3], 0.1, 1e-6, "p[3] with top_p off");
+    /* temperature first: at 2 the probabilities are 0.325, 0.282, 0.230,
+     * 0.163, and 0.65 needs three */
+    k = qkv_sample_probs(four, 4, 2.0f, 0, 0.65f, p);
+    CHECK(k == 3, "temperature 2, top_p 0.65 kept %d tokens, want 3", k);
+    double s3 = sqrt(0.4) + sqrt(0.3) + sqrt(0.2);
+    CHECK_NEAR(p[0], sqrt(0.4) / s3, 1e-6, "p[0] at temperature 2");
+    /* top-k first: of the top 2 (4/7, 3/7), 0.6 needs both, 0.55 one */
+    k = qkv_sample_probs(four, 4, 1.0f, 2, 0.6f, p);
+    CHECK(k == 2, "top_k 2, top_p 0.6 kept %d, want 2", k);
+    k = qkv_sample_probs(four, 4, 1.0f, 2, 0.55f, p);
+    CHECK(k == 1, "top_k 2, top_p 0.55 kept %d, want 1", k);
+    /* ties go to the lower id: four equal tokens, top_p 0.5 keeps 0 and 1 */
+    const float flat[4] = {1, 1, 1, 1};
+    k = qkv_sample_probs(flat, 4, 1.0f, 0, 0.5f, p);
+    CHECK(k == 2 && p[0] == 0.5 && p[1] == 0.5 && p[2] == 0.0,
+          "ties: kept %d, p %g %g %g", k, p[0], p[1], p[2]);
+    /* seeded draws: 0 and 1 only, at 4/7 and 3/7 */
+    enum { N = 20000 };
+    qkv_pcg32 rng;
+    qkv_pcg32_seed(&rng, 17, 1);
+    int count[4] = {0};
+    for (int i = 0; i < N; i++)
+        count[qkv_sample_token(four, 4, 1.0f, 0, 0.65f, &rng)]++;
+    double sd = sqrt(N * (4.0 / 7) * (3.0 / 7));
+    CHECK(count[2] == 0 && count[3] == 0, "drew a dropped token (%d, %d)",
+          count[2], count[3]);
+    CHECK(fabs(count[0] - N * 4.0 / 7) < 4 * sd,
+          "token 0 drawn %d times of %d, want %.0f +- %.0f", count[0], N,
+          N * 4.0 / 7, 4 * sd);
+    printf("  %d draws at top_p 0.65: %d, %d (want %.0f, %.0f)\n", N, count[0],
+           count[1], N * 4.0 / 7, N * 3.0 / 7);
+    /* a draw repeats with its seed, and a tiny top_p is greedy */
+    qkv_model m;
+    lm_model(&m);
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    int32_t a[16], greedy[16];
+    qkv_pcg32_seed(&rng, 3, 4);
+    qkv_sample(&m, &g, prompt, 4, 16, 1.0f, 0, 1e-6f, -1, &rng, a);
+    qkv_greedy(&m, &g, prompt, NULL, 1, 4, QKV_BOS, -1, 16, greedy);
+    CHECK(!memcmp(a, greedy, sizeof a), "top_p 1e-6 is not greedy");
+    qkv_graph_free(&g);
+    qkv_model_free(&m);
+}
+
+/* eos < 0: every one of max_out tokens is drawn, none is padding for a
+ * stop; eos = the first token drawn: one step, then padding. */
+static void test_sample_without_eos_runs_max_out(void) {
+    qkv_model m;
+    lm_model(&m);
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    enum { N = 24 };
+    int32_t a[N], b[N];
+    logit_log l = {.V_ = m.cfg.tgt_vocab};
+    qkv_pcg32 rng;
+    qkv_pcg32_seed(&rng, 8, 8);
+    qkv_decode_set_observer(log_logits, &l);
+    qkv_sample(&m, &g, prompt, 4, N, 3.0f, 0, 0.0f, -1, &rng, a);
+    CHECK(l.steps == N, "eos -1: %d steps, want %d", l.steps, N);
+    int first = a[0], steps = l.steps;
+    l.steps = 0;
+    qkv_pcg32_seed(&rng, 8, 8);
+    qkv_sample(&m, &g, prompt, 4, N, 3.0f, 0, 0.0f, first, &rng, b);
+    qkv_decode_set_observer(NULL, NULL);
+    CHECK(l.steps == 1 && b[0] == first, "eos = first token: %d steps",
+          l.steps);
+    for (int k = 1; k < N; k++)
+        CHECK(b[k] == m.cfg.pad_id, "out[%d] = %d after eos", k, b[k]);
+    int eos_seen = 0;
+    for (int k = 0; k < N; k++) eos_seen += a[k] == QKV_EOS;
+    printf("  eos -1: %d tokens drawn (%d of them the eos id)\n", steps,
+           eos_seen);
+    free(l.x);
+    qkv_graph_free(&g);
+    qkv_model_free(&m);
+}
+
 int main(void) {
     test_prog = "decode";
     qkv_set_threads(1);
@@ -513,6 +936,12 @@ int main(void) {
     RUN(test_sample_repeats_and_greedy);
     RUN(test_top_k_2_stays_in_top_two);
     RUN(test_sample_frequencies);
+    RUN(test_sgemm_rows_are_rows);
+    RUN(test_cache_step_is_forward);
+    RUN(test_cache_kernel_switches);
+    RUN(test_cached_decodes_are_recompute);
+    RUN(test_top_p_keeps_the_nucleus);
+    RUN(test_sample_without_eos_runs_max_out);
     qkv_model_free(&trained);
     return test_summary();
 }

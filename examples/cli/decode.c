@@ -133,8 +133,8 @@ static int decode_ids(decoder *x, int k, int n) {
             x->ids = qkv_realloc(x->ids, (size_t)P * sizeof *x->ids, "input");
         }
         x->ids[n] = QKV_BOS;
-        qkv_sample(&x->m, &x->g, x->ids, P, L, x->o.temp, x->o.top_k, x->eos,
-                   &x->rng, x->out);
+        qkv_sample(&x->m, &x->g, x->ids, P, L, x->o.temp, x->o.top_k, 0.0f,
+                   x->eos, &x->rng, x->out);
         return L;
     }
     if (x->o.beam > 1)
