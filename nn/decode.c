@@ -529,6 +529,53 @@ void qkv_sample(qkv_model *m, qkv_graph *g, const int32_t *prompt, int P,
     decode_end(g, mode);
 }
 
+int qkv_generate(qkv_model *m, qkv_graph *g, int32_t *seq, int n, int max_out,
+                 float temperature, int top_k, float top_p, int eos,
+                 qkv_pcg32 *rng, qkv_token_fn on_token, void *ctx) {
+    const qkv_model_config *c = &m->cfg;
+    int V = c->tgt_vocab, L = c->max_len, keep = L / 2 > 0 ? L / 2 : 1;
+    QKV_CHECK(c->kind == QKV_MODEL_DECODER,
+              "qkv_generate: needs the decoder-only model, got the "
+              "encoder-decoder");
+    QKV_CHECK(n >= 1 && max_out >= 0, "qkv_generate: n = %d, max_out = %d", n,
+              max_out);
+    QKV_CHECK(temperature >= 0.0f && top_p >= 0.0f,
+              "qkv_generate: temperature %g and top_p %g must be >= 0",
+              (double)temperature, (double)top_p);
+    QKV_CHECK(rng || temperature == 0.0f,
+              "qkv_generate: temperature %g needs an rng", (double)temperature);
+    QKV_CHECK(eos < V, "qkv_generate: eos = %d outside the vocabulary (%d)",
+              eos, V);
+    if (max_out == 0) return n;
+    decode_mode mode = decode_begin(g);
+    draw_scratch d;
+    scratch_alloc(&d, V);
+    int start = n > L ? n - L : 0; /* the window: seq[start .. n) */
+    stepper st;
+    stepper_init(&st, m, g, 1, 1, L, NULL, 0, NULL);
+    for (int k = 0; k < max_out; k++) {
+        if (n - start > L) { /* full: restart from the last `keep` tokens */
+            start = n - keep;
+            stepper_free(&st);
+            stepper_init(&st, m, g, 1, 1, L, NULL, 0, NULL);
+        }
+        size_t stride;
+        int t = n - start;
+        const float *x =
+            stepper_logits(&st, seq + start, (size_t)t, 1, t, &stride);
+        int tok = temperature == 0.0f
+                      ? argmax(x, V)
+                      : draw_token(x, V, temperature, top_k, top_p, rng, &d);
+        seq[n++] = tok;
+        if (on_token) on_token(ctx, seq, n);
+        if (tok == eos) break;
+    }
+    stepper_free(&st);
+    scratch_free(&d);
+    decode_end(g, mode);
+    return n;
+}
+
 void qkv_greedy(qkv_model *m, qkv_graph *g, const int32_t *src,
                 const uint8_t *src_pad, int B, int S, int bos, int eos,
                 int max_out, int32_t *out) {

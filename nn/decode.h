@@ -75,6 +75,24 @@ void qkv_sample(qkv_model *m, qkv_graph *g, const int32_t *prompt, int P,
                 int max_out, float temperature, int top_k, float top_p, int eos,
                 qkv_pcg32 *rng, int32_t *out);
 
+/* Called by qkv_generate after each token with the whole sequence so far
+ * (n tokens, the new one last). */
+typedef void (*qkv_token_fn)(void *ctx, const int32_t *seq, int n);
+
+/* Open-ended generation with the decoder-only model: continues seq[0..n)
+ * (n >= 1; seq has room for n + max_out) by up to max_out tokens drawn as
+ * qkv_sample draws them (temperature, top_k, top_p; rng), past the model's
+ * positions if need be. Each token sees the sequence's last tokens, at most
+ * max_len of them: when the sequence outgrows max_len, the window restarts
+ * from its last max_len / 2 tokens (one pass over them fills the key/value
+ * cache again), so every token sees at least max_len / 2 (nanoGPT crops to
+ * the last max_len at every token instead, which costs a full pass per
+ * token). Stops after drawing eos (eos < 0: never). on_token (may be NULL)
+ * sees each token as it comes, for streaming. Returns the new length. */
+int qkv_generate(qkv_model *m, qkv_graph *g, int32_t *seq, int n, int max_out,
+                 float temperature, int top_k, float top_p, int eos,
+                 qkv_pcg32 *rng, qkv_token_fn on_token, void *ctx);
+
 /* The distribution qkv_sample draws a token from, for logits x (V) and
  * temperature > 0: p (V) as above (0 for the tokens top_k and top_p drop);
  * returns how many tokens it keeps. */

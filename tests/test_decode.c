@@ -924,6 +924,60 @@ static void test_sample_without_eos_runs_max_out(void) {
     qkv_model_free(&m);
 }
 
+static int gen_calls;
+static void count_token(void *ctx, const int32_t *seq, int n) {
+    (void)seq;
+    *(int *)ctx = n;
+    gen_calls++;
+}
+
+/* qkv_generate: within the model's positions it draws what qkv_sample
+ * draws; past them (the window restarting from its last half) the cache
+ * and recomputing agree; each token reaches the callback; eos stops it. */
+static void test_generate_slides_its_window(void) {
+    qkv_model m;
+    lm_model(&m); /* max_len 32 */
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    enum { N = 20, LONG = 90 };
+    int32_t want[N], seq[4 + LONG], again[4 + LONG];
+    qkv_pcg32 r1, r2;
+    qkv_pcg32_seed(&r1, 5, 5);
+    qkv_sample(&m, &g, prompt, 4, N, 1.5f, 6, 0.9f, -1, &r1, want);
+    memcpy(seq, prompt, sizeof prompt);
+    qkv_pcg32_seed(&r2, 5, 5);
+    int last = 0;
+    gen_calls = 0;
+    int n = qkv_generate(&m, &g, seq, 4, N, 1.5f, 6, 0.9f, -1, &r2, count_token,
+                         &last);
+    CHECK(n == 4 + N && gen_calls == N && last == n, "n %d, %d calls", n,
+          gen_calls);
+    CHECK(memcmp(seq + 4, want, sizeof want) == 0,
+          "qkv_generate and qkv_sample draw differently");
+    /* 90 tokens past a 32-position model: the same with and without the
+     * cache */
+    for (int cache = 1; cache >= 0; cache--) {
+        int old = qkv_decode_set_cache(cache);
+        int32_t *s = cache ? seq : again;
+        memcpy(s, prompt, sizeof prompt);
+        qkv_pcg32_seed(&r2, 6, 6);
+        n = qkv_generate(&m, &g, s, 4, LONG, 1.0f, 0, 0.0f, -1, &r2, NULL,
+                         NULL);
+        qkv_decode_set_cache(old);
+        CHECK(n == 4 + LONG, "%d tokens", n);
+    }
+    CHECK(memcmp(seq, again, sizeof seq) == 0,
+          "past max_len the cached generation differs from recomputing");
+    /* eos: stops after drawing it */
+    memcpy(seq, prompt, sizeof prompt);
+    qkv_pcg32_seed(&r2, 6, 6);
+    n = qkv_generate(&m, &g, seq, 4, LONG, 1.0f, 0, 0.0f, again[4], &r2, NULL,
+                     NULL);
+    CHECK(n == 5 && seq[4] == again[4], "eos: %d tokens", n);
+    qkv_graph_free(&g);
+    qkv_model_free(&m);
+}
+
 int main(void) {
     test_prog = "decode";
     qkv_set_threads(1);
@@ -942,6 +996,7 @@ int main(void) {
     RUN(test_cached_decodes_are_recompute);
     RUN(test_top_p_keeps_the_nucleus);
     RUN(test_sample_without_eos_runs_max_out);
+    RUN(test_generate_slides_its_window);
     qkv_model_free(&trained);
     return test_summary();
 }

@@ -313,6 +313,12 @@ static void test_cli_train_and_generate(void) {
     CHECK(run(cmd, b, sizeof b) == 0 && strcmp(a, b) == 0, "seed 1 twice");
     snprintf(cmd, sizeof cmd, "%s --seed 2", gen);
     CHECK(run(cmd, b, sizeof b) == 0 && strcmp(a, b) != 0, "seeds 1, 2 agree");
+    /* nucleus sampling: repeats for a seed, and differs from no nucleus */
+    snprintf(cmd, sizeof cmd, "%s --seed 1 --top-p 0.5", gen);
+    CHECK(run(cmd, b, sizeof b) == 0 && strlen(b) == 301 && strcmp(a, b) != 0,
+          "--top-p 0.5: %s", b);
+    static char c2[4096];
+    CHECK(run(cmd, c2, sizeof c2) == 0 && strcmp(b, c2) == 0, "--top-p twice");
     /* a prompt is printed, then continued; 300 tokens past max_len 32 */
     snprintf(cmd, sizeof cmd, "%s --prompt 'This License'", gen);
     CHECK(run(cmd, b, sizeof b) == 0 && strncmp(b, "This License", 12) == 0 &&

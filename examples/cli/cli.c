@@ -991,39 +991,43 @@ int cli_encode_input(const cli_data *d, const char *s, int32_t **ids, int *cap,
     return 0;
 }
 
+/* qkv_generate's token callback: the new token's text to the stream. */
+typedef struct gen_print {
+    const cli_data *d;
+    FILE *out;
+    char *text;
+    size_t cap, shown; /* spm: bytes of the decoded sequence printed */
+} gen_print;
+
+static void print_token(void *ctx, const int32_t *seq, int n) {
+    gen_print *p = ctx;
+    if (p->d->tok == QKV_TOK_SPM) {
+        /* a piece's leading space depends on what precedes it: decode the
+         * whole sequence and print what is new */
+        cli_detokenize(p->d, seq, n, &p->text, &p->cap);
+        size_t len = strlen(p->text);
+        if (len > p->shown) fputs(p->text + p->shown, p->out);
+        p->shown = len > p->shown ? len : p->shown;
+    } else {
+        cli_detokenize(p->d, seq + n - 1, 1, &p->text, &p->cap);
+        /* words are joined by one space (qkv_detokenize) */
+        if (p->d->tok == QKV_TOK_WORD && *p->text) fputc(' ', p->out);
+        fputs(p->text, p->out);
+    }
+    fflush(p->out);
+}
+
 int cli_generate(qkv_model *m, qkv_graph *g, const cli_data *d, int32_t *seq,
-                 int n, int max_out, float temperature, int top_k,
+                 int n, int max_out, float temperature, int top_k, float top_p,
                  int stop_at_eos, qkv_pcg32 *rng, FILE *out) {
-    int window = m->cfg.max_len - 1; /* context + the new token: max_len */
-    if (window < 1) window = 1;
-    char *text = NULL;
-    size_t cap = 0, shown = 0;
-    if (d->tok == QKV_TOK_SPM) { /* what the prompt decodes to is shown */
-        cli_detokenize(d, seq, n, &text, &cap);
-        shown = strlen(text);
+    gen_print p = {d, out, NULL, 0, 0};
+    if (out && d->tok == QKV_TOK_SPM) { /* what the prompt decodes to */
+        cli_detokenize(d, seq, n, &p.text, &p.cap);
+        p.shown = strlen(p.text);
     }
-    for (int k = 0; k < max_out; k++) {
-        int P = n < window ? n : window;
-        int32_t tok;
-        qkv_sample(m, g, seq + n - P, P, 1, temperature, top_k, -1, rng, &tok);
-        seq[n++] = tok;
-        if (tok == QKV_EOS && stop_at_eos) break;
-        if (!out) continue;
-        if (d->tok == QKV_TOK_SPM) {
-            /* a piece's leading space depends on what precedes it: decode
-             * the whole continuation and print what is new */
-            cli_detokenize(d, seq, n, &text, &cap);
-            size_t len = strlen(text);
-            if (len > shown) fputs(text + shown, out);
-            shown = len > shown ? len : shown;
-        } else {
-            cli_detokenize(d, &tok, 1, &text, &cap);
-            /* words are joined by one space (qkv_detokenize) */
-            if (d->tok == QKV_TOK_WORD && *text) fputc(' ', out);
-            fputs(text, out);
-        }
-        fflush(out);
-    }
-    free(text);
+    n = qkv_generate(m, g, seq, n, max_out, temperature, top_k, top_p,
+                     stop_at_eos ? QKV_EOS : -1, rng, out ? print_token : NULL,
+                     &p);
+    free(p.text);
     return n;
 }

@@ -257,14 +257,12 @@ int cli_encode_input(const cli_data *d, const char *s, int32_t **ids, int *cap,
                      int *n, char *err, size_t errlen);
 
 /* Continues the text model m (decoder-only) from the n ids of seq, which
- * has room for n + max_out, by max_out tokens drawn by qkv_sample
- * (temperature, top_k, rng), one at a time: each is predicted from the last
- * max_len - 1 tokens at most (a sliding window), so max_out may exceed the
- * model's positions. Stops after an eos only with stop_at_eos. Each new
- * token's text goes to out (if non-NULL) as it comes; returns the new
- * length of seq. */
+ * has room for n + max_out, by max_out tokens (qkv_generate: temperature,
+ * top_k, top_p, rng), past the model's positions if need be. Stops after an
+ * eos only with stop_at_eos. Each new token's text goes to out (if
+ * non-NULL) as it comes; returns the new length of seq. */
 int cli_generate(qkv_model *m, qkv_graph *g, const cli_data *d, int32_t *seq,
-                 int n, int max_out, float temperature, int top_k,
+                 int n, int max_out, float temperature, int top_k, float top_p,
                  int stop_at_eos, qkv_pcg32 *rng, FILE *out);
 
 #endif

@@ -5,11 +5,12 @@
  *                --temp 0.8 --top-k 20 --seed 7
  *
  * For a model trained with `qkv train --text`. Prints the prompt, then its
- * continuation as each token is drawn (qkv_sample: softmax of the logits
- * over --temp, among the --top-k likeliest), --max-tokens of them whatever
- * the model's positions: each token is predicted from the last max_len - 1
- * tokens (a sliding window). It does not stop at an end token unless
- * --stop-at-eos. The same --seed gives the same text.
+ * continuation as each token is drawn (qkv_generate: softmax of the logits
+ * over --temp, among the --top-k likeliest and the smallest set reaching
+ * --top-p), --max-tokens of them whatever the model's positions (the window
+ * restarts from its last half when the sequence outgrows them; the
+ * key/value cache makes each token one step). It does not stop at an end
+ * token unless --stop-at-eos. The same --seed gives the same text.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -17,15 +18,18 @@
 #include "cli.h"
 
 typedef struct gen_opts {
-    const char *ckpt, *prompt;
+    const char *ckpt, *config, *prompt;
     int max_tokens, top_k, seed, stop_at_eos, threads;
-    float temp;
+    float temp, top_p;
 } gen_opts;
 
 static void parse(gen_opts *o, int argc, char **argv) {
     const flag flags[] = {
         {"ckpt", FLAG_STR, &o->ckpt, NULL,
-         "checkpoint written by qkv train --text", 0, 0},
+         "checkpoint written by qkv train --text, or its export", 0, 0},
+        {"config", FLAG_STR, &o->config, NULL,
+         "model config JSON for weights written elsewhere (qkv export --json)",
+         0, 0},
         {"prompt", FLAG_STR, &o->prompt, NULL,
          "text to continue (default: from the start of a line)", 0, 0},
         {"max-tokens", FLAG_INT, &o->max_tokens, NULL, "tokens to generate", 1,
@@ -34,6 +38,10 @@ static void parse(gen_opts *o, int argc, char **argv) {
          0, 100},
         {"top-k", FLAG_INT, &o->top_k, NULL,
          "sample among the k likeliest tokens (0: all)", 0, QKV_MAX_VOCAB},
+        {"top-p", FLAG_FLOAT, &o->top_p, NULL,
+         "sample among the likeliest tokens whose probability reaches p "
+         "(nucleus sampling; 0 or 1: all)",
+         0, 1},
         {"seed", FLAG_INT, &o->seed, NULL, "PCG32 seed", 0, 0},
         {"stop-at-eos", FLAG_BOOL, &o->stop_at_eos, NULL,
          "stop early if the model draws its end token", 0, 0},
@@ -78,11 +86,11 @@ static int32_t *encode_prompt(const gen_opts *o, const qkv_model *m,
 }
 
 int cmd_generate(int argc, char **argv) {
-    gen_opts o = {"", "", 200, 0, 1, 0, 0, 1.0f};
+    gen_opts o = {"", "", "", 200, 0, 1, 0, 0, 1.0f, 0.0f};
     parse(&o, argc, argv);
     qkv_model m;
     cli_data d;
-    cli_load_model("generate", o.ckpt, &m, &d);
+    cli_open_model("generate", o.ckpt, o.config, &m, &d);
     if (m.cfg.kind != QKV_MODEL_DECODER)
         cli_die("generate: --ckpt: %s is an encoder-decoder model; qkv "
                 "generate continues text models (qkv train --text); use qkv "
@@ -99,7 +107,7 @@ int cmd_generate(int argc, char **argv) {
     qkv_pcg32 rng;
     qkv_pcg32_seed(&rng, (uint64_t)o.seed, 4);
     if (!hidden) fputs(o.prompt, stdout);
-    cli_generate(&m, &g, &d, ids, n, o.max_tokens, o.temp, o.top_k,
+    cli_generate(&m, &g, &d, ids, n, o.max_tokens, o.temp, o.top_k, o.top_p,
                  o.stop_at_eos, &rng, stdout);
     printf("\n");
     free(ids);

@@ -568,8 +568,8 @@ static void print_sample(train_run *r) {
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
     if (!f) return;
-    cli_generate(&r->t.model, &r->t.graph, &r->d, seq, 1, SAMPLE, 0.8f, 0, 0,
-                 &rng, f);
+    cli_generate(&r->t.model, &r->t.graph, &r->d, seq, 1, SAMPLE, 0.8f, 0, 0.0f,
+                 0, &rng, f);
     fclose(f);
     printf("%ssample (temperature 0.8):\n  | ", isatty(1) ? "\n" : "");
     for (const char *c = text; *c; c++)
