@@ -187,8 +187,9 @@ static void print_help(const char *cmd, const char *usage, const flag *flags,
         }
         /* what the value looks like: the choices, a number, a list, a
          * file or directory, or free text */
-        static const char *const paths[] = {"ckpt", "data", "valid", "out",
-                                            "resume"};
+        static const char *const paths[] = {
+            "ckpt", "data", "valid", "out",        "resume",   "config",
+            "text", "hyp",  "json",  "valid-text", "spm-model"};
         const char *what = f->type == FLAG_BOOL                 ? ""
                            : f->choices                         ? f->choices
                            : f->type != FLAG_STR                ? "N"
