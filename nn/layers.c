@@ -1,5 +1,7 @@
 #include "layers.h"
 
+#include "bf16.h"
+
 #include "matmul.h"
 
 #include <math.h>
@@ -234,6 +236,24 @@ qkv_tensor *qkv_decoder_layer_forward(const qkv_decoder_layer *l, qkv_graph *g,
 
 /* ------------------------------------------------- incremental decoding */
 
+/* qkv_sgemm_rows in the graph's precision: a bf16 product's rows do not
+ * depend on M at all (bf16.h: its order is fixed by K), so any row count
+ * gives the full product's rows. */
+static void gemm_rows(const qkv_graph *g, int M_like, int relu, int tb, int M,
+                      int N, int K, const float *A, int lda, const float *B,
+                      int ldb, float *C, int ldc) {
+    if (g->precision != QKV_BF16) {
+        qkv_sgemm_rows(M_like, relu, 0, tb, M, N, K, A, lda, B, ldb, C, ldc);
+        return;
+    }
+    qkv_gemm_bf16(0, tb, M, N, K, A, lda, B, ldb, 0, C, ldc);
+    for (int i = 0; i < M && relu; i++)
+        for (int j = 0; j < N; j++) {
+            float *c = C + (size_t)i * ldc + j;
+            *c = *c > 0.0f ? *c : 0.0f;
+        }
+}
+
 /* out (M, count N) = x (M, D) [W_1; ...; W_count]^T, the count linears
  * side by side, each row as in a product of M_like rows: one product when
  * their weights are stacked (as qkv_mha_forward does), else one each. */
@@ -244,19 +264,19 @@ static void project(qkv_graph *g, const qkv_linear *const *l, int count,
     qkv_tensor *w = count > 1 ? stacked(g, l, count) : NULL;
     if (w || count == 1) {
         if (wt) /* wt: (D, ld), the weights transposed */
-            qkv_sgemm_rows(M_like, 0, 0, 0, M, ld, D, x, D, wt, ld, out, ld);
+            gemm_rows(g, M_like, 0, 0, M, ld, D, x, D, wt, ld, out, ld);
         else
-            qkv_sgemm_rows(M_like, 0, 0, 1, M, ld, D, x, D,
-                           w ? w->data : l[0]->w->data, D, out, ld);
+            gemm_rows(g, M_like, 0, 1, M, ld, D, x, D,
+                      w ? w->data : l[0]->w->data, D, out, ld);
         return;
     }
     for (int i = 0; i < count; i++)
         if (wt)
-            qkv_sgemm_rows(M_like, 0, 0, 0, M, N, D, x, D, wt + (size_t)i * N,
-                           ld, out + (size_t)i * N, ld);
+            gemm_rows(g, M_like, 0, 0, M, N, D, x, D, wt + (size_t)i * N, ld,
+                      out + (size_t)i * N, ld);
         else
-            qkv_sgemm_rows(M_like, 0, 0, 1, M, N, D, x, D, l[i]->w->data, D,
-                           out + (size_t)i * N, ld);
+            gemm_rows(g, M_like, 0, 1, M, N, D, x, D, l[i]->w->data, D,
+                      out + (size_t)i * N, ld);
 }
 
 /* x (B, T, D) W^T for one linear, as rows of a product of M_like rows;
@@ -267,11 +287,11 @@ static qkv_tensor *linear_rows(qkv_graph *g, const qkv_linear *l, qkv_tensor *x,
         D = l->w->shape[1];
     qkv_tensor *y = qkv_tensor_new(g, 3, (int[]){B, T, N});
     if (wt)
-        qkv_sgemm_rows(M_like, relu, 0, 0, B * T, N, D, x->data, D, wt, N,
-                       y->data, N);
+        gemm_rows(g, M_like, relu, 0, B * T, N, D, x->data, D, wt, N, y->data,
+                  N);
     else
-        qkv_sgemm_rows(M_like, relu, 0, 1, B * T, N, D, x->data, D, l->w->data,
-                       D, y->data, N);
+        gemm_rows(g, M_like, relu, 1, B * T, N, D, x->data, D, l->w->data, D,
+                  y->data, N);
     return y;
 }
 

@@ -1,5 +1,7 @@
 #include "model.h"
 
+#include "bf16.h"
+
 #include "io.h"
 #include "matmul.h"
 
@@ -502,8 +504,12 @@ qkv_tensor *qkv_model_decoder_step(qkv_model *m, qkv_graph *g, qkv_kv_cache *kc,
                (size_t)D * sizeof(float));
     if (c->norm == QKV_NORM_PRE) last = qkv_norm_forward(&m->dec_norm, g, last);
     qkv_tensor *logits = qkv_tensor_new(g, 2, (int[]){B, V});
-    qkv_sgemm_rows(B * t, 0, 0, 0, B, V, D, last->data, D, wt, V, logits->data,
-                   V); /* wt: now the generator's, (D, V) */
+    if (g->precision == QKV_BF16) /* rows independent of M (bf16.h) */
+        qkv_gemm_bf16(0, 0, B, V, D, last->data, D, wt, V, 0, logits->data,
+                      V); /* wt: now the generator's, (D, V) */
+    else
+        qkv_sgemm_rows(B * t, 0, 0, 0, B, V, D, last->data, D, wt, V,
+                       logits->data, V);
     return logits;
 }
 

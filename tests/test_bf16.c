@@ -7,6 +7,7 @@
 #include <math.h>
 
 #include "bf16.h"
+#include "decode.h"
 #include "eval.h"
 #include "pcg.h"
 #include "test.h"
@@ -350,6 +351,67 @@ static void test_bf16_learns_copy(void) {
     if (!QUICK) CHECK(acc == 1.0, "%.1f%% exact match", 100 * acc);
 }
 
+/* Every decode step's logits, hashed (FNV-1a over their bits). */
+static uint32_t logit_hash;
+static int logit_steps;
+static void hash_logits(void *ctx, const float *x, int rows, size_t stride,
+                        int t) {
+    (void)ctx, (void)t;
+    int V = *(const int *)ctx;
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < V; v++) {
+            uint32_t u;
+            memcpy(&u, &x[(size_t)r * stride + v], sizeof u);
+            logit_hash = (logit_hash ^ u) * 16777619u;
+        }
+    logit_steps++;
+}
+
+/* In bf16 the key/value cache still gives, bit for bit, the logits of
+ * re-reading the prefix (a bf16 product's rows do not depend on how many
+ * rows it has), for greedy, beam search and sampling, and they are not
+ * fp32's. */
+static void test_bf16_cached_decoding_is_recompute(void) {
+    for (int kind = 0; kind < 2; kind++) {
+        qkv_model_config c =
+            test_tiny_config(kind ? QKV_MODEL_DECODER : QKV_MODEL_ENCDEC, 13);
+        qkv_model m;
+        test_tiny_model(&m, &c, 3);
+        int V = c.tgt_vocab;
+        qkv_graph g;
+        qkv_graph_init(&g, 0);
+        int32_t src[6] = {4, 9, 5, 7, 12, QKV_BOS}, out[3][20];
+        uint32_t h[3];
+        for (int run = 0; run < 3; run++) { /* bf16 cache, bf16 none, fp32 */
+            g.precision = run < 2 ? QKV_BF16 : QKV_FP32;
+            int old = qkv_decode_set_cache(run != 1);
+            qkv_decode_set_observer(hash_logits, &V);
+            logit_hash = 2166136261u, logit_steps = 0;
+            qkv_pcg32 rng;
+            qkv_pcg32_seed(&rng, 4, 4);
+            if (kind) {
+                qkv_sample(&m, &g, src, 6, 20, 1.0f, 0, 0.0f, -1, &rng,
+                           out[run]);
+            } else {
+                qkv_greedy(&m, &g, src, NULL, 1, 5, QKV_BOS, -1, 20, out[run]);
+                int32_t b[20];
+                qkv_beam_search(&m, &g, src, NULL, 5, 3, 0.6f, QKV_BOS, -1, 20,
+                                b, NULL);
+            }
+            qkv_decode_set_observer(NULL, NULL);
+            qkv_decode_set_cache(old);
+            h[run] = logit_hash;
+        }
+        CHECK(h[0] == h[1] && memcmp(out[0], out[1], sizeof out[0]) == 0,
+              "%s: bf16 with the cache differs from recomputing",
+              kind ? "decoder-only" : "encoder-decoder");
+        CHECK(h[0] != h[2], "%s: the bf16 logits are fp32's",
+              kind ? "decoder-only" : "encoder-decoder");
+        qkv_graph_free(&g);
+        qkv_model_free(&m);
+    }
+}
+
 int main(void) {
     test_prog = "bf16";
     printf("  bf16 kernel on this CPU: %s\n",
@@ -360,6 +422,7 @@ int main(void) {
     RUN(test_avx512_bf16_kernel_is_the_definition);
     RUN(test_error_within_the_bf16_bound);
     RUN(test_bf16_gradients_near_fp32);
+    RUN(test_bf16_cached_decoding_is_recompute);
     RUN(test_bf16_steps_same_for_any_thread_count);
     RUN(test_bf16_learns_copy);
     return test_summary();

@@ -1,5 +1,6 @@
 /* cli.c - flags, errors, files, run data and scoring for the qkv commands. */
 #include "cli.h"
+#include "bf16.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -990,6 +991,22 @@ int cli_encode_input(const cli_data *d, const char *s, int32_t **ids, int *cap,
     qkv_encode(&d->sv, d->tok, s, *ids, k);
     *n = k;
     return 0;
+}
+
+void cli_set_precision(const char *cmd, qkv_graph *g, int precision,
+                       int quiet) {
+    g->precision = (qkv_precision)precision;
+    if (precision != QKV_BF16 || qkv_comm_rank() != 0) return;
+    char why[128];
+    qkv_bf16_kernel k = qkv_bf16_kernel_best();
+    if (k == QKV_BF16_PORTABLE &&
+        !qkv_bf16_kernel_usable(QKV_BF16_AVX512, why, sizeof why))
+        cli_warn("%s: --precision bf16: %s, so the portable kernel computes "
+                 "it (the same numbers, slower than fp32)",
+                 cmd, why);
+    else if (!quiet)
+        printf("bf16 matrix products on the %s kernel\n",
+               qkv_bf16_kernel_name(k));
 }
 
 /* qkv_generate's token callback: the new token's text to the stream. */

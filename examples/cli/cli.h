@@ -256,6 +256,20 @@ int cli_unknown_tokens(const cli_data *d, const char *s, char *names,
 int cli_encode_input(const cli_data *d, const char *s, int32_t **ids, int *cap,
                      int *n, char *err, size_t errlen);
 
+/* --precision: the linear layers' products in fp32 or bf16 (tape.h). */
+#define CLI_PRECISION_FLAG(dst)                                                \
+    {                                                                          \
+        "precision", FLAG_ENUM, (dst), "fp32|bf16",                            \
+            "the linear layers' matrix products: fp32, or bf16 operands with " \
+            "fp32 "                                                            \
+            "sums (as PyTorch's autocast)",                                    \
+            0, 0                                                               \
+    }
+/* Sets g's precision (a qkv_precision); for bf16 on a CPU without a bf16
+ * kernel, says once on stderr that the portable one computes it (slower
+ * than fp32, the same numbers), else (unless quiet) which kernel runs. */
+void cli_set_precision(const char *cmd, qkv_graph *g, int precision, int quiet);
+
 /* Continues the text model m (decoder-only) from the n ids of seq, which
  * has room for n + max_out, by max_out tokens (qkv_generate: temperature,
  * top_k, top_p, rng), past the model's positions if need be. Stops after an

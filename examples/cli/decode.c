@@ -20,6 +20,7 @@ typedef struct decode_opts {
     const char *ckpt, *config;
     int beam, max_out, top_k, seed, threads;
     float alpha, temp;
+    int precision; /* qkv_precision */
 } decode_opts;
 
 /* What decoding one input needs, kept from one input to the next. */
@@ -58,6 +59,7 @@ static void parse(decode_opts *o, int argc, char **argv, const char **inputs,
          "decoder-only: sample among the k likeliest (0: all)", 0,
          QKV_MAX_VOCAB},
         {"seed", FLAG_INT, &o->seed, NULL, "decoder-only: PCG32 seed", 0, 0},
+        CLI_PRECISION_FLAG(&o->precision),
         {"threads", FLAG_INT, &o->threads, NULL,
          "OpenMP threads (0: the free cores, following the load)", 0,
          cli_max_threads()},
@@ -83,6 +85,7 @@ static void open_decoder(decoder *x) {
         cli_die("decode: --temp and --top-k are for decoder-only models (use "
                 "--beam)");
     qkv_graph_init(&x->g, 0);
+    cli_set_precision("decode", &x->g, x->o.precision, 1);
     qkv_pcg32_seed(&x->rng, (uint64_t)x->o.seed, 4);
     x->eos = cli_data_eos(&x->d);
 }
@@ -164,7 +167,7 @@ int cmd_decode(int argc, char **argv) {
     static decoder dx;
     decoder *x = &dx;
     memset(x, 0, sizeof *x);
-    x->o = (decode_opts){"", "", 1, 0, 0, 1, 0, 0.6f, 0.0f};
+    x->o = (decode_opts){"", "", 1, 0, 0, 1, 0, 0.6f, 0.0f, 0};
     const char *inputs[MAX_INPUTS], *s;
     int n_in = 0;
     parse(&x->o, argc, argv, inputs, &n_in);

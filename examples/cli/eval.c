@@ -29,6 +29,7 @@ typedef struct eval_opts {
     const char *ckpt, *config, *data, *hyp, *text;
     int beam, batch_tokens, size, seed, threads, show;
     float alpha;
+    int precision; /* qkv_precision */
 } eval_opts;
 
 /* A checkpoint being scored. */
@@ -71,6 +72,7 @@ static void parse(eval_opts *o, int argc, char **argv) {
          "a language model (qkv train --text): the text to score, in "
          "consecutive windows of the model's positions",
          0, 0},
+        CLI_PRECISION_FLAG(&o->precision),
         {"threads", FLAG_INT, &o->threads, NULL,
          "OpenMP threads (0: the free cores, following the load)", 0,
          cli_max_threads()},
@@ -120,6 +122,7 @@ static void open_model(evaluator *e) {
                 "corpus",
                 e->o.ckpt);
     qkv_graph_init(&e->g, 0);
+    cli_set_precision("eval", &e->g, e->o.precision, 1);
     e->eo = (qkv_eval_opts){.eos = cli_data_eos(&e->d),
                             .beam = e->o.beam,
                             .alpha = e->o.alpha,
@@ -319,7 +322,7 @@ int cmd_eval(int argc, char **argv) {
     static evaluator ev;
     evaluator *e = &ev;
     memset(e, 0, sizeof *e);
-    e->o = (eval_opts){"", "", "", "", "", 1, 4096, 1000, 7, 0, 0, 0.6f};
+    e->o = (eval_opts){"", "", "", "", "", 1, 4096, 1000, 7, 0, 0, 0.6f, 0};
     parse(&e->o, argc, argv);
     if (*e->o.hyp) check_hyp(&e->o);
     open_model(e);

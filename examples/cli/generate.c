@@ -21,6 +21,7 @@ typedef struct gen_opts {
     const char *ckpt, *config, *prompt;
     int max_tokens, top_k, seed, stop_at_eos, threads;
     float temp, top_p;
+    int precision; /* qkv_precision */
 } gen_opts;
 
 static void parse(gen_opts *o, int argc, char **argv) {
@@ -45,6 +46,7 @@ static void parse(gen_opts *o, int argc, char **argv) {
         {"seed", FLAG_INT, &o->seed, NULL, "PCG32 seed", 0, 0},
         {"stop-at-eos", FLAG_BOOL, &o->stop_at_eos, NULL,
          "stop early if the model draws its end token", 0, 0},
+        CLI_PRECISION_FLAG(&o->precision),
         {"threads", FLAG_INT, &o->threads, NULL,
          "OpenMP threads (0: the free cores, following the load)", 0,
          cli_max_threads()},
@@ -86,7 +88,7 @@ static int32_t *encode_prompt(const gen_opts *o, const qkv_model *m,
 }
 
 int cmd_generate(int argc, char **argv) {
-    gen_opts o = {"", "", "", 200, 0, 1, 0, 0, 1.0f, 0.0f};
+    gen_opts o = {"", "", "", 200, 0, 1, 0, 0, 1.0f, 0.0f, 0};
     parse(&o, argc, argv);
     qkv_model m;
     cli_data d;
@@ -104,6 +106,7 @@ int cmd_generate(int argc, char **argv) {
     int32_t *ids = encode_prompt(&o, &m, &d, &n, &hidden);
     qkv_graph g;
     qkv_graph_init(&g, 0);
+    cli_set_precision("generate", &g, o.precision, 1);
     qkv_pcg32 rng;
     qkv_pcg32_seed(&rng, (uint64_t)o.seed, 4);
     if (!hidden) fputs(o.prompt, stdout);

@@ -1314,18 +1314,7 @@ int cmd_train(int argc, char **argv) {
                    r->data->epoch_batches, r->c.src_vocab, r->c.tgt_vocab);
         printf("\n");
     }
-    if (o.precision == QKV_BF16 && qkv_comm_rank() == 0) {
-        char why[128];
-        qkv_bf16_kernel k = qkv_bf16_kernel_best();
-        if (k == QKV_BF16_PORTABLE &&
-            !qkv_bf16_kernel_usable(QKV_BF16_AVX512, why, sizeof why))
-            cli_warn("train: --precision bf16: %s, so the portable kernel "
-                     "computes it (the same numbers, slower than fp32)",
-                     why);
-        else if (!o.quiet)
-            printf("bf16 matrix products on the %s kernel\n",
-                   qkv_bf16_kernel_name(k));
-    }
+    cli_set_precision("train", &r->t.graph, o.precision, o.quiet);
     if (o.profile) qkv_trainer_profile(&r->t);
     train_loop(r);
     if (o.profile) {
