@@ -125,6 +125,9 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: torch.autocast('cpu', torch.bfloat16) around "
+                         "the forward and the loss, as its docs advise")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(42)
@@ -136,8 +139,10 @@ def main():
     def step():
         x = torch.randint(3, V, (B, L), generator=g)   # copy: y = x
         tgt_in = torch.cat([torch.ones(B, 1, dtype=torch.long), x[:, :-1]], 1)
-        logits = model(x, tgt_in)
-        loss = F.cross_entropy(logits.reshape(-1, V), x.reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16,
+                            enabled=a.precision == "bf16"):
+            logits = model(x, tgt_in)
+            loss = F.cross_entropy(logits.reshape(-1, V), x.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -6,6 +6,8 @@
  * key=value pairs that bench/run.sh turns into the table:
  *
  *   bench_train tiny [--threads N] [--steps K] [--reps R]
+ *                    [--precision bf16]   the linear layers' products in
+ *                                         bf16 (core/bf16.h)
  *   bench_train peak [--threads N]        the machine's FMA peak, GFLOPS
  *   bench_train tape                      tape overhead per recorded op
  *   bench_train generate [--reps R]       tokens/s of a 512-token sample
@@ -243,10 +245,11 @@ int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench_train "
                         "tiny|small|base|peak|tape|spin|generate "
-                        "[--threads N] [--steps K] [--reps R]\n");
+                        "[--threads N] [--steps K] [--reps R] "
+                        "[--precision fp32|bf16]\n");
         return 2;
     }
-    int threads = 0, steps = 20, reps = 5;
+    int threads = 0, steps = 20, reps = 5, bf16 = 0;
     for (int i = 2; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--threads") == 0)
             threads = atoi(argv[i + 1]);
@@ -254,6 +257,10 @@ int main(int argc, char **argv) {
             steps = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--reps") == 0)
             reps = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--precision") == 0 &&
+                 (strcmp(argv[i + 1], "fp32") == 0 ||
+                  strcmp(argv[i + 1], "bf16") == 0))
+            bf16 = strcmp(argv[i + 1], "bf16") == 0;
         else {
             fprintf(stderr, "bench_train: unknown flag %s\n", argv[i]);
             return 2;
@@ -300,6 +307,7 @@ int main(int argc, char **argv) {
      * not clip either. */
     qkv_trainer_config tc = qkv_trainer_defaults(QKV_OPTIM_ADAM, 1e-3f);
     tc.clip = 0.0f;
+    tc.precision = bf16 ? QKV_BF16 : QKV_FP32;
     qkv_trainer tr;
     qkv_trainer_init(&tr, &m, &tc);
     qkv_task task = {QKV_TASK_COPY, c->V, c->L, c->L, 0, 0};

@@ -1,6 +1,7 @@
 #!/bin/sh
 # bench/run.sh BUILD_DIR - qkv's training speed beside PyTorch's, measured in
-# the same run, generation with and without the key/value cache, and the
+# the same run, in fp32 and in bf16 (qkv --precision bf16 beside PyTorch's
+# autocast), generation with and without the key/value cache, and the
 # matmul kernels (make bench runs this).
 #
 # For each config (tiny, small, base; see bench/bench_train.c) qkv trains
@@ -109,6 +110,47 @@ for cfg in tiny small base; do
     done
 done
 [ $TORCH = 1 ] || echo "(PyTorch not found: apt-get install python3-torch for the ratios)"
+echo
+
+# Mixed precision: the linear layers' products from bf16 operands with fp32
+# sums (qkv --precision bf16; PyTorch: torch.autocast("cpu", bfloat16)),
+# beside fp32, all measured here, each the median of 3 processes. % of peak:
+# the step's matrix-product GFLOPS over the machine's bf16 dot-product peak
+# (vdpbf16ps; bench_matmul bf16 measures one core's), or over the FMA peak
+# where the CPU has no bf16 instruction.
+BF=$($BUILD/tests/bench_matmul bf16 peak)
+echo "$BF"
+PB1=$(get "$BF" bf16_peak_gflops)
+[ -n "$PB1" ] || PB1=$P1
+printf '== mixed precision (bf16 products, fp32 sums), median of 3 processes\n'
+printf '%-6s %-7s %9s %9s %9s %11s %11s %8s %8s\n' config threads \
+    fp32_ms bf16_ms bf16/fp32 %bf16_peak torch_bf16 qkv/torch torch/fp32
+for cfg in tiny small base; do
+    set -- $(steps_of $cfg)
+    ST=$1 RE=$2
+    for t in 1 2; do
+        Lf=$(for i in 1 2 3; do $B $cfg --threads $t --steps $ST --reps $RE; done | median_line)
+        Lb=$(for i in 1 2 3; do $B $cfg --threads $t --steps $ST --reps $RE --precision bf16; done | median_line)
+        TB="" TF=""
+        if [ $TORCH = 1 ]; then
+            TB=$(get "$(for i in 1 2 3; do OPENBLAS_NUM_THREADS=$t OMP_NUM_THREADS=$t \
+                "$PY" bench/bench_torch.py $cfg --threads $t --steps $ST --reps $RE \
+                --precision bf16; done | median_line)" ms_per_step)
+            TF=$(get "$(for i in 1 2 3; do OPENBLAS_NUM_THREADS=$t OMP_NUM_THREADS=$t \
+                "$PY" bench/bench_torch.py $cfg --threads $t --steps $ST --reps $RE; \
+                done | median_line)" ms_per_step)
+        fi
+        awk -v c=$cfg -v t=$t -v f="$(get "$Lf" ms_per_step)" \
+            -v b="$(get "$Lb" ms_per_step)" -v gf="$(get "$Lb" gflops)" \
+            -v pk=$PB1 -v tb="$TB" -v tf="$TF" 'BEGIN{
+            printf "%-6s %-7s %9.2f %9.2f %9.3f %10.1f%% %11s %8s %8s\n",
+                c, t, f, b, b / f, 100 * gf / (pk * t),
+                tb == "" ? "-" : sprintf("%.2f", tb),
+                tb == "" ? "-" : sprintf("%.3f", b / tb),
+                tb == "" ? "-" : sprintf("%.3f", tb / tf) }'
+    done
+done
+[ $TORCH = 1 ] || echo "(PyTorch not found: apt-get install python3-torch for autocast)"
 echo
 
 # Generation: bench_train generate alternates a 512-token sample with the

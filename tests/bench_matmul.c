@@ -7,6 +7,7 @@
  *        bench_matmul bf16 [quick]     qkv_gemm_bf16 (core/bf16.h) beside
  *                                      qkv_sgemm on the transformer shapes,
  *                                      and the CPU's FMA and bf16 peaks
+ *        bench_matmul bf16 peak        those peaks alone, key=value
  *
  * When libopenblas.so.0 can be loaded (apt-get install libopenblas0-pthread)
  * its cblas_sgemm is measured beside, with OPENBLAS_CORETYPE=SkylakeX unless
@@ -239,6 +240,20 @@ static void run_bf16(void) {
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "quick") == 0) n_runs = 1, min_run_s = 0.01;
     if (argc > 1 && strcmp(argv[1], "bf16") == 0) {
+        if (argc > 2 && strcmp(argv[2], "peak") == 0) { /* key=value */
+            double f = 0, b = 0;
+#if defined(__x86_64__)
+            __builtin_cpu_init();
+            if (__builtin_cpu_supports("avx512f")) f = peak_fma();
+            if (qkv_bf16_kernel_usable(QKV_BF16_AVX512, NULL, 0))
+                b = peak_bf16();
+#endif
+            printf("bf16_kernel=%s fma_peak_gflops=%.1f",
+                   qkv_bf16_kernel_name(qkv_bf16_kernel_best()), f);
+            if (b > 0) printf(" bf16_peak_gflops=%.1f", b);
+            printf(" (one core)\n");
+            return 0;
+        }
         if (argc > 2 && strcmp(argv[2], "quick") == 0)
             n_runs = 1, min_run_s = 0.01;
         run_bf16();
