@@ -1136,9 +1136,12 @@ static void test_optimiser_layout(void) {
         off += t->n;
     }
     /* the same layout with two entries swapped: refused, one line */
-    cJSON *first = cJSON_DetachItemFromArray(j, 0);
-    cJSON_InsertItemInArray(j, 1, first);
-    char *swapped = cJSON_PrintUnformatted(j);
+    cJSON *sw = cJSON_CreateArray(); /* entries 1, 0, 2, 3, ... */
+    for (int i = 0; i < cJSON_GetArraySize(j); i++)
+        cJSON_AddItemToArray(
+            sw, cJSON_Duplicate(cJSON_GetArrayItem(j, i < 2 ? 1 - i : i), 1));
+    char *swapped = cJSON_PrintUnformatted(sw);
+    cJSON_Delete(sw);
     rewrite_meta(p, q, "optim.params", swapped);
     int rc = qkv_ckpt_load(q, &b, &ob, NULL, NULL, 0, NULL, err, sizeof err);
     CHECK(rc == -1 && strstr(err, "optim.params") &&
