@@ -44,6 +44,46 @@ static const qkv_st_tensor *need(const qkv_st_file *f, const char *name,
     return t && t->n == n ? t : NULL;
 }
 
+/* --precision bf16 against PyTorch's autocast (NAME_bf16.safetensors):
+ * both round the linear layers' operands to bf16 and sum in fp32, but
+ * autocast also rounds each product's output to bf16 and computes the
+ * attention products in bf16, where qkv keeps fp32. Each such rounding is
+ * off by up to 2^-9 relative, a few layers deep: the logits agree to about
+ * 1e-2 of their largest, and qkv's bf16 must be nearer autocast than its
+ * fp32 logits are (it computes what autocast computes, not fp32). */
+static void check_autocast(const char *name, qkv_model *m, const qkv_batch *b,
+                           const qkv_tensor *fp32) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s_bf16.safetensors", dir, name);
+    qkv_st_file f;
+    qkv_st_error se;
+    if (qkv_st_read(path, &f, &se)) {
+        CHECK(0, "%s", se.msg);
+        return;
+    }
+    const qkv_st_tensor *ac = need(&f, "expect.logits_autocast", fp32->n);
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    g.precision = QKV_BF16;
+    qkv_tensor *lg = qkv_model_forward(m, &g, b);
+    if (ac) {
+        double e16 = rel_err(lg->data, ac->data, lg->n),
+               e32 = rel_err(fp32->data, ac->data, lg->n),
+               ef = rel_err(lg->data, fp32->data, lg->n);
+        printf("  %-12s bf16 vs autocast %.1e, fp32 vs autocast %.1e, bf16 vs "
+               "fp32 %.1e\n",
+               name, e16, e32, ef);
+        CHECK(e16 <= 2e-2, "%s: bf16 logits differ from autocast's by %.2e",
+              name, e16);
+        CHECK(e16 < e32,
+              "%s: bf16 logits (%.2e) no nearer autocast's than "
+              "fp32's (%.2e)",
+              name, e16, e32);
+    }
+    qkv_graph_free(&g);
+    qkv_st_free(&f);
+}
+
 static void check_file(const char *name) {
     char path[256];
     snprintf(path, sizeof path, "%s/%s.safetensors", dir, name);
@@ -130,6 +170,7 @@ static void check_file(const char *name) {
     double err_logits =
         e_logits ? rel_err(logits->data, e_logits->data, logits->n) : 1;
     double err_loss = e_loss ? fabs(loss->data[0] - e_loss->data[0]) : 1;
+    check_autocast(name, &m, &b, logits);
     qkv_params_zero_grad(&m.params);
     qkv_backward(&g, loss);
     double err_grad = 0;

@@ -12,6 +12,9 @@ visible, runs one batch with real padding and writes to a safetensors file:
   grad.<name>         d loss / d param after one backward
   expect.adam_losses  the loss before each of 10 Adam steps on this batch
 
+and beside it NAME_bf16.safetensors: expect.logits_autocast, the same
+forward under torch.autocast("cpu", torch.bfloat16), for --precision bf16.
+
 The "__metadata__" holds the model config, read by tests/test_golden.c.
 Usage (Debian's python3-torch): /usr/bin/python3 make_golden.py OUT_DIR
 Run by `make golden`; the files it writes are committed so `make test` needs
@@ -227,6 +230,16 @@ def golden(name, cfg, out_dir):
     tensors["expect.logits"] = logits
     tensors["expect.loss"] = loss.reshape(())
     snapshot = {k: v.detach().clone() for k, v in tensors.items()}
+    # The same forward under CPU autocast (bf16 matrix products, fp32 sums),
+    # for qkv's --precision bf16; its own file, so the fp32 ones stay as
+    # they were.
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = forward(cfg, P, b).float()
+    write_safetensors(f"{out_dir}/{name}_bf16.safetensors",
+                      {"expect.logits_autocast": autocast},
+                      {"torch": torch.__version__,
+                       "what": "logits of " + name + " under torch.autocast"
+                               "('cpu', torch.bfloat16)"})
 
     opt = torch.optim.Adam(P.values(), lr=cfg["adam_lr"], betas=(0.9, 0.98),
                            eps=1e-9, foreach=False)
