@@ -343,36 +343,33 @@ void qkv_gemm_bf16(int ta, int tb, int M, int N, int K, const float *A, int lda,
     if (nt < 1) nt = 1;
 #endif
     (void)nt;
-#pragma omp parallel num_threads(nt) if (nt > 1)
+    QKV_OMP(omp parallel num_threads(nt) if (nt > 1))
     for (int pc = 0; pc < K; pc += KC) {
         int kc = K - pc < KC ? K - pc : KC, np = (kc + 1) / 2;
         int add = pc > 0 || accumulate;
-#pragma omp for schedule(static)
-        for (int ir = 0; ir < n_ir; ir++)
-            pack_a(ta, A, (size_t)lda, M, ir * MR, pc, kc,
-                   pa + (size_t)ir * MR * np);
-        for (int jc = 0; jc < N; jc += NC) {
-            int nc = N - jc < NC ? N - jc : NC, jrs = (nc + NR - 1) / NR;
-#pragma omp for schedule(static)
-            for (int jr = 0; jr < jrs; jr++)
-                pack_b(tb, B, (size_t)ldb, N, jc + jr * NR, pc, kc,
-                       pb + (size_t)jr * NR * np);
-            /* tiles: row blocks of MC outer, so an A block is reused across
+QKV_OMP(omp for schedule(static))
+for (int ir = 0; ir < n_ir; ir++)
+    pack_a(ta, A, (size_t)lda, M, ir * MR, pc, kc, pa + (size_t)ir * MR * np);
+for (int jc = 0; jc < N; jc += NC) {
+    int nc = N - jc < NC ? N - jc : NC, jrs = (nc + NR - 1) / NR;
+QKV_OMP(omp for schedule(static))
+for (int jr = 0; jr < jrs; jr++)
+    pack_b(tb, B, (size_t)ldb, N, jc + jr * NR, pc, kc,
+           pb + (size_t)jr * NR * np);
+/* tiles: row blocks of MC outer, so an A block is reused across
              * the B slivers; each tile is one thread's, in one order */
-            int n_ic = (M + MC - 1) / MC;
-#pragma omp for collapse(2) schedule(static)
-            for (int ic = 0; ic < n_ic; ic++)
-                for (int jr = 0; jr < jrs; jr++) {
-                    int j0 = jc + jr * NR, nr = N - j0 < NR ? N - j0 : NR;
-                    for (int i0 = ic * MC; i0 < M && i0 < (ic + 1) * MC;
-                         i0 += MR) {
-                        int mr = M - i0 < MR ? M - i0 : MR;
-                        tile(kern, np, pa + (size_t)(i0 / MR) * MR * np,
-                             pb + (size_t)jr * NR * np,
-                             C + (size_t)i0 * ldc + j0, (size_t)ldc, mr, nr,
-                             add);
-                    }
-                }
+int n_ic = (M + MC - 1) / MC;
+QKV_OMP(omp for collapse(2) schedule(static))
+for (int ic = 0; ic < n_ic; ic++)
+    for (int jr = 0; jr < jrs; jr++) {
+        int j0 = jc + jr * NR, nr = N - j0 < NR ? N - j0 : NR;
+        for (int i0 = ic * MC; i0 < M && i0 < (ic + 1) * MC; i0 += MR) {
+            int mr = M - i0 < MR ? M - i0 : MR;
+            tile(kern, np, pa + (size_t)(i0 / MR) * MR * np,
+                 pb + (size_t)jr * NR * np, C + (size_t)i0 * ldc + j0,
+                 (size_t)ldc, mr, nr, add);
         }
+    }
+}
     }
 }
