@@ -390,8 +390,8 @@ static double grammar_exact(qkv_precision p, int steps) {
     qkv_model m;
     test_tiny_model(&m, &mc, 42);
     qkv_trainer_config tc = qkv_trainer_defaults(QKV_OPTIM_ADAMW, 2e-3f);
-    tc.schedule =
-        (qkv_schedule){QKV_SCHEDULE_COSINE, 2e-3f, 100, steps, 1e-4f, 0};
+    tc.schedule = (qkv_schedule){
+        QKV_SCHEDULE_COSINE, 2e-3f, steps < 100 ? steps : 100, steps, 1e-4f, 0};
     tc.precision = p;
     qkv_trainer t;
     qkv_trainer_init(&t, &m, &tc);
