@@ -993,6 +993,21 @@ int cli_encode_input(const cli_data *d, const char *s, int32_t **ids, int *cap,
     return 0;
 }
 
+size_t cli_eval_detok(const void *ctx, const int32_t *ids, int n, char *out,
+                      size_t cap) {
+    char *t = NULL;
+    size_t c = 0;
+    cli_detokenize(ctx, ids, n, &t, &c);
+    size_t len = strlen(t);
+    if (cap) {
+        size_t k = len < cap - 1 ? len : cap - 1;
+        memcpy(out, t, k);
+        out[k] = 0;
+    }
+    free(t);
+    return len;
+}
+
 void cli_set_precision(const char *cmd, qkv_graph *g, int precision,
                        int quiet) {
     g->precision = (qkv_precision)precision;

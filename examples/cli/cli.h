@@ -220,6 +220,11 @@ int cli_data_meta(const cli_data *d, const char **keys, char **vals);
 int cli_data_from_meta(cli_data *d, const qkv_st_file *meta, char *err,
                        size_t errlen);
 
+/* eval.h's detokenizer (qkv_eval_opts.detok) for a corpus model, ctx its
+ * cli_data: the text cli_detokenize gives, as snprintf returns it. */
+size_t cli_eval_detok(const void *ctx, const int32_t *ids, int n, char *out,
+                      size_t cap);
+
 /* Text of the target ids[0..n) (up to eos) into *text, a malloc'd buffer
  * of *cap bytes that grows as needed (start with NULL, 0). */
 void cli_detokenize(const cli_data *d, const int32_t *ids, int n, char **text,

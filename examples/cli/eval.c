@@ -83,23 +83,6 @@ static void parse(eval_opts *o, int argc, char **argv) {
     if (o->threads) qkv_set_threads(o->threads);
 }
 
-/* eval.h's detokenizer for a corpus model (ctx: its cli_data): the text
- * cli_detokenize gives. */
-static size_t detok(const void *ctx, const int32_t *ids, int n, char *out,
-                    size_t cap) {
-    char *t = NULL;
-    size_t c = 0;
-    cli_detokenize(ctx, ids, n, &t, &c);
-    size_t len = strlen(t);
-    if (cap) {
-        size_t k = len < cap - 1 ? len : cap - 1;
-        memcpy(out, t, k);
-        out[k] = 0;
-    }
-    free(t);
-    return len;
-}
-
 /* The model, and the flags that must fit it. */
 static void open_model(evaluator *e) {
     cli_open_model("eval", e->o.ckpt, e->o.config, &e->m, &e->d);
@@ -127,7 +110,7 @@ static void open_model(evaluator *e) {
                             .beam = e->o.beam,
                             .alpha = e->o.alpha,
                             .unk = cli_data_unk(&e->d),
-                            .detok = e->d.corpus ? detok : NULL,
+                            .detok = e->d.corpus ? cli_eval_detok : NULL,
                             .detok_ctx = &e->d};
 }
 

@@ -470,22 +470,11 @@ static void load_text(const char *flag_name, const char *path, qkv_text *t) {
         cli_die("train: %s: %s", flag_name, err);
 }
 
-/* --tok spm for a text: a model trained on its training part's lines
- * (--spm-vocab, --spm-type) or read from --spm-model; both sides share it. */
-static void text_spm_vocabs(cli_data *d, const char *s, size_t n) {
-    char err[600];
-    if (*o.spm_model &&
-        qkv_vocab_load_spm(&d->sv, o.spm_model, err, sizeof err))
-        cli_die("train: --spm-model: %s", err);
-    if (!*o.spm_model &&
-        qkv_text_vocab_spm(&d->sv, s, n, o.spm_type ? "bpe" : "unigram",
-                           o.spm_vocab, err, sizeof err))
-        cli_die("train: --spm-vocab %d: %s", o.spm_vocab, err);
-    size_t len;
-    const void *bytes = qkv_spm_bytes(d->sv.spm, &len);
-    if (qkv_vocab_from_spm(&d->tv, bytes, len, "spm", err, sizeof err))
-        cli_die("train: %s", err);
-}
+/* --tok spm: the model of --spm-model, or one trained (--spm-vocab,
+ * --spm-type) on both sides of a corpus tc or, tc NULL, on a text's lines;
+ * both vocabularies share it. */
+static void spm_vocabs(cli_data *d, const qkv_corpus *tc, const char *text,
+                       size_t n);
 
 /* A plain text: random windows of --block + 1 tokens of it to train on;
  * the first --eval-size consecutive windows of --valid-text, or of the
@@ -503,7 +492,7 @@ static void text_data(train_run *r) {
         d->corpus = d->text = d->decoder_only = 1;
         d->tok = (qkv_tok)o.tok;
         if (d->tok == QKV_TOK_SPM) {
-            text_spm_vocabs(d, r->ttext.s, cut);
+            spm_vocabs(d, NULL, r->ttext.s, cut);
         } else {
             qkv_text_vocab(&d->sv, r->ttext.s, cut, d->tok);
             qkv_text_vocab(&d->tv, r->ttext.s, cut, d->tok);
@@ -655,16 +644,18 @@ static void load_pairs(const char *flag_name, const char *path,
         cli_die("train: %s: no pairs left after the length limit", path);
 }
 
-/* --tok spm: one SentencePiece model of both sides, trained on tc or read
- * from --spm-model, in both vocabularies. */
-static void spm_vocabs(cli_data *d, const qkv_corpus *tc) {
+static void spm_vocabs(cli_data *d, const qkv_corpus *tc, const char *text,
+                       size_t n) {
     char err[600];
+    const char *type = o.spm_type ? "bpe" : "unigram";
     if (*o.spm_model &&
         qkv_vocab_load_spm(&d->sv, o.spm_model, err, sizeof err))
         cli_die("train: --spm-model: %s", err);
-    if (!*o.spm_model && qkv_vocab_train_spm(&d->sv, tc, QKV_SIDE_BOTH,
-                                             o.spm_type ? "bpe" : "unigram",
-                                             o.spm_vocab, err, sizeof err))
+    if (!*o.spm_model &&
+        (tc ? qkv_vocab_train_spm(&d->sv, tc, QKV_SIDE_BOTH, type, o.spm_vocab,
+                                  err, sizeof err)
+            : qkv_text_vocab_spm(&d->sv, text, n, type, o.spm_vocab, err,
+                                 sizeof err)))
         cli_die("train: --spm-vocab %d: %s", o.spm_vocab, err);
     size_t len;
     const void *bytes = qkv_spm_bytes(d->sv.spm, &len);
@@ -686,7 +677,7 @@ static void build_vocabs(train_run *r) {
     d->decoder_only = r->decoder;
     d->tok = (qkv_tok)o.tok;
     if (d->tok == QKV_TOK_SPM) {
-        spm_vocabs(d, &tc);
+        spm_vocabs(d, &tc, NULL, 0);
         qkv_corpus_free(&tc);
         return;
     }
@@ -943,23 +934,6 @@ static void open_run(train_run *r) {
     }
 }
 
-/* eval.h's detokenizer for a corpus model (ctx: its cli_data): the text
- * cli_detokenize gives. */
-static size_t val_detok(const void *ctx, const int32_t *ids, int n, char *out,
-                        size_t cap) {
-    char *t = NULL;
-    size_t c = 0;
-    cli_detokenize(ctx, ids, n, &t, &c);
-    size_t len = strlen(t);
-    if (cap) {
-        size_t k = len < cap - 1 ? len : cap - 1;
-        memcpy(out, t, k);
-        out[k] = 0;
-    }
-    free(t);
-    return len;
-}
-
 /* val_acc: exact match in percent; val_bleu: BLEU on detokenized text. */
 static void validate(train_run *r) {
     if (r->text) {
@@ -970,7 +944,7 @@ static void validate(train_run *r) {
                         .beam = 1,
                         .unk = cli_data_unk(&r->d),
                         .detok_ctx = &r->d};
-    if (r->corpus) eo.detok = val_detok;
+    if (r->corpus) eo.detok = cli_eval_detok;
     qkv_scores s;
     qkv_evaluate(&r->t.model, &r->t.graph, r->vdata, &eo, &s);
     r->vloss = qkv_scores_loss(&s);
