@@ -127,6 +127,7 @@ static qkv_tensor *matmul_to(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int ta,
         float *yi = y->data + i * sy;
         if (relu && g->precision == QKV_BF16) {
             qkv_gemm_bf16(ta, tb, d.M, d.N, d.K, ai, lda, bi, ldb, 0, yi, d.N);
+            QKV_OMP(omp parallel for if (sy > PAR_MIN))
             for (size_t e = 0; e < sy; e++) yi[e] = yi[e] > 0.0f ? yi[e] : 0.0f;
         } else if (relu) {
             qkv_sgemm_relu(ta, tb, d.M, d.N, d.K, ai, lda, bi, ldb, yi, d.N);

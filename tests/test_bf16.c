@@ -85,10 +85,10 @@ static void test_the_order_by_hand(void) {
     CHECK(C[0] == 3.0f, "bf16(1 + 2^-8) * 3 = %.9g", (double)C[0]);
 }
 
-/* op(A) (M x K) and op(B) (K x N) stored with padding in their rows, in
- * N(0, 1) with a few large and tiny values. */
+/* op(A) (M x K) and op(B) (K x N) stored with padding in their rows
+ * (tight: without), in N(0, 1) with a few large and tiny values. */
 typedef struct case_t {
-    int ta, tb, M, N, K, acc;
+    int ta, tb, M, N, K, acc, tight;
 } case_t;
 
 static void fill(float *x, size_t n, qkv_pcg32 *r) {
@@ -103,20 +103,33 @@ static void fill(float *x, size_t n, qkv_pcg32 *r) {
  * d_k) and the edges of the kernels' blocks (12 x 32 tiles, k pairs and
  * blocks of 256, column blocks of 512). */
 static const case_t cases[] = {
-    {0, 0, 1, 1, 1, 0},        {0, 0, 1, 7, 3, 1},
-    {0, 0, 12, 32, 2, 0},      {0, 0, 13, 33, 5, 0},
-    {0, 1, 11, 31, 255, 1},    {1, 0, 25, 65, 256, 0},
-    {1, 1, 24, 64, 257, 1},    {0, 1, 64, 64, 16, 0},
-    {0, 0, 130, 128, 64, 0},   {0, 1, 130, 256, 64, 1},
-    {1, 0, 64, 128, 130, 0},   {0, 0, 37, 513, 300, 0},
-    {0, 1, 200, 1030, 128, 0}, {1, 0, 128, 512, 600, 1},
-    {0, 0, 1, 2000, 64, 0},
+    {0, 0, 1, 1, 1, 0, 0},
+    {0, 0, 1, 7, 3, 1, 0},
+    {0, 0, 12, 32, 2, 0, 0},
+    {0, 0, 13, 33, 5, 0, 0},
+    {0, 1, 11, 31, 255, 1, 0},
+    {1, 0, 25, 65, 256, 0, 0},
+    {1, 1, 24, 64, 257, 1, 0},
+    {0, 1, 64, 64, 16, 0, 0},
+    {0, 0, 130, 128, 64, 0, 0},
+    {0, 1, 130, 256, 64, 1, 0},
+    {1, 0, 64, 128, 130, 0, 0},
+    {0, 0, 37, 513, 300, 0, 0},
+    {0, 1, 200, 1030, 128, 0, 0},
+    {1, 0, 128, 512, 600, 1, 0},
+    {0, 0, 1, 2000, 64, 0, 0},
+    /* tight leading dimensions, C's a multiple of 64 floats with several k
+     * blocks: C is staged in a padded copy */
+    {1, 0, 100, 256, 600, 1, 1},
+    {0, 0, 40, 64, 513, 0, 1},
+    {0, 1, 13, 1024, 300, 1, 1},
 };
 
 static void run_case(const case_t *c, qkv_bf16_kernel k, int threads,
                      float *got, float *want, qkv_pcg32 *r) {
-    int lda = (c->ta ? c->M : c->K) + 3, ldb = (c->tb ? c->K : c->N) + 5,
-        ldc = c->N + 2;
+    int pad = !c->tight;
+    int lda = (c->ta ? c->M : c->K) + 3 * pad,
+        ldb = (c->tb ? c->K : c->N) + 5 * pad, ldc = c->N + 2 * pad;
     size_t na = (size_t)(c->ta ? c->K : c->M) * lda,
            nb = (size_t)(c->tb ? c->N : c->K) * ldb, nc = (size_t)c->M * ldc;
     float *A = malloc(na * sizeof *A), *B = malloc(nb * sizeof *B);
