@@ -190,7 +190,7 @@ static void tape_overhead(void) {
  * one-token prompt (temperature 1, eos never), alternately with the cache
  * and recomputing the prefix at every step; medians of reps runs each. The
  * two must draw the same tokens (same_tokens=1). */
-static int generation(int reps) {
+static int generation(int reps, int bf16) {
     enum { P = 1, N = 512 };
     qkv_model_config mc = qkv_model_defaults(QKV_MODEL_DECODER);
     mc.tgt_vocab = 64;
@@ -205,6 +205,7 @@ static int generation(int reps) {
     }
     qkv_graph g;
     qkv_graph_init(&g, 0);
+    g.precision = bf16 ? QKV_BF16 : QKV_FP32;
     int32_t prompt[P] = {1}, out[2][N];
     double *t[2];
     for (int k = 0; k < 2; k++) t[k] = malloc((size_t)reps * sizeof *t[k]);
@@ -228,10 +229,11 @@ static int generation(int reps) {
 #else
     int nthreads = 1;
 #endif
-    printf(
-        "config=generate threads=%d tokens=%d reps=%d cache_tokens_per_s=%.1f "
-        "recompute_tokens_per_s=%.1f speedup=%.2f same_tokens=%d\n",
-        nthreads, N, reps, N / c, N / f, f / c, same);
+    printf("config=generate precision=%s threads=%d tokens=%d reps=%d "
+           "cache_tokens_per_s=%.1f recompute_tokens_per_s=%.1f speedup=%.2f "
+           "same_tokens=%d\n",
+           bf16 ? "bf16" : "fp32", nthreads, N, reps, N / c, N / f, f / c,
+           same);
     for (int k = 0; k < 2; k++) free(t[k]);
     qkv_graph_free(&g);
     qkv_model_free(&m);
@@ -283,7 +285,7 @@ int main(int argc, char **argv) {
         tape_overhead();
         return 0;
     }
-    if (strcmp(argv[1], "generate") == 0) return generation(reps);
+    if (strcmp(argv[1], "generate") == 0) return generation(reps, bf16);
     const config *c = NULL;
     for (size_t i = 0; i < sizeof configs / sizeof *configs; i++)
         if (strcmp(argv[1], configs[i].name) == 0) c = &configs[i];

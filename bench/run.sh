@@ -157,14 +157,14 @@ echo
 # key/value cache and one recomputing the prefix at every step, and prints
 # the medians; the two must draw the same tokens.
 printf '== generation: a 512-token sample (decoder-only, D 128, 2 layers, 4 heads, F 512, V 64), medians of 5 alternating runs\n'
-printf '%-7s %15s %19s %8s %12s\n' threads "cache tok/s" "recompute tok/s" speedup same_tokens
-for t in 1 2; do
-    L=$($B generate --threads $t --reps 5)
-    awk -v t=$t -v c="$(get "$L" cache_tokens_per_s)" \
+printf '%-9s %-7s %15s %19s %8s %12s\n' precision threads "cache tok/s" "recompute tok/s" speedup same_tokens
+for p in fp32 bf16; do for t in 1 2; do
+    L=$($B generate --threads $t --reps 5 --precision $p)
+    awk -v p=$p -v t=$t -v c="$(get "$L" cache_tokens_per_s)" \
         -v r="$(get "$L" recompute_tokens_per_s)" -v x="$(get "$L" speedup)" \
         -v s="$(get "$L" same_tokens)" 'BEGIN{
-        printf "%-7s %15.0f %19.1f %8.2f %12s\n", t, c, r, x, s }'
-done
+        printf "%-9s %-7s %15.0f %19.1f %8.2f %12s\n", p, t, c, r, x, s }'
+done; done
 echo
 
 # Busy machine: every CPU but one runs a spinning process (started here).

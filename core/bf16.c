@@ -348,10 +348,19 @@ static int staged_ldc(int N, int K, int ldc) {
     return (N + 15) / 16 * 16 + 16;
 }
 
-void qkv_gemm_bf16(int ta, int tb, int M, int N, int K, const float *A, int lda,
-                   const float *B, int ldb, int accumulate, float *C, int ldc) {
-    ta = ta != 0, tb = tb != 0;
-    check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+/* Words of packed op(B) (K x N) in a qkv_bf16_packed: k block q starts at
+ * q * n_jr * NR * (KC / 2), sliver J (columns J NR ..) of it J * NR * np
+ * words further (np: the block's pairs). */
+static size_t packed_words(int K, int N) {
+    size_t n_jr = (size_t)(N + NR - 1) / NR, n_q = (size_t)(K + KC - 1) / KC;
+    return n_q * n_jr * NR * (KC / 2);
+}
+
+/* C (+)= bf16(op(A)) bf16(op(B)); op(B)'s slivers are packed here, or
+ * taken from pre (a qkv_bf16_packed's words for this B). */
+static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
+                 const float *B, int ldb, const uint32_t *pre, int accumulate,
+                 float *C, int ldc) {
     if (M == 0 || N == 0) return;
     if (K == 0) {
         for (int i = 0; i < M && !accumulate; i++)
@@ -361,7 +370,7 @@ void qkv_gemm_bf16(int ta, int tb, int M, int N, int K, const float *A, int lda,
     kernel_fn *kern = kernels[qkv_bf16_get_kernel()];
     int n_ir = (M + MR - 1) / MR, n_jr = (NC + NR - 1) / NR;
     size_t a_words = (size_t)n_ir * MR * (KC / 2);
-    uint32_t *pa = scratch(a_words + (size_t)n_jr * NR * (KC / 2));
+    uint32_t *pa = scratch(a_words + (pre ? 0 : (size_t)n_jr * NR * (KC / 2)));
     uint32_t *pb = pa + a_words;
     int nt = 1;
 #ifdef _OPENMP
@@ -388,15 +397,22 @@ for (int ir = 0; ir < n_ir; ir++)
     pack_a(ta, A, (size_t)lda, M, ir * MR, pc, kc, pa + (size_t)ir * MR * np);
 for (int jc = 0; jc < N; jc += NC) {
     int nc = N - jc < NC ? N - jc : NC, jrs = (nc + NR - 1) / NR;
+    const uint32_t *pbs = pb;
+    if (pre) {
+        size_t n_jr_all = (size_t)(N + NR - 1) / NR;
+        pbs = pre + (size_t)(pc / KC) * n_jr_all * NR * (KC / 2) +
+              (size_t)(jc / NR) * NR * np;
+    } else {
 QKV_OMP(omp for schedule(static))
 for (int jr = 0; jr < jrs; jr++)
     pack_b(tb, B, (size_t)ldb, N, jc + jr * NR, pc, kc,
            pb + (size_t)jr * NR * np);
-/* tiles: row blocks of at most MC rows outer, so an A block is
+    }
+    /* tiles: row blocks of at most MC rows outer, so an A block is
              * reused across the B slivers; the blocks differ by at most one
              * tile, so the threads' shares are even; each tile is one
              * thread's, in one order */
-int n_ic = (n_ir + MC / MR - 1) / (MC / MR);
+    int n_ic = (n_ir + MC / MR - 1) / (MC / MR);
 QKV_OMP(omp for collapse(2) schedule(static))
 for (int ic = 0; ic < n_ic; ic++)
     for (int jr = 0; jr < jrs; jr++) {
@@ -405,7 +421,7 @@ for (int ic = 0; ic < n_ic; ic++)
         for (int i0 = t0 * MR; i0 < M && i0 < t1 * MR; i0 += MR) {
             int mr = M - i0 < MR ? M - i0 : MR;
             tile(kern, np, pa + (size_t)(i0 / MR) * MR * np,
-                 pb + (size_t)jr * NR * np, C + (size_t)i0 * ldc + j0,
+                 pbs + (size_t)jr * NR * np, C + (size_t)i0 * ldc + j0,
                  (size_t)ldc, mr, nr, add);
         }
     }
@@ -417,4 +433,50 @@ for (int i = 0; i < M; i++)
     memcpy(C0 + (size_t)i * ldc0, C + (size_t)i * ldc, (size_t)N * sizeof *C);
         }
     }
+}
+
+void qkv_gemm_bf16(int ta, int tb, int M, int N, int K, const float *A, int lda,
+                   const float *B, int ldb, int accumulate, float *C, int ldc) {
+    ta = ta != 0, tb = tb != 0;
+    check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+    gemm(ta, tb, M, N, K, A, lda, B, ldb, NULL, accumulate, C, ldc);
+}
+
+/* ------------------------------------------------------ packed operands */
+
+void qkv_bf16_pack(qkv_bf16_packed *p, int tb, int K, int N, const float *B,
+                   int ldb) {
+    tb = tb != 0;
+    QKV_CHECK(K >= 0 && N >= 0 && B && ldb >= (tb ? K : N) && ldb >= 1,
+              "qkv_bf16_pack: bad arguments (K %d, N %d, ldb %d)", K, N, ldb);
+    size_t words = packed_words(K, N);
+    if (words > p->cap) {
+        free(p->words);
+        p->words = qkv_malloc_aligned(words * sizeof *p->words, "bf16 weights");
+        p->cap = words;
+    }
+    p->tb = tb, p->K = K, p->N = N, p->ldb = ldb, p->src = B;
+    int n_jr = (N + NR - 1) / NR;
+    for (int pc = 0; pc < K; pc += KC) {
+        int kc = K - pc < KC ? K - pc : KC, np = (kc + 1) / 2;
+        uint32_t *q = p->words + (size_t)(pc / KC) * n_jr * NR * (KC / 2);
+        QKV_OMP(omp parallel for if (n_jr > 8 && !omp_in_parallel()))
+        for (int jr = 0; jr < n_jr; jr++)
+            pack_b(tb, B, (size_t)ldb, N, jr * NR, pc, kc,
+                   q + (size_t)jr * NR * np);
+    }
+}
+
+void qkv_gemm_bf16_packed(int ta, int M, const float *A, int lda,
+                          const qkv_bf16_packed *B, int accumulate, float *C,
+                          int ldc) {
+    ta = ta != 0;
+    check_args(ta, B->tb, M, B->N, B->K, A, lda, B->src, B->ldb, C, ldc);
+    gemm(ta, B->tb, M, B->N, B->K, A, lda, B->src, B->ldb, B->words, accumulate,
+         C, ldc);
+}
+
+void qkv_bf16_packed_free(qkv_bf16_packed *p) {
+    free(p->words);
+    memset(p, 0, sizeof *p);
 }

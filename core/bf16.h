@@ -71,6 +71,31 @@ qkv_bf16_kernel qkv_bf16_get_kernel(void);
 void qkv_gemm_bf16(int ta, int tb, int M, int N, int K, const float *A, int lda,
                    const float *B, int ldb, int accumulate, float *C, int ldc);
 
+/* op(B) packed once for many products: a weight between two optimiser
+ * steps is rounded and laid out in the kernel's order once, and every
+ * product that reads it skips that work (decoding one token is a product
+ * of one row, where packing the weight was nearly all the time). The
+ * result is bitwise qkv_gemm_bf16's. Zero-initialise; it keeps a pointer
+ * to B (src) only as a key: packing copies what it needs. */
+typedef struct qkv_bf16_packed {
+    int tb, K, N, ldb;
+    const float *src; /* the B it was packed from */
+    uint64_t version; /* free for the owner (qkv_params: its version) */
+    uint32_t *words;  /* the packed slivers */
+    size_t cap;       /* words allocated */
+} qkv_bf16_packed;
+
+/* Packs op(B) (K x N; tb, ldb as qkv_gemm_bf16's) into p (reusing its
+ * memory when it is big enough). */
+void qkv_bf16_pack(qkv_bf16_packed *p, int tb, int K, int N, const float *B,
+                   int ldb);
+/* qkv_gemm_bf16(ta, B->tb, M, B->N, B->K, A, lda, B->src, B->ldb, ...),
+ * with B as packed. */
+void qkv_gemm_bf16_packed(int ta, int M, const float *A, int lda,
+                          const qkv_bf16_packed *B, int accumulate, float *C,
+                          int ldc);
+void qkv_bf16_packed_free(qkv_bf16_packed *p);
+
 /* The definition itself, one element at a time (slow): what the kernels are
  * tested against. */
 void qkv_gemm_bf16_ref(int ta, int tb, int M, int N, int K, const float *A,

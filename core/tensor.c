@@ -6,6 +6,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bf16.h"
+
+struct qkv_params_cache {
+    const float *values; /* the store's, and how many */
+    size_t n;
+    uint64_t version;
+    qkv_bf16_packed *packed; /* n_packed of cap_packed */
+    int n_packed, cap_packed;
+};
+
 size_t qkv_shape_numel(int ndim, const int *shape, const char *what) {
     QKV_CHECK(ndim >= 0 && ndim <= QKV_MAX_DIMS,
               "%s: %d dimensions (at most %d)", what, ndim, QKV_MAX_DIMS);
@@ -139,6 +149,7 @@ qkv_tensor *qkv_params_add(qkv_params *ps, const char *name, int ndim,
         ps->list = qkv_realloc(ps->list, (size_t)ps->cap * sizeof *ps->list,
                                "parameter list");
     }
+    if (!ps->cache) ps->cache = qkv_calloc(1, sizeof *ps->cache, "parameters");
     qkv_tensor *t = qkv_calloc(1, sizeof *t, "parameter");
     size_t len = strlen(name) + 1;
     char *copy = qkv_malloc(len, "parameter name");
@@ -148,6 +159,7 @@ qkv_tensor *qkv_params_add(qkv_params *ps, const char *name, int ndim,
     for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
     t->n = n;
     t->requires_grad = 1;
+    t->owner = ps->cache;
     ps->list[ps->count++] = t;
     return t;
 }
@@ -167,6 +179,45 @@ void qkv_params_alloc(qkv_params *ps) {
         ps->list[i]->grad = ps->grads + off;
         off += ps->list[i]->n;
     }
+    if (!ps->cache) ps->cache = qkv_calloc(1, sizeof *ps->cache, "parameters");
+    ps->cache->values = ps->values;
+    ps->cache->n = ps->n;
+    qkv_params_touch(ps);
+}
+
+void qkv_params_touch(qkv_params *ps) {
+    if (ps->cache) ps->cache->version++;
+}
+
+const qkv_bf16_packed *qkv_params_packed(qkv_params_cache *ps,
+                                         const float *data, int tb, int K,
+                                         int N, int ldb) {
+    tb = tb != 0;
+    QKV_CHECK(ps && ps->values && data >= ps->values &&
+                  data < ps->values + ps->n,
+              "qkv_params_packed: the weight is not one of these parameters");
+    qkv_bf16_packed *p = NULL;
+    for (int i = 0; i < ps->n_packed && !p; i++) {
+        qkv_bf16_packed *q = &ps->packed[i];
+        if (q->src == data && q->tb == tb && q->K == K && q->N == N &&
+            q->ldb == ldb)
+            p = q;
+    }
+    if (!p) {
+        if (ps->n_packed == ps->cap_packed) {
+            ps->cap_packed = ps->cap_packed ? 2 * ps->cap_packed : 16;
+            ps->packed =
+                qkv_realloc(ps->packed, (size_t)ps->cap_packed * sizeof *p,
+                            "bf16 packed weights");
+        }
+        p = &ps->packed[ps->n_packed++];
+        memset(p, 0, sizeof *p);
+    } else if (p->version == ps->version) {
+        return p;
+    }
+    qkv_bf16_pack(p, tb, K, N, data, ldb);
+    p->version = ps->version;
+    return p;
 }
 
 qkv_tensor *qkv_params_find(const qkv_params *ps, const char *name) {
@@ -191,6 +242,13 @@ void qkv_params_free(qkv_params *ps) {
         free(ps->list[i]);
     }
     free(ps->list);
+    if (ps->cache) {
+        qkv_params_cache *c = ps->cache;
+        for (int i = 0; i < c->n_packed; i++)
+            qkv_bf16_packed_free(&c->packed[i]);
+        free(c->packed);
+        free(c);
+    }
     free(ps->values);
     free(ps->grads);
     memset(ps, 0, sizeof *ps);

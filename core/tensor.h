@@ -32,6 +32,9 @@ typedef struct qkv_tensor {
     int shape[QKV_MAX_DIMS];
     int requires_grad; /* parameters, and outputs of ops on them */
     const char *name;  /* parameters: stable dotted name; others NULL */
+    /* parameters: what their store derives from the values (shared by
+     * copies of the store); others NULL */
+    struct qkv_params_cache *owner;
 } qkv_tensor;
 
 /* Element count of a shape; exits with a message naming `what` on overflow
@@ -72,12 +75,21 @@ void qkv_arena_free(qkv_arena *a);
 
 /* ---- parameter store ---- */
 
+struct qkv_bf16_packed;
+typedef struct qkv_params_cache qkv_params_cache;
+
 typedef struct qkv_params {
     qkv_tensor **list; /* count views, in registration order */
     int count, cap;
     size_t n;      /* total floats */
     float *values; /* (n) all parameters, contiguous */
     float *grads;  /* (n) all gradients, same layout */
+    /* What is derived from the values (the bf16 packed weights of
+     * qkv_params_packed) and their version, which changes whenever the
+     * values may have: the optimisers, the loaders and qkv_params_touch.
+     * On the heap, so a copy of the store (a trainer takes its model by
+     * value) still reaches it. */
+    struct qkv_params_cache *cache;
 } qkv_params;
 
 void qkv_params_init(qkv_params *ps);
@@ -97,5 +109,16 @@ void qkv_params_zero_grad(qkv_params *ps);
  * it saves: a diverged model must never replace a good checkpoint). */
 int qkv_params_finite(const qkv_params *ps);
 void qkv_params_free(qkv_params *ps);
+/* Says the values changed: call it after writing parameter values yourself
+ * (the library's optimisers and loaders call it). */
+void qkv_params_touch(qkv_params *ps);
+/* A weight of a store as a bf16 product's op(B) (core/bf16.h: tb, K, N,
+ * ldb as qkv_gemm_bf16's, B = data, which must lie in the store's values;
+ * c: a parameter tensor's owner), packed once per version of the values:
+ * weights are converted once per optimiser step, not once per product.
+ * Valid until the next call for the store or qkv_params_free. */
+const struct qkv_bf16_packed *qkv_params_packed(struct qkv_params_cache *c,
+                                                const float *data, int tb,
+                                                int K, int N, int ldb);
 
 #endif

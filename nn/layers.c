@@ -102,6 +102,7 @@ static qkv_tensor *stacked(qkv_graph *g, const qkv_linear *const *l,
                                     (int[]){count * w->shape[0], w->shape[1]});
     t->grad = w->grad;
     t->requires_grad = w->requires_grad;
+    t->owner = w->owner; /* the store's memory: bf16 packs it once */
     return t;
 }
 
@@ -238,15 +239,23 @@ qkv_tensor *qkv_decoder_layer_forward(const qkv_decoder_layer *l, qkv_graph *g,
 
 /* qkv_sgemm_rows in the graph's precision: a bf16 product's rows do not
  * depend on M at all (bf16.h: its order is fixed by K), so any row count
- * gives the full product's rows. */
+ * gives the full product's rows. w: the weight (N, K) whose transpose op(B)
+ * is (B itself, or its transposed copy); in bf16 the product reads w
+ * packed once per version of the parameters, which is the same op(B). */
 static void gemm_rows(const qkv_graph *g, int M_like, int relu, int tb, int M,
                       int N, int K, const float *A, int lda, const float *B,
-                      int ldb, float *C, int ldc) {
+                      int ldb, const qkv_tensor *w, float *C, int ldc) {
     if (g->precision != QKV_BF16) {
         qkv_sgemm_rows(M_like, relu, 0, tb, M, N, K, A, lda, B, ldb, C, ldc);
         return;
     }
-    qkv_gemm_bf16(0, tb, M, N, K, A, lda, B, ldb, 0, C, ldc);
+    if (w && w->owner)
+        qkv_gemm_bf16_packed(
+            0, M, A, lda,
+            qkv_params_packed(w->owner, w->data, 1, K, N, w->shape[1]), 0, C,
+            ldc);
+    else
+        qkv_gemm_bf16(0, tb, M, N, K, A, lda, B, ldb, 0, C, ldc);
     for (int i = 0; i < M && relu; i++)
         for (int j = 0; j < N; j++) {
             float *c = C + (size_t)i * ldc + j;
@@ -263,19 +272,20 @@ static void project(qkv_graph *g, const qkv_linear *const *l, int count,
     int N = l[0]->w->shape[0], D = l[0]->w->shape[1], ld = count * N;
     qkv_tensor *w = count > 1 ? stacked(g, l, count) : NULL;
     if (w || count == 1) {
+        const qkv_tensor *wl = w ? w : l[0]->w;
         if (wt) /* wt: (D, ld), the weights transposed */
-            gemm_rows(g, M_like, 0, 0, M, ld, D, x, D, wt, ld, out, ld);
+            gemm_rows(g, M_like, 0, 0, M, ld, D, x, D, wt, ld, wl, out, ld);
         else
-            gemm_rows(g, M_like, 0, 1, M, ld, D, x, D,
-                      w ? w->data : l[0]->w->data, D, out, ld);
+            gemm_rows(g, M_like, 0, 1, M, ld, D, x, D, wl->data, D, wl, out,
+                      ld);
         return;
     }
     for (int i = 0; i < count; i++)
         if (wt)
             gemm_rows(g, M_like, 0, 0, M, N, D, x, D, wt + (size_t)i * N, ld,
-                      out + (size_t)i * N, ld);
+                      l[i]->w, out + (size_t)i * N, ld);
         else
-            gemm_rows(g, M_like, 0, 1, M, N, D, x, D, l[i]->w->data, D,
+            gemm_rows(g, M_like, 0, 1, M, N, D, x, D, l[i]->w->data, D, l[i]->w,
                       out + (size_t)i * N, ld);
 }
 
@@ -287,11 +297,11 @@ static qkv_tensor *linear_rows(qkv_graph *g, const qkv_linear *l, qkv_tensor *x,
         D = l->w->shape[1];
     qkv_tensor *y = qkv_tensor_new(g, 3, (int[]){B, T, N});
     if (wt)
-        gemm_rows(g, M_like, relu, 0, B * T, N, D, x->data, D, wt, N, y->data,
-                  N);
+        gemm_rows(g, M_like, relu, 0, B * T, N, D, x->data, D, wt, N, l->w,
+                  y->data, N);
     else
         gemm_rows(g, M_like, relu, 1, B * T, N, D, x->data, D, l->w->data, D,
-                  y->data, N);
+                  l->w, y->data, N);
     return y;
 }
 

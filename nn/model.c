@@ -218,6 +218,7 @@ void qkv_model_alloc(qkv_model *m, uint64_t seed) {
     qkv_pcg32 init;
     qkv_pcg32_seed(&init, seed, 0x1417); /* one stream for weights */
     qkv_xavier_init(ps, &init);
+    qkv_params_touch(ps);
     qkv_pcg32_seed(&m->rng, seed, 0xd209); /* another for dropout */
 
     /* PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(...)
@@ -505,8 +506,10 @@ qkv_tensor *qkv_model_decoder_step(qkv_model *m, qkv_graph *g, qkv_kv_cache *kc,
     if (c->norm == QKV_NORM_PRE) last = qkv_norm_forward(&m->dec_norm, g, last);
     qkv_tensor *logits = qkv_tensor_new(g, 2, (int[]){B, V});
     if (g->precision == QKV_BF16) /* rows independent of M (bf16.h) */
-        qkv_gemm_bf16(0, 0, B, V, D, last->data, D, wt, V, 0, logits->data,
-                      V); /* wt: now the generator's, (D, V) */
+        qkv_gemm_bf16_packed(0, B, last->data, D,
+                             qkv_params_packed(m->generator->owner,
+                                               m->generator->data, 1, D, V, D),
+                             0, logits->data, V);
     else
         qkv_sgemm_rows(B * t, 0, 0, 0, B, V, D, last->data, D, wt, V,
                        logits->data, V);

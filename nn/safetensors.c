@@ -816,5 +816,6 @@ int qkv_st_load_params(const qkv_st_file *f, qkv_params *ps, const char *path,
         const qkv_st_tensor *t = qkv_st_find(f, ps->list[i]->name);
         memcpy(ps->list[i]->data, t->data, t->n * sizeof(float));
     }
+    qkv_params_touch(ps);
     return 0;
 }

@@ -192,6 +192,7 @@ void qkv_optim_step(qkv_optim *o, qkv_params *ps, float lr) {
         sgd_step(o, ps->values, ps->grads, lr);
     else
         adam_step(o, ps->values, ps->grads, lr);
+    qkv_params_touch(ps);
 }
 
 /* ---- schedules ---- */
