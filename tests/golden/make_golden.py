@@ -12,8 +12,18 @@ visible, runs one batch with real padding and writes to a safetensors file:
   grad.<name>         d loss / d param after one backward
   expect.adam_losses  the loss before each of 10 Adam steps on this batch
 
-and beside it NAME_bf16.safetensors: expect.logits_autocast, the same
-forward under torch.autocast("cpu", torch.bfloat16), for --precision bf16.
+and beside it NAME_bf16.safetensors, for --precision bf16:
+
+  expect.logits_autocast  the same forward under torch.autocast("cpu",
+                          torch.bfloat16)
+  grad64.<name>           d loss / d param with the parameters and the whole
+                          forward and backward in float64 (same batch, same
+                          loss), rounded to float32 when stored
+  fd.param_index          FD_PER_TENSOR coordinates of every parameter tensor:
+  fd.offset               the index into the sorted parameter names (the
+  fd.value                metadata's "fd_params", a JSON list), the flat
+                          offset, and the float64 central difference
+                          (L(p+h) - L(p-h)) / 2h there (metadata "fd_h")
 
 The "__metadata__" holds the model config, read by tests/test_golden.c.
 Usage (Debian's python3-torch): /usr/bin/python3 make_golden.py OUT_DIR
@@ -198,6 +208,66 @@ def make_batch(cfg, gen):
             "tgt_out": tgt_out, "tgt_pad": tgt_pad}
 
 
+# Central differences in float64. The loss is about 3 and its float64
+# rounding error about 1e-15, so a difference's rounding error is about
+# 1e-15 / h, its truncation error h^2/6 |L'''|, and a step must not straddle
+# a ReLU's kink. Measured worst |fd - grad64| / max |grad64 of the tensor|
+# (post_sin, pre_learned): h 1e-3: 2.5e-3 (a kink), 4.9e-7; 1e-4: 7.1e-9,
+# 4.8e-9; 1e-5: 1.4e-9, 2.6e-9; 1e-6: 1.3e-8, 3.0e-8; 1e-7: 2.2e-7, 2.0e-7
+# (rounding). h = 1e-5 is the best of these; the script asserts FD_TOL.
+FD_H = 1e-5
+FD_PER_TENSOR = 2
+FD_TOL = 1e-7  # |fd - grad64| <= FD_TOL * max |grad64 of the tensor|
+
+
+def grads_fp64(cfg, P, b):
+    """float64 parameters, forward, loss and backward: the reference."""
+    P64 = {k: v.detach().double().requires_grad_(True) for k, v in P.items()}
+    loss = loss_of(cfg, forward(cfg, P64, b), b)
+    loss.backward()
+    return {k: v.detach() for k, v in P64.items()}, \
+           {k: v.grad.detach() for k, v in P64.items()}
+
+
+def finite_differences(cfg, P64, G64, b, seed):
+    """FD_PER_TENSOR distinct coordinates of every tensor (sorted names), drawn
+    by a seeded generator among those whose float64 gradient is not zero
+    (unused embedding rows and positions have none: nothing to check)."""
+    names = sorted(P64)
+    gen = torch.Generator().manual_seed(seed)
+    P = {k: v.clone() for k, v in P64.items()}
+
+    def L():
+        with torch.no_grad():
+            return loss_of(cfg, forward(cfg, P, b), b).item()
+
+    idx, offs, vals, worst = [], [], [], (0.0, "")
+    for i, n in enumerate(names):
+        g = G64[n].flatten()
+        nz = g.nonzero().flatten()
+        pick = nz[torch.randperm(len(nz), generator=gen)[:FD_PER_TENSOR]]
+        flat = P[n].view(-1)
+        scale = g.abs().max().item()
+        for off in sorted(pick.tolist()):
+            assert off < 2 ** 24  # exact as float32
+            x = flat[off].item()
+            up, dn = x + FD_H, x - FD_H
+            flat[off] = up
+            lp = L()
+            flat[off] = dn
+            lm = L()
+            flat[off] = x
+            fd = (lp - lm) / (up - dn)  # the steps as float64 made them
+            err = abs(fd - g[off].item()) / scale
+            assert err <= FD_TOL, f"{n}[{off}]: fd {fd} vs grad {g[off]}"
+            if err >= worst[0]:
+                worst = (err, f"{n}[{off}]")
+            idx.append(i), offs.append(off), vals.append(fd)
+    return names, torch.tensor(idx, dtype=torch.float64), \
+        torch.tensor(offs, dtype=torch.float64), \
+        torch.tensor(vals, dtype=torch.float64), worst
+
+
 def write_safetensors(path, tensors, meta):
     """safetensors: u64 LE header length, JSON header, F32 LE data."""
     header, blobs, off = {"__metadata__": meta}, [], 0
@@ -235,11 +305,23 @@ def golden(name, cfg, out_dir):
     # they were.
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         autocast = forward(cfg, P, b).float()
-    write_safetensors(f"{out_dir}/{name}_bf16.safetensors",
-                      {"expect.logits_autocast": autocast},
+    # The float64 gradient and its finite differences: the reference that
+    # qkv's bf16 (and fp32) gradients are checked against.
+    P64, G64 = grads_fp64(cfg, P, b)
+    names, fd_i, fd_o, fd_v, worst = finite_differences(cfg, P64, G64, b,
+                                                        cfg["seed"] + 100)
+    bf16 = {"expect.logits_autocast": autocast,
+            "fd.param_index": fd_i, "fd.offset": fd_o, "fd.value": fd_v}
+    bf16.update({f"grad64.{k}": v for k, v in G64.items()})
+    write_safetensors(f"{out_dir}/{name}_bf16.safetensors", bf16,
                       {"torch": torch.__version__,
                        "what": "logits of " + name + " under torch.autocast"
-                               "('cpu', torch.bfloat16)"})
+                               "('cpu', torch.bfloat16); float64 gradients "
+                               "and central differences",
+                       "fd_params": json.dumps(names), "fd_h": str(FD_H)})
+    print(f"{name}: {len(fd_v)} float64 central differences (h {FD_H:g}) "
+          f"agree with the float64 gradient to {worst[0]:.1e} of the "
+          f"tensor's largest (worst {worst[1]})")
 
     opt = torch.optim.Adam(P.values(), lr=cfg["adam_lr"], betas=(0.9, 0.98),
                            eps=1e-9, foreach=False)
