@@ -117,23 +117,25 @@ _Static_assert(KC % 2 == 0, "KC: whole pairs");
 /* Products smaller than this stay on the calling thread. */
 #define PAR_MIN_FLOPS 2.0e6
 
-/* c[MR x NR] (ldc) = acc (add 0) or c + acc (add 1), acc summed over np
- * pairs of the packed slivers a (np x MR words) and b (np x NR words). */
+/* c[rows x NR] (ldc) = acc (add 0) or c + acc (add 1), acc summed over np
+ * pairs of the packed slivers a (np x MR words, of which the first rows are
+ * used) and b (np x NR words). Each element's sum is the same for any rows:
+ * fewer rows only skip work (a decoding step's product has one row). */
 typedef void kernel_fn(int np, const uint32_t *a, const uint32_t *b, float *c,
-                       size_t ldc, int add);
+                       size_t ldc, int add, int rows);
 
 static void kernel_portable(int np, const uint32_t *a, const uint32_t *b,
-                            float *c, size_t ldc, int add) {
+                            float *c, size_t ldc, int add, int rows) {
     float acc[MR][NR] = {{0}};
     for (int p = 0; p < np; p++, a += MR, b += NR)
-        for (int i = 0; i < MR; i++) {
+        for (int i = 0; i < rows; i++) {
             float alo = bf_daz(a[i]), ahi = bf_daz(a[i] >> 16);
             for (int j = 0; j < NR; j++) {
                 float s = dp_step(acc[i][j], ahi, bf_daz(b[j] >> 16));
                 acc[i][j] = dp_step(s, alo, bf_daz(b[j]));
             }
         }
-    for (int i = 0; i < MR; i++)
+    for (int i = 0; i < rows; i++)
         for (int j = 0; j < NR; j++) {
             float *ci = c + (size_t)i * ldc + j;
             *ci = add ? *ci + acc[i][j] : acc[i][j];
@@ -141,23 +143,24 @@ static void kernel_portable(int np, const uint32_t *a, const uint32_t *b,
 }
 
 #if QKV_X86
-__attribute__((target("avx512f,avx512bf16"))) static void
-kernel_avx512(int np, const uint32_t *a, const uint32_t *b, float *c,
-              size_t ldc, int add) {
+/* R rows (a constant in each caller: the accumulators stay in registers). */
+__attribute__((target("avx512f,avx512bf16"), always_inline)) static inline void
+kernel_avx512_rows(const int R, int np, const uint32_t *a, const uint32_t *b,
+                   float *c, size_t ldc, int add) {
     __m512 acc[MR][2];
 #pragma GCC unroll 12
-    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
     for (int p = 0; p < np; p++, a += MR, b += NR) {
         __m512i b0 = _mm512_loadu_si512(b), b1 = _mm512_loadu_si512(b + 16);
 #pragma GCC unroll 12
-        for (int i = 0; i < MR; i++) {
+        for (int i = 0; i < R; i++) {
             __m512i ai = _mm512_set1_epi32((int)a[i]);
             acc[i][0] = _mm512_dpbf16_ps(acc[i][0], (__m512bh)ai, (__m512bh)b0);
             acc[i][1] = _mm512_dpbf16_ps(acc[i][1], (__m512bh)ai, (__m512bh)b1);
         }
     }
 #pragma GCC unroll 12
-    for (int i = 0; i < MR; i++) {
+    for (int i = 0; i < R; i++) {
         float *ci = c + (size_t)i * ldc;
         if (add) {
             acc[i][0] = _mm512_add_ps(_mm512_loadu_ps(ci), acc[i][0]);
@@ -166,6 +169,22 @@ kernel_avx512(int np, const uint32_t *a, const uint32_t *b, float *c,
         _mm512_storeu_ps(ci, acc[i][0]);
         _mm512_storeu_ps(ci + 16, acc[i][1]);
     }
+}
+
+/* rows rounded up to 1, 2, 4, 8 or MR (the caller's tile has room). */
+__attribute__((target("avx512f,avx512bf16"))) static void
+kernel_avx512(int np, const uint32_t *a, const uint32_t *b, float *c,
+              size_t ldc, int add, int rows) {
+    if (rows <= 1)
+        kernel_avx512_rows(1, np, a, b, c, ldc, add);
+    else if (rows <= 2)
+        kernel_avx512_rows(2, np, a, b, c, ldc, add);
+    else if (rows <= 4)
+        kernel_avx512_rows(4, np, a, b, c, ldc, add);
+    else if (rows <= 8)
+        kernel_avx512_rows(8, np, a, b, c, ldc, add);
+    else
+        kernel_avx512_rows(MR, np, a, b, c, ldc, add);
 }
 #endif
 
@@ -300,14 +319,14 @@ static void pack_b(int tb, const float *B, size_t ldb, int N, int j0, int k0,
 static void tile(kernel_fn *kern, int np, const uint32_t *a, const uint32_t *b,
                  float *c, size_t ldc, int mr, int nr, int add) {
     if (mr == MR && nr == NR) {
-        kern(np, a, b, c, ldc, add);
+        kern(np, a, b, c, ldc, add, MR);
         return;
     }
-    float buf[MR * NR];
+    float buf[MR * NR] = {0};
     for (int i = 0; i < mr; i++)
         for (int j = 0; j < nr; j++)
             buf[i * NR + j] = add ? c[(size_t)i * ldc + j] : 0.0f;
-    kern(np, a, b, buf, NR, add);
+    kern(np, a, b, buf, NR, add, mr);
     for (int i = 0; i < mr; i++)
         for (int j = 0; j < nr; j++) c[(size_t)i * ldc + j] = buf[i * NR + j];
 }
