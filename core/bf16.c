@@ -331,29 +331,28 @@ static void tile(kernel_fn *kern, int np, const uint32_t *a, const uint32_t *b,
         for (int j = 0; j < nr; j++) c[(size_t)i * ldc + j] = buf[i * NR + j];
 }
 
-/* Scratch for the packed operands, the calling thread's, grown as needed
- * (kept between calls). */
-static uint32_t *scratch(size_t words) {
-    static _Thread_local uint32_t *buf;
-    static _Thread_local size_t cap;
-    if (words > cap) {
-        free(buf);
-        buf = qkv_malloc_aligned(words * sizeof *buf, "bf16 packing");
-        cap = words;
+/* *buf with room for bytes, grown as needed (kept between calls). */
+static void *grown(void **buf, size_t *cap, size_t bytes, const char *what) {
+    if (bytes > *cap) {
+        free(*buf);
+        *buf = qkv_malloc_aligned(bytes, what);
+        *cap = bytes;
     }
-    return buf;
+    return *buf;
+}
+
+/* Scratch for the packed operands, the calling thread's. */
+static uint32_t *scratch(size_t words) {
+    static _Thread_local void *buf;
+    static _Thread_local size_t cap;
+    return grown(&buf, &cap, words * sizeof(uint32_t), "bf16 packing");
 }
 
 /* Scratch for a staged C (below), the calling thread's. */
 static float *c_scratch(size_t floats) {
-    static _Thread_local float *buf;
+    static _Thread_local void *buf;
     static _Thread_local size_t cap;
-    if (floats > cap) {
-        free(buf);
-        buf = qkv_malloc_aligned(floats * sizeof *buf, "bf16 staging");
-        cap = floats;
-    }
-    return buf;
+    return grown(&buf, &cap, floats * sizeof(float), "bf16 staging");
 }
 
 /* A product with several k blocks adds each block's sums to C. When C's

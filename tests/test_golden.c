@@ -48,6 +48,19 @@ static const qkv_st_tensor *need(const qkv_st_file *f, const char *name,
     return t && t->n == n ? t : NULL;
 }
 
+/* NAME_bf16.safetensors into f; a failed check (and -1) if it cannot be
+ * read. */
+static int read_bf16_file(const char *name, qkv_st_file *f) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s_bf16.safetensors", dir, name);
+    qkv_st_error se;
+    if (qkv_st_read(path, f, &se)) {
+        CHECK(0, "%s", se.msg);
+        return -1;
+    }
+    return 0;
+}
+
 /* --precision bf16 against PyTorch's autocast (NAME_bf16.safetensors):
  * both round the linear layers' operands to bf16 and sum in fp32, but
  * autocast also rounds each product's output to bf16 and computes the
@@ -57,14 +70,8 @@ static const qkv_st_tensor *need(const qkv_st_file *f, const char *name,
  * fp32 logits are (it computes what autocast computes, not fp32). */
 static void check_autocast(const char *name, qkv_model *m, const qkv_batch *b,
                            const qkv_tensor *fp32) {
-    char path[600];
-    snprintf(path, sizeof path, "%s/%s_bf16.safetensors", dir, name);
     qkv_st_file f;
-    qkv_st_error se;
-    if (qkv_st_read(path, &f, &se)) {
-        CHECK(0, "%s", se.msg);
-        return;
-    }
+    if (read_bf16_file(name, &f)) return;
     const qkv_st_tensor *ac = need(&f, "expect.logits_autocast", fp32->n);
     qkv_graph g;
     qkv_graph_init(&g, 0);
@@ -320,12 +327,8 @@ static double norm_err(const float *a, const float *b, size_t n) {
 static void check_bf16_grads(const char *name) {
     golden gm;
     if (golden_load(name, &gm)) return;
-    char path[600];
-    snprintf(path, sizeof path, "%s/%s_bf16.safetensors", dir, name);
     qkv_st_file f;
-    qkv_st_error se;
-    if (qkv_st_read(path, &f, &se)) {
-        CHECK(0, "%s", se.msg);
+    if (read_bf16_file(name, &f)) {
         golden_free(&gm);
         return;
     }
