@@ -374,6 +374,45 @@ static size_t packed_words(int K, int N) {
     return n_q * n_jr * NR * (KC / 2);
 }
 
+/* With op(B) packed beforehand (pre), called by each thread of the team:
+ * the thread takes an even share of the row slivers, packs their A and
+ * computes their tiles across all of N, k block by k block (row blocks of
+ * MC rows, so an A block is reused across B's slivers). No thread reads
+ * what another writes, so none waits for another: small products (a
+ * tiny model's, a decoding step's) are not dominated by barriers. */
+static void rows_of_packed(kernel_fn *kern, int ta, int M, int N, int K,
+                           const float *A, int lda, const uint32_t *pre,
+                           int accumulate, float *C, int ldc, uint32_t *pa) {
+#ifdef _OPENMP
+    int t = omp_get_thread_num(), n = omp_get_num_threads();
+#else
+    int t = 0, n = 1;
+#endif
+    int n_ir = (M + MR - 1) / MR, r0 = n_ir * t / n, r1 = n_ir * (t + 1) / n;
+    int n_jr = (N + NR - 1) / NR;
+    for (int pc = 0; pc < K; pc += KC) {
+        int kc = K - pc < KC ? K - pc : KC, np = (kc + 1) / 2;
+        int add = pc > 0 || accumulate;
+        const uint32_t *pb = pre + (size_t)(pc / KC) * n_jr * NR * (KC / 2);
+        /* each sliver at its own place for every block (a stride of the
+         * largest block): another thread's slivers never overlap it, even
+         * while it is a block behind */
+        for (int ir = r0; ir < r1; ir++)
+            pack_a(ta, A, (size_t)lda, M, ir * MR, pc, kc,
+                   pa + (size_t)ir * MR * (KC / 2));
+        for (int ib = r0; ib < r1; ib += MC / MR)
+            for (int jr = 0; jr < n_jr; jr++) {
+                int j0 = jr * NR, nr = N - j0 < NR ? N - j0 : NR;
+                for (int ir = ib; ir < r1 && ir < ib + MC / MR; ir++) {
+                    int i0 = ir * MR, mr = M - i0 < MR ? M - i0 : MR;
+                    tile(kern, np, pa + (size_t)ir * MR * (KC / 2),
+                         pb + (size_t)jr * NR * np, C + (size_t)i0 * ldc + j0,
+                         (size_t)ldc, mr, nr, add);
+                }
+            }
+    }
+}
+
 /* C (+)= bf16(op(A)) bf16(op(B)); op(B)'s slivers are packed here, or
  * taken from pre (a qkv_bf16_packed's words for this B). */
 static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
@@ -407,7 +446,14 @@ QKV_OMP(omp for schedule(static))
 for (int i = 0; i < M; i++)
     memcpy(C + (size_t)i * ldc, C0 + (size_t)i * ldc0, (size_t)N * sizeof *C);
         }
-        for (int pc = 0; pc < K; pc += KC) {
+        if (pre) { /* no barriers: each thread its own rows */
+            rows_of_packed(kern, ta, M, N, K, A, lda, pre, accumulate, C, ldc,
+                           pa);
+            if (lds) { /* the copy back reads every thread's rows */
+                QKV_OMP(omp barrier)
+            }
+        }
+        for (int pc = 0; pc < K && !pre; pc += KC) {
             int kc = K - pc < KC ? K - pc : KC, np = (kc + 1) / 2;
             int add = pc > 0 || accumulate;
 QKV_OMP(omp for schedule(static))
@@ -415,22 +461,15 @@ for (int ir = 0; ir < n_ir; ir++)
     pack_a(ta, A, (size_t)lda, M, ir * MR, pc, kc, pa + (size_t)ir * MR * np);
 for (int jc = 0; jc < N; jc += NC) {
     int nc = N - jc < NC ? N - jc : NC, jrs = (nc + NR - 1) / NR;
-    const uint32_t *pbs = pb;
-    if (pre) {
-        size_t n_jr_all = (size_t)(N + NR - 1) / NR;
-        pbs = pre + (size_t)(pc / KC) * n_jr_all * NR * (KC / 2) +
-              (size_t)(jc / NR) * NR * np;
-    } else {
 QKV_OMP(omp for schedule(static))
 for (int jr = 0; jr < jrs; jr++)
     pack_b(tb, B, (size_t)ldb, N, jc + jr * NR, pc, kc,
            pb + (size_t)jr * NR * np);
-    }
-    /* tiles: row blocks of at most MC rows outer, so an A block is
+/* tiles: row blocks of at most MC rows outer, so an A block is
              * reused across the B slivers; the blocks differ by at most one
              * tile, so the threads' shares are even; each tile is one
              * thread's, in one order */
-    int n_ic = (n_ir + MC / MR - 1) / (MC / MR);
+int n_ic = (n_ir + MC / MR - 1) / (MC / MR);
 QKV_OMP(omp for collapse(2) schedule(static))
 for (int ic = 0; ic < n_ic; ic++)
     for (int jr = 0; jr < jrs; jr++) {
@@ -439,7 +478,7 @@ for (int ic = 0; ic < n_ic; ic++)
         for (int i0 = t0 * MR; i0 < M && i0 < t1 * MR; i0 += MR) {
             int mr = M - i0 < MR ? M - i0 : MR;
             tile(kern, np, pa + (size_t)(i0 / MR) * MR * np,
-                 pbs + (size_t)jr * NR * np, C + (size_t)i0 * ldc + j0,
+                 pb + (size_t)jr * NR * np, C + (size_t)i0 * ldc + j0,
                  (size_t)ldc, mr, nr, add);
         }
     }
