@@ -116,7 +116,8 @@ void qkv_params_touch(qkv_params *ps);
  * ldb as qkv_gemm_bf16's, B = data, which must lie in the store's values;
  * c: a parameter tensor's owner), packed once per version of the values:
  * weights are converted once per optimiser step, not once per product.
- * Valid until the next call for the store or qkv_params_free. */
+ * Valid until the next call for the store or qkv_params_free; like a
+ * graph, a store is used by one caller at a time (not thread-safe). */
 const struct qkv_bf16_packed *qkv_params_packed(struct qkv_params_cache *c,
                                                 const float *data, int tb,
                                                 int K, int N, int ldb);
