@@ -361,9 +361,8 @@ static float *c_scratch(size_t floats) {
  * between blocks (measured: 385 against 455 GFLOPS for 240 x 1024 x 2048
  * on 2 threads); such a C is worked on in a copy whose rows are padded.
  * The copy changes where the sums are kept, not one operation on them. */
-static int staged_ldc(int N, int K, int ldc) {
-    if (K <= KC || ldc % 64) return 0;
-    return (N + 15) / 16 * 16 + 16;
+static int staged(int K, int ldc) {
+    return K > KC && ldc % 64 == 0;
 }
 
 /* Words of packed op(B) (K x N) in a qkv_bf16_packed: k block q starts at
@@ -374,47 +373,84 @@ static size_t packed_words(int K, int N) {
     return n_q * n_jr * NR * (KC / 2);
 }
 
-/* With op(B) packed beforehand (pre), called by each thread of the team:
- * the thread takes an even share of the row slivers, packs their A and
- * computes their tiles across all of N, k block by k block (row blocks of
- * MC rows, so an A block is reused across B's slivers). No thread reads
- * what another writes, so none waits for another: small products (a
- * tiny model's, a decoding step's) are not dominated by barriers. */
-static void rows_of_packed(kernel_fn *kern, int ta, int M, int N, int K,
-                           const float *A, int lda, const uint32_t *pre,
-                           int accumulate, float *C, int ldc, uint32_t *pa) {
-#ifdef _OPENMP
-    int t = omp_get_thread_num(), n = omp_get_num_threads();
-#else
-    int t = 0, n = 1;
-#endif
-    int n_ir = (M + MR - 1) / MR, r0 = n_ir * t / n, r1 = n_ir * (t + 1) / n;
-    int n_jr = (N + NR - 1) / NR;
+/* One thread's block of C: row slivers [r0, r1) (MR rows each) x column
+ * slivers [c0, c1) (NR columns each). The thread packs the A and B slivers
+ * its block needs (B's are taken from pre when op(B) was packed
+ * beforehand) into its own scratch, and computes its tiles k block by k
+ * block: row blocks of MC rows outer, so an A block is reused across the
+ * B slivers. No thread reads what another writes, so the threads never
+ * wait for each other inside a product: the blocks are even shares, and
+ * the order of every element's operations is the same for any split. */
+static void block(kernel_fn *kern, int ta, int tb, int M, int N, int K,
+                  const float *A, int lda, const float *B, int ldb,
+                  const uint32_t *pre, int accumulate, float *C0, int ldc0,
+                  int r0, int r1, int c0, int c1) {
+    if (r0 >= r1 || c0 >= c1) return;
+    int i_lo = r0 * MR, i_hi = r1 * MR < M ? r1 * MR : M;
+    int j_lo = c0 * NR, j_hi = c1 * NR < N ? c1 * NR : N, w = j_hi - j_lo;
+    int n_jr = (N + NR - 1) / NR, nc_jr = NC / NR;
+    size_t a_words = (size_t)(r1 - r0) * MR * (KC / 2);
+    uint32_t *pa = scratch(a_words + (pre ? 0 : (size_t)nc_jr * NR * (KC / 2)));
+    uint32_t *pb0 = pa + a_words;
+    /* C, or a padded copy of this block of it (staged()) */
+    float *C = C0 + (size_t)i_lo * ldc0 + j_lo;
+    int ldc = ldc0;
+    if (staged(K, ldc0)) {
+        ldc = (w + 15) / 16 * 16 + 16;
+        C = c_scratch((size_t)(i_hi - i_lo) * ldc);
+        for (int i = i_lo; i < i_hi && accumulate; i++)
+            memcpy(C + (size_t)(i - i_lo) * ldc, C0 + (size_t)i * ldc0 + j_lo,
+                   (size_t)w * sizeof *C);
+    }
     for (int pc = 0; pc < K; pc += KC) {
         int kc = K - pc < KC ? K - pc : KC, np = (kc + 1) / 2;
         int add = pc > 0 || accumulate;
-        const uint32_t *pb = pre + (size_t)(pc / KC) * n_jr * NR * (KC / 2);
-        /* each sliver at its own place for every block (a stride of the
-         * largest block): another thread's slivers never overlap it, even
-         * while it is a block behind */
         for (int ir = r0; ir < r1; ir++)
             pack_a(ta, A, (size_t)lda, M, ir * MR, pc, kc,
-                   pa + (size_t)ir * MR * (KC / 2));
-        for (int ib = r0; ib < r1; ib += MC / MR)
-            for (int jr = 0; jr < n_jr; jr++) {
-                int j0 = jr * NR, nr = N - j0 < NR ? N - j0 : NR;
-                for (int ir = ib; ir < r1 && ir < ib + MC / MR; ir++) {
-                    int i0 = ir * MR, mr = M - i0 < MR ? M - i0 : MR;
-                    tile(kern, np, pa + (size_t)ir * MR * (KC / 2),
-                         pb + (size_t)jr * NR * np, C + (size_t)i0 * ldc + j0,
-                         (size_t)ldc, mr, nr, add);
-                }
+                   pa + (size_t)(ir - r0) * MR * np);
+        for (int jc = c0; jc < c1; jc += nc_jr) {
+            int jrs = c1 - jc < nc_jr ? c1 - jc : nc_jr;
+            const uint32_t *pb;
+            if (pre) {
+                pb = pre + (size_t)(pc / KC) * n_jr * NR * (KC / 2) +
+                     (size_t)jc * NR * np;
+            } else {
+                for (int jr = 0; jr < jrs; jr++)
+                    pack_b(tb, B, (size_t)ldb, N, (jc + jr) * NR, pc, kc,
+                           pb0 + (size_t)jr * NR * np);
+                pb = pb0;
             }
+            for (int ib = r0; ib < r1; ib += MC / MR)
+                for (int jr = 0; jr < jrs; jr++) {
+                    int j0 = (jc + jr) * NR, nr = N - j0 < NR ? N - j0 : NR;
+                    for (int ir = ib; ir < r1 && ir < ib + MC / MR; ir++) {
+                        int i0 = ir * MR, mr = M - i0 < MR ? M - i0 : MR;
+                        tile(kern, np, pa + (size_t)(ir - r0) * MR * np,
+                             pb + (size_t)jr * NR * np,
+                             C + (size_t)(i0 - i_lo) * ldc + (j0 - j_lo),
+                             (size_t)ldc, mr, nr, add);
+                    }
+                }
+        }
     }
+    if (C != C0 + (size_t)i_lo * ldc0 + j_lo)
+        for (int i = i_lo; i < i_hi; i++)
+            memcpy(C0 + (size_t)i * ldc0 + j_lo, C + (size_t)(i - i_lo) * ldc,
+                   (size_t)w * sizeof *C);
 }
 
 /* C (+)= bf16(op(A)) bf16(op(B)); op(B)'s slivers are packed here, or
- * taken from pre (a qkv_bf16_packed's words for this B). */
+ * taken from pre (a qkv_bf16_packed's words for this B).
+ *
+ * Threads: each computes one block of C (block()). With op(B) packed
+ * beforehand, or when C has more row slivers than column slivers, the
+ * threads split the rows and each packs all of op(B)'s slivers it uses
+ * (the smaller operand, packed once per thread); otherwise they split the
+ * columns and each packs all of op(A) (a weight gradient's X^T: 256 rows
+ * against dY's 1024 columns). Splitting the larger side keeps the work of
+ * packing it shared, with no barrier between k blocks (the shared-packing
+ * version waited at three per k block: a weight gradient's product, K =
+ * 2048, ran 1.1-1.3x faster on 2 threads than on 1). */
 static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
                  const float *B, int ldb, const uint32_t *pre, int accumulate,
                  float *C, int ldc) {
@@ -425,10 +461,7 @@ static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
         return;
     }
     kernel_fn *kern = kernels[qkv_bf16_get_kernel()];
-    int n_ir = (M + MR - 1) / MR, n_jr = (NC + NR - 1) / NR;
-    size_t a_words = (size_t)n_ir * MR * (KC / 2);
-    uint32_t *pa = scratch(a_words + (pre ? 0 : (size_t)n_jr * NR * (KC / 2)));
-    uint32_t *pb = pa + a_words;
+    int n_ir = (M + MR - 1) / MR, n_jr = (N + NR - 1) / NR;
     int nt = 1;
 #ifdef _OPENMP
     double flops = 2.0 * M * N * K;
@@ -436,59 +469,19 @@ static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
     if (nt > flops / PAR_MIN_FLOPS) nt = (int)(flops / PAR_MIN_FLOPS);
     if (nt < 1) nt = 1;
 #endif
-    (void)nt;
-    float *C0 = C;
-    int ldc0 = ldc, lds = staged_ldc(N, K, ldc);
-    if (lds) C = c_scratch((size_t)M * lds), ldc = lds;
+    int by_rows = pre || n_ir >= n_jr;
     QKV_OMP(omp parallel num_threads(nt) if (nt > 1)) {
-        if (lds && accumulate) {
-QKV_OMP(omp for schedule(static))
-for (int i = 0; i < M; i++)
-    memcpy(C + (size_t)i * ldc, C0 + (size_t)i * ldc0, (size_t)N * sizeof *C);
-        }
-        if (pre) { /* no barriers: each thread its own rows */
-            rows_of_packed(kern, ta, M, N, K, A, lda, pre, accumulate, C, ldc,
-                           pa);
-            if (lds) { /* the copy back reads every thread's rows */
-                QKV_OMP(omp barrier)
-            }
-        }
-        for (int pc = 0; pc < K && !pre; pc += KC) {
-            int kc = K - pc < KC ? K - pc : KC, np = (kc + 1) / 2;
-            int add = pc > 0 || accumulate;
-QKV_OMP(omp for schedule(static))
-for (int ir = 0; ir < n_ir; ir++)
-    pack_a(ta, A, (size_t)lda, M, ir * MR, pc, kc, pa + (size_t)ir * MR * np);
-for (int jc = 0; jc < N; jc += NC) {
-    int nc = N - jc < NC ? N - jc : NC, jrs = (nc + NR - 1) / NR;
-QKV_OMP(omp for schedule(static))
-for (int jr = 0; jr < jrs; jr++)
-    pack_b(tb, B, (size_t)ldb, N, jc + jr * NR, pc, kc,
-           pb + (size_t)jr * NR * np);
-/* tiles: row blocks of at most MC rows outer, so an A block is
-             * reused across the B slivers; the blocks differ by at most one
-             * tile, so the threads' shares are even; each tile is one
-             * thread's, in one order */
-int n_ic = (n_ir + MC / MR - 1) / (MC / MR);
-QKV_OMP(omp for collapse(2) schedule(static))
-for (int ic = 0; ic < n_ic; ic++)
-    for (int jr = 0; jr < jrs; jr++) {
-        int j0 = jc + jr * NR, nr = N - j0 < NR ? N - j0 : NR;
-        int t0 = ic * n_ir / n_ic, t1 = (ic + 1) * n_ir / n_ic;
-        for (int i0 = t0 * MR; i0 < M && i0 < t1 * MR; i0 += MR) {
-            int mr = M - i0 < MR ? M - i0 : MR;
-            tile(kern, np, pa + (size_t)(i0 / MR) * MR * np,
-                 pb + (size_t)jr * NR * np, C + (size_t)i0 * ldc + j0,
-                 (size_t)ldc, mr, nr, add);
-        }
-    }
-}
-        }
-        if (lds) {
-QKV_OMP(omp for schedule(static))
-for (int i = 0; i < M; i++)
-    memcpy(C0 + (size_t)i * ldc0, C + (size_t)i * ldc, (size_t)N * sizeof *C);
-        }
+#ifdef _OPENMP
+        int t = omp_get_thread_num(), n = omp_get_num_threads();
+#else
+        int t = 0, n = 1;
+#endif
+        if (by_rows)
+            block(kern, ta, tb, M, N, K, A, lda, B, ldb, pre, accumulate, C,
+                  ldc, n_ir * t / n, n_ir * (t + 1) / n, 0, n_jr);
+        else
+            block(kern, ta, tb, M, N, K, A, lda, B, ldb, pre, accumulate, C,
+                  ldc, 0, n_ir, n_jr * t / n, n_jr * (t + 1) / n);
     }
 }
 
