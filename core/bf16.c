@@ -367,32 +367,44 @@ static int staged(int K, int ldc) {
 
 /* Words of packed op(B) (K x N) in a qkv_bf16_packed: k block q starts at
  * q * n_jr * NR * (KC / 2), sliver J (columns J NR ..) of it J * NR * np
- * words further (np: the block's pairs). */
+ * words further (np: the block's pairs). All of op(A) packed at once is
+ * laid out the same way, in row slivers of MR. */
 static size_t packed_words(int K, int N) {
     size_t n_jr = (size_t)(N + NR - 1) / NR, n_q = (size_t)(K + KC - 1) / KC;
     return n_q * n_jr * NR * (KC / 2);
 }
+static size_t packed_a_words(int M, int K) {
+    size_t n_ir = (size_t)(M + MR - 1) / MR, n_q = (size_t)(K + KC - 1) / KC;
+    return n_q * n_ir * MR * (KC / 2);
+}
 
-/* One thread's block of C: row slivers [r0, r1) (MR rows each) x column
- * slivers [c0, c1) (NR columns each). The thread packs the A and B slivers
- * its block needs (B's are taken from pre when op(B) was packed
- * beforehand) into its own scratch, and computes its tiles k block by k
- * block: row blocks of MC rows outer, so an A block is reused across the
- * B slivers. No thread reads what another writes, so the threads never
- * wait for each other inside a product: the blocks are even shares, and
- * the order of every element's operations is the same for any split. */
-static void block(kernel_fn *kern, int ta, int tb, int M, int N, int K,
+/* Scratch for an operand packed whole, shared by the team: the calling
+ * thread's (a product called inside another team's thread has its own). */
+static uint32_t *whole_scratch(size_t words) {
+    static _Thread_local void *buf;
+    static _Thread_local size_t cap;
+    return grown(&buf, &cap, words * sizeof(uint32_t), "bf16 packing");
+}
+
+/* One chunk of C: row slivers [r0, r1) (MR rows each) x column slivers
+ * [c0, c1) (NR columns each), computed k block by k block: row blocks of
+ * MC rows outer, so an A block is reused across the B slivers. The
+ * operands come packed whole (pre_a: all of op(A), pre_b: all of op(B),
+ * either may be NULL), or the chunk packs its own slivers of them into the
+ * thread's scratch. No chunk reads what another writes, and the order of
+ * every element's operations is the same whichever thread computes it. */
+static void chunk(kernel_fn *kern, int ta, int tb, int M, int N, int K,
                   const float *A, int lda, const float *B, int ldb,
-                  const uint32_t *pre, int accumulate, float *C0, int ldc0,
-                  int r0, int r1, int c0, int c1) {
+                  const uint32_t *pre_a, const uint32_t *pre_b, int accumulate,
+                  float *C0, int ldc0, int r0, int r1, int c0, int c1) {
     if (r0 >= r1 || c0 >= c1) return;
     int i_lo = r0 * MR, i_hi = r1 * MR < M ? r1 * MR : M;
     int j_lo = c0 * NR, j_hi = c1 * NR < N ? c1 * NR : N, w = j_hi - j_lo;
-    int n_jr = (N + NR - 1) / NR, nc_jr = NC / NR;
-    size_t a_words = (size_t)(r1 - r0) * MR * (KC / 2);
-    uint32_t *pa = scratch(a_words + (pre ? 0 : (size_t)nc_jr * NR * (KC / 2)));
-    uint32_t *pb0 = pa + a_words;
-    /* C, or a padded copy of this block of it (staged()) */
+    int n_ir = (M + MR - 1) / MR, n_jr = (N + NR - 1) / NR;
+    size_t a_words = pre_a ? 0 : (size_t)(r1 - r0) * MR * (KC / 2);
+    size_t b_words = pre_b ? 0 : (size_t)(c1 - c0) * NR * (KC / 2);
+    uint32_t *own = scratch(a_words + b_words), *own_b = own + a_words;
+    /* C, or a padded copy of this chunk of it (staged()) */
     float *C = C0 + (size_t)i_lo * ldc0 + j_lo;
     int ldc = ldc0;
     if (staged(K, ldc0)) {
@@ -403,35 +415,38 @@ static void block(kernel_fn *kern, int ta, int tb, int M, int N, int K,
                    (size_t)w * sizeof *C);
     }
     for (int pc = 0; pc < K; pc += KC) {
-        int kc = K - pc < KC ? K - pc : KC, np = (kc + 1) / 2;
+        int kc = K - pc < KC ? K - pc : KC, np = (kc + 1) / 2, q = pc / KC;
         int add = pc > 0 || accumulate;
-        for (int ir = r0; ir < r1; ir++)
-            pack_a(ta, A, (size_t)lda, M, ir * MR, pc, kc,
-                   pa + (size_t)(ir - r0) * MR * np);
-        for (int jc = c0; jc < c1; jc += nc_jr) {
-            int jrs = c1 - jc < nc_jr ? c1 - jc : nc_jr;
-            const uint32_t *pb;
-            if (pre) {
-                pb = pre + (size_t)(pc / KC) * n_jr * NR * (KC / 2) +
-                     (size_t)jc * NR * np;
-            } else {
-                for (int jr = 0; jr < jrs; jr++)
-                    pack_b(tb, B, (size_t)ldb, N, (jc + jr) * NR, pc, kc,
-                           pb0 + (size_t)jr * NR * np);
-                pb = pb0;
-            }
-            for (int ib = r0; ib < r1; ib += MC / MR)
-                for (int jr = 0; jr < jrs; jr++) {
-                    int j0 = (jc + jr) * NR, nr = N - j0 < NR ? N - j0 : NR;
-                    for (int ir = ib; ir < r1 && ir < ib + MC / MR; ir++) {
-                        int i0 = ir * MR, mr = M - i0 < MR ? M - i0 : MR;
-                        tile(kern, np, pa + (size_t)(ir - r0) * MR * np,
-                             pb + (size_t)jr * NR * np,
-                             C + (size_t)(i0 - i_lo) * ldc + (j0 - j_lo),
-                             (size_t)ldc, mr, nr, add);
-                    }
-                }
+        const uint32_t *pa, *pb; /* slivers r0 and c0 of this block */
+        if (pre_a) {
+            pa =
+                pre_a + (size_t)q * n_ir * MR * (KC / 2) + (size_t)r0 * MR * np;
+        } else {
+            for (int ir = r0; ir < r1; ir++)
+                pack_a(ta, A, (size_t)lda, M, ir * MR, pc, kc,
+                       own + (size_t)(ir - r0) * MR * np);
+            pa = own;
         }
+        if (pre_b) {
+            pb =
+                pre_b + (size_t)q * n_jr * NR * (KC / 2) + (size_t)c0 * NR * np;
+        } else {
+            for (int jr = c0; jr < c1; jr++)
+                pack_b(tb, B, (size_t)ldb, N, jr * NR, pc, kc,
+                       own_b + (size_t)(jr - c0) * NR * np);
+            pb = own_b;
+        }
+        for (int ib = r0; ib < r1; ib += MC / MR)
+            for (int jr = c0; jr < c1; jr++) {
+                int j0 = jr * NR, nr = N - j0 < NR ? N - j0 : NR;
+                for (int ir = ib; ir < r1 && ir < ib + MC / MR; ir++) {
+                    int i0 = ir * MR, mr = M - i0 < MR ? M - i0 : MR;
+                    tile(kern, np, pa + (size_t)(ir - r0) * MR * np,
+                         pb + (size_t)(jr - c0) * NR * np,
+                         C + (size_t)(i0 - i_lo) * ldc + (j0 - j_lo),
+                         (size_t)ldc, mr, nr, add);
+                }
+            }
     }
     if (C != C0 + (size_t)i_lo * ldc0 + j_lo)
         for (int i = i_lo; i < i_hi; i++)
@@ -439,18 +454,21 @@ static void block(kernel_fn *kern, int ta, int tb, int M, int N, int K,
                    (size_t)w * sizeof *C);
 }
 
+/* Chunks of C per thread: enough that a slower core takes fewer, few
+ * enough that each keeps whole row blocks and B slivers to reuse. */
+enum { CHUNKS_PER_THREAD = 4 };
+
 /* C (+)= bf16(op(A)) bf16(op(B)); op(B)'s slivers are packed here, or
  * taken from pre (a qkv_bf16_packed's words for this B).
  *
- * Threads: each computes one block of C (block()). With op(B) packed
- * beforehand, or when C has more row slivers than column slivers, the
- * threads split the rows and each packs all of op(B)'s slivers it uses
- * (the smaller operand, packed once per thread); otherwise they split the
- * columns and each packs all of op(A) (a weight gradient's X^T: 256 rows
- * against dY's 1024 columns). Splitting the larger side keeps the work of
- * packing it shared, with no barrier between k blocks (the shared-packing
- * version waited at three per k block: a weight gradient's product, K =
- * 2048, ran 1.1-1.3x faster on 2 threads than on 1). */
+ * Threads: C is cut along its longer side (rows when op(B) comes packed)
+ * into chunks that the threads take as they become free, so a core that
+ * runs slower (the other core busy) takes fewer. The operand along the
+ * shorter side, which every chunk reads, is packed whole first, shared;
+ * each chunk packs its own slivers of the other. The only barrier is the
+ * one after that shared packing (the previous version, three barriers
+ * per k block, ran a weight gradient's product, K = 2048, only 1.1-1.3x
+ * faster on 2 threads than on 1). */
 static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
                  const float *B, int ldb, const uint32_t *pre, int accumulate,
                  float *C, int ldc) {
@@ -469,19 +487,40 @@ static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
     if (nt > flops / PAR_MIN_FLOPS) nt = (int)(flops / PAR_MIN_FLOPS);
     if (nt < 1) nt = 1;
 #endif
-    int by_rows = pre || n_ir >= n_jr;
+    int by_rows = pre || n_ir >= n_jr, n_s = by_rows ? n_ir : n_jr;
+    int n_ch = nt * CHUNKS_PER_THREAD < n_s ? nt * CHUNKS_PER_THREAD : n_s;
+    uint32_t *whole = NULL; /* the shorter side's operand, packed whole */
+    if (!pre)
+        whole =
+            whole_scratch(by_rows ? packed_words(K, N) : packed_a_words(M, K));
+    const uint32_t *pre_a = by_rows ? NULL : whole,
+                   *pre_b = by_rows ? (pre ? pre : whole) : NULL;
     QKV_OMP(omp parallel num_threads(nt) if (nt > 1)) {
-#ifdef _OPENMP
-        int t = omp_get_thread_num(), n = omp_get_num_threads();
-#else
-        int t = 0, n = 1;
-#endif
-        if (by_rows)
-            block(kern, ta, tb, M, N, K, A, lda, B, ldb, pre, accumulate, C,
-                  ldc, n_ir * t / n, n_ir * (t + 1) / n, 0, n_jr);
-        else
-            block(kern, ta, tb, M, N, K, A, lda, B, ldb, pre, accumulate, C,
-                  ldc, 0, n_ir, n_jr * t / n, n_jr * (t + 1) / n);
+        for (int pc = 0; pc < K && whole; pc += KC) {
+            int kc = K - pc < KC ? K - pc : KC, np = (kc + 1) / 2;
+            int n_w = by_rows ? n_jr : n_ir; /* the whole one's slivers */
+            uint32_t *q = whole + (size_t)(pc / KC) * n_w *
+                                      (by_rows ? NR : MR) * (KC / 2);
+QKV_OMP(omp for schedule(static) nowait)
+for (int s = 0; s < n_w; s++)
+    if (by_rows)
+        pack_b(tb, B, (size_t)ldb, N, s * NR, pc, kc, q + (size_t)s * NR * np);
+    else
+        pack_a(ta, A, (size_t)lda, M, s * MR, pc, kc, q + (size_t)s * MR * np);
+        }
+        if (whole) {
+            QKV_OMP(omp barrier)
+        }
+QKV_OMP(omp for schedule(dynamic, 1))
+for (int ch = 0; ch < n_ch; ch++) {
+    int s0 = n_s * ch / n_ch, s1 = n_s * (ch + 1) / n_ch;
+    if (by_rows)
+        chunk(kern, ta, tb, M, N, K, A, lda, B, ldb, NULL, pre_b, accumulate, C,
+              ldc, s0, s1, 0, n_jr);
+    else
+        chunk(kern, ta, tb, M, N, K, A, lda, B, ldb, pre_a, NULL, accumulate, C,
+              ldc, 0, n_ir, s0, s1);
+}
     }
 }
 
