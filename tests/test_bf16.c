@@ -169,8 +169,9 @@ static void check_kernel(qkv_bf16_kernel k) {
         if ((size_t)cases[i].M * (cases[i].N + 2) > cap)
             cap = (size_t)cases[i].M * (cases[i].N + 2);
     float *got = malloc(cap * sizeof *got), *want = malloc(cap * sizeof *want);
+    /* 3 threads: chunks of C that do not split evenly */
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
-        for (int t = 1; t <= 2; t++) {
+        for (int t = 1; t <= 3; t++) {
             const case_t *c = &cases[i];
             qkv_pcg32 rc = r;
             run_case(c, k, t, got, want, &rc);
