@@ -386,6 +386,23 @@ static uint32_t *whole_scratch(size_t words) {
     return grown(&buf, &cap, words * sizeof(uint32_t), "bf16 packing");
 }
 
+/* Slivers s0..s1 (w = MR rows of op(A) or NR columns of op(B), across as
+ * in pack()) of k block [pc, pc + kc): in whole (the operand packed at once,
+ * n_all slivers a block), or packed here into own. */
+static const uint32_t *slivers(const uint32_t *whole, int n_all, int across,
+                               int trans, const float *X, size_t ld, int n,
+                               int s0, int s1, int w, int pc, int kc,
+                               uint32_t *own) {
+    int np = (kc + 1) / 2;
+    if (whole)
+        return whole + (size_t)(pc / KC) * n_all * w * (KC / 2) +
+               (size_t)s0 * w * np;
+    for (int s = s0; s < s1; s++)
+        pack(X, ld, trans, across, n, s * w, pc, kc, w,
+             own + (size_t)(s - s0) * w * np);
+    return own;
+}
+
 /* One chunk of C: row slivers [r0, r1) (MR rows each) x column slivers
  * [c0, c1) (NR columns each), computed k block by k block: row blocks of
  * MC rows outer, so an A block is reused across the B slivers. The
@@ -415,27 +432,13 @@ static void chunk(kernel_fn *kern, int ta, int tb, int M, int N, int K,
                    (size_t)w * sizeof *C);
     }
     for (int pc = 0; pc < K; pc += KC) {
-        int kc = K - pc < KC ? K - pc : KC, np = (kc + 1) / 2, q = pc / KC;
+        int kc = K - pc < KC ? K - pc : KC, np = (kc + 1) / 2;
         int add = pc > 0 || accumulate;
-        const uint32_t *pa, *pb; /* slivers r0 and c0 of this block */
-        if (pre_a) {
-            pa =
-                pre_a + (size_t)q * n_ir * MR * (KC / 2) + (size_t)r0 * MR * np;
-        } else {
-            for (int ir = r0; ir < r1; ir++)
-                pack_a(ta, A, (size_t)lda, M, ir * MR, pc, kc,
-                       own + (size_t)(ir - r0) * MR * np);
-            pa = own;
-        }
-        if (pre_b) {
-            pb =
-                pre_b + (size_t)q * n_jr * NR * (KC / 2) + (size_t)c0 * NR * np;
-        } else {
-            for (int jr = c0; jr < c1; jr++)
-                pack_b(tb, B, (size_t)ldb, N, jr * NR, pc, kc,
-                       own_b + (size_t)(jr - c0) * NR * np);
-            pb = own_b;
-        }
+        /* slivers r0.. and c0.. of this block */
+        const uint32_t *pa = slivers(pre_a, n_ir, 0, ta, A, (size_t)lda, M, r0,
+                                     r1, MR, pc, kc, own),
+                       *pb = slivers(pre_b, n_jr, 1, tb, B, (size_t)ldb, N, c0,
+                                     c1, NR, pc, kc, own_b);
         for (int ib = r0; ib < r1; ib += MC / MR)
             for (int jr = c0; jr < c1; jr++) {
                 int j0 = jr * NR, nr = N - j0 < NR ? N - j0 : NR;
