@@ -389,10 +389,10 @@ static uint32_t *whole_scratch(size_t words) {
 /* Slivers s0..s1 (w = MR rows of op(A) or NR columns of op(B), across as
  * in pack()) of k block [pc, pc + kc): in whole (the operand packed at once,
  * n_all slivers a block), or packed here into own. */
-static const uint32_t *slivers(const uint32_t *whole, int n_all, int across,
-                               int trans, const float *X, size_t ld, int n,
-                               int s0, int s1, int w, int pc, int kc,
-                               uint32_t *own) {
+static inline __attribute__((always_inline)) const uint32_t *
+slivers(const uint32_t *whole, int n_all, int across, int trans, const float *X,
+        size_t ld, int n, int s0, int s1, int w, int pc, int kc,
+        uint32_t *own) {
     int np = (kc + 1) / 2;
     if (whole)
         return whole + (size_t)(pc / KC) * n_all * w * (KC / 2) +
