@@ -341,18 +341,19 @@ static void *grown(void **buf, size_t *cap, size_t bytes, const char *what) {
     return *buf;
 }
 
-/* Scratch for the packed operands, the calling thread's. */
-static uint32_t *scratch(size_t words) {
+/* The calling thread's scratch for one product: the operand packed whole
+ * and each thread's slice (its chunks' packed slivers and staged C). Only
+ * the calling thread owns memory here: a team's other threads come and go
+ * with the thread count, and would take theirs with them. */
+static void *work(size_t bytes) {
     static _Thread_local void *buf;
     static _Thread_local size_t cap;
-    return grown(&buf, &cap, words * sizeof(uint32_t), "bf16 packing");
+    return grown(&buf, &cap, bytes, "bf16 packing");
 }
 
-/* Scratch for a staged C (below), the calling thread's. */
-static float *c_scratch(size_t floats) {
-    static _Thread_local void *buf;
-    static _Thread_local size_t cap;
-    return grown(&buf, &cap, floats * sizeof(float), "bf16 staging");
+/* n floats or words, rounded up to whole cache lines */
+static size_t lines(size_t n) {
+    return (n + 15) / 16 * 16;
 }
 
 /* A product with several k blocks adds each block's sums to C. When C's
@@ -376,14 +377,6 @@ static size_t packed_words(int K, int N) {
 static size_t packed_a_words(int M, int K) {
     size_t n_ir = (size_t)(M + MR - 1) / MR, n_q = (size_t)(K + KC - 1) / KC;
     return n_q * n_ir * MR * (KC / 2);
-}
-
-/* Scratch for an operand packed whole, shared by the team: the calling
- * thread's (a product called inside another team's thread has its own). */
-static uint32_t *whole_scratch(size_t words) {
-    static _Thread_local void *buf;
-    static _Thread_local size_t cap;
-    return grown(&buf, &cap, words * sizeof(uint32_t), "bf16 packing");
 }
 
 /* Slivers s0..s1 (w = MR rows of op(A) or NR columns of op(B), across as
@@ -413,20 +406,20 @@ slivers(const uint32_t *whole, int n_all, int across, int trans, const float *X,
 static void chunk(kernel_fn *kern, int ta, int tb, int M, int N, int K,
                   const float *A, int lda, const float *B, int ldb,
                   const uint32_t *pre_a, const uint32_t *pre_b, int accumulate,
-                  float *C0, int ldc0, int r0, int r1, int c0, int c1) {
+                  float *C0, int ldc0, int r0, int r1, int c0, int c1,
+                  uint32_t *own, float *stage) {
     if (r0 >= r1 || c0 >= c1) return;
     int i_lo = r0 * MR, i_hi = r1 * MR < M ? r1 * MR : M;
     int j_lo = c0 * NR, j_hi = c1 * NR < N ? c1 * NR : N, w = j_hi - j_lo;
     int n_ir = (M + MR - 1) / MR, n_jr = (N + NR - 1) / NR;
     size_t a_words = pre_a ? 0 : (size_t)(r1 - r0) * MR * (KC / 2);
-    size_t b_words = pre_b ? 0 : (size_t)(c1 - c0) * NR * (KC / 2);
-    uint32_t *own = scratch(a_words + b_words), *own_b = own + a_words;
+    uint32_t *own_b = own + a_words;
     /* C, or a padded copy of this chunk of it (staged()) */
     float *C = C0 + (size_t)i_lo * ldc0 + j_lo;
     int ldc = ldc0;
     if (staged(K, ldc0)) {
         ldc = (w + 15) / 16 * 16 + 16;
-        C = c_scratch((size_t)(i_hi - i_lo) * ldc);
+        C = stage;
         for (int i = i_lo; i < i_hi && accumulate; i++)
             memcpy(C + (size_t)(i - i_lo) * ldc, C0 + (size_t)i * ldc0 + j_lo,
                    (size_t)w * sizeof *C);
@@ -492,10 +485,21 @@ static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
 #endif
     int by_rows = pre || n_ir >= n_jr, n_s = by_rows ? n_ir : n_jr;
     int n_ch = nt * CHUNKS_PER_THREAD < n_s ? nt * CHUNKS_PER_THREAD : n_s;
-    uint32_t *whole = NULL; /* the shorter side's operand, packed whole */
-    if (!pre)
-        whole =
-            whole_scratch(by_rows ? packed_words(K, N) : packed_a_words(M, K));
+    /* scratch: the shorter side's operand packed whole (unless op(B) came
+     * packed), then a slice per thread for the largest chunk */
+    int smax = (n_s + n_ch - 1) / n_ch;
+    size_t whole_words =
+        pre ? 0 : lines(by_rows ? packed_words(K, N) : packed_a_words(M, K));
+    size_t own_words = lines((size_t)smax * (by_rows ? MR : NR) * (KC / 2));
+    size_t stage_floats = 0;
+    if (staged(K, ldc)) {
+        size_t rows = by_rows ? (size_t)smax * MR : (size_t)M;
+        size_t w = by_rows ? (size_t)N : (size_t)smax * NR;
+        stage_floats = lines(rows * (lines(w) + 16));
+    }
+    size_t slice = own_words + stage_floats; /* 4-byte units */
+    uint32_t *scratch = work((whole_words + (size_t)nt * slice) * 4);
+    uint32_t *whole = pre ? NULL : scratch;
     const uint32_t *pre_a = by_rows ? NULL : whole,
                    *pre_b = by_rows ? (pre ? pre : whole) : NULL;
     QKV_OMP(omp parallel num_threads(nt) if (nt > 1)) {
@@ -514,15 +518,21 @@ for (int s = 0; s < n_w; s++)
         if (whole) {
             QKV_OMP(omp barrier)
         }
+#ifdef _OPENMP
+        uint32_t *own = scratch + whole_words + omp_get_thread_num() * slice;
+#else
+        uint32_t *own = scratch + whole_words;
+#endif
+        float *stage = (float *)(own + own_words);
 QKV_OMP(omp for schedule(dynamic, 1))
 for (int ch = 0; ch < n_ch; ch++) {
     int s0 = n_s * ch / n_ch, s1 = n_s * (ch + 1) / n_ch;
     if (by_rows)
         chunk(kern, ta, tb, M, N, K, A, lda, B, ldb, NULL, pre_b, accumulate, C,
-              ldc, s0, s1, 0, n_jr);
+              ldc, s0, s1, 0, n_jr, own, stage);
     else
         chunk(kern, ta, tb, M, N, K, A, lda, B, ldb, pre_a, NULL, accumulate, C,
-              ldc, 0, n_ir, s0, s1);
+              ldc, 0, n_ir, s0, s1, own, stage);
 }
     }
 }
