@@ -400,8 +400,8 @@ slivers(const uint32_t *whole, int n_all, int across, int trans, const float *X,
  * [c0, c1) (NR columns each), computed k block by k block: row blocks of
  * MC rows outer, so an A block is reused across the B slivers. The
  * operands come packed whole (pre_a: all of op(A), pre_b: all of op(B),
- * either may be NULL), or the chunk packs its own slivers of them into the
- * thread's scratch. No chunk reads what another writes, and the order of
+ * either may be NULL), or the chunk packs its own slivers of them into own
+ * (the thread's slice of the scratch; stage holds a staged C). No chunk reads what another writes, and the order of
  * every element's operations is the same whichever thread computes it. */
 static void chunk(kernel_fn *kern, int ta, int tb, int M, int N, int K,
                   const float *A, int lda, const float *B, int ldb,
@@ -418,7 +418,7 @@ static void chunk(kernel_fn *kern, int ta, int tb, int M, int N, int K,
     float *C = C0 + (size_t)i_lo * ldc0 + j_lo;
     int ldc = ldc0;
     if (staged(K, ldc0)) {
-        ldc = (w + 15) / 16 * 16 + 16;
+        ldc = (int)lines((size_t)w) + 16;
         C = stage;
         for (int i = i_lo; i < i_hi && accumulate; i++)
             memcpy(C + (size_t)(i - i_lo) * ldc, C0 + (size_t)i * ldc0 + j_lo,
