@@ -117,17 +117,22 @@ _Static_assert(KC % 2 == 0, "KC: whole pairs");
 /* Products smaller than this stay on the calling thread. */
 #define PAR_MIN_FLOPS 2.0e6
 
-/* c[rows x NR] (ldc) = acc (add 0) or c + acc (add 1), acc summed over np
+/* What a kernel does with its sums: stores them, or adds them to c (ADD);
+ * with RELU, stores max(., 0) of the result (a NaN becomes 0, as
+ * qkv_sgemm_relu has it). */
+enum { ADD = 1, RELU = 2 };
+
+/* c[rows x NR] (ldc) = acc, or c + acc (how: ADD, RELU), acc summed over np
  * pairs of the packed slivers a (MR rows of np words, of which the first
  * rows are used: pair p of row i at a[p MR + i], or with a_rows at
  * a[i np + p]) and b (np x NR words: b[p NR + j]). Each element's sum is
  * the same for any rows: fewer rows only skip work (a decoding step's
  * product has one row). */
 typedef void kernel_fn(int np, const uint32_t *a, const uint32_t *b, float *c,
-                       size_t ldc, int add, int rows, int a_rows);
+                       size_t ldc, int how, int rows, int a_rows);
 
 static void kernel_portable(int np, const uint32_t *a, const uint32_t *b,
-                            float *c, size_t ldc, int add, int rows,
+                            float *c, size_t ldc, int how, int rows,
                             int a_rows) {
     float acc[MR][NR] = {{0}};
     size_t rs = a_rows ? (size_t)np : 1, ps = a_rows ? 1 : MR;
@@ -143,7 +148,8 @@ static void kernel_portable(int np, const uint32_t *a, const uint32_t *b,
     for (int i = 0; i < rows; i++)
         for (int j = 0; j < NR; j++) {
             float *ci = c + (size_t)i * ldc + j;
-            *ci = add ? *ci + acc[i][j] : acc[i][j];
+            float v = how & ADD ? *ci + acc[i][j] : acc[i][j];
+            *ci = how & RELU && !(v > 0.0f) ? 0.0f : v;
         }
 }
 
@@ -151,7 +157,7 @@ static void kernel_portable(int np, const uint32_t *a, const uint32_t *b,
 /* R rows (a constant in each caller: the accumulators stay in registers). */
 __attribute__((target("avx512f,avx512bf16"), always_inline)) static inline void
 kernel_avx512_rows(const int R, const int a_rows, int np, const uint32_t *a,
-                   const uint32_t *b, float *c, size_t ldc, int add) {
+                   const uint32_t *b, float *c, size_t ldc, int how) {
     __m512 acc[MR][2];
     const size_t rs = a_rows ? (size_t)np : 1, ps = a_rows ? 1 : MR;
 #pragma GCC unroll 12
@@ -168,9 +174,13 @@ kernel_avx512_rows(const int R, const int a_rows, int np, const uint32_t *a,
 #pragma GCC unroll 12
     for (int i = 0; i < R; i++) {
         float *ci = c + (size_t)i * ldc;
-        if (add) {
+        if (how & ADD) {
             acc[i][0] = _mm512_add_ps(_mm512_loadu_ps(ci), acc[i][0]);
             acc[i][1] = _mm512_add_ps(_mm512_loadu_ps(ci + 16), acc[i][1]);
+        }
+        if (how & RELU) { /* vmaxps gives its second operand for a NaN */
+            acc[i][0] = _mm512_max_ps(acc[i][0], _mm512_setzero_ps());
+            acc[i][1] = _mm512_max_ps(acc[i][1], _mm512_setzero_ps());
         }
         _mm512_storeu_ps(ci, acc[i][0]);
         _mm512_storeu_ps(ci + 16, acc[i][1]);
@@ -180,10 +190,10 @@ kernel_avx512_rows(const int R, const int a_rows, int np, const uint32_t *a,
 /* rows rounded up to 1, 2, 4, 8 or MR (the caller's tile has room). */
 __attribute__((target("avx512f,avx512bf16"))) static void
 kernel_avx512(int np, const uint32_t *a, const uint32_t *b, float *c,
-              size_t ldc, int add, int rows, int a_rows) {
+              size_t ldc, int how, int rows, int a_rows) {
 #define QKV_ROWS(R)                                                            \
-    (a_rows ? kernel_avx512_rows(R, 1, np, a, b, c, ldc, add)                  \
-            : kernel_avx512_rows(R, 0, np, a, b, c, ldc, add))
+    (a_rows ? kernel_avx512_rows(R, 1, np, a, b, c, ldc, how)                  \
+            : kernel_avx512_rows(R, 0, np, a, b, c, ldc, how))
     if (rows <= 1)
         QKV_ROWS(1);
     else if (rows <= 2)
@@ -395,16 +405,16 @@ static void pack_b(int tb, const float *B, size_t ldb, int N, int j0, int k0,
  * the operations of a whole one. */
 static void tile(kernel_fn *kern, int np, const uint32_t *a, int a_rows,
                  const uint32_t *b, float *c, size_t ldc, int mr, int nr,
-                 int add) {
+                 int how) {
     if (mr == MR && nr == NR) {
-        kern(np, a, b, c, ldc, add, MR, a_rows);
+        kern(np, a, b, c, ldc, how, MR, a_rows);
         return;
     }
     float buf[MR * NR] = {0};
     for (int i = 0; i < mr; i++)
         for (int j = 0; j < nr; j++)
-            buf[i * NR + j] = add ? c[(size_t)i * ldc + j] : 0.0f;
-    kern(np, a, b, buf, NR, add, mr, a_rows);
+            buf[i * NR + j] = how & ADD ? c[(size_t)i * ldc + j] : 0.0f;
+    kern(np, a, b, buf, NR, how, mr, a_rows);
     for (int i = 0; i < mr; i++)
         for (int j = 0; j < nr; j++) c[(size_t)i * ldc + j] = buf[i * NR + j];
 }
@@ -483,7 +493,7 @@ slivers(const uint32_t *whole, int n_all, int across, int trans, const float *X,
  * every element's operations is the same whichever thread computes it. */
 static void chunk(kernel_fn *kern, int ta, int tb, int M, int N, int K,
                   const float *A, int lda, const float *B, int ldb,
-                  const uint32_t *pre_a, const uint32_t *pre_b, int accumulate,
+                  const uint32_t *pre_a, const uint32_t *pre_b, int how,
                   float *C0, int ldc0, int r0, int r1, int c0, int c1,
                   uint32_t *own, float *stage) {
     if (r0 >= r1 || c0 >= c1) return;
@@ -498,13 +508,14 @@ static void chunk(kernel_fn *kern, int ta, int tb, int M, int N, int K,
     if (staged(K, ldc0)) {
         ldc = (int)lines((size_t)w) + 16;
         C = stage;
-        for (int i = i_lo; i < i_hi && accumulate; i++)
+        for (int i = i_lo; i < i_hi && how & ADD; i++)
             memcpy(C + (size_t)(i - i_lo) * ldc, C0 + (size_t)i * ldc0 + j_lo,
                    (size_t)w * sizeof *C);
     }
     for (int pc = 0; pc < K; pc += KC) {
         int kc = K - pc < KC ? K - pc : KC, np = (kc + 1) / 2;
-        int add = pc > 0 || accumulate;
+        int block = (pc > 0 || how & ADD ? ADD : 0) | /* RELU: last block */
+                    (how & RELU && pc + kc == K ? RELU : 0);
         /* slivers r0.. and c0.. of this block */
         const uint32_t *pa = slivers(pre_a, n_ir, 0, ta, A, (size_t)lda, M, r0,
                                      r1, MR, pc, kc, own),
@@ -518,7 +529,7 @@ static void chunk(kernel_fn *kern, int ta, int tb, int M, int N, int K,
                     tile(kern, np, pa + (size_t)(ir - r0) * MR * np, !ta,
                          pb + (size_t)(jr - c0) * NR * np,
                          C + (size_t)(i0 - i_lo) * ldc + (j0 - j_lo),
-                         (size_t)ldc, mr, nr, add);
+                         (size_t)ldc, mr, nr, block);
                 }
             }
     }
@@ -544,11 +555,11 @@ static void chunk(kernel_fn *kern, int ta, int tb, int M, int N, int K,
  * ms) while gaining 1.6% with the other core busy (base step 627 against
  * 637 ms), within the noise. */
 static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
-                 const float *B, int ldb, const uint32_t *pre, int accumulate,
+                 const float *B, int ldb, const uint32_t *pre, int how,
                  float *C, int ldc) {
     if (M == 0 || N == 0) return;
     if (K == 0) {
-        for (int i = 0; i < M && !accumulate; i++)
+        for (int i = 0; i < M && !(how & ADD); i++)
             memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof *C);
         return;
     }
@@ -606,11 +617,11 @@ QKV_OMP(omp for schedule(static, 1))
 for (int ch = 0; ch < n_ch; ch++) {
     int s0 = n_s * ch / n_ch, s1 = n_s * (ch + 1) / n_ch;
     if (by_rows)
-        chunk(kern, ta, tb, M, N, K, A, lda, B, ldb, NULL, pre_b, accumulate, C,
-              ldc, s0, s1, 0, n_jr, own, stage);
+        chunk(kern, ta, tb, M, N, K, A, lda, B, ldb, NULL, pre_b, how, C, ldc,
+              s0, s1, 0, n_jr, own, stage);
     else
-        chunk(kern, ta, tb, M, N, K, A, lda, B, ldb, pre_a, NULL, accumulate, C,
-              ldc, 0, n_ir, s0, s1, own, stage);
+        chunk(kern, ta, tb, M, N, K, A, lda, B, ldb, pre_a, NULL, how, C, ldc,
+              0, n_ir, s0, s1, own, stage);
 }
     }
 }
@@ -619,7 +630,14 @@ void qkv_gemm_bf16(int ta, int tb, int M, int N, int K, const float *A, int lda,
                    const float *B, int ldb, int accumulate, float *C, int ldc) {
     ta = ta != 0, tb = tb != 0;
     check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
-    gemm(ta, tb, M, N, K, A, lda, B, ldb, NULL, accumulate, C, ldc);
+    gemm(ta, tb, M, N, K, A, lda, B, ldb, NULL, accumulate ? ADD : 0, C, ldc);
+}
+
+void qkv_gemm_bf16_relu(int ta, int tb, int M, int N, int K, const float *A,
+                        int lda, const float *B, int ldb, float *C, int ldc) {
+    ta = ta != 0, tb = tb != 0;
+    check_args(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+    gemm(ta, tb, M, N, K, A, lda, B, ldb, NULL, RELU, C, ldc);
 }
 
 /* ------------------------------------------------------ packed operands */
@@ -652,8 +670,16 @@ void qkv_gemm_bf16_packed(int ta, int M, const float *A, int lda,
                           int ldc) {
     ta = ta != 0;
     check_args(ta, B->tb, M, B->N, B->K, A, lda, B->src, B->ldb, C, ldc);
-    gemm(ta, B->tb, M, B->N, B->K, A, lda, B->src, B->ldb, B->words, accumulate,
-         C, ldc);
+    gemm(ta, B->tb, M, B->N, B->K, A, lda, B->src, B->ldb, B->words,
+         accumulate ? ADD : 0, C, ldc);
+}
+
+void qkv_gemm_bf16_packed_relu(int ta, int M, const float *A, int lda,
+                               const qkv_bf16_packed *B, float *C, int ldc) {
+    ta = ta != 0;
+    check_args(ta, B->tb, M, B->N, B->K, A, lda, B->src, B->ldb, C, ldc);
+    gemm(ta, B->tb, M, B->N, B->K, A, lda, B->src, B->ldb, B->words, RELU, C,
+         ldc);
 }
 
 void qkv_bf16_packed_free(qkv_bf16_packed *p) {

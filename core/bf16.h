@@ -94,6 +94,14 @@ void qkv_bf16_pack(qkv_bf16_packed *p, int tb, int K, int N, const float *B,
 void qkv_gemm_bf16_packed(int ta, int M, const float *A, int lda,
                           const qkv_bf16_packed *B, int accumulate, float *C,
                           int ldc);
+
+/* C = max(bf16(op(A)) bf16(op(B)), 0) (a NaN becomes 0, as qkv_sgemm_relu):
+ * the ReLU applied as the last k block's sums are stored, not in a second
+ * pass over C. The products' bits are qkv_gemm_bf16's. */
+void qkv_gemm_bf16_relu(int ta, int tb, int M, int N, int K, const float *A,
+                        int lda, const float *B, int ldb, float *C, int ldc);
+void qkv_gemm_bf16_packed_relu(int ta, int M, const float *A, int lda,
+                               const qkv_bf16_packed *B, float *C, int ldc);
 void qkv_bf16_packed_free(qkv_bf16_packed *p);
 
 /* The definition itself, one element at a time (slow): what the kernels are

@@ -131,11 +131,13 @@ static qkv_tensor *matmul_to(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int ta,
     for (size_t i = 0; i < d.batch; i++) {
         const float *ai = a->data + i * sa, *bi = b->data + i * sb;
         float *yi = y->data + i * sy;
-        if (relu && g->precision == QKV_BF16) {
-            gemm(g, ta, tb, d.M, d.N, d.K, ai, lda, bi, ldb,
-                 d.b_shared ? b : NULL, 0, yi, d.N);
-            QKV_OMP(omp parallel for if (sy > PAR_MIN))
-            for (size_t e = 0; e < sy; e++) yi[e] = yi[e] > 0.0f ? yi[e] : 0.0f;
+        if (relu && g->precision == QKV_BF16 && d.b_shared && b->owner) {
+            qkv_gemm_bf16_packed_relu(
+                ta, d.M, ai, lda,
+                qkv_params_packed(b->owner, bi, tb, d.K, d.N, ldb), yi, d.N);
+        } else if (relu && g->precision == QKV_BF16) {
+            qkv_gemm_bf16_relu(ta, tb, d.M, d.N, d.K, ai, lda, bi, ldb, yi,
+                               d.N);
         } else if (relu) {
             qkv_sgemm_relu(ta, tb, d.M, d.N, d.K, ai, lda, bi, ldb, yi, d.N);
         } else {

@@ -249,18 +249,18 @@ static void gemm_rows(const qkv_graph *g, int M_like, int relu, int tb, int M,
         qkv_sgemm_rows(M_like, relu, 0, tb, M, N, K, A, lda, B, ldb, C, ldc);
         return;
     }
-    if (w && w->owner)
-        qkv_gemm_bf16_packed(
-            0, M, A, lda,
-            qkv_params_packed(w->owner, w->data, 1, K, N, w->shape[1]), 0, C,
-            ldc);
+    const qkv_bf16_packed *p =
+        w && w->owner
+            ? qkv_params_packed(w->owner, w->data, 1, K, N, w->shape[1])
+            : NULL;
+    if (p && relu)
+        qkv_gemm_bf16_packed_relu(0, M, A, lda, p, C, ldc);
+    else if (p)
+        qkv_gemm_bf16_packed(0, M, A, lda, p, 0, C, ldc);
+    else if (relu)
+        qkv_gemm_bf16_relu(0, tb, M, N, K, A, lda, B, ldb, C, ldc);
     else
         qkv_gemm_bf16(0, tb, M, N, K, A, lda, B, ldb, 0, C, ldc);
-    for (int i = 0; i < M && relu; i++)
-        for (int j = 0; j < N; j++) {
-            float *c = C + (size_t)i * ldc + j;
-            *c = *c > 0.0f ? *c : 0.0f;
-        }
 }
 
 /* out (M, count N) = x (M, D) [W_1; ...; W_count]^T, the count linears

@@ -291,6 +291,82 @@ static void test_packed_weights_are_the_product(void) {
            n_cases - bad_cases);
 }
 
+/* The ReLU variants store max(product, 0), bit for bit, with each kernel,
+ * packed and not, on 1 and 2 threads: the max is taken once, after the
+ * last k block (a shape with several blocks whose first block's sums are
+ * negative would show it taken early), and a NaN product becomes 0. */
+static void check_relu(qkv_bf16_kernel k) {
+    char why[128];
+    if (!qkv_bf16_kernel_usable(k, why, sizeof why)) {
+        SKIP("%s kernel: %s", qkv_bf16_kernel_name(k), why);
+        return;
+    }
+    qkv_pcg32 r;
+    qkv_pcg32_seed(&r, 31, 5);
+    qkv_bf16_packed pk = {0};
+    qkv_bf16_kernel old = qkv_bf16_set_kernel(k);
+    int checked = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const case_t *c = &cases[i];
+        int lda = c->ta ? c->M : c->K, ldb = c->tb ? c->K : c->N;
+        size_t na = (size_t)(c->ta ? c->K : c->M) * lda,
+               nb = (size_t)(c->tb ? c->N : c->K) * ldb,
+               nc = (size_t)c->M * c->N;
+        float *A = malloc(na * sizeof *A), *B = malloc(nb * sizeof *B),
+              *want = malloc(nc * sizeof *want),
+              *got = malloc(nc * sizeof *got);
+        fill(A, na, &r);
+        fill(B, nb, &r);
+        if (na > 0) A[0] = NAN; /* C's first row: NaN where B's column is */
+        qkv_gemm_bf16_ref(c->ta, c->tb, c->M, c->N, c->K, A, lda, B, ldb, 0,
+                          want, c->N);
+        for (size_t e = 0; e < nc; e++)
+            want[e] = want[e] > 0.0f ? want[e] : 0.0f;
+        qkv_bf16_pack(&pk, c->tb, c->K, c->N, B, ldb);
+        for (int t = 1; t <= 2; t++)
+            for (int packed = 0; packed < 2; packed++) {
+#ifdef _OPENMP
+                int saved = omp_get_max_threads();
+                omp_set_num_threads(t);
+#endif
+                for (size_t e = 0; e < nc; e++) got[e] = -1.0f;
+                if (packed)
+                    qkv_gemm_bf16_packed_relu(c->ta, c->M, A, lda, &pk, got,
+                                              c->N);
+                else
+                    qkv_gemm_bf16_relu(c->ta, c->tb, c->M, c->N, c->K, A, lda,
+                                       B, ldb, got, c->N);
+#ifdef _OPENMP
+                omp_set_num_threads(saved);
+#endif
+                size_t bad = 0, first = 0;
+                for (size_t e = 0; e < nc; e++)
+                    if (memcmp(&got[e], &want[e], sizeof *got) != 0 && !bad++)
+                        first = e;
+                CHECK(bad == 0,
+                      "%s relu, %s, %d thread(s), ta %d tb %d %dx%dx%d: %zu "
+                      "of %zu differ (first [%zu]: %.9g vs %.9g)",
+                      qkv_bf16_kernel_name(k), packed ? "packed" : "unpacked",
+                      t, c->ta, c->tb, c->M, c->N, c->K, bad, nc, first,
+                      (double)got[first], (double)want[first]);
+                checked++;
+            }
+        free(A);
+        free(B);
+        free(want);
+        free(got);
+    }
+    qkv_bf16_set_kernel(old);
+    qkv_bf16_packed_free(&pk);
+    printf("  %s relu: %d products = max(definition, 0)\n",
+           qkv_bf16_kernel_name(k), checked);
+}
+
+static void test_relu_is_max_of_the_product(void) {
+    check_relu(QKV_BF16_PORTABLE);
+    check_relu(QKV_BF16_AVX512);
+}
+
 /* A bf16 model's weights are packed once per version of its parameters:
  * after optimiser steps (which change the values and the version), the
  * trained model's logits are those of a fresh model given the same values,
@@ -637,6 +713,7 @@ int main(void) {
     RUN(test_avx512_bf16_kernel_is_the_definition);
     RUN(test_error_within_the_bf16_bound);
     RUN(test_packed_weights_are_the_product);
+    RUN(test_relu_is_max_of_the_product);
     RUN(test_packed_weights_follow_the_parameters);
     RUN(test_bf16_gradients_near_fp32);
     RUN(test_bf16_cached_decoding_is_recompute);
