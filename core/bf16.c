@@ -541,7 +541,8 @@ static void chunk(kernel_fn *kern, int ta, int tb, int M, int N, int K,
     int i_lo = r0 * MR, i_hi = r1 * MR < M ? r1 * MR : M;
     int j_lo = c0 * NR, j_hi = c1 * NR < N ? c1 * NR : N, w = j_hi - j_lo;
     int n_ir = (M + MR - 1) / MR, n_jr = (N + NR - 1) / NR;
-    size_t a_words = pre_a ? 0 : (size_t)(r1 - r0) * MR * (KC / 2);
+    int blk = r1 - r0 < MC / MR ? r1 - r0 : MC / MR; /* slivers a row block */
+    size_t a_words = pre_a ? 0 : (size_t)blk * MR * (KC / 2);
     uint32_t *own_b = own + a_words;
     /* C, or a padded copy of this chunk of it (staged()) */
     float *C = C0 + (size_t)i_lo * ldc0 + j_lo;
@@ -557,22 +558,26 @@ static void chunk(kernel_fn *kern, int ta, int tb, int M, int N, int K,
         int kc = K - pc < KC ? K - pc : KC, np = (kc + 1) / 2;
         int block = (pc > 0 || how & ADD ? ADD : 0) | /* RELU: last block */
                     (how & RELU && pc + kc == K ? RELU : 0);
-        /* slivers r0.. and c0.. of this block */
-        const uint32_t *pa = slivers(pre_a, n_ir, 0, ta, A, (size_t)lda, M, r0,
-                                     r1, MR, pc, kc, own),
-                       *pb = slivers(pre_b, n_jr, 1, tb, B, (size_t)ldb, N, c0,
+        /* column slivers c0.. of this k block, then row slivers a row
+         * block at a time (packed A stays in L2 while the block's tiles
+         * read it) */
+        const uint32_t *pb = slivers(pre_b, n_jr, 1, tb, B, (size_t)ldb, N, c0,
                                      c1, NR, pc, kc, own_b);
-        for (int ib = r0; ib < r1; ib += MC / MR)
+        for (int ib = r0; ib < r1; ib += blk) {
+            int ie = ib + blk < r1 ? ib + blk : r1;
+            const uint32_t *pa = slivers(pre_a, n_ir, 0, ta, A, (size_t)lda, M,
+                                         ib, ie, MR, pc, kc, own);
             for (int jr = c0; jr < c1; jr++) {
                 int j0 = jr * NR, nr = N - j0 < NR ? N - j0 : NR;
-                for (int ir = ib; ir < r1 && ir < ib + MC / MR; ir++) {
+                for (int ir = ib; ir < ie; ir++) {
                     int i0 = ir * MR, mr = M - i0 < MR ? M - i0 : MR;
-                    tile(kern, np, pa + (size_t)(ir - r0) * MR * np, !ta,
+                    tile(kern, np, pa + (size_t)(ir - ib) * MR * np, !ta,
                          pb + (size_t)(jr - c0) * NR * np,
                          C + (size_t)(i0 - i_lo) * ldc + (j0 - j_lo),
                          (size_t)ldc, mr, nr, block);
                 }
             }
+        }
     }
     if (C != C0 + (size_t)i_lo * ldc0 + j_lo)
         for (int i = i_lo; i < i_hi; i++)
@@ -620,7 +625,9 @@ static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
     int smax = (n_s + n_ch - 1) / n_ch;
     size_t whole_words =
         pre ? 0 : lines(by_rows ? packed_words(K, N) : packed_a_words(M, K));
-    size_t own_words = lines((size_t)smax * (by_rows ? MR : NR) * (KC / 2));
+    size_t own_words = lines(
+        (size_t)(by_rows ? (smax < MC / MR ? smax : MC / MR) * MR : smax * NR) *
+        (KC / 2));
     size_t stage_floats = 0;
     if (staged(K, ldc)) {
         size_t rows = by_rows ? (size_t)smax * MR : (size_t)M;
