@@ -596,8 +596,8 @@ static void chunk(kernel_fn *kern, int ta, int tb, int M, int N, int K,
  * gradient's product, K = 2048, only 1.1-1.3x faster on 2 threads than on
  * 1). One chunk per thread, not several taken as threads become free:
  * each chunk streams all of the shared operand again, and on AMD Zen 5 (2
- * threads) four chunks per thread made the base config's products 10%
- * slower (a linear layer's three products, 2048 tokens: 11.3 against 12.9
+ * threads) four chunks per thread made the base config's products 14%
+ * slower (a linear layer's three products, 2048 tokens: 12.9 against 11.3
  * ms) while gaining 1.6% with the other core busy (base step 627 against
  * 637 ms), within the noise. */
 static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
