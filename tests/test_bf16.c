@@ -156,6 +156,16 @@ static void run_case(const case_t *c, qkv_bf16_kernel k, int threads,
     free(B);
 }
 
+/* Elements of got whose bits differ from want's; *first: the first. */
+static size_t bits_differ(const float *got, const float *want, size_t n,
+                          size_t *first) {
+    size_t bad = 0;
+    *first = 0;
+    for (size_t e = 0; e < n; e++)
+        if (memcmp(&got[e], &want[e], sizeof *got) != 0 && !bad++) *first = e;
+    return bad;
+}
+
 static void check_kernel(qkv_bf16_kernel k) {
     char why[128];
     if (!qkv_bf16_kernel_usable(k, why, sizeof why)) {
@@ -175,10 +185,8 @@ static void check_kernel(qkv_bf16_kernel k) {
             const case_t *c = &cases[i];
             qkv_pcg32 rc = r;
             run_case(c, k, t, got, want, &rc);
-            size_t n = (size_t)c->M * (c->N + 2), bad = 0, first = 0;
-            for (size_t e = 0; e < n; e++)
-                if (memcmp(&got[e], &want[e], sizeof *got) != 0 && !bad++)
-                    first = e;
+            size_t n = (size_t)c->M * (c->N + 2), first,
+                   bad = bits_differ(got, want, n, &first);
             CHECK(bad == 0,
                   "%s, %d thread(s), ta %d tb %d %dx%dx%d acc %d: %zu of %zu "
                   "elements differ from the definition (first [%zu]: %.9g vs "
@@ -339,10 +347,7 @@ static void check_relu(qkv_bf16_kernel k) {
 #ifdef _OPENMP
                 omp_set_num_threads(saved);
 #endif
-                size_t bad = 0, first = 0;
-                for (size_t e = 0; e < nc; e++)
-                    if (memcmp(&got[e], &want[e], sizeof *got) != 0 && !bad++)
-                        first = e;
+                size_t first, bad = bits_differ(got, want, nc, &first);
                 CHECK(bad == 0,
                       "%s relu, %s, %d thread(s), ta %d tb %d %dx%dx%d: %zu "
                       "of %zu differ (first [%zu]: %.9g vs %.9g)",
