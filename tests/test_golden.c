@@ -65,7 +65,7 @@ static int read_bf16_file(const char *name, qkv_st_file *f) {
  * both round the linear layers' operands to bf16 and sum in fp32, but
  * autocast also rounds each product's output to bf16 and computes the
  * attention products in bf16, where qkv keeps fp32. Each such rounding is
- * off by up to 2^-9 relative, a few layers deep: the logits agree to about
+ * off by up to 2^-8 relative, a few layers deep: the logits agree to about
  * 1e-2 of their largest, and qkv's bf16 must be nearer autocast than its
  * fp32 logits are (it computes what autocast computes, not fp32). */
 static void check_autocast(const char *name, qkv_model *m, const qkv_batch *b,
