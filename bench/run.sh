@@ -115,12 +115,14 @@ echo
 # Mixed precision: the linear layers' products from bf16 operands with fp32
 # sums (qkv --precision bf16; PyTorch: torch.autocast("cpu", bfloat16)),
 # beside fp32, all measured here, each the median of 3 processes. % of peak:
-# the step's matrix-product GFLOPS over the machine's bf16 dot-product peak
-# (vdpbf16ps; bench_matmul bf16 measures one core's), or over the FMA peak
-# where the CPU has no bf16 instruction.
+# the step's matrix-product GFLOPS over the peak of the instruction the bf16
+# kernel runs on (bench_matmul bf16 measures one core's: AMX's TDPBF16PS
+# where the kernel is amx-bf16, else vdpbf16ps), or over the FMA peak where
+# the CPU has no bf16 instruction.
 BF=$($BUILD/tests/bench_matmul bf16 peak)
 echo "$BF"
 PB1=$(get "$BF" bf16_peak_gflops)
+[ "$(get "$BF" bf16_kernel)" = amx-bf16 ] && PB1=$(get "$BF" amx_peak_gflops)
 [ -n "$PB1" ] || PB1=$P1
 printf '== mixed precision (bf16 products, fp32 sums), median of 3 processes\n'
 printf '%-6s %-7s %9s %9s %9s %11s %11s %8s %8s\n' config threads \

@@ -1,3 +1,4 @@
+#define _DEFAULT_SOURCE /* syscall */
 #include "bf16.h"
 
 #include <float.h>
@@ -14,6 +15,12 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define QKV_X86 1
+#endif
+#if defined(__x86_64__) && defined(__linux__)
+#include <cpuid.h>
+#include <errno.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 /* ------------------------------------------------------------ conversion */
@@ -208,10 +215,235 @@ kernel_avx512(int np, const uint32_t *a, const uint32_t *b, float *c,
 }
 #endif
 
+/* ------------------------------------------------------------------- AMX */
+
+/* The AMX kernel (Intel SDM vol. 1 ch. 3 "Intel AMX", vol. 2 TILELOADD,
+ * TDPBF16PS, LDTILECFG). A tile register holds up to 16 rows of 64 bytes;
+ * TDPBF16PS C, A, B adds A (rows x kp pair words) times B (kp rows of 16
+ * pair words, one per column: the pair layout the B slivers already have)
+ * into C (rows x 16 floats). The sliver's C (rows x NR = 32) is two C
+ * tiles; each step of 16 pairs loads one A tile (the rows' words, a_rows
+ * layout: row i's pairs at a[i np ..]) and the two halves of the B sliver:
+ *
+ *   tmm0, tmm1  C, columns 0-15 and 16-31     rows x 64 bytes
+ *   tmm2        A, 16 pairs                   rows x 64 bytes
+ *   tmm3, tmm4  B, 16 pairs, the two halves   16 x 64 bytes
+ *   tmm5        A, the last r < 16 pairs      rows x 4r bytes
+ *   tmm6, tmm7  B, the last r pairs           r x 64 bytes
+ *
+ * Every C row's sums are the same whatever the rows configured. The shapes
+ * (rows, r) are loaded into the tile configuration only when they change:
+ * LDTILECFG costs tens of cycles and zeroes the tiles. */
+enum { AMX_KP = 16 }; /* pairs a step */
+
+/* The 64-byte configuration LDTILECFG reads (palette 1): byte 0 the
+ * palette, bytes 16 + 2t the bytes a row of tile t (16-bit), byte 48 + t
+ * its rows; all else zero. */
+static void amx_config(uint8_t cfg[64], int rows, int r) {
+    memset(cfg, 0, 64);
+    cfg[0] = 1;
+    int shape[8][2] = {{rows, 64},      {rows, 64},     {rows, 64},
+                       {AMX_KP, 64},    {AMX_KP, 64},   {r ? rows : 0, 4 * r},
+                       {r, r ? 64 : 0}, {r, r ? 64 : 0}};
+    for (int t = 0; t < 8; t++) {
+        cfg[16 + 2 * t] = (uint8_t)(shape[t][1] & 0xff);
+        cfg[17 + 2 * t] = (uint8_t)(shape[t][1] >> 8);
+        cfg[48 + t] = (uint8_t)shape[t][0];
+    }
+}
+
+/* The model: each thread's tile registers and the instructions on them, as
+ * the SDM's pseudocode has them, with the checks whose failure would fault
+ * on the hardware (#UD, #GP) made fatal. */
+typedef struct amx_tile {
+    int rows, colsb;
+    uint8_t d[16][64];
+} amx_tile;
+static _Thread_local amx_tile model_t[8];
+
+static void model_cfg(const uint8_t *cfg) {
+    QKV_CHECK(cfg[0] == 1 && cfg[1] == 0, "AMX model: palette %d, start %d",
+              cfg[0], cfg[1]);
+    for (int i = 2; i < 16; i++)
+        QKV_CHECK(cfg[i] == 0, "AMX model: reserved byte %d set", i);
+    for (int t = 0; t < 16; t++) {
+        int colsb = cfg[16 + 2 * t] | cfg[17 + 2 * t] << 8, rows = cfg[48 + t];
+        QKV_CHECK(t < 8 || (colsb == 0 && rows == 0),
+                  "AMX model: palette 1 has 8 tiles, tile %d configured", t);
+        QKV_CHECK(rows <= 16 && colsb <= 64 && (rows == 0) == (colsb == 0),
+                  "AMX model: tile %d of %d rows x %d bytes", t, rows, colsb);
+        if (t < 8) {
+            memset(&model_t[t], 0, sizeof model_t[t]);
+            model_t[t].rows = rows, model_t[t].colsb = colsb;
+        }
+    }
+}
+
+static amx_tile *model_tile(int t) {
+    QKV_CHECK(model_t[t].rows > 0, "AMX model: tile %d not configured", t);
+    return &model_t[t];
+}
+
+static void model_load(int t, const void *p, size_t stride) {
+    amx_tile *x = model_tile(t);
+    memset(x->d, 0, sizeof x->d);
+    for (int r = 0; r < x->rows; r++)
+        memcpy(x->d[r], (const uint8_t *)p + r * stride, (size_t)x->colsb);
+}
+
+static void model_store(int t, void *p, size_t stride) {
+    amx_tile *x = model_tile(t);
+    for (int r = 0; r < x->rows; r++)
+        memcpy((uint8_t *)p + r * stride, x->d[r], (size_t)x->colsb);
+}
+
+static void model_zero(int t) {
+    memset(model_tile(t)->d, 0, sizeof model_t[t].d);
+}
+
+static inline uint32_t tile_word(const amx_tile *x, int r, int w) {
+    uint32_t u;
+    memcpy(&u, &x->d[r][4 * w], 4);
+    return u;
+}
+
+/* TDPBF16PS c, a, b: for each row m and column n, the even and the odd
+ * products over a's kp pairs summed apart from zero (fused multiply-adds,
+ * DAZ, FTZ), then their sum added to c's element. */
+static void model_dp(int ct, int at, int bt) {
+    amx_tile *c = model_tile(ct), *a = model_tile(at), *b = model_tile(bt);
+    QKV_CHECK(ct != at && ct != bt && at != bt && c->rows == a->rows &&
+                  c->colsb == b->colsb && a->colsb == 4 * b->rows,
+              "AMX model: TDPBF16PS tmm%d (%dx%d), tmm%d (%dx%d), tmm%d "
+              "(%dx%d) do not fit",
+              ct, c->rows, c->colsb, at, a->rows, a->colsb, bt, b->rows,
+              b->colsb);
+    int kp = a->colsb / 4, nn = c->colsb / 4;
+    for (int m = 0; m < c->rows; m++) {
+        float even[16] = {0}, odd[16] = {0};
+        for (int k = 0; k < kp; k++) {
+            uint32_t aw = tile_word(a, m, k);
+            for (int n = 0; n < nn; n++) {
+                uint32_t bw = tile_word(b, k, n);
+                even[n] = dp_step(even[n], bf_daz(aw), bf_daz(bw));
+                odd[n] = dp_step(odd[n], bf_daz(aw >> 16), bf_daz(bw >> 16));
+            }
+        }
+        for (int n = 0; n < nn; n++) {
+            float s, v;
+            memcpy(&v, &c->d[m][4 * n], 4);
+            s = dp_step(even[n], odd[n], 1.0f);
+            v = dp_step(v, s, 1.0f);
+            memcpy(&c->d[m][4 * n], &v, 4);
+        }
+    }
+}
+
+#if QKV_X86 && defined(__x86_64__) && defined(__linux__)
+#define QKV_AMX 1
+/* The instructions (AT&T operand order: TDPBF16PS's B, A, C); the memory
+ * clobbers keep the compiler from moving the packing's stores past a load
+ * or C's reads before a store. */
+#define AMX_CFG(p) __asm__ volatile("ldtilecfg (%0)" ::"r"(p) : "memory")
+#define AMX_LOAD(t, p, s)                                                      \
+    __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"(p), "r"((long)(s))  \
+                     : "memory")
+#define AMX_STORE(t, p, s)                                                     \
+    __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(p),             \
+                     "r"((long)(s))                                            \
+                     : "memory")
+#define AMX_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
+#define AMX_DP(c, a, b)                                                        \
+    __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+#else
+#define QKV_AMX            0
+#define AMX_CFG(p)         (void)(p)
+#define AMX_LOAD(t, p, s)  ((void)(p), (void)(s))
+#define AMX_STORE(t, p, s) ((void)(p), (void)(s))
+#define AMX_ZERO(t)        (void)0
+#define AMX_DP(c, a, b)    (void)0
+#endif
+
+/* Each instruction on the model or the hardware (model: a constant). */
+#define T_DO(on_model, on_cpu)                                                 \
+    do {                                                                       \
+        if (model)                                                             \
+            on_model;                                                          \
+        else                                                                   \
+            on_cpu;                                                            \
+    } while (0)
+#define T_CFG(p)         T_DO(model_cfg(p), AMX_CFG(p))
+#define T_LOAD(t, p, s)  T_DO(model_load(t, p, s), AMX_LOAD(t, p, s))
+#define T_STORE(t, p, s) T_DO(model_store(t, p, s), AMX_STORE(t, p, s))
+#define T_ZERO(t)        T_DO(model_zero(t), AMX_ZERO(t))
+#define T_DP(c, a, b)    T_DO(model_dp(c, a, b), AMX_DP(c, a, b))
+
+/* The shapes each thread's tiles have now ((rows << 8) | r; -1: none),
+ * for the hardware [0] and the model [1]. */
+static _Thread_local int amx_shapes[2] = {-1, -1};
+
+static inline __attribute__((always_inline)) void
+kernel_amx_body(const int model, int np, const uint32_t *a, const uint32_t *b,
+                float *c, size_t ldc, int how, int rows, int a_rows) {
+    QKV_CHECK(a_rows, "the AMX kernel reads A's slivers as rows");
+    int full = np / AMX_KP, r = np % AMX_KP, shape = rows << 8 | r;
+    if (amx_shapes[model] != shape) {
+        uint8_t cfg[64];
+        amx_config(cfg, rows, r);
+        T_CFG(cfg);
+        amx_shapes[model] = shape;
+    }
+    size_t sa = (size_t)np * 4, sb = NR * 4;
+    T_ZERO(0);
+    T_ZERO(1);
+    for (int s = 0; s < full; s++) {
+        const uint32_t *as = a + s * AMX_KP, *bs = b + (size_t)s * AMX_KP * NR;
+        T_LOAD(2, as, sa);
+        T_LOAD(3, bs, sb);
+        T_LOAD(4, bs + 16, sb);
+        T_DP(0, 2, 3);
+        T_DP(1, 2, 4);
+    }
+    if (r) {
+        const uint32_t *as = a + full * AMX_KP,
+                       *bs = b + (size_t)full * AMX_KP * NR;
+        T_LOAD(5, as, sa);
+        T_LOAD(6, bs, sb);
+        T_LOAD(7, bs + 16, sb);
+        T_DP(0, 5, 6);
+        T_DP(1, 5, 7);
+    }
+    _Alignas(64) float acc[MR * NR];
+    T_STORE(0, acc, NR * 4);
+    T_STORE(1, acc + 16, NR * 4);
+    for (int i = 0; i < rows; i++) {
+        float *ci = c + (size_t)i * ldc;
+        const float *ai = acc + i * NR;
+        for (int j = 0; j < NR; j++) {
+            float v = how & ADD ? ci[j] + ai[j] : ai[j];
+            ci[j] = how & RELU && !(v > 0.0f) ? 0.0f : v;
+        }
+    }
+}
+
+static void kernel_amx_model(int np, const uint32_t *a, const uint32_t *b,
+                             float *c, size_t ldc, int how, int rows,
+                             int a_rows) {
+    kernel_amx_body(1, np, a, b, c, ldc, how, rows, a_rows);
+}
+
+#if QKV_AMX
+__attribute__((target("amx-tile,amx-bf16"))) static void
+kernel_amx(int np, const uint32_t *a, const uint32_t *b, float *c, size_t ldc,
+           int how, int rows, int a_rows) {
+    kernel_amx_body(0, np, a, b, c, ldc, how, rows, a_rows);
+}
+#endif
+
 /* ------------------------------------------------------------- dispatch */
 
-static const char *const kernel_names[QKV_BF16_N_KERNELS] = {"portable",
-                                                             "avx512-bf16"};
+static const char *const kernel_names[QKV_BF16_N_KERNELS] = {
+    "portable", "avx512-bf16", "amx-bf16", "amx-model"};
 static kernel_fn *const kernels[QKV_BF16_N_KERNELS] = {
     kernel_portable,
 #if QKV_X86
@@ -219,7 +451,60 @@ static kernel_fn *const kernels[QKV_BF16_N_KERNELS] = {
 #else
     NULL,
 #endif
+#if QKV_AMX
+    kernel_amx,
+#else
+    NULL,
+#endif
+    kernel_amx_model,
 };
+
+/* The AMX kernels read op(A)'s slivers as rows whatever ta is. */
+static int amx_kernel(qkv_bf16_kernel k) {
+    return k == QKV_BF16_AMX || k == QKV_BF16_AMX_MODEL;
+}
+
+#if QKV_AMX
+/* NULL if this process may run AMX instructions (asked for once), else why
+ * not: the CPU (CPUID leaf 7: AMX-BF16 EDX bit 22, AMX-TILE bit 24), the
+ * OS's XSAVE state (XCR0 bits 17 and 18, the tile configuration and data),
+ * and Linux's permission for the tile data, which a process must request
+ * (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA: Linux 5.16 on). */
+static const char *amx_refused(void) {
+    static const char *why; /* set once, under the lock */
+    static int asked;
+    static char buf[160];
+    int done;
+    __atomic_load(&asked, &done, __ATOMIC_ACQUIRE);
+    if (done) return why;
+    QKV_OMP(omp critical(qkv_amx_ask)) {
+        if (!asked) {
+            unsigned a = 0, b = 0, c = 0, d = 0;
+            if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & 1u << 22) ||
+                !(d & 1u << 24)) {
+                why = "this CPU has no amx_bf16";
+            } else if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & 1u << 27)) {
+                why = "the OS has not enabled XSAVE (no AMX state)";
+            } else {
+                unsigned lo, hi;
+                __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+                if ((lo & 3u << 17) != 3u << 17)
+                    why = "the OS has not enabled the AMX tile state (XCR0)";
+                else if (syscall(SYS_arch_prctl, 0x1023 /* REQ_XCOMP_PERM */,
+                                 18 /* XTILEDATA */) != 0) {
+                    snprintf(buf, sizeof buf,
+                             "Linux refused the AMX tile state "
+                             "(arch_prctl ARCH_REQ_XCOMP_PERM: %s)",
+                             strerror(errno));
+                    why = buf;
+                }
+            }
+            __atomic_store_n(&asked, 1, __ATOMIC_RELEASE);
+        }
+    }
+    return why;
+}
+#endif
 
 const char *qkv_bf16_kernel_name(qkv_bf16_kernel k) {
     return k >= 0 && k < QKV_BF16_N_KERNELS ? kernel_names[k] : "?";
@@ -227,8 +512,14 @@ const char *qkv_bf16_kernel_name(qkv_bf16_kernel k) {
 
 int qkv_bf16_kernel_usable(qkv_bf16_kernel k, char *why, size_t cap) {
     const char *no = NULL;
-    if (k == QKV_BF16_PORTABLE) return 1;
-    if (k != QKV_BF16_AVX512) {
+    if (k == QKV_BF16_PORTABLE || k == QKV_BF16_AMX_MODEL) return 1;
+    if (k == QKV_BF16_AMX) {
+#if QKV_AMX
+        no = amx_refused();
+#else
+        no = "not an x86-64 CPU";
+#endif
+    } else if (k != QKV_BF16_AVX512) {
         no = "no such kernel";
     } else {
 #if QKV_X86
@@ -245,6 +536,7 @@ int qkv_bf16_kernel_usable(qkv_bf16_kernel k, char *why, size_t cap) {
 }
 
 qkv_bf16_kernel qkv_bf16_kernel_best(void) {
+    if (qkv_bf16_kernel_usable(QKV_BF16_AMX, NULL, 0)) return QKV_BF16_AMX;
     return qkv_bf16_kernel_usable(QKV_BF16_AVX512, NULL, 0) ? QKV_BF16_AVX512
                                                             : QKV_BF16_PORTABLE;
 }
@@ -353,6 +645,14 @@ static int pack_rows_t_avx512(const float *X, size_t ld, int x0, int k0,
 }
 #endif
 
+/* Whether packing may use AVX-512 (the avx512-bf16 and amx kernels' CPUs
+ * have AVX512-BW); the portable and model kernels pack in C, so their
+ * tests cover the C loops. */
+static int avx512_packing(void) {
+    qkv_bf16_kernel k = qkv_bf16_get_kernel();
+    return k == QKV_BF16_AVX512 || k == QKV_BF16_AMX;
+}
+
 /* Element (r, c) of a row-major matrix stored transposed or not. */
 static inline float at(const float *X, size_t ld, int trans, int r, int c) {
     return trans ? X[(size_t)c * ld + r] : X[(size_t)r * ld + c];
@@ -387,7 +687,7 @@ static void pack(const float *X, size_t ld, int trans, int across, int n,
     if (across == trans) { /* k runs along X's rows: X[(x0 + i) ld + k] */
         int p0 = 0;        /* pairs done */
 #if QKV_TRANSPOSE16
-        if (w == NR && qkv_bf16_get_kernel() == QKV_BF16_AVX512)
+        if (w == NR && avx512_packing())
             p0 = pack_rows_t_avx512(X, ld, x0, k0, full, out);
 #endif
         /* each row rounded in one vectorised pass, then the words
@@ -404,7 +704,7 @@ static void pack(const float *X, size_t ld, int trans, int across, int n,
                                                            << 16;
     } else { /* i runs along X's rows: X[k ld + x0 + i] */
 #if QKV_X86
-        if (qkv_bf16_get_kernel() == QKV_BF16_AVX512) {
+        if (avx512_packing()) {
             pack_pairs_avx512(X, ld, x0, k0, full, w, out);
             goto edges;
         }
@@ -430,10 +730,30 @@ edges: /* the edges: rows past n, a lone last k */
         }
 }
 
-/* op(A) rows [i0, i0 + MR), k block [k0, k0 + kc): pa[p * MR + i]. */
-static void pack_a(int ta, const float *A, size_t lda, int M, int i0, int k0,
-                   int kc, uint32_t *pa) {
-    pack(A, lda, ta, 0, M, i0, k0, kc, MR, pa);
+/* pack(), except that with a_rows a sliver of op(A) = A^T is laid out in
+ * rows too (out[i * np + p], the AMX kernels' layout): packed pair-major,
+ * then each row's words gathered. */
+static void pack_as(int a_rows, const float *X, size_t ld, int trans,
+                    int across, int n, int x0, int k0, int kc, int w,
+                    uint32_t *out) {
+    if (across || !trans || !a_rows) {
+        pack(X, ld, trans, across, n, x0, k0, kc, w, out);
+        return;
+    }
+    int np = (kc + 1) / 2;
+    uint32_t tmp[MR * (KC / 2)];
+    QKV_CHECK(w <= MR && kc <= KC, "bf16: an A sliver of %d x %d", w, kc);
+    pack(X, ld, trans, across, n, x0, k0, kc, w, tmp);
+    for (int i = 0; i < w; i++)
+        for (int p = 0; p < np; p++)
+            out[(size_t)i * np + p] = tmp[(size_t)p * w + i];
+}
+
+/* op(A) rows [i0, i0 + MR), k block [k0, k0 + kc): pa[p * MR + i], or
+ * pa[i * np + p] (a_rows, always when ta = 0). */
+static void pack_a(int ta, int a_rows, const float *A, size_t lda, int M,
+                   int i0, int k0, int kc, uint32_t *pa) {
+    pack_as(a_rows, A, lda, ta, 0, M, i0, k0, kc, MR, pa);
 }
 
 /* op(B) columns [j0, j0 + NR), k block [k0, k0 + kc): pb[p * NR + j]. */
@@ -512,16 +832,16 @@ static size_t packed_a_words(int M, int K) {
  * in pack()) of k block [pc, pc + kc): in whole (the operand packed at once,
  * n_all slivers a block), or packed here into own. */
 static inline __attribute__((always_inline)) const uint32_t *
-slivers(const uint32_t *whole, int n_all, int across, int trans, const float *X,
-        size_t ld, int n, int s0, int s1, int w, int pc, int kc,
+slivers(const uint32_t *whole, int n_all, int across, int trans, int a_rows,
+        const float *X, size_t ld, int n, int s0, int s1, int w, int pc, int kc,
         uint32_t *own) {
     int np = (kc + 1) / 2;
     if (whole)
         return whole + (size_t)(pc / KC) * n_all * w * (KC / 2) +
                (size_t)s0 * w * np;
     for (int s = s0; s < s1; s++)
-        pack(X, ld, trans, across, n, s * w, pc, kc, w,
-             own + (size_t)(s - s0) * w * np);
+        pack_as(a_rows, X, ld, trans, across, n, s * w, pc, kc, w,
+                own + (size_t)(s - s0) * w * np);
     return own;
 }
 
@@ -532,8 +852,8 @@ slivers(const uint32_t *whole, int n_all, int across, int trans, const float *X,
  * either may be NULL), or the chunk packs its own slivers of them into own
  * (the thread's slice of the scratch; stage holds a staged C). No chunk reads what another writes, and the order of
  * every element's operations is the same whichever thread computes it. */
-static void chunk(kernel_fn *kern, int ta, int tb, int M, int N, int K,
-                  const float *A, int lda, const float *B, int ldb,
+static void chunk(kernel_fn *kern, int ta, int a_rows, int tb, int M, int N,
+                  int K, const float *A, int lda, const float *B, int ldb,
                   const uint32_t *pre_a, const uint32_t *pre_b, int how,
                   float *C0, int ldc0, int r0, int r1, int c0, int c1,
                   uint32_t *own, float *stage) {
@@ -561,17 +881,18 @@ static void chunk(kernel_fn *kern, int ta, int tb, int M, int N, int K,
         /* column slivers c0.. of this k block, then row slivers a row
          * block at a time (packed A stays in L2 while the block's tiles
          * read it) */
-        const uint32_t *pb = slivers(pre_b, n_jr, 1, tb, B, (size_t)ldb, N, c0,
-                                     c1, NR, pc, kc, own_b);
+        const uint32_t *pb = slivers(pre_b, n_jr, 1, tb, 0, B, (size_t)ldb, N,
+                                     c0, c1, NR, pc, kc, own_b);
         for (int ib = r0; ib < r1; ib += blk) {
             int ie = ib + blk < r1 ? ib + blk : r1;
-            const uint32_t *pa = slivers(pre_a, n_ir, 0, ta, A, (size_t)lda, M,
-                                         ib, ie, MR, pc, kc, own);
+            const uint32_t *pa =
+                slivers(pre_a, n_ir, 0, ta, a_rows, A, (size_t)lda, M, ib, ie,
+                        MR, pc, kc, own);
             for (int jr = c0; jr < c1; jr++) {
                 int j0 = jr * NR, nr = N - j0 < NR ? N - j0 : NR;
                 for (int ir = ib; ir < ie; ir++) {
                     int i0 = ir * MR, mr = M - i0 < MR ? M - i0 : MR;
-                    tile(kern, np, pa + (size_t)(ir - ib) * MR * np, !ta,
+                    tile(kern, np, pa + (size_t)(ir - ib) * MR * np, a_rows,
                          pb + (size_t)(jr - c0) * NR * np,
                          C + (size_t)(i0 - i_lo) * ldc + (j0 - j_lo),
                          (size_t)ldc, mr, nr, block);
@@ -609,7 +930,9 @@ static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
             memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof *C);
         return;
     }
-    kernel_fn *kern = kernels[qkv_bf16_get_kernel()];
+    qkv_bf16_kernel k = qkv_bf16_get_kernel();
+    kernel_fn *kern = kernels[k];
+    int a_rows = !ta || amx_kernel(k);
     int n_ir = (M + MR - 1) / MR, n_jr = (N + NR - 1) / NR;
     int nt = 1;
 #ifdef _OPENMP
@@ -650,7 +973,8 @@ for (int s = 0; s < n_w; s++)
     if (by_rows)
         pack_b(tb, B, (size_t)ldb, N, s * NR, pc, kc, q + (size_t)s * NR * np);
     else
-        pack_a(ta, A, (size_t)lda, M, s * MR, pc, kc, q + (size_t)s * MR * np);
+        pack_a(ta, a_rows, A, (size_t)lda, M, s * MR, pc, kc,
+               q + (size_t)s * MR * np);
         }
         if (whole) {
             QKV_OMP(omp barrier)
@@ -665,11 +989,11 @@ QKV_OMP(omp for schedule(static, 1))
 for (int ch = 0; ch < n_ch; ch++) {
     int s0 = n_s * ch / n_ch, s1 = n_s * (ch + 1) / n_ch;
     if (by_rows)
-        chunk(kern, ta, tb, M, N, K, A, lda, B, ldb, NULL, pre_b, how, C, ldc,
-              s0, s1, 0, n_jr, own, stage);
+        chunk(kern, ta, a_rows, tb, M, N, K, A, lda, B, ldb, NULL, pre_b, how,
+              C, ldc, s0, s1, 0, n_jr, own, stage);
     else
-        chunk(kern, ta, tb, M, N, K, A, lda, B, ldb, pre_a, NULL, how, C, ldc,
-              0, n_ir, s0, s1, own, stage);
+        chunk(kern, ta, a_rows, tb, M, N, K, A, lda, B, ldb, pre_a, NULL, how,
+              C, ldc, 0, n_ir, s0, s1, own, stage);
 }
     }
 }

@@ -16,15 +16,31 @@
  * is stored (first block, no accumulate) or added to C (c = c + s). This is
  * the order of the AVX512-BF16 instruction vdpbf16ps (Intel SDM: odd element
  * first, each step one fused multiply-add with denormal inputs read as zero
- * and denormal results flushed to zero, round to nearest even), so every
- * kernel below gives the same bits:
+ * and denormal results flushed to zero, round to nearest even), so these
+ * kernels give the same bits:
  *
  *   avx512   vdpbf16ps, 12 x 32 register tiles (CPUs with avx512_bf16:
  *            Intel Cooper Lake and Sapphire Rapids on, AMD Zen 4 on);
  *   portable plain C emulating it, denormals included, for any CPU.
  *
+ * The AMX kernel sums in the order of its instruction instead: TDPBF16PS
+ * (Intel SDM) takes 16 pairs of k at a time, sums their even and their odd
+ * products apart (each step a fused multiply-add, DAZ, FTZ, round to nearest
+ * even), adds the two, then adds that to the tile; each k block's sum is
+ * still stored or added to C as above. Its bits differ from the others'
+ * (its error is within the same bound: every term is still exact and passes
+ * through at most K + 1 fp32 additions):
+ *
+ *   amx      Intel AMX tiles (amx_tile + amx_bf16: Sapphire Rapids on),
+ *            once Linux grants the process the tile state;
+ *   amx-model the same kernel with its tile instructions modelled in C as
+ *            the SDM defines them: slow, never chosen by itself; the tests
+ *            run it on any CPU to check the AMX kernel's layouts and tile
+ *            shapes, and compare the hardware with it where there is AMX.
+ *
  * The kernel is chosen at run time (qkv_bf16_kernel_best), so one binary
- * runs everywhere; results are bitwise identical for any thread count.
+ * runs everywhere; with any one kernel, results are bitwise identical for
+ * any thread count, and a row of C does not depend on the other rows.
  *
  *   float A[2*3], B[3*4], C[2*4];
  *   qkv_gemm_bf16(0, 0, 2, 4, 3, A, 3, B, 4, 0, C, 4);   // C = A B in bf16
@@ -49,16 +65,18 @@ void qkv_bf16_round(const float *x, float *out, size_t n);
 
 typedef enum qkv_bf16_kernel {
     QKV_BF16_PORTABLE,
-    QKV_BF16_AVX512, /* avx512f + avx512_bf16 */
+    QKV_BF16_AVX512,    /* avx512f + avx512_bf16 */
+    QKV_BF16_AMX,       /* amx_tile + amx_bf16, and Linux's permission */
+    QKV_BF16_AMX_MODEL, /* the AMX kernel on a C model of its instructions */
     QKV_BF16_N_KERNELS
 } qkv_bf16_kernel;
 
-/* "portable", "avx512-bf16" */
+/* "portable", "avx512-bf16", "amx-bf16", "amx-model" */
 const char *qkv_bf16_kernel_name(qkv_bf16_kernel k);
 /* 1 if this CPU (and build) can run kernel k; else 0 with the reason in
  * why (e.g. "this CPU has no avx512_bf16"). why may be NULL. */
 int qkv_bf16_kernel_usable(qkv_bf16_kernel k, char *why, size_t cap);
-/* The fastest usable kernel. */
+/* The fastest usable kernel (amx, else avx512, else portable). */
 qkv_bf16_kernel qkv_bf16_kernel_best(void);
 /* The kernel qkv_gemm_bf16 uses from now on (it must be usable); returns
  * the previous one. The first call of qkv_gemm_bf16 picks the best. */

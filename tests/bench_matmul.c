@@ -190,6 +190,31 @@ __attribute__((target("avx512f,avx512bf16"))) static double peak_bf16(void) {
     __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80);
     PEAK_LOOP(__m512, _mm512_setzero_ps(), _mm512_dpbf16_ps(acc[i], x, x), 64);
 }
+
+/* AMX: four 16 x 16 accumulator tiles (tmm0-3) fed by two A tiles (tmm4,
+ * tmm5) and two B tiles (tmm6, tmm7), all 16 rows x 64 bytes, in registers;
+ * one TDPBF16PS is 16 x 16 x 32 x 2 = 16384 flops. Only where
+ * qkv_bf16_kernel_usable granted the tile state, and before any AMX product
+ * on this thread: it loads its own tile configuration, which core/bf16.c
+ * (keeping each thread's between products) does not know about. */
+static double peak_amx(void) {
+    uint8_t cfg[64] = {1};
+    for (int t = 0; t < 8; t++) cfg[16 + 2 * t] = 64, cfg[48 + t] = 16;
+    __asm__ volatile("ldtilecfg (%0)" ::"r"(cfg) : "memory");
+    long reps = 0;
+    double t0 = qkv_seconds(), t;
+    do {
+        for (int it = 0; it < 1024; it++)
+            __asm__ volatile("tdpbf16ps %%tmm6, %%tmm4, %%tmm0\n\t"
+                             "tdpbf16ps %%tmm7, %%tmm4, %%tmm1\n\t"
+                             "tdpbf16ps %%tmm6, %%tmm5, %%tmm2\n\t"
+                             "tdpbf16ps %%tmm7, %%tmm5, %%tmm3" ::);
+        reps += 1024;
+        t = qkv_seconds() - t0;
+    } while (t < 0.2);
+    __asm__ volatile("tilerelease" ::);
+    return (double)reps * 4 * 16384 / t / 1e9;
+}
 #endif
 
 static void run_bf16(void) {
@@ -205,6 +230,10 @@ static void run_bf16(void) {
         if (qkv_bf16_kernel_usable(QKV_BF16_AVX512, NULL, 0))
             printf(", vdpbf16ps %.1f GFLOPS (%.2fx)", peak_bf16(),
                    peak_bf16() / f);
+        if (qkv_bf16_kernel_usable(QKV_BF16_AMX, NULL, 0)) {
+            double a = peak_amx();
+            printf(", AMX TDPBF16PS %.1f GFLOPS (%.2fx)", a, a / f);
+        }
         printf("\n");
     }
 #endif
@@ -247,6 +276,9 @@ int main(int argc, char **argv) {
             if (__builtin_cpu_supports("avx512f")) f = peak_fma();
             if (qkv_bf16_kernel_usable(QKV_BF16_AVX512, NULL, 0))
                 b = peak_bf16();
+            double a = 0;
+            if (qkv_bf16_kernel_usable(QKV_BF16_AMX, NULL, 0)) a = peak_amx();
+            if (a > 0) printf("amx_peak_gflops=%.1f ", a);
 #endif
             printf("bf16_kernel=%s fma_peak_gflops=%.1f",
                    qkv_bf16_kernel_name(qkv_bf16_kernel_best()), f);

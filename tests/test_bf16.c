@@ -59,8 +59,8 @@ static void test_the_order_by_hand(void) {
     qkv_gemm_bf16_ref(0, 0, 1, 1, 3, A, 3, B, 1, 1, C, 1);
     CHECK(C[0] == 64.0f, "accumulate: %g", (double)C[0]);
     /* the odd k of a pair first, then the even: products 2^24, 1, -2^24, 1
-     * sum in pairs as 1 + 2^24 = 2^24 (a tie, to even), + 1 = 2^24 again,
-     * - 2^24 = 0; in k order they would give 2^24, 2^24, 0, 1. */
+   * sum in pairs as 1 + 2^24 = 2^24 (a tie, to even), + 1 = 2^24 again,
+   * - 2^24 = 0; in k order they would give 2^24, 2^24, 0, 1. */
     float a4[4] = {0x1p24f, 1, 0x1p24f, 1}, b4[4] = {1, 1, -1, 1};
     qkv_gemm_bf16_ref(0, 0, 1, 1, 4, a4, 4, b4, 1, 0, C, 1);
     CHECK(C[0] == 0.0f, "the pair order gives 0, k order 1: got %g",
@@ -72,7 +72,7 @@ static void test_the_order_by_hand(void) {
     for (int k = 1; k < K; k++) a[k] = 1, b[k] = 1;
     qkv_gemm_bf16_ref(0, 0, 1, 1, K, a, K, b, 1, 0, C, 1);
     /* block 1: 1 + 2^24 = 2^24, and every later + 1 is lost; block 2 is 1,
-     * and 2^24 + 1 = 2^24 again */
+   * and 2^24 + 1 = 2^24 again */
     CHECK(C[0] == 0x1p24f, "two blocks: %.9g", (double)C[0]);
     a[0] = 0;
     qkv_gemm_bf16_ref(0, 0, 1, 1, K, a, K, b, 1, 0, C, 1);
@@ -243,7 +243,7 @@ static void test_error_within_the_bf16_bound(void) {
     mean_rel /= (double)M * N;
     CHECK(worst <= 1.0, "error %.3g of the bound %.3g", worst, bound_used);
     /* and it is bf16's error, not less: random rounding errors of up to
-     * 2^-8 relative cancel to well above fp32's but below the bound */
+   * 2^-8 relative cancel to well above fp32's but below the bound */
     CHECK(mean_rel > 1e-5 && mean_rel < 2e-3,
           "mean error %.3g of sum |a b|: not bf16", mean_rel);
     printf("  bf16 vs exact: worst %.2f of the bound, mean %.2e of sum|ab|\n",
@@ -278,8 +278,8 @@ static void test_packed_weights_are_the_product(void) {
                       want, c->N);
         qkv_bf16_pack(&pk, c->tb, c->K, c->N, B, ldb);
         /* 20 times: the threads work without barriers here, and a race
-         * (there was one: a thread a k block ahead overwrote another's
-         * packed A) shows only some of the time */
+     * (there was one: a thread a k block ahead overwrote another's
+     * packed A) shows only some of the time */
         int bad = 0;
         float *c0 = malloc(nc * sizeof *c0);
         memcpy(c0, got, nc * sizeof *c0);
@@ -374,6 +374,230 @@ static void check_relu(qkv_bf16_kernel k) {
 static void test_relu_is_max_of_the_product(void) {
     check_relu(QKV_BF16_PORTABLE);
     check_relu(QKV_BF16_AVX512);
+}
+
+/* ------------------------------------------------------------------- AMX */
+
+/* Integers in [-3, 3]: with K <= 600 every sum is exact in fp32, so any
+ * order gives the definition's bits, and a misplaced word does not. */
+static void fill_int(float *x, size_t n, qkv_pcg32 *r) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)((int)(qkv_pcg32_next(r) % 7) - 3);
+}
+
+/* C (ldc) = the product of case c with kernel k on `threads` threads,
+ * B packed first or not, with the ReLU or not (then c->acc is ignored). */
+static void amx_run(qkv_bf16_kernel k, int threads, int packed, int relu,
+                    const case_t *c, const float *A, int lda, const float *B,
+                    int ldb, float *C, int ldc) {
+    qkv_bf16_kernel old = qkv_bf16_set_kernel(k);
+#ifdef _OPENMP
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+#else
+    (void)threads;
+#endif
+    qkv_bf16_packed pk = {0};
+    if (packed) qkv_bf16_pack(&pk, c->tb, c->K, c->N, B, ldb);
+    if (relu && packed)
+        qkv_gemm_bf16_packed_relu(c->ta, c->M, A, lda, &pk, C, ldc);
+    else if (relu)
+        qkv_gemm_bf16_relu(c->ta, c->tb, c->M, c->N, c->K, A, lda, B, ldb, C,
+                           ldc);
+    else if (packed)
+        qkv_gemm_bf16_packed(c->ta, c->M, A, lda, &pk, c->acc, C, ldc);
+    else
+        qkv_gemm_bf16(c->ta, c->tb, c->M, c->N, c->K, A, lda, B, ldb, c->acc, C,
+                      ldc);
+    qkv_bf16_packed_free(&pk);
+#ifdef _OPENMP
+    omp_set_num_threads(saved);
+#endif
+    qkv_bf16_set_kernel(old);
+}
+
+/* Elements of C (M x N, ldc) outside the bf16 bound of the exact product
+ * (see test_error_within_the_bf16_bound; C0's value, when accumulated, and
+ * the k blocks' sums add a few more fp32 additions); *worst: the largest
+ * error as a fraction of its bound. */
+static size_t outside_bound(const case_t *c, const float *A, int lda,
+                            const float *B, int ldb, const float *C0,
+                            const float *C, int ldc, double *worst) {
+    size_t bad = 0;
+    int adds = c->K + 3 + c->K / QKV_BF16_KC;
+    for (int i = 0; i < c->M; i++)
+        for (int j = 0; j < c->N; j++) {
+            double exact = 0, mag = 0;
+            for (int k = 0; k < c->K; k++) {
+                double a = c->ta ? A[(size_t)k * lda + i]
+                                 : A[(size_t)i * lda + k],
+                       b = c->tb ? B[(size_t)j * ldb + k]
+                                 : B[(size_t)k * ldb + j];
+                exact += a * b;
+                mag += fabs(a * b);
+            }
+            double c0 = c->acc ? C0[(size_t)i * ldc + j] : 0.0;
+            double bound = (0x1p-7 + 0x1p-16) * mag +
+                           adds * 0x1p-24 * (1.01 * mag + fabs(c0));
+            double e = fabs(C[(size_t)i * ldc + j] - (exact + c0));
+            if (!(e <= bound)) bad++;
+            if (bound > 0 && e / bound > *worst) *worst = e / bound;
+        }
+    return bad;
+}
+
+/* An AMX kernel (k) on every shape class: with integer operands, the
+ * definition's bits (1-3 threads, packed and not, the ReLU variants with a
+ * NaN row); with random ones, within the bf16 bound of the exact product,
+ * the same bits for 1, 2 and 3 threads and packed, and a row of C the
+ * same computed alone (M = 1, as in decoding). On the hardware, the
+ * elements whose bits differ from the model's are counted and printed. */
+static void check_amx(qkv_bf16_kernel k) {
+    char why[160];
+    if (!qkv_bf16_kernel_usable(k, why, sizeof why)) {
+        SKIP("%s kernel: %s", qkv_bf16_kernel_name(k), why);
+        return;
+    }
+    qkv_pcg32 r;
+    qkv_pcg32_seed(&r, 41, 6);
+    int n_cases = QUICK ? 8 : (int)(sizeof cases / sizeof *cases);
+    size_t elems = 0, vs_model = 0, vs_definition = 0;
+    double worst = 0;
+    for (int ci = 0; ci < n_cases; ci++) {
+        const case_t *c = &cases[ci];
+        int pad = !c->tight;
+        int lda = (c->ta ? c->M : c->K) + 3 * pad,
+            ldb = (c->tb ? c->K : c->N) + 5 * pad, ldc = c->N + 2 * pad;
+        size_t na = (size_t)(c->ta ? c->K : c->M) * lda,
+               nb = (size_t)(c->tb ? c->N : c->K) * ldb,
+               nc = (size_t)c->M * ldc;
+        float *A = malloc(na * sizeof *A), *B = malloc(nb * sizeof *B),
+              *C0 = malloc(nc * sizeof *C0), *want = malloc(nc * sizeof *want),
+              *got = malloc(nc * sizeof *got), *one = malloc(nc * sizeof *one);
+        char what[96];
+        snprintf(what, sizeof what, "%s, ta %d tb %d %dx%dx%d acc %d",
+                 qkv_bf16_kernel_name(k), c->ta, c->tb, c->M, c->N, c->K,
+                 c->acc);
+        size_t first, bad;
+        /* integers: the definition's bits */
+        fill_int(A, na, &r);
+        fill_int(B, nb, &r);
+        fill_int(C0, nc, &r);
+        memcpy(want, C0, nc * sizeof *want);
+        qkv_gemm_bf16_ref(c->ta, c->tb, c->M, c->N, c->K, A, lda, B, ldb,
+                          c->acc, want, ldc);
+        for (int t = 1; t <= 3; t++)
+            for (int packed = 0; packed < 2; packed++) {
+                memcpy(got, C0, nc * sizeof *got);
+                amx_run(k, t, packed, 0, c, A, lda, B, ldb, got, ldc);
+                bad = bits_differ(got, want, nc, &first);
+                CHECK(bad == 0,
+                      "%s, integers, %d thread(s), %s: %zu of %zu differ "
+                      "(first [%zu]: %.9g vs %.9g)",
+                      what, t, packed ? "packed" : "unpacked", bad, nc, first,
+                      (double)got[first], (double)want[first]);
+            }
+        A[0] = NAN;
+        qkv_gemm_bf16_ref(c->ta, c->tb, c->M, c->N, c->K, A, lda, B, ldb, 0,
+                          want, ldc);
+        for (size_t e = 0; e < nc; e++)
+            want[e] = want[e] > 0.0f ? want[e] : 0.0f;
+        for (int t = 1; t <= 2; t++)
+            for (int packed = 0; packed < 2; packed++) {
+                memcpy(got, want, nc * sizeof *got);
+                for (int i = 0; i < c->M; i++)
+                    for (int j = 0; j < c->N; j++)
+                        got[(size_t)i * ldc + j] = -1.0f;
+                amx_run(k, t, packed, 1, c, A, lda, B, ldb, got, ldc);
+                bad = bits_differ(got, want, nc, &first);
+                CHECK(bad == 0,
+                      "%s, ReLU, %d thread(s), %s: %zu of %zu differ (first "
+                      "[%zu]: %.9g vs %.9g)",
+                      what, t, packed ? "packed" : "unpacked", bad, nc, first,
+                      (double)got[first], (double)want[first]);
+            }
+        /* random: the bound, the same bits however computed */
+        fill(A, na, &r);
+        fill(B, nb, &r);
+        fill(C0, nc, &r);
+        memcpy(want, C0, nc * sizeof *want);
+        amx_run(k, 1, 0, 0, c, A, lda, B, ldb, want, ldc);
+        bad = outside_bound(c, A, lda, B, ldb, C0, want, ldc, &worst);
+        CHECK(bad == 0, "%s: %zu of %zu elements outside the bf16 bound", what,
+              bad, nc);
+        for (int t = 1; t <= 3; t++)
+            for (int packed = t == 1; packed < 2; packed++) {
+                memcpy(got, C0, nc * sizeof *got);
+                amx_run(k, t, packed, 0, c, A, lda, B, ldb, got, ldc);
+                bad = bits_differ(got, want, nc, &first);
+                CHECK(bad == 0,
+                      "%s, %d thread(s), %s: %zu of %zu differ from 1 "
+                      "thread's (first [%zu])",
+                      what, t, packed ? "packed" : "unpacked", bad, nc, first);
+            }
+        if (c->M > 1) { /* row 0 alone */
+            case_t c1 = *c;
+            c1.M = 1;
+            memcpy(one, C0, (size_t)ldc * sizeof *one);
+            amx_run(k, 1, 0, 0, &c1, A, lda, B, ldb, one, ldc);
+            CHECK(memcmp(one, want, (size_t)c->N * sizeof *one) == 0,
+                  "%s: row 0 computed alone differs", what);
+        }
+        memcpy(got, C0, nc * sizeof *got);
+        qkv_gemm_bf16_ref(c->ta, c->tb, c->M, c->N, c->K, A, lda, B, ldb,
+                          c->acc, got, ldc);
+        vs_definition += bits_differ(got, want, nc, &first);
+        if (k == QKV_BF16_AMX) {
+            memcpy(got, C0, nc * sizeof *got);
+            amx_run(QKV_BF16_AMX_MODEL, 1, 0, 0, c, A, lda, B, ldb, got, ldc);
+            vs_model += bits_differ(got, want, nc, &first);
+        }
+        elems += nc;
+        free(A);
+        free(B);
+        free(C0);
+        free(want);
+        free(got);
+        free(one);
+    }
+    printf("  %s, %d shape classes: integers = the definition; random: "
+           "worst %.2f of the bound, %zu of %zu elements differ from the "
+           "definition",
+           qkv_bf16_kernel_name(k), n_cases, worst, vs_definition, elems);
+    if (k == QKV_BF16_AMX) printf(", %zu from the model", vs_model);
+    printf("\n");
+}
+
+/* The model sums as TDPBF16PS does (the SDM): a tile step's even products
+ * and odd products apart, then the two added. Products 2^24, 1 (pair 0)
+ * and 1, 1 (pair 1): even 2^24 + 1 = 2^24 (a tie, to even), odd 1 + 1 = 2,
+ * sum 2^24 + 2; the definition's order loses every 1: 2^24. The hardware's
+ * sum is printed beside the model's. */
+static void test_amx_model_sums_as_the_sdm(void) {
+    float a[4] = {0x1p24f, 1, 1, 1}, b[4] = {1, 1, 1, 1}, c = 0, d = 0;
+    qkv_gemm_bf16_ref(0, 0, 1, 1, 4, a, 4, b, 1, 0, &d, 1);
+    CHECK(d == 0x1p24f, "definition: %.9g", (double)d);
+    qkv_bf16_kernel old = qkv_bf16_set_kernel(QKV_BF16_AMX_MODEL);
+    qkv_gemm_bf16(0, 0, 1, 1, 4, a, 4, b, 1, 0, &c, 1);
+    qkv_bf16_set_kernel(old);
+    CHECK(c == 0x1p24f + 2, "model: %.9g, want 2^24 + 2", (double)c);
+    printf("  2^24 + 1 + 1 + 1: definition %.0f, AMX model %.0f", (double)d,
+           (double)c);
+    if (qkv_bf16_kernel_usable(QKV_BF16_AMX, NULL, 0)) {
+        old = qkv_bf16_set_kernel(QKV_BF16_AMX);
+        qkv_gemm_bf16(0, 0, 1, 1, 4, a, 4, b, 1, 0, &c, 1);
+        qkv_bf16_set_kernel(old);
+        printf(", AMX %.0f", (double)c);
+    }
+    printf("\n");
+}
+
+static void test_amx_model_kernel(void) {
+    check_amx(QKV_BF16_AMX_MODEL);
+}
+
+static void test_amx_kernel(void) {
+    check_amx(QKV_BF16_AMX);
 }
 
 /* A bf16 model's weights are packed once per version of its parameters:
@@ -668,49 +892,59 @@ static void hash_logits(void *ctx, const float *x, int rows, size_t stride,
     logit_steps++;
 }
 
+/* One model kind's decoding with kernel k (in use). */
+static void cached_decoding(qkv_bf16_kernel k, int kind) {
+    qkv_model_config c =
+        test_tiny_config(kind ? QKV_MODEL_DECODER : QKV_MODEL_ENCDEC, 13);
+    qkv_model m;
+    test_tiny_model(&m, &c, 3);
+    int V = c.tgt_vocab;
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    int32_t src[6] = {4, 9, 5, 7, 12, QKV_BOS}, out[3][20];
+    uint32_t h[3];
+    for (int run = 0; run < 3; run++) { /* bf16 cache, bf16 none, fp32 */
+        g.precision = run < 2 ? QKV_BF16 : QKV_FP32;
+        int old = qkv_decode_set_cache(run != 1);
+        qkv_decode_set_observer(hash_logits, &V);
+        logit_hash = 2166136261u, logit_steps = 0;
+        qkv_pcg32 rng;
+        qkv_pcg32_seed(&rng, 4, 4);
+        if (kind) {
+            qkv_sample(&m, &g, src, 6, 20, 1.0f, 0, 0.0f, -1, &rng, out[run]);
+        } else {
+            qkv_greedy(&m, &g, src, NULL, 1, 5, QKV_BOS, -1, 20, out[run]);
+            int32_t b[20];
+            qkv_beam_search(&m, &g, src, NULL, 5, 3, 0.6f, QKV_BOS, -1, 20, b,
+                            NULL);
+        }
+        qkv_decode_set_observer(NULL, NULL);
+        qkv_decode_set_cache(old);
+        h[run] = logit_hash;
+    }
+    CHECK(h[0] == h[1] && memcmp(out[0], out[1], sizeof out[0]) == 0,
+          "%s, %s: bf16 with the cache differs from recomputing",
+          qkv_bf16_kernel_name(k), kind ? "decoder-only" : "encoder-decoder");
+    CHECK(h[0] != h[2], "%s, %s: the bf16 logits are fp32's",
+          qkv_bf16_kernel_name(k), kind ? "decoder-only" : "encoder-decoder");
+    qkv_graph_free(&g);
+    qkv_model_free(&m);
+}
+
 /* In bf16 the key/value cache still gives, bit for bit, the logits of
  * re-reading the prefix (a bf16 product's rows do not depend on how many
  * rows it has), for greedy, beam search and sampling, and they are not
- * fp32's. */
+ * fp32's: with this CPU's kernel, and with the AMX kernel's model (its
+ * tiles are configured with the rows each product has). */
 static void test_bf16_cached_decoding_is_recompute(void) {
-    for (int kind = 0; kind < 2; kind++) {
-        qkv_model_config c =
-            test_tiny_config(kind ? QKV_MODEL_DECODER : QKV_MODEL_ENCDEC, 13);
-        qkv_model m;
-        test_tiny_model(&m, &c, 3);
-        int V = c.tgt_vocab;
-        qkv_graph g;
-        qkv_graph_init(&g, 0);
-        int32_t src[6] = {4, 9, 5, 7, 12, QKV_BOS}, out[3][20];
-        uint32_t h[3];
-        for (int run = 0; run < 3; run++) { /* bf16 cache, bf16 none, fp32 */
-            g.precision = run < 2 ? QKV_BF16 : QKV_FP32;
-            int old = qkv_decode_set_cache(run != 1);
-            qkv_decode_set_observer(hash_logits, &V);
-            logit_hash = 2166136261u, logit_steps = 0;
-            qkv_pcg32 rng;
-            qkv_pcg32_seed(&rng, 4, 4);
-            if (kind) {
-                qkv_sample(&m, &g, src, 6, 20, 1.0f, 0, 0.0f, -1, &rng,
-                           out[run]);
-            } else {
-                qkv_greedy(&m, &g, src, NULL, 1, 5, QKV_BOS, -1, 20, out[run]);
-                int32_t b[20];
-                qkv_beam_search(&m, &g, src, NULL, 5, 3, 0.6f, QKV_BOS, -1, 20,
-                                b, NULL);
-            }
-            qkv_decode_set_observer(NULL, NULL);
-            qkv_decode_set_cache(old);
-            h[run] = logit_hash;
+    for (int kk = 0; kk < 2; kk++)
+        for (int kind = 0; kind < 2; kind++) {
+            qkv_bf16_kernel k =
+                kk ? QKV_BF16_AMX_MODEL : qkv_bf16_kernel_best();
+            qkv_bf16_kernel old_k = qkv_bf16_set_kernel(k);
+            cached_decoding(k, kind);
+            qkv_bf16_set_kernel(old_k);
         }
-        CHECK(h[0] == h[1] && memcmp(out[0], out[1], sizeof out[0]) == 0,
-              "%s: bf16 with the cache differs from recomputing",
-              kind ? "decoder-only" : "encoder-decoder");
-        CHECK(h[0] != h[2], "%s: the bf16 logits are fp32's",
-              kind ? "decoder-only" : "encoder-decoder");
-        qkv_graph_free(&g);
-        qkv_model_free(&m);
-    }
 }
 
 int main(void) {
@@ -724,6 +958,9 @@ int main(void) {
     RUN(test_error_within_the_bf16_bound);
     RUN(test_packed_weights_are_the_product);
     RUN(test_relu_is_max_of_the_product);
+    RUN(test_amx_model_sums_as_the_sdm);
+    RUN(test_amx_model_kernel);
+    RUN(test_amx_kernel);
     RUN(test_packed_weights_follow_the_parameters);
     RUN(test_bf16_gradients_near_fp32);
     RUN(test_bf16_cached_decoding_is_recompute);
