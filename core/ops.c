@@ -86,18 +86,28 @@ static qkv_tensor *matmul_to(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int ta,
 
 /* qkv_sgemm, or qkv_gemm_bf16 when the graph computes in bf16; there a
  * parameter as B (a weight: t, else NULL) is packed once per version of the
- * parameters (qkv_params_packed), not once per product. */
+ * parameters (qkv_params_packed), not once per product. relu: C = max(the
+ * product, 0), stored by the kernel (acc is then 0). */
 static void gemm(const qkv_graph *g, int ta, int tb, int M, int N, int K,
                  const float *A, int lda, const float *B, int ldb,
-                 const qkv_tensor *t, int acc, float *C, int ldc) {
-    if (g->precision != QKV_BF16)
-        qkv_sgemm(ta, tb, M, N, K, A, lda, B, ldb, acc, C, ldc);
-    else if (t && t->owner)
-        qkv_gemm_bf16_packed(ta, M, A, lda,
-                             qkv_params_packed(t->owner, B, tb, K, N, ldb), acc,
-                             C, ldc);
-    else
+                 const qkv_tensor *t, int acc, int relu, float *C, int ldc) {
+    if (g->precision != QKV_BF16) {
+        if (relu)
+            qkv_sgemm_relu(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+        else
+            qkv_sgemm(ta, tb, M, N, K, A, lda, B, ldb, acc, C, ldc);
+    } else if (t && t->owner) {
+        const qkv_bf16_packed *p =
+            qkv_params_packed(t->owner, B, tb, K, N, ldb);
+        if (relu)
+            qkv_gemm_bf16_packed_relu(ta, M, A, lda, p, C, ldc);
+        else
+            qkv_gemm_bf16_packed(ta, M, A, lda, p, acc, C, ldc);
+    } else if (relu) {
+        qkv_gemm_bf16_relu(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+    } else {
         qkv_gemm_bf16(ta, tb, M, N, K, A, lda, B, ldb, acc, C, ldc);
+    }
 }
 
 qkv_tensor *qkv_matmul(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int ta,
@@ -131,19 +141,8 @@ static qkv_tensor *matmul_to(qkv_graph *g, qkv_tensor *a, qkv_tensor *b, int ta,
     for (size_t i = 0; i < d.batch; i++) {
         const float *ai = a->data + i * sa, *bi = b->data + i * sb;
         float *yi = y->data + i * sy;
-        if (relu && g->precision == QKV_BF16 && d.b_shared && b->owner) {
-            qkv_gemm_bf16_packed_relu(
-                ta, d.M, ai, lda,
-                qkv_params_packed(b->owner, bi, tb, d.K, d.N, ldb), yi, d.N);
-        } else if (relu && g->precision == QKV_BF16) {
-            qkv_gemm_bf16_relu(ta, tb, d.M, d.N, d.K, ai, lda, bi, ldb, yi,
-                               d.N);
-        } else if (relu) {
-            qkv_sgemm_relu(ta, tb, d.M, d.N, d.K, ai, lda, bi, ldb, yi, d.N);
-        } else {
-            gemm(g, ta, tb, d.M, d.N, d.K, ai, lda, bi, ldb,
-                 d.b_shared ? b : NULL, 0, yi, d.N);
-        }
+        gemm(g, ta, tb, d.M, d.N, d.K, ai, lda, bi, ldb, d.b_shared ? b : NULL,
+             0, relu, yi, d.N);
     }
     qkv_node *nd = qkv_record(g, QKV_OP_MATMUL, y, a, b, NULL);
     if (nd) {
@@ -170,13 +169,13 @@ void qkv_matmul_backward(qkv_graph *g, qkv_node *nd) {
             float *dAi = dA + i * sa;
             const qkv_tensor *w = d.b_shared ? b : NULL;
             if (!ta && !tb) /* A (M,K) += dC (M,N) B^T, B (K,N) */
-                gemm(g, 0, 1, M, K, N, G, N, B, N, w, acc, dAi, K);
+                gemm(g, 0, 1, M, K, N, G, N, B, N, w, acc, 0, dAi, K);
             else if (!ta && tb) /* A (M,K) += dC B, B (N,K) */
-                gemm(g, 0, 0, M, K, N, G, N, B, K, w, acc, dAi, K);
+                gemm(g, 0, 0, M, K, N, G, N, B, K, w, acc, 0, dAi, K);
             else if (ta && !tb) /* A (K,M) += B dC^T, B (K,N) */
-                gemm(g, 0, 1, K, M, N, B, N, G, N, NULL, acc, dAi, M);
+                gemm(g, 0, 1, K, M, N, B, N, G, N, NULL, acc, 0, dAi, M);
             else /* A (K,M) += B^T dC^T, B (N,K) */
-                gemm(g, 1, 1, K, M, N, B, K, G, N, NULL, acc, dAi, M);
+                gemm(g, 1, 1, K, M, N, B, K, G, N, NULL, acc, 0, dAi, M);
         }
     }
     if (wants(b)) {
@@ -188,13 +187,13 @@ void qkv_matmul_backward(qkv_graph *g, qkv_node *nd) {
             float *dBi = dB + i * sb;
             int add = acc || (d.b_shared && i > 0);
             if (!ta && !tb) /* B (K,N) += A^T dC, A (M,K) */
-                gemm(g, 1, 0, K, N, M, A, K, G, N, NULL, add, dBi, N);
+                gemm(g, 1, 0, K, N, M, A, K, G, N, NULL, add, 0, dBi, N);
             else if (!ta && tb) /* B (N,K) += dC^T A */
-                gemm(g, 1, 0, N, K, M, G, N, A, K, NULL, add, dBi, K);
+                gemm(g, 1, 0, N, K, M, G, N, A, K, NULL, add, 0, dBi, K);
             else if (ta && !tb) /* B (K,N) += A dC, A (K,M) */
-                gemm(g, 0, 0, K, N, M, A, M, G, N, NULL, add, dBi, N);
+                gemm(g, 0, 0, K, N, M, A, M, G, N, NULL, add, 0, dBi, N);
             else /* B (N,K) += dC^T A^T */
-                gemm(g, 1, 1, N, K, M, G, N, A, M, NULL, add, dBi, K);
+                gemm(g, 1, 1, N, K, M, G, N, A, M, NULL, add, 0, dBi, K);
         }
     }
 }
