@@ -543,8 +543,31 @@ qkv_bf16_kernel qkv_bf16_kernel_best(void) {
 
 static int current = -1; /* not chosen yet */
 
+int qkv_bf16_kernel_env(qkv_bf16_kernel *k, char *why, size_t cap) {
+    const char *s = getenv("QKV_BF16_KERNEL");
+    char no[160] = "no such bf16 kernel (portable, avx512-bf16, amx-bf16, "
+                   "amx-model)";
+    *k = qkv_bf16_kernel_best();
+    if (!s || !*s) return 0;
+    for (int i = 0; i < QKV_BF16_N_KERNELS; i++) {
+        if (strcmp(s, kernel_names[i]) != 0) continue;
+        if (qkv_bf16_kernel_usable((qkv_bf16_kernel)i, no, sizeof no)) {
+            *k = (qkv_bf16_kernel)i;
+            return 0;
+        }
+        break;
+    }
+    if (why && cap) snprintf(why, cap, "QKV_BF16_KERNEL=%.40s: %s", s, no);
+    return -1;
+}
+
 qkv_bf16_kernel qkv_bf16_get_kernel(void) {
-    if (current < 0) current = qkv_bf16_kernel_best();
+    if (current < 0) {
+        qkv_bf16_kernel k;
+        char why[200];
+        QKV_CHECK(qkv_bf16_kernel_env(&k, why, sizeof why) == 0, "%s", why);
+        current = k;
+    }
     return (qkv_bf16_kernel)current;
 }
 

@@ -78,8 +78,17 @@ const char *qkv_bf16_kernel_name(qkv_bf16_kernel k);
 int qkv_bf16_kernel_usable(qkv_bf16_kernel k, char *why, size_t cap);
 /* The fastest usable kernel (amx, else avx512, else portable). */
 qkv_bf16_kernel qkv_bf16_kernel_best(void);
+/* The kernel the environment variable QKV_BF16_KERNEL names ("portable",
+ * "avx512-bf16", "amx-bf16", "amx-model"), or the best where it is unset or
+ * empty: a way to compare kernels, or to step around one, without
+ * rebuilding. Returns 0 and sets *k; -1 with why (e.g. "QKV_BF16_KERNEL=x:
+ * no such bf16 kernel (...)") when it names no kernel or one this CPU
+ * cannot run. */
+int qkv_bf16_kernel_env(qkv_bf16_kernel *k, char *why, size_t cap);
 /* The kernel qkv_gemm_bf16 uses from now on (it must be usable); returns
- * the previous one. The first call of qkv_gemm_bf16 picks the best. */
+ * the previous one. The first call of qkv_gemm_bf16 (or get_kernel) takes
+ * qkv_bf16_kernel_env's, and a QKV_BF16_KERNEL it refuses is a fatal
+ * one-line error there. */
 qkv_bf16_kernel qkv_bf16_set_kernel(qkv_bf16_kernel k);
 qkv_bf16_kernel qkv_bf16_get_kernel(void);
 

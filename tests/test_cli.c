@@ -466,6 +466,45 @@ static void test_task_symbol_2_is_not_eos(void) {
           "decode: %s", out);
 }
 
+/* --precision bf16 trains, names the kernel it runs on, and its checkpoint
+ * evaluates in bf16 and fp32; QKV_BF16_KERNEL picks another kernel (the
+ * portable one, which every CPU has), and a name that is no kernel, like an
+ * unknown --precision, is a one-line error. */
+static void test_precision_bf16(void) {
+    char args[600], cmd[1400], out[8192];
+    snprintf(args, sizeof args,
+             "train --task copy --vocab 6 --min-len 4 --max-len 4 --steps 4 "
+             "--d-model 32 --d-ff 64 --batch 8 --eval-every 4 --eval-size 8 "
+             "--precision bf16 --out %s/bf --force",
+             dir);
+    CHECK(run(args, out, sizeof out) == 0 &&
+              strstr(out, "bf16 matrix products on the ") &&
+              !strstr(out, "(QKV_BF16_KERNEL)"),
+          "train --precision bf16: %s", out);
+    snprintf(cmd, sizeof cmd, "QKV_BF16_KERNEL=portable '%s' %s", qkv, args);
+    CHECK(test_shell(cmd, out, sizeof out) == 0 &&
+              strstr(out, "on the portable kernel (QKV_BF16_KERNEL)"),
+          "QKV_BF16_KERNEL=portable: %s", out);
+    snprintf(cmd, sizeof cmd, "QKV_BF16_KERNEL=fp8 '%s' %s --quiet", qkv, args);
+    int rc = test_shell(cmd, out, sizeof out);
+    char *nl = strchr(out, '\n');
+    CHECK(rc == 2 && strstr(out, "QKV_BF16_KERNEL=fp8: no such bf16 kernel") &&
+              nl && nl[1] == 0,
+          "QKV_BF16_KERNEL=fp8: status %d, %s", rc, out);
+    for (int p = 0; p < 2; p++) {
+        snprintf(cmd, sizeof cmd,
+                 "eval --ckpt %s/bf/ckpt.safetensors --size 8 --precision %s",
+                 dir, p ? "bf16" : "fp32");
+        CHECK(run(cmd, out, sizeof out) == 0 && strstr(out, "8 sequences"),
+              "%s: %s", cmd, out);
+    }
+    snprintf(cmd, sizeof cmd, "%s --precision fp16", args);
+    rc = run(cmd, out, sizeof out);
+    nl = strchr(out, '\n');
+    CHECK(rc == 2 && strstr(out, "--precision") && nl && nl[1] == 0,
+          "--precision fp16: status %d, %s", rc, out);
+}
+
 /* --plot draws DIR/loss.png with its script; without gnuplot, training
  * still finishes and one line says what to install. */
 static void test_train_plot(void) {
@@ -675,6 +714,7 @@ int main(void) {
     make_corpora();
     RUN(test_task_eval_decode);
     RUN(test_task_symbol_2_is_not_eos);
+    RUN(test_precision_bf16);
     RUN(test_train_plot);
     RUN(test_train_profile);
     RUN(test_corpus_train_eval_decode);

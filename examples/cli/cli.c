@@ -1008,20 +1008,29 @@ size_t cli_eval_detok(const void *ctx, const int32_t *ids, int n, char *out,
     return len;
 }
 
+void cli_check_precision(const char *cmd, int precision) {
+    qkv_bf16_kernel k;
+    char why[200];
+    if (precision == QKV_BF16 && qkv_bf16_kernel_env(&k, why, sizeof why))
+        cli_die("%s: --precision bf16: %s", cmd, why);
+}
+
 void cli_set_precision(const char *cmd, qkv_graph *g, int precision,
                        int quiet) {
+    cli_check_precision(cmd, precision);
     g->precision = (qkv_precision)precision;
     if (precision != QKV_BF16 || qkv_comm_rank() != 0) return;
     char why[128];
-    qkv_bf16_kernel k = qkv_bf16_kernel_best();
-    if (k == QKV_BF16_PORTABLE &&
+    qkv_bf16_kernel k = qkv_bf16_get_kernel(); /* QKV_BF16_KERNEL's, or best */
+    if (k == QKV_BF16_PORTABLE && qkv_bf16_kernel_best() == k &&
         !qkv_bf16_kernel_usable(QKV_BF16_AVX512, why, sizeof why))
         cli_warn("%s: --precision bf16: %s, so the portable kernel computes "
                  "it (the same numbers, slower than fp32)",
                  cmd, why);
     else if (!quiet)
-        printf("bf16 matrix products on the %s kernel\n",
-               qkv_bf16_kernel_name(k));
+        printf("bf16 matrix products on the %s kernel%s\n",
+               qkv_bf16_kernel_name(k),
+               k == qkv_bf16_kernel_best() ? "" : " (QKV_BF16_KERNEL)");
 }
 
 /* qkv_generate's token callback: the new token's text to the stream. */

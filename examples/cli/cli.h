@@ -270,9 +270,13 @@ int cli_encode_input(const cli_data *d, const char *s, int32_t **ids, int *cap,
             "sums (as PyTorch's autocast)",                                    \
             0, 0                                                               \
     }
-/* Sets g's precision (a qkv_precision); for bf16 on a CPU without a bf16
- * kernel, says once on stderr that the portable one computes it (slower
- * than fp32, the same numbers), else (unless quiet) which kernel runs. */
+/* Dies (one line, exit 2) if precision is bf16 and QKV_BF16_KERNEL names
+ * no kernel this CPU can run: called before a command writes anything. */
+void cli_check_precision(const char *cmd, int precision);
+/* Sets g's precision (a qkv_precision) after cli_check_precision; for bf16
+ * on a CPU without a bf16 kernel, says once on stderr that the portable one
+ * computes it (slower than fp32, the same numbers), else (unless quiet)
+ * which kernel runs, and "(QKV_BF16_KERNEL)" when that chose it. */
 void cli_set_precision(const char *cmd, qkv_graph *g, int precision, int quiet);
 
 /* Continues the text model m (decoder-only) from the n ids of seq, which

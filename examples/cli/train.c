@@ -1273,6 +1273,7 @@ int cmd_train(int argc, char **argv) {
         free_run(r);
         return 0;
     }
+    cli_check_precision("train", o.precision);
     open_run(r);
     signal(SIGINT, on_sigint);
     if (!o.quiet) {
