@@ -118,7 +118,11 @@ void qkv_gemm_bf16_ref(int ta, int tb, int M, int N, int K, const float *A,
 /* ----------------------------------------------------------------- kernels */
 
 /* Register tile MR x NR, cache blocks MC rows x NC columns x KC k. */
-enum { MR = 12, NR = 32, MC = MR * 16, NC = 512, KC = QKV_BF16_KC };
+enum { MR = 12, NR = 32, MC = 192, NC = 512, KC = QKV_BF16_KC };
+/* The AMX kernels' pieces of C have AMX_MR rows (their slivers of op(A)
+ * too); MR_MAX: the most of either. */
+enum { AMX_MR = 32, MR_MAX = 32 };
+_Static_assert(MC % MR == 0 && MC % AMX_MR == 0, "MC: whole slivers");
 _Static_assert(KC % 2 == 0, "KC: whole pairs");
 
 /* Products smaller than this stay on the calling thread. */
@@ -221,30 +225,34 @@ kernel_avx512(int np, const uint32_t *a, const uint32_t *b, float *c,
  * TDPBF16PS, LDTILECFG). A tile register holds up to 16 rows of 64 bytes;
  * TDPBF16PS C, A, B adds A (rows x kp pair words) times B (kp rows of 16
  * pair words, one per column: the pair layout the B slivers already have)
- * into C (rows x 16 floats). The sliver's C (rows x NR = 32) is two C
- * tiles; each step of 16 pairs loads one A tile (the rows' words, a_rows
- * layout: row i's pairs at a[i np ..]) and the two halves of the B sliver:
+ * into C (rows x 16 floats). Its pieces of C are AMX_MR = 32 rows by NR =
+ * 32 columns: four C tiles, fed at each step of 16 pairs by two A tiles
+ * (the top and bottom 16 rows' words, a_rows layout: row i's pairs at
+ * a[i np ..]) and the two halves of the B sliver, so that the 4 tile
+ * products of a step share 4 tile loads:
  *
- *   tmm0, tmm1  C, columns 0-15 and 16-31     rows x 64 bytes
- *   tmm2        A, 16 pairs                   rows x 64 bytes
- *   tmm3, tmm4  B, 16 pairs, the two halves   16 x 64 bytes
- *   tmm5        A, the last r < 16 pairs      rows x 4r bytes
- *   tmm6, tmm7  B, the last r pairs           r x 64 bytes
+ *   tmm0, tmm1  C, rows 0-15, columns 0-15 and 16-31    top x 64 bytes
+ *   tmm2, tmm3  C, rows 16-31, the same                 bottom x 64 bytes
+ *   tmm4, tmm5  A, rows 0-15 and 16-31                  top, bottom x 4 kp
+ *   tmm6, tmm7  B, columns 0-15 and 16-31               kp x 64 bytes
  *
- * Every C row's sums are the same whatever the rows configured. The shapes
- * (rows, r) are loaded into the tile configuration only when they change:
- * LDTILECFG costs tens of cycles and zeroes the tiles. */
+ * A piece of 16 rows or fewer leaves the bottom tiles out. The tile shapes
+ * (top, bottom, kp) are loaded (LDTILECFG, which zeroes the tiles) only
+ * when they change: a last step of r < 16 pairs stores the C tiles, takes
+ * kp = r, and loads them back. Every C row's sums are the same whatever
+ * the rows configured. */
 enum { AMX_KP = 16 }; /* pairs a step */
 
 /* The 64-byte configuration LDTILECFG reads (palette 1): byte 0 the
  * palette, bytes 16 + 2t the bytes a row of tile t (16-bit), byte 48 + t
- * its rows; all else zero. */
-static void amx_config(uint8_t cfg[64], int rows, int r) {
+ * its rows; all else zero (a tile of 0 rows is not configured). */
+static void amx_config(uint8_t cfg[64], int top, int bot, int kp) {
     memset(cfg, 0, 64);
     cfg[0] = 1;
-    int shape[8][2] = {{rows, 64},      {rows, 64},     {rows, 64},
-                       {AMX_KP, 64},    {AMX_KP, 64},   {r ? rows : 0, 4 * r},
-                       {r, r ? 64 : 0}, {r, r ? 64 : 0}};
+    int b64 = bot ? 64 : 0;
+    int shape[8][2] = {{top, 64},  {top, 64},     {bot, b64},
+                       {bot, b64}, {top, 4 * kp}, {bot, bot ? 4 * kp : 0},
+                       {kp, 64},   {kp, 64}};
     for (int t = 0; t < 8; t++) {
         cfg[16 + 2 * t] = (uint8_t)(shape[t][1] & 0xff);
         cfg[17 + 2 * t] = (uint8_t)(shape[t][1] >> 8);
@@ -378,44 +386,78 @@ static void model_dp(int ct, int at, int bt) {
 #define T_ZERO(t)        T_DO(model_zero(t), AMX_ZERO(t))
 #define T_DP(c, a, b)    T_DO(model_dp(c, a, b), AMX_DP(c, a, b))
 
-/* The shapes each thread's tiles have now ((rows << 8) | r; -1: none),
- * for the hardware [0] and the model [1]. */
+/* The shapes each thread's tiles have now (amx_config's arguments packed;
+ * -1: none), for the hardware [0] and the model [1]. */
 static _Thread_local int amx_shapes[2] = {-1, -1};
+
+static inline __attribute__((always_inline)) void
+amx_shape(const int model, int top, int bot, int kp) {
+    int shape = top | bot << 5 | kp << 10;
+    if (amx_shapes[model] != shape) {
+        uint8_t cfg[64];
+        amx_config(cfg, top, bot, kp);
+        T_CFG(cfg);
+        amx_shapes[model] = shape;
+    }
+}
+
+/* The C tiles from or to c (AMX_MR x NR floats, rows NR apart). */
+static inline __attribute__((always_inline)) void
+amx_c_tiles(const int model, int store, int bot, float *c) {
+    size_t sc = NR * 4;
+    if (store) {
+        T_STORE(0, c, sc);
+        T_STORE(1, c + 16, sc);
+        if (bot) T_STORE(2, c + 16 * NR, sc);
+        if (bot) T_STORE(3, c + 16 * NR + 16, sc);
+    } else {
+        T_LOAD(0, c, sc);
+        T_LOAD(1, c + 16, sc);
+        if (bot) T_LOAD(2, c + 16 * NR, sc);
+        if (bot) T_LOAD(3, c + 16 * NR + 16, sc);
+    }
+}
 
 static inline __attribute__((always_inline)) void
 kernel_amx_body(const int model, int np, const uint32_t *a, const uint32_t *b,
                 float *c, size_t ldc, int how, int rows, int a_rows) {
-    QKV_CHECK(a_rows, "the AMX kernel reads A's slivers as rows");
-    int full = np / AMX_KP, r = np % AMX_KP, shape = rows << 8 | r;
-    if (amx_shapes[model] != shape) {
-        uint8_t cfg[64];
-        amx_config(cfg, rows, r);
-        T_CFG(cfg);
-        amx_shapes[model] = shape;
-    }
+    QKV_CHECK(a_rows && rows >= 1 && rows <= AMX_MR,
+              "the AMX kernel reads up to %d rows of A's slivers as rows",
+              AMX_MR);
+    int full = np / AMX_KP, r = np % AMX_KP;
+    int top = rows < 16 ? rows : 16, bot = rows - top;
     size_t sa = (size_t)np * 4, sb = NR * 4;
-    T_ZERO(0);
-    T_ZERO(1);
-    for (int s = 0; s < full; s++) {
-        const uint32_t *as = a + s * AMX_KP, *bs = b + (size_t)s * AMX_KP * NR;
-        T_LOAD(2, as, sa);
-        T_LOAD(3, bs, sb);
-        T_LOAD(4, bs + 16, sb);
-        T_DP(0, 2, 3);
-        T_DP(1, 2, 4);
+    const uint32_t *a1 = a + (size_t)16 * np; /* the bottom rows */
+    _Alignas(64) float acc[AMX_MR * NR];
+    for (int part = 0; part < 2; part++) { /* full steps, then the rest */
+        int steps = part ? r > 0 : full, kp = part ? r : AMX_KP;
+        if (!steps) continue;
+        if (part && full) amx_c_tiles(model, 1, bot, acc);
+        amx_shape(model, top, bot, kp);
+        if (part && full) {
+            amx_c_tiles(model, 0, bot, acc);
+        } else {
+            T_ZERO(0);
+            T_ZERO(1);
+            if (bot) T_ZERO(2);
+            if (bot) T_ZERO(3);
+        }
+        for (int s = 0; s < steps; s++) {
+            size_t p0 = (size_t)(part ? full : s) * AMX_KP;
+            const uint32_t *bs = b + p0 * NR;
+            T_LOAD(6, bs, sb);
+            T_LOAD(7, bs + 16, sb);
+            T_LOAD(4, a + p0, sa);
+            T_DP(0, 4, 6);
+            T_DP(1, 4, 7);
+            if (bot) {
+                T_LOAD(5, a1 + p0, sa);
+                T_DP(2, 5, 6);
+                T_DP(3, 5, 7);
+            }
+        }
     }
-    if (r) {
-        const uint32_t *as = a + full * AMX_KP,
-                       *bs = b + (size_t)full * AMX_KP * NR;
-        T_LOAD(5, as, sa);
-        T_LOAD(6, bs, sb);
-        T_LOAD(7, bs + 16, sb);
-        T_DP(0, 5, 6);
-        T_DP(1, 5, 7);
-    }
-    _Alignas(64) float acc[MR * NR];
-    T_STORE(0, acc, NR * 4);
-    T_STORE(1, acc + 16, NR * 4);
+    amx_c_tiles(model, 1, bot, acc);
     for (int i = 0; i < rows; i++) {
         float *ci = c + (size_t)i * ldc;
         const float *ai = acc + i * NR;
@@ -764,19 +806,19 @@ static void pack_as(int a_rows, const float *X, size_t ld, int trans,
         return;
     }
     int np = (kc + 1) / 2;
-    uint32_t tmp[MR * (KC / 2)];
-    QKV_CHECK(w <= MR && kc <= KC, "bf16: an A sliver of %d x %d", w, kc);
+    uint32_t tmp[MR_MAX * (KC / 2)];
+    QKV_CHECK(w <= MR_MAX && kc <= KC, "bf16: an A sliver of %d x %d", w, kc);
     pack(X, ld, trans, across, n, x0, k0, kc, w, tmp);
     for (int i = 0; i < w; i++)
         for (int p = 0; p < np; p++)
             out[(size_t)i * np + p] = tmp[(size_t)p * w + i];
 }
 
-/* op(A) rows [i0, i0 + MR), k block [k0, k0 + kc): pa[p * MR + i], or
+/* op(A) rows [i0, i0 + mr), k block [k0, k0 + kc): pa[p * mr + i], or
  * pa[i * np + p] (a_rows, always when ta = 0). */
-static void pack_a(int ta, int a_rows, const float *A, size_t lda, int M,
-                   int i0, int k0, int kc, uint32_t *pa) {
-    pack_as(a_rows, A, lda, ta, 0, M, i0, k0, kc, MR, pa);
+static void pack_a(int ta, int a_rows, int mr, const float *A, size_t lda,
+                   int M, int i0, int k0, int kc, uint32_t *pa) {
+    pack_as(a_rows, A, lda, ta, 0, M, i0, k0, kc, mr, pa);
 }
 
 /* op(B) columns [j0, j0 + NR), k block [k0, k0 + kc): pb[p * NR + j]. */
@@ -785,16 +827,16 @@ static void pack_b(int tb, const float *B, size_t ldb, int N, int j0, int k0,
     pack(B, ldb, tb, 1, N, j0, k0, kc, NR, pb);
 }
 
-/* One MR x NR tile; a partial one goes through a local buffer, with exactly
- * the operations of a whole one. */
-static void tile(kernel_fn *kern, int np, const uint32_t *a, int a_rows,
-                 const uint32_t *b, float *c, size_t ldc, int mr, int nr,
-                 int how) {
-    if (mr == MR && nr == NR) {
-        kern(np, a, b, c, ldc, how, MR, a_rows);
+/* One mrk x NR tile (mrk: the kernel's rows); a partial one goes through a
+ * local buffer, with exactly the operations of a whole one. */
+static void tile(kernel_fn *kern, int mrk, int np, const uint32_t *a,
+                 int a_rows, const uint32_t *b, float *c, size_t ldc, int mr,
+                 int nr, int how) {
+    if (mr == mrk && nr == NR) {
+        kern(np, a, b, c, ldc, how, mrk, a_rows);
         return;
     }
-    float buf[MR * NR] = {0};
+    float buf[MR_MAX * NR] = {0};
     for (int i = 0; i < mr; i++)
         for (int j = 0; j < nr; j++)
             buf[i * NR + j] = how & ADD ? c[(size_t)i * ldc + j] : 0.0f;
@@ -846,9 +888,9 @@ static size_t packed_words(int K, int N) {
     size_t n_jr = (size_t)(N + NR - 1) / NR, n_q = (size_t)(K + KC - 1) / KC;
     return n_q * n_jr * NR * (KC / 2);
 }
-static size_t packed_a_words(int M, int K) {
-    size_t n_ir = (size_t)(M + MR - 1) / MR, n_q = (size_t)(K + KC - 1) / KC;
-    return n_q * n_ir * MR * (KC / 2);
+static size_t packed_a_words(int M, int K, int mr) {
+    size_t n_ir = (size_t)(M + mr - 1) / mr, n_q = (size_t)(K + KC - 1) / KC;
+    return n_q * n_ir * mr * (KC / 2);
 }
 
 /* Slivers s0..s1 (w = MR rows of op(A) or NR columns of op(B), across as
@@ -875,17 +917,17 @@ slivers(const uint32_t *whole, int n_all, int across, int trans, int a_rows,
  * either may be NULL), or the chunk packs its own slivers of them into own
  * (the thread's slice of the scratch; stage holds a staged C). No chunk reads what another writes, and the order of
  * every element's operations is the same whichever thread computes it. */
-static void chunk(kernel_fn *kern, int ta, int a_rows, int tb, int M, int N,
-                  int K, const float *A, int lda, const float *B, int ldb,
-                  const uint32_t *pre_a, const uint32_t *pre_b, int how,
-                  float *C0, int ldc0, int r0, int r1, int c0, int c1,
+static void chunk(kernel_fn *kern, int mrk, int ta, int a_rows, int tb, int M,
+                  int N, int K, const float *A, int lda, const float *B,
+                  int ldb, const uint32_t *pre_a, const uint32_t *pre_b,
+                  int how, float *C0, int ldc0, int r0, int r1, int c0, int c1,
                   uint32_t *own, float *stage) {
     if (r0 >= r1 || c0 >= c1) return;
-    int i_lo = r0 * MR, i_hi = r1 * MR < M ? r1 * MR : M;
+    int i_lo = r0 * mrk, i_hi = r1 * mrk < M ? r1 * mrk : M;
     int j_lo = c0 * NR, j_hi = c1 * NR < N ? c1 * NR : N, w = j_hi - j_lo;
-    int n_ir = (M + MR - 1) / MR, n_jr = (N + NR - 1) / NR;
-    int blk = r1 - r0 < MC / MR ? r1 - r0 : MC / MR; /* slivers a row block */
-    size_t a_words = pre_a ? 0 : (size_t)blk * MR * (KC / 2);
+    int n_ir = (M + mrk - 1) / mrk, n_jr = (N + NR - 1) / NR;
+    int blk = r1 - r0 < MC / mrk ? r1 - r0 : MC / mrk; /* slivers a row block */
+    size_t a_words = pre_a ? 0 : (size_t)blk * mrk * (KC / 2);
     uint32_t *own_b = own + a_words;
     /* C, or a padded copy of this chunk of it (staged()) */
     float *C = C0 + (size_t)i_lo * ldc0 + j_lo;
@@ -910,13 +952,13 @@ static void chunk(kernel_fn *kern, int ta, int a_rows, int tb, int M, int N,
             int ie = ib + blk < r1 ? ib + blk : r1;
             const uint32_t *pa =
                 slivers(pre_a, n_ir, 0, ta, a_rows, A, (size_t)lda, M, ib, ie,
-                        MR, pc, kc, own);
+                        mrk, pc, kc, own);
             for (int jr = c0; jr < c1; jr++) {
                 int j0 = jr * NR, nr = N - j0 < NR ? N - j0 : NR;
                 for (int ir = ib; ir < ie; ir++) {
-                    int i0 = ir * MR, mr = M - i0 < MR ? M - i0 : MR;
-                    tile(kern, np, pa + (size_t)(ir - ib) * MR * np, a_rows,
-                         pb + (size_t)(jr - c0) * NR * np,
+                    int i0 = ir * mrk, mr = M - i0 < mrk ? M - i0 : mrk;
+                    tile(kern, mrk, np, pa + (size_t)(ir - ib) * mrk * np,
+                         a_rows, pb + (size_t)(jr - c0) * NR * np,
                          C + (size_t)(i0 - i_lo) * ldc + (j0 - j_lo),
                          (size_t)ldc, mr, nr, block);
                 }
@@ -955,8 +997,8 @@ static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
     }
     qkv_bf16_kernel k = qkv_bf16_get_kernel();
     kernel_fn *kern = kernels[k];
-    int a_rows = !ta || amx_kernel(k);
-    int n_ir = (M + MR - 1) / MR, n_jr = (N + NR - 1) / NR;
+    int a_rows = !ta || amx_kernel(k), mrk = amx_kernel(k) ? AMX_MR : MR;
+    int n_ir = (M + mrk - 1) / mrk, n_jr = (N + NR - 1) / NR;
     int nt = 1;
 #ifdef _OPENMP
     double flops = 2.0 * M * N * K;
@@ -970,13 +1012,15 @@ static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
      * packed), then a slice per thread for the largest chunk */
     int smax = (n_s + n_ch - 1) / n_ch;
     size_t whole_words =
-        pre ? 0 : lines(by_rows ? packed_words(K, N) : packed_a_words(M, K));
-    size_t own_words = lines(
-        (size_t)(by_rows ? (smax < MC / MR ? smax : MC / MR) * MR : smax * NR) *
-        (KC / 2));
+        pre ? 0
+            : lines(by_rows ? packed_words(K, N) : packed_a_words(M, K, mrk));
+    size_t own_words =
+        lines((size_t)(by_rows ? (smax < MC / mrk ? smax : MC / mrk) * mrk
+                               : smax * NR) *
+              (KC / 2));
     size_t stage_floats = 0;
     if (staged(K, ldc)) {
-        size_t rows = by_rows ? (size_t)smax * MR : (size_t)M;
+        size_t rows = by_rows ? (size_t)smax * mrk : (size_t)M;
         size_t w = by_rows ? (size_t)N : (size_t)smax * NR;
         stage_floats = lines(rows * (lines(w) + 16));
     }
@@ -990,14 +1034,14 @@ static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
             int kc = K - pc < KC ? K - pc : KC, np = (kc + 1) / 2;
             int n_w = by_rows ? n_jr : n_ir; /* the whole one's slivers */
             uint32_t *q = whole + (size_t)(pc / KC) * n_w *
-                                      (by_rows ? NR : MR) * (KC / 2);
+                                      (by_rows ? NR : mrk) * (KC / 2);
 QKV_OMP(omp for schedule(static) nowait)
 for (int s = 0; s < n_w; s++)
     if (by_rows)
         pack_b(tb, B, (size_t)ldb, N, s * NR, pc, kc, q + (size_t)s * NR * np);
     else
-        pack_a(ta, a_rows, A, (size_t)lda, M, s * MR, pc, kc,
-               q + (size_t)s * MR * np);
+        pack_a(ta, a_rows, mrk, A, (size_t)lda, M, s * mrk, pc, kc,
+               q + (size_t)s * mrk * np);
         }
         if (whole) {
             QKV_OMP(omp barrier)
@@ -1012,11 +1056,11 @@ QKV_OMP(omp for schedule(static, 1))
 for (int ch = 0; ch < n_ch; ch++) {
     int s0 = n_s * ch / n_ch, s1 = n_s * (ch + 1) / n_ch;
     if (by_rows)
-        chunk(kern, ta, a_rows, tb, M, N, K, A, lda, B, ldb, NULL, pre_b, how,
-              C, ldc, s0, s1, 0, n_jr, own, stage);
+        chunk(kern, mrk, ta, a_rows, tb, M, N, K, A, lda, B, ldb, NULL, pre_b,
+              how, C, ldc, s0, s1, 0, n_jr, own, stage);
     else
-        chunk(kern, ta, a_rows, tb, M, N, K, A, lda, B, ldb, pre_a, NULL, how,
-              C, ldc, 0, n_ir, s0, s1, own, stage);
+        chunk(kern, mrk, ta, a_rows, tb, M, N, K, A, lda, B, ldb, pre_a, NULL,
+              how, C, ldc, 0, n_ir, s0, s1, own, stage);
 }
     }
 }
