@@ -31,8 +31,9 @@
  * (its error is within the same bound: every term is still exact and passes
  * through at most K + 1 fp32 additions):
  *
- *   amx      Intel AMX tiles (amx_tile + amx_bf16: Sapphire Rapids on),
- *            once Linux grants the process the tile state;
+ *   amx      Intel AMX, 32 x 32 pieces of C in four tiles (amx_tile +
+ *            amx_bf16: Sapphire Rapids on), once Linux grants the process
+ *            the tile state;
  *   amx-model the same kernel with its tile instructions modelled in C as
  *            the SDM defines them: slow, never chosen by itself; the tests
  *            run it on any CPU to check the AMX kernel's layouts and tile
