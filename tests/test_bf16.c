@@ -125,24 +125,29 @@ static const case_t cases[] = {
     {0, 1, 13, 1024, 300, 1, 1},
 };
 
-static void run_case(const case_t *c, qkv_bf16_kernel k, int threads,
-                     float *got, float *want, qkv_pcg32 *r) {
+/* Case c's leading dimensions (padded unless c->tight) and sizes. */
+typedef struct case_dims {
+    int lda, ldb, ldc;
+    size_t na, nb, nc;
+} case_dims;
+
+static case_dims dims_of(const case_t *c) {
     int pad = !c->tight;
-    int lda = (c->ta ? c->M : c->K) + 3 * pad,
-        ldb = (c->tb ? c->K : c->N) + 5 * pad, ldc = c->N + 2 * pad;
-    size_t na = (size_t)(c->ta ? c->K : c->M) * lda,
-           nb = (size_t)(c->tb ? c->N : c->K) * ldb, nc = (size_t)c->M * ldc;
-    float *A = malloc(na * sizeof *A), *B = malloc(nb * sizeof *B);
-    fill(A, na, r);
-    fill(B, nb, r);
-    fill(want, nc, r);
-    /* a few denormal operands: read as zeros of their sign by every kernel
-     * (DAZ), however the packing rounded them */
-    for (size_t e = 5; e < na; e += 97) A[e] = e % 2 ? 1e-40f : -3e-39f;
-    for (size_t e = 7; e < nb; e += 89) B[e] = e % 2 ? -1e-40f : 2e-39f;
-    memcpy(got, want, nc * sizeof *got);
-    qkv_gemm_bf16_ref(c->ta, c->tb, c->M, c->N, c->K, A, lda, B, ldb, c->acc,
-                      want, ldc);
+    case_dims d;
+    d.lda = (c->ta ? c->M : c->K) + 3 * pad;
+    d.ldb = (c->tb ? c->K : c->N) + 5 * pad;
+    d.ldc = c->N + 2 * pad;
+    d.na = (size_t)(c->ta ? c->K : c->M) * d.lda;
+    d.nb = (size_t)(c->tb ? c->N : c->K) * d.ldb;
+    d.nc = (size_t)c->M * d.ldc;
+    return d;
+}
+
+/* C (ldc) = the product of case c with kernel k on `threads` threads,
+ * B packed first or not, with the ReLU or not (then c->acc is ignored). */
+static void run_product(qkv_bf16_kernel k, int threads, int packed, int relu,
+                        const case_t *c, const float *A, int lda,
+                        const float *B, int ldb, float *C, int ldc) {
     qkv_bf16_kernel old = qkv_bf16_set_kernel(k);
 #ifdef _OPENMP
     int saved = omp_get_max_threads();
@@ -150,12 +155,40 @@ static void run_case(const case_t *c, qkv_bf16_kernel k, int threads,
 #else
     (void)threads;
 #endif
-    qkv_gemm_bf16(c->ta, c->tb, c->M, c->N, c->K, A, lda, B, ldb, c->acc, got,
-                  ldc);
+    qkv_bf16_packed pk = {0};
+    if (packed) qkv_bf16_pack(&pk, c->tb, c->K, c->N, B, ldb);
+    if (relu && packed)
+        qkv_gemm_bf16_packed_relu(c->ta, c->M, A, lda, &pk, C, ldc);
+    else if (relu)
+        qkv_gemm_bf16_relu(c->ta, c->tb, c->M, c->N, c->K, A, lda, B, ldb, C,
+                           ldc);
+    else if (packed)
+        qkv_gemm_bf16_packed(c->ta, c->M, A, lda, &pk, c->acc, C, ldc);
+    else
+        qkv_gemm_bf16(c->ta, c->tb, c->M, c->N, c->K, A, lda, B, ldb, c->acc, C,
+                      ldc);
+    qkv_bf16_packed_free(&pk);
 #ifdef _OPENMP
     omp_set_num_threads(saved);
 #endif
     qkv_bf16_set_kernel(old);
+}
+
+static void run_case(const case_t *c, qkv_bf16_kernel k, int threads,
+                     float *got, float *want, qkv_pcg32 *r) {
+    case_dims d = dims_of(c);
+    float *A = malloc(d.na * sizeof *A), *B = malloc(d.nb * sizeof *B);
+    fill(A, d.na, r);
+    fill(B, d.nb, r);
+    fill(want, d.nc, r);
+    /* a few denormal operands: read as zeros of their sign by every kernel
+     * (DAZ), however the packing rounded them */
+    for (size_t e = 5; e < d.na; e += 97) A[e] = e % 2 ? 1e-40f : -3e-39f;
+    for (size_t e = 7; e < d.nb; e += 89) B[e] = e % 2 ? -1e-40f : 2e-39f;
+    memcpy(got, want, d.nc * sizeof *got);
+    qkv_gemm_bf16_ref(c->ta, c->tb, c->M, c->N, c->K, A, d.lda, B, d.ldb,
+                      c->acc, want, d.ldc);
+    run_product(k, threads, 0, 0, c, A, d.lda, B, d.ldb, got, d.ldc);
     free(A);
     free(B);
 }
@@ -389,37 +422,6 @@ static void fill_int(float *x, size_t n, qkv_pcg32 *r) {
         x[i] = (float)((int)(qkv_pcg32_next(r) % 7) - 3);
 }
 
-/* C (ldc) = the product of case c with kernel k on `threads` threads,
- * B packed first or not, with the ReLU or not (then c->acc is ignored). */
-static void amx_run(qkv_bf16_kernel k, int threads, int packed, int relu,
-                    const case_t *c, const float *A, int lda, const float *B,
-                    int ldb, float *C, int ldc) {
-    qkv_bf16_kernel old = qkv_bf16_set_kernel(k);
-#ifdef _OPENMP
-    int saved = omp_get_max_threads();
-    omp_set_num_threads(threads);
-#else
-    (void)threads;
-#endif
-    qkv_bf16_packed pk = {0};
-    if (packed) qkv_bf16_pack(&pk, c->tb, c->K, c->N, B, ldb);
-    if (relu && packed)
-        qkv_gemm_bf16_packed_relu(c->ta, c->M, A, lda, &pk, C, ldc);
-    else if (relu)
-        qkv_gemm_bf16_relu(c->ta, c->tb, c->M, c->N, c->K, A, lda, B, ldb, C,
-                           ldc);
-    else if (packed)
-        qkv_gemm_bf16_packed(c->ta, c->M, A, lda, &pk, c->acc, C, ldc);
-    else
-        qkv_gemm_bf16(c->ta, c->tb, c->M, c->N, c->K, A, lda, B, ldb, c->acc, C,
-                      ldc);
-    qkv_bf16_packed_free(&pk);
-#ifdef _OPENMP
-    omp_set_num_threads(saved);
-#endif
-    qkv_bf16_set_kernel(old);
-}
-
 /* Elements of C (M x N, ldc) outside the bf16 bound of the exact product
  * (see test_error_within_the_bf16_bound; C0's value, when accumulated, and
  * the k blocks' sums add a few more fp32 additions); *worst: the largest
@@ -469,12 +471,9 @@ static void check_amx(qkv_bf16_kernel k) {
     double worst = 0;
     for (int ci = 0; ci < n_cases; ci++) {
         const case_t *c = &cases[ci];
-        int pad = !c->tight;
-        int lda = (c->ta ? c->M : c->K) + 3 * pad,
-            ldb = (c->tb ? c->K : c->N) + 5 * pad, ldc = c->N + 2 * pad;
-        size_t na = (size_t)(c->ta ? c->K : c->M) * lda,
-               nb = (size_t)(c->tb ? c->N : c->K) * ldb,
-               nc = (size_t)c->M * ldc;
+        case_dims d = dims_of(c);
+        int lda = d.lda, ldb = d.ldb, ldc = d.ldc;
+        size_t na = d.na, nb = d.nb, nc = d.nc;
         float *A = malloc(na * sizeof *A), *B = malloc(nb * sizeof *B),
               *C0 = malloc(nc * sizeof *C0), *want = malloc(nc * sizeof *want),
               *got = malloc(nc * sizeof *got), *one = malloc(nc * sizeof *one);
@@ -493,7 +492,7 @@ static void check_amx(qkv_bf16_kernel k) {
         for (int t = 1; t <= 3; t++)
             for (int packed = 0; packed < 2; packed++) {
                 memcpy(got, C0, nc * sizeof *got);
-                amx_run(k, t, packed, 0, c, A, lda, B, ldb, got, ldc);
+                run_product(k, t, packed, 0, c, A, lda, B, ldb, got, ldc);
                 bad = bits_differ(got, want, nc, &first);
                 CHECK(bad == 0,
                       "%s, integers, %d thread(s), %s: %zu of %zu differ "
@@ -512,7 +511,7 @@ static void check_amx(qkv_bf16_kernel k) {
                 for (int i = 0; i < c->M; i++)
                     for (int j = 0; j < c->N; j++)
                         got[(size_t)i * ldc + j] = -1.0f;
-                amx_run(k, t, packed, 1, c, A, lda, B, ldb, got, ldc);
+                run_product(k, t, packed, 1, c, A, lda, B, ldb, got, ldc);
                 bad = bits_differ(got, want, nc, &first);
                 CHECK(bad == 0,
                       "%s, ReLU, %d thread(s), %s: %zu of %zu differ (first "
@@ -525,14 +524,14 @@ static void check_amx(qkv_bf16_kernel k) {
         fill(B, nb, &r);
         fill(C0, nc, &r);
         memcpy(want, C0, nc * sizeof *want);
-        amx_run(k, 1, 0, 0, c, A, lda, B, ldb, want, ldc);
+        run_product(k, 1, 0, 0, c, A, lda, B, ldb, want, ldc);
         bad = outside_bound(c, A, lda, B, ldb, C0, want, ldc, &worst);
         CHECK(bad == 0, "%s: %zu of %zu elements outside the bf16 bound", what,
               bad, nc);
         for (int t = 1; t <= 3; t++)
             for (int packed = t == 1; packed < 2; packed++) {
                 memcpy(got, C0, nc * sizeof *got);
-                amx_run(k, t, packed, 0, c, A, lda, B, ldb, got, ldc);
+                run_product(k, t, packed, 0, c, A, lda, B, ldb, got, ldc);
                 bad = bits_differ(got, want, nc, &first);
                 CHECK(bad == 0,
                       "%s, %d thread(s), %s: %zu of %zu differ from 1 "
@@ -543,7 +542,7 @@ static void check_amx(qkv_bf16_kernel k) {
             case_t c1 = *c;
             c1.M = 1;
             memcpy(one, C0, (size_t)ldc * sizeof *one);
-            amx_run(k, 1, 0, 0, &c1, A, lda, B, ldb, one, ldc);
+            run_product(k, 1, 0, 0, &c1, A, lda, B, ldb, one, ldc);
             CHECK(memcmp(one, want, (size_t)c->N * sizeof *one) == 0,
                   "%s: row 0 computed alone differs", what);
         }
@@ -553,7 +552,8 @@ static void check_amx(qkv_bf16_kernel k) {
         vs_definition += bits_differ(got, want, nc, &first);
         if (k == QKV_BF16_AMX) {
             memcpy(got, C0, nc * sizeof *got);
-            amx_run(QKV_BF16_AMX_MODEL, 1, 0, 0, c, A, lda, B, ldb, got, ldc);
+            run_product(QKV_BF16_AMX_MODEL, 1, 0, 0, c, A, lda, B, ldb, got,
+                        ldc);
             vs_model += bits_differ(got, want, nc, &first);
         }
         elems += nc;
