@@ -638,19 +638,6 @@ static inline uint32_t rne(float x) {
 }
 
 #if QKV_X86
-/* rne_high of 16 floats. */
-__attribute__((target("avx512f,avx512bw"))) static inline __m512i
-rne_high16(__m512 x) {
-    __m512i u = _mm512_castps_si512(x);
-    __m512i lsb =
-        _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r =
-        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb);
-    __mmask16 nan = _mm512_cmpgt_epu32_mask(
-        _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
-        _mm512_set1_epi32(0x7f800000));
-    return _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x400000));
-}
 /* pack()'s words for full pairs when i runs along X's rows: two rows'
  * elements rounded and their bf16 interleaved, 16 at a time. With the
  * avx512-bf16 and amx kernels only (their CPUs have AVX512-BF16), so the
@@ -709,14 +696,12 @@ pack_row_avx512(const float *row, int m, uint32_t *o) {
 #define QKV_TRANSPOSE16 1
 /* pack()'s words for a sliver of NR rows whose k runs along them (a
  * weight's W^T), 16 pairs at a time: each row's 32 floats rounded into 16
- * words, and the 16 x 16 blocks of words transposed in registers (the
- * scalar transpose ran at 11 GB/s of fp32 read on Zen 5). Returns the
- * pairs done, a multiple of 16. */
-static int pack_rows_t_avx512(const float *X, size_t ld, int x0, int k0,
-                              int full, uint32_t *out) {
-    const __m512i odd = _mm512_set_epi16(
-        63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29,
-        27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+ * words (VCVTNE2PS2BF16, as pack_pairs_avx512), and the 16 x 16 blocks of
+ * words transposed in registers (the scalar transpose ran at 11 GB/s of
+ * fp32 read on Zen 5). Returns the pairs done, a multiple of 16. */
+__attribute__((target("avx512bf16"))) static int
+pack_rows_t_avx512(const float *X, size_t ld, int x0, int k0, int full,
+                   uint32_t *out) {
     int p = 0;
     for (; p + 16 <= full; p += 16)
         for (int half = 0; half < NR; half += 16) {
@@ -724,11 +709,9 @@ static int pack_rows_t_avx512(const float *X, size_t ld, int x0, int k0,
             for (int i = 0; i < 16; i++) {
                 const float *row =
                     X + (size_t)(x0 + half + i) * ld + k0 + 2 * p;
-                __m512i lo = rne_high16(_mm512_loadu_ps(row)),
-                        hi = rne_high16(_mm512_loadu_ps(row + 16));
-                /* the high halves in order: word q = pair q */
-                r[i] =
-                    _mm512_castsi512_ps(_mm512_permutex2var_epi16(lo, odd, hi));
+                /* 32 floats' bf16 in order: word q = pair q */
+                r[i] = (__m512)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(row + 16),
+                                                   _mm512_loadu_ps(row));
             }
             qkv_transpose16(r);
             for (int q = 0; q < 16; q++)
