@@ -25,10 +25,12 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#define QKV_X86 1
 #endif
 
+#include "bf16.h"
 #include "matmul.h"
 #include "op_table.h"
 #include "ops.h"
@@ -228,6 +230,29 @@ rows_kernel(int RB, int NV, int len, const float *a, size_t ar, size_t am,
     for (int r = 0; r < RB; r++) store_row(c + r * ldc, w, s[r], NV, acc);
 }
 
+/* Every row r of c (rows of them) by KERNEL(RB, NV) calls, each for rows
+ * r..r+RB-1 and NV = nv vectors: blocks of 8 (4 for 3 or 4 vectors) rows
+ * whose accumulators fit the 32 registers, then one row at a time. */
+#define ROW_BLOCKS(KERNEL)                                                     \
+    switch (nv) {                                                              \
+    case 1:                                                                    \
+        for (; r + 8 <= rows; r += 8) KERNEL(8, 1);                            \
+        for (; r < rows; r++) KERNEL(1, 1);                                    \
+        break;                                                                 \
+    case 2:                                                                    \
+        for (; r + 8 <= rows; r += 8) KERNEL(8, 2);                            \
+        for (; r < rows; r++) KERNEL(1, 2);                                    \
+        break;                                                                 \
+    case 3:                                                                    \
+        for (; r + 4 <= rows; r += 4) KERNEL(4, 3);                            \
+        for (; r < rows; r++) KERNEL(1, 3);                                    \
+        break;                                                                 \
+    default:                                                                   \
+        for (; r + 4 <= rows; r += 4) KERNEL(4, 4);                            \
+        for (; r < rows; r++) KERNEL(1, 4);                                    \
+        break;                                                                 \
+    }
+
 /* All rows of c (rows x w, w <= SMALL_MAX); b's rows hold ceil(w / VW)
  * readable vectors. e: NULL, or what to do to each row before it is stored.
  */
@@ -238,25 +263,125 @@ static void rows_product(int rows, int w, int len, const float *a, size_t ar,
 #define ROWS(RB, NV)                                                           \
     rows_kernel(RB, NV, len, a + r * ar, ar, am, b, ldb, c + r * ldc, ldc, w,  \
                 acc, e, r)
-    switch (nv) {
-    case 1:
-        for (; r + 8 <= rows; r += 8) ROWS(8, 1);
-        for (; r < rows; r++) ROWS(1, 1);
-        break;
-    case 2:
-        for (; r + 8 <= rows; r += 8) ROWS(8, 2);
-        for (; r < rows; r++) ROWS(1, 2);
-        break;
-    case 3:
-        for (; r + 4 <= rows; r += 4) ROWS(4, 3);
-        for (; r < rows; r++) ROWS(1, 3);
-        break;
-    default:
-        for (; r + 4 <= rows; r += 4) ROWS(4, 4);
-        for (; r < rows; r++) ROWS(1, 4);
-        break;
-    }
+    ROW_BLOCKS(ROWS)
 #undef ROWS
+}
+
+/* ---- small heads in bf16 (qkv_graph.precision QKV_BF16) ----
+ * The same passes with the operands rounded to bf16 and held as pair words
+ * (bf16.h), summed by vdpbf16ps (or a C model of it): for each output
+ * element, from 0, s = s + a[2p+1] b[2p+1], then s = s + a[2p] b[2p], one
+ * pair p at a time, then stored or added to c. That is the order bf16.h
+ * defines for one k block (len <= 64 < QKV_BF16_KC), so each product gives
+ * qkv_gemm_bf16's bits (its avx512-bf16 and portable kernels'), and the
+ * epilogues are the fp32 pass's: the small and the sgemm paths agree bit
+ * for bit in bf16 too.
+ *
+ *   c[r, 0:w] (+)= sum_{p < np} a[r ar + p ap] . b[p ldb + 0:w]
+ *
+ * a's words are an operand's row pairs (ar = its row's words, ap = 1) or,
+ * transposed, its column pairs (ar = 1, ap = the pair row's words); b's are
+ * column pairs or transposed row pairs, whole vectors of them. */
+
+#if QKV_X86
+__attribute__((target("avx512f,avx512bf16"), always_inline)) static inline void
+dp_kernel(int RB, int NV, int np, const uint32_t *a, size_t ar, size_t ap,
+          const uint32_t *b, size_t ldb, float *c, size_t ldc, int w, int acc,
+          const rows_epilogue *e, int r0) {
+    __m512 t[8][4];
+    for (int r = 0; r < RB; r++)
+        for (int v = 0; v < NV; v++) t[r][v] = _mm512_setzero_ps();
+    for (int p = 0; p < np; p++) {
+        __m512bh bv[4];
+        for (int v = 0; v < NV; v++)
+            bv[v] = (__m512bh)_mm512_loadu_si512(b + (size_t)p * ldb + v * VW);
+        for (int r = 0; r < RB; r++) {
+            __m512bh x = (__m512bh)_mm512_set1_epi32((int)a[r * ar + p * ap]);
+            for (int v = 0; v < NV; v++)
+                t[r][v] = _mm512_dpbf16_ps(t[r][v], x, bv[v]);
+        }
+    }
+    vf s[8][4];
+    for (int r = 0; r < RB; r++)
+        for (int v = 0; v < NV; v++) s[r][v] = (vf)t[r][v];
+    if (e && e->mode == EPI_SOFTMAX)
+        softmax_regs(s, RB, NV, e, r0);
+    else if (e && e->mode == EPI_SOFTMAX_GRAD)
+        softmax_grad_regs(s, RB, NV, e, r0);
+    for (int r = 0; r < RB; r++) store_row(c + r * ldc, w, s[r], NV, acc);
+}
+
+/* rows_product's blocking, with dp_kernel */
+__attribute__((target("avx512f,avx512bf16"))) static void
+dp_product_avx512(int rows, int w, int np, const uint32_t *a, size_t ar,
+                  size_t ap, const uint32_t *b, size_t ldb, float *c,
+                  size_t ldc, int acc, const rows_epilogue *e) {
+    int nv = (w + VW - 1) / VW, r = 0;
+#define DP(RB, NV)                                                             \
+    dp_kernel(RB, NV, np, a + r * ar, ar, ap, b, ldb, c + r * ldc, ldc, w,     \
+              acc, e, r)
+    ROW_BLOCKS(DP)
+#undef DP
+}
+#endif
+
+/* The bf16 in each half of pair words as floats, read as vdpbf16ps reads
+ * them: a denormal is a zero of its sign (DAZ). */
+typedef uint32_t vu __attribute__((vector_size(VW * sizeof(float))));
+VINLINE vf daz(vu u) {
+    vu keep = (vu)((u & 0x7f800000u) != 0) | 0x80000000u; /* sign always */
+    return (vf)(u & keep);
+}
+VINLINE vf pair_lo(vu u) {
+    return daz(u << 16);
+}
+VINLINE vf pair_hi(vu u) {
+    return daz(u & 0xffff0000u);
+}
+
+/* One vdpbf16ps step in each lane: s + a b in one rounding (vfma; bf16
+ * products are exact in fp32), a denormal result flushed to zero (FTZ). */
+VINLINE vf dp_step(vf s, vf a, vf b) {
+    return daz((vu)vfma(a, b, s));
+}
+
+/* dp_product_avx512's results in C, one row at a time (any CPU). */
+static void dp_product_c(int rows, int w, int np, const uint32_t *a, size_t ar,
+                         size_t ap, const uint32_t *b, size_t ldb, float *c,
+                         size_t ldc, int acc, const rows_epilogue *e) {
+    int nv = (w + VW - 1) / VW;
+    for (int r = 0; r < rows; r++) {
+        vf s[8][4];
+        for (int v = 0; v < nv; v++) s[0][v] = vsplat(0.0f);
+        for (int p = 0; p < np; p++) {
+            vu x = (vu){0} + a[r * ar + p * ap];
+            vf lo = pair_lo(x), hi = pair_hi(x);
+            for (int v = 0; v < nv; v++) {
+                vu bw;
+                memcpy(&bw, b + (size_t)p * ldb + v * VW, sizeof bw);
+                s[0][v] =
+                    dp_step(dp_step(s[0][v], hi, pair_hi(bw)), lo, pair_lo(bw));
+            }
+        }
+        if (e && e->mode == EPI_SOFTMAX)
+            softmax_regs(s, 1, nv, e, r);
+        else if (e && e->mode == EPI_SOFTMAX_GRAD)
+            softmax_grad_regs(s, 1, nv, e, r);
+        store_row(c + r * ldc, w, s[0], nv, acc);
+    }
+}
+
+static void dp_product(int kind, int rows, int w, int np, const uint32_t *a,
+                       size_t ar, size_t ap, const uint32_t *b, size_t ldb,
+                       float *c, size_t ldc, int acc, const rows_epilogue *e) {
+#if QKV_X86
+    if (kind == 2) {
+        dp_product_avx512(rows, w, np, a, ar, ap, b, ldb, c, ldc, acc, e);
+        return;
+    }
+#endif
+    (void)kind;
+    dp_product_c(rows, w, np, a, ar, ap, b, ldb, c, ldc, acc, e);
 }
 
 /* Lanes of a (S) key row hidden whatever the query: padding, or j >= S. */
@@ -317,11 +442,38 @@ static const float *transposed(const float *src, int ld, int rows, int w,
 
 static _Thread_local _Alignas(64) float scratch[2][SMALL_MAX * SMALL_MAX];
 static _Thread_local _Alignas(64) float scratch_dz[SMALL_MAX * SMALL_MAX];
+/* bf16: a product's two operands as pair words (at most 64 x 32 words) */
+static _Thread_local _Alignas(64) uint32_t words[2][SMALL_MAX * SMALL_MAX / 2];
+
+/* n rounded up to whole vectors */
+static size_t up_vw(int n) {
+    return (size_t)(n + VW - 1) / VW * VW;
+}
 
 static int small_heads(int T, int S, int K) {
     int lim = qkv_attention_small_max < SMALL_MAX ? qkv_attention_small_max
                                                   : SMALL_MAX;
     return T <= lim && S <= lim && K <= lim;
+}
+
+int qkv_attention_bf16_min = 65536;
+
+/* How a head of T (T_full) queries, S keys, K columns computes its
+ * products: 0 fp32, 1 bf16 with the C model of vdpbf16ps, 2 bf16 with
+ * AVX512-BF16 (the CPUs of bf16.h's avx512-bf16 and amx-bf16 kernels have
+ * it); 1 and 2 give the same bits (ops.h: qkv_attention_bf16_min). */
+static int dp_kind(const qkv_graph *g, int T, int S, int K) {
+    if (g->precision != QKV_BF16) return 0;
+    qkv_bf16_kernel k = qkv_bf16_get_kernel();
+    int fast = k == QKV_BF16_AVX512 || k == QKV_BF16_AMX;
+#if !QKV_X86
+    fast = 0;
+#endif
+    if (qkv_attention_bf16_min > 0 &&
+        (k != QKV_BF16_AVX512 || !small_heads(T, S, K) || T < 32 || S < 32 ||
+         K < 32 || (long long)T * S * K < qkv_attention_bf16_min))
+        return 0;
+    return fast ? 2 : 1;
 }
 
 /* The forward on views; returns A (B,H,T,S) from the arena. The T queries
@@ -336,11 +488,13 @@ static float *attend(qkv_graph *g, heads_view q, heads_view k, heads_view v,
               "attention: weights (%d,%d,%d,%d) overflow", B, H, T, S);
     float *A = qkv_arena_alloc(&g->arena, (size_t)B * H * ts * sizeof(float));
     const uint8_t *pad = o->key_pad;
-    int small = small_heads(T_full, S, K);
+    int small = small_heads(T_full, S, K), dp = dp_kind(g, T_full, S, K);
     QKV_OMP(omp parallel for if ((size_t)B * H * ts * K > 65536))
     for (int bh = 0; bh < B * H; bh++) {
         int b = bh / H, h = bh % H;
         float *Ab = A + bh * ts;
+        uint32_t *wa = words[0], *wb = words[1];
+        size_t pk = (size_t)(K + 1) / 2, ps = (size_t)(S + 1) / 2;
         const float *Qb = head_at(&q, b, h), *Kb = head_at(&k, b, h),
                     *Vb = head_at(&v, b, h);
         float *Yb = head_at(&y, b, h);
@@ -354,17 +508,33 @@ static float *attend(qkv_graph *g, heads_view q, heads_view k, heads_view v,
             vi hide[SMALL_MAX / VW];
             hidden_keys(hide, S, padb);
             rows_epilogue e = {EPI_SOFTMAX, T, S, o->causal, scale, hide, NULL};
-            const float *Kt = transposed(Kb, k.ld, S, K, scratch[0], &ld);
-            rows_product(T, S, K, Qb, q.ld, 1, Kt, ld, Ab, S, 0, &e);
+            if (dp) {
+                qkv_bf16_row_pairs(T, K, Qb, q.ld, wa, pk);
+                qkv_bf16_row_pairs_t(S, K, Kb, k.ld, wb, up_vw(S));
+                dp_product(dp, T, S, pk, wa, pk, 1, wb, up_vw(S), Ab, S, 0, &e);
+            } else {
+                const float *Kt = transposed(Kb, k.ld, S, K, scratch[0], &ld);
+                rows_product(T, S, K, Qb, q.ld, 1, Kt, ld, Ab, S, 0, &e);
+            }
         } else {
-            qkv_sgemm_rows_serial(T_full, 0, 1, T, S, K, Qb, q.ld, Kb, k.ld, 0,
-                                  Ab, S);
+            if (dp)
+                qkv_gemm_bf16(0, 1, T, S, K, Qb, q.ld, Kb, k.ld, 0, Ab, S);
+            else
+                qkv_sgemm_rows_serial(T_full, 0, 1, T, S, K, Qb, q.ld, Kb, k.ld,
+                                      0, Ab, S);
             masked_softmax(Ab, T, S, scale, o->causal, padb);
         }
         /* Y = A V: (T,S) x (S,K) */
-        if (small) {
+        if (small && dp) {
+            qkv_bf16_row_pairs(T, S, Ab, S, wa, ps);
+            qkv_bf16_col_pairs(S, K, Vb, v.ld, wb, up_vw(K));
+            dp_product(dp, T, K, ps, wa, ps, 1, wb, up_vw(K), Yb, y.ld, 0,
+                       NULL);
+        } else if (small) {
             const float *Vr = vector_rows(Vb, v.ld, S, K, scratch[1], &ld);
             rows_product(T, K, S, Ab, S, 1, Vr, ld, Yb, y.ld, 0, NULL);
+        } else if (dp) {
+            qkv_gemm_bf16(0, 0, T, K, S, Ab, S, Vb, v.ld, 0, Yb, y.ld);
         } else {
             qkv_sgemm_rows_serial(T_full, 0, 0, T, K, S, Ab, S, Vb, v.ld, 0, Yb,
                                   y.ld);
@@ -531,7 +701,7 @@ void qkv_attention_backward(qkv_graph *g, qkv_node *nd) {
         dv = view_4d(d[2], v);
         dy = view_4d(y->grad, y);
     }
-    int small = small_heads(T, S, K);
+    int small = small_heads(T, S, K), dp = dp_kind(g, T, S, K);
     /* dZ of a head is used only while that head is worked on: small heads
      * keep it in a thread's scratch block (in L1), others in the arena. */
     float *dZ =
@@ -544,18 +714,27 @@ void qkv_attention_backward(qkv_graph *g, qkv_node *nd) {
         const float *Qb = head_at(&vq, b, h), *Kb = head_at(&vk, b, h),
                     *Vb = head_at(&vv, b, h);
         float *dZb = small ? scratch_dz : dZ + bh * ts;
-        size_t ld;
+        uint32_t *wa = words[0], *wb = words[1];
+        size_t pk = (size_t)(K + 1) / 2, ps = (size_t)(S + 1) / 2, ld;
         prefetch_head(&dy, bh + 1, B * H, H, T, K);
         prefetch_head(&vq, bh + 1, B * H, H, T, K);
         prefetch_head(&vk, bh + 1, B * H, H, S, K);
         prefetch_head(&vv, bh + 1, B * H, H, S, K);
         if (d[2]) { /* dV += A^T dY: (S,T) x (T,K) */
             float *dVb = head_at(&dv, b, h);
-            if (small) {
+            if (small && dp) { /* A^T's words: A's column pairs */
+                qkv_bf16_col_pairs(T, S, Ab, S, wa, up_vw(S));
+                qkv_bf16_col_pairs(T, K, dYb, dy.ld, wb, up_vw(K));
+                dp_product(dp, S, K, (T + 1) / 2, wa, 1, up_vw(S), wb, up_vw(K),
+                           dVb, dv.ld, acc[2], NULL);
+            } else if (small) {
                 const float *dYr =
                     vector_rows(dYb, dy.ld, T, K, scratch[0], &ld);
                 rows_product(S, K, T, Ab, 1, S, dYr, ld, dVb, dv.ld, acc[2],
                              NULL);
+            } else if (dp) {
+                qkv_gemm_bf16(1, 0, S, K, T, Ab, S, dYb, dy.ld, acc[2], dVb,
+                              dv.ld);
             } else {
                 qkv_sgemm_serial(1, 0, S, K, T, Ab, S, dYb, dy.ld, acc[2], dVb,
                                  dv.ld);
@@ -567,10 +746,21 @@ void qkv_attention_backward(qkv_graph *g, qkv_node *nd) {
          * hidden keys have A = 0, so their dZ is 0 */
         if (small) {
             rows_epilogue e = {EPI_SOFTMAX_GRAD, T, S, 0, scale, NULL, Ab};
-            const float *Vt = transposed(Vb, vv.ld, S, K, scratch[0], &ld);
-            rows_product(T, S, K, dYb, dy.ld, 1, Vt, ld, dZb, S, 0, &e);
+            if (dp) {
+                qkv_bf16_row_pairs(T, K, dYb, dy.ld, wa, pk);
+                qkv_bf16_row_pairs_t(S, K, Vb, vv.ld, wb, up_vw(S));
+                dp_product(dp, T, S, pk, wa, pk, 1, wb, up_vw(S), dZb, S, 0,
+                           &e);
+            } else {
+                const float *Vt = transposed(Vb, vv.ld, S, K, scratch[0], &ld);
+                rows_product(T, S, K, dYb, dy.ld, 1, Vt, ld, dZb, S, 0, &e);
+            }
         } else {
-            qkv_sgemm_serial(0, 1, T, S, K, dYb, dy.ld, Vb, vv.ld, 0, dZb, S);
+            if (dp)
+                qkv_gemm_bf16(0, 1, T, S, K, dYb, dy.ld, Vb, vv.ld, 0, dZb, S);
+            else
+                qkv_sgemm_serial(0, 1, T, S, K, dYb, dy.ld, Vb, vv.ld, 0, dZb,
+                                 S);
             for (int i = 0; i < T; i++) {
                 const float *a = Ab + (size_t)i * S;
                 float *z = dZb + (size_t)i * S, dot = qkv_vdot(a, z, S);
@@ -579,10 +769,18 @@ void qkv_attention_backward(qkv_graph *g, qkv_node *nd) {
         }
         if (d[0]) { /* dQ += dZ K: (T,S) x (S,K) */
             float *dQb = head_at(&dq, b, h);
-            if (small) {
+            if (small && dp) {
+                qkv_bf16_row_pairs(T, S, dZb, S, wa, ps);
+                qkv_bf16_col_pairs(S, K, Kb, vk.ld, wb, up_vw(K));
+                dp_product(dp, T, K, ps, wa, ps, 1, wb, up_vw(K), dQb, dq.ld,
+                           acc[0], NULL);
+            } else if (small) {
                 const float *Kr = vector_rows(Kb, vk.ld, S, K, scratch[0], &ld);
                 rows_product(T, K, S, dZb, S, 1, Kr, ld, dQb, dq.ld, acc[0],
                              NULL);
+            } else if (dp) {
+                qkv_gemm_bf16(0, 0, T, K, S, dZb, S, Kb, vk.ld, acc[0], dQb,
+                              dq.ld);
             } else {
                 qkv_sgemm_serial(0, 0, T, K, S, dZb, S, Kb, vk.ld, acc[0], dQb,
                                  dq.ld);
@@ -590,10 +788,18 @@ void qkv_attention_backward(qkv_graph *g, qkv_node *nd) {
         }
         if (d[1]) { /* dK += dZ^T Q: (S,T) x (T,K) */
             float *dKb = head_at(&dk, b, h);
-            if (small) {
+            if (small && dp) { /* dZ^T's words: dZ's column pairs */
+                qkv_bf16_col_pairs(T, S, dZb, S, wa, up_vw(S));
+                qkv_bf16_col_pairs(T, K, Qb, vq.ld, wb, up_vw(K));
+                dp_product(dp, S, K, (T + 1) / 2, wa, 1, up_vw(S), wb, up_vw(K),
+                           dKb, dk.ld, acc[1], NULL);
+            } else if (small) {
                 const float *Qr = vector_rows(Qb, vq.ld, T, K, scratch[0], &ld);
                 rows_product(S, K, T, dZb, 1, S, Qr, ld, dKb, dk.ld, acc[1],
                              NULL);
+            } else if (dp) {
+                qkv_gemm_bf16(1, 0, S, K, T, dZb, S, Qb, vq.ld, acc[1], dKb,
+                              dk.ld);
             } else {
                 qkv_sgemm_serial(1, 0, S, K, T, dZb, S, Qb, vq.ld, acc[1], dKb,
                                  dk.ld);

@@ -658,13 +658,19 @@ static inline uint32_t rne(float x) {
  * weight gradient's product (X^T dY, both operands packed this way, K =
  * 2048, 2 threads, operands not in cache) took 2.2-2.4 against 2.0-2.1 ms
  * for M 1024 x N 256, 2.0-2.1 against 1.86-1.99 ms for 256 x 1024. */
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) static void
-pack_pairs_avx512(const float *X, size_t ld, int x0, int k0, int full, int w,
-                  int ns, size_t stride, uint32_t *out) {
-    /* [r0's 16, r1's 16] -> r0[0], r1[0], r0[1], r1[1], ... */
+__attribute__((target("avx512f,avx512bw,avx512bf16"),
+               always_inline)) static inline __m512i
+pair16_avx512(__m512 lo, __m512 hi) {
+    /* [lo's 16, hi's 16] -> lo[0], hi[0], lo[1], hi[1], ... */
     const __m512i mix = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11,
                                          26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21,
                                          5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    return _mm512_permutexvar_epi16(mix, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) static void
+pack_pairs_avx512(const float *X, size_t ld, int x0, int k0, int full, int w,
+                  int ns, size_t stride, uint32_t *out) {
     const int ahead = 4; /* pair rows */
     for (int p = 0; p < full; p++) {
         const float *r0 = X + (size_t)(k0 + 2 * p) * ld + x0, *r1 = r0 + ld;
@@ -679,11 +685,10 @@ pack_pairs_avx512(const float *X, size_t ld, int x0, int k0, int full, int w,
             for (int i = 0; i < w; i += 16) {
                 __mmask16 m =
                     w - i >= 16 ? 0xffff : (__mmask16)((1u << (w - i)) - 1);
-                __m512bh h =
-                    _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m, b + i),
-                                        _mm512_maskz_loadu_ps(m, a + i));
                 _mm512_mask_storeu_epi32(
-                    o + i, m, _mm512_permutexvar_epi16(mix, (__m512i)h));
+                    o + i, m,
+                    pair16_avx512(_mm512_maskz_loadu_ps(m, a + i),
+                                  _mm512_maskz_loadu_ps(m, b + i)));
             }
         }
     }
@@ -1236,4 +1241,125 @@ void qkv_gemm_bf16_packed_relu(int ta, int M, const float *A, int lda,
 void qkv_bf16_packed_free(qkv_bf16_packed *p) {
     free(p->words);
     memset(p, 0, sizeof *p);
+}
+
+/* ------------------------------------------- pair words for other kernels */
+
+/* n rounded up to whole vectors of 16 words */
+static int up16(int n) {
+    return (n + 15) / 16 * 16;
+}
+
+void qkv_bf16_row_pairs(int rows, int n, const float *X, size_t ld,
+                        uint32_t *out, size_t ldo) {
+    int np = (n + 1) / 2;
+#if QKV_X86
+    int fast = avx512_packing();
+#endif
+    for (int i = 0; i < rows; i++) {
+        const float *row = X + (size_t)i * ld;
+        uint32_t *o = out + (size_t)i * ldo;
+#if QKV_X86
+        if (fast)
+            pack_row_avx512(row, n / 2, o);
+        else
+#endif
+            for (int p = 0; p < n / 2; p++)
+                o[p] = rne_high(row[2 * p]) >> 16 |
+                       (rne_high(row[2 * p + 1]) & 0xffff0000u);
+        if (n & 1) o[np - 1] = rne(row[n - 1]);
+    }
+}
+
+#if QKV_X86
+/* qkv_bf16_col_pairs with VCVTNE2PS2BF16, 16 columns at a time */
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) static void
+col_pairs_avx512(int rows, int n, const float *X, size_t ld, uint32_t *out,
+                 size_t ldo) {
+    for (int p = 0; p < (rows + 1) / 2; p++) {
+        int odd = 2 * p + 1 == rows; /* a lone last row */
+        const float *r0 = X + (size_t)(2 * p) * ld, *r1 = odd ? r0 : r0 + ld;
+        for (int j = 0; j < up16(n); j += 16) {
+            __mmask16 m = n - j >= 16 ? 0xffff
+                          : n > j     ? (__mmask16)((1u << (n - j)) - 1)
+                                      : 0;
+            _mm512_storeu_si512(
+                out + (size_t)p * ldo + j,
+                pair16_avx512(_mm512_maskz_loadu_ps(m, r0 + j),
+                              _mm512_maskz_loadu_ps(odd ? 0 : m, r1 + j)));
+        }
+    }
+}
+#endif
+
+void qkv_bf16_col_pairs(int rows, int n, const float *X, size_t ld,
+                        uint32_t *out, size_t ldo) {
+    int w = up16(n);
+#if QKV_X86
+    if (avx512_packing()) {
+        col_pairs_avx512(rows, n, X, ld, out, ldo);
+        return;
+    }
+#endif
+    for (int p = 0; p < (rows + 1) / 2; p++) {
+        const float *r0 = X + (size_t)(2 * p) * ld, *r1 = r0 + ld;
+        uint32_t *o = out + (size_t)p * ldo;
+        if (2 * p + 1 < rows)
+            for (int j = 0; j < n; j++)
+                o[j] = rne_high(r0[j]) >> 16 | (rne_high(r1[j]) & 0xffff0000u);
+        else
+            for (int j = 0; j < n; j++) o[j] = rne(r0[j]);
+        for (int j = n; j < w; j++) o[j] = 0;
+    }
+}
+
+#if QKV_TRANSPOSE16
+/* qkv_bf16_row_pairs_t through registers: 16 rows' 32 floats rounded into
+ * 16 words each (VCVTNE2PS2BF16), the 16 x 16 words transposed */
+__attribute__((target("avx512bf16"))) static void
+row_pairs_t_avx512(int rows, int n, const float *X, size_t ld, uint32_t *out,
+                   size_t ldo) {
+    int np = (n + 1) / 2;
+    for (int i0 = 0; i0 < up16(rows); i0 += 16)
+        for (int p0 = 0; p0 < np; p0 += 16) {
+            int e = n - 2 * p0; /* floats left in the rows */
+            __mmask16 lo = e >= 16 ? 0xffff : (__mmask16)((1u << e) - 1),
+                      hi = e >= 32  ? 0xffff
+                           : e > 16 ? (__mmask16)((1u << (e - 16)) - 1)
+                                    : 0;
+            __m512 r[16];
+            for (int i = 0; i < 16; i++) {
+                int live = i0 + i < rows;
+                const float *row =
+                    live ? X + (size_t)(i0 + i) * ld + 2 * p0 : X;
+                r[i] = (__m512)_mm512_cvtne2ps_pbh(
+                    _mm512_maskz_loadu_ps(live ? hi : 0, row + 16),
+                    _mm512_maskz_loadu_ps(live ? lo : 0, row));
+            }
+            qkv_transpose16(r);
+            for (int q = 0; q < 16 && p0 + q < np; q++)
+                _mm512_storeu_ps((float *)(out + (size_t)(p0 + q) * ldo + i0),
+                                 r[q]);
+        }
+}
+#endif
+
+void qkv_bf16_row_pairs_t(int rows, int n, const float *X, size_t ld,
+                          uint32_t *out, size_t ldo) {
+    int np = (n + 1) / 2, w = up16(rows);
+#if QKV_TRANSPOSE16
+    if (avx512_packing()) {
+        row_pairs_t_avx512(rows, n, X, ld, out, ldo);
+        return;
+    }
+#endif
+    for (int p = 0; p < np; p++) {
+        uint32_t *o = out + (size_t)p * ldo;
+        for (int i = 0; i < rows; i++) {
+            const float *row = X + (size_t)i * ld;
+            o[i] = 2 * p + 1 < n ? rne(row[2 * p]) | rne(row[2 * p + 1]) << 16
+                                 : rne(row[2 * p]);
+        }
+        for (int i = rows; i < w; i++) o[i] = 0;
+    }
 }

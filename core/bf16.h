@@ -132,6 +132,31 @@ void qkv_gemm_bf16_packed_relu(int ta, int M, const float *A, int lda,
                                const qkv_bf16_packed *B, float *C, int ldc);
 void qkv_bf16_packed_free(qkv_bf16_packed *p);
 
+/* Pair words for kernels outside this file that run vdpbf16ps themselves
+ * (core/attention.c's small heads). A word holds two bf16 as vdpbf16ps
+ * pairs them: the lower k in the low half; a lone last k pairs with zero.
+ * X is rows x n, row stride ld:
+ *
+ *   row_pairs    out[i ldo + p] = (X[i][2p], X[i][2p+1]), p < ceil(n/2):
+ *                each row's pairs in a row (an A operand, k along rows);
+ *   col_pairs    out[p ldo + j] = (X[2p][j], X[2p+1][j]), p < ceil(rows/2):
+ *                pairs down the columns (a B operand; also A^T's words,
+ *                read with a row stride of 1 and a pair stride of ldo);
+ *   row_pairs_t  out[p ldo + i] = (X[i][2p], X[i][2p+1]), p < ceil(n/2):
+ *                row_pairs transposed (X^T as a B operand).
+ *
+ * col_pairs and row_pairs_t fill each out row with zero words up to a
+ * multiple of 16 (n, resp. rows, rounded up; ldo must be at least that),
+ * so a kernel may read whole vectors. Rounding as the packing's: to
+ * nearest even (a denormal may become a zero of its sign; vdpbf16ps reads
+ * denormals as zero anyway). */
+void qkv_bf16_row_pairs(int rows, int n, const float *X, size_t ld,
+                        uint32_t *out, size_t ldo);
+void qkv_bf16_col_pairs(int rows, int n, const float *X, size_t ld,
+                        uint32_t *out, size_t ldo);
+void qkv_bf16_row_pairs_t(int rows, int n, const float *X, size_t ld,
+                          uint32_t *out, size_t ldo);
+
 /* The definition itself, one element at a time (slow): what the kernels are
  * tested against. */
 void qkv_gemm_bf16_ref(int ta, int tb, int M, int N, int K, const float *A,

@@ -87,6 +87,16 @@ qkv_tensor *qkv_attention(qkv_graph *g, qkv_tensor *q, qkv_tensor *k,
 /* Heads with T, S and K all <= this (at most 64) take a register-blocked
  * path instead of the blocked sgemm; 0 forces the sgemm (tests compare). */
 extern int qkv_attention_small_max;
+/* In a bf16 graph (qkv_graph.precision) attention's six products are bf16
+ * products too (operands rounded to bf16, fp32 sums: qkv_gemm_bf16's bits)
+ * where that pays: with the avx512-bf16 kernel (bf16.h) and heads on the
+ * register-blocked path with T, S, K >= 32 and T S K >= this (65536: on
+ * AMD EPYC (Zen 5) base's 64 x 64 x 32 heads then take 0.8x the time, while
+ * the rounding costs more than vdpbf16ps saves on smaller ones: 32 x 32 x
+ * 32 heads took 1.1x). Elsewhere attention stays fp32, as with the AMX
+ * kernel (vdpbf16ps has not been measured on an AMX CPU). 0 makes every
+ * head of a bf16 graph bf16, with any kernel (tests). */
+extern int qkv_attention_bf16_min;
 /* The same attention on projections laid out as the linear layers make
  * them, heads side by side: q (B, T, Cq) supplies columns [q_col, q_col + d),
  * k (B, S, Ck) and v (B, S, Cv) columns [k_col, k_col + d) and

@@ -709,6 +709,178 @@ static void test_bf16_gradients_near_fp32(void) {
     free(g16);
 }
 
+/* ---- attention in bf16 ----
+ * One attention forward + backward in the graph's precision, random inputs
+ * (seeded by the shape), causal or not, the last b keys of batch b padded:
+ * layout 0 the (B,H,T,K) op, layout 1 the packed one reading q from
+ * columns 1.. of a (B,T,HK + 1) tensor and k, v side by side in a
+ * (B,S,2HK) one (row strides not K, odd column offsets). out receives y and
+ * the inputs' gradients; returns how many floats. */
+static size_t attn_run(qkv_precision prec, int layout, int T, int S, int K,
+                       int causal, float *out) {
+    int B = 2, H = 3, D = H * K;
+    qkv_params ps;
+    qkv_params_init(&ps);
+    qkv_tensor *x[3];
+    if (layout == 0) {
+        x[0] = qkv_params_add(&ps, "q", 4, (int[]){B, H, T, K});
+        x[1] = qkv_params_add(&ps, "k", 4, (int[]){B, H, S, K});
+        x[2] = qkv_params_add(&ps, "v", 4, (int[]){B, H, S, K});
+    } else {
+        x[0] = qkv_params_add(&ps, "q", 3, (int[]){B, T, D + 1});
+        x[1] = x[2] = qkv_params_add(&ps, "kv", 3, (int[]){B, S, 2 * D});
+    }
+    qkv_params_alloc(&ps);
+    qkv_pcg32 r;
+    qkv_pcg32_seed(&r, (uint64_t)(T * 1000 + S * 10 + K), 3);
+    for (size_t i = 0; i < ps.n; i++) ps.values[i] = qkv_pcg32_normal(&r);
+    qkv_graph g;
+    qkv_graph_init(&g, 0);
+    g.precision = prec;
+    uint8_t *pad = qkv_arena_alloc(&g.arena, (size_t)B * S);
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < S; j++) pad[b * S + j] = j > 0 && j >= S - b;
+    qkv_attn_opts o = {.causal = causal, .key_pad = pad};
+    qkv_tensor *y = layout == 0 ? qkv_attention(&g, x[0], x[1], x[2], &o)
+                                : qkv_attention_packed(&g, x[0], 1, x[1], 0,
+                                                       x[2], D, D, H, &o);
+    qkv_tensor *R = qkv_tensor_new(&g, y->ndim, y->shape);
+    for (size_t i = 0; i < R->n; i++) R->data[i] = qkv_pcg32_normal(&r);
+    qkv_params_zero_grad(&ps);
+    qkv_backward(&g, qkv_sum(&g, qkv_mul(&g, y, R)));
+    size_t n = y->n + ps.n;
+    memcpy(out, y->data, y->n * sizeof(float));
+    memcpy(out + y->n, ps.grads, ps.n * sizeof(float));
+    qkv_graph_free(&g);
+    qkv_params_free(&ps);
+    return n;
+}
+
+/* Odd shapes (lone last pairs, partial vectors), and base's 64 x 64 x 32. */
+static const int attn_dims[][3] = {{1, 1, 1},    {7, 7, 3},   {16, 16, 16},
+                                   {5, 33, 7},   {33, 5, 17}, {64, 64, 32},
+                                   {63, 64, 64}, {2, 17, 33}};
+enum { ATTN_MAX = 2 * 64 * (3 * 64 + 1) + 2 * 64 * 6 * 64 + 4 * 3 * 64 * 64 };
+
+/* With kernel k and every head in bf16 (qkv_attention_bf16_min = 0),
+ * bf16 attention on small heads (T, S, K <= 64: pair words
+ * and vdpbf16ps, or its C model) gives the bits of the blocked path
+ * (qkv_attention_small_max = 0: qkv_gemm_bf16 and masked_softmax) with the
+ * portable kernel, which the definition tests above pin down: y and all
+ * three gradients, both layouts, causal or not. */
+static void check_bf16_attention(qkv_bf16_kernel k) {
+    char why[128];
+    if (!qkv_bf16_kernel_usable(k, why, sizeof why)) {
+        SKIP("%s kernel: %s", qkv_bf16_kernel_name(k), why);
+        return;
+    }
+    float *got = malloc(ATTN_MAX * sizeof *got),
+          *want = malloc(ATTN_MAX * sizeof *want);
+    qkv_attention_bf16_min = 0; /* every head in bf16 */
+    for (size_t c = 0; c < sizeof attn_dims / sizeof *attn_dims; c++)
+        for (int layout = 0; layout < 2; layout++)
+            for (int causal = 0; causal < 2; causal++) {
+                int T = attn_dims[c][0], S = attn_dims[c][1],
+                    K = attn_dims[c][2];
+                qkv_bf16_kernel old = qkv_bf16_set_kernel(QKV_BF16_PORTABLE);
+                qkv_attention_small_max = 0;
+                size_t n = attn_run(QKV_BF16, layout, T, S, K, causal, want);
+                qkv_bf16_set_kernel(k);
+                qkv_attention_small_max = 64;
+                attn_run(QKV_BF16, layout, T, S, K, causal, got);
+                qkv_bf16_set_kernel(old);
+                size_t first, bad = bits_differ(got, want, n, &first);
+                CHECK(bad == 0,
+                      "%s, T %d S %d K %d layout %d causal %d: %zu of %zu "
+                      "differ from the blocked path (first [%zu]: %.9g vs "
+                      "%.9g)",
+                      qkv_bf16_kernel_name(k), T, S, K, layout, causal, bad, n,
+                      first, (double)got[first], (double)want[first]);
+            }
+    qkv_attention_bf16_min = 65536;
+    free(got);
+    free(want);
+}
+
+static void test_bf16_attention_portable_is_the_products(void) {
+    check_bf16_attention(QKV_BF16_PORTABLE);
+}
+
+static void test_bf16_attention_avx512_is_the_products(void) {
+    check_bf16_attention(QKV_BF16_AVX512);
+}
+
+/* bf16 attention against fp32 (small heads, this CPU's kernel): every
+ * operand of the six products is rounded (u = 2^-8 relative), so scores,
+ * weights and outputs move by a few u of their scale, gradients (two
+ * rounded products deep) by a few more. Bound: 8u = 3.1e-2 of each output's
+ * largest magnitude; and the outputs must differ from fp32's (the bf16
+ * path ran). */
+static void test_bf16_attention_near_fp32(void) {
+    float *a = malloc(ATTN_MAX * sizeof *a), *b = malloc(ATTN_MAX * sizeof *b);
+    double worst = 0;
+    qkv_attention_bf16_min = 0;
+    for (size_t c = 0; c < sizeof attn_dims / sizeof *attn_dims; c++) {
+        int T = attn_dims[c][0], S = attn_dims[c][1], K = attn_dims[c][2];
+        size_t n = attn_run(QKV_FP32, 1, T, S, K, 1, a);
+        attn_run(QKV_BF16, 1, T, S, K, 1, b);
+        double scale = 0, err = 0;
+        for (size_t i = 0; i < n; i++) {
+            scale = fmax(scale, fabs(a[i]));
+            err = fmax(err, fabs((double)a[i] - b[i]));
+        }
+        err /= scale;
+        worst = fmax(worst, err);
+        CHECK(err <= 0x1p-5,
+              "T %d S %d K %d: bf16 off fp32 by %.2e of the "
+              "largest",
+              T, S, K, err);
+        CHECK(T * S * K == 1 || err > 0, "T %d S %d K %d: bf16 is fp32", T, S,
+              K);
+    }
+    qkv_attention_bf16_min = 65536;
+    printf("  bf16 vs fp32 attention: max error %.2e of the largest\n", worst);
+    free(a);
+    free(b);
+}
+
+/* Where bf16 attention is used (ops.h): with the avx512-bf16 kernel, heads
+ * of 64 x 64 x 32 (base's) and 32 x 64 x 64 are bf16 (they differ from
+ * fp32), while 32 x 32 x 32, 64 x 64 x 16 and heads past the small path
+ * (65 x 65 x 32) stay fp32 bit for bit; with the portable kernel every head
+ * stays fp32. */
+static void test_bf16_attention_where_it_pays(void) {
+    static const int dims[][4] = {{64, 64, 32, 1},
+                                  {32, 64, 64, 1},
+                                  {32, 32, 32, 0},
+                                  {64, 64, 16, 0},
+                                  {65, 65, 32, 0}};
+    size_t cap = 2 * 65 * (3 * 65 + 1) + 2 * 65 * 6 * 65;
+    float *a = malloc(cap * sizeof *a), *b = malloc(cap * sizeof *b);
+    for (int k = 0; k < 2; k++) {
+        qkv_bf16_kernel kern = k ? QKV_BF16_AVX512 : QKV_BF16_PORTABLE;
+        char why[128];
+        if (!qkv_bf16_kernel_usable(kern, why, sizeof why)) {
+            printf("  %s: skipped (%s)\n", qkv_bf16_kernel_name(kern), why);
+            continue;
+        }
+        qkv_bf16_kernel old = qkv_bf16_set_kernel(kern);
+        for (size_t c = 0; c < sizeof dims / sizeof *dims; c++) {
+            int T = dims[c][0], S = dims[c][1], K = dims[c][2];
+            int want = k && dims[c][3];
+            size_t n = attn_run(QKV_FP32, 1, T, S, K, 0, a);
+            attn_run(QKV_BF16, 1, T, S, K, 0, b);
+            int same = memcmp(a, b, n * sizeof *a) == 0;
+            CHECK(same != want, "%s, T %d S %d K %d: attention %s, want %s",
+                  qkv_bf16_kernel_name(kern), T, S, K, same ? "fp32" : "bf16",
+                  want ? "bf16" : "fp32");
+        }
+        qkv_bf16_set_kernel(old);
+    }
+    free(a);
+    free(b);
+}
+
 /* Trains the copy model in bf16 with `threads` threads for up to `steps`
  * steps (stopping at 100% exact match when eval_every > 0); losses (steps)
  * receives every step's loss, *hash the final weights' FNV hash; returns
@@ -967,6 +1139,10 @@ int main(void) {
     RUN(test_amx_kernel);
     RUN(test_packed_weights_follow_the_parameters);
     RUN(test_bf16_gradients_near_fp32);
+    RUN(test_bf16_attention_portable_is_the_products);
+    RUN(test_bf16_attention_avx512_is_the_products);
+    RUN(test_bf16_attention_near_fp32);
+    RUN(test_bf16_attention_where_it_pays);
     RUN(test_bf16_cached_decoding_is_recompute);
     RUN(test_bf16_steps_same_for_any_thread_count);
     RUN(test_bf16_learns_copy);

@@ -64,7 +64,8 @@ static int read_bf16_file(const char *name, qkv_st_file *f) {
 /* --precision bf16 against PyTorch's autocast (NAME_bf16.safetensors):
  * both round the linear layers' operands to bf16 and sum in fp32, but
  * autocast also rounds each product's output to bf16 and computes the
- * attention products in bf16, where qkv keeps fp32. Each such rounding is
+ * attention products in bf16, where qkv keeps fp32 on heads this small
+ * (ops.h: qkv_attention_bf16_min). Each such rounding is
  * off by up to 2^-8 relative, a few layers deep: the logits agree to about
  * 1e-2 of their largest, and qkv's bf16 must be nearer autocast than its
  * fp32 logits are (it computes what autocast computes, not fp32). */
