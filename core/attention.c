@@ -205,6 +205,18 @@ softmax_grad_regs(vf z[8][4], int RB, int NV, const rows_epilogue *e, int r0) {
     }
 }
 
+/* Rows r0..r0+RB-1 of a product, summed in s: the epilogue e (if any)
+ * applied in registers, then stored to (or added to, acc) c's rows. */
+static inline __attribute__((always_inline)) void
+finish_rows(vf s[8][4], int RB, int NV, const rows_epilogue *e, int r0,
+            float *c, size_t ldc, int w, int acc) {
+    if (e && e->mode == EPI_SOFTMAX)
+        softmax_regs(s, RB, NV, e, r0);
+    else if (e && e->mode == EPI_SOFTMAX_GRAD)
+        softmax_grad_regs(s, RB, NV, e, r0);
+    for (int r = 0; r < RB; r++) store_row(c + r * ldc, w, s[r], NV, acc);
+}
+
 /* RB rows of c from row r0, NV vectors wide: the accumulators stay in
  * registers. */
 static inline __attribute__((always_inline)) void
@@ -223,11 +235,7 @@ rows_kernel(int RB, int NV, int len, const float *a, size_t ar, size_t am,
             for (int v = 0; v < NV; v++) s[r][v] = vfma(x, bv[v], s[r][v]);
         }
     }
-    if (e && e->mode == EPI_SOFTMAX)
-        softmax_regs(s, RB, NV, e, r0);
-    else if (e && e->mode == EPI_SOFTMAX_GRAD)
-        softmax_grad_regs(s, RB, NV, e, r0);
-    for (int r = 0; r < RB; r++) store_row(c + r * ldc, w, s[r], NV, acc);
+    finish_rows(s, RB, NV, e, r0, c, ldc, w, acc);
 }
 
 /* Every row r of c (rows of them) by KERNEL(RB, NV) calls, each for rows
@@ -304,11 +312,7 @@ dp_kernel(int RB, int NV, int np, const uint32_t *a, size_t ar, size_t ap,
     vf s[8][4];
     for (int r = 0; r < RB; r++)
         for (int v = 0; v < NV; v++) s[r][v] = (vf)t[r][v];
-    if (e && e->mode == EPI_SOFTMAX)
-        softmax_regs(s, RB, NV, e, r0);
-    else if (e && e->mode == EPI_SOFTMAX_GRAD)
-        softmax_grad_regs(s, RB, NV, e, r0);
-    for (int r = 0; r < RB; r++) store_row(c + r * ldc, w, s[r], NV, acc);
+    finish_rows(s, RB, NV, e, r0, c, ldc, w, acc);
 }
 
 /* rows_product's blocking, with dp_kernel */
@@ -363,11 +367,7 @@ static void dp_product_c(int rows, int w, int np, const uint32_t *a, size_t ar,
                     dp_step(dp_step(s[0][v], hi, pair_hi(bw)), lo, pair_lo(bw));
             }
         }
-        if (e && e->mode == EPI_SOFTMAX)
-            softmax_regs(s, 1, nv, e, r);
-        else if (e && e->mode == EPI_SOFTMAX_GRAD)
-            softmax_grad_regs(s, 1, nv, e, r);
-        store_row(c + r * ldc, w, s[0], nv, acc);
+        finish_rows(s, 1, nv, e, r, c + r * ldc, ldc, w, acc);
     }
 }
 

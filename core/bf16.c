@@ -717,34 +717,44 @@ pack_row_avx512(const float *row, int m, uint32_t *o) {
 }
 #endif
 
+/* n rounded up to whole vectors of 16 words */
+static int up16(int n) {
+    return (n + 15) / 16 * 16;
+}
+
 #if QKV_X86 && defined(__AVX512F__) && defined(__AVX512BW__)
 #include "vec.h" /* qkv_transpose16 */
 #define QKV_TRANSPOSE16 1
-/* pack()'s words for a sliver of NR rows whose k runs along them (a
- * weight's W^T), 16 pairs at a time: each row's 32 floats rounded into 16
- * words (VCVTNE2PS2BF16, as pack_pairs_avx512), and the 16 x 16 blocks of
- * words transposed in registers (the scalar transpose ran at 11 GB/s of
- * fp32 read on Zen 5). Returns the pairs done, a multiple of 16. */
-__attribute__((target("avx512bf16"))) static int
-pack_rows_t_avx512(const float *X, size_t ld, int x0, int k0, int full,
-                   uint32_t *out) {
-    int p = 0;
-    for (; p + 16 <= full; p += 16)
-        for (int half = 0; half < NR; half += 16) {
+/* qkv_bf16_row_pairs_t, and pack()'s words for a sliver of NR rows whose k
+ * runs along them (a weight's W^T), 16 pairs at a time: each row's 32
+ * floats rounded into 16 words (VCVTNE2PS2BF16, as pack_pairs_avx512), and
+ * the 16 x 16 blocks of words transposed in registers (the scalar
+ * transpose ran at 11 GB/s of fp32 read on Zen 5). */
+__attribute__((target("avx512bf16"))) static void
+row_pairs_t_avx512(int rows, int n, const float *X, size_t ld, uint32_t *out,
+                   size_t ldo) {
+    int np = (n + 1) / 2;
+    for (int p0 = 0; p0 < np; p0 += 16) /* all rows' pairs p0.., then on */
+        for (int i0 = 0; i0 < up16(rows); i0 += 16) {
+            int e = n - 2 * p0; /* floats left in the rows */
+            __mmask16 lo = e >= 16 ? 0xffff : (__mmask16)((1u << e) - 1),
+                      hi = e >= 32  ? 0xffff
+                           : e > 16 ? (__mmask16)((1u << (e - 16)) - 1)
+                                    : 0;
             __m512 r[16];
             for (int i = 0; i < 16; i++) {
+                int live = i0 + i < rows;
                 const float *row =
-                    X + (size_t)(x0 + half + i) * ld + k0 + 2 * p;
-                /* 32 floats' bf16 in order: word q = pair q */
-                r[i] = (__m512)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(row + 16),
-                                                   _mm512_loadu_ps(row));
+                    live ? X + (size_t)(i0 + i) * ld + 2 * p0 : X;
+                r[i] = (__m512)_mm512_cvtne2ps_pbh(
+                    _mm512_maskz_loadu_ps(live ? hi : 0, row + 16),
+                    _mm512_maskz_loadu_ps(live ? lo : 0, row));
             }
             qkv_transpose16(r);
-            for (int q = 0; q < 16; q++)
-                _mm512_storeu_ps((float *)(out + (size_t)(p + q) * NR + half),
+            for (int q = 0; q < 16 && p0 + q < np; q++)
+                _mm512_storeu_ps((float *)(out + (size_t)(p0 + q) * ldo + i0),
                                  r[q]);
         }
-    return p;
 }
 #endif
 
@@ -792,31 +802,21 @@ static void pack(const float *X, size_t ld, int trans, int across, int n,
                  int x0, int k0, int kc, int w, uint32_t *out) {
     int np = (kc + 1) / 2, full = x0 + w <= n ? np - (kc & 1) : 0;
     if (!across && !trans) { /* op(A) = A: each row's pairs in a row */
-#if QKV_X86
-        int fast = avx512_packing();
-#endif
-        for (int i = 0; i < w; i++) {
-            uint32_t *o = out + (size_t)i * np;
-            const float *row = X + (size_t)(x0 + i) * ld + k0;
-            int live = x0 + i < n, m = live ? kc / 2 : 0;
-#if QKV_X86
-            if (fast) {
-                pack_row_avx512(row, m, o);
-            } else
-#endif
-                for (int p = 0; p < m; p++)
-                    o[p] = rne_high(row[2 * p]) >> 16 |
-                           (rne_high(row[2 * p + 1]) & 0xffff0000u);
-            for (int p = m; p < np; p++) o[p] = 0;
-            if (live && kc & 1) o[np - 1] = rne(row[kc - 1]);
-        }
+        int live = n - x0 < w ? (n > x0 ? n - x0 : 0) : w;
+        qkv_bf16_row_pairs(live, kc, X + (size_t)x0 * ld + k0, ld, out,
+                           (size_t)np);
+        memset(out + (size_t)live * np, 0,
+               (size_t)(w - live) * np * sizeof *out);
         return;
     }
     if (across == trans) { /* k runs along X's rows: X[(x0 + i) ld + k] */
         int p0 = 0;        /* pairs done */
 #if QKV_TRANSPOSE16
-        if (w == NR && avx512_packing())
-            p0 = pack_rows_t_avx512(X, ld, x0, k0, full, out);
+        if (w == NR && avx512_packing()) {
+            row_pairs_t_avx512(NR, 2 * full, X + (size_t)x0 * ld + k0, ld, out,
+                               NR);
+            p0 = full;
+        }
 #endif
         /* each row rounded in one vectorised pass, then the words
          * transposed: far faster than rounding one pair at a time */
@@ -1245,11 +1245,6 @@ void qkv_bf16_packed_free(qkv_bf16_packed *p) {
 
 /* ------------------------------------------- pair words for other kernels */
 
-/* n rounded up to whole vectors of 16 words */
-static int up16(int n) {
-    return (n + 15) / 16 * 16;
-}
-
 void qkv_bf16_row_pairs(int rows, int n, const float *X, size_t ld,
                         uint32_t *out, size_t ldo) {
     int np = (n + 1) / 2;
@@ -1312,37 +1307,6 @@ void qkv_bf16_col_pairs(int rows, int n, const float *X, size_t ld,
         for (int j = n; j < w; j++) o[j] = 0;
     }
 }
-
-#if QKV_TRANSPOSE16
-/* qkv_bf16_row_pairs_t through registers: 16 rows' 32 floats rounded into
- * 16 words each (VCVTNE2PS2BF16), the 16 x 16 words transposed */
-__attribute__((target("avx512bf16"))) static void
-row_pairs_t_avx512(int rows, int n, const float *X, size_t ld, uint32_t *out,
-                   size_t ldo) {
-    int np = (n + 1) / 2;
-    for (int i0 = 0; i0 < up16(rows); i0 += 16)
-        for (int p0 = 0; p0 < np; p0 += 16) {
-            int e = n - 2 * p0; /* floats left in the rows */
-            __mmask16 lo = e >= 16 ? 0xffff : (__mmask16)((1u << e) - 1),
-                      hi = e >= 32  ? 0xffff
-                           : e > 16 ? (__mmask16)((1u << (e - 16)) - 1)
-                                    : 0;
-            __m512 r[16];
-            for (int i = 0; i < 16; i++) {
-                int live = i0 + i < rows;
-                const float *row =
-                    live ? X + (size_t)(i0 + i) * ld + 2 * p0 : X;
-                r[i] = (__m512)_mm512_cvtne2ps_pbh(
-                    _mm512_maskz_loadu_ps(live ? hi : 0, row + 16),
-                    _mm512_maskz_loadu_ps(live ? lo : 0, row));
-            }
-            qkv_transpose16(r);
-            for (int q = 0; q < 16 && p0 + q < np; q++)
-                _mm512_storeu_ps((float *)(out + (size_t)(p0 + q) * ldo + i0),
-                                 r[q]);
-        }
-}
-#endif
 
 void qkv_bf16_row_pairs_t(int rows, int n, const float *X, size_t ld,
                           uint32_t *out, size_t ldo) {
