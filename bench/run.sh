@@ -6,8 +6,10 @@
 #
 # For each config (tiny, small, base; see bench/bench_train.c) qkv trains
 # with 1 and 2 threads and PyTorch (Debian's python3-torch, when it imports)
-# with 1 and 2 threads and 1 and 2 BLAS threads, each in its own process;
-# PyTorch's figure is its best setting. Ratios are qkv / PyTorch (below 1: qkv is faster).
+# with 1 and 2 threads and 1 and 2 BLAS threads, each in its own process.
+# Ratios are qkv / PyTorch (below 1: qkv is faster): qkv on 1 thread against
+# PyTorch on one core (1 thread, 1 BLAS thread), qkv on 2 threads against
+# PyTorch's best of the four settings.
 # Quiet machine wanted for the main table. The last table keeps the other
 # cores busy itself (bench_train spin) and compares qkv's default thread
 # count, which follows the load (core/threads.h), with 1 thread and with a
@@ -68,36 +70,41 @@ printf '%-6s %-7s %9s %11s %8s %7s %8s %7s %14s %9s %8s\n' \
 for cfg in tiny small base; do
     set -- $(steps_of $cfg)
     ST=$1 RE=$2
-    TMS=""
-    TRSS=""
+    T1="" T2=""
     if [ $TORCH = 1 ]; then
-        # torch's own threads x its BLAS's threads: the best of the four
+        # torch's own threads x its BLAS's threads: the 1-thread row is
+        # compared with 1/1 (one core, as qkv's), the 2-thread row with the
+        # best of the four
+        B1="" BEST="" BT=""
         for t in 1 2; do for ob in 1 2; do
             L=$(OPENBLAS_NUM_THREADS=$ob OMP_NUM_THREADS=$t \
                 "$PY" bench/bench_torch.py $cfg --threads $t --steps $ST --reps $RE)
             ms=$(get "$L" ms_per_step)
-            if [ -z "$TMS" ] || awk "BEGIN{exit !($ms < $TMS)}"; then
-                TMS=$ms
-                TRSS=$(get "$L" rss_mb)
-                TT="$t/$ob"
+            [ $t/$ob = 1/1 ] && B1=$L
+            if [ -z "$BEST" ] || awk "BEGIN{exit !($ms < $(get "$BEST" ms_per_step))}"; then
+                BEST=$L
+                BT="$t/$ob"
             fi
         done; done
-        # the best setting twice more: its figure is the median of three
-        t=${TT%/*} ob=${TT#*/}
-        L=$({ echo "ms_per_step=$TMS rss_mb=$TRSS"
+        # each setting twice more: its figure is the median of three
+        again() {
+            { echo "$1"
               for i in 1 2; do
-                  OPENBLAS_NUM_THREADS=$ob OMP_NUM_THREADS=$t "$PY" \
-                      bench/bench_torch.py $cfg --threads $t --steps $ST --reps $RE
-              done; } | median_line)
-        TMS=$(get "$L" ms_per_step)
-        TRSS=$(get "$L" rss_mb)
+                  OPENBLAS_NUM_THREADS=${2#*/} OMP_NUM_THREADS=${2%/*} "$PY" \
+                      bench/bench_torch.py $cfg --threads ${2%/*} --steps $ST --reps $RE
+              done; } | median_line
+        }
+        T1=$(again "$B1" 1/1)
+        if [ $BT = 1/1 ]; then T2=$T1; else T2=$(again "$BEST" $BT); fi
     fi
     for t in 1 2; do
         L=$(for i in 1 2 3; do $B $cfg --threads $t --steps $ST --reps $RE; done |
             median_line)
         ms=$(get "$L" ms_per_step)
-        peak=$P1
-        [ $t = 2 ] && peak=$P2
+        peak=$P1 TL=$T1 TT=1/1
+        [ $t = 2 ] && peak=$P2 TL=$T2 TT=$BT
+        TMS=$(get "$TL" ms_per_step)
+        TRSS=$(get "$TL" rss_mb)
         awk -v c=$cfg -v t=$t -v ms=$ms -v tok="$(get "$L" tokens_per_s)" \
             -v gf="$(get "$L" gflops)" -v peak=$peak -v rss="$(get "$L" rss_mb)" \
             -v al="$(get "$L" allocs_after_warmup)" -v tms="$TMS" -v trss="$TRSS" \
