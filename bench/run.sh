@@ -59,9 +59,13 @@ median_line() {
         sort -n | awk '{l[NR] = $0} END {print l[int((NR + 1) / 2)]}' |
         cut -d' ' -f2-
 }
+# the median of the numbers on stdin, one a line
+median() { sort -g | awk '{l[NR] = $1} END {print l[int((NR + 1) / 2)]}'; }
 # Each figure is the median of three processes, each the median of its own
 # runs: a burst of load from outside (this is often a shared machine) lasts
-# longer than one process and would otherwise decide a ratio.
+# longer than one process and would otherwise decide a ratio. The processes
+# of a ratio's two sides alternate (qkv, PyTorch, qkv, ...), and the ratio
+# is the median of the three pairs' ratios.
 
 printf '== training step (forward + backward + Adam), median of 3 processes x 5 runs\n'
 printf '%-6s %-7s %9s %11s %8s %7s %8s %7s %14s %9s %8s\n' \
@@ -70,50 +74,54 @@ printf '%-6s %-7s %9s %11s %8s %7s %8s %7s %14s %9s %8s\n' \
 for cfg in tiny small base; do
     set -- $(steps_of $cfg)
     ST=$1 RE=$2
-    T1="" T2=""
+    BT=""
     if [ $TORCH = 1 ]; then
-        # torch's own threads x its BLAS's threads: the 1-thread row is
-        # compared with 1/1 (one core, as qkv's), the 2-thread row with the
-        # best of the four
-        B1="" BEST="" BT=""
+        # torch's own threads x its BLAS's threads, once each: the 1-thread
+        # row is compared with 1/1 (one core, as qkv's), the 2-thread row
+        # with the fastest of the four
+        BMS=""
         for t in 1 2; do for ob in 1 2; do
-            L=$(OPENBLAS_NUM_THREADS=$ob OMP_NUM_THREADS=$t \
-                "$PY" bench/bench_torch.py $cfg --threads $t --steps $ST --reps $RE)
-            ms=$(get "$L" ms_per_step)
-            [ $t/$ob = 1/1 ] && B1=$L
-            if [ -z "$BEST" ] || awk "BEGIN{exit !($ms < $(get "$BEST" ms_per_step))}"; then
-                BEST=$L
-                BT="$t/$ob"
+            ms=$(get "$(OPENBLAS_NUM_THREADS=$ob OMP_NUM_THREADS=$t "$PY" \
+                bench/bench_torch.py $cfg --threads $t --steps $ST --reps $RE)" \
+                ms_per_step)
+            if [ -z "$BMS" ] || awk "BEGIN{exit !($ms < $BMS)}"; then
+                BMS=$ms BT="$t/$ob"
             fi
         done; done
-        # each setting twice more: its figure is the median of three
-        again() {
-            { echo "$1"
-              for i in 1 2; do
-                  OPENBLAS_NUM_THREADS=${2#*/} OMP_NUM_THREADS=${2%/*} "$PY" \
-                      bench/bench_torch.py $cfg --threads ${2%/*} --steps $ST --reps $RE
-              done; } | median_line
-        }
-        T1=$(again "$B1" 1/1)
-        if [ $BT = 1/1 ]; then T2=$T1; else T2=$(again "$BEST" $BT); fi
     fi
     for t in 1 2; do
-        L=$(for i in 1 2 3; do $B $cfg --threads $t --steps $ST --reps $RE; done |
-            median_line)
-        ms=$(get "$L" ms_per_step)
-        peak=$P1 TL=$T1 TT=1/1
-        [ $t = 2 ] && peak=$P2 TL=$T2 TT=$BT
-        TMS=$(get "$TL" ms_per_step)
-        TRSS=$(get "$TL" rss_mb)
-        awk -v c=$cfg -v t=$t -v ms=$ms -v tok="$(get "$L" tokens_per_s)" \
-            -v gf="$(get "$L" gflops)" -v peak=$peak -v rss="$(get "$L" rss_mb)" \
-            -v al="$(get "$L" allocs_after_warmup)" -v tms="$TMS" -v trss="$TRSS" \
-            -v tt="$TT" 'BEGIN{
-            r = tms == "" ? "-" : sprintf("%.3f", ms / tms);
+        TS=1/1
+        [ $t = 2 ] && TS=$BT
+        QL="" TLS="" RL=""
+        for i in 1 2 3; do
+            Lq=$($B $cfg --threads $t --steps $ST --reps $RE)
+            QL="$QL$Lq
+"
+            if [ $TORCH = 1 ]; then
+                Lt=$(OPENBLAS_NUM_THREADS=${TS#*/} OMP_NUM_THREADS=${TS%/*} \
+                    "$PY" bench/bench_torch.py $cfg --threads ${TS%/*} \
+                    --steps $ST --reps $RE)
+                TLS="$TLS$Lt
+"
+                RL="$RL$(get "$Lq" ms_per_step) $(get "$Lt" ms_per_step)
+"
+            fi
+        done
+        L=$(printf '%s' "$QL" | median_line)
+        TL=$(printf '%s' "$TLS" | median_line)
+        R=$(printf '%s' "$RL" | awk '{print $1 / $2}' | median)
+        peak=$P1
+        [ $t = 2 ] && peak=$P2
+        awk -v c=$cfg -v t=$t -v ms="$(get "$L" ms_per_step)" \
+            -v tok="$(get "$L" tokens_per_s)" -v gf="$(get "$L" gflops)" \
+            -v peak=$peak -v rss="$(get "$L" rss_mb)" \
+            -v al="$(get "$L" allocs_after_warmup)" \
+            -v tms="$(get "$TL" ms_per_step)" -v trss="$(get "$TL" rss_mb)" \
+            -v tt="$TS" -v r="$R" 'BEGIN{
             printf "%-6s %-7s %9.2f %11.0f %8.1f %6.1f%% %8.1f %7d %14s %9s %8s\n",
                 c, t, ms, tok, gf, 100 * gf / peak, rss, al,
                 tms == "" ? "-" : sprintf("%.2f (%s)", tms, tt),
-                trss == "" ? "-" : trss, r }'
+                trss == "" ? "-" : trss, r == "" ? "-" : sprintf("%.3f", r) }'
     done
 done
 [ $TORCH = 1 ] || echo "(PyTorch not found: apt-get install python3-torch for the ratios)"
@@ -121,42 +129,53 @@ echo
 
 # Mixed precision: the linear layers' products from bf16 operands with fp32
 # sums (qkv --precision bf16; PyTorch: torch.autocast("cpu", bfloat16)),
-# beside fp32, all measured here, each the median of 3 processes. % of peak:
-# the step's matrix-product GFLOPS over the peak of the instruction the bf16
-# kernel runs on (bench_matmul bf16 measures one core's: AMX's TDPBF16PS
-# where the kernel is amx-bf16, else vdpbf16ps), or over the FMA peak where
-# the CPU has no bf16 instruction.
+# beside fp32, all measured here. This host's speed drifts by 15-35% within
+# minutes, so the four processes of a row (qkv fp32, qkv bf16, PyTorch
+# bf16, PyTorch fp32) run in turn, 3 rounds of them: the times are the
+# medians of 3 processes, and each ratio is the median of the 3 rounds'
+# ratios (the two sides of a ratio ran within seconds of each other). % of
+# peak: the step's matrix-product GFLOPS over the peak of the instruction
+# the bf16 kernel runs on (bench_matmul bf16 measures one core's: AMX's
+# TDPBF16PS where the kernel is amx-bf16, else vdpbf16ps), or over the FMA
+# peak where the CPU has no bf16 instruction.
 BF=$($BUILD/tests/bench_matmul bf16 peak)
 echo "$BF"
 PB1=$(get "$BF" bf16_peak_gflops)
 [ "$(get "$BF" bf16_kernel)" = amx-bf16 ] && PB1=$(get "$BF" amx_peak_gflops)
 [ -n "$PB1" ] || PB1=$P1
-printf '== mixed precision (bf16 products, fp32 sums), median of 3 processes\n'
+printf '== mixed precision (bf16 products, fp32 sums), 3 alternating rounds\n'
 printf '%-6s %-7s %9s %9s %9s %11s %11s %8s %8s\n' config threads \
     fp32_ms bf16_ms bf16/fp32 %bf16_peak torch_bf16 qkv/torch torch/fp32
 for cfg in tiny small base; do
     set -- $(steps_of $cfg)
     ST=$1 RE=$2
     for t in 1 2; do
-        Lf=$(for i in 1 2 3; do $B $cfg --threads $t --steps $ST --reps $RE; done | median_line)
-        Lb=$(for i in 1 2 3; do $B $cfg --threads $t --steps $ST --reps $RE --precision bf16; done | median_line)
-        TB="" TF=""
-        if [ $TORCH = 1 ]; then
-            TB=$(get "$(for i in 1 2 3; do OPENBLAS_NUM_THREADS=$t OMP_NUM_THREADS=$t \
-                "$PY" bench/bench_torch.py $cfg --threads $t --steps $ST --reps $RE \
-                --precision bf16; done | median_line)" ms_per_step)
-            TF=$(get "$(for i in 1 2 3; do OPENBLAS_NUM_THREADS=$t OMP_NUM_THREADS=$t \
-                "$PY" bench/bench_torch.py $cfg --threads $t --steps $ST --reps $RE; \
-                done | median_line)" ms_per_step)
-        fi
-        awk -v c=$cfg -v t=$t -v f="$(get "$Lf" ms_per_step)" \
-            -v b="$(get "$Lb" ms_per_step)" -v gf="$(get "$Lb" gflops)" \
-            -v pk=$PB1 -v tb="$TB" -v tf="$TF" 'BEGIN{
+        # one line a round: qkv fp32 ms, qkv bf16 ms, bf16 GFLOPS, PyTorch
+        # bf16 ms, PyTorch fp32 ms (- without PyTorch)
+        R=$(for i in 1 2 3; do
+            f=$(get "$($B $cfg --threads $t --steps $ST --reps $RE)" ms_per_step)
+            Lb=$($B $cfg --threads $t --steps $ST --reps $RE --precision bf16)
+            tb=- tf=-
+            if [ $TORCH = 1 ]; then
+                tb=$(get "$(OPENBLAS_NUM_THREADS=$t OMP_NUM_THREADS=$t "$PY" \
+                    bench/bench_torch.py $cfg --threads $t --steps $ST \
+                    --reps $RE --precision bf16)" ms_per_step)
+                tf=$(get "$(OPENBLAS_NUM_THREADS=$t OMP_NUM_THREADS=$t "$PY" \
+                    bench/bench_torch.py $cfg --threads $t --steps $ST \
+                    --reps $RE)" ms_per_step)
+            fi
+            echo "$f $(get "$Lb" ms_per_step) $(get "$Lb" gflops) $tb $tf"
+        done)
+        col() { echo "$R" | awk -v c=$1 '{print $c}' | median; }
+        ratio() { echo "$R" | awk -v a=$1 -v b=$2 '{print $a == "-" || $b == "-" ? "-" : $a / $b}' | median; }
+        awk -v c=$cfg -v t=$t -v f="$(col 1)" -v b="$(col 2)" -v gf="$(col 3)" \
+            -v pk=$PB1 -v tb="$(col 4)" -v rb="$(ratio 2 1)" -v rq="$(ratio 2 4)" \
+            -v rt="$(ratio 4 5)" 'BEGIN{
             printf "%-6s %-7s %9.2f %9.2f %9.3f %10.1f%% %11s %8s %8s\n",
-                c, t, f, b, b / f, 100 * gf / (pk * t),
-                tb == "" ? "-" : sprintf("%.2f", tb),
-                tb == "" ? "-" : sprintf("%.3f", b / tb),
-                tb == "" ? "-" : sprintf("%.3f", tb / tf) }'
+                c, t, f, b, rb, 100 * gf / (pk * t),
+                tb == "-" ? "-" : sprintf("%.2f", tb),
+                rq == "-" ? "-" : sprintf("%.3f", rq),
+                rt == "-" ? "-" : sprintf("%.3f", rt) }'
     done
 done
 [ $TORCH = 1 ] || echo "(PyTorch not found: apt-get install python3-torch for autocast)"
