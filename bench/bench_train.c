@@ -13,6 +13,10 @@
  *   bench_train generate [--reps R]       tokens/s of a 512-token sample
  *                                         with and without the key/value
  *                                         cache (see generation())
+ *   bench_train attention [--reps R]      one attention layer's forward +
+ *                                         backward, fp32 against bf16
+ *                                         products, per head shape (see
+ *                                         attention_heads())
  *   bench_train spin                      a busy CPU, until killed (run.sh's
  *                                         "other core busy" rows)
  *   mpirun -np K bench_train base ...     (make bench-mpi) data-parallel: the
@@ -46,6 +50,7 @@
 #include <omp.h>
 #endif
 
+#include "bf16.h"
 #include "decode.h"
 #include "trainer.h"
 
@@ -240,13 +245,77 @@ static int generation(int reps, int bf16) {
     return same ? 0 : 1;
 }
 
+/* ------------------------------------------------------------- attention */
+
+/* One attention layer's forward + backward in fp32 and with bf16 products,
+ * per head shape: what qkv_attention_bf16_min (core/ops.h) is chosen
+ * from. B 32 x H 8 heads of T queries, T keys (S = T), K columns, laid out
+ * as the model's self-attention (q, k, v: columns of one (B, T, 3 H K)
+ * projection), no mask; the gradient of y is all ones (loss = sum y). The
+ * bf16 runs force bf16 products on every head (qkv_attention_bf16_min =
+ * 0), and the two precisions alternate, rep by rep; each time is a median
+ * of reps runs of 10 calls, the ratio the median of the runs' ratios.
+ * rule= says which precision a bf16 graph's heads of that shape take now,
+ * with this CPU's kernel. */
+static int attention_heads(int reps) {
+    static const int shapes[][2] = {{16, 16}, {32, 32}, {64, 16},
+                                    {64, 32}, {64, 64}, {128, 32}};
+    enum { B = 32, H = 8, CALLS = 10 };
+    int was = qkv_attention_bf16_min;
+    double *t[2], *ratio = malloc((size_t)reps * sizeof *ratio);
+    for (int k = 0; k < 2; k++) t[k] = malloc((size_t)reps * sizeof *t[k]);
+    for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
+        int T = shapes[c][0], K = shapes[c][1], d = H * K;
+        qkv_params ps;
+        qkv_params_init(&ps);
+        qkv_tensor *x = qkv_params_add(&ps, "qkv", 3, (int[]){B, T, 3 * d});
+        qkv_params_alloc(&ps);
+        qkv_pcg32 r;
+        qkv_pcg32_seed(&r, 1, 1);
+        for (size_t i = 0; i < ps.n; i++) ps.values[i] = qkv_pcg32_normal(&r);
+        qkv_graph g;
+        qkv_graph_init(&g, 0);
+        qkv_attention_bf16_min = was;
+        int rule = qkv_attention_bf16_heads(T, T, K);
+        qkv_attention_bf16_min = 0;
+        for (int rep = -1; rep < reps; rep++) /* rep -1: warm-up */
+            for (int p = 0; p < 2; p++) {
+                g.precision = p ? QKV_BF16 : QKV_FP32;
+                double t0 = qkv_seconds();
+                for (int i = 0; i < CALLS; i++) {
+                    qkv_graph_reset(&g);
+                    qkv_params_zero_grad(&ps);
+                    qkv_tensor *y = qkv_attention_packed(&g, x, 0, x, d, x,
+                                                         2 * d, d, H, NULL);
+                    qkv_backward(&g, qkv_sum(&g, y));
+                }
+                if (rep >= 0) t[p][rep] = (qkv_seconds() - t0) / CALLS;
+            }
+        for (int rep = 0; rep < reps; rep++) ratio[rep] = t[1][rep] / t[0][rep];
+        for (int k = 0; k < 2; k++)
+            qsort(t[k], (size_t)reps, sizeof *t[k], cmp_double);
+        qsort(ratio, (size_t)reps, sizeof *ratio, cmp_double);
+        printf("config=attention T=%d S=%d K=%d heads=%d fp32_ms=%.3f "
+               "bf16_ms=%.3f bf16_over_fp32=%.3f rule=%s kernel=%s\n",
+               T, T, K, B * H, 1e3 * t[0][reps / 2], 1e3 * t[1][reps / 2],
+               ratio[reps / 2], rule ? "bf16" : "fp32",
+               qkv_bf16_kernel_name(qkv_bf16_get_kernel()));
+        qkv_graph_free(&g);
+        qkv_params_free(&ps);
+    }
+    qkv_attention_bf16_min = was;
+    for (int k = 0; k < 2; k++) free(t[k]);
+    free(ratio);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv) {
     qkv_comm_init(&argc, &argv); /* make bench-mpi: mpirun -np K */
     if (argc < 2) {
         fprintf(stderr, "usage: bench_train "
-                        "tiny|small|base|peak|tape|spin|generate "
+                        "tiny|small|base|peak|tape|spin|generate|attention "
                         "[--threads N] [--steps K] [--reps R] "
                         "[--precision fp32|bf16]\n");
         return 2;
@@ -286,6 +355,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (strcmp(argv[1], "generate") == 0) return generation(reps, bf16);
+    if (strcmp(argv[1], "attention") == 0) return attention_heads(reps);
     const config *c = NULL;
     for (size_t i = 0; i < sizeof configs / sizeof *configs; i++)
         if (strcmp(argv[1], configs[i].name) == 0) c = &configs[i];

@@ -181,6 +181,22 @@ done
 [ $TORCH = 1 ] || echo "(PyTorch not found: apt-get install python3-torch for autocast)"
 echo
 
+# Attention: one layer's forward + backward with bf16 products against
+# fp32, per head shape (bench_train attention: 256 heads, the model's
+# layout, the two alternating); rule: what a bf16 graph's heads of that
+# shape take with this CPU's kernel (core/ops.h qkv_attention_bf16_min).
+printf '== attention heads (256 of T x S x K, forward + backward), medians of 11 alternating runs\n'
+printf '%-7s %-14s %9s %9s %9s %6s\n' threads "T x S x K" fp32_ms bf16_ms bf16/fp32 rule
+for t in 1 2; do
+    $B attention --threads $t --reps 11 | while read -r L; do
+        awk -v t=$t -v T="$(get "$L" T)" -v S="$(get "$L" S)" -v K="$(get "$L" K)" \
+            -v f="$(get "$L" fp32_ms)" -v b="$(get "$L" bf16_ms)" \
+            -v r="$(get "$L" bf16_over_fp32)" -v u="$(get "$L" rule)" 'BEGIN{
+            printf "%-7s %-14s %9.3f %9.3f %9.3f %6s\n", t, T " x " S " x " K, f, b, r, u }'
+    done
+done
+echo
+
 # Generation: bench_train generate alternates a 512-token sample with the
 # key/value cache and one recomputing the prefix at every step, and prints
 # the medians; the two must draw the same tokens.

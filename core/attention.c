@@ -458,12 +458,12 @@ static int small_heads(int T, int S, int K) {
 
 int qkv_attention_bf16_min = 65536;
 
-/* How a head of T (T_full) queries, S keys, K columns computes its
- * products: 0 fp32, 1 bf16 with the C model of vdpbf16ps, 2 bf16 with
- * AVX512-BF16 (the CPUs of bf16.h's avx512-bf16 and amx-bf16 kernels have
- * it); 1 and 2 give the same bits (ops.h: qkv_attention_bf16_min). */
-static int dp_kind(const qkv_graph *g, int T, int S, int K) {
-    if (g->precision != QKV_BF16) return 0;
+/* How a head of T (T_full) queries, S keys, K columns of a bf16 graph
+ * computes its products: 0 fp32, 1 bf16 with the C model of vdpbf16ps, 2
+ * bf16 with AVX512-BF16 (the CPUs of bf16.h's avx512-bf16 and amx-bf16
+ * kernels have it); 1 and 2 give the same bits (ops.h:
+ * qkv_attention_bf16_min). dp_kind: the same for any graph. */
+static int bf16_kind(int T, int S, int K) {
     qkv_bf16_kernel k = qkv_bf16_get_kernel();
     int fast = k == QKV_BF16_AVX512 || k == QKV_BF16_AMX;
 #if !QKV_X86
@@ -474,6 +474,14 @@ static int dp_kind(const qkv_graph *g, int T, int S, int K) {
          K < 32 || (long long)T * S * K < qkv_attention_bf16_min))
         return 0;
     return fast ? 2 : 1;
+}
+
+static int dp_kind(const qkv_graph *g, int T, int S, int K) {
+    return g->precision == QKV_BF16 ? bf16_kind(T, S, K) : 0;
+}
+
+int qkv_attention_bf16_heads(int T, int S, int K) {
+    return bf16_kind(T, S, K) != 0;
 }
 
 /* The forward on views; returns A (B,H,T,S) from the arena. The T queries

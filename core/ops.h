@@ -90,13 +90,18 @@ extern int qkv_attention_small_max;
 /* In a bf16 graph (qkv_graph.precision) attention's six products are bf16
  * products too (operands rounded to bf16, fp32 sums: qkv_gemm_bf16's bits)
  * where that pays: with the avx512-bf16 kernel (bf16.h) and heads on the
- * register-blocked path with T, S, K >= 32 and T S K >= this (65536: on
- * AMD EPYC (Zen 5) base's 64 x 64 x 32 heads then take 0.8x the time, while
- * the rounding costs more than vdpbf16ps saves on smaller ones: 32 x 32 x
- * 32 heads took 1.1x). Elsewhere attention stays fp32, as with the AMX
- * kernel (vdpbf16ps has not been measured on an AMX CPU). 0 makes every
- * head of a bf16 graph bf16, with any kernel (tests). */
+ * register-blocked path with T, S, K >= 32 and T S K >= this (65536). On
+ * AMD EPYC (Zen 5), 2 threads, a layer of base's 64 x 64 x 32 heads then
+ * takes 0.8-0.9x the time; on smaller heads the rounding costs about what
+ * vdpbf16ps saves (32 x 32 x 32: 0.97-1.1x; 16 x 16 x 16: 1.1x), and the
+ * blocked path's 128 x 128 x 32 took 1.25x (`bench_train attention`, in
+ * make bench, measures it). Elsewhere attention stays fp32, as with the
+ * AMX kernel (vdpbf16ps has not been measured on an AMX CPU). 0 makes
+ * every head of a bf16 graph bf16, with any kernel (tests). */
 extern int qkv_attention_bf16_min;
+/* 1 if a bf16 graph's heads of T queries, S keys, K columns take bf16
+ * products (the rule above, with the bf16 kernel in use now), else 0. */
+int qkv_attention_bf16_heads(int T, int S, int K);
 /* The same attention on projections laid out as the linear layers make
  * them, heads side by side: q (B, T, Cq) supplies columns [q_col, q_col + d),
  * k (B, S, Ck) and v (B, S, Cv) columns [k_col, k_col + d) and

@@ -848,7 +848,7 @@ static void test_bf16_attention_near_fp32(void) {
  * of 64 x 64 x 32 (base's) and 32 x 64 x 64 are bf16 (they differ from
  * fp32), while 32 x 32 x 32, 64 x 64 x 16 and heads past the small path
  * (65 x 65 x 32) stay fp32 bit for bit; with the portable kernel every head
- * stays fp32. */
+ * stays fp32. qkv_attention_bf16_heads says the same. */
 static void test_bf16_attention_where_it_pays(void) {
     static const int dims[][4] = {{64, 64, 32, 1},
                                   {32, 64, 64, 1},
@@ -874,6 +874,10 @@ static void test_bf16_attention_where_it_pays(void) {
             CHECK(same != want, "%s, T %d S %d K %d: attention %s, want %s",
                   qkv_bf16_kernel_name(kern), T, S, K, same ? "fp32" : "bf16",
                   want ? "bf16" : "fp32");
+            CHECK(qkv_attention_bf16_heads(T, S, K) == want,
+                  "%s, T %d S %d K %d: qkv_attention_bf16_heads says %d",
+                  qkv_bf16_kernel_name(kern), T, S, K,
+                  qkv_attention_bf16_heads(T, S, K));
         }
         qkv_bf16_set_kernel(old);
     }
