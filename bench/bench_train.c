@@ -17,6 +17,8 @@
  *                                         backward, fp32 against bf16
  *                                         products, per head shape (see
  *                                         attention_heads())
+ *   bench_train pingpong                  the round trip of a cache line
+ *                                         between two threads, ns
  *   bench_train spin                      a busy CPU, until killed (run.sh's
  *                                         "other core busy" rows)
  *   mpirun -np K bench_train base ...     (make bench-mpi) data-parallel: the
@@ -38,6 +40,7 @@
  * calloc and realloc (glibc's __libc_* entry points).
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,6 +151,44 @@ static double fma_peak(void) {
         if (g > best) best = g;
     }
     return best;
+}
+
+/* ------------------------------------------------------------ ping-pong */
+
+/* The round trip of one cache line between two threads (each waits for the
+ * other's store, then stores): what sharing data between the two cores
+ * costs. On a shared host the vCPUs move between placements, and the
+ * 2-thread figures move with them (README, Speed), so make bench prints
+ * this beside them. Median of 5 runs of 20000 round trips; 0 without
+ * OpenMP or with fewer than 2 threads. */
+static double round_trip_ns(void) {
+    double t[5] = {0};
+#ifdef _OPENMP
+    enum { TRIPS = 20000 };
+    static _Alignas(64) _Atomic long flag;
+    if (omp_get_max_threads() < 2) return 0;
+    for (int r = 0; r < 5; r++) {
+        atomic_store(&flag, 0);
+        double t0 = 0;
+#pragma omp parallel num_threads(2)
+        {
+            long me = omp_get_thread_num();
+            int two = omp_get_num_threads() == 2; /* a team of 1 would wait */
+#pragma omp barrier
+            if (me == 0) t0 = qkv_seconds();
+            for (long i = 0; i < TRIPS && two; i++) {
+                long want = 2 * i + me;
+                while (atomic_load_explicit(&flag, memory_order_acquire) !=
+                       want) {
+                }
+                atomic_store_explicit(&flag, want + 1, memory_order_release);
+            }
+            if (me == 0 && two) t[r] = (qkv_seconds() - t0) / TRIPS;
+        }
+    }
+    qsort(t, 5, sizeof *t, cmp_double);
+#endif
+    return 1e9 * t[2];
 }
 
 /* ------------------------------------------------------------------ tape */
@@ -314,10 +355,11 @@ static int attention_heads(int reps) {
 int main(int argc, char **argv) {
     qkv_comm_init(&argc, &argv); /* make bench-mpi: mpirun -np K */
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_train "
-                        "tiny|small|base|peak|tape|spin|generate|attention "
-                        "[--threads N] [--steps K] [--reps R] "
-                        "[--precision fp32|bf16]\n");
+        fprintf(stderr,
+                "usage: bench_train "
+                "tiny|small|base|peak|tape|spin|generate|attention|pingpong "
+                "[--threads N] [--steps K] [--reps R] "
+                "[--precision fp32|bf16]\n");
         return 2;
     }
     int threads = 0, steps = 20, reps = 5, bf16 = 0;
@@ -345,6 +387,10 @@ int main(int argc, char **argv) {
 #endif
     if (strcmp(argv[1], "peak") == 0) {
         printf("peak_gflops=%.1f threads=%d\n", fma_peak(), nthreads);
+        return 0;
+    }
+    if (strcmp(argv[1], "pingpong") == 0) {
+        printf("round_trip_ns=%.0f\n", round_trip_ns());
         return 0;
     }
     if (strcmp(argv[1], "spin") == 0)

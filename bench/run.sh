@@ -45,6 +45,11 @@ echo "== the machine: FMA peak (register-resident AVX-512 FMA loop)"
 P1=$(get "$($B peak --threads 1)" peak_gflops)
 P2=$(get "$($B peak --threads 2)" peak_gflops)
 echo "peak: $P1 GFLOPS on 1 thread, $P2 on 2"
+# On a shared host the two vCPUs move between placements, and the 2-thread
+# figures with them: the round trip of a cache line between two threads
+# tells which one a table ran in (printed again before the later tables).
+rtt() { echo "core-to-core round trip: $(get "$($B pingpong --threads 2)" round_trip_ns) ns"; }
+rtt
 echo
 echo "== the tape: time per recorded op (1-element add, recording on - off)"
 $B tape
@@ -143,6 +148,7 @@ echo "$BF"
 PB1=$(get "$BF" bf16_peak_gflops)
 [ "$(get "$BF" bf16_kernel)" = amx-bf16 ] && PB1=$(get "$BF" amx_peak_gflops)
 [ -n "$PB1" ] || PB1=$P1
+rtt
 printf '== mixed precision (bf16 products, fp32 sums), 3 alternating rounds\n'
 printf '%-6s %-7s %9s %9s %9s %11s %11s %8s %8s\n' config threads \
     fp32_ms bf16_ms bf16/fp32 %bf16_peak torch_bf16 qkv/torch torch/fp32
@@ -185,6 +191,7 @@ echo
 # fp32, per head shape (bench_train attention: 256 heads, the model's
 # layout, the two alternating); rule: what a bf16 graph's heads of that
 # shape take with this CPU's kernel (core/ops.h qkv_attention_bf16_min).
+rtt
 printf '== attention heads (256 of T x S x K, forward + backward), medians of 11 alternating runs\n'
 printf '%-7s %-14s %9s %9s %9s %6s\n' threads "T x S x K" fp32_ms bf16_ms bf16/fp32 rule
 for t in 1 2; do
@@ -200,6 +207,7 @@ echo
 # Generation: bench_train generate alternates a 512-token sample with the
 # key/value cache and one recomputing the prefix at every step, and prints
 # the medians; the two must draw the same tokens.
+rtt
 printf '== generation: a 512-token sample (decoder-only, D 128, 2 layers, 4 heads, F 512, V 64), medians of 5 alternating runs\n'
 printf '%-9s %-7s %15s %19s %8s %12s\n' precision threads "cache tok/s" "recompute tok/s" speedup same_tokens
 for p in fp32 bf16; do for t in 1 2; do
