@@ -317,6 +317,7 @@ typedef struct train_run {
     double vloss, vacc, vbleu, secs0;
     int64_t last_save; /* the last good checkpoint's step, or -1 */
     int step, diverged;
+    int profile_from; /* --profile: the steps after this one are timed */
     /* --metric's best so far, its step, and validations since (-1: none) */
     double best;
     int best_step, since, stopped_early;
@@ -1062,6 +1063,13 @@ static void progress(train_run *r, double secs, int report) {
     fflush(stdout);
 }
 
+/* --profile leaves out a run's first steps when it has more than twice as
+ * many: they touch the arena's and the gradients' memory for the first
+ * time (page faults), and on the base config an attention forward took
+ * 18 ms there against 1.7 ms in every later step, which made the table
+ * say twice what a step spends in attention. */
+#define PROFILE_WARMUP 2
+
 /* Times phase k of the loop (with --profile). */
 static void phase(train_run *r, int k, double *tp) {
     if (!o.profile) return;
@@ -1077,7 +1085,15 @@ static void train_loop(train_run *r) {
     qkv_trainer *t = &r->t;
     r->vloss = r->vacc = r->vbleu = NAN;
     r->secs0 = qkv_trainer_seconds(t);
+    r->profile_from = (int)r->start;
+    if (o.steps - r->start > 2 * PROFILE_WARMUP)
+        r->profile_from += PROFILE_WARMUP;
     for (r->step = (int)r->start + 1; r->step <= o.steps; r->step++) {
+        if (o.profile && r->step == r->profile_from + 1 &&
+            r->profile_from > r->start) { /* the warm-up ends */
+            memset(&t->prof, 0, sizeof t->prof);
+            memset(t->phase, 0, sizeof t->phase);
+        }
         double tp = qkv_seconds();
         const qkv_batch *b = qkv_source_next(r->data);
         phase(r, QKV_PHASE_DATA, &tp);
@@ -1110,13 +1126,15 @@ static void train_loop(train_run *r) {
 
 /* The --profile table: per step, each op kind's forward and backward time
  * (from the tape) and the phases of the step. */
-static void print_profile(const qkv_trainer *t, int steps) {
+static void print_profile(const qkv_trainer *t, int steps, int warmup) {
     const qkv_profile *p = &t->prof;
     const double *ph = t->phase;
     double fsum = 0, bsum = 0, psum = 0;
     for (int k = 0; k < QKV_OP_COUNT; k++) fsum += p->fwd[k], bsum += p->bwd[k];
     for (int k = 0; k < QKV_PHASE_COUNT; k++) psum += ph[k];
-    printf("\nprofile: ms per step, over %d steps\n", steps);
+    printf("\nprofile: ms per step, over %d steps", steps);
+    if (warmup) printf(" (after %d warm-up steps)", warmup);
+    printf("\n");
     printf("  %-16s %9s %9s %7s %6s\n", "op", "forward", "backward", "calls",
            "share");
     for (int k = 0; k < QKV_OP_COUNT; k++) {
@@ -1293,8 +1311,8 @@ int cmd_train(int argc, char **argv) {
     if (o.profile) qkv_trainer_profile(&r->t);
     train_loop(r);
     if (o.profile) {
-        int n = r->step - (int)r->start - (r->step > o.steps);
-        print_profile(&r->t, n < 1 ? 1 : n);
+        int n = r->step - r->profile_from - (r->step > o.steps);
+        print_profile(&r->t, n < 1 ? 1 : n, r->profile_from - (int)r->start);
     }
     if (r->log && fclose(r->log))
         cli_die("train: writing %s failed", r->log_path);
