@@ -165,7 +165,7 @@ softmax_regs(vf z[8][4], int RB, int NV, const rows_epilogue *e, int r0) {
             vi hidden = e->hide[v] | (iota + v * VW > last);
             z[r][v] =
                 vselect(hidden, vsplat(-INFINITY), z[r][v] * vsplat(e->scale));
-            mx = vselect(z[r][v] > mx, z[r][v], mx);
+            mx = vmax(z[r][v], mx);
         }
         m[r] = vmaxall(mx);
     }

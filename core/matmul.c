@@ -688,7 +688,7 @@ static void rows_fma(int K1, int M, int N, int K, const float *A, size_t lda,
             }
             for (int b = 0; b < nb; b++) {
                 vf v = K1 ? c[b] + g[b] : c[b];
-                if (relu) v = vselect(v > vsplat(0.0f), v, vsplat(0.0f));
+                if (relu) v = vmax(v, vsplat(0.0f));
                 float t[VW];
                 memcpy(t, &v, sizeof t);
                 memcpy(C + (size_t)i * ldc + j0 + b * VW, t,

@@ -56,6 +56,26 @@ VINLINE vf vselect(vi m, vf a, vf b) {
     return (vf)(((vi)a & m) | ((vi)b & ~m));
 }
 
+/* a > b ? a : b lane by lane, NaN and zeros of either sign included: with
+ * AVX-512 one vmaxps, which is defined as exactly that (the select form
+ * compiles to a compare and two masked xors). */
+VINLINE vf vmax(vf a, vf b) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_max_ps((__m512)a, (__m512)b);
+#else
+    return vselect(a > b, a, b);
+#endif
+}
+
+/* a < b ? a : b lane by lane, as vmax (vminps) */
+VINLINE vf vmin(vf a, vf b) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_min_ps((__m512)a, (__m512)b);
+#else
+    return vselect(a < b, a, b);
+#endif
+}
+
 /* Lanes [0, w) of p, zeros after; reads nothing past p + w. */
 VINLINE vf vload_part(const float *p, int w) {
     if (w >= VW) return vload(p);
@@ -104,8 +124,7 @@ VINLINE float vtotal(vf p) {
 /* max over the lanes (exact in any order) */
 VINLINE float vmaxall(vf p) {
     for (int w = VW / 2; w >= 1; w /= 2) {
-        vf q = vdown(p, w);
-        p = vselect(q > p, q, p);
+        p = vmax(vdown(p, w), p);
     }
     return p[0];
 }
@@ -168,13 +187,12 @@ static inline float qkv_vmax(const float *x, int n) {
     vf p = vsplat(-INFINITY);
     int j = 0;
     for (; j + VW <= n; j += VW) {
-        vf v = vload(x + j);
-        p = vselect(v > p, v, p);
+        p = vmax(vload(x + j), p);
     }
     if (j < n) {
         vf v =
             vselect(vfirst(n - j), vload_part(x + j, n - j), vsplat(-INFINITY));
-        p = vselect(v > p, v, p);
+        p = vmax(v, p);
     }
     return vmaxall(p);
 }
@@ -264,7 +282,8 @@ static inline float qkv_expf(float x) {
  * multiplies by powers of two do. */
 VINLINE vf vexpf(vf x) {
     const vf lo = vsplat(QKV_EXP_LO), hi = vsplat(QKV_EXP_HI);
-    vf t = vselect(x < lo, lo, vselect(x > hi, hi, x));
+    /* x < lo ? lo : x > hi ? hi : x (when x > hi, the inner is hi > lo) */
+    vf t = vmax(lo, vmin(hi, x));
     const vf magic = vsplat(QKV_EXP_MAGIC);
     vf n = vfma(t, vsplat(1.44269504088896341f), magic) - magic;
     vf r = vfma(n, vsplat(2.12194440e-4f), vfma(-n, vsplat(0.693359375f), t));
