@@ -1065,11 +1065,96 @@ static void chunk(kernel_fn *kern, int mrk, int ta, int a_rows, int tb, int M,
                    pre_b, how, C0, ldc0, r0, r1, c0, c1, own, stage);
 }
 
+/* op(A) and op(B) from k on: their k block starting there */
+static const float *a_at(int ta, const float *A, int lda, int k) {
+    return ta ? A + (size_t)k * lda : A + k;
+}
+static const float *b_at(int tb, const float *B, int ldb, int k) {
+    return tb ? B + k : B + (size_t)k * ldb;
+}
+
+/* The product on nt threads cut along K, for a C that is small beside K
+ * (a weight gradient, X^T dY: K is the batch's tokens). Cut along C's
+ * rows or columns instead, every thread reads the whole of both operands,
+ * half of it last written by the other core (the forward and the backward
+ * before it split the tokens between the threads): on AMD EPYC (Zen 5),
+ * operands written that way, 2 threads ran base's weight gradients only
+ * 1.56-1.74x as fast as 1 (fp32's, whose sgemm cuts K, 1.83-1.99x), and
+ * the layer norm backward after them found its own rows evicted. Cut along
+ * K, base's weight gradients (K = 2048) took 0.79-0.97 of the time for C
+ * 256-1024 x 256 and 0.98-1.09 for 256 x 1024, its bf16 training step
+ * 0.95-0.99 and small's 0.90 (alternating in one process, several sets:
+ * the host's spells move these). A C of K^2 / 8 elements or more stays cut
+ * the other way: 1024 x 1024 x 2048 took 1.06 of the time cut along K (the
+ * block sums' buffers are C's size each).
+ *
+ * Thread t computes the k blocks of its run, n_kb t / nt .., packing its
+ * own slivers of both operands. The summation order stays the one of
+ * bf16.h, so the bits are those of one thread: thread 0 sums its blocks
+ * into C as a whole product would (the first stored or added, the others
+ * added); every later block's sum is stored by its thread in a buffer of
+ * its own, and after a barrier each thread adds them to its share of C's
+ * rows in block order, c = c + s, the ReLU (if any) with the last. */
+static void gemm_ksplit(kernel_fn *kern, int mrk, int ta, int a_rows, int tb,
+                        int M, int N, int K, const float *A, int lda,
+                        const float *B, int ldb, int how, float *C, int ldc,
+                        int nt) {
+    int n_kb = (K + KC - 1) / KC, n_ir = (M + mrk - 1) / mrk,
+        n_jr = (N + NR - 1) / NR;
+    int kb0 = n_kb / nt, K0 = kb0 * KC; /* thread 0's blocks */
+    /* the block sums' rows padded off a multiple of 256 bytes, as staged
+     * C's (a 256 x 1024 C took 1.15x the rows' time without) */
+    size_t ldp = lines((size_t)N) + 16, sum = (size_t)M * ldp;
+    int blk = n_ir < MC / mrk ? n_ir : MC / mrk;
+    size_t own_words =
+        lines((size_t)blk * mrk * (KC / 2) + (size_t)n_jr * NR * (KC / 2));
+    size_t stage_floats =
+        staged(K0, ldc) ? lines((size_t)M * (lines((size_t)N) + 16)) : 0;
+    size_t slice = own_words + stage_floats;
+    float *sums = work(((size_t)(n_kb - kb0) * sum + (size_t)nt * slice) * 4);
+    uint32_t *slices = (uint32_t *)(sums + (size_t)(n_kb - kb0) * sum);
+    /* one run of blocks per t, and one share of C's rows per t, each on
+     * thread t (a smaller team than asked for takes several) */
+    QKV_OMP(omp parallel num_threads(nt)) {
+        QKV_OMP(omp for schedule(static))
+        for (int t = 0; t < nt; t++) {
+            uint32_t *own = slices + (size_t)t * slice;
+            float *stage = (float *)(own + own_words);
+            if (t == 0)
+                chunk(kern, mrk, ta, a_rows, tb, M, N, K0, A, lda, B, ldb, NULL,
+                      NULL, how & ADD, C, ldc, 0, n_ir, 0, n_jr, own, stage);
+            else
+                for (int b = n_kb * t / nt; b < n_kb * (t + 1) / nt; b++) {
+                    int pc = b * KC, kc = K - pc < KC ? K - pc : KC;
+                    chunk(kern, mrk, ta, a_rows, tb, M, N, kc,
+                          a_at(ta, A, lda, pc), lda, b_at(tb, B, ldb, pc), ldb,
+                          NULL, NULL, 0, sums + (size_t)(b - kb0) * sum,
+                          (int)ldp, 0, n_ir, 0, n_jr, own, stage);
+                }
+        }
+        QKV_OMP(omp for schedule(static))
+        for (int t = 0; t < nt; t++)
+            for (int i = (int)((long)M * t / nt);
+                 i < (int)((long)M * (t + 1) / nt); i++) {
+                float *c = C + (size_t)i * ldc;
+                for (int b = kb0; b < n_kb; b++) {
+                    const float *s = sums + (size_t)(b - kb0) * sum + i * ldp;
+                    int relu = how & RELU && b == n_kb - 1;
+                    for (int j = 0; j < N; j++) {
+                        float v = c[j] + s[j];
+                        c[j] = relu && !(v > 0.0f) ? 0.0f : v;
+                    }
+                }
+            }
+    }
+}
+
 /* C (+)= bf16(op(A)) bf16(op(B)); op(B)'s slivers are packed here, or
  * taken from pre (a qkv_bf16_packed's words for this B).
  *
- * Threads: C is cut along its longer side (rows when op(B) comes packed)
- * into one chunk per thread. The operand along the shorter side, which
+ * Threads: a C small beside K (a weight gradient) is cut along K
+ * (gemm_ksplit); any other C is cut along its longer side (rows when op(B)
+ * comes packed) into one chunk per thread. The operand along the shorter side, which
  * every chunk reads, is packed whole first, shared; each chunk packs its
  * own slivers of the other. The only barrier is the one after that shared
  * packing (the previous version, three barriers per k block, ran a weight
@@ -1100,6 +1185,12 @@ static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
     if (nt > flops / PAR_MIN_FLOPS) nt = (int)(flops / PAR_MIN_FLOPS);
     if (nt < 1) nt = 1;
 #endif
+    if (nt > 1 && !pre && K >= 2 * nt * KC &&
+        (double)M * N <= (double)K * K / 8) {
+        gemm_ksplit(kern, mrk, ta, a_rows, tb, M, N, K, A, lda, B, ldb, how, C,
+                    ldc, nt);
+        return;
+    }
     int by_rows = pre || n_ir >= n_jr, n_s = by_rows ? n_ir : n_jr;
     int n_ch = nt < n_s ? nt : n_s;
     /* scratch: the shorter side's operand packed whole (unless op(B) came

@@ -118,11 +118,17 @@ static const case_t cases[] = {
     {0, 1, 200, 1030, 128, 0, 0},
     {1, 0, 128, 512, 600, 1, 0},
     {0, 0, 1, 2000, 64, 0, 0},
+    /* a weight gradient's shape, K long beside C: cut along K on 2
+     * threads (5 k blocks, the last of an odd 77) */
+    {1, 0, 100, 40, 1101, 1, 0},
     /* tight leading dimensions, C's a multiple of 64 floats with several k
      * blocks: C is staged in a padded copy */
     {1, 0, 100, 256, 600, 1, 1},
     {0, 0, 40, 64, 513, 0, 1},
     {0, 1, 13, 1024, 300, 1, 1},
+    /* cut along K on 2 and 3 threads (8 blocks: 4 + 4, 2 + 3 + 3), the
+     * first thread's C staged */
+    {1, 0, 64, 256, 2048, 0, 1},
 };
 
 /* Case c's leading dimensions (padded unless c->tight) and sizes. */
