@@ -118,8 +118,10 @@ static const case_t cases[] = {
     {0, 1, 200, 1030, 128, 0, 0},
     {1, 0, 128, 512, 600, 1, 0},
     {0, 0, 1, 2000, 64, 0, 0},
-    /* a weight gradient's shape, K long beside C: cut along K on 2
-     * threads (5 k blocks, the last of an odd 77) */
+    /* a weight gradient's shape, K long beside C: cut along K on 2 and 3
+     * threads (5 k blocks: 2 + 3, 1 + 2 + 2; the last of an odd 77). The
+     * tight 100 x 256 x 600 and 40 x 64 x 513 below are cut so on 2
+     * (1 + 2 blocks, the last of one k) */
     {1, 0, 100, 40, 1101, 1, 0},
     /* tight leading dimensions, C's a multiple of 64 floats with several k
      * blocks: C is staged in a padded copy */
