@@ -3,6 +3,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1073,6 +1074,21 @@ static const float *b_at(int tb, const float *B, int ldb, int k) {
     return tb ? B + k : B + (size_t)k * ldb;
 }
 
+/* gemm_ksplit's next k block for thread 0 (front: from the front, below
+ * cap) or another (from the back, not below floor); -1 when none is left
+ * to it. fb: the blocks not yet taken, front << 32 | back. */
+static int take_block(_Atomic uint64_t *fb, int front, uint32_t cap,
+                      uint32_t floor) {
+    uint64_t v = atomic_load(fb), to;
+    uint32_t f, e;
+    do {
+        f = (uint32_t)(v >> 32), e = (uint32_t)v;
+        if (f >= e || (front ? f >= cap : e - 1 < floor)) return -1;
+        to = front ? (uint64_t)(f + 1) << 32 | e : (uint64_t)f << 32 | (e - 1);
+    } while (!atomic_compare_exchange_weak(fb, &v, to));
+    return front ? (int)f : (int)e - 1;
+}
+
 /* The product on nt threads cut along K, for a C that is small beside K
  * (a weight gradient, X^T dY: K is the batch's tokens). Cut along C's
  * rows or columns instead, every thread reads the whole of both operands,
@@ -1090,61 +1106,89 @@ static const float *b_at(int tb, const float *B, int ldb, int k) {
  * tiny's (512 tokens) bf16 step took 0.83-0.84 of the time with its weight
  * gradients cut so.
  *
- * Thread t computes the k blocks of its run, n_kb t / nt .., packing its
- * own slivers of both operands. The summation order stays the one of
- * bf16.h, so the bits are those of one thread: thread 0 sums its blocks
- * into C as a whole product would (the first stored or added, the others
- * added); every later block's sum is stored by its thread in a buffer of
- * its own, and after a barrier each thread adds them to its share of C's
- * rows in block order, c = c + s, the ReLU (if any) with the last. */
+ * The k blocks are taken as threads come free, thread 0 from the front
+ * (block 0 first), the others from the back, so a slower core takes fewer:
+ * a vCPU of the host can run at 0.75-0.95 of the other's speed for a
+ * while (measured per thread in the products of base's step). Against a
+ * fixed half each, base's bf16 step on 2 threads took 0.97 of the time
+ * with a process taking 20% of one core, 0.99-1.00 without (tiny, small,
+ * base; alternating in one process). The summation order stays the one of bf16.h, so the bits are
+ * those of one thread whoever takes which: thread 0 sums its blocks 0 ..
+ * j - 1 in order into a padded copy of C (the first stored, or added to
+ * C's values; rows a multiple of 256 bytes apart evict each other, and a
+ * 256 x 1024 C took 1.15x the time unpadded), every other block's sum is
+ * stored by its thread in a padded buffer of its own, and after a barrier
+ * each thread adds them to its share of C's rows in block order, c = c +
+ * s, the ReLU (if any) with the last. */
+int qkv_bf16_ksplit_first;
+
 static void gemm_ksplit(kernel_fn *kern, int mrk, int ta, int a_rows, int tb,
                         int M, int N, int K, const float *A, int lda,
                         const float *B, int ldb, int how, float *C, int ldc,
                         int nt) {
     int n_kb = (K + KC - 1) / KC, n_ir = (M + mrk - 1) / mrk,
         n_jr = (N + NR - 1) / NR;
-    int kb0 = n_kb / nt, K0 = kb0 * KC; /* thread 0's blocks */
-    /* the block sums' rows padded off a multiple of 256 bytes, as staged
-     * C's (a 256 x 1024 C took 1.15x the rows' time without) */
     size_t ldp = lines((size_t)N) + 16, sum = (size_t)M * ldp;
     int blk = n_ir < MC / mrk ? n_ir : MC / mrk;
     size_t own_words =
         lines((size_t)blk * mrk * (KC / 2) + (size_t)n_jr * NR * (KC / 2));
-    size_t stage_floats =
-        staged(K0, ldc) ? lines((size_t)M * (lines((size_t)N) + 16)) : 0;
-    size_t slice = own_words + stage_floats;
-    float *sums = work(((size_t)(n_kb - kb0) * sum + (size_t)nt * slice) * 4);
-    uint32_t *slices = (uint32_t *)(sums + (size_t)(n_kb - kb0) * sum);
-    /* one run of blocks per t, and one share of C's rows per t, each on
-     * thread t (a smaller team than asked for takes several) */
+    /* block b's sum at sums + b sum; block 0's place is thread 0's */
+    float *sums = work(((size_t)n_kb * sum + (size_t)nt * own_words) * 4);
+    uint32_t *slices = (uint32_t *)(sums + (size_t)n_kb * sum);
+    /* blocks not yet taken, front << 32 | back (block 0: thread 0's); with
+     * qkv_bf16_ksplit_first, thread 0 takes the blocks before it, the
+     * others the rest */
+    int first = qkv_bf16_ksplit_first;
+    if (first <= 0 || first > n_kb) first = first > 0 ? n_kb : 0;
+    uint32_t cap0 = first ? (uint32_t)first : (uint32_t)n_kb,
+             floor1 = first ? (uint32_t)first : 1;
+    _Atomic uint64_t fb;
+    atomic_init(&fb, (uint64_t)1 << 32 | (uint64_t)n_kb);
     QKV_OMP(omp parallel num_threads(nt)) {
-        QKV_OMP(omp for schedule(static))
-        for (int t = 0; t < nt; t++) {
-            uint32_t *own = slices + (size_t)t * slice;
-            float *stage = (float *)(own + own_words);
-            if (t == 0)
-                chunk(kern, mrk, ta, a_rows, tb, M, N, K0, A, lda, B, ldb, NULL,
-                      NULL, how & ADD, C, ldc, 0, n_ir, 0, n_jr, own, stage);
-            else
-                for (int b = n_kb * t / nt; b < n_kb * (t + 1) / nt; b++) {
-                    int pc = b * KC, kc = K - pc < KC ? K - pc : KC;
-                    chunk(kern, mrk, ta, a_rows, tb, M, N, kc,
-                          a_at(ta, A, lda, pc), lda, b_at(tb, B, ldb, pc), ldb,
-                          NULL, NULL, 0, sums + (size_t)(b - kb0) * sum,
-                          (int)ldp, 0, n_ir, 0, n_jr, own, stage);
-                }
+        int me = 0;
+#ifdef _OPENMP
+        me = omp_get_thread_num();
+#endif
+        uint32_t cap = cap0;
+#ifdef _OPENMP
+        if (omp_get_num_threads() < 2) cap = (uint32_t)n_kb; /* all its */
+#endif
+        uint32_t *own = slices + (size_t)me * own_words;
+        float *acc = sums; /* thread 0's running sum */
+        if (me == 0 && how & ADD)
+            for (int i = 0; i < M; i++)
+                memcpy(acc + (size_t)i * ldp, C + (size_t)i * ldc,
+                       (size_t)N * sizeof *C);
+        for (int b = me == 0 ? 0 : -1;;) {
+            if (b >= 0) {
+                int pc = b * KC, kc = K - pc < KC ? K - pc : KC;
+                chunk(kern, mrk, ta, a_rows, tb, M, N, kc, a_at(ta, A, lda, pc),
+                      lda, b_at(tb, B, ldb, pc), ldb, NULL, NULL,
+                      me == 0 && (b > 0 || how & ADD) ? ADD : 0,
+                      me == 0 ? acc : sums + (size_t)b * sum, (int)ldp, 0, n_ir,
+                      0, n_jr, own, NULL);
+            }
+            if ((b = take_block(&fb, me == 0, cap, floor1)) < 0) break;
         }
+        QKV_OMP(omp barrier)
+        /* thread 0's blocks: 0 .. j - 1 (only it moves the front) */
+        int j = (int)(atomic_load(&fb) >> 32);
         QKV_OMP(omp for schedule(static))
         for (int t = 0; t < nt; t++)
             for (int i = (int)((long)M * t / nt);
                  i < (int)((long)M * (t + 1) / nt); i++) {
                 float *c = C + (size_t)i * ldc;
-                for (int b = kb0; b < n_kb; b++) {
-                    const float *s = sums + (size_t)(b - kb0) * sum + i * ldp;
+                const float *a = acc + (size_t)i * ldp;
+                if (j == n_kb) /* thread 0 took them all */
+                    for (int q = 0; q < N; q++)
+                        c[q] = how & RELU && !(a[q] > 0.0f) ? 0.0f : a[q];
+                for (int b = j; b < n_kb; b++) {
+                    const float *x = b == j ? a : c,
+                                *s = sums + (size_t)b * sum + (size_t)i * ldp;
                     int relu = how & RELU && b == n_kb - 1;
-                    for (int j = 0; j < N; j++) {
-                        float v = c[j] + s[j];
-                        c[j] = relu && !(v > 0.0f) ? 0.0f : v;
+                    for (int q = 0; q < N; q++) {
+                        float y = x[q] + s[q];
+                        c[q] = relu && !(y > 0.0f) ? 0.0f : y;
                     }
                 }
             }
@@ -1166,7 +1210,12 @@ static void gemm_ksplit(kernel_fn *kern, int mrk, int ta, int a_rows, int tb,
  * threads) four chunks per thread made the base config's products 14%
  * slower (a linear layer's three products, 2048 tokens: 12.9 against 11.3
  * ms) while gaining 1.6% with the other core busy (base step 627 against
- * 637 ms), within the noise. */
+ * 637 ms), within the noise. Nor rows taken as threads come free, a row
+ * block (MC) at a time, each thread from the front of its own half, then
+ * from the back of the other's (work stealing; the bits do not change):
+ * with a process taking 20% of one core base's bf16 step took 0.95-0.98
+ * of the time, without it small's took 1.01-1.02 (a stolen block's rows
+ * were written, and are read next, by the other core). */
 static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
                  const float *B, int ldb, const uint32_t *pre, int how,
                  float *C, int ldc) {
@@ -1245,16 +1294,16 @@ static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
         uint32_t *own = scratch + whole_words;
 #endif
         float *stage = (float *)(own + own_words);
-QKV_OMP(omp for schedule(static, 1))
-for (int ch = 0; ch < n_ch; ch++) {
-    int s0 = n_s * ch / n_ch, s1 = n_s * (ch + 1) / n_ch;
-    if (by_rows)
-        chunk(kern, mrk, ta, a_rows, tb, M, N, K, A, lda, B, ldb, NULL, pre_b,
-              how, C, ldc, s0, s1, 0, n_jr, own, stage);
-    else
-        chunk(kern, mrk, ta, a_rows, tb, M, N, K, A, lda, B, ldb, pre_a, NULL,
-              how, C, ldc, 0, n_ir, s0, s1, own, stage);
-}
+        QKV_OMP(omp for schedule(static, 1))
+        for (int ch = 0; ch < n_ch; ch++) {
+            int s0 = n_s * ch / n_ch, s1 = n_s * (ch + 1) / n_ch;
+            if (by_rows)
+                chunk(kern, mrk, ta, a_rows, tb, M, N, K, A, lda, B, ldb, NULL,
+                      pre_b, how, C, ldc, s0, s1, 0, n_jr, own, stage);
+            else
+                chunk(kern, mrk, ta, a_rows, tb, M, N, K, A, lda, B, ldb, pre_a,
+                      NULL, how, C, ldc, 0, n_ir, s0, s1, own, stage);
+        }
     }
 }
 

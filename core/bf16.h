@@ -132,6 +132,12 @@ void qkv_gemm_bf16_packed_relu(int ta, int M, const float *A, int lda,
                                const qkv_bf16_packed *B, float *C, int ldc);
 void qkv_bf16_packed_free(qkv_bf16_packed *p);
 
+/* For tests: a weight gradient's product cut along K (bf16.c, gemm_ksplit)
+ * gives its first thread k blocks 0 .. first - 1 and the others the rest,
+ * where they are otherwise taken as threads come free; 0 (the default):
+ * taken so. The bits are the same for every value. */
+extern int qkv_bf16_ksplit_first;
+
 /* Pair words for kernels outside this file that run vdpbf16ps themselves
  * (core/attention.c's small heads). A word holds two bf16 as vdpbf16ps
  * pairs them: the lower k in the low half; a lone last k pairs with zero.

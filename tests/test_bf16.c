@@ -421,6 +421,61 @@ static void test_relu_is_max_of_the_product(void) {
     check_relu(QKV_BF16_AVX512);
 }
 
+/* A weight gradient's product cut along K (C small beside K) gives one
+ * thread's bits whoever takes which k block: every split of the blocks
+ * between the first thread and the others (qkv_bf16_ksplit_first 1 to
+ * all, and past all), on 2 and 3 threads, accumulating into C or not, with
+ * the ReLU or not, and a NaN in C's values to carry. */
+static void test_weight_gradients_any_split(void) {
+#ifndef _OPENMP
+    SKIP("built without OpenMP: one thread takes every block");
+#else
+    static const case_t ks[] = {{1, 0, 100, 40, 1101, 1, 0},
+                                {1, 0, 64, 256, 2048, 0, 1}};
+    qkv_bf16_kernel k = qkv_bf16_kernel_best();
+    qkv_pcg32 r;
+    qkv_pcg32_seed(&r, 5, 9);
+    int runs = 0;
+    for (size_t i = 0; i < sizeof ks / sizeof *ks; i++) {
+        const case_t *c = &ks[i];
+        case_dims d = dims_of(c);
+        int n_kb = (c->K + QKV_BF16_KC - 1) / QKV_BF16_KC;
+        float *A = malloc(d.na * sizeof *A), *B = malloc(d.nb * sizeof *B),
+              *C0 = malloc(d.nc * sizeof *C0),
+              *want = malloc(d.nc * sizeof *want),
+              *got = malloc(d.nc * sizeof *got);
+        fill(A, d.na, &r);
+        fill(B, d.nb, &r);
+        fill(C0, d.nc, &r);
+        C0[3] = NAN;
+        for (int relu = 0; relu < 2; relu++) {
+            memcpy(want, C0, d.nc * sizeof *want);
+            run_product(k, 1, 0, relu, c, A, d.lda, B, d.ldb, want, d.ldc);
+            for (int t = 2; t <= 3; t++)
+                for (int first = 1; first <= n_kb + 1; first++) {
+                    memcpy(got, C0, d.nc * sizeof *got);
+                    qkv_bf16_ksplit_first = first;
+                    run_product(k, t, 0, relu, c, A, d.lda, B, d.ldb, got,
+                                d.ldc);
+                    qkv_bf16_ksplit_first = 0;
+                    size_t at, bad = bits_differ(got, want, d.nc, &at);
+                    runs++;
+                    CHECK(bad == 0,
+                          "%s, %dx%dx%d acc %d relu %d, %d threads, first "
+                          "thread's blocks %d of %d: %zu elements differ "
+                          "from 1 thread's (first [%zu]: %.9g vs %.9g)",
+                          qkv_bf16_kernel_name(k), c->M, c->N, c->K, c->acc,
+                          relu, t, first, n_kb, bad, at, (double)got[at],
+                          (double)want[at]);
+                }
+        }
+        free(A), free(B), free(C0), free(want), free(got);
+    }
+    printf("  %d splits, %s kernel: the bits of 1 thread\n", runs,
+           qkv_bf16_kernel_name(qkv_bf16_kernel_best()));
+#endif
+}
+
 /* ------------------------------------------------------------------- AMX */
 
 /* Integers in [-3, 3]: with K <= 600 every sum is exact in fp32, so any
@@ -1146,6 +1201,7 @@ int main(void) {
     RUN(test_error_within_the_bf16_bound);
     RUN(test_packed_weights_are_the_product);
     RUN(test_relu_is_max_of_the_product);
+    RUN(test_weight_gradients_any_split);
     RUN(test_amx_model_sums_as_the_sdm);
     RUN(test_amx_model_kernel);
     RUN(test_amx_kernel);
