@@ -1108,7 +1108,7 @@ static int take_block(_Atomic uint64_t *fb, int front, uint32_t cap,
  *
  * The k blocks are taken as threads come free, thread 0 from the front
  * (block 0 first), the others from the back, so a slower core takes fewer:
- * a vCPU of the host can run at 0.75-0.95 of the other's speed for a
+ * a vCPU of the host can run at 0.78-0.94 of the other's speed for a
  * while (measured per thread in the products of base's step). Against a
  * fixed half each, base's bf16 step on 2 threads took 0.97 of the time
  * with a process taking 20% of one core, 0.99-1.00 without (tiny, small,
