@@ -1112,14 +1112,15 @@ static int take_block(_Atomic uint64_t *fb, int front, uint32_t cap,
  * while (measured per thread in the products of base's step). Against a
  * fixed half each, base's bf16 step on 2 threads took 0.97 of the time
  * with a process taking 20% of one core, 0.99-1.00 without (tiny, small,
- * base; alternating in one process). The summation order stays the one of bf16.h, so the bits are
- * those of one thread whoever takes which: thread 0 sums its blocks 0 ..
- * j - 1 in order into a padded copy of C (the first stored, or added to
- * C's values; rows a multiple of 256 bytes apart evict each other, and a
- * 256 x 1024 C took 1.15x the time unpadded), every other block's sum is
- * stored by its thread in a padded buffer of its own, and after a barrier
- * each thread adds them to its share of C's rows in block order, c = c +
- * s, the ReLU (if any) with the last. */
+ * base; alternating in one process). The summation order stays the one
+ * of bf16.h, so the bits are those of one thread whoever takes which:
+ * thread 0 sums its blocks 0 .. j - 1 in order into a padded copy of C
+ * (the first stored, or added to C's values; rows a multiple of 256 bytes
+ * apart evict each other, and a 256 x 1024 C took 1.15x the time
+ * unpadded), every other block's sum is stored by its thread in a padded
+ * buffer of its own, and after a barrier each thread adds them to its
+ * share of C's rows in block order, c = c + s, the ReLU (if any) with the
+ * last. */
 int qkv_bf16_ksplit_first;
 
 static void gemm_ksplit(kernel_fn *kern, int mrk, int ta, int a_rows, int tb,
@@ -1138,19 +1139,18 @@ static void gemm_ksplit(kernel_fn *kern, int mrk, int ta, int a_rows, int tb,
     /* blocks not yet taken, front << 32 | back (block 0: thread 0's); with
      * qkv_bf16_ksplit_first, thread 0 takes the blocks before it, the
      * others the rest */
-    int first = qkv_bf16_ksplit_first;
-    if (first <= 0 || first > n_kb) first = first > 0 ? n_kb : 0;
-    uint32_t cap0 = first ? (uint32_t)first : (uint32_t)n_kb,
-             floor1 = first ? (uint32_t)first : 1;
+    uint32_t cap0 = (uint32_t)n_kb, floor1 = 1;
+    if (qkv_bf16_ksplit_first > 0)
+        cap0 = floor1 =
+            (uint32_t)(qkv_bf16_ksplit_first < n_kb ? qkv_bf16_ksplit_first
+                                                    : n_kb);
     _Atomic uint64_t fb;
     atomic_init(&fb, (uint64_t)1 << 32 | (uint64_t)n_kb);
     QKV_OMP(omp parallel num_threads(nt)) {
         int me = 0;
-#ifdef _OPENMP
-        me = omp_get_thread_num();
-#endif
         uint32_t cap = cap0;
 #ifdef _OPENMP
+        me = omp_get_thread_num();
         if (omp_get_num_threads() < 2) cap = (uint32_t)n_kb; /* all its */
 #endif
         uint32_t *own = slices + (size_t)me * own_words;
@@ -1195,27 +1195,26 @@ static void gemm_ksplit(kernel_fn *kern, int mrk, int ta, int a_rows, int tb,
     }
 }
 
-/* C (+)= bf16(op(A)) bf16(op(B)); op(B)'s slivers are packed here, or
- * taken from pre (a qkv_bf16_packed's words for this B).
+/* C (+)= bf16(op(A)) bf16(op(B)); op(B)'s slivers are packed here, or taken
+ * from pre (a qkv_bf16_packed's words for this B).
  *
- * Threads: a C small beside K (a weight gradient) is cut along K
- * (gemm_ksplit); any other C is cut along its longer side (rows when op(B)
- * comes packed) into one chunk per thread. The operand along the shorter side, which
- * every chunk reads, is packed whole first, shared; each chunk packs its
- * own slivers of the other. The only barrier is the one after that shared
- * packing (the previous version, three barriers per k block, ran a weight
- * gradient's product, K = 2048, only 1.1-1.3x faster on 2 threads than on
- * 1). One chunk per thread, not several taken as threads become free:
- * each chunk streams all of the shared operand again, and on AMD Zen 5 (2
- * threads) four chunks per thread made the base config's products 14%
- * slower (a linear layer's three products, 2048 tokens: 12.9 against 11.3
- * ms) while gaining 1.6% with the other core busy (base step 627 against
- * 637 ms), within the noise. Nor rows taken as threads come free, a row
- * block (MC) at a time, each thread from the front of its own half, then
- * from the back of the other's (work stealing; the bits do not change):
- * with a process taking 20% of one core base's bf16 step took 0.95-0.98
- * of the time, without it small's took 1.01-1.02 (a stolen block's rows
- * were written, and are read next, by the other core). */
+ * Threads: a C small beside K (a weight gradient) is cut along K (gemm_ksplit);
+ * any other C is cut along its longer side (rows when op(B) comes packed) into
+ * one chunk per thread. The operand along the shorter side, which every chunk
+ * reads, is packed whole first, shared; each chunk packs its own slivers of the
+ * other. The only barrier is the one after that shared packing (the previous
+ * version, three barriers per k block, ran a weight gradient's product, K =
+ * 2048, only 1.1-1.3x faster on 2 threads than on 1). One chunk per thread, not
+ * several taken as threads become free: each chunk streams all of the shared
+ * operand again, and on AMD Zen 5 (2 threads) four chunks per thread made the
+ * base config's products 14% slower (a linear layer's three products, 2048
+ * tokens: 12.9 against 11.3 ms) while gaining 1.6% with the other core busy
+ * (base step 627 against 637 ms), within the noise. Nor rows taken as threads
+ * come free, a row block (MC) at a time, each thread from the front of its own
+ * half, then from the back of the other's (work stealing; the bits do not
+ * change): with a process taking 20% of one core base's bf16 step took
+ * 0.95-0.98 of the time, without it small's took 1.01-1.02 (a stolen block's
+ * rows were written, and are read next, by the other core). */
 static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
                  const float *B, int ldb, const uint32_t *pre, int how,
                  float *C, int ldc) {
