@@ -13,11 +13,13 @@
 #   make DEBUG=1 ...   -O0 -g                          (objects in build-debug/)
 #   make SAN=1 ...     AddressSanitizer + UBSan        (objects in build-san/)
 #   make NATIVE=0      portable code (no -march=native)
+#   make MARCH=cpu     code for another CPU (-march=cpu; bench/amx.sh)
 #   make OMP=0         single-threaded, no OpenMP
 #   make CC=clang      clang works as well as gcc (C++ then with clang++)
 
 CC      ?= cc
 NATIVE  ?= 1
+MARCH   ?= native
 OMP     ?= 1
 DEBUG   ?= 0
 SAN     ?= 0
@@ -73,7 +75,7 @@ else
   CFLAGS  += -O3 -g
 endif
 ifeq ($(NATIVE),1)
-  CFLAGS  += -march=native
+  CFLAGS  += -march=$(MARCH)
 endif
 ifeq ($(OMP),1)
   CFLAGS  += -fopenmp
@@ -309,4 +311,4 @@ format-check:
 	clang-format --dry-run --Werror $(FORMAT_SRC)
 
 clean:
-	rm -rf build build-debug build-san build-vg build-clang build-portable build-fuzz
+	rm -rf build build-debug build-san build-vg build-clang build-portable build-fuzz build-mpi build-openblas build-amx

@@ -1,0 +1,183 @@
+#!/bin/sh
+# bench/amx.sh - issue 18's checks on a CPU with AMX (Intel Sapphire Rapids
+# and later), for when this project's own machine has none: build here, run
+# there, in one short call.
+#
+#   sh bench/amx.sh pack        here: build-amx/pack/ gets the bf16 tests, the
+#                               bench programs and qkv, built for Sapphire
+#                               Rapids (make MARCH=sapphirerapids; the AMX
+#                               kernel itself is chosen at run time, as
+#                               always), stripped, with the shared libraries
+#                               they need beyond glibc in build-amx/pack/lib
+#   sh bench/amx.sh run [DIR]   there, at the root of a copy of the
+#                               repository holding build-amx/pack/: prints
+#                               the machine, runs test_bf16, test_golden and
+#                               test_cli (the AMX kernel against the
+#                               definition on real tiles), and on a CPU with
+#                               amx_bf16 the bench's figures for issue 18's
+#                               AMX targets; the log goes to DIR/amx.log too
+#
+# With the device tool (a machine lent with an accelerator, whose host CPU
+# may have AMX; nothing is installed or fetched there):
+#   run  command "sh bench/amx.sh run $OUT"  carry ["build-amx/pack"]
+#        timeout_s 540
+# `run` takes ~5 minutes on 2 cores of a Sapphire Rapids (estimated from the
+# issue's figures: the two bases' 3 rounds are most of it).
+#
+# The figures: 2 threads pinned to CPUs of two different cores, the five
+# programs of a round (qkv fp32, qkv bf16 on amx-bf16, qkv bf16 on
+# avx512-bf16, PyTorch autocast bf16, PyTorch fp32) in turn, 3 rounds; the
+# times are medians of the 3, each ratio the median of the rounds' ratios
+# (as bench/run.sh's mixed-precision table). Targets: base bf16 <= 0.4 x
+# PyTorch bf16 and <= 0.4 x qkv fp32, small bf16 <= 0.5 x PyTorch bf16.
+set -e
+P=build-amx/pack
+
+if [ "$1" = pack ]; then
+    B=build-amx
+    PROGS="$B/tests/test_bf16 $B/tests/test_golden $B/tests/test_cli \
+$B/tests/bench_matmul $B/bench/bench_train $B/examples/qkv"
+    make --no-print-directory BUILD=$B MARCH=sapphirerapids $PROGS
+    rm -rf $P
+    mkdir -p $P/tests $P/bench $P/examples $P/lib
+    for f in $PROGS; do
+        d=$P/${f#$B/}
+        cp "$f" "$d"
+        strip "$d"
+    done
+    # every library a program loads but glibc's own (the loader, libc, libm
+    # and the rest come from the machine it runs on)
+    for f in $PROGS; do ldd "$f"; done | awk '$2 == "=>" && $3 ~ /^\// {print $3}' |
+        sort -u | while read -r so; do
+            case ${so##*/} in
+            libc.so* | libm.so* | ld-linux* | libpthread.so* | libdl.so* | \
+                librt.so* | libresolv.so*) ;;
+            *) cp -L "$so" $P/lib/ ;;
+            esac
+        done
+    echo "$P: $(du -sh $P | cut -f1) ($(ls $P/lib | tr '\n' ' '))"
+    echo "there: sh bench/amx.sh run DIR   (device tool: carry [\"$P\"])"
+    exit 0
+fi
+[ "$1" = run ] || {
+    echo "usage: sh bench/amx.sh pack | run [DIR]" >&2
+    exit 2
+}
+[ -x $P/bench/bench_train ] || {
+    echo "bench/amx.sh: $P/bench/bench_train is missing: sh bench/amx.sh pack first, then carry $P" >&2
+    exit 2
+}
+DIR=${2:-.}
+set +e # a program that fails is in the log; the rest still run
+export LD_LIBRARY_PATH="$PWD/$P/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+B=$P/bench/bench_train
+NL='
+'
+get() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+median() { sort -g | awk '{l[NR] = $1} END {print l[int((NR + 1) / 2)]}'; }
+# the first Python that imports torch (the device's python3 does; here,
+# Debian's /usr/bin/python3)
+PY=python3
+for p in python3 /usr/bin/python3; do
+    if $p -c "import torch" 2>/dev/null; then
+        PY=$p
+        break
+    fi
+done
+# the kernel measured as "amx" (trying this script on a CPU without AMX:
+# AMX_SH_KERNEL=avx512-bf16)
+K=${AMX_SH_KERNEL:-amx-bf16}
+
+main() {
+    echo "== the machine"
+    echo "$(grep -m1 '^model name' /proc/cpuinfo)"
+    echo "cpus: $(nproc), kernel $(uname -r), $(ldd --version 2>&1 | head -1)"
+    FLAGS=$(grep -m1 '^flags' /proc/cpuinfo)
+    echo "flags: $(echo "$FLAGS" | tr ' ' '\n' | grep -E '^(amx|avx512_bf16|avx512f$)' | tr '\n' ' ')"
+    TORCH=0
+    if $PY -c "import torch" 2>/dev/null; then
+        TORCH=1
+        echo "PyTorch $($PY -c 'import torch; print(torch.__version__, torch.backends.mkldnn.is_available())') (version, oneDNN)"
+    else
+        echo "PyTorch: not found (no autocast figures)"
+    fi
+    echo
+
+    # Two CPUs of two different cores (lscpu -p: CPU,CORE), first socket.
+    PIN=""
+    if command -v taskset >/dev/null && command -v lscpu >/dev/null; then
+        CPUS=$(lscpu -p=CPU,CORE,SOCKET | grep -v '^#' |
+            awk -F, 'NR == 1 {s = $3} $3 == s && !seen[$2]++ {print $1}' | head -2 |
+            tr '\n' ',' | sed 's/,$//')
+        case $CPUS in *,*) PIN="taskset -c $CPUS" ;; esac
+    fi
+    echo "pinned: ${PIN:-no (taskset or lscpu missing; threads run unpinned)}"
+    echo
+
+    echo "== tests (the bf16 kernels against their definition, golden, the CLI)"
+    T0=$(date +%s)
+    sh tests/run.sh $P/tests/test_bf16 $P/tests/test_golden $P/tests/test_cli || true
+    echo "tests took $(($(date +%s) - T0)) s"
+    echo
+
+    if [ $K = amx-bf16 ] && ! echo "$FLAGS" | grep -qw amx_bf16; then
+        echo "no amx_bf16 on this CPU: the AMX figures need one; stopping here"
+        return 0
+    fi
+
+    echo "== peaks (one core; bench_matmul bf16 peak, bench_train peak)"
+    BF=$($PIN $P/tests/bench_matmul bf16 peak)
+    echo "$BF"
+    PK=$(get "$BF" amx_peak_gflops)
+    [ -n "$PK" ] || PK=$(get "$BF" bf16_peak_gflops)
+    echo "fma: $($PIN $B peak --threads 2)"
+    echo
+
+    # PyTorch's products: MKL or oneDNN where it is pip's (threads as
+    # torch's); Debian's calls OpenBLAS, given 1 thread (2 x 2 threads on 2
+    # CPUs would cost it 3x) and its AVX-512 kernels, as bench/run.sh does
+    export OPENBLAS_CORETYPE=${QKV_OPENBLAS_CORETYPE:-SkylakeX}
+
+    # One round of a config: qkv fp32, qkv bf16 (amx-bf16), qkv bf16
+    # (avx512-bf16), PyTorch bf16, PyTorch fp32; ms per step each, a line.
+    round() {
+        cfg=$1 st=$2 re=$3
+        f=$(get "$($PIN $B $cfg --threads 2 --steps $st --reps $re)" ms_per_step)
+        La=$(QKV_BF16_KERNEL=$K $PIN $B $cfg --threads 2 --steps $st --reps $re --precision bf16)
+        a=$(get "$La" ms_per_step) ga=$(get "$La" gflops)
+        v=$(get "$(QKV_BF16_KERNEL=avx512-bf16 $PIN $B $cfg --threads 2 --steps $st --reps $re --precision bf16)" ms_per_step)
+        tb=- tf=-
+        if [ $TORCH = 1 ]; then
+            tb=$(get "$(OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=1 $PIN $PY bench/bench_torch.py $cfg --threads 2 --steps $st --reps $re --precision bf16)" ms_per_step)
+            tf=$(get "$(OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=1 $PIN $PY bench/bench_torch.py $cfg --threads 2 --steps $st --reps $re)" ms_per_step)
+        fi
+        echo "$f $a $v $tb $tf $ga"
+    }
+    ratio() {
+        echo "$R" | awk -v a=$1 -v b=$2 \
+            '{print $a == "-" || $b == "-" ? "-" : sprintf("%.3f", $a / $b)}' | median
+    }
+    col() { echo "$R" | awk -v c=$1 '{print $c}' | median; }
+
+    echo "== training step, 2 threads, 3 alternating rounds (ms per step; raw rounds first)"
+    for cfg in small base; do
+        case $cfg in small) st=20 re=5 ;; base) st=4 re=3 ;; esac
+        R=""
+        for i in 1 2 3; do
+            r=$(round $cfg $st $re)
+            set -- $r
+            echo "$cfg round $i: fp32 $1 amx $2 avx512 $3 torch_bf16 $4 torch_fp32 $5"
+            R="${R:+$R$NL}$r"
+        done
+        pct=$(awk -v g="$(col 6)" -v p="$PK" 'BEGIN{printf "%.1f", 100 * g / (2 * p)}')
+        echo "$cfg: qkv fp32 $(col 1), qkv bf16 amx $(col 2) ($(col 6) GFLOPS, $pct% of 2 x $PK), avx512-bf16 $(col 3), PyTorch bf16 $(col 4), PyTorch fp32 $(col 5)"
+        echo "$cfg: amx/qkv_fp32 $(ratio 2 1), amx/torch_bf16 $(ratio 2 4), amx/avx512 $(ratio 2 3), torch_bf16/torch_fp32 $(ratio 4 5)"
+    done
+    echo
+
+    echo "== attention heads, 2 threads (bf16 with amx-bf16 against fp32; rule: what qkv picks)"
+    QKV_BF16_KERNEL=$K $PIN $B attention --threads 2 --reps 5
+    echo "all took $(($(date +%s) - T0)) s"
+}
+# tee writes the log as it goes: what ran before a timeout is kept
+main 2>&1 | tee "$DIR/amx.log"
