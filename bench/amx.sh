@@ -130,6 +130,14 @@ main() {
         return 0
     fi
 
+    # the CPU has the instructions; Linux (or a sandbox's kernel) must also
+    # grant the tile state, else the kernel cannot run and this says why
+    if ! QKV_BF16_KERNEL=$K $B tiny --threads 1 --steps 1 --reps 1 \
+        --precision bf16 >/dev/null; then
+        echo "the $K kernel cannot run here (above: why); stopping here"
+        return 0
+    fi
+
     echo "== peaks (one core; bench_matmul bf16 peak, bench_train peak)"
     BF=$($PIN $P/tests/bench_matmul bf16 peak)
     echo "$BF"
