@@ -22,8 +22,9 @@
 # may have AMX; nothing is installed or fetched there):
 #   run  command "sh bench/amx.sh run $OUT"  carry ["build-amx/pack"]
 #        timeout_s 540
-# `run` takes ~5 minutes on 2 cores of a Sapphire Rapids (estimated from the
-# issue's figures: the two bases' 3 rounds are most of it).
+# `run` took 5.5-6.5 minutes on this project's 2-core AMD EPYC (the bench
+# part forced onto avx512-bf16 with AMX_SH_KERNEL); on a Sapphire Rapids
+# expect about as long (from issue 18's figures; base's rounds are most).
 #
 # The figures: 2 threads pinned to CPUs of two different cores, the five
 # programs of a round (qkv fp32, qkv bf16 on amx-bf16, qkv bf16 on
