@@ -33,6 +33,7 @@
 # (as bench/run.sh's mixed-precision table). Targets: base bf16 <= 0.4 x
 # PyTorch bf16 and <= 0.4 x qkv fp32, small bf16 <= 0.5 x PyTorch bf16.
 set -e
+. "$(dirname "$0")/lib.sh" # get, median
 P=build-amx/pack
 
 if [ "$1" = pack ]; then
@@ -75,14 +76,12 @@ export LD_LIBRARY_PATH="$PWD/$P/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 B=$P/bench/bench_train
 NL='
 '
-get() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
-median() { sort -g | awk '{l[NR] = $1} END {print l[int((NR + 1) / 2)]}'; }
 # the first Python that imports torch (the device's python3 does; here,
-# Debian's /usr/bin/python3)
-PY=python3
+# Debian's /usr/bin/python3); TORCH=0 if none does
+PY=python3 TORCH=0
 for p in python3 /usr/bin/python3; do
     if $p -c "import torch" 2>/dev/null; then
-        PY=$p
+        PY=$p TORCH=1
         break
     fi
 done
@@ -96,9 +95,7 @@ main() {
     echo "cpus: $(nproc), kernel $(uname -r), $(ldd --version 2>&1 | head -1)"
     FLAGS=$(grep -m1 '^flags' /proc/cpuinfo)
     echo "flags: $(echo "$FLAGS" | tr ' ' '\n' | grep -E '^(amx|avx512_bf16|avx512f$)' | tr '\n' ' ')"
-    TORCH=0
-    if $PY -c "import torch" 2>/dev/null; then
-        TORCH=1
+    if [ $TORCH = 1 ]; then
         echo "PyTorch $($PY -c 'import torch; print(torch.__version__, torch.backends.mkldnn.is_available())') (version, oneDNN)"
     else
         echo "PyTorch: not found (no autocast figures)"

@@ -8,7 +8,7 @@ set -e
 B=$1/bench/bench_train
 M=$2/bench/bench_train
 RUN="mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2"
-get() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+. "$(dirname "$0")/lib.sh" # get
 med() { sort -n | sed -n 2p; }
 steps_of() { case $1 in tiny) echo "50 5";; small) echo "20 5";; base) echo "4 5";; esac; }
 printf "%-6s %9s %14s %16s %16s %7s\n" config grad_MB allreduce_ms \

@@ -15,6 +15,7 @@
 # count, which follows the load (core/threads.h), with 1 thread and with a
 # fixed count of every CPU.
 set -e
+. "$(dirname "$0")/lib.sh" # get, median
 BUILD=${1:-build}
 B=$BUILD/bench/bench_train
 PY=/usr/bin/python3
@@ -37,9 +38,6 @@ if [ $TORCH = 1 ]; then
     esac
     echo
 fi
-
-# key=value of a line
-get() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 
 echo "== the machine: FMA peak (register-resident AVX-512 FMA loop)"
 P1=$(get "$($B peak --threads 1)" peak_gflops)
@@ -64,8 +62,6 @@ median_line() {
         sort -n | awk '{l[NR] = $0} END {print l[int((NR + 1) / 2)]}' |
         cut -d' ' -f2-
 }
-# the median of the numbers on stdin, one a line
-median() { sort -g | awk '{l[NR] = $1} END {print l[int((NR + 1) / 2)]}'; }
 # Each figure is the median of three processes, each the median of its own
 # runs: a burst of load from outside (this is often a shared machine) lasts
 # longer than one process and would otherwise decide a ratio. The processes
