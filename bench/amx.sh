@@ -26,11 +26,12 @@
 # part forced onto avx512-bf16 with AMX_SH_KERNEL); on a Sapphire Rapids
 # expect about as long (from issue 18's figures; base's rounds are most).
 #
-# The figures: 2 threads pinned to CPUs of two different cores, the five
-# programs of a round (qkv fp32, qkv bf16 on amx-bf16, qkv bf16 on
-# avx512-bf16, PyTorch autocast bf16, PyTorch fp32) in turn, 3 rounds; the
-# times are medians of the 3, each ratio the median of the rounds' ratios
-# (as bench/run.sh's mixed-precision table). Targets: base bf16 <= 0.4 x
+# The figures: 2 threads pinned to CPUs of two different cores, the four
+# processes of a round (qkv fp32 and qkv bf16 on amx-bf16 taking turns in
+# one, bench_train --precision both; qkv bf16 on avx512-bf16; PyTorch
+# autocast bf16; PyTorch fp32) in turn, 3 rounds; the times are medians of
+# the 3, each ratio the median of the rounds' ratios (as bench/run.sh's
+# mixed-precision table). Targets: base bf16 <= 0.4 x
 # PyTorch bf16 and <= 0.4 x qkv fp32, small bf16 <= 0.5 x PyTorch bf16.
 set -e
 . "$(dirname "$0")/lib.sh" # get, median
@@ -150,19 +151,20 @@ main() {
     export OPENBLAS_CORETYPE=${QKV_OPENBLAS_CORETYPE:-SkylakeX}
 
     # One round of a config: qkv fp32, qkv bf16 (amx-bf16), qkv bf16
-    # (avx512-bf16), PyTorch bf16, PyTorch fp32; ms per step each, a line.
+    # (avx512-bf16), PyTorch bf16, PyTorch fp32, ms per step each; the amx
+    # step's GFLOPS, and its ratio to fp32 (the two take turns in one
+    # process, as in make bench: bench_train --precision both); a line.
     round() {
         cfg=$1 st=$2 re=$3
-        f=$(get "$($PIN $B $cfg --threads 2 --steps $st --reps $re)" ms_per_step)
-        La=$(QKV_BF16_KERNEL=$K $PIN $B $cfg --threads 2 --steps $st --reps $re --precision bf16)
-        a=$(get "$La" ms_per_step) ga=$(get "$La" gflops)
+        La=$(QKV_BF16_KERNEL=$K $PIN $B $cfg --threads 2 --steps $st --reps $re --precision both)
+        f=$(get "$La" fp32_ms) a=$(get "$La" bf16_ms) ga=$(get "$La" bf16_gflops)
         v=$(get "$(QKV_BF16_KERNEL=avx512-bf16 $PIN $B $cfg --threads 2 --steps $st --reps $re --precision bf16)" ms_per_step)
         tb=- tf=-
         if [ $TORCH = 1 ]; then
             tb=$(get "$(OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=1 $PIN $PY bench/bench_torch.py $cfg --threads 2 --steps $st --reps $re --precision bf16)" ms_per_step)
             tf=$(get "$(OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=1 $PIN $PY bench/bench_torch.py $cfg --threads 2 --steps $st --reps $re)" ms_per_step)
         fi
-        echo "$f $a $v $tb $tf $ga"
+        echo "$f $a $v $tb $tf $ga $(get "$La" bf16_over_fp32)"
     }
     ratio() {
         echo "$R" | awk -v a=$1 -v b=$2 \
@@ -177,12 +179,12 @@ main() {
         for i in 1 2 3; do
             r=$(round $cfg $st $re)
             set -- $r
-            echo "$cfg round $i: fp32 $1 amx $2 avx512 $3 torch_bf16 $4 torch_fp32 $5"
+            echo "$cfg round $i: fp32 $1 amx $2 avx512 $3 torch_bf16 $4 torch_fp32 $5 amx/fp32 $7"
             R="${R:+$R$NL}$r"
         done
         pct=$(awk -v g="$(col 6)" -v p="$PK" 'BEGIN{printf "%.1f", 100 * g / (2 * p)}')
         echo "$cfg: qkv fp32 $(col 1), qkv bf16 amx $(col 2) ($(col 6) GFLOPS, $pct% of 2 x $PK), avx512-bf16 $(col 3), PyTorch bf16 $(col 4), PyTorch fp32 $(col 5)"
-        echo "$cfg: amx/qkv_fp32 $(ratio 2 1), amx/torch_bf16 $(ratio 2 4), amx/avx512 $(ratio 2 3), torch_bf16/torch_fp32 $(ratio 4 5)"
+        echo "$cfg: amx/qkv_fp32 $(col 7 | awk '{printf "%.3f", $1}'), amx/torch_bf16 $(ratio 2 4), amx/avx512 $(ratio 2 3), torch_bf16/torch_fp32 $(ratio 4 5)"
     done
     echo
 

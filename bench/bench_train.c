@@ -8,6 +8,9 @@
  *   bench_train tiny [--threads N] [--steps K] [--reps R]
  *                    [--precision bf16]   the linear layers' products in
  *                                         bf16 (core/bf16.h)
+ *                    [--precision both]   fp32 and bf16 taking turns in one
+ *                                         process, and their ratio (see
+ *                                         paired())
  *   bench_train peak [--threads N]        the machine's FMA peak, GFLOPS
  *   bench_train tape                      tape overhead per recorded op
  *   bench_train generate [--reps R]       tokens/s of a 512-token sample
@@ -352,6 +355,97 @@ static int attention_heads(int reps) {
 
 /* ------------------------------------------------------------------ main */
 
+/* ------------------------------------------------------------ training */
+
+/* A config's model and the program's training step (qkv_trainer_step, Adam,
+ * clipping off: bench_torch.py does not clip either) on the copy task,
+ * after 5 warm-up steps. */
+typedef struct run {
+    qkv_trainer tr;
+    qkv_source *data;
+} run;
+
+static int run_init(run *r, const config *c, int bf16) {
+    qkv_model_config mc = qkv_model_defaults(QKV_MODEL_ENCDEC);
+    mc.src_vocab = mc.tgt_vocab = c->V;
+    mc.d_model = c->D, mc.heads = c->H, mc.d_ff = c->F;
+    mc.n_enc = mc.n_dec = c->N;
+    mc.max_len = c->L;
+    mc.dropout = 0;
+    qkv_model m;
+    char err[256];
+    if (qkv_model_init(&m, &mc, 42, err, sizeof err)) {
+        fprintf(stderr, "bench_train: %s\n", err);
+        return 1;
+    }
+    qkv_trainer_config tc = qkv_trainer_defaults(QKV_OPTIM_ADAM, 1e-3f);
+    tc.clip = 0.0f;
+    tc.precision = bf16 ? QKV_BF16 : QKV_FP32;
+    qkv_trainer_init(&r->tr, &m, &tc);
+    qkv_task task = {QKV_TASK_COPY, c->V, c->L, c->L, 0, 0};
+    r->data = qkv_task_source(&task, c->B, 1, 0);
+    for (int i = 0; i < 5; i++)
+        qkv_trainer_step(&r->tr, qkv_source_next(r->data));
+    return 0;
+}
+
+/* Seconds per step of the next `steps` steps. */
+static double run_steps(run *r, int steps) {
+    double t0 = qkv_seconds();
+    for (int i = 0; i < steps; i++)
+        qkv_trainer_step(&r->tr, qkv_source_next(r->data));
+    return (qkv_seconds() - t0) / steps;
+}
+
+static void run_free(run *r) {
+    qkv_source_free(r->data);
+    qkv_trainer_free(&r->tr);
+}
+
+/* --precision both: the config in fp32 and in bf16 in one process, the two
+ * taking turns run by run (fp32 then bf16, then bf16 then fp32, ...), so
+ * the two runs of a pair are a second or less apart and the host's drift
+ * (15-35% within minutes on this project's shared machines, README:
+ * Speed) lands on both sides of the ratio alike; separate processes, even
+ * alternating, are tens of seconds apart for base. Times are each side's
+ * median run, the ratio the median of the pairs' ratios (with their
+ * smallest and largest). Both models stay in memory (base: ~2 x 0.5 GB);
+ * a run starts with the other model's data in the caches, which costs
+ * little where it would matter (base streams its 350 MB arena from memory
+ * every step anyway; measured against separate processes in README,
+ * Speed). */
+static int paired(const config *c, int steps, int reps, int nthreads) {
+    run r[2]; /* 0: fp32, 1: bf16 */
+    if (run_init(&r[0], c, 0)) return 1;
+    if (run_init(&r[1], c, 1)) {
+        run_free(&r[0]);
+        return 1;
+    }
+    double *t = malloc((size_t)reps * 3 * sizeof *t);
+    double *t32 = t, *t16 = t + reps, *q = t + 2 * reps;
+    for (int i = 0; i < reps; i++) {
+        int first = i % 2; /* 0: fp32 first */
+        double x = run_steps(&r[first], steps);
+        double y = run_steps(&r[!first], steps);
+        t32[i] = first ? y : x;
+        t16[i] = first ? x : y;
+        q[i] = t16[i] / t32[i];
+    }
+    for (int k = 0; k < 3; k++)
+        qsort(t + (size_t)k * reps, (size_t)reps, sizeof *t, cmp_double);
+    double flops = step_flops(c);
+    printf("config=%s threads=%d steps=%d reps=%d fp32_ms=%.3f bf16_ms=%.3f "
+           "bf16_gflops=%.1f bf16_over_fp32=%.4f ratio_min=%.4f "
+           "ratio_max=%.4f kernel=%s\n",
+           c->name, nthreads, steps, reps, 1e3 * t32[reps / 2],
+           1e3 * t16[reps / 2], flops / t16[reps / 2] / 1e9, q[reps / 2], q[0],
+           q[reps - 1], qkv_bf16_kernel_name(qkv_bf16_get_kernel()));
+    free(t);
+    run_free(&r[0]);
+    run_free(&r[1]);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     qkv_comm_init(&argc, &argv); /* make bench-mpi: mpirun -np K */
     if (argc < 2) {
@@ -359,10 +453,10 @@ int main(int argc, char **argv) {
                 "usage: bench_train "
                 "tiny|small|base|peak|tape|spin|generate|attention|pingpong "
                 "[--threads N] [--steps K] [--reps R] "
-                "[--precision fp32|bf16]\n");
+                "[--precision fp32|bf16|both]\n");
         return 2;
     }
-    int threads = 0, steps = 20, reps = 5, bf16 = 0;
+    int threads = 0, steps = 20, reps = 5, precision = 0; /* 2: both */
     for (int i = 2; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--threads") == 0)
             threads = atoi(argv[i + 1]);
@@ -372,12 +466,19 @@ int main(int argc, char **argv) {
             reps = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--precision") == 0 &&
                  (strcmp(argv[i + 1], "fp32") == 0 ||
-                  strcmp(argv[i + 1], "bf16") == 0))
-            bf16 = strcmp(argv[i + 1], "bf16") == 0;
+                  strcmp(argv[i + 1], "bf16") == 0 ||
+                  strcmp(argv[i + 1], "both") == 0))
+            precision = strcmp(argv[i + 1], "bf16") == 0   ? 1
+                        : strcmp(argv[i + 1], "both") == 0 ? 2
+                                                           : 0;
         else {
             fprintf(stderr, "bench_train: unknown flag %s\n", argv[i]);
             return 2;
         }
+    }
+    if (steps < 1 || reps < 1) {
+        fprintf(stderr, "bench_train: --steps and --reps must be 1 or more\n");
+        return 2;
     }
     if (threads > 0) qkv_set_threads(threads);
 #ifdef _OPENMP
@@ -400,7 +501,8 @@ int main(int argc, char **argv) {
         tape_overhead();
         return 0;
     }
-    if (strcmp(argv[1], "generate") == 0) return generation(reps, bf16);
+    if (strcmp(argv[1], "generate") == 0)
+        return generation(reps, precision == 1);
     if (strcmp(argv[1], "attention") == 0) return attention_heads(reps);
     const config *c = NULL;
     for (size_t i = 0; i < sizeof configs / sizeof *configs; i++)
@@ -409,34 +511,16 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_train: unknown config %s\n", argv[1]);
         return 2;
     }
-    qkv_model_config mc = qkv_model_defaults(QKV_MODEL_ENCDEC);
-    mc.src_vocab = mc.tgt_vocab = c->V;
-    mc.d_model = c->D, mc.heads = c->H, mc.d_ff = c->F;
-    mc.n_enc = mc.n_dec = c->N;
-    mc.max_len = c->L;
-    mc.dropout = 0;
-    qkv_model m;
-    char err[256];
-    if (qkv_model_init(&m, &mc, 42, err, sizeof err)) {
-        fprintf(stderr, "bench_train: %s\n", err);
-        return 1;
-    }
-    /* The program's training step, with clipping off: bench_torch.py does
-     * not clip either. */
-    qkv_trainer_config tc = qkv_trainer_defaults(QKV_OPTIM_ADAM, 1e-3f);
-    tc.clip = 0.0f;
-    tc.precision = bf16 ? QKV_BF16 : QKV_FP32;
-    qkv_trainer tr;
-    qkv_trainer_init(&tr, &m, &tc);
-    qkv_task task = {QKV_TASK_COPY, c->V, c->L, c->L, 0, 0};
-    qkv_source *data = qkv_task_source(&task, c->B, 1, 0);
-    for (int i = 0; i < 5; i++) qkv_trainer_step(&tr, qkv_source_next(data));
+    if (precision == 2) return paired(c, steps, reps, nthreads);
+    run run1;
+    if (run_init(&run1, c, precision)) return 1;
+    qkv_trainer *tr = &run1.tr;
     double *t = malloc((size_t)reps * sizeof *t);
     size_t allocs0 = n_allocs;
     for (int r = 0; r < reps; r++) {
         double t0 = qkv_seconds();
         for (int i = 0; i < steps; i++)
-            qkv_trainer_step(&tr, qkv_source_next(data));
+            qkv_trainer_step(tr, qkv_source_next(run1.data));
         t[r] = (qkv_seconds() - t0) / steps;
     }
     size_t allocs = n_allocs - allocs0;
@@ -447,20 +531,19 @@ int main(int argc, char **argv) {
         for (int r = 0; r < 5 * reps; r++) {
             qkv_comm_barrier();
             double t0 = qkv_seconds();
-            qkv_comm_sum_floats(tr.model.params.grads, tr.model.params.n);
+            qkv_comm_sum_floats(tr->model.params.grads, tr->model.params.n);
             a[r] = qkv_seconds() - t0;
         }
         qsort(a, (size_t)(5 * reps), sizeof *a, cmp_double);
         if (qkv_comm_rank() == 0)
             printf("ranks=%d grad_mb=%.1f allreduce_ms=%.3f ", qkv_comm_size(),
-                   4.0 * (double)tr.model.params.n / 1e6,
+                   4.0 * (double)tr->model.params.n / 1e6,
                    1e3 * a[5 * reps / 2]);
         free(a);
     }
     if (qkv_comm_rank() != 0) {
         free(t);
-        qkv_source_free(data);
-        qkv_trainer_free(&tr);
+        run_free(&run1);
         return 0;
     }
     struct rusage ru;
@@ -470,10 +553,9 @@ int main(int argc, char **argv) {
            "allocs_after_warmup=%zu params=%zu loss=%.4f\n",
            c->name, nthreads, qkv_get_threads(), 1e3 * s, 2.0 * c->B * c->L / s,
            flops / s / 1e9, (double)ru.ru_maxrss / 1024,
-           (double)tr.graph.arena.peak / (1 << 20), allocs, tr.model.params.n,
-           (double)tr.loss);
+           (double)tr->graph.arena.peak / (1 << 20), allocs, tr->model.params.n,
+           (double)tr->loss);
     free(t);
-    qkv_source_free(data);
-    qkv_trainer_free(&tr);
+    run_free(&run1);
     return 0;
 }

@@ -131,14 +131,16 @@ echo
 # Mixed precision: the linear layers' products from bf16 operands with fp32
 # sums (qkv --precision bf16; PyTorch: torch.autocast("cpu", bfloat16)),
 # beside fp32, all measured here. This host's speed drifts by 15-35% within
-# minutes, so the four processes of a row (qkv fp32, qkv bf16, PyTorch
-# bf16, PyTorch fp32) run in turn, 3 rounds of them: the times are the
-# medians of 3 processes, and each ratio is the median of the 3 rounds'
-# ratios (the two sides of a ratio ran within seconds of each other). % of
-# peak: the step's matrix-product GFLOPS over the peak of the instruction
-# the bf16 kernel runs on (bench_matmul bf16 measures one core's: AMX's
-# TDPBF16PS where the kernel is amx-bf16, else vdpbf16ps), or over the FMA
-# peak where the CPU has no bf16 instruction.
+# minutes, so qkv's two precisions run in one process, taking turns run by
+# run (bench_train --precision both: a pair's two runs are a second or less
+# apart), and its ratio is the median of the pairs'; that process and
+# PyTorch's two (autocast bf16, fp32) run in turn, 3 rounds of them. The
+# times are the medians of the 3 rounds, each ratio the median of the 3
+# rounds' ratios, and range= the smallest and largest of qkv's rounds'
+# bf16/fp32. % of peak: the step's matrix-product GFLOPS over the peak of
+# the instruction the bf16 kernel runs on (bench_matmul bf16 measures one
+# core's: AMX's TDPBF16PS where the kernel is amx-bf16, else vdpbf16ps), or
+# over the FMA peak where the CPU has no bf16 instruction.
 BF=$($BUILD/tests/bench_matmul bf16 peak)
 echo "$BF"
 PB1=$(get "$BF" bf16_peak_gflops)
@@ -146,17 +148,16 @@ PB1=$(get "$BF" bf16_peak_gflops)
 [ -n "$PB1" ] || PB1=$P1
 rtt
 printf '== mixed precision (bf16 products, fp32 sums), 3 alternating rounds\n'
-printf '%-6s %-7s %9s %9s %9s %11s %11s %8s %8s\n' config threads \
-    fp32_ms bf16_ms bf16/fp32 %bf16_peak torch_bf16 qkv/torch torch/fp32
+printf '%-6s %-7s %9s %9s %9s %11s %11s %11s %8s %8s\n' config threads \
+    fp32_ms bf16_ms bf16/fp32 range %bf16_peak torch_bf16 qkv/torch torch/fp32
 for cfg in tiny small base; do
     set -- $(steps_of $cfg)
     ST=$1 RE=$2
     for t in 1 2; do
-        # one line a round: qkv fp32 ms, qkv bf16 ms, bf16 GFLOPS, PyTorch
-        # bf16 ms, PyTorch fp32 ms (- without PyTorch)
+        # one line a round: qkv fp32 ms, qkv bf16 ms, bf16 GFLOPS, qkv
+        # bf16/fp32, PyTorch bf16 ms, PyTorch fp32 ms (- without PyTorch)
         R=$(for i in 1 2 3; do
-            f=$(get "$($B $cfg --threads $t --steps $ST --reps $RE)" ms_per_step)
-            Lb=$($B $cfg --threads $t --steps $ST --reps $RE --precision bf16)
+            Lp=$($B $cfg --threads $t --steps $ST --reps $RE --precision both)
             tb=- tf=-
             if [ $TORCH = 1 ]; then
                 tb=$(get "$(OPENBLAS_NUM_THREADS=$t OMP_NUM_THREADS=$t "$PY" \
@@ -166,15 +167,18 @@ for cfg in tiny small base; do
                     bench/bench_torch.py $cfg --threads $t --steps $ST \
                     --reps $RE)" ms_per_step)
             fi
-            echo "$f $(get "$Lb" ms_per_step) $(get "$Lb" gflops) $tb $tf"
+            echo "$(get "$Lp" fp32_ms) $(get "$Lp" bf16_ms)" \
+                "$(get "$Lp" bf16_gflops) $(get "$Lp" bf16_over_fp32) $tb $tf"
         done)
         col() { echo "$R" | awk -v c=$1 '{print $c}' | median; }
         ratio() { echo "$R" | awk -v a=$1 -v b=$2 '{print $a == "-" || $b == "-" ? "-" : $a / $b}' | median; }
+        range=$(echo "$R" | awk 'NR == 1 || $4 < lo {lo = $4} NR == 1 || $4 > hi {hi = $4}
+            END {printf "%.3f-%.3f", lo, hi}')
         awk -v c=$cfg -v t=$t -v f="$(col 1)" -v b="$(col 2)" -v gf="$(col 3)" \
-            -v pk=$PB1 -v tb="$(col 4)" -v rb="$(ratio 2 1)" -v rq="$(ratio 2 4)" \
-            -v rt="$(ratio 4 5)" 'BEGIN{
-            printf "%-6s %-7s %9.2f %9.2f %9.3f %10.1f%% %11s %8s %8s\n",
-                c, t, f, b, rb, 100 * gf / (pk * t),
+            -v pk=$PB1 -v tb="$(col 5)" -v rb="$(col 4)" -v rq="$(ratio 2 5)" \
+            -v rt="$(ratio 5 6)" -v rg="$range" 'BEGIN{
+            printf "%-6s %-7s %9.2f %9.2f %9.3f %11s %10.1f%% %11s %8s %8s\n",
+                c, t, f, b, rb, rg, 100 * gf / (pk * t),
                 tb == "-" ? "-" : sprintf("%.2f", tb),
                 rq == "-" ? "-" : sprintf("%.3f", rq),
                 rt == "-" ? "-" : sprintf("%.3f", rt) }'
