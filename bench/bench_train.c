@@ -517,12 +517,7 @@ int main(int argc, char **argv) {
     qkv_trainer *tr = &run1.tr;
     double *t = malloc((size_t)reps * sizeof *t);
     size_t allocs0 = n_allocs;
-    for (int r = 0; r < reps; r++) {
-        double t0 = qkv_seconds();
-        for (int i = 0; i < steps; i++)
-            qkv_trainer_step(tr, qkv_source_next(run1.data));
-        t[r] = (qkv_seconds() - t0) / steps;
-    }
+    for (int r = 0; r < reps; r++) t[r] = run_steps(&run1, steps);
     size_t allocs = n_allocs - allocs0;
     qsort(t, (size_t)reps, sizeof *t, cmp_double);
     double s = t[reps / 2], flops = step_flops(c);
