@@ -265,7 +265,10 @@ static void amx_config(uint8_t cfg[64], int top, int bot, int kp) {
 
 /* The model: each thread's tile registers and the instructions on them, as
  * the SDM's pseudocode has them, with the checks whose failure would fault
- * on the hardware (#UD, #GP) made fatal. */
+ * on the hardware (#UD, #GP) made fatal. An independent reading, Bochs
+ * 2.8's emulation of AMX (bochs/cpu/avx/amx.cc), has the same sums (even
+ * and odd products apart from zero, DAZ, FTZ, then added to C) and the
+ * same faults for what this kernel does. */
 typedef struct amx_tile {
     int rows, colsb;
     uint8_t d[16][64];
@@ -295,15 +298,24 @@ static amx_tile *model_tile(int t) {
     return &model_t[t];
 }
 
-static void model_load(int t, const void *p, size_t stride) {
+/* A tile that TILELOADD, TILESTORED and TDPBF16PS take: configured, rows
+ * of whole dwords (else #UD). */
+static amx_tile *model_words(int t) {
     amx_tile *x = model_tile(t);
+    QKV_CHECK(x->colsb % 4 == 0, "AMX model: tile %d rows of %d bytes", t,
+              x->colsb);
+    return x;
+}
+
+static void model_load(int t, const void *p, size_t stride) {
+    amx_tile *x = model_words(t);
     memset(x->d, 0, sizeof x->d);
     for (int r = 0; r < x->rows; r++)
         memcpy(x->d[r], (const uint8_t *)p + r * stride, (size_t)x->colsb);
 }
 
 static void model_store(int t, void *p, size_t stride) {
-    amx_tile *x = model_tile(t);
+    amx_tile *x = model_words(t);
     for (int r = 0; r < x->rows; r++)
         memcpy((uint8_t *)p + r * stride, x->d[r], (size_t)x->colsb);
 }
@@ -322,7 +334,7 @@ static inline uint32_t tile_word(const amx_tile *x, int r, int w) {
  * products over a's kp pairs summed apart from zero (fused multiply-adds,
  * DAZ, FTZ), then their sum added to c's element. */
 static void model_dp(int ct, int at, int bt) {
-    amx_tile *c = model_tile(ct), *a = model_tile(at), *b = model_tile(bt);
+    amx_tile *c = model_words(ct), *a = model_words(at), *b = model_words(bt);
     QKV_CHECK(ct != at && ct != bt && at != bt && c->rows == a->rows &&
                   c->colsb == b->colsb && a->colsb == 4 * b->rows,
               "AMX model: TDPBF16PS tmm%d (%dx%d), tmm%d (%dx%d), tmm%d "
