@@ -265,8 +265,8 @@ static void amx_config(uint8_t cfg[64], int top, int bot, int kp) {
 
 /* The model: each thread's tile registers and the instructions on them, as
  * the SDM's pseudocode has them, with the checks whose failure would fault
- * on the hardware (#UD, #GP) made fatal. An independent reading, Bochs
- * 2.8's emulation of AMX (bochs/cpu/avx/amx.cc), has the same sums (even
+ * on the hardware (#UD, #GP) made fatal. An independent reading, Bochs's
+ * emulation of AMX (bochs/cpu/avx/amx.cc, 2024), has the same sums (even
  * and odd products apart from zero, DAZ, FTZ, then added to C) and the
  * same faults for what this kernel does. */
 typedef struct amx_tile {
