@@ -10,6 +10,10 @@
 #   json/   the model and optimiser configs those checkpoints store, their
 #           runs' config.json (saved settings), and broken ones
 #   flags/  command lines, one argument per NUL-terminated string
+#   text/   the head of a shipped text, and plain texts that must be refused
+#           (bad UTF-8: overlong, a lone continuation byte, a cut sequence,
+#           a surrogate; a NUL; empty) or that test the edges (byte-order
+#           mark, CRLF, no final newline, one character)
 # Checkpoints store their training time, so they differ a little each time.
 #
 #   sh tests/fuzz/make_seeds.sh build/examples/qkv tests/fuzz/corpus
@@ -18,7 +22,7 @@ qkv=$1
 out=$2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-for d in ckpt tsv json flags; do
+for d in ckpt tsv json flags text; do
     rm -rf "${out:?}/$d"
     mkdir -p "$out/$d"
 done
@@ -68,6 +72,19 @@ printf 'a\tb\tc\n' >"$out/tsv/two-tabs.tsv"
 printf 'a\t\n' >"$out/tsv/empty-side.tsv"
 printf 'a\tb\nbad \300\200 utf-8\tx\n' >"$out/tsv/bad-utf8.tsv"
 printf 'a\tb\000c\n' >"$out/tsv/nul.tsv"
+
+# ---- plain text (qkv train --text)
+head -n 40 data/text/gnu-licenses.txt >"$out/text/licenses.txt"
+printf '\357\273\277one line\r\ntwo  words\n\n\tüñí ©ode 日本語 🙂\n' \
+    >"$out/text/edges.txt"
+printf 'no final newline' >"$out/text/no-newline.txt"
+printf 'x' >"$out/text/one-char.txt"
+printf 'ok\nbad \300\200 overlong\n' >"$out/text/overlong.txt"
+printf 'a \200 lone continuation\n' >"$out/text/continuation.txt"
+printf 'cut \342\202' >"$out/text/cut.txt"
+printf 'surrogate \355\240\200\n' >"$out/text/surrogate.txt"
+printf 'a\000b\n' >"$out/text/nul.txt"
+: >"$out/text/empty.txt"
 
 # ---- command lines (printf repeats '%s\0' for each argument)
 args() { # NAME ARG...: the NUL-separated command line NAME
