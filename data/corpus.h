@@ -137,7 +137,7 @@ int qkv_vocab_train_spm(qkv_vocab *v, const qkv_corpus *c, int sides,
  * bytes, as a checkpoint keeps them; name for messages), or from the model
  * file at path (at most QKV_MAX_SPM_FILE bytes). -1 and a message if it is
  * not a model, its pad/bos/eos/unk ids are not 0..3, or it has a piece that
- * is empty, not UTF-8 or spelt like a qkv special. */
+ * is empty, holds a NUL, is not UTF-8 or is spelt like a qkv special. */
 #define QKV_MAX_SPM_FILE ((uint64_t)1 << 30) /* 1 GiB */
 int qkv_vocab_from_spm(qkv_vocab *v, const void *bytes, size_t len,
                        const char *name, char *err, size_t errlen);

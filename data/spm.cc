@@ -85,6 +85,14 @@ int load(qkv_spm *m, const char *name, char *err, size_t errlen) {
                         "--bos_id=1 --eos_id=2 --unk_id=3)",
                         name, m->sp.pad_id(), m->sp.bos_id(), m->sp.eos_id(),
                         m->sp.unk_id());
+    // Pieces travel as C strings (qkv_spm_piece, the vocabulary's tokens):
+    // a NUL inside one would cut it short there and not in the model's
+    // own decoding.
+    for (int i = 0; i < m->sp.GetPieceSize(); i++)
+        if (m->sp.IdToPiece(i).find('\0') != std::string::npos)
+            return qkv_errf(err, errlen,
+                            "%s: SentencePiece piece %d holds a NUL byte", name,
+                            i);
     return 0;
 }
 

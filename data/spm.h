@@ -48,9 +48,9 @@ int qkv_spm_train(qkv_spm **out, const char *const *sentences, size_t n,
                   const char *type, int vocab_size, char *err, size_t errlen);
 /* A model from its serialized bytes (a .model file's contents, or
  * qkv_spm_bytes of another); name says where they came from in messages.
- * Refuses bytes that are not a model, and a model whose pad, bos, eos and
+ * Refuses bytes that are not a model, a model whose pad, bos, eos and
  * unk ids are not 0, 1, 2, 3 (spm_train --pad_id=0 --bos_id=1 --eos_id=2
- * --unk_id=3). */
+ * --unk_id=3), and one with a NUL byte inside a piece. */
 int qkv_spm_load(qkv_spm **out, const void *bytes, size_t len, const char *name,
                  char *err, size_t errlen);
 void qkv_spm_free(qkv_spm *m);

@@ -253,6 +253,46 @@ static double figure(const char *text, const char *key) {
 /* qkv train --tok spm; eval and decode from a copy of the checkpoint
  * alone print detokenized text; the run's spm.model is the model;
  * --resume continues; spm flags without --tok spm are refused. */
+/* A model whose piece holds a NUL byte (found by fuzz_spm): the vocabulary
+ * would keep the piece's bytes up to the NUL, the model's decoding all of
+ * them. Made from a trained model by setting the last byte of a piece of
+ * two or more bytes (its serialized form: tag 0x0a, length, bytes) to 0. */
+static void test_nul_in_a_piece_refused(void) {
+    char err[400], want[120];
+    qkv_vocab v, w;
+    CHECK(qkv_vocab_train_spm(&v, &grammar, QKV_SIDE_BOTH, "unigram", 60, err,
+                              sizeof err) == 0,
+          "%s", err);
+    size_t len;
+    const uint8_t *bytes = qkv_spm_bytes(v.spm, &len);
+    uint8_t *patched = malloc(len);
+    memcpy(patched, bytes, len);
+    int k = 5, hit = -1;
+    for (; k < v.size && hit < 0; k++) {
+        const char *t = qkv_spm_piece(v.spm, k);
+        size_t n = strlen(t);
+        for (size_t i = 0; n >= 2 && n < 128 && i + 2 + n <= len; i++)
+            if (patched[i] == 0x0a && patched[i + 1] == n &&
+                memcmp(patched + i + 2, t, n) == 0) {
+                patched[i + 1 + n] = 0;
+                hit = k;
+                break;
+            }
+    }
+    CHECK(hit >= 0, "no piece of two bytes or more found in the model");
+    snprintf(want, sizeof want, "patched: SentencePiece piece %d holds a NUL",
+             hit);
+    expect_error(
+        qkv_vocab_from_spm(&w, patched, len, "patched", err, sizeof err), err,
+        want);
+    /* the unpatched bytes still load */
+    CHECK(qkv_vocab_from_spm(&w, bytes, len, "model", err, sizeof err) == 0,
+          "%s", err);
+    qkv_vocab_free(&w);
+    free(patched);
+    qkv_vocab_free(&v);
+}
+
 static void test_cli_train_eval_decode(void) {
     char dir[64], cmd[2400], out[16384];
     test_tmpdir(dir, sizeof dir, "spm-cli");
@@ -407,6 +447,7 @@ int main(int argc, char **argv) {
     RUN(test_round_trip);
     RUN(test_pairs_and_detokenize);
     RUN(test_bad_models_refused);
+    RUN(test_nul_in_a_piece_refused);
     RUN(test_cli_train_eval_decode);
     RUN(test_text_language_model);
     RUN(test_misuse_is_one_line);
