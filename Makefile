@@ -275,7 +275,7 @@ corpora:
 FUZZ_S     ?= 0
 FUZZ_CC    ?= clang
 FUZZ_BUILD := build-fuzz
-FUZZ_NAMES := ckpt tsv json flags text
+FUZZ_NAMES := ckpt tsv json flags text spm
 FUZZ_SAN   := address,undefined -fno-sanitize-recover=all
 FUZZ_OBJ   := $(patsubst %.c,$(FUZZ_BUILD)/%.o,$(LIB_SRC) examples/cli/cli.c \
               examples/cli/train.c examples/cli/plot.c) \

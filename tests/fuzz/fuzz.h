@@ -10,7 +10,7 @@
  * it. Where a parse succeeds the harness also checks a round trip (what is
  * written reads back the same) and aborts if it does not.
  *
- *   make fuzz                 builds build-fuzz/fuzz_{ckpt,tsv,json,flags,text}
+ *   make fuzz                 builds build-fuzz/fuzz_{ckpt,tsv,json,flags,text,spm}
  *   make fuzz FUZZ_S=60       runs each for 60 s on its seeds (corpus/NAME)
  *   build-fuzz/fuzz_tsv crash-...     replays one input
  */

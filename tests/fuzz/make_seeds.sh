@@ -10,6 +10,9 @@
 #   json/   the model and optimiser configs those checkpoints store, their
 #           runs' config.json (saved settings), and broken ones
 #   flags/  command lines, one argument per NUL-terminated string
+#   spm/    SentencePiece models by spm_train (apt-get install
+#           sentencepiece) with qkv's ids, unigram and BPE, one with
+#           SentencePiece's default ids, a model cut short, a text file
 #   text/   the head of a shipped text, and plain texts that must be refused
 #           (bad UTF-8: overlong, a lone continuation byte, a cut sequence,
 #           a surrogate; a NUL; empty) or that test the edges (byte-order
@@ -22,7 +25,7 @@ qkv=$1
 out=$2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-for d in ckpt tsv json flags text; do
+for d in ckpt tsv json flags text spm; do
     rm -rf "${out:?}/$d"
     mkdir -p "$out/$d"
 done
@@ -85,6 +88,27 @@ printf 'cut \342\202' >"$out/text/cut.txt"
 printf 'surrogate \355\240\200\n' >"$out/text/surrogate.txt"
 printf 'a\000b\n' >"$out/text/nul.txt"
 : >"$out/text/empty.txt"
+
+# ---- SentencePiece models (identity normalisation, as qkv trains them,
+# keeps them small)
+cut -f2 data/corpora/grammar/valid.tsv >"$tmp/spm.txt"
+spm() { # NAME FLAG...: a model of 40 pieces on the grammar targets
+    name=$1
+    shift
+    spm_train --input="$tmp/spm.txt" --model_prefix="$tmp/$name" \
+        --vocab_size=40 --normalization_rule_name=identity \
+        --minloglevel=3 "$@" >/dev/null 2>&1
+    cp "$tmp/$name.model" "$out/spm/$name.model"
+}
+ids="--pad_id=0 --bos_id=1 --eos_id=2 --unk_id=3"
+# shellcheck disable=SC2086 # $ids is a list of flags
+{
+    spm unigram --model_type=unigram $ids
+    spm bpe --model_type=bpe $ids
+}
+spm default-ids --model_type=unigram
+head -c 200 "$out/spm/unigram.model" >"$out/spm/cut.model"
+head -n 3 "$tmp/spm.txt" >"$out/spm/text.model"
 
 # ---- command lines (printf repeats '%s\0' for each argument)
 args() { # NAME ARG...: the NUL-separated command line NAME

@@ -6,7 +6,7 @@
 # sanitizer report fails the run: the input is saved as DIR/crash-NAME-*
 # (replay it with DIR/fuzz_NAME FILE) and the end of the log is printed.
 #
-#   sh tests/fuzz/run.sh build-fuzz 60 ckpt tsv json flags text
+#   sh tests/fuzz/run.sh build-fuzz 60 ckpt tsv json flags text spm
 dir=$1
 secs=$2
 shift 2
