@@ -17,7 +17,8 @@
 #           (bad UTF-8: overlong, a lone continuation byte, a cut sequence,
 #           a surrogate; a NUL; empty) or that test the edges (byte-order
 #           mark, CRLF, no final newline, one character)
-# Checkpoints store their training time, so they differ a little each time.
+# Checkpoints store their training time and SentencePiece models their
+# input's temporary path, so they differ a little each time.
 #
 #   sh tests/fuzz/make_seeds.sh build/examples/qkv tests/fuzz/corpus
 set -eu
@@ -97,7 +98,7 @@ spm() { # NAME FLAG...: a model of 40 pieces on the grammar targets
     shift
     spm_train --input="$tmp/spm.txt" --model_prefix="$tmp/$name" \
         --vocab_size=40 --normalization_rule_name=identity \
-        --minloglevel=3 "$@" >/dev/null 2>&1
+        --num_threads=1 --minloglevel=3 "$@" >/dev/null 2>&1
     cp "$tmp/$name.model" "$out/spm/$name.model"
 }
 ids="--pad_id=0 --bos_id=1 --eos_id=2 --unk_id=3"
