@@ -243,7 +243,9 @@ kernel_avx512(int np, const uint32_t *a, const uint32_t *b, float *c,
  * (top, bottom, kp) are loaded (LDTILECFG, which zeroes the tiles) only
  * when they change: a last step of r < 16 pairs stores the C tiles, takes
  * kp = r, and loads them back. Every C row's sums are the same whatever
- * the rows configured. */
+ * the rows configured. A block whose sums go to C as they are (no adding, no
+ * ReLU: a product's first k block) stores its tiles straight into C; the
+ * others store them to a buffer and add that to C. */
 enum { AMX_KP = 16 }; /* pairs a step */
 
 /* The 64-byte configuration LDTILECFG reads (palette 1): byte 0 the
@@ -416,20 +418,20 @@ amx_shape(const int model, int top, int bot, int kp) {
     }
 }
 
-/* The C tiles from or to c (AMX_MR x NR floats, rows NR apart). */
+/* The C tiles from or to c (AMX_MR x NR floats, rows ldc apart). */
 static inline __attribute__((always_inline)) void
-amx_c_tiles(const int model, int store, int bot, float *c) {
-    size_t sc = NR * 4;
+amx_c_tiles(const int model, int store, int bot, float *c, size_t ldc) {
+    size_t sc = ldc * 4;
     if (store) {
         T_STORE(0, c, sc);
         T_STORE(1, c + 16, sc);
-        if (bot) T_STORE(2, c + 16 * NR, sc);
-        if (bot) T_STORE(3, c + 16 * NR + 16, sc);
+        if (bot) T_STORE(2, c + 16 * ldc, sc);
+        if (bot) T_STORE(3, c + 16 * ldc + 16, sc);
     } else {
         T_LOAD(0, c, sc);
         T_LOAD(1, c + 16, sc);
-        if (bot) T_LOAD(2, c + 16 * NR, sc);
-        if (bot) T_LOAD(3, c + 16 * NR + 16, sc);
+        if (bot) T_LOAD(2, c + 16 * ldc, sc);
+        if (bot) T_LOAD(3, c + 16 * ldc + 16, sc);
     }
 }
 
@@ -447,10 +449,10 @@ kernel_amx_body(const int model, int np, const uint32_t *a, const uint32_t *b,
     for (int part = 0; part < 2; part++) { /* full steps, then the rest */
         int steps = part ? r > 0 : full, kp = part ? r : AMX_KP;
         if (!steps) continue;
-        if (part && full) amx_c_tiles(model, 1, bot, acc);
+        if (part && full) amx_c_tiles(model, 1, bot, acc, NR);
         amx_shape(model, top, bot, kp);
         if (part && full) {
-            amx_c_tiles(model, 0, bot, acc);
+            amx_c_tiles(model, 0, bot, acc, NR);
         } else {
             T_ZERO(0);
             T_ZERO(1);
@@ -472,7 +474,11 @@ kernel_amx_body(const int model, int np, const uint32_t *a, const uint32_t *b,
             }
         }
     }
-    amx_c_tiles(model, 1, bot, acc);
+    if (!(how & (ADD | RELU))) { /* the block's sums are C: stored there */
+        amx_c_tiles(model, 1, bot, c, ldc);
+        return;
+    }
+    amx_c_tiles(model, 1, bot, acc, NR);
     for (int i = 0; i < rows; i++) {
         float *ci = c + (size_t)i * ldc;
         const float *ai = acc + i * NR;
