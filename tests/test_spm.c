@@ -250,9 +250,6 @@ static double figure(const char *text, const char *key) {
     return p ? atof(p + strlen(key)) : -1;
 }
 
-/* qkv train --tok spm; eval and decode from a copy of the checkpoint
- * alone print detokenized text; the run's spm.model is the model;
- * --resume continues; spm flags without --tok spm are refused. */
 /* A model whose piece holds a NUL byte (found by fuzz_spm): the vocabulary
  * would keep the piece's bytes up to the NUL, the model's decoding all of
  * them. Made from a trained model by setting the last byte of a piece of
@@ -293,6 +290,9 @@ static void test_nul_in_a_piece_refused(void) {
     qkv_vocab_free(&v);
 }
 
+/* qkv train --tok spm; eval and decode from a copy of the checkpoint
+ * alone print detokenized text; the run's spm.model is the model;
+ * --resume continues; spm flags without --tok spm are refused. */
 static void test_cli_train_eval_decode(void) {
     char dir[64], cmd[2400], out[16384];
     test_tmpdir(dir, sizeof dir, "spm-cli");
