@@ -2,6 +2,7 @@
 #
 #   make               optimised for this machine (-O3 -march=native -fopenmp)
 #   make test          build and run every test; ends with "N passed, N failed"
+#   make test-amx-emu  the AMX kernel's tests in an emulator (tests/emu/run.sh)
 #   make demo          train the copy task and plot its loss (runs/copy/)
 #   make demo-text     a character-level language model of a text (runs/text/)
 #   make docs          the README's pictures (docs/; ~6 minutes)
@@ -114,7 +115,7 @@ STAGED_HDR := $(addprefix $(BUILD)/include/qkv/,$(notdir $(PUBLIC_HDR)))
 PREFIX    ?= /usr/local
 VERSION   := 0.1.0
 
-.PHONY: all test bench bench-mpi demo docs docs-seeds golden corpora valgrind clean format install uninstall format-check
+.PHONY: all test test-amx-emu bench bench-mpi demo docs docs-seeds golden corpora valgrind clean format install uninstall format-check
 .SECONDARY:
 all: $(LIB) $(TEST_BIN) $(BENCH_BIN) $(EXAMPLES)
 
@@ -240,6 +241,12 @@ test: $(TEST_BIN) $(EXAMPLES)
 	    $(MAKE) --no-print-directory MPI=1 SAN=0 DEBUG=0 BUILD=build-mpi build-mpi/examples/qkv; fi
 	@sh tests/run.sh $(TEST_BIN)
 
+# The AMX kernel's tests on an emulated Sapphire Rapids (Bochs 3.0 and
+# Debian's Linux, fetched and built in build-emu/; ~10 minutes the first
+# time): for machines without AMX.
+test-amx-emu:
+	@sh tests/emu/run.sh
+
 # Training speed against PyTorch (when python3-torch is installed) and the
 # matmul kernels: bench/run.sh prints the tables.
 bench: $(BENCH_BIN)
@@ -311,4 +318,4 @@ format-check:
 	clang-format --dry-run --Werror $(FORMAT_SRC)
 
 clean:
-	rm -rf build build-debug build-san build-vg build-clang build-portable build-fuzz build-mpi build-openblas build-amx
+	rm -rf build build-debug build-san build-vg build-clang build-portable build-fuzz build-mpi build-openblas build-amx build-emu
