@@ -161,7 +161,7 @@ for p in $progs; do ldd "$p"; done |
     for t in $TESTS; do
         echo "echo \"== guest: ${t%%:*} QKV_TEST=${t#*:} at \$(cut -d' ' -f1 /proc/uptime) s\""
         echo "QKV_TEST='${t#*:}' tests/${t%%:*} ||"
-        echo "    { echo \"== guest: exit status \$?\"; dmesg | grep -E 'traps:|segfault' | tail -1; }"
+        echo "    { echo \"== guest: exit status \$?\"; dmesg | grep -E 'trap|segfault|general protection' | tail -1; }"
     done
     echo 'echo "== guest: end at $(cut -d" " -f1 /proc/uptime) s"'
     echo 'sleep 1; poweroff -f' # the sleep: the serial port's last lines
