@@ -10,7 +10,7 @@
 #     configuration: nothing is installed): the Bochs 3.0 source (its
 #     checksum pinned below), Bochs's BIOS images, trixie's Linux image.
 #  2. Bochs built with AMX and tests/emu/bochs-3.0.patch (XFD, without which
-#     Linux leaves the tiles off, and three Bochs bugs that qkv's code meets).
+#     Linux leaves the tiles off, and five Bochs bugs that qkv's code meets).
 #  3. qkv's test programs, built for Sapphire Rapids (make MARCH=
 #     sapphirerapids, as bench/amx.sh packs them for a machine with AMX).
 #  4. An initramfs: busybox, this machine's glibc and libraries, the
