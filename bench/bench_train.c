@@ -11,6 +11,10 @@
  *                    [--precision both]   fp32 and bf16 taking turns in one
  *                                         process, and their ratio (see
  *                                         paired())
+ *                    [--shares both]      the threads' pieces cut equal and
+ *                                         by their speeds, taking turns (see
+ *                                         shares_paired())
+ *                    [--shares equal]     equal pieces only
  *   bench_train peak [--threads N]        the machine's FMA peak, GFLOPS
  *   bench_train tape                      tape overhead per recorded op
  *   bench_train generate [--reps R]       tokens/s of a 512-token sample
@@ -20,6 +24,8 @@
  *                                         backward, fp32 against bf16
  *                                         products, per head shape (see
  *                                         attention_heads())
+ *   bench_train vcpus                     each CPU's FMA speed with all busy
+ *                                         (see vcpu_speeds())
  *   bench_train pingpong                  the round trip of a cache line
  *                                         between two threads, ns
  *   bench_train spin                      a busy CPU, until killed (run.sh's
@@ -42,7 +48,9 @@
  * Heap allocations after the warm-up are counted by wrapping malloc,
  * calloc and realloc (glibc's __libc_* entry points).
  */
+#define _GNU_SOURCE /* sched_setaffinity (bench_train vcpus) */
 #include <math.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +66,7 @@
 
 #include "bf16.h"
 #include "decode.h"
+#include "threads.h"
 #include "trainer.h"
 
 /* ---------------------------------------------------- allocation counter */
@@ -118,6 +127,27 @@ static double step_flops(const config *c) {
 
 /* GFLOPS of a register-resident FMA loop on every thread: 8 independent
  * vector accumulators (enough to cover the FMA latency), 16 floats each. */
+/* iters rounds of 8 independent 16-wide FMA chains (2 x 128 flops each) */
+static float fma_loop(long iters) {
+    float sink = 0;
+#ifdef __AVX512F__
+    __m512 a[8], x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
+    for (int k = 0; k < 8; k++) a[k] = _mm512_set1_ps((float)k);
+    for (long i = 0; i < iters; i++)
+        for (int k = 0; k < 8; k++) a[k] = _mm512_fmadd_ps(a[k], x, y);
+    for (int k = 0; k < 8; k++) sink += _mm512_reduce_add_ps(a[k]);
+#else
+    float a[8][16];
+    for (int k = 0; k < 8; k++)
+        for (int j = 0; j < 16; j++) a[k][j] = (float)k;
+    for (long i = 0; i < iters; i++)
+        for (int k = 0; k < 8; k++) QKV_OMP(omp simd)
+    for (int j = 0; j < 16; j++) a[k][j] = fmaf(a[k][j], 0.999999f, 1e-7f);
+    for (int k = 0; k < 8; k++) sink += a[k][0];
+#endif
+    return sink;
+}
+
 static double fma_peak(void) {
     const long iters = 20000000;
     double best = 0;
@@ -130,23 +160,7 @@ static double fma_peak(void) {
 #pragma omp single
             threads = omp_get_num_threads();
 #endif
-#ifdef __AVX512F__
-            __m512 a[8], x = _mm512_set1_ps(0.999999f),
-                         y = _mm512_set1_ps(1e-7f);
-            for (int k = 0; k < 8; k++) a[k] = _mm512_set1_ps((float)k);
-            for (long i = 0; i < iters; i++)
-                for (int k = 0; k < 8; k++) a[k] = _mm512_fmadd_ps(a[k], x, y);
-            for (int k = 0; k < 8; k++) sink += _mm512_reduce_add_ps(a[k]);
-#else
-            float a[8][16];
-            for (int k = 0; k < 8; k++)
-                for (int j = 0; j < 16; j++) a[k][j] = (float)k;
-            for (long i = 0; i < iters; i++)
-                for (int k = 0; k < 8; k++) QKV_OMP(omp simd)
-            for (int j = 0; j < 16; j++)
-                a[k][j] = fmaf(a[k][j], 0.999999f, 1e-7f);
-            for (int k = 0; k < 8; k++) sink += a[k][0];
-#endif
+            sink += fma_loop(iters);
         }
         double t = qkv_seconds() - t0;
         if (sink == 12345.f) printf("!");
@@ -154,6 +168,53 @@ static double fma_peak(void) {
         if (g > best) best = g;
     }
     return best;
+}
+
+/* Each CPU's FMA speed while all run the loop at once (one thread pinned
+ * to each CPU this process may use, up to 16), the median of 5 rounds:
+ * on a shared host one vCPU can run at a fraction of the other's speed
+ * for minutes (core/threads.h, shares). Prints GFLOPS per CPU and the
+ * slowest over the fastest. */
+static int vcpu_speeds(void) {
+#ifdef _OPENMP
+    cpu_set_t all;
+    if (sched_getaffinity(0, sizeof all, &all) != 0) return 1;
+    int cpus[16], n = 0;
+    for (int c = 0; c < CPU_SETSIZE && n < 16; c++)
+        if (CPU_ISSET(c, &all)) cpus[n++] = c;
+    const long iters = 10000000;
+    double g[5][16];
+    QKV_OMP(omp parallel num_threads(n)) {
+        int me = omp_get_thread_num();
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cpus[me], &one);
+        sched_setaffinity(0, sizeof one, &one);
+        for (int r = 0; r < 5; r++) {
+            QKV_OMP(omp barrier)
+            double t0 = qkv_seconds();
+            float sink = fma_loop(iters);
+            g[r][me] = iters * 8 * 16 * 2 / (qkv_seconds() - t0) / 1e9;
+            if (sink == 12345.f) printf("!");
+        }
+        sched_setaffinity(0, sizeof all, &all);
+    }
+    printf("vcpu_gflops=");
+    double lo = 0, hi = 0;
+    for (int c = 0; c < n; c++) {
+        double m[5];
+        for (int r = 0; r < 5; r++) m[r] = g[r][c];
+        qsort(m, 5, sizeof *m, cmp_double);
+        printf("%s%.1f", c ? "," : "", m[2]);
+        if (c == 0 || m[2] < lo) lo = m[2];
+        if (c == 0 || m[2] > hi) hi = m[2];
+    }
+    printf(" slowest_over_fastest=%.3f\n", lo / hi);
+    return 0;
+#else
+    printf("vcpu_gflops=- slowest_over_fastest=-\n");
+    return 0;
+#endif
 }
 
 /* ------------------------------------------------------------ ping-pong */
@@ -446,17 +507,63 @@ static int paired(const config *c, int steps, int reps, int nthreads) {
     return 0;
 }
 
+/* --shares both: the threads' pieces of the products and the attention
+ * heads cut equal (qkv_share_fix) and in proportion to their measured
+ * speeds (threads.h), taking turns run by run in one process as in
+ * paired(); the learned shares start from equal each time. --shares
+ * equal: equal pieces only. */
+static int shares_paired(const config *c, int steps, int reps, int nthreads,
+                         int bf16) {
+    run r;
+    if (run_init(&r, c, bf16)) return 1;
+    double *t = malloc((size_t)reps * 3 * sizeof *t), *w = NULL;
+    double *te = t, *tl = t + reps, *q = t + 2 * reps;
+    if (nthreads > 1) {
+        w = malloc((size_t)nthreads * sizeof *w);
+        for (int i = 0; i < nthreads; i++) w[i] = 1;
+    }
+    double share0 = 0;
+    for (int i = 0; i < reps; i++) {
+        for (int k = 0; k < 2; k++) {
+            int learned = (i + k) % 2; /* 0: equal first */
+            if (w) qkv_share_fix(nthreads, learned ? NULL : w);
+            double x = run_steps(&r, steps);
+            if (learned) {
+                tl[i] = x;
+                share0 += qkv_share_of(0, nthreads) / reps;
+            } else
+                te[i] = x;
+        }
+        q[i] = tl[i] / te[i];
+    }
+    if (w) qkv_share_fix(nthreads, NULL);
+    for (int k = 0; k < 3; k++)
+        qsort(t + (size_t)k * reps, (size_t)reps, sizeof *t, cmp_double);
+    printf("config=%s precision=%s threads=%d steps=%d reps=%d equal_ms=%.3f "
+           "learned_ms=%.3f learned_over_equal=%.4f ratio_min=%.4f "
+           "ratio_max=%.4f share0=%.3f\n",
+           c->name, bf16 ? "bf16" : "fp32", nthreads, steps, reps,
+           1e3 * te[reps / 2], 1e3 * tl[reps / 2], q[reps / 2], q[0],
+           q[reps - 1], share0);
+    free(t);
+    free(w);
+    run_free(&r);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     qkv_comm_init(&argc, &argv); /* make bench-mpi: mpirun -np K */
     if (argc < 2) {
-        fprintf(stderr,
-                "usage: bench_train "
-                "tiny|small|base|peak|tape|spin|generate|attention|pingpong "
-                "[--threads N] [--steps K] [--reps R] "
-                "[--precision fp32|bf16|both]\n");
+        fprintf(
+            stderr,
+            "usage: bench_train "
+            "tiny|small|base|peak|vcpus|tape|spin|generate|attention|pingpong "
+            "[--threads N] [--steps K] [--reps R] "
+            "[--precision fp32|bf16|both] [--shares equal|both]\n");
         return 2;
     }
     int threads = 0, steps = 20, reps = 5, precision = 0; /* 2: both */
+    int shares = 0; /* 1: equal, 2: both */
     for (int i = 2; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--threads") == 0)
             threads = atoi(argv[i + 1]);
@@ -464,6 +571,10 @@ int main(int argc, char **argv) {
             steps = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--reps") == 0)
             reps = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--shares") == 0 &&
+                 (strcmp(argv[i + 1], "equal") == 0 ||
+                  strcmp(argv[i + 1], "both") == 0))
+            shares = strcmp(argv[i + 1], "both") == 0 ? 2 : 1;
         else if (strcmp(argv[i], "--precision") == 0 &&
                  (strcmp(argv[i + 1], "fp32") == 0 ||
                   strcmp(argv[i + 1], "bf16") == 0 ||
@@ -490,6 +601,7 @@ int main(int argc, char **argv) {
         printf("peak_gflops=%.1f threads=%d\n", fma_peak(), nthreads);
         return 0;
     }
+    if (strcmp(argv[1], "vcpus") == 0) return vcpu_speeds();
     if (strcmp(argv[1], "pingpong") == 0) {
         printf("round_trip_ns=%.0f\n", round_trip_ns());
         return 0;
@@ -510,6 +622,13 @@ int main(int argc, char **argv) {
     if (!c) {
         fprintf(stderr, "bench_train: unknown config %s\n", argv[1]);
         return 2;
+    }
+    if (shares == 2 && precision < 2)
+        return shares_paired(c, steps, reps, nthreads, precision);
+    if (shares == 1 && nthreads > 1) {
+        double w[QKV_SHARE_MAX];
+        for (int i = 0; i < nthreads && i < QKV_SHARE_MAX; i++) w[i] = 1;
+        if (nthreads <= QKV_SHARE_MAX) qkv_share_fix(nthreads, w);
     }
     if (precision == 2) return paired(c, steps, reps, nthreads);
     run run1;

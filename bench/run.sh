@@ -1,8 +1,9 @@
 #!/bin/sh
 # bench/run.sh BUILD_DIR - qkv's training speed beside PyTorch's, measured in
 # the same run, in fp32 and in bf16 (qkv --precision bf16 beside PyTorch's
-# autocast), generation with and without the key/value cache, and the
-# matmul kernels (make bench runs this).
+# autocast), the threads' shares against equal pieces, generation with and
+# without the key/value cache, and the matmul kernels (make bench runs
+# this).
 #
 # For each config (tiny, small, base; see bench/bench_train.c) qkv trains
 # with 1 and 2 threads and PyTorch (Debian's python3-torch, when it imports)
@@ -202,6 +203,29 @@ for t in 1 2; do
             printf "%-7s %-14s %9.3f %9.3f %9.3f %6s\n", t, T " x " S " x " K, f, b, r, u }'
     done
 done
+echo
+
+# Shares (core/threads.h): the products' and attention heads' pieces cut by
+# the threads' learned speeds against equal pieces, alternating run by run
+# in one process (bench_train --shares both); the vCPUs' own FMA speeds,
+# measured all at once before and after, say whether the host ran them
+# alike. Learned should be ~1.0 when they are alike and below when not.
+printf "== threads' shares: pieces by learned speeds against equal ones, 2 threads, medians of 8 alternating runs\n"
+vcpus() { L=$($B vcpus); echo "vCPU FMA GFLOPS, all at once: $(get "$L" vcpu_gflops) (slowest/fastest $(get "$L" slowest_over_fastest))"; }
+vcpus
+printf '%-6s %-9s %9s %11s %13s %13s %7s\n' config precision equal_ms learned_ms learned/equal "(range)" share0
+for cfg in small base; do
+    ST=10; [ $cfg = base ] && ST=3
+    for p in fp32 bf16; do
+        L=$($B $cfg --threads 2 --precision $p --shares both --steps $ST --reps 8)
+        awk -v c=$cfg -v p=$p -v e="$(get "$L" equal_ms)" -v l="$(get "$L" learned_ms)" \
+            -v r="$(get "$L" learned_over_equal)" -v lo="$(get "$L" ratio_min)" \
+            -v hi="$(get "$L" ratio_max)" -v s="$(get "$L" share0)" 'BEGIN{
+            printf "%-6s %-9s %9.2f %11.2f %13.3f %13s %7.3f\n", c, p, e, l, r,
+                sprintf("%.2f-%.2f", lo, hi), s }'
+    done
+done
+vcpus
 echo
 
 # Generation: bench_train generate alternates a 512-token sample with the

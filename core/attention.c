@@ -34,6 +34,7 @@
 #include "matmul.h"
 #include "op_table.h"
 #include "ops.h"
+#include "threads.h"
 #include "vec.h"
 
 /* Where head h of batch b lives: element (t, k) of its (rows, K) matrix is
@@ -497,57 +498,70 @@ static float *attend(qkv_graph *g, heads_view q, heads_view k, heads_view v,
     float *A = qkv_arena_alloc(&g->arena, (size_t)B * H * ts * sizeof(float));
     const uint8_t *pad = o->key_pad;
     int small = small_heads(T_full, S, K), dp = dp_kind(g, T_full, S, K);
-    QKV_OMP(omp parallel for if ((size_t)B * H * ts * K > 65536))
-    for (int bh = 0; bh < B * H; bh++) {
-        int b = bh / H, h = bh % H;
-        float *Ab = A + bh * ts;
-        uint32_t *wa = words[0], *wb = words[1];
-        size_t pk = (size_t)(K + 1) / 2, ps = (size_t)(S + 1) / 2;
-        const float *Qb = head_at(&q, b, h), *Kb = head_at(&k, b, h),
-                    *Vb = head_at(&v, b, h);
-        float *Yb = head_at(&y, b, h);
-        size_t ld;
-        prefetch_head(&q, bh + 1, B * H, H, T, K);
-        prefetch_head(&k, bh + 1, B * H, H, S, K);
-        prefetch_head(&v, bh + 1, B * H, H, S, K);
-        /* Z = Q K^T: (T,K) x (S,K)^T */
-        const uint8_t *padb = pad ? pad + (size_t)b * S : NULL;
-        if (small) { /* the softmax is applied in registers */
-            vi hide[SMALL_MAX / VW];
-            hidden_keys(hide, S, padb);
-            rows_epilogue e = {EPI_SOFTMAX, T, S, o->causal, scale, hide, NULL};
-            if (dp) {
-                qkv_bf16_row_pairs(T, K, Qb, q.ld, wa, pk);
-                qkv_bf16_row_pairs_t(S, K, Kb, k.ld, wb, up_vw(S));
-                dp_product(dp, T, S, pk, wa, pk, 1, wb, up_vw(S), Ab, S, 0, &e);
+    int par = (size_t)B * H * ts * K > 65536;
+    qkv_cut cut; /* the heads, by the threads' shares (threads.h) */
+    qkv_share_cut(&cut, B * H, par ? qkv_get_threads() : 1);
+    QKV_OMP(omp parallel num_threads(cut.nt) if (par))
+    for (int p = qkv_team_thread(); p < cut.nt; p += qkv_team_size()) {
+        int lo, hi;
+        qkv_share_range(&cut, p, &lo, &hi);
+        double t0 = qkv_seconds();
+        for (int bh = lo; bh < hi; bh++) {
+            int b = bh / H, h = bh % H;
+            float *Ab = A + bh * ts;
+            uint32_t *wa = words[0], *wb = words[1];
+            size_t pk = (size_t)(K + 1) / 2, ps = (size_t)(S + 1) / 2;
+            const float *Qb = head_at(&q, b, h), *Kb = head_at(&k, b, h),
+                        *Vb = head_at(&v, b, h);
+            float *Yb = head_at(&y, b, h);
+            size_t ld;
+            prefetch_head(&q, bh + 1, B * H, H, T, K);
+            prefetch_head(&k, bh + 1, B * H, H, S, K);
+            prefetch_head(&v, bh + 1, B * H, H, S, K);
+            /* Z = Q K^T: (T,K) x (S,K)^T */
+            const uint8_t *padb = pad ? pad + (size_t)b * S : NULL;
+            if (small) { /* the softmax is applied in registers */
+                vi hide[SMALL_MAX / VW];
+                hidden_keys(hide, S, padb);
+                rows_epilogue e = {EPI_SOFTMAX, T,    S,   o->causal,
+                                   scale,       hide, NULL};
+                if (dp) {
+                    qkv_bf16_row_pairs(T, K, Qb, q.ld, wa, pk);
+                    qkv_bf16_row_pairs_t(S, K, Kb, k.ld, wb, up_vw(S));
+                    dp_product(dp, T, S, pk, wa, pk, 1, wb, up_vw(S), Ab, S, 0,
+                               &e);
+                } else {
+                    const float *Kt =
+                        transposed(Kb, k.ld, S, K, scratch[0], &ld);
+                    rows_product(T, S, K, Qb, q.ld, 1, Kt, ld, Ab, S, 0, &e);
+                }
             } else {
-                const float *Kt = transposed(Kb, k.ld, S, K, scratch[0], &ld);
-                rows_product(T, S, K, Qb, q.ld, 1, Kt, ld, Ab, S, 0, &e);
+                if (dp)
+                    qkv_gemm_bf16(0, 1, T, S, K, Qb, q.ld, Kb, k.ld, 0, Ab, S);
+                else
+                    qkv_sgemm_rows_serial(T_full, 0, 1, T, S, K, Qb, q.ld, Kb,
+                                          k.ld, 0, Ab, S);
+                masked_softmax(Ab, T, S, scale, o->causal, padb);
             }
-        } else {
-            if (dp)
-                qkv_gemm_bf16(0, 1, T, S, K, Qb, q.ld, Kb, k.ld, 0, Ab, S);
-            else
-                qkv_sgemm_rows_serial(T_full, 0, 1, T, S, K, Qb, q.ld, Kb, k.ld,
-                                      0, Ab, S);
-            masked_softmax(Ab, T, S, scale, o->causal, padb);
+            /* Y = A V: (T,S) x (S,K) */
+            if (small && dp) {
+                qkv_bf16_row_pairs(T, S, Ab, S, wa, ps);
+                qkv_bf16_col_pairs(S, K, Vb, v.ld, wb, up_vw(K));
+                dp_product(dp, T, K, ps, wa, ps, 1, wb, up_vw(K), Yb, y.ld, 0,
+                           NULL);
+            } else if (small) {
+                const float *Vr = vector_rows(Vb, v.ld, S, K, scratch[1], &ld);
+                rows_product(T, K, S, Ab, S, 1, Vr, ld, Yb, y.ld, 0, NULL);
+            } else if (dp) {
+                qkv_gemm_bf16(0, 0, T, K, S, Ab, S, Vb, v.ld, 0, Yb, y.ld);
+            } else {
+                qkv_sgemm_rows_serial(T_full, 0, 0, T, K, S, Ab, S, Vb, v.ld, 0,
+                                      Yb, y.ld);
+            }
         }
-        /* Y = A V: (T,S) x (S,K) */
-        if (small && dp) {
-            qkv_bf16_row_pairs(T, S, Ab, S, wa, ps);
-            qkv_bf16_col_pairs(S, K, Vb, v.ld, wb, up_vw(K));
-            dp_product(dp, T, K, ps, wa, ps, 1, wb, up_vw(K), Yb, y.ld, 0,
-                       NULL);
-        } else if (small) {
-            const float *Vr = vector_rows(Vb, v.ld, S, K, scratch[1], &ld);
-            rows_product(T, K, S, Ab, S, 1, Vr, ld, Yb, y.ld, 0, NULL);
-        } else if (dp) {
-            qkv_gemm_bf16(0, 0, T, K, S, Ab, S, Vb, v.ld, 0, Yb, y.ld);
-        } else {
-            qkv_sgemm_rows_serial(T_full, 0, 0, T, K, S, Ab, S, Vb, v.ld, 0, Yb,
-                                  y.ld);
-        }
+        qkv_share_took(&cut, p, qkv_seconds() - t0);
     }
+    qkv_share_learn(&cut);
     if (o->weights) memcpy(o->weights, A, (size_t)B * H * ts * sizeof(float));
     return A;
 }
@@ -715,103 +729,118 @@ void qkv_attention_backward(qkv_graph *g, qkv_node *nd) {
     float *dZ =
         small ? NULL
               : qkv_arena_alloc(&g->arena, (size_t)B * H * ts * sizeof(float));
-    QKV_OMP(omp parallel for if ((size_t)B * H * ts * K > 65536))
-    for (int bh = 0; bh < B * H; bh++) {
-        int b = bh / H, h = bh % H;
-        const float *Ab = A + bh * ts, *dYb = head_at(&dy, b, h);
-        const float *Qb = head_at(&vq, b, h), *Kb = head_at(&vk, b, h),
-                    *Vb = head_at(&vv, b, h);
-        float *dZb = small ? scratch_dz : dZ + bh * ts;
-        uint32_t *wa = words[0], *wb = words[1];
-        size_t pk = (size_t)(K + 1) / 2, ps = (size_t)(S + 1) / 2, ld;
-        prefetch_head(&dy, bh + 1, B * H, H, T, K);
-        prefetch_head(&vq, bh + 1, B * H, H, T, K);
-        prefetch_head(&vk, bh + 1, B * H, H, S, K);
-        prefetch_head(&vv, bh + 1, B * H, H, S, K);
-        if (d[2]) { /* dV += A^T dY: (S,T) x (T,K) */
-            float *dVb = head_at(&dv, b, h);
-            if (small && dp) { /* A^T's words: A's column pairs */
-                qkv_bf16_col_pairs(T, S, Ab, S, wa, up_vw(S));
-                qkv_bf16_col_pairs(T, K, dYb, dy.ld, wb, up_vw(K));
-                dp_product(dp, S, K, (T + 1) / 2, wa, 1, up_vw(S), wb, up_vw(K),
-                           dVb, dv.ld, acc[2], NULL);
-            } else if (small) {
-                const float *dYr =
-                    vector_rows(dYb, dy.ld, T, K, scratch[0], &ld);
-                rows_product(S, K, T, Ab, 1, S, dYr, ld, dVb, dv.ld, acc[2],
-                             NULL);
-            } else if (dp) {
-                qkv_gemm_bf16(1, 0, S, K, T, Ab, S, dYb, dy.ld, acc[2], dVb,
-                              dv.ld);
+    int par = (size_t)B * H * ts * K > 65536;
+    qkv_cut cut; /* the heads, by the threads' shares (threads.h) */
+    qkv_share_cut(&cut, B * H, par ? qkv_get_threads() : 1);
+    QKV_OMP(omp parallel num_threads(cut.nt) if (par))
+    for (int p = qkv_team_thread(); p < cut.nt; p += qkv_team_size()) {
+        int lo, hi;
+        qkv_share_range(&cut, p, &lo, &hi);
+        double t0 = qkv_seconds();
+        for (int bh = lo; bh < hi; bh++) {
+            int b = bh / H, h = bh % H;
+            const float *Ab = A + bh * ts, *dYb = head_at(&dy, b, h);
+            const float *Qb = head_at(&vq, b, h), *Kb = head_at(&vk, b, h),
+                        *Vb = head_at(&vv, b, h);
+            float *dZb = small ? scratch_dz : dZ + bh * ts;
+            uint32_t *wa = words[0], *wb = words[1];
+            size_t pk = (size_t)(K + 1) / 2, ps = (size_t)(S + 1) / 2, ld;
+            prefetch_head(&dy, bh + 1, B * H, H, T, K);
+            prefetch_head(&vq, bh + 1, B * H, H, T, K);
+            prefetch_head(&vk, bh + 1, B * H, H, S, K);
+            prefetch_head(&vv, bh + 1, B * H, H, S, K);
+            if (d[2]) { /* dV += A^T dY: (S,T) x (T,K) */
+                float *dVb = head_at(&dv, b, h);
+                if (small && dp) { /* A^T's words: A's column pairs */
+                    qkv_bf16_col_pairs(T, S, Ab, S, wa, up_vw(S));
+                    qkv_bf16_col_pairs(T, K, dYb, dy.ld, wb, up_vw(K));
+                    dp_product(dp, S, K, (T + 1) / 2, wa, 1, up_vw(S), wb,
+                               up_vw(K), dVb, dv.ld, acc[2], NULL);
+                } else if (small) {
+                    const float *dYr =
+                        vector_rows(dYb, dy.ld, T, K, scratch[0], &ld);
+                    rows_product(S, K, T, Ab, 1, S, dYr, ld, dVb, dv.ld, acc[2],
+                                 NULL);
+                } else if (dp) {
+                    qkv_gemm_bf16(1, 0, S, K, T, Ab, S, dYb, dy.ld, acc[2], dVb,
+                                  dv.ld);
+                } else {
+                    qkv_sgemm_serial(1, 0, S, K, T, Ab, S, dYb, dy.ld, acc[2],
+                                     dVb, dv.ld);
+                }
+            }
+            if (!d[0] && !d[1]) continue;
+            /* dA = dY V^T: (T,K) x (S,K)^T, then the softmax backward
+             * dZ = A * (dA - rowsum(dA * A)) * scale (in registers when small);
+             * hidden keys have A = 0, so their dZ is 0 */
+            if (small) {
+                rows_epilogue e = {EPI_SOFTMAX_GRAD, T, S, 0, scale, NULL, Ab};
+                if (dp) {
+                    qkv_bf16_row_pairs(T, K, dYb, dy.ld, wa, pk);
+                    qkv_bf16_row_pairs_t(S, K, Vb, vv.ld, wb, up_vw(S));
+                    dp_product(dp, T, S, pk, wa, pk, 1, wb, up_vw(S), dZb, S, 0,
+                               &e);
+                } else {
+                    const float *Vt =
+                        transposed(Vb, vv.ld, S, K, scratch[0], &ld);
+                    rows_product(T, S, K, dYb, dy.ld, 1, Vt, ld, dZb, S, 0, &e);
+                }
             } else {
-                qkv_sgemm_serial(1, 0, S, K, T, Ab, S, dYb, dy.ld, acc[2], dVb,
-                                 dv.ld);
+                if (dp)
+                    qkv_gemm_bf16(0, 1, T, S, K, dYb, dy.ld, Vb, vv.ld, 0, dZb,
+                                  S);
+                else
+                    qkv_sgemm_serial(0, 1, T, S, K, dYb, dy.ld, Vb, vv.ld, 0,
+                                     dZb, S);
+                for (int i = 0; i < T; i++) {
+                    const float *a = Ab + (size_t)i * S;
+                    float *z = dZb + (size_t)i * S, dot = qkv_vdot(a, z, S);
+                    for (int j = 0; j < S; j++)
+                        z[j] = a[j] * (z[j] - dot) * scale;
+                }
+            }
+            if (d[0]) { /* dQ += dZ K: (T,S) x (S,K) */
+                float *dQb = head_at(&dq, b, h);
+                if (small && dp) {
+                    qkv_bf16_row_pairs(T, S, dZb, S, wa, ps);
+                    qkv_bf16_col_pairs(S, K, Kb, vk.ld, wb, up_vw(K));
+                    dp_product(dp, T, K, ps, wa, ps, 1, wb, up_vw(K), dQb,
+                               dq.ld, acc[0], NULL);
+                } else if (small) {
+                    const float *Kr =
+                        vector_rows(Kb, vk.ld, S, K, scratch[0], &ld);
+                    rows_product(T, K, S, dZb, S, 1, Kr, ld, dQb, dq.ld, acc[0],
+                                 NULL);
+                } else if (dp) {
+                    qkv_gemm_bf16(0, 0, T, K, S, dZb, S, Kb, vk.ld, acc[0], dQb,
+                                  dq.ld);
+                } else {
+                    qkv_sgemm_serial(0, 0, T, K, S, dZb, S, Kb, vk.ld, acc[0],
+                                     dQb, dq.ld);
+                }
+            }
+            if (d[1]) { /* dK += dZ^T Q: (S,T) x (T,K) */
+                float *dKb = head_at(&dk, b, h);
+                if (small && dp) { /* dZ^T's words: dZ's column pairs */
+                    qkv_bf16_col_pairs(T, S, dZb, S, wa, up_vw(S));
+                    qkv_bf16_col_pairs(T, K, Qb, vq.ld, wb, up_vw(K));
+                    dp_product(dp, S, K, (T + 1) / 2, wa, 1, up_vw(S), wb,
+                               up_vw(K), dKb, dk.ld, acc[1], NULL);
+                } else if (small) {
+                    const float *Qr =
+                        vector_rows(Qb, vq.ld, T, K, scratch[0], &ld);
+                    rows_product(S, K, T, dZb, 1, S, Qr, ld, dKb, dk.ld, acc[1],
+                                 NULL);
+                } else if (dp) {
+                    qkv_gemm_bf16(1, 0, S, K, T, dZb, S, Qb, vq.ld, acc[1], dKb,
+                                  dk.ld);
+                } else {
+                    qkv_sgemm_serial(1, 0, S, K, T, dZb, S, Qb, vq.ld, acc[1],
+                                     dKb, dk.ld);
+                }
             }
         }
-        if (!d[0] && !d[1]) continue;
-        /* dA = dY V^T: (T,K) x (S,K)^T, then the softmax backward
-         * dZ = A * (dA - rowsum(dA * A)) * scale (in registers when small);
-         * hidden keys have A = 0, so their dZ is 0 */
-        if (small) {
-            rows_epilogue e = {EPI_SOFTMAX_GRAD, T, S, 0, scale, NULL, Ab};
-            if (dp) {
-                qkv_bf16_row_pairs(T, K, dYb, dy.ld, wa, pk);
-                qkv_bf16_row_pairs_t(S, K, Vb, vv.ld, wb, up_vw(S));
-                dp_product(dp, T, S, pk, wa, pk, 1, wb, up_vw(S), dZb, S, 0,
-                           &e);
-            } else {
-                const float *Vt = transposed(Vb, vv.ld, S, K, scratch[0], &ld);
-                rows_product(T, S, K, dYb, dy.ld, 1, Vt, ld, dZb, S, 0, &e);
-            }
-        } else {
-            if (dp)
-                qkv_gemm_bf16(0, 1, T, S, K, dYb, dy.ld, Vb, vv.ld, 0, dZb, S);
-            else
-                qkv_sgemm_serial(0, 1, T, S, K, dYb, dy.ld, Vb, vv.ld, 0, dZb,
-                                 S);
-            for (int i = 0; i < T; i++) {
-                const float *a = Ab + (size_t)i * S;
-                float *z = dZb + (size_t)i * S, dot = qkv_vdot(a, z, S);
-                for (int j = 0; j < S; j++) z[j] = a[j] * (z[j] - dot) * scale;
-            }
-        }
-        if (d[0]) { /* dQ += dZ K: (T,S) x (S,K) */
-            float *dQb = head_at(&dq, b, h);
-            if (small && dp) {
-                qkv_bf16_row_pairs(T, S, dZb, S, wa, ps);
-                qkv_bf16_col_pairs(S, K, Kb, vk.ld, wb, up_vw(K));
-                dp_product(dp, T, K, ps, wa, ps, 1, wb, up_vw(K), dQb, dq.ld,
-                           acc[0], NULL);
-            } else if (small) {
-                const float *Kr = vector_rows(Kb, vk.ld, S, K, scratch[0], &ld);
-                rows_product(T, K, S, dZb, S, 1, Kr, ld, dQb, dq.ld, acc[0],
-                             NULL);
-            } else if (dp) {
-                qkv_gemm_bf16(0, 0, T, K, S, dZb, S, Kb, vk.ld, acc[0], dQb,
-                              dq.ld);
-            } else {
-                qkv_sgemm_serial(0, 0, T, K, S, dZb, S, Kb, vk.ld, acc[0], dQb,
-                                 dq.ld);
-            }
-        }
-        if (d[1]) { /* dK += dZ^T Q: (S,T) x (T,K) */
-            float *dKb = head_at(&dk, b, h);
-            if (small && dp) { /* dZ^T's words: dZ's column pairs */
-                qkv_bf16_col_pairs(T, S, dZb, S, wa, up_vw(S));
-                qkv_bf16_col_pairs(T, K, Qb, vq.ld, wb, up_vw(K));
-                dp_product(dp, S, K, (T + 1) / 2, wa, 1, up_vw(S), wb, up_vw(K),
-                           dKb, dk.ld, acc[1], NULL);
-            } else if (small) {
-                const float *Qr = vector_rows(Qb, vq.ld, T, K, scratch[0], &ld);
-                rows_product(S, K, T, dZb, 1, S, Qr, ld, dKb, dk.ld, acc[1],
-                             NULL);
-            } else if (dp) {
-                qkv_gemm_bf16(1, 0, S, K, T, dZb, S, Qb, vq.ld, acc[1], dKb,
-                              dk.ld);
-            } else {
-                qkv_sgemm_serial(1, 0, S, K, T, dZb, S, Qb, vq.ld, acc[1], dKb,
-                                 dk.ld);
-            }
-        }
+        qkv_share_took(&cut, p, qkv_seconds() - t0);
     }
+    qkv_share_learn(&cut);
 }

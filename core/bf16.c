@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "threads.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -1261,8 +1262,15 @@ static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
     int by_rows = pre || n_ir >= n_jr, n_s = by_rows ? n_ir : n_jr;
     int n_ch = nt < n_s ? nt : n_s;
     /* scratch: the shorter side's operand packed whole (unless op(B) came
-     * packed), then a slice per thread for the largest chunk */
-    int smax = (n_s + n_ch - 1) / n_ch;
+     * packed), then a slice per thread for the largest chunk (chunks are
+     * the threads' shares, threads.h) */
+    qkv_cut cut;
+    qkv_share_cut(&cut, n_s, n_ch);
+    int smax = 0;
+    for (int ch = 0, s0, s1; ch < n_ch; ch++) {
+        qkv_share_range(&cut, ch, &s0, &s1);
+        if (s1 - s0 > smax) smax = s1 - s0;
+    }
     size_t whole_words =
         pre ? 0
             : lines(by_rows ? packed_words(K, N) : packed_a_words(M, K, mrk));
@@ -1313,15 +1321,19 @@ static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
         float *stage = (float *)(own + own_words);
         QKV_OMP(omp for schedule(static, 1))
         for (int ch = 0; ch < n_ch; ch++) {
-            int s0 = n_s * ch / n_ch, s1 = n_s * (ch + 1) / n_ch;
+            int s0, s1;
+            qkv_share_range(&cut, ch, &s0, &s1);
+            double t0 = qkv_seconds();
             if (by_rows)
                 chunk(kern, mrk, ta, a_rows, tb, M, N, K, A, lda, B, ldb, NULL,
                       pre_b, how, C, ldc, s0, s1, 0, n_jr, own, stage);
             else
                 chunk(kern, mrk, ta, a_rows, tb, M, N, K, A, lda, B, ldb, pre_a,
                       NULL, how, C, ldc, 0, n_ir, s0, s1, own, stage);
+            qkv_share_took(&cut, ch, qkv_seconds() - t0);
         }
     }
+    qkv_share_learn(&cut);
 }
 
 void qkv_gemm_bf16(int ta, int tb, int M, int N, int K, const float *A, int lda,

@@ -35,6 +35,8 @@
  * halves) and the bits do not depend on the thread count.
  */
 #include "matmul.h"
+#include "common.h"
+#include "threads.h"
 #include "vec.h"
 
 #include <stddef.h>
@@ -490,16 +492,13 @@ static void gemm_split_serial(int ta, int tb, int M, int N, int K, int K1,
 }
 
 #ifdef _OPENMP
-/* Thread t of nt computes one rectangle of a pm x pn grid over C, cut at
- * multiples of MR rows and NR columns. Each thread packs its own A rows and
- * B columns, so the grid shape trades packing work (pn copies of A, pm of B)
- * against load balance; with 2 threads it splits the longer side. */
-static void gemm_part(int t, int nt, int ta, int tb, int M, int N, int K,
-                      const float *A, size_t lda, const float *B, size_t ldb,
-                      int accumulate, float *C, size_t ldc) {
-    int tm = (M + MR - 1) / MR, tn = (N + NR - 1) / NR; /* tiles per side */
-    int pm = nt, pn = 1;
+/* The grid of pm x pn rectangles nt threads cut C into (tm x tn tiles).
+ * Each thread packs its own A rows and B columns, so the grid shape trades
+ * packing work (pn copies of A, pm of B) against load balance; with 2
+ * threads it splits the longer side. */
+static void grid(int nt, int tm, int tn, int *pm, int *pn) {
     double best = -1.0;
+    *pm = nt, *pn = 1;
     for (int d = 1; d <= nt; d++) {
         if (nt % d) continue;
         int e = nt / d;
@@ -507,20 +506,42 @@ static void gemm_part(int t, int nt, int ta, int tb, int M, int N, int K,
         double rows = (double)((tm + d - 1) / d) * MR;
         double cols = (double)((tn + e - 1) / e) * NR;
         double cost = rows * cols / 16.0 + rows + cols;
-        if (best < 0.0 || cost < best) best = cost, pm = d, pn = e;
+        if (best < 0.0 || cost < best) best = cost, *pm = d, *pn = e;
     }
+}
+
+/* Thread t of nt computes one rectangle of grid()'s over C, cut at
+ * multiples of MR rows and NR columns; with a cut (a grid of one row or
+ * column of rectangles, cut for nt) their sizes are the threads' shares
+ * (threads.h), and the thread reports its time. */
+static void gemm_part(int t, int nt, qkv_cut *cut, int ta, int tb, int M, int N,
+                      int K, const float *A, size_t lda, const float *B,
+                      size_t ldb, int accumulate, float *C, size_t ldc) {
+    int tm = (M + MR - 1) / MR, tn = (N + NR - 1) / NR; /* tiles per side */
+    int pm, pn;
+    grid(nt, tm, tn, &pm, &pn);
     int im = t / pn, in = t % pn;
     int m0 = (int)((int64_t)tm * im / pm) * MR;
     int m1 = (int)((int64_t)tm * (im + 1) / pm) * MR;
     int n0 = (int)((int64_t)tn * in / pn) * NR;
     int n1 = (int)((int64_t)tn * (in + 1) / pn) * NR;
+    if (cut && cut->nt != nt) cut = NULL;
+    if (cut && pn == 1) {
+        qkv_share_range(cut, t, &m0, &m1);
+        m0 *= MR, m1 *= MR;
+    } else if (cut) {
+        qkv_share_range(cut, t, &n0, &n1);
+        n0 *= NR, n1 *= NR;
+    }
     m1 = m1 < M ? m1 : M;
     n1 = n1 < N ? n1 : N;
     if (m0 >= m1 || n0 >= n1) return;
     const float *Ap = ta ? A + m0 : A + (size_t)m0 * lda;
     const float *Bp = tb ? B + (size_t)n0 * ldb : B + n0;
+    double t0 = qkv_seconds();
     gemm_blocked(ta, tb, m1 - m0, n1 - n0, K, Ap, lda, Bp, ldb, accumulate,
                  C + (size_t)m0 * ldc + n0, ldc);
+    if (cut) qkv_share_took(cut, t, qkv_seconds() - t0);
 }
 
 /* The split product on a team of nt >= 2 threads (called by each): the
@@ -532,11 +553,12 @@ static void gemm_split_part(int t, int nt, int ta, int tb, int M, int N, int K,
                             float *buf) {
     int n0 = nt / 2;
     if (t < n0)
-        gemm_part(t, n0, ta, tb, M, N, K1, A, lda, B, ldb, accumulate & ADD, C,
-                  ldc);
+        gemm_part(t, n0, NULL, ta, tb, M, N, K1, A, lda, B, ldb,
+                  accumulate & ADD, C, ldc);
     else
-        gemm_part(t - n0, nt - n0, ta, tb, M, N, K - K1, a_from(ta, A, lda, K1),
-                  lda, b_from(tb, B, ldb, K1), ldb, 0, buf, (size_t)N);
+        gemm_part(t - n0, nt - n0, NULL, ta, tb, M, N, K - K1,
+                  a_from(ta, A, lda, K1), lda, b_from(tb, B, ldb, K1), ldb, 0,
+                  buf, (size_t)N);
 #pragma omp barrier
     add_group((int)((int64_t)M * t / nt), (int)((int64_t)M * (t + 1) / nt), N,
               buf, C, ldc, accumulate & RELU);
@@ -617,6 +639,14 @@ static void sgemm(int M_like, int ta, int tb, int M, int N, int K,
     int K1 = k_split(M_like, N, K);
     if (nt > 1 && !omp_in_parallel()) {
         float *buf = ksplit_buf; /* the calling thread's */
+        /* one row or column of rectangles: cut by the threads' shares */
+        qkv_cut cut, *shares = NULL;
+        int tm = (M + MR - 1) / MR, tn = (N + NR - 1) / NR, pm, pn;
+        grid(nt, tm, tn, &pm, &pn);
+        if (!K1 && (pm == 1 || pn == 1)) {
+            qkv_share_cut(&cut, pn == 1 ? tm : tn, nt);
+            shares = &cut;
+        }
 #pragma omp parallel num_threads(nt)
         {
             int t = omp_get_thread_num(), n = omp_get_num_threads();
@@ -627,9 +657,10 @@ static void sgemm(int M_like, int ta, int tb, int M, int N, int K,
                 gemm_split_serial(ta, tb, M, N, K, K1, A, (size_t)lda, B,
                                   (size_t)ldb, accumulate, C, (size_t)ldc);
             else if (!K1)
-                gemm_part(t, n, ta, tb, M, N, K, A, (size_t)lda, B, (size_t)ldb,
-                          accumulate, C, (size_t)ldc);
+                gemm_part(t, n, shares, ta, tb, M, N, K, A, (size_t)lda, B,
+                          (size_t)ldb, accumulate, C, (size_t)ldc);
         }
+        if (shares) qkv_share_learn(shares);
         return;
     }
 #endif

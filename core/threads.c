@@ -164,3 +164,120 @@ int qkv_get_threads(void) {
 void qkv_threads_tick(void) {}
 
 #endif
+
+/* ------------------------------------------------------------------ shares */
+
+#define SHARE_STEP  0.125 /* how far a share moves toward a measurement */
+#define SHARE_MOVE  0.02  /* and at most this much (a preempted piece) */
+#define SHARE_FLOOR 0.25  /* the least share, of an equal one */
+#define SHARE_MIN_S 2e-5  /* shorter pieces are not measured */
+
+/* the calling thread's shares */
+static _Thread_local struct {
+    int nt;                  /* the team size w is for (0: none) */
+    int fixed;               /* qkv_share_fix: do not learn */
+    double w[QKV_SHARE_MAX]; /* thread t's share; they sum to 1 */
+} share;
+
+static void share_equal(int nt) {
+    share.nt = nt;
+    for (int t = 0; t < nt; t++) share.w[t] = 1.0 / nt;
+}
+
+void qkv_share_cut(qkv_cut *cut, int n, int nt) {
+    cut->n = n > 0 ? n : 0, cut->nt = nt > 0 ? nt : 1;
+    if (cut->nt > QKV_SHARE_MAX) return; /* qkv_share_range: equal */
+    double c = 0;
+    cut->at[0] = 0;
+    for (int t = 0; t < cut->nt; t++) {
+        if (share.nt == cut->nt) { /* learned (or fixed) */
+            c += share.w[t];
+            int e = (int)lround(cut->n * c);
+            e = e > cut->n ? cut->n : e;
+            cut->at[t + 1] = e < cut->at[t] ? cut->at[t] : e;
+        } else
+            cut->at[t + 1] = (int)((long long)cut->n * (t + 1) / cut->nt);
+        cut->took[t].seconds = -1;
+    }
+    cut->at[cut->nt] = cut->n;
+}
+
+void qkv_share_range(const qkv_cut *cut, int t, int *lo, int *hi) {
+    if (t < 0 || t >= cut->nt)
+        *lo = *hi = 0;
+    else if (cut->nt > QKV_SHARE_MAX)
+        *lo = (int)((long long)cut->n * t / cut->nt),
+        *hi = (int)((long long)cut->n * (t + 1) / cut->nt);
+    else
+        *lo = cut->at[t], *hi = cut->at[t + 1];
+}
+
+void qkv_share_took(qkv_cut *cut, int t, double seconds) {
+    if (t >= 0 && t < cut->nt && cut->nt <= QKV_SHARE_MAX)
+        cut->took[t].seconds = seconds;
+}
+
+void qkv_share_learn(const qkv_cut *cut) {
+    int nt = cut->nt;
+    if (nt < 2 || nt > QKV_SHARE_MAX || share.fixed) return;
+    double v[QKV_SHARE_MAX], sum = 0;
+    for (int t = 0; t < nt; t++) {
+        int units = cut->at[t + 1] - cut->at[t];
+        if (units <= 0 || !(cut->took[t].seconds >= SHARE_MIN_S)) return;
+        v[t] = units / cut->took[t].seconds;
+        sum += v[t];
+    }
+    if (share.nt != nt) share_equal(nt);
+    double total = 0, floor = SHARE_FLOOR / nt, low = 0, rest = 0;
+    for (int t = 0; t < nt; t++) {
+        double d = SHARE_STEP * (v[t] / sum - share.w[t]);
+        d = d > SHARE_MOVE ? SHARE_MOVE : d < -SHARE_MOVE ? -SHARE_MOVE : d;
+        share.w[t] += d;
+        total += share.w[t];
+    }
+    /* sum 1 again (the moves were clipped), none below the floor */
+    for (int t = 0; t < nt; t++) {
+        share.w[t] /= total;
+        if (share.w[t] < floor)
+            low += floor;
+        else
+            rest += share.w[t];
+    }
+    for (int t = 0; t < nt; t++)
+        share.w[t] = share.w[t] < floor ? floor : share.w[t] * (1 - low) / rest;
+}
+
+void qkv_share_fix(int nt, const double *w) {
+    QKV_CHECK(nt >= 1 && nt <= QKV_SHARE_MAX, "share_fix: %d threads", nt);
+    share.fixed = w != NULL;
+    share_equal(nt);
+    if (!w) return;
+    double total = 0;
+    for (int t = 0; t < nt; t++) {
+        QKV_CHECK(w[t] > 0 && isfinite(w[t]), "share_fix: share %d is %g", t,
+                  w[t]);
+        total += w[t];
+    }
+    for (int t = 0; t < nt; t++) share.w[t] = w[t] / total;
+}
+
+double qkv_share_of(int t, int nt) {
+    if (t < 0 || t >= nt) return 0;
+    return share.nt == nt ? share.w[t] : 1.0 / nt;
+}
+
+int qkv_team_thread(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+int qkv_team_size(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}

@@ -51,4 +51,68 @@ double qkv_threads_others(void);
  *   always within [1, max]. */
 int qkv_threads_pick(int cur, int max, int ncpu, double others);
 
+/* ------------------------------------------------------------------ shares
+ *
+ * The vCPUs of a shared host do not run at the same speed: on this
+ * project's AMD EPYC (Zen 5) machine the second vCPU ran an AVX-512 FMA
+ * loop 1.47x as slow as the first for tens of minutes (its core's other
+ * hyperthread busy with another guest, as nothing in ours ran), then
+ * 1.02x. A product cut into equal halves runs at the slow thread's pace
+ * while the other spins at the barrier. So the kernels that cut their work
+ * into one piece per thread (the products, the attention heads) cut it in
+ * proportion to the threads' speeds, measured in the pieces before: each
+ * thread reports how long its piece took, and after the region the shares
+ * move toward the threads' units per second (relative to the team's) by an
+ * eighth of the gap, at most 0.02 at a time (a preempted piece), never
+ * below a quarter of an equal share. A piece is independent rows, so
+ * results do not depend on the shares, as they do not on the thread count.
+ *
+ *   qkv_cut cut;                         // before the region:
+ *   qkv_share_cut(&cut, n, nt);          // n units for nt threads
+ *   ...                                  // in thread t of the team:
+ *   int lo, hi;
+ *   qkv_share_range(&cut, t, &lo, &hi);  // its units [lo, hi)
+ *   double t0 = qkv_seconds();
+ *   work(lo, hi);
+ *   qkv_share_took(&cut, t, qkv_seconds() - t0);
+ *   ...                                  // after the region:
+ *   qkv_share_learn(&cut);
+ *
+ * Shares belong to the thread that cuts and learns (the one that starts
+ * the teams): callers on different threads keep their own. Thread t's
+ * share is the team thread's, not a CPU's: Linux keeps a busy team's
+ * threads where they are, and if it moves them the shares follow within a
+ * few dozen products (a step of base has ~90). */
+#define QKV_SHARE_MAX 64 /* larger teams cut equal pieces */
+
+typedef struct {
+    int n, nt;                 /* n units for a team of nt */
+    int at[QKV_SHARE_MAX + 1]; /* thread t's units: [at[t], at[t + 1]) */
+    struct {
+        _Alignas(64) double seconds; /* its piece's time; < 0: none */
+    } took[QKV_SHARE_MAX];
+} qkv_cut;
+
+/* Cuts n units into nt consecutive ranges in order, by the calling
+ * thread's shares for a team of nt (equal +-1 until learned). */
+void qkv_share_cut(qkv_cut *cut, int n, int nt);
+/* Thread t's units [lo, hi) (empty for t outside the team). */
+void qkv_share_range(const qkv_cut *cut, int t, int *lo, int *hi);
+/* Thread t's piece took `seconds`. Safe in a region (a slot each). */
+void qkv_share_took(qkv_cut *cut, int t, double seconds);
+/* After the region: the calling thread's shares for the team learn from
+ * its speeds (not from a cut with a piece unreported, empty or under
+ * 20 us). */
+void qkv_share_learn(const qkv_cut *cut);
+/* Fixed shares of the calling thread for teams of nt (w[t] > 0, scaled to
+ * sum 1) until the next call; w = NULL: learned again, from equal. For
+ * tests and the bench. */
+void qkv_share_fix(int nt, const double *w);
+/* Thread t's share of a team of nt (1 / nt until learned). */
+double qkv_share_of(int t, int nt);
+/* In a parallel region, the calling thread's number and the team's size;
+ * 0 and 1 outside one or without OpenMP. */
+int qkv_team_thread(void);
+int qkv_team_size(void);
+
 #endif

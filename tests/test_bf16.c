@@ -224,21 +224,28 @@ static void check_kernel(qkv_bf16_kernel k) {
         if ((size_t)cases[i].M * (cases[i].N + 2) > cap)
             cap = (size_t)cases[i].M * (cases[i].N + 2);
     float *got = malloc(cap * sizeof *got), *want = malloc(cap * sizeof *want);
-    /* 3 threads: chunks of C that do not split evenly */
+    /* 3 threads: chunks of C that do not split evenly; "4": 2 threads
+     * sharing the work 1 : 3 (threads.h) */
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
-        for (int t = 1; t <= 3; t++) {
+        for (int t = 1; t <= 4; t++) {
             const case_t *c = &cases[i];
             qkv_pcg32 rc = r;
-            run_case(c, k, t, got, want, &rc);
-            size_t n = (size_t)c->M * (c->N + 2), first,
-                   bad = bits_differ(got, want, n, &first);
+            if (t == 4) qkv_share_fix(2, (double[]){1, 3});
+            run_case(c, k, t == 4 ? 2 : t, got, want, &rc);
+            if (t == 4) qkv_share_fix(2, NULL);
+            size_t n = dims_of(c).nc, first, /* (tight: M x N) */
+                bad = bits_differ(got, want, n, &first);
             CHECK(bad == 0,
-                  "%s, %d thread(s), ta %d tb %d %dx%dx%d acc %d: %zu of %zu "
+                  "%s, %s, ta %d tb %d %dx%dx%d acc %d: %zu of %zu "
                   "elements differ from the definition (first [%zu]: %.9g vs "
                   "%.9g)",
-                  qkv_bf16_kernel_name(k), t, c->ta, c->tb, c->M, c->N, c->K,
-                  c->acc, bad, n, first, (double)got[first],
-                  (double)want[first]);
+                  qkv_bf16_kernel_name(k),
+                  t == 4   ? "2 threads sharing 1 : 3"
+                  : t == 1 ? "1 thread"
+                  : t == 2 ? "2 threads"
+                           : "3 threads",
+                  c->ta, c->tb, c->M, c->N, c->K, c->acc, bad, n, first,
+                  (double)got[first], (double)want[first]);
         }
     free(got);
     free(want);
@@ -1009,17 +1016,23 @@ static double bf16_copy(int threads, int steps, int eval_every, float *losses,
     return acc;
 }
 
-/* A bf16 run repeats bit for bit with 1 and 2 threads (the kernels split
- * only independent tiles). */
+/* A bf16 run repeats bit for bit with 1 and 2 threads, and with 2 threads
+ * sharing the work unequally (the kernels split only independent tiles). */
 static void test_bf16_steps_same_for_any_thread_count(void) {
     enum { STEPS = 12 };
-    float loss[2][STEPS];
-    uint32_t hash[2];
+    float loss[3][STEPS];
+    uint32_t hash[3];
     int done;
     for (int t = 0; t < 2; t++)
         bf16_copy(t + 1, STEPS, 0, loss[t], &hash[t], &done);
     CHECK(memcmp(loss[0], loss[1], sizeof loss[0]) == 0 && hash[0] == hash[1],
           "bf16 runs with 1 and 2 threads differ");
+    /* nor do the threads' shares of the work (threads.h) */
+    qkv_share_fix(2, (double[]){0.2, 0.8});
+    bf16_copy(2, STEPS, 0, loss[2], &hash[2], &done);
+    qkv_share_fix(2, NULL);
+    CHECK(memcmp(loss[0], loss[2], sizeof loss[0]) == 0 && hash[0] == hash[2],
+          "bf16 runs with shares 0.2 : 0.8 and 1 thread differ");
 }
 
 /* The copy task to 100% exact match, as in fp32 (test_learn). */

@@ -639,6 +639,16 @@ static void test_threads_bitwise_identical(void) {
     qkv_set_threads(2);
     CHECK(memcmp(g1, g2, n * sizeof(float)) == 0,
           "gradients differ between 1 and 2 threads");
+    /* and the threads' shares of the work (threads.h) do not matter */
+    for (int k = 0; k < 2; k++) {
+        qkv_share_fix(2, k ? (double[]){0.8, 0.2} : (double[]){0.15, 0.85});
+        block_grads(2, g2, n);
+        CHECK(memcmp(g1, g2, n * sizeof(float)) == 0,
+              "gradients differ with shares %s",
+              k ? "0.8 : 0.2" : "0.15 : 0.85");
+    }
+    qkv_share_fix(2, NULL);
+    qkv_set_threads(2);
     double s = 0;
     for (size_t i = 0; i < n; i++) s += fabs(g1[i]);
     CHECK(s > 0 && isfinite(s), "gradients are nonzero and finite (%g)", s);
