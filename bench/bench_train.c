@@ -510,7 +510,8 @@ static int paired(const config *c, int steps, int reps, int nthreads) {
 /* --shares both: the threads' pieces of the products and the attention
  * heads cut equal (qkv_share_fix) and in proportion to their measured
  * speeds (threads.h), taking turns run by run in one process as in
- * paired(); the learned shares start from equal each time. --shares
+ * paired(); the learned shares start from equal and carry on from one of
+ * their runs to the next (they do not learn in the equal runs). --shares
  * equal: equal pieces only. */
 static int shares_paired(const config *c, int steps, int reps, int nthreads,
                          int bf16) {
@@ -530,7 +531,10 @@ static int shares_paired(const config *c, int steps, int reps, int nthreads,
             double x = run_steps(&r, steps);
             if (learned) {
                 tl[i] = x;
-                share0 += qkv_share_of(0, nthreads) / reps;
+                share0 += qkv_share_of(bf16 ? QKV_SHARE_PRODUCT_BF16
+                                            : QKV_SHARE_PRODUCT,
+                                       0, nthreads) /
+                          reps;
             } else
                 te[i] = x;
         }

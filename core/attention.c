@@ -500,12 +500,12 @@ static float *attend(qkv_graph *g, heads_view q, heads_view k, heads_view v,
     int small = small_heads(T_full, S, K), dp = dp_kind(g, T_full, S, K);
     int par = (size_t)B * H * ts * K > 65536;
     qkv_cut cut; /* the heads, by the threads' shares (threads.h) */
-    qkv_share_cut(&cut, B * H, par ? qkv_get_threads() : 1);
+    qkv_share_cut(&cut, B * H, par ? qkv_get_threads() : 1,
+                  QKV_SHARE_ATTENTION);
     QKV_OMP(omp parallel num_threads(cut.nt) if (par))
     for (int p = qkv_team_thread(); p < cut.nt; p += qkv_team_size()) {
         int lo, hi;
         qkv_share_range(&cut, p, &lo, &hi);
-        double t0 = qkv_seconds();
         for (int bh = lo; bh < hi; bh++) {
             int b = bh / H, h = bh % H;
             float *Ab = A + bh * ts;
@@ -559,7 +559,7 @@ static float *attend(qkv_graph *g, heads_view q, heads_view k, heads_view v,
                                       Yb, y.ld);
             }
         }
-        qkv_share_took(&cut, p, qkv_seconds() - t0);
+        qkv_share_done(&cut, p);
     }
     qkv_share_learn(&cut);
     if (o->weights) memcpy(o->weights, A, (size_t)B * H * ts * sizeof(float));
@@ -731,12 +731,12 @@ void qkv_attention_backward(qkv_graph *g, qkv_node *nd) {
               : qkv_arena_alloc(&g->arena, (size_t)B * H * ts * sizeof(float));
     int par = (size_t)B * H * ts * K > 65536;
     qkv_cut cut; /* the heads, by the threads' shares (threads.h) */
-    qkv_share_cut(&cut, B * H, par ? qkv_get_threads() : 1);
+    qkv_share_cut(&cut, B * H, par ? qkv_get_threads() : 1,
+                  QKV_SHARE_ATTENTION_BACK);
     QKV_OMP(omp parallel num_threads(cut.nt) if (par))
     for (int p = qkv_team_thread(); p < cut.nt; p += qkv_team_size()) {
         int lo, hi;
         qkv_share_range(&cut, p, &lo, &hi);
-        double t0 = qkv_seconds();
         for (int bh = lo; bh < hi; bh++) {
             int b = bh / H, h = bh % H;
             const float *Ab = A + bh * ts, *dYb = head_at(&dy, b, h);
@@ -840,7 +840,7 @@ void qkv_attention_backward(qkv_graph *g, qkv_node *nd) {
                 }
             }
         }
-        qkv_share_took(&cut, p, qkv_seconds() - t0);
+        qkv_share_done(&cut, p);
     }
     qkv_share_learn(&cut);
 }

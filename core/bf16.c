@@ -1265,7 +1265,7 @@ static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
      * packed), then a slice per thread for the largest chunk (chunks are
      * the threads' shares, threads.h) */
     qkv_cut cut;
-    qkv_share_cut(&cut, n_s, n_ch);
+    qkv_share_cut(&cut, n_s, n_ch, QKV_SHARE_PRODUCT_BF16);
     int smax = 0;
     for (int ch = 0, s0, s1; ch < n_ch; ch++) {
         qkv_share_range(&cut, ch, &s0, &s1);
@@ -1323,14 +1323,13 @@ static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
         for (int ch = 0; ch < n_ch; ch++) {
             int s0, s1;
             qkv_share_range(&cut, ch, &s0, &s1);
-            double t0 = qkv_seconds();
             if (by_rows)
                 chunk(kern, mrk, ta, a_rows, tb, M, N, K, A, lda, B, ldb, NULL,
                       pre_b, how, C, ldc, s0, s1, 0, n_jr, own, stage);
             else
                 chunk(kern, mrk, ta, a_rows, tb, M, N, K, A, lda, B, ldb, pre_a,
                       NULL, how, C, ldc, 0, n_ir, s0, s1, own, stage);
-            qkv_share_took(&cut, ch, qkv_seconds() - t0);
+            qkv_share_done(&cut, ch);
         }
     }
     qkv_share_learn(&cut);

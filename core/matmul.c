@@ -538,10 +538,9 @@ static void gemm_part(int t, int nt, qkv_cut *cut, int ta, int tb, int M, int N,
     if (m0 >= m1 || n0 >= n1) return;
     const float *Ap = ta ? A + m0 : A + (size_t)m0 * lda;
     const float *Bp = tb ? B + (size_t)n0 * ldb : B + n0;
-    double t0 = qkv_seconds();
     gemm_blocked(ta, tb, m1 - m0, n1 - n0, K, Ap, lda, Bp, ldb, accumulate,
                  C + (size_t)m0 * ldc + n0, ldc);
-    if (cut) qkv_share_took(cut, t, qkv_seconds() - t0);
+    if (cut) qkv_share_done(cut, t);
 }
 
 /* The split product on a team of nt >= 2 threads (called by each): the
@@ -644,7 +643,7 @@ static void sgemm(int M_like, int ta, int tb, int M, int N, int K,
         int tm = (M + MR - 1) / MR, tn = (N + NR - 1) / NR, pm, pn;
         grid(nt, tm, tn, &pm, &pn);
         if (!K1 && (pm == 1 || pn == 1)) {
-            qkv_share_cut(&cut, pn == 1 ? tm : tn, nt);
+            qkv_share_cut(&cut, pn == 1 ? tm : tn, nt, QKV_SHARE_PRODUCT);
             shares = &cut;
         }
 #pragma omp parallel num_threads(nt)

@@ -172,26 +172,35 @@ void qkv_threads_tick(void) {}
 #define SHARE_FLOOR 0.25  /* the least share, of an equal one */
 #define SHARE_MIN_S 2e-5  /* shorter pieces are not measured */
 
-/* the calling thread's shares */
-static _Thread_local struct {
+/* the calling thread's shares, one set per site */
+typedef struct {
     int nt;                  /* the team size w is for (0: none) */
-    int fixed;               /* qkv_share_fix: do not learn */
     double w[QKV_SHARE_MAX]; /* thread t's share; they sum to 1 */
-} share;
+} shares;
+static _Thread_local shares share_at[QKV_SHARE_SITES];
+static _Thread_local shares share_fixed; /* qkv_share_fix's (nt 0: none) */
 
-static void share_equal(int nt) {
-    share.nt = nt;
-    for (int t = 0; t < nt; t++) share.w[t] = 1.0 / nt;
+static void share_equal(shares *sh, int nt) {
+    sh->nt = nt;
+    for (int t = 0; t < nt; t++) sh->w[t] = 1.0 / nt;
 }
 
-void qkv_share_cut(qkv_cut *cut, int n, int nt) {
+static shares *site_shares(int site) {
+    QKV_CHECK(site >= 0 && site < QKV_SHARE_SITES, "shares: site %d", site);
+    return &share_at[site];
+}
+
+void qkv_share_cut(qkv_cut *cut, int n, int nt, int site) {
+    const shares *share = share_fixed.nt ? &share_fixed : site_shares(site);
+    cut->site = site;
     cut->n = n > 0 ? n : 0, cut->nt = nt > 0 ? nt : 1;
+    cut->t0 = qkv_seconds();
     if (cut->nt > QKV_SHARE_MAX) return; /* qkv_share_range: equal */
     double c = 0;
     cut->at[0] = 0;
     for (int t = 0; t < cut->nt; t++) {
-        if (share.nt == cut->nt) { /* learned (or fixed) */
-            c += share.w[t];
+        if (share->nt == cut->nt) { /* learned, or fixed */
+            c += share->w[t];
             int e = (int)lround(cut->n * c);
             e = e > cut->n ? cut->n : e;
             cut->at[t + 1] = e < cut->at[t] ? cut->at[t] : e;
@@ -212,6 +221,10 @@ void qkv_share_range(const qkv_cut *cut, int t, int *lo, int *hi) {
         *lo = cut->at[t], *hi = cut->at[t + 1];
 }
 
+void qkv_share_done(qkv_cut *cut, int t) {
+    qkv_share_took(cut, t, qkv_seconds() - cut->t0);
+}
+
 void qkv_share_took(qkv_cut *cut, int t, double seconds) {
     if (t >= 0 && t < cut->nt && cut->nt <= QKV_SHARE_MAX)
         cut->took[t].seconds = seconds;
@@ -219,7 +232,8 @@ void qkv_share_took(qkv_cut *cut, int t, double seconds) {
 
 void qkv_share_learn(const qkv_cut *cut) {
     int nt = cut->nt;
-    if (nt < 2 || nt > QKV_SHARE_MAX || share.fixed) return;
+    shares *share = site_shares(cut->site);
+    if (nt < 2 || nt > QKV_SHARE_MAX || share_fixed.nt) return;
     double v[QKV_SHARE_MAX], sum = 0;
     for (int t = 0; t < nt; t++) {
         int units = cut->at[t + 1] - cut->at[t];
@@ -227,43 +241,49 @@ void qkv_share_learn(const qkv_cut *cut) {
         v[t] = units / cut->took[t].seconds;
         sum += v[t];
     }
-    if (share.nt != nt) share_equal(nt);
+    if (share->nt != nt) share_equal(share, nt);
     double total = 0, floor = SHARE_FLOOR / nt, low = 0, rest = 0;
     for (int t = 0; t < nt; t++) {
-        double d = SHARE_STEP * (v[t] / sum - share.w[t]);
+        double d = SHARE_STEP * (v[t] / sum - share->w[t]);
         d = d > SHARE_MOVE ? SHARE_MOVE : d < -SHARE_MOVE ? -SHARE_MOVE : d;
-        share.w[t] += d;
-        total += share.w[t];
+        share->w[t] += d;
+        total += share->w[t];
     }
     /* sum 1 again (the moves were clipped), none below the floor */
     for (int t = 0; t < nt; t++) {
-        share.w[t] /= total;
-        if (share.w[t] < floor)
+        share->w[t] /= total;
+        if (share->w[t] < floor)
             low += floor;
         else
-            rest += share.w[t];
+            rest += share->w[t];
     }
     for (int t = 0; t < nt; t++)
-        share.w[t] = share.w[t] < floor ? floor : share.w[t] * (1 - low) / rest;
+        share->w[t] =
+            share->w[t] < floor ? floor : share->w[t] * (1 - low) / rest;
 }
 
 void qkv_share_fix(int nt, const double *w) {
-    QKV_CHECK(nt >= 1 && nt <= QKV_SHARE_MAX, "share_fix: %d threads", nt);
-    share.fixed = w != NULL;
-    share_equal(nt);
+    share_fixed.nt = 0;
     if (!w) return;
+    QKV_CHECK(nt >= 1 && nt <= QKV_SHARE_MAX, "share_fix: %d threads", nt);
     double total = 0;
     for (int t = 0; t < nt; t++) {
         QKV_CHECK(w[t] > 0 && isfinite(w[t]), "share_fix: share %d is %g", t,
                   w[t]);
         total += w[t];
     }
-    for (int t = 0; t < nt; t++) share.w[t] = w[t] / total;
+    for (int t = 0; t < nt; t++) share_fixed.w[t] = w[t] / total;
+    share_fixed.nt = nt;
 }
 
-double qkv_share_of(int t, int nt) {
+void qkv_share_forget(void) {
+    for (int site = 0; site < QKV_SHARE_SITES; site++) share_at[site].nt = 0;
+}
+
+double qkv_share_of(int site, int t, int nt) {
+    const shares *share = share_fixed.nt ? &share_fixed : site_shares(site);
     if (t < 0 || t >= nt) return 0;
-    return share.nt == nt ? share.w[t] : 1.0 / nt;
+    return share->nt == nt ? share->w[t] : 1.0 / nt;
 }
 
 int qkv_team_thread(void) {

@@ -61,20 +61,21 @@ int qkv_threads_pick(int cur, int max, int ncpu, double others);
  * while the other spins at the barrier. So the kernels that cut their work
  * into one piece per thread (the products, the attention heads) cut it in
  * proportion to the threads' speeds, measured in the pieces before: each
- * thread reports how long its piece took, and after the region the shares
- * move toward the threads' units per second (relative to the team's) by an
- * eighth of the gap, at most 0.02 at a time (a preempted piece), never
- * below a quarter of an equal share. A piece is independent rows, so
+ * thread reports when its piece was done, and after the region the shares
+ * move toward the threads' units per second since the cut (relative to
+ * the team's) by an eighth of the gap, at most 0.02 at a time (a preempted
+ * piece), never below a quarter of an equal share. They settle where the
+ * threads finish together, whatever made one late: a slower vCPU, a later
+ * start, a piece's ragged edge. A piece is independent rows, so
  * results do not depend on the shares, as they do not on the thread count.
  *
  *   qkv_cut cut;                         // before the region:
- *   qkv_share_cut(&cut, n, nt);          // n units for nt threads
+ *   qkv_share_cut(&cut, n, nt, site);    // n units for nt threads
  *   ...                                  // in thread t of the team:
  *   int lo, hi;
  *   qkv_share_range(&cut, t, &lo, &hi);  // its units [lo, hi)
- *   double t0 = qkv_seconds();
  *   work(lo, hi);
- *   qkv_share_took(&cut, t, qkv_seconds() - t0);
+ *   qkv_share_done(&cut, t);
  *   ...                                  // after the region:
  *   qkv_share_learn(&cut);
  *
@@ -85,8 +86,21 @@ int qkv_threads_pick(int cur, int max, int ncpu, double others);
  * few dozen products (a step of base has ~90). */
 #define QKV_SHARE_MAX 64 /* larger teams cut equal pieces */
 
+/* Each kind of region learns its own shares (a thread can be late in one
+ * and not in another: with equal pieces base's bf16 products ran 2% longer
+ * on the second thread, its attention heads 3% shorter). */
+enum {
+    QKV_SHARE_PRODUCT,      /* core/matmul.c, fp32 */
+    QKV_SHARE_PRODUCT_BF16, /* core/bf16.c */
+    QKV_SHARE_ATTENTION,    /* core/attention.c, forward */
+    QKV_SHARE_ATTENTION_BACK,
+    QKV_SHARE_SITES
+};
+
 typedef struct {
     int n, nt;                 /* n units for a team of nt */
+    int site;                  /* whose shares (QKV_SHARE_PRODUCT, ...) */
+    double t0;                 /* when it was cut (qkv_seconds) */
     int at[QKV_SHARE_MAX + 1]; /* thread t's units: [at[t], at[t + 1]) */
     struct {
         _Alignas(64) double seconds; /* its piece's time; < 0: none */
@@ -94,22 +108,31 @@ typedef struct {
 } qkv_cut;
 
 /* Cuts n units into nt consecutive ranges in order, by the calling
- * thread's shares for a team of nt (equal +-1 until learned). */
-void qkv_share_cut(qkv_cut *cut, int n, int nt);
+ * thread's shares at `site` for a team of nt (equal +-1 until learned). */
+void qkv_share_cut(qkv_cut *cut, int n, int nt, int site);
 /* Thread t's units [lo, hi) (empty for t outside the team). */
 void qkv_share_range(const qkv_cut *cut, int t, int *lo, int *hi);
-/* Thread t's piece took `seconds`. Safe in a region (a slot each). */
+/* Thread t's piece is done: its time is from the cut to now (the wait for
+ * the team to start included: what the shares even out is when the
+ * threads finish). Safe in a region (a slot each). */
+void qkv_share_done(qkv_cut *cut, int t);
+/* Thread t's piece took `seconds` from the cut (qkv_share_done's
+ * measure; tests give their own). */
 void qkv_share_took(qkv_cut *cut, int t, double seconds);
 /* After the region: the calling thread's shares for the team learn from
  * its speeds (not from a cut with a piece unreported, empty or under
  * 20 us). */
 void qkv_share_learn(const qkv_cut *cut);
-/* Fixed shares of the calling thread for teams of nt (w[t] > 0, scaled to
- * sum 1) until the next call; w = NULL: learned again, from equal. For
+/* Fixed shares of the calling thread for teams of nt at every site (w[t]
+ * > 0, scaled to sum 1), in place of the learned ones, which do not learn
+ * meanwhile, until the next call; w = NULL: the learned ones again. For
  * tests and the bench. */
 void qkv_share_fix(int nt, const double *w);
-/* Thread t's share of a team of nt (1 / nt until learned). */
-double qkv_share_of(int t, int nt);
+/* The calling thread's learned shares back to equal. */
+void qkv_share_forget(void);
+/* Thread t's share of a team of nt at `site` as the next cut would use it
+ * (1 / nt until learned). */
+double qkv_share_of(int site, int t, int nt);
 /* In a parallel region, the calling thread's number and the team's size;
  * 0 and 1 outside one or without OpenMP. */
 int qkv_team_thread(void);

@@ -52,11 +52,12 @@ static void test_share_ranges_cover_the_units(void) {
     for (int nt = 1; nt <= 5; nt++)
         for (int fixed = 0; fixed < 2; fixed++) {
             qkv_share_fix(nt, fixed ? w : NULL);
+            qkv_share_forget();
             double total = 0;
             for (int t = 0; t < nt; t++) total += w[t];
             for (int n = 0; n <= 40; n += n < 10 ? 1 : 7) {
                 qkv_cut cut;
-                qkv_share_cut(&cut, n, nt);
+                qkv_share_cut(&cut, n, nt, QKV_SHARE_PRODUCT);
                 int end = 0, lo, hi;
                 for (int t = 0; t < nt; t++) {
                     qkv_share_range(&cut, t, &lo, &hi);
@@ -76,7 +77,7 @@ static void test_share_ranges_cover_the_units(void) {
         }
     /* a team larger than QKV_SHARE_MAX: equal pieces */
     qkv_cut cut;
-    qkv_share_cut(&cut, 1000, QKV_SHARE_MAX + 36);
+    qkv_share_cut(&cut, 1000, QKV_SHARE_MAX + 36, QKV_SHARE_PRODUCT);
     int lo, hi, end = 0;
     for (int t = 0; t < QKV_SHARE_MAX + 36; t++, end = hi) {
         qkv_share_range(&cut, t, &lo, &hi);
@@ -92,7 +93,7 @@ static void test_share_ranges_cover_the_units(void) {
 static void share_round(int nt, int n, const double *speed,
                         const double *slow) {
     qkv_cut cut;
-    qkv_share_cut(&cut, n, nt);
+    qkv_share_cut(&cut, n, nt, QKV_SHARE_PRODUCT);
     for (int t = 0; t < nt; t++) {
         int lo, hi;
         qkv_share_range(&cut, t, &lo, &hi);
@@ -107,51 +108,71 @@ static void share_round(int nt, int n, const double *speed,
 static void test_shares_follow_the_speeds(void) {
     double speed[3] = {1e6, 6e5, 1e6}, one[3] = {1, 1, 1};
     qkv_share_fix(2, NULL);
-    CHECK(qkv_share_of(0, 2) == 0.5, "not equal before learning: %g",
-          qkv_share_of(0, 2));
+    qkv_share_forget();
+    CHECK(qkv_share_of(QKV_SHARE_PRODUCT, 0, 2) == 0.5,
+          "not equal before learning: %g",
+          qkv_share_of(QKV_SHARE_PRODUCT, 0, 2));
     for (int i = 0; i < 200; i++) share_round(2, 4000, speed, one);
-    double s0 = qkv_share_of(0, 2);
+    double s0 = qkv_share_of(QKV_SHARE_PRODUCT, 0, 2);
     CHECK(fabs(s0 - 1 / 1.6) < 0.002,
           "speeds 1 : 0.6 gave share %.4f, want "
           "%.4f",
           s0, 1 / 1.6);
+    /* the other sites learned nothing from it */
+    for (int site = 0; site < QKV_SHARE_SITES; site++)
+        CHECK(site == QKV_SHARE_PRODUCT || qkv_share_of(site, 0, 2) == 0.5,
+              "site %d learned from another's pieces: %.4f", site,
+              qkv_share_of(site, 0, 2));
     /* one piece of thread 1 preempted for 10x its time */
     share_round(2, 4000, speed, (double[]){1, 10});
-    double s1 = qkv_share_of(0, 2);
+    double s1 = qkv_share_of(QKV_SHARE_PRODUCT, 0, 2);
     CHECK(s1 > s0 && s1 - s0 <= 0.02 + 1e-12,
           "a preempted piece moved the share from %.4f to %.4f", s0, s1);
     for (int i = 0; i < 100; i++) share_round(2, 4000, speed, one);
-    CHECK(fabs(qkv_share_of(0, 2) - 1 / 1.6) < 0.002, "no recovery: %.4f",
-          qkv_share_of(0, 2));
+    CHECK(fabs(qkv_share_of(QKV_SHARE_PRODUCT, 0, 2) - 1 / 1.6) < 0.002,
+          "no recovery: %.4f", qkv_share_of(QKV_SHARE_PRODUCT, 0, 2));
     /* the slow thread is fast again */
     speed[1] = 1e6;
     for (int i = 0; i < 200; i++) share_round(2, 4000, speed, one);
-    CHECK(fabs(qkv_share_of(0, 2) - 0.5) < 0.002, "equal speeds: share %.4f",
-          qkv_share_of(0, 2));
+    CHECK(fabs(qkv_share_of(QKV_SHARE_PRODUCT, 0, 2) - 0.5) < 0.002,
+          "equal speeds: share %.4f", qkv_share_of(QKV_SHARE_PRODUCT, 0, 2));
     /* pieces of 10 us, and a round where thread 1 did not report */
     speed[1] = 2e5;
-    double before = qkv_share_of(0, 2);
+    double before = qkv_share_of(QKV_SHARE_PRODUCT, 0, 2);
     for (int i = 0; i < 50; i++) share_round(2, 10, speed, one);
     qkv_cut cut;
-    qkv_share_cut(&cut, 1000, 2);
+    qkv_share_cut(&cut, 1000, 2, QKV_SHARE_PRODUCT);
     qkv_share_took(&cut, 0, 1e-3);
     qkv_share_learn(&cut);
-    CHECK(qkv_share_of(0, 2) == before, "learned from nothing: %.4f, was %.4f",
-          qkv_share_of(0, 2), before);
+    CHECK(qkv_share_of(QKV_SHARE_PRODUCT, 0, 2) == before,
+          "learned from nothing: %.4f, was %.4f",
+          qkv_share_of(QKV_SHARE_PRODUCT, 0, 2), before);
     /* a team of three, one of them at half speed */
     speed[1] = 5e5;
     for (int i = 0; i < 300; i++) share_round(3, 6000, speed, one);
-    CHECK(fabs(qkv_share_of(1, 3) - 0.2) < 0.002 &&
-              fabs(qkv_share_of(0, 3) - 0.4) < 0.002,
-          "speeds 1 : 0.5 : 1 gave shares %.4f %.4f %.4f", qkv_share_of(0, 3),
-          qkv_share_of(1, 3), qkv_share_of(2, 3));
+    CHECK(fabs(qkv_share_of(QKV_SHARE_PRODUCT, 1, 3) - 0.2) < 0.002 &&
+              fabs(qkv_share_of(QKV_SHARE_PRODUCT, 0, 3) - 0.4) < 0.002,
+          "speeds 1 : 0.5 : 1 gave shares %.4f %.4f %.4f",
+          qkv_share_of(QKV_SHARE_PRODUCT, 0, 3),
+          qkv_share_of(QKV_SHARE_PRODUCT, 1, 3),
+          qkv_share_of(QKV_SHARE_PRODUCT, 2, 3));
     /* the floor: a quarter of an equal share */
     speed[1] = 1e3;
     for (int i = 0; i < 300; i++) share_round(2, 4000, speed, one);
-    CHECK(fabs(qkv_share_of(1, 2) - 0.125) < 1e-9, "floor: share %.4f",
-          qkv_share_of(1, 2));
+    CHECK(fabs(qkv_share_of(QKV_SHARE_PRODUCT, 1, 2) - 0.125) < 1e-9,
+          "floor: share %.4f", qkv_share_of(QKV_SHARE_PRODUCT, 1, 2));
+    /* fixed shares stand in for the learned ones, which wait */
+    double w1 = qkv_share_of(QKV_SHARE_PRODUCT, 1, 2);
+    qkv_share_fix(2, (double[]){1, 1});
+    speed[1] = 1e6;
+    for (int i = 0; i < 50; i++) share_round(2, 4000, speed, one);
+    CHECK(qkv_share_of(QKV_SHARE_PRODUCT, 1, 2) == 0.5, "fixed: %.4f",
+          qkv_share_of(QKV_SHARE_PRODUCT, 1, 2));
     qkv_share_fix(2, NULL);
-    qkv_share_fix(3, NULL);
+    CHECK(qkv_share_of(QKV_SHARE_PRODUCT, 1, 2) == w1,
+          "learned %.4f, then %.4f after fixed ones", w1,
+          qkv_share_of(QKV_SHARE_PRODUCT, 1, 2));
+    qkv_share_forget();
 }
 
 #ifdef _OPENMP
