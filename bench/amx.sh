@@ -16,7 +16,8 @@
 #                               real tiles), trains the demo's copy task in
 #                               bf16 with qkv, and on a CPU with
 #                               amx_bf16 the bench's figures for issue 18's
-#                               AMX targets; the log goes to DIR/amx.log too
+#                               AMX targets and where base's step goes;
+#                               the log goes to DIR/amx.log too
 #
 # With the device tool (a machine lent with an accelerator, whose host CPU
 # may have AMX; nothing is installed or fetched there):
@@ -34,7 +35,7 @@
 # mixed-precision table). Targets: base bf16 <= 0.4 x
 # PyTorch bf16 and <= 0.4 x qkv fp32, small bf16 <= 0.5 x PyTorch bf16.
 set -e
-. "$(dirname "$0")/lib.sh" # get, median
+. "$(dirname "$0")/lib.sh" # get, median, profile_table
 P=build-amx/pack
 
 if [ "$1" = pack ]; then
@@ -186,6 +187,15 @@ main() {
         echo "$cfg: qkv fp32 $(col 1), qkv bf16 amx $(col 2) ($(col 6) GFLOPS, $pct% of 2 x $PK), avx512-bf16 $(col 3), PyTorch bf16 $(col 4), PyTorch fp32 $(col 5)"
         echo "$cfg: amx/qkv_fp32 $(col 7 | awk '{printf "%.3f", $1}'), amx/torch_bf16 $(ratio 2 4), amx/avx512 $(ratio 2 3), torch_bf16/torch_fp32 $(ratio 4 5)"
     done
+    echo
+
+    # where base's step goes (bench_train --profile: per op kind, forward +
+    # backward, and Adam), what bounds the amx step where a target is missed
+    echo "== where base's step goes, 2 threads (ms per step; share: of the amx step)"
+    PF=$($PIN $B base --threads 2 --steps 4 --reps 3 --profile)
+    PV=$(QKV_BF16_KERNEL=avx512-bf16 $PIN $B base --threads 2 --steps 4 --reps 3 --profile --precision bf16)
+    PA=$(QKV_BF16_KERNEL=$K $PIN $B base --threads 2 --steps 4 --reps 3 --profile --precision bf16)
+    profile_table fp32 "$PF" avx512 "$PV" amx "$PA"
     echo
 
     echo "== attention heads, 2 threads (bf16 with amx-bf16 against fp32; rule: what qkv picks)"

@@ -15,6 +15,9 @@
  *                                         by their speeds, taking turns (see
  *                                         shares_paired())
  *                    [--shares equal]     equal pieces only
+ *                    [--profile]          where the timed steps' time
+ *                                         goes, per op kind and Adam (see
+ *                                         print_profile())
  *   bench_train peak [--threads N]        the machine's FMA peak, GFLOPS
  *   bench_train tape                      tape overhead per recorded op
  *   bench_train generate [--reps R]       tokens/s of a 512-token sample
@@ -555,6 +558,35 @@ static int shares_paired(const config *c, int steps, int reps, int nthreads,
     return 0;
 }
 
+/* --profile: where the timed steps' time went (qkv_trainer_profile), one
+ * line per part, ms per step: each op kind's forward + backward (from the
+ * tape: a forward includes the glue code since the op before it), the
+ * trainer's zeroing of the gradients and its optimiser step (Adam; the
+ * bench does not clip), and what is left of the mean step (the batch, the
+ * loss's reduction, ...). */
+static void print_profile(const qkv_trainer *tr, int steps, double step_s) {
+    const qkv_profile *p = &tr->prof;
+    double per = 1e3 / steps, sum = 0;
+    for (int k = 0; k < QKV_OP_COUNT; k++) {
+        if (!p->n_fwd[k] && !p->n_bwd[k]) continue;
+        printf("profile part=%s ms=%.3f fwd_ms=%.3f bwd_ms=%.3f calls=%.1f\n",
+               qkv_op_name((qkv_op)k), per * (p->fwd[k] + p->bwd[k]),
+               per * p->fwd[k], per * p->bwd[k], (double)p->n_fwd[k] / steps);
+        sum += per * (p->fwd[k] + p->bwd[k]);
+    }
+    static const struct {
+        int phase;
+        const char *name;
+    } phases[] = {{QKV_PHASE_ZERO, "zero_grad"}, {QKV_PHASE_OPTIM, "adam"}};
+    for (size_t i = 0; i < sizeof phases / sizeof *phases; i++) {
+        double ms = per * tr->phase[phases[i].phase];
+        printf("profile part=%s ms=%.3f\n", phases[i].name, ms);
+        sum += ms;
+    }
+    printf("profile part=rest ms=%.3f\n", 1e3 * step_s - sum);
+    printf("profile part=step ms=%.3f\n", 1e3 * step_s);
+}
+
 int main(int argc, char **argv) {
     qkv_comm_init(&argc, &argv); /* make bench-mpi: mpirun -np K */
     if (argc < 2) {
@@ -563,12 +595,23 @@ int main(int argc, char **argv) {
             "usage: bench_train "
             "tiny|small|base|peak|vcpus|tape|spin|generate|attention|pingpong "
             "[--threads N] [--steps K] [--reps R] "
-            "[--precision fp32|bf16|both] [--shares equal|both]\n");
+            "[--precision fp32|bf16|both] [--shares equal|both] "
+            "[--profile]\n");
         return 2;
     }
     int threads = 0, steps = 20, reps = 5, precision = 0; /* 2: both */
     int shares = 0; /* 1: equal, 2: both */
-    for (int i = 2; i + 1 < argc; i += 2) {
+    int profile = 0;
+    for (int i = 2; i < argc; i += 2) {
+        if (strcmp(argv[i], "--profile") == 0) {
+            profile = 1;
+            i--; /* a flag without a value */
+            continue;
+        }
+        if (i + 1 == argc) {
+            fprintf(stderr, "bench_train: %s needs a value\n", argv[i]);
+            return 2;
+        }
         if (strcmp(argv[i], "--threads") == 0)
             threads = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--steps") == 0)
@@ -638,10 +681,13 @@ int main(int argc, char **argv) {
     run run1;
     if (run_init(&run1, c, precision)) return 1;
     qkv_trainer *tr = &run1.tr;
+    if (profile) qkv_trainer_profile(tr); /* after the warm-up steps */
     double *t = malloc((size_t)reps * sizeof *t);
     size_t allocs0 = n_allocs;
     for (int r = 0; r < reps; r++) t[r] = run_steps(&run1, steps);
     size_t allocs = n_allocs - allocs0;
+    double mean = 0; /* the profile's steps: all of them */
+    for (int r = 0; r < reps; r++) mean += t[r] / reps;
     qsort(t, (size_t)reps, sizeof *t, cmp_double);
     double s = t[reps / 2], flops = step_flops(c);
     if (qkv_comm_size() > 1) { /* the step's all-reduce alone */
@@ -673,6 +719,7 @@ int main(int argc, char **argv) {
            flops / s / 1e9, (double)ru.ru_maxrss / 1024,
            (double)tr->graph.arena.peak / (1 << 20), allocs, tr->model.params.n,
            (double)tr->loss);
+    if (profile) print_profile(tr, reps * steps, mean);
     free(t);
     run_free(&run1);
     return 0;

@@ -16,7 +16,7 @@
 # count, which follows the load (core/threads.h), with 1 thread and with a
 # fixed count of every CPU.
 set -e
-. "$(dirname "$0")/lib.sh" # get, median
+. "$(dirname "$0")/lib.sh" # get, median, profile_table
 BUILD=${1:-build}
 B=$BUILD/bench/bench_train
 PY=/usr/bin/python3
@@ -186,6 +186,19 @@ for cfg in tiny small base; do
     done
 done
 [ $TORCH = 1 ] || echo "(PyTorch not found: apt-get install python3-torch for autocast)"
+echo
+
+# Where base's step goes, in fp32 and in bf16 (bench_train --profile: the
+# tape's time per op kind, forward + backward, and the trainer's Adam
+# step): what bounds the bf16 step once its products are fast. One
+# process each, 2 threads; matmul is the linear layers' products with
+# their packing, attention its heads' six products and softmax.
+rtt
+printf '== where base'"'"'s step goes, 2 threads (ms per step; share: of the bf16 step)\n'
+set -- $(steps_of base)
+PF=$($B base --threads 2 --steps $1 --reps $2 --profile)
+PB=$($B base --threads 2 --steps $1 --reps $2 --profile --precision bf16)
+profile_table fp32 "$PF" bf16 "$PB"
 echo
 
 # Attention: one layer's forward + backward with bf16 products against
