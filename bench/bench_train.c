@@ -670,6 +670,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_train: unknown config %s\n", argv[1]);
         return 2;
     }
+    if (profile && (precision == 2 || shares == 2)) {
+        fprintf(stderr, "bench_train: --profile times one run of one "
+                        "precision (not --precision both or --shares both)\n");
+        return 2;
+    }
     if (shares == 2 && precision < 2)
         return shares_paired(c, steps, reps, nthreads, precision);
     if (shares == 1 && nthreads > 1) {
