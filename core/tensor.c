@@ -226,8 +226,17 @@ qkv_tensor *qkv_params_find(const qkv_params *ps, const char *name) {
     return NULL;
 }
 
+/* In pieces shared by the threads: one thread alone took 1.8 ms of base's
+ * bf16 step (32 MB) while the others waited. */
 void qkv_params_zero_grad(qkv_params *ps) {
-    if (ps->grads) memset(ps->grads, 0, ps->n * sizeof(float));
+    if (!ps->grads) return;
+    enum { PIECES = 64 };
+    const size_t n = ps->n, len = (n + PIECES - 1) / PIECES;
+    QKV_OMP(omp parallel for if (n > (1 << 20)))
+    for (int k = 0; k < PIECES; k++) {
+        size_t lo = (size_t)k * len, hi = lo + len < n ? lo + len : n;
+        if (lo < hi) memset(ps->grads + lo, 0, (hi - lo) * sizeof(float));
+    }
 }
 
 int qkv_params_finite(const qkv_params *ps) {

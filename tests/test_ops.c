@@ -552,6 +552,27 @@ static void test_params_layout(void) {
     qkv_params_free(&ps);
 }
 
+/* Zeroing a store big enough for the threads to share (pieces of n / 64):
+ * every gradient, the last pieces' included, for 1-3 threads. */
+static void test_zero_grad_all(void) {
+    qkv_params ps;
+    qkv_params_init(&ps);
+    qkv_params_add(&ps, "w", 2, (int[]){1031, 1021}); /* 1,052,651 > 2^20 */
+    qkv_params_add(&ps, "b", 1, (int[]){3});
+    qkv_params_alloc(&ps);
+    for (int t = 1; t <= 3; t++) {
+        qkv_set_threads(t);
+        for (size_t i = 0; i < ps.n; i++) ps.grads[i] = 1.0f + (float)(i % 5);
+        qkv_params_zero_grad(&ps);
+        size_t left = 0;
+        for (size_t i = 0; i < ps.n; i++) left += ps.grads[i] != 0.0f;
+        CHECK(left == 0, "zero_grad, %d thread(s): %zu of %zu not zeroed", t,
+              left, ps.n);
+    }
+    qkv_set_threads(0);
+    qkv_params_free(&ps);
+}
+
 /* A steady-state step (same shapes as the one before) calls no malloc. */
 static void test_arena_steady_state(void) {
     qkv_params ps;
@@ -746,6 +767,7 @@ int main(int argc, char **argv) {
     RUN(test_backward_reuses_gradients);
     RUN(test_no_grad_records_nothing);
     RUN(test_params_layout);
+    RUN(test_zero_grad_all);
     RUN(test_arena_steady_state);
     RUN(test_threads_bitwise_identical);
     RUN(test_misuse_is_a_clear_error);
