@@ -198,8 +198,13 @@ main() {
     profile_table fp32 "$PF" avx512 "$PV" amx "$PA"
     echo
 
-    echo "== attention heads, 2 threads (bf16 with amx-bf16 against fp32; rule: what qkv picks)"
+    # with amx-bf16 the small heads' bf16 products run on AMX tiles, with
+    # avx512-bf16 on vdpbf16ps: which pays on this CPU, and from what size
+    # (core/ops.h, qkv_attention_bf16_min: the rule is Zen 5's for both)
+    echo "== attention heads, 2 threads (bf16 on AMX tiles against fp32; rule: what qkv picks)"
     QKV_BF16_KERNEL=$K $PIN $B attention --threads 2 --reps 5
+    echo "== attention heads, 2 threads (bf16 on vdpbf16ps against fp32)"
+    QKV_BF16_KERNEL=avx512-bf16 $PIN $B attention --threads 2 --reps 5
     echo "all took $(($(date +%s) - T0)) s"
 }
 # tee writes the log as it goes: what ran before a timeout is kept

@@ -372,9 +372,90 @@ static void dp_product_c(int rows, int w, int np, const uint32_t *a, size_t ar,
     }
 }
 
+/* ---- small heads in bf16 on AMX tiles (kind 3) ----
+ * With the amx-bf16 kernel (or its model) each product is summed on tiles
+ * (bf16.h qkv_bf16_amx_words) in the AMX kernel's order for one k block, so
+ * a head gives the bits of the blocked path (qkv_gemm_bf16) with that
+ * kernel, as kinds 1 and 2 give those of the vdpbf16ps kernels. The pair
+ * words are the ones kinds 1 and 2 read: B's pair rows are already what a
+ * B tile loads (16 columns of pair words a row); A's words must be rows
+ * (pairs along them), so a transposed A (A^T, dZ^T: column pairs, one pair
+ * row after another) is turned into rows first. The tiles' sums go to a
+ * block in L1; the epilogue (softmax, its backward, adding to c) reads
+ * them from there, in dp_product's operations. */
+
+/* n rounded up to whole vectors */
+static size_t up_vw(int n) {
+    return (size_t)(n + VW - 1) / VW * VW;
+}
+
+/* AMX heads: a transposed A's words as rows, and the tiles' sums */
+static _Thread_local _Alignas(64) uint32_t
+    words_rows[SMALL_MAX * SMALL_MAX / 2];
+static _Thread_local _Alignas(64) float tile_sums[SMALL_MAX * SMALL_MAX];
+
+/* out[i ldo + p] = in[p ldi + i], p < np, i < rows (ldo >= np rounded up
+ * to 16; in's pair rows readable to rows rounded up to 16 words, as
+ * col_pairs leaves them). */
+static void words_to_rows(int np, int rows, const uint32_t *in, size_t ldi,
+                          uint32_t *out, size_t ldo) {
+#if defined(__AVX512F__)
+    for (int p0 = 0; p0 < np; p0 += 16)
+        for (int i0 = 0; i0 < rows; i0 += 16) {
+            __m512 r[16];
+            for (int p = 0; p < 16; p++)
+                r[p] = p0 + p < np
+                           ? _mm512_loadu_ps(in + (size_t)(p0 + p) * ldi + i0)
+                           : _mm512_setzero_ps();
+            qkv_transpose16(r);
+            for (int i = 0; i < 16 && i0 + i < rows; i++)
+                _mm512_storeu_ps(out + (size_t)(i0 + i) * ldo + p0, r[i]);
+        }
+    return;
+#endif
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < np; p++)
+            out[(size_t)i * ldo + p] = in[(size_t)p * ldi + i];
+}
+
+/* RB rows from r0 of the tiles' sums t (row stride ldt), finished as
+ * dp_kernel finishes its registers */
+static inline __attribute__((always_inline)) void
+sums_kernel(int RB, int NV, const float *t, size_t ldt, float *c, size_t ldc,
+            int w, int acc, const rows_epilogue *e, int r0) {
+    vf s[8][4];
+    for (int r = 0; r < RB; r++)
+        for (int v = 0; v < NV; v++)
+            s[r][v] = vload(t + (size_t)r * ldt + v * VW);
+    finish_rows(s, RB, NV, e, r0, c, ldc, w, acc);
+}
+
+static void amx_product(int rows, int w, int np, const uint32_t *a, size_t ar,
+                        size_t ap, const uint32_t *b, size_t ldb, float *c,
+                        size_t ldc, int acc, const rows_epilogue *e) {
+    size_t lda = ar;
+    if (ap != 1) { /* column pairs: as rows */
+        lda = up_vw(np);
+        words_to_rows(np, rows, a, ap, words_rows, lda);
+        a = words_rows;
+    }
+    size_t ldt = up_vw(w);
+    qkv_bf16_amx_words(rows, w, np, a, lda, b, ldb, tile_sums, ldt);
+    int nv = (w + VW - 1) / VW, r = 0;
+#define SUMS(RB, NV)                                                           \
+    sums_kernel(RB, NV, tile_sums + r * ldt, ldt, c + r * ldc, ldc, w, acc, e, \
+                r)
+    ROW_BLOCKS(SUMS)
+#undef SUMS
+}
+
 static void dp_product(int kind, int rows, int w, int np, const uint32_t *a,
                        size_t ar, size_t ap, const uint32_t *b, size_t ldb,
                        float *c, size_t ldc, int acc, const rows_epilogue *e) {
+    if (kind == 3) {
+        amx_product(rows, w, np, a, ar, ap, b, ldb, c, ldc, acc, e);
+        return;
+    }
 #if QKV_X86
     if (kind == 2) {
         dp_product_avx512(rows, w, np, a, ar, ap, b, ldb, c, ldc, acc, e);
@@ -446,11 +527,6 @@ static _Thread_local _Alignas(64) float scratch_dz[SMALL_MAX * SMALL_MAX];
 /* bf16: a product's two operands as pair words (at most 64 x 32 words) */
 static _Thread_local _Alignas(64) uint32_t words[2][SMALL_MAX * SMALL_MAX / 2];
 
-/* n rounded up to whole vectors */
-static size_t up_vw(int n) {
-    return (size_t)(n + VW - 1) / VW * VW;
-}
-
 static int small_heads(int T, int S, int K) {
     int lim = qkv_attention_small_max < SMALL_MAX ? qkv_attention_small_max
                                                   : SMALL_MAX;
@@ -460,21 +536,23 @@ static int small_heads(int T, int S, int K) {
 int qkv_attention_bf16_min = 65536;
 
 /* How a head of T (T_full) queries, S keys, K columns of a bf16 graph
- * computes its products: 0 fp32, 1 bf16 with the C model of vdpbf16ps, 2
- * bf16 with AVX512-BF16 (the CPUs of bf16.h's avx512-bf16 and amx-bf16
- * kernels have it); 1 and 2 give the same bits (ops.h:
+ * computes its products: 0 fp32; in bf16, 1 with the C model of vdpbf16ps,
+ * 2 with AVX512-BF16 (the avx512-bf16 kernel's CPUs), 3 on AMX tiles (the
+ * amx-bf16 kernel, or amx-model's model of them). 1 and 2 give the same
+ * bits, those of the vdpbf16ps kernels; 3 those of the AMX kernel (ops.h:
  * qkv_attention_bf16_min). dp_kind: the same for any graph. */
 static int bf16_kind(int T, int S, int K) {
     qkv_bf16_kernel k = qkv_bf16_get_kernel();
-    int fast = k == QKV_BF16_AVX512 || k == QKV_BF16_AMX;
+    int amx = k == QKV_BF16_AMX || k == QKV_BF16_AMX_MODEL;
+    int fast = k == QKV_BF16_AVX512;
 #if !QKV_X86
     fast = 0;
 #endif
     if (qkv_attention_bf16_min > 0 &&
-        (k != QKV_BF16_AVX512 || !small_heads(T, S, K) || T < 32 || S < 32 ||
-         K < 32 || (long long)T * S * K < qkv_attention_bf16_min))
+        ((k != QKV_BF16_AVX512 && !amx) || !small_heads(T, S, K) || T < 32 ||
+         S < 32 || K < 32 || (long long)T * S * K < qkv_attention_bf16_min))
         return 0;
-    return fast ? 2 : 1;
+    return amx ? 3 : fast ? 2 : 1;
 }
 
 static int dp_kind(const qkv_graph *g, int T, int S, int K) {

@@ -419,20 +419,78 @@ amx_shape(const int model, int top, int bot, int kp) {
     }
 }
 
-/* The C tiles from or to c (AMX_MR x NR floats, rows ldc apart). */
+/* The C tiles from or to c (AMX_MR rows ldc apart; columns 0-15, and
+ * 16-31 when two). */
 static inline __attribute__((always_inline)) void
-amx_c_tiles(const int model, int store, int bot, float *c, size_t ldc) {
+amx_c_tiles(const int model, int store, int bot, int two, float *c,
+            size_t ldc) {
     size_t sc = ldc * 4;
     if (store) {
         T_STORE(0, c, sc);
-        T_STORE(1, c + 16, sc);
+        if (two) T_STORE(1, c + 16, sc);
         if (bot) T_STORE(2, c + 16 * ldc, sc);
-        if (bot) T_STORE(3, c + 16 * ldc + 16, sc);
+        if (bot && two) T_STORE(3, c + 16 * ldc + 16, sc);
     } else {
         T_LOAD(0, c, sc);
-        T_LOAD(1, c + 16, sc);
+        if (two) T_LOAD(1, c + 16, sc);
         if (bot) T_LOAD(2, c + 16 * ldc, sc);
-        if (bot) T_LOAD(3, c + 16 * ldc + 16, sc);
+        if (bot && two) T_LOAD(3, c + 16 * ldc + 16, sc);
+    }
+}
+
+/* rows (<= AMX_MR) x 32 columns of C (16 unless two) from np pairs: A's
+ * row i at a + i lda words, B's pair row p at b + p ldb words (32 or 16
+ * words of it read). The kernel's slivers are lda = np, ldb = NR, two;
+ * core/attention.c's heads (qkv_bf16_amx_words) pass their own. */
+static inline __attribute__((always_inline)) void
+amx_piece(const int model, int np, const uint32_t *a, size_t lda,
+          const uint32_t *b, size_t ldb, int two, float *c, size_t ldc, int how,
+          int rows) {
+    int full = np / AMX_KP, r = np % AMX_KP;
+    int top = rows < 16 ? rows : 16, bot = rows - top;
+    size_t sa = lda * 4, sb = ldb * 4;
+    const uint32_t *a1 = a + (size_t)16 * lda; /* the bottom rows */
+    _Alignas(64) float acc[AMX_MR * NR];
+    for (int part = 0; part < 2; part++) { /* full steps, then the rest */
+        int steps = part ? r > 0 : full, kp = part ? r : AMX_KP;
+        if (!steps) continue;
+        if (part && full) amx_c_tiles(model, 1, bot, two, acc, NR);
+        amx_shape(model, top, bot, kp);
+        if (part && full) {
+            amx_c_tiles(model, 0, bot, two, acc, NR);
+        } else {
+            T_ZERO(0);
+            if (two) T_ZERO(1);
+            if (bot) T_ZERO(2);
+            if (bot && two) T_ZERO(3);
+        }
+        for (int s = 0; s < steps; s++) {
+            size_t p0 = (size_t)(part ? full : s) * AMX_KP;
+            const uint32_t *bs = b + p0 * ldb;
+            T_LOAD(6, bs, sb);
+            if (two) T_LOAD(7, bs + 16, sb);
+            T_LOAD(4, a + p0, sa);
+            T_DP(0, 4, 6);
+            if (two) T_DP(1, 4, 7);
+            if (bot) {
+                T_LOAD(5, a1 + p0, sa);
+                T_DP(2, 5, 6);
+                if (two) T_DP(3, 5, 7);
+            }
+        }
+    }
+    if (!(how & (ADD | RELU))) { /* the block's sums are C: stored there */
+        amx_c_tiles(model, 1, bot, two, c, ldc);
+        return;
+    }
+    amx_c_tiles(model, 1, bot, two, acc, NR);
+    for (int i = 0; i < rows; i++) {
+        float *ci = c + (size_t)i * ldc;
+        const float *ai = acc + i * NR;
+        for (int j = 0; j < (two ? 32 : 16); j++) {
+            float v = how & ADD ? ci[j] + ai[j] : ai[j];
+            ci[j] = how & RELU && !(v > 0.0f) ? 0.0f : v;
+        }
     }
 }
 
@@ -442,52 +500,7 @@ kernel_amx_body(const int model, int np, const uint32_t *a, const uint32_t *b,
     QKV_CHECK(a_rows && rows >= 1 && rows <= AMX_MR,
               "the AMX kernel reads up to %d rows of A's slivers as rows",
               AMX_MR);
-    int full = np / AMX_KP, r = np % AMX_KP;
-    int top = rows < 16 ? rows : 16, bot = rows - top;
-    size_t sa = (size_t)np * 4, sb = NR * 4;
-    const uint32_t *a1 = a + (size_t)16 * np; /* the bottom rows */
-    _Alignas(64) float acc[AMX_MR * NR];
-    for (int part = 0; part < 2; part++) { /* full steps, then the rest */
-        int steps = part ? r > 0 : full, kp = part ? r : AMX_KP;
-        if (!steps) continue;
-        if (part && full) amx_c_tiles(model, 1, bot, acc, NR);
-        amx_shape(model, top, bot, kp);
-        if (part && full) {
-            amx_c_tiles(model, 0, bot, acc, NR);
-        } else {
-            T_ZERO(0);
-            T_ZERO(1);
-            if (bot) T_ZERO(2);
-            if (bot) T_ZERO(3);
-        }
-        for (int s = 0; s < steps; s++) {
-            size_t p0 = (size_t)(part ? full : s) * AMX_KP;
-            const uint32_t *bs = b + p0 * NR;
-            T_LOAD(6, bs, sb);
-            T_LOAD(7, bs + 16, sb);
-            T_LOAD(4, a + p0, sa);
-            T_DP(0, 4, 6);
-            T_DP(1, 4, 7);
-            if (bot) {
-                T_LOAD(5, a1 + p0, sa);
-                T_DP(2, 5, 6);
-                T_DP(3, 5, 7);
-            }
-        }
-    }
-    if (!(how & (ADD | RELU))) { /* the block's sums are C: stored there */
-        amx_c_tiles(model, 1, bot, c, ldc);
-        return;
-    }
-    amx_c_tiles(model, 1, bot, acc, NR);
-    for (int i = 0; i < rows; i++) {
-        float *ci = c + (size_t)i * ldc;
-        const float *ai = acc + i * NR;
-        for (int j = 0; j < NR; j++) {
-            float v = how & ADD ? ci[j] + ai[j] : ai[j];
-            ci[j] = how & RELU && !(v > 0.0f) ? 0.0f : v;
-        }
-    }
+    amx_piece(model, np, a, (size_t)np, b, NR, 1, c, ldc, how, rows);
 }
 
 static void kernel_amx_model(int np, const uint32_t *a, const uint32_t *b,
@@ -1495,4 +1508,45 @@ void qkv_bf16_row_pairs_t(int rows, int n, const float *X, size_t ld,
         }
         for (int i = rows; i < w; i++) o[i] = 0;
     }
+}
+
+/* ------------------------------------------- small products on AMX tiles */
+
+static void amx_words(const int model, int rows, int w, int np,
+                      const uint32_t *a, size_t lda, const uint32_t *b,
+                      size_t ldb, float *c, size_t ldc) {
+    int wv = up16(w);
+    for (int i0 = 0; i0 < rows; i0 += AMX_MR)
+        for (int j0 = 0; j0 < wv; j0 += 32)
+            amx_piece(model, np, a + (size_t)i0 * lda, lda, b + j0, ldb,
+                      wv - j0 > 16, c + (size_t)i0 * ldc + j0, ldc, 0,
+                      rows - i0 < AMX_MR ? rows - i0 : AMX_MR);
+}
+
+#if QKV_AMX
+__attribute__((target("amx-tile,amx-bf16"))) static void
+amx_words_cpu(int rows, int w, int np, const uint32_t *a, size_t lda,
+              const uint32_t *b, size_t ldb, float *c, size_t ldc) {
+    amx_words(0, rows, w, np, a, lda, b, ldb, c, ldc);
+}
+#endif
+
+void qkv_bf16_amx_words(int rows, int w, int np, const uint32_t *a, size_t lda,
+                        const uint32_t *b, size_t ldb, float *c, size_t ldc) {
+    qkv_bf16_kernel k = qkv_bf16_get_kernel();
+    QKV_CHECK(amx_kernel(k), "qkv_bf16_amx_words: the bf16 kernel is %s",
+              qkv_bf16_kernel_name(k));
+    QKV_CHECK(rows >= 1 && w >= 1 && np >= 1 && np <= KC / 2 &&
+                  lda >= (size_t)np && ldb >= (size_t)up16(w) &&
+                  ldc >= (size_t)up16(w),
+              "qkv_bf16_amx_words: %d x %d from %d pairs, strides %zu, %zu, "
+              "%zu",
+              rows, w, np, lda, ldb, ldc);
+#if QKV_AMX
+    if (k == QKV_BF16_AMX) {
+        amx_words_cpu(rows, w, np, a, lda, b, ldb, c, ldc);
+        return;
+    }
+#endif
+    amx_words(1, rows, w, np, a, lda, b, ldb, c, ldc);
 }

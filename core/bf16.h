@@ -163,6 +163,17 @@ void qkv_bf16_col_pairs(int rows, int n, const float *X, size_t ld,
 void qkv_bf16_row_pairs_t(int rows, int n, const float *X, size_t ld,
                           uint32_t *out, size_t ldo);
 
+/* For core/attention.c's small heads where the kernel in use is amx-bf16
+ * or amx-model (else a fatal error): c (rows x w floats, row stride ldc)
+ * = A B from pair words, A's row i at a + i lda (np words), B's pair row p
+ * at b + p ldb (w words, zero words after them up to a multiple of 16, as
+ * col_pairs and row_pairs_t leave them), on the AMX kernel's tiles in its
+ * order for one k block (np <= QKV_BF16_KC / 2): qkv_gemm_bf16's bits for
+ * that product with that kernel. c's columns are written up to w rounded up
+ * to 16 (ldc must be at least that; the extra ones are not C's). */
+void qkv_bf16_amx_words(int rows, int w, int np, const uint32_t *a, size_t lda,
+                        const uint32_t *b, size_t ldb, float *c, size_t ldc);
+
 /* The definition itself, one element at a time (slow): what the kernels are
  * tested against. */
 void qkv_gemm_bf16_ref(int ta, int tb, int M, int N, int K, const float *A,

@@ -847,11 +847,12 @@ static const int attn_dims[][3] = {{1, 1, 1},    {7, 7, 3},   {16, 16, 16},
 enum { ATTN_MAX = 2 * 64 * (3 * 64 + 1) + 2 * 64 * 6 * 64 + 4 * 3 * 64 * 64 };
 
 /* With kernel k and every head in bf16 (qkv_attention_bf16_min = 0),
- * bf16 attention on small heads (T, S, K <= 64: pair words
- * and vdpbf16ps, or its C model) gives the bits of the blocked path
- * (qkv_attention_small_max = 0: qkv_gemm_bf16 and masked_softmax) with the
- * portable kernel, which the definition tests above pin down: y and all
- * three gradients, both layouts, causal or not. */
+ * bf16 attention on small heads (T, S, K <= 64: pair words and vdpbf16ps,
+ * or its C model; with an AMX kernel, AMX tiles or their model) gives the
+ * bits of the blocked path (qkv_attention_small_max = 0: qkv_gemm_bf16 and
+ * masked_softmax) with the portable kernel (with an AMX kernel, with that
+ * kernel: it sums in its own order), which the kernel tests above pin
+ * down: y and all three gradients, both layouts, causal or not. */
 static void check_bf16_attention(qkv_bf16_kernel k) {
     char why[128];
     if (!qkv_bf16_kernel_usable(k, why, sizeof why)) {
@@ -866,7 +867,9 @@ static void check_bf16_attention(qkv_bf16_kernel k) {
             for (int causal = 0; causal < 2; causal++) {
                 int T = attn_dims[c][0], S = attn_dims[c][1],
                     K = attn_dims[c][2];
-                qkv_bf16_kernel old = qkv_bf16_set_kernel(QKV_BF16_PORTABLE);
+                int amx = k == QKV_BF16_AMX || k == QKV_BF16_AMX_MODEL;
+                qkv_bf16_kernel old =
+                    qkv_bf16_set_kernel(amx ? k : QKV_BF16_PORTABLE);
                 qkv_attention_small_max = 0;
                 size_t n = attn_run(QKV_BF16, layout, T, S, K, causal, want);
                 qkv_bf16_set_kernel(k);
@@ -892,6 +895,14 @@ static void test_bf16_attention_portable_is_the_products(void) {
 
 static void test_bf16_attention_avx512_is_the_products(void) {
     check_bf16_attention(QKV_BF16_AVX512);
+}
+
+static void test_bf16_attention_amx_model_is_the_products(void) {
+    check_bf16_attention(QKV_BF16_AMX_MODEL);
+}
+
+static void test_bf16_attention_amx_is_the_products(void) {
+    check_bf16_attention(QKV_BF16_AMX);
 }
 
 /* bf16 attention against fp32 (small heads, this CPU's kernel): every
@@ -928,11 +939,12 @@ static void test_bf16_attention_near_fp32(void) {
     free(b);
 }
 
-/* Where bf16 attention is used (ops.h): with the avx512-bf16 kernel, heads
- * of 64 x 64 x 32 (base's) and 32 x 64 x 64 are bf16 (they differ from
- * fp32), while 32 x 32 x 32, 64 x 64 x 16 and heads past the small path
- * (65 x 65 x 32) stay fp32 bit for bit; with the portable kernel every head
- * stays fp32. qkv_attention_bf16_heads says the same. */
+/* Where bf16 attention is used (ops.h): with the avx512-bf16 kernel and
+ * the AMX kernel (here its model), heads of 64 x 64 x 32 (base's) and
+ * 32 x 64 x 64 are bf16 (they differ from fp32), while 32 x 32 x 32,
+ * 64 x 64 x 16 and heads past the small path (65 x 65 x 32) stay fp32 bit
+ * for bit; with the portable kernel every head stays fp32.
+ * qkv_attention_bf16_heads says the same. */
 static void test_bf16_attention_where_it_pays(void) {
     static const int dims[][4] = {{64, 64, 32, 1},
                                   {32, 64, 64, 1},
@@ -941,8 +953,10 @@ static void test_bf16_attention_where_it_pays(void) {
                                   {65, 65, 32, 0}};
     size_t cap = 2 * 65 * (3 * 65 + 1) + 2 * 65 * 6 * 65;
     float *a = malloc(cap * sizeof *a), *b = malloc(cap * sizeof *b);
-    for (int k = 0; k < 2; k++) {
-        qkv_bf16_kernel kern = k ? QKV_BF16_AVX512 : QKV_BF16_PORTABLE;
+    static const qkv_bf16_kernel kernels[] = {
+        QKV_BF16_PORTABLE, QKV_BF16_AVX512, QKV_BF16_AMX_MODEL};
+    for (int k = 0; k < 3; k++) {
+        qkv_bf16_kernel kern = kernels[k];
         char why[128];
         if (!qkv_bf16_kernel_usable(kern, why, sizeof why)) {
             printf("  %s: skipped (%s)\n", qkv_bf16_kernel_name(kern), why);
@@ -1236,6 +1250,8 @@ int main(void) {
     RUN(test_bf16_gradients_near_fp32);
     RUN(test_bf16_attention_portable_is_the_products);
     RUN(test_bf16_attention_avx512_is_the_products);
+    RUN(test_bf16_attention_amx_model_is_the_products);
+    RUN(test_bf16_attention_amx_is_the_products);
     RUN(test_bf16_attention_near_fp32);
     RUN(test_bf16_attention_where_it_pays);
     RUN(test_bf16_cached_decoding_is_recompute);

@@ -27,9 +27,10 @@
 # emulator's own check that a process keeps its tiles across context
 # switches (what its XSAVE bug broke). Then the AMX kernel on every shape
 # class, AMX's sum order, the avx512-bf16 kernel (the emulator's AVX-512
-# against the definition: what its VCVTNE2PS2BF16 bug broke), and a bf16
+# against the definition: what its VCVTNE2PS2BF16 bug broke), a bf16
 # model's gradients, weights, decoding and steps with AMX chosen (the
-# default there). Booting takes ~20 s; the tests, ~7 minutes on the
+# default there), and small attention heads on AMX tiles against the
+# blocked path with the AMX kernel. Booting takes ~20 s; the tests, ~7 minutes on the
 # project's AMD EPYC (emulating a TDPBF16PS, 8192 multiply-adds, is slow).
 set -eu
 cd "$(dirname "$0")/../.."
@@ -38,7 +39,8 @@ TIMEOUT=${EMU_TIMEOUT:-3600}
 TESTS=${EMU_TESTS:-"tiles_kept: test_bf16:sums_as_the_sdm test_bf16:amx_kernel \
 test_bf16:avx512_bf16_kernel test_bf16:bf16_gradients \
 test_bf16:packed_weights_follow test_bf16:cached_decoding \
-test_bf16:steps_same_for_any test_bf16:attention_avx512 test_golden:"}
+test_bf16:steps_same_for_any test_bf16:attention_avx512 \
+test_bf16:attention_amx_is test_golden:"}
 BOCHS_SHA256=78f6c73d4a6472d5130a87ab9dc306d02c7c71ed8e25b3a8ef642e2a7acd282b
 MARCH=${EMU_MARCH:-sapphirerapids}
 say() { echo "== emu: $*"; }
