@@ -540,7 +540,18 @@ int qkv_attention_bf16_min = 65536;
  * 2 with AVX512-BF16 (the avx512-bf16 kernel's CPUs), 3 on AMX tiles (the
  * amx-bf16 kernel, or amx-model's model of them). 1 and 2 give the same
  * bits, those of the vdpbf16ps kernels; 3 those of the AMX kernel (ops.h:
- * qkv_attention_bf16_min). dp_kind: the same for any graph. */
+ * qkv_attention_bf16_min). dp_kind: the same for any graph.
+ *
+ * On tiles the products cost next to nothing (a 64 x 64 x 32 product is 8
+ * TDPBF16PS), so AMX heads pay from smaller sizes than vdpbf16ps ones:
+ * with the tiles' work left out (their sums replaced by a memset, on AMD
+ * EPYC Zen 5, 2 threads, 3 sets of `bench_train attention`), what is left
+ * of the path (packing, transposes, softmax) took 0.71-0.72x fp32's time
+ * on 64 x 64 x 32 heads, 0.79-0.80x on 64 x 64 x 16, 0.85x on 32 x 32 x
+ * 32, but 1.10-1.14x on 16 x 16 x 16. Hence, with the AMX kernel: small
+ * heads with T, S >= 32, K >= 16 and T S K >= AMX_HEADS_MIN. */
+enum { AMX_HEADS_MIN = 32768 };
+
 static int bf16_kind(int T, int S, int K) {
     qkv_bf16_kernel k = qkv_bf16_get_kernel();
     int amx = k == QKV_BF16_AMX || k == QKV_BF16_AMX_MODEL;
@@ -548,9 +559,12 @@ static int bf16_kind(int T, int S, int K) {
 #if !QKV_X86
     fast = 0;
 #endif
+    long long tsk = (long long)T * S * K;
     if (qkv_attention_bf16_min > 0 &&
-        ((k != QKV_BF16_AVX512 && !amx) || !small_heads(T, S, K) || T < 32 ||
-         S < 32 || K < 32 || (long long)T * S * K < qkv_attention_bf16_min))
+        (!small_heads(T, S, K) || T < 32 || S < 32 ||
+         (amx ? K < 16 || tsk < AMX_HEADS_MIN
+              : k != QKV_BF16_AVX512 || K < 32 ||
+                    tsk < qkv_attention_bf16_min)))
         return 0;
     return amx ? 3 : fast ? 2 : 1;
 }

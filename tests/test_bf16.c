@@ -939,18 +939,19 @@ static void test_bf16_attention_near_fp32(void) {
     free(b);
 }
 
-/* Where bf16 attention is used (ops.h): with the avx512-bf16 kernel and
- * the AMX kernel (here its model), heads of 64 x 64 x 32 (base's) and
- * 32 x 64 x 64 are bf16 (they differ from fp32), while 32 x 32 x 32,
- * 64 x 64 x 16 and heads past the small path (65 x 65 x 32) stay fp32 bit
- * for bit; with the portable kernel every head stays fp32.
- * qkv_attention_bf16_heads says the same. */
+/* Where bf16 attention is used (ops.h): with the avx512-bf16 kernel, heads
+ * of 64 x 64 x 32 (base's) and 32 x 64 x 64 are bf16 (they differ from
+ * fp32), while 32 x 32 x 32, 64 x 64 x 16, 16 x 16 x 16 and heads past
+ * the small path (65 x 65 x 32) stay fp32 bit for bit; with the AMX kernel
+ * (here its model) 32 x 32 x 32 and 64 x 64 x 16 are bf16 too, 32 x 32 x
+ * 16 (T S K under 32768) and 16 x 16 x 16 not; with the portable kernel
+ * every head stays fp32. qkv_attention_bf16_heads says the same. */
 static void test_bf16_attention_where_it_pays(void) {
-    static const int dims[][4] = {{64, 64, 32, 1},
-                                  {32, 64, 64, 1},
-                                  {32, 32, 32, 0},
-                                  {64, 64, 16, 0},
-                                  {65, 65, 32, 0}};
+    /* T, S, K, then bf16 or not with portable, avx512-bf16, amx-model */
+    static const int dims[][6] = {{64, 64, 32, 0, 1, 1}, {32, 64, 64, 0, 1, 1},
+                                  {32, 32, 32, 0, 0, 1}, {64, 64, 16, 0, 0, 1},
+                                  {32, 32, 16, 0, 0, 0}, {16, 16, 16, 0, 0, 0},
+                                  {65, 65, 32, 0, 0, 0}};
     size_t cap = 2 * 65 * (3 * 65 + 1) + 2 * 65 * 6 * 65;
     float *a = malloc(cap * sizeof *a), *b = malloc(cap * sizeof *b);
     static const qkv_bf16_kernel kernels[] = {
@@ -965,7 +966,7 @@ static void test_bf16_attention_where_it_pays(void) {
         qkv_bf16_kernel old = qkv_bf16_set_kernel(kern);
         for (size_t c = 0; c < sizeof dims / sizeof *dims; c++) {
             int T = dims[c][0], S = dims[c][1], K = dims[c][2];
-            int want = k && dims[c][3];
+            int want = dims[c][3 + k];
             size_t n = attn_run(QKV_FP32, 1, T, S, K, 0, a);
             attn_run(QKV_BF16, 1, T, S, K, 0, b);
             int same = memcmp(a, b, n * sizeof *a) == 0;
