@@ -542,7 +542,7 @@ int qkv_attention_bf16_min = 65536;
  * bits, those of the vdpbf16ps kernels; 3 those of the AMX kernel (ops.h:
  * qkv_attention_bf16_min). dp_kind: the same for any graph.
  *
- * On tiles the products cost next to nothing (a 64 x 64 x 32 product is 8
+ * On tiles the products cost next to nothing (a 64 x 64 x 32 product is 16
  * TDPBF16PS), so AMX heads pay from smaller sizes than vdpbf16ps ones:
  * with the tiles' work left out (their sums replaced by a memset, on AMD
  * EPYC Zen 5, 2 threads, 3 sets of `bench_train attention`), what is left
