@@ -394,28 +394,37 @@ static _Thread_local _Alignas(64) uint32_t
     words_rows[SMALL_MAX * SMALL_MAX / 2];
 static _Thread_local _Alignas(64) float tile_sums[SMALL_MAX * SMALL_MAX];
 
-/* out[i ldo + p] = in[p ldi + i], p < np, i < rows (ldo >= np rounded up
- * to 16; in's pair rows readable to rows rounded up to 16 words, as
- * col_pairs leaves them). */
-static void words_to_rows(int np, int rows, const uint32_t *in, size_t ldi,
-                          uint32_t *out, size_t ldo) {
+/* dst (w, rows padded to vectors) = src (rows, w)^T, row stride ld, for
+ * any 4-byte elements (floats, or bf16 pair words), copied bit for bit. */
+static void transpose32(const void *src, size_t ld, int rows, int w,
+                        void *dst) {
+    size_t rp = (size_t)(rows + VW - 1) / VW * VW;
+    const uint32_t *s = src;
+    uint32_t *d = dst;
 #if defined(__AVX512F__)
-    for (int p0 = 0; p0 < np; p0 += 16)
-        for (int i0 = 0; i0 < rows; i0 += 16) {
+    /* 16 x 16 blocks through registers; masked loads stop at row ends */
+    for (int i0 = 0; i0 < rows; i0 += 16)
+        for (int k0 = 0; k0 < w; k0 += 16) {
+            int kn = w - k0 < 16 ? w - k0 : 16;
+            __mmask16 m = (__mmask16)((1u << kn) - 1u);
             __m512 r[16];
-            for (int p = 0; p < 16; p++)
-                r[p] = p0 + p < np
-                           ? _mm512_loadu_ps(in + (size_t)(p0 + p) * ldi + i0)
-                           : _mm512_setzero_ps();
+            for (int i = 0; i < 16; i++)
+                r[i] = i0 + i < rows ? _mm512_maskz_loadu_ps(
+                                           m, s + (size_t)(i0 + i) * ld + k0)
+                                     : _mm512_setzero_ps();
             qkv_transpose16(r);
-            for (int i = 0; i < 16 && i0 + i < rows; i++)
-                _mm512_storeu_ps(out + (size_t)(i0 + i) * ldo + p0, r[i]);
+            for (int k = 0; k < kn; k++)
+                _mm512_storeu_ps(d + (size_t)(k0 + k) * rp + i0, r[k]);
         }
     return;
 #endif
-    for (int i = 0; i < rows; i++)
-        for (int p = 0; p < np; p++)
-            out[(size_t)i * ldo + p] = in[(size_t)p * ldi + i];
+    /* memcpy: the elements may be floats, read and written as bytes */
+    for (int k = 0; k < w; k++) {
+        uint32_t *dk = d + (size_t)k * rp;
+        for (int i = 0; i < rows; i++)
+            memcpy(dk + i, s + (size_t)i * ld + k, 4);
+        memset(dk + rows, 0, (rp - (size_t)rows) * 4);
+    }
 }
 
 /* RB rows from r0 of the tiles' sums t (row stride ldt), finished as
@@ -434,9 +443,9 @@ static void amx_product(int rows, int w, int np, const uint32_t *a, size_t ar,
                         size_t ap, const uint32_t *b, size_t ldb, float *c,
                         size_t ldc, int acc, const rows_epilogue *e) {
     size_t lda = ar;
-    if (ap != 1) { /* column pairs: as rows */
+    if (ap != 1) { /* column pairs (np pair rows of rows words): as rows */
         lda = up_vw(np);
-        words_to_rows(np, rows, a, ap, words_rows, lda);
+        transpose32(a, ap, np, rows, words_rows);
         a = words_rows;
     }
     size_t ldt = up_vw(w);
@@ -495,30 +504,8 @@ static const float *vector_rows(const float *src, int ld, int rows, int w,
 /* dst (w, rows padded to vectors) = src (rows, w)^T, row stride ld. */
 static const float *transposed(const float *src, int ld, int rows, int w,
                                float *dst, size_t *ldb) {
-    int rp = (rows + VW - 1) / VW * VW;
-    *ldb = (size_t)rp;
-#if defined(__AVX512F__)
-    /* 16 x 16 blocks through registers; masked loads stop at row ends */
-    for (int i0 = 0; i0 < rows; i0 += 16)
-        for (int k0 = 0; k0 < w; k0 += 16) {
-            int kn = w - k0 < 16 ? w - k0 : 16;
-            __mmask16 m = (__mmask16)((1u << kn) - 1u);
-            __m512 r[16];
-            for (int i = 0; i < 16; i++)
-                r[i] = i0 + i < rows ? _mm512_maskz_loadu_ps(
-                                           m, src + (size_t)(i0 + i) * ld + k0)
-                                     : _mm512_setzero_ps();
-            qkv_transpose16(r);
-            for (int k = 0; k < kn; k++)
-                _mm512_storeu_ps(dst + (size_t)(k0 + k) * rp + i0, r[k]);
-        }
-    return dst;
-#endif
-    for (int k = 0; k < w; k++) {
-        float *d = dst + (size_t)k * rp;
-        for (int i = 0; i < rows; i++) d[i] = src[(size_t)i * ld + k];
-        for (int i = rows; i < rp; i++) d[i] = 0.0f;
-    }
+    *ldb = up_vw(rows);
+    transpose32(src, (size_t)ld, rows, w, dst);
     return dst;
 }
 
