@@ -16,6 +16,8 @@
 #   make NATIVE=0      portable code (no -march=native)
 #   make MARCH=cpu     code for another CPU (-march=cpu; bench/amx.sh)
 #   make OMP=0         single-threaded, no OpenMP
+#   make BF16_KC=512   bf16 products summed in k blocks of 512, not 256
+#                      (core/bf16.h; objects in build-kc512/; bench/amx.sh)
 #   make CC=clang      clang works as well as gcc (C++ then with clang++)
 
 CC      ?= cc
@@ -51,6 +53,15 @@ ifeq ($(BLAS),openblas)
   LDLIBS  += -lopenblas
 else ifneq ($(BLAS),)
   $(error BLAS=$(BLAS): the one optional backend is BLAS=openblas)
+endif
+
+# make BF16_KC=n: the bf16 products' k block (core/bf16.h, QKV_BF16_KC), to
+# measure what it costs; other bits than the default build's, so its own
+# objects.
+BF16_KC ?=
+ifneq ($(BF16_KC),)
+  BUILD   ?= build-kc$(BF16_KC)
+  CFLAGS  += -DQKV_BF16_KC=$(BF16_KC)
 endif
 
 # make MPI=1: the same programs built with Open MPI's mpicc (apt-get install

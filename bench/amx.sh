@@ -16,14 +16,17 @@
 #                               real tiles), trains the demo's copy task in
 #                               bf16 with qkv, and on a CPU with
 #                               amx_bf16 the bench's figures for issue 18's
-#                               AMX targets and where base's step goes;
+#                               AMX targets, where base's step goes, the
+#                               attention heads, and last the bf16 step
+#                               with k blocks of 512 against 256 (make
+#                               BF16_KC=512: bench_train_kc512);
 #                               the log goes to DIR/amx.log too
 #
 # With the device tool (a machine lent with an accelerator, whose host CPU
 # may have AMX; nothing is installed or fetched there):
 #   run  command "sh bench/amx.sh run $OUT"  carry ["build-amx/pack"]
 #        timeout_s 540
-# `run` took 5.5-6.5 minutes on this project's 2-core AMD EPYC (the bench
+# `run` took 6-7 minutes on this project's 2-core AMD EPYC (the bench
 # part forced onto avx512-bf16 with AMX_SH_KERNEL); on a Sapphire Rapids
 # expect about as long (from issue 18's figures; base's rounds are most).
 #
@@ -42,7 +45,10 @@ if [ "$1" = pack ]; then
     B=build-amx
     PROGS="$B/tests/test_bf16 $B/tests/test_golden $B/tests/bench_matmul \
 $B/bench/bench_train $B/examples/qkv"
+    K2=build-amx-kc512
     make --no-print-directory BUILD=$B MARCH=sapphirerapids $PROGS
+    make --no-print-directory BUILD=$K2 MARCH=sapphirerapids BF16_KC=512 \
+        $K2/bench/bench_train
     rm -rf $P
     mkdir -p $P/tests $P/bench $P/examples $P/lib
     for f in $PROGS; do
@@ -50,6 +56,8 @@ $B/bench/bench_train $B/examples/qkv"
         cp "$f" "$d"
         strip "$d"
     done
+    cp $K2/bench/bench_train $P/bench/bench_train_kc512
+    strip $P/bench/bench_train_kc512
     # every library a program loads but glibc's own (the loader, libc, libm
     # and the rest come from the machine it runs on)
     for f in $PROGS; do ldd "$f"; done | awk '$2 == "=>" && $3 ~ /^\// {print $3}' |
@@ -205,6 +213,26 @@ main() {
     QKV_BF16_KERNEL=$K $PIN $B attention --threads 2 --reps 5
     echo "== attention heads, 2 threads (bf16 on vdpbf16ps against fp32)"
     QKV_BF16_KERNEL=avx512-bf16 $PIN $B attention --threads 2 --reps 5
+    echo
+    # Each k block's sums go to C in a pass over the block's C (bf16.h);
+    # on tiles a 32 x 32 piece's block of 256 k is 32 TDPBF16PS (512
+    # cycles at one per 16) and its pass over C (the tiles stored, added
+    # to C's 4 KB) a large part beside them. Blocks of 512 halve those
+    # passes and the weight gradients' block sums (gemm_ksplit); they also
+    # change the bits, hence a build of their own (make BF16_KC=512).
+    echo "== k blocks of 512 against 256, bf16 step, 2 threads, 3 alternating rounds (ms per step)"
+    B5=$P/bench/bench_train_kc512
+    for cfg in small base; do
+        case $cfg in small) st=20 re=5 ;; base) st=4 re=3 ;; esac
+        R=""
+        for i in 1 2 3; do
+            a=$(get "$(QKV_BF16_KERNEL=$K $PIN $B $cfg --threads 2 --steps $st --reps $re --precision bf16)" ms_per_step)
+            b=$(get "$(QKV_BF16_KERNEL=$K $PIN $B5 $cfg --threads 2 --steps $st --reps $re --precision bf16)" ms_per_step)
+            echo "$cfg $K round $i: kc256 $a kc512 $b"
+            R="${R:+$R$NL}$a $b"
+        done
+        echo "$cfg $K: kc256 $(echo "$R" | awk '{print $1}' | median), kc512 $(echo "$R" | awk '{print $2}' | median), kc512/kc256 $(echo "$R" | awk '{printf "%.3f\n", $2 / $1}' | median)"
+    done
     echo "all took $(($(date +%s) - T0)) s"
 }
 # tee writes the log as it goes: what ran before a timeout is kept

@@ -121,6 +121,8 @@ static void masked_softmax(float *A, int T, int S, float scale, int causal,
 int qkv_attention_small_max = 64;
 
 #define SMALL_MAX 64 /* scratch blocks are SMALL_MAX x SMALL_MAX */
+_Static_assert(QKV_BF16_KC >= SMALL_MAX,
+               "a small head's product is one k block");
 
 /* c[0:w] (+)= v[0:w] for the NV vectors of one output row */
 static inline __attribute__((always_inline)) void

@@ -125,7 +125,8 @@ enum { MR = 12, NR = 32, MC = 192, NC = 512, KC = QKV_BF16_KC };
  * too); MR_MAX: the most of either. */
 enum { AMX_MR = 32, MR_MAX = 32 };
 _Static_assert(MC % MR == 0 && MC % AMX_MR == 0, "MC: whole slivers");
-_Static_assert(KC % 2 == 0, "KC: whole pairs");
+_Static_assert(KC % 32 == 0 && KC >= 128 && KC <= 1024,
+               "QKV_BF16_KC: a multiple of 32 from 128 to 1024 (bf16.h)");
 
 /* Products smaller than this stay on the calling thread. */
 #define PAR_MIN_FLOPS 2.0e6

@@ -54,8 +54,15 @@
 
 typedef uint16_t qkv_bf16;
 
-/* The k block of the summation order above. */
+/* The k block of the summation order above. A build may take another, a
+ * multiple of 32 from 128 to 1024 (make BF16_KC=512, objects in
+ * build-kc512/), to measure what the k blocks cost (bench/amx.sh: each
+ * block's sums are added to C, a pass over C's tile that AMX's tiles make
+ * large beside their products); its bits then differ from the default
+ * build's. */
+#ifndef QKV_BF16_KC
 #define QKV_BF16_KC 256
+#endif
 
 /* x rounded to bf16 (nearest, ties to even; NaN stays a quiet NaN). */
 qkv_bf16 qkv_bf16_from_float(float x);
