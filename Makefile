@@ -13,12 +13,15 @@
 #   make fuzz          fuzz the parsers with libFuzzer (FUZZ_S=60: 60 s each)
 #   make DEBUG=1 ...   -O0 -g                          (objects in build-debug/)
 #   make SAN=1 ...     AddressSanitizer + UBSan        (objects in build-san/)
-#   make NATIVE=0      portable code (no -march=native)
-#   make MARCH=cpu     code for another CPU (-march=cpu; bench/amx.sh)
-#   make OMP=0         single-threaded, no OpenMP
+#   make NATIVE=0      portable code (no -march=native; build-portable/)
+#   make MARCH=cpu     code for another CPU (-march=cpu; build-cpu/; bench/amx.sh)
+#   make OMP=0         single-threaded, no OpenMP      (build-noomp/)
 #   make BF16_KC=512   bf16 products summed in k blocks of 512, not 256
 #                      (core/bf16.h; objects in build-kc512/; bench/amx.sh)
-#   make CC=clang      clang works as well as gcc (C++ then with clang++)
+#   make CC=clang      clang works as well as gcc (C++ then with clang++;
+#                      build-clang/)
+# Options combine, and so do their folders' names (make SAN=1 BF16_KC=512:
+# build-san-kc512/); BUILD=dir puts the objects in dir instead.
 
 CC      ?= cc
 NATIVE  ?= 1
@@ -48,7 +51,6 @@ FUZZ_CFLAGS := $(CFLAGS) -Iexamples/cli -O1 -g -fno-omit-frame-pointer -Wno-psab
 # apt-get install libopenblas-dev). Results then depend on OpenBLAS's thread
 # count; the default build's are bitwise identical for any thread count.
 ifeq ($(BLAS),openblas)
-  BUILD   ?= build-openblas
   CFLAGS  += -DQKV_OPENBLAS
   LDLIBS  += -lopenblas
 else ifneq ($(BLAS),)
@@ -60,7 +62,6 @@ endif
 # objects.
 BF16_KC ?=
 ifneq ($(BF16_KC),)
-  BUILD   ?= build-kc$(BF16_KC)
   CFLAGS  += -DQKV_BF16_KC=$(BF16_KC)
 endif
 
@@ -70,20 +71,16 @@ endif
 MPI     ?= 0
 ifeq ($(MPI),1)
   CC      := mpicc
-  BUILD   ?= build-mpi
   CFLAGS  += -DQKV_MPI
 endif
 
 ifeq ($(SAN),1)
-  BUILD   ?= build-san
   CFLAGS  += -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
              -fno-sanitize-recover=all
   LDFLAGS += -fsanitize=address,undefined
 else ifeq ($(DEBUG),1)
-  BUILD   ?= build-debug
   CFLAGS  += -O0 -g
 else
-  BUILD   ?= build
   CFLAGS  += -O3 -g
 endif
 ifeq ($(NATIVE),1)
@@ -93,6 +90,15 @@ ifeq ($(OMP),1)
   CFLAGS  += -fopenmp
   LDFLAGS += -fopenmp
 endif
+
+# make does not track flags, so each set of options that changes the code
+# has its own objects: build/ for none, else build-<options>.
+VARIANT := $(if $(filter 1,$(SAN)),-san,$(if $(filter 1,$(DEBUG)),-debug))$\
+           $(if $(filter 1,$(NATIVE)),$(if $(filter-out native,$(MARCH)),-$(MARCH)),-portable)$\
+           $(if $(filter 1,$(OMP)),,-noomp)$(if $(BF16_KC),-kc$(BF16_KC))$\
+           $(if $(filter openblas,$(BLAS)),-openblas)$(if $(filter 1,$(MPI)),-mpi)$\
+           $(if $(findstring clang,$(CC)),-clang)
+BUILD   ?= build$(VARIANT)
 
 # cJSON (checkpoints) and SentencePiece (subword tokens) are the libraries
 # qkv needs beyond libc and libm.
@@ -329,4 +335,4 @@ format-check:
 	clang-format --dry-run --Werror $(FORMAT_SRC)
 
 clean:
-	rm -rf build build-debug build-san build-vg build-clang build-portable build-fuzz build-mpi build-openblas build-amx build-emu
+	rm -rf build build-*

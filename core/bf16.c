@@ -27,6 +27,10 @@
 
 /* ------------------------------------------------------------ conversion */
 
+int qkv_bf16_kc(void) {
+    return QKV_BF16_KC;
+}
+
 qkv_bf16 qkv_bf16_from_float(float x) {
     uint32_t u;
     memcpy(&u, &x, sizeof u);

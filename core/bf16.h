@@ -63,6 +63,9 @@ typedef uint16_t qkv_bf16;
 #ifndef QKV_BF16_KC
 #define QKV_BF16_KC 256
 #endif
+/* The k block the library was built with: its QKV_BF16_KC, which a program
+ * compiled with another -DQKV_BF16_KC than its libqkv.a does not see. */
+int qkv_bf16_kc(void);
 
 /* x rounded to bf16 (nearest, ties to even; NaN stays a quiet NaN). */
 qkv_bf16 qkv_bf16_from_float(float x);

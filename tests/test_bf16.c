@@ -51,8 +51,11 @@ static void test_round_to_nearest_even(void) {
 }
 
 /* The definition on numbers worked out by hand: products exact, fp32 sums
- * in the stated order, blocks of QKV_BF16_KC added to C. */
+ * in the stated order, blocks of the library's k block added to C. */
 static void test_the_order_by_hand(void) {
+    CHECK(qkv_bf16_kc() == QKV_BF16_KC,
+          "libqkv.a sums in k blocks of %d, this test was built with %d",
+          qkv_bf16_kc(), QKV_BF16_KC);
     float A[3] = {1, 2, 3}, B[3] = {4, 5, 6}, C[1] = {100};
     qkv_gemm_bf16_ref(0, 0, 1, 1, 3, A, 3, B, 1, 0, C, 1);
     CHECK(C[0] == 32.0f, "1*4 + 2*5 + 3*6 = %g", (double)C[0]);
@@ -66,7 +69,7 @@ static void test_the_order_by_hand(void) {
     CHECK(C[0] == 0.0f, "the pair order gives 0, k order 1: got %g",
           (double)C[0]);
     /* two blocks: each summed from 0, the second added to the first */
-    int K = QKV_BF16_KC + 1;
+    int K = qkv_bf16_kc() + 1;
     float *a = calloc((size_t)K, sizeof *a), *b = calloc((size_t)K, sizeof *b);
     a[0] = 0x1p24f, b[0] = 1;
     for (int k = 1; k < K; k++) a[k] = 1, b[k] = 1;
@@ -454,7 +457,7 @@ static void test_weight_gradients_any_split(void) {
         for (size_t i = 0; i < (k == best ? 2u : 1u); i++) {
             const case_t *c = &ks[i];
             case_dims d = dims_of(c);
-            int n_kb = (c->K + QKV_BF16_KC - 1) / QKV_BF16_KC;
+            int n_kb = (c->K + qkv_bf16_kc() - 1) / qkv_bf16_kc();
             float *A = malloc(d.na * sizeof *A), *B = malloc(d.nb * sizeof *B),
                   *C0 = malloc(d.nc * sizeof *C0),
                   *want = malloc(d.nc * sizeof *want),
@@ -509,7 +512,7 @@ static size_t outside_bound(const case_t *c, const float *A, int lda,
                             const float *B, int ldb, const float *C0,
                             const float *C, int ldc, double *worst) {
     size_t bad = 0;
-    int adds = c->K + 3 + c->K / QKV_BF16_KC;
+    int adds = c->K + 3 + c->K / qkv_bf16_kc();
     for (int i = 0; i < c->M; i++)
         for (int j = 0; j < c->N; j++) {
             double exact = 0, mag = 0;
