@@ -18,6 +18,8 @@
 #   make OMP=0         single-threaded, no OpenMP      (build-noomp/)
 #   make BF16_KC=512   bf16 products summed in k blocks of 512, not 256
 #                      (core/bf16.h; objects in build-kc512/; bench/amx.sh)
+#   make BF16_SKIP_SUMS=1  for timing only: the bf16 products without their
+#                      arithmetic (core/bf16.c; build-skipsums/; bench/amx.sh)
 #   make CC=clang      clang works as well as gcc (C++ then with clang++;
 #                      build-clang/)
 # Options combine, and so do their folders' names (make SAN=1 BF16_KC=512:
@@ -64,6 +66,13 @@ BF16_KC ?=
 ifneq ($(BF16_KC),)
   CFLAGS  += -DQKV_BF16_KC=$(BF16_KC)
 endif
+# make BF16_SKIP_SUMS=1: the bf16 kernels leave out their k loops (wrong
+# results, said on first use), to time what the step costs beside the
+# products' arithmetic.
+BF16_SKIP_SUMS ?= 0
+ifeq ($(BF16_SKIP_SUMS),1)
+  CFLAGS  += -DQKV_BF16_SKIP_SUMS
+endif
 
 # make MPI=1: the same programs built with Open MPI's mpicc (apt-get install
 # openmpi-bin libopenmpi-dev) in build-mpi/, for `mpirun -np K qkv train`
@@ -96,6 +105,7 @@ endif
 VARIANT := $(if $(filter 1,$(SAN)),-san,$(if $(filter 1,$(DEBUG)),-debug))$\
            $(if $(filter 1,$(NATIVE)),$(if $(filter-out native,$(MARCH)),-$(MARCH)),-portable)$\
            $(if $(filter 1,$(OMP)),,-noomp)$(if $(BF16_KC),-kc$(BF16_KC))$\
+           $(if $(filter 1,$(BF16_SKIP_SUMS)),-skipsums)$\
            $(if $(filter openblas,$(BLAS)),-openblas)$(if $(filter 1,$(MPI)),-mpi)$\
            $(if $(findstring clang,$(CC)),-clang)
 BUILD   ?= build$(VARIANT)

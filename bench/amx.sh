@@ -17,17 +17,21 @@
 #                               bf16 with qkv, and on a CPU with
 #                               amx_bf16 the bench's figures for issue 18's
 #                               AMX targets, where base's step goes, the
-#                               attention heads, and last the bf16 step
-#                               with k blocks of 512 against 256 (make
-#                               BF16_KC=512: bench_train_kc512);
+#                               attention heads, base's step without its
+#                               products' arithmetic (make
+#                               BF16_SKIP_SUMS=1: bench_train_skipsums),
+#                               and last the bf16 step with k blocks of
+#                               512 against 256 (make BF16_KC=512:
+#                               bench_train_kc512);
 #                               the log goes to DIR/amx.log too
 #
 # With the device tool (a machine lent with an accelerator, whose host CPU
 # may have AMX; nothing is installed or fetched there):
 #   run  command "sh bench/amx.sh run $OUT"  carry ["build-amx/pack"]
 #        timeout_s 540
-# `run` took 6-7 minutes on this project's 2-core AMD EPYC (the bench
-# part forced onto avx512-bf16 with AMX_SH_KERNEL); on a Sapphire Rapids
+# `run` took about 7 minutes on this project's 2-core AMD EPYC (392 s
+# from the tests to the end; the bench part forced onto avx512-bf16 with
+# AMX_SH_KERNEL); on a Sapphire Rapids
 # expect about as long (from issue 18's figures; base's rounds are most).
 #
 # The figures: 2 threads pinned to CPUs of two different cores, the four
@@ -45,10 +49,12 @@ if [ "$1" = pack ]; then
     B=build-amx
     PROGS="$B/tests/test_bf16 $B/tests/test_golden $B/tests/bench_matmul \
 $B/bench/bench_train $B/examples/qkv"
-    K2=build-amx-kc512
+    K2=build-amx-kc512 S2=build-amx-skipsums
     make --no-print-directory BUILD=$B MARCH=sapphirerapids $PROGS
     make --no-print-directory BUILD=$K2 MARCH=sapphirerapids BF16_KC=512 \
         $K2/bench/bench_train
+    make --no-print-directory BUILD=$S2 MARCH=sapphirerapids BF16_SKIP_SUMS=1 \
+        $S2/bench/bench_train
     rm -rf $P
     mkdir -p $P/tests $P/bench $P/examples $P/lib
     for f in $PROGS; do
@@ -57,7 +63,8 @@ $B/bench/bench_train $B/examples/qkv"
         strip "$d"
     done
     cp $K2/bench/bench_train $P/bench/bench_train_kc512
-    strip $P/bench/bench_train_kc512
+    cp $S2/bench/bench_train $P/bench/bench_train_skipsums
+    strip $P/bench/bench_train_kc512 $P/bench/bench_train_skipsums
     # every library a program loads but glibc's own (the loader, libc, libm
     # and the rest come from the machine it runs on)
     for f in $PROGS; do ldd "$f"; done | awk '$2 == "=>" && $3 ~ /^\// {print $3}' |
@@ -204,6 +211,25 @@ main() {
     PV=$(QKV_BF16_KERNEL=avx512-bf16 $PIN $B base --threads 2 --steps 4 --reps 3 --profile --precision bf16)
     PA=$(QKV_BF16_KERNEL=$K $PIN $B base --threads 2 --steps 4 --reps 3 --profile --precision bf16)
     profile_table fp32 "$PF" avx512 "$PV" amx "$PA"
+    echo
+
+    # The same step with the linear layers' products left out (make
+    # BF16_SKIP_SUMS=1: their kernels skip the k loops; packing, C's
+    # stores and block sums, attention, layer norm and Adam all as before):
+    # what the step costs beside the tiles' arithmetic, the floor the amx
+    # step cannot go under without fewer passes over memory.
+    echo "== base without its products' arithmetic, 2 threads, 3 alternating rounds (ms per step)"
+    BS=$P/bench/bench_train_skipsums
+    R=""
+    for i in 1 2 3; do
+        a=$(get "$(QKV_BF16_KERNEL=$K $PIN $B base --threads 2 --steps 4 --reps 3 --precision bf16)" ms_per_step)
+        b=$(get "$(QKV_BF16_KERNEL=$K $PIN $BS base --threads 2 --steps 4 --reps 3 --precision bf16 2>/dev/null)" ms_per_step)
+        echo "base $K round $i: with $a without $b"
+        R="${R:+$R$NL}$a $b"
+    done
+    echo "base $K: with $(echo "$R" | awk '{print $1}' | median), without $(echo "$R" | awk '{print $2}' | median), without/with $(echo "$R" | awk '{printf "%.3f\n", $2 / $1}' | median)"
+    PS=$(QKV_BF16_KERNEL=$K $PIN $BS base --threads 2 --steps 4 --reps 3 --profile --precision bf16 2>/dev/null)
+    profile_table amx "$PA" amx_nosums "$PS"
     echo
 
     # with amx-bf16 the small heads' bf16 products run on AMX tiles, with

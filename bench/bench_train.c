@@ -719,11 +719,17 @@ int main(int argc, char **argv) {
     getrusage(RUSAGE_SELF, &ru);
     printf("config=%s threads=%d threads_at_end=%d ms_per_step=%.3f "
            "tokens_per_s=%.0f gflops=%.1f rss_mb=%.1f arena_mb=%.1f "
-           "allocs_after_warmup=%zu params=%zu loss=%.4f bf16_kc=%d\n",
+           "allocs_after_warmup=%zu params=%zu loss=%.4f bf16_kc=%d%s\n",
            c->name, nthreads, qkv_get_threads(), 1e3 * s, 2.0 * c->B * c->L / s,
            flops / s / 1e9, (double)ru.ru_maxrss / 1024,
            (double)tr->graph.arena.peak / (1 << 20), allocs, tr->model.params.n,
-           (double)tr->loss, qkv_bf16_kc());
+           (double)tr->loss, qkv_bf16_kc(),
+#ifdef QKV_BF16_SKIP_SUMS
+           " bf16_sums=skipped"
+#else
+           ""
+#endif
+    );
     if (profile) print_profile(tr, reps * steps, mean);
     free(t);
     run_free(&run1);

@@ -132,6 +132,19 @@ _Static_assert(MC % MR == 0 && MC % AMX_MR == 0, "MC: whole slivers");
 _Static_assert(KC % 32 == 0 && KC >= 128 && KC <= 1024,
                "QKV_BF16_KC: a multiple of 32 from 128 to 1024 (bf16.h)");
 
+/* make BF16_SKIP_SUMS=1: a build for timing only, whose kernels of
+ * qkv_gemm_bf16 leave out their k loops (each k block's sums are zero; C
+ * is still stored, or added to, block by block, and the operands packed,
+ * staged and split as always; attention's own heads still compute). What
+ * its step takes is what the products cost beside their arithmetic: the
+ * floor that faster tiles cannot lower (bench/amx.sh). Its results are
+ * wrong, and it says so on first use. */
+#ifdef QKV_BF16_SKIP_SUMS
+enum { SKIP_SUMS = 1 };
+#else
+enum { SKIP_SUMS = 0 };
+#endif
+
 /* Products smaller than this stay on the calling thread. */
 #define PAR_MIN_FLOPS 2.0e6
 /* elements of a weight per thread packing it (qkv_bf16_pack) */
@@ -156,7 +169,7 @@ static void kernel_portable(int np, const uint32_t *a, const uint32_t *b,
                             int a_rows) {
     float acc[MR][NR] = {{0}};
     size_t rs = a_rows ? (size_t)np : 1, ps = a_rows ? 1 : MR;
-    for (int p = 0; p < np; p++, a += ps, b += NR)
+    for (int p = 0; p < (SKIP_SUMS ? 0 : np); p++, a += ps, b += NR)
         for (int i = 0; i < rows; i++) {
             uint32_t ai = a[i * rs];
             float alo = bf_daz(ai), ahi = bf_daz(ai >> 16);
@@ -182,7 +195,7 @@ kernel_avx512_rows(const int R, const int a_rows, int np, const uint32_t *a,
     const size_t rs = a_rows ? (size_t)np : 1, ps = a_rows ? 1 : MR;
 #pragma GCC unroll 12
     for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-    for (int p = 0; p < np; p++, a += ps, b += NR) {
+    for (int p = 0; p < (SKIP_SUMS ? 0 : np); p++, a += ps, b += NR) {
         __m512i b0 = _mm512_loadu_si512(b), b1 = _mm512_loadu_si512(b + 16);
 #pragma GCC unroll 12
         for (int i = 0; i < R; i++) {
@@ -448,9 +461,9 @@ amx_c_tiles(const int model, int store, int bot, int two, float *c,
  * words of it read). The kernel's slivers are lda = np, ldb = NR, two;
  * core/attention.c's heads (qkv_bf16_amx_words) pass their own. */
 static inline __attribute__((always_inline)) void
-amx_piece(const int model, int np, const uint32_t *a, size_t lda,
-          const uint32_t *b, size_t ldb, int two, float *c, size_t ldc, int how,
-          int rows) {
+amx_piece(const int model, const int skip, int np, const uint32_t *a,
+          size_t lda, const uint32_t *b, size_t ldb, int two, float *c,
+          size_t ldc, int how, int rows) {
     int full = np / AMX_KP, r = np % AMX_KP;
     int top = rows < 16 ? rows : 16, bot = rows - top;
     size_t sa = lda * 4, sb = ldb * 4;
@@ -469,7 +482,7 @@ amx_piece(const int model, int np, const uint32_t *a, size_t lda,
             if (bot) T_ZERO(2);
             if (bot && two) T_ZERO(3);
         }
-        for (int s = 0; s < steps; s++) {
+        for (int s = 0; s < (skip ? 0 : steps); s++) {
             size_t p0 = (size_t)(part ? full : s) * AMX_KP;
             const uint32_t *bs = b + p0 * ldb;
             T_LOAD(6, bs, sb);
@@ -505,7 +518,7 @@ kernel_amx_body(const int model, int np, const uint32_t *a, const uint32_t *b,
     QKV_CHECK(a_rows && rows >= 1 && rows <= AMX_MR,
               "the AMX kernel reads up to %d rows of A's slivers as rows",
               AMX_MR);
-    amx_piece(model, np, a, (size_t)np, b, NR, 1, c, ldc, how, rows);
+    amx_piece(model, SKIP_SUMS, np, a, (size_t)np, b, NR, 1, c, ldc, how, rows);
 }
 
 static void kernel_amx_model(int np, const uint32_t *a, const uint32_t *b,
@@ -649,6 +662,11 @@ qkv_bf16_kernel qkv_bf16_get_kernel(void) {
         char why[200];
         QKV_CHECK(qkv_bf16_kernel_env(&k, why, sizeof why) == 0, "%s", why);
         current = k;
+        static atomic_int said; /* threads may get here together */
+        if (SKIP_SUMS && !atomic_exchange(&said, 1))
+            fprintf(stderr, "qkv: this build's bf16 products skip their sums "
+                            "(make BF16_SKIP_SUMS=1): for timing only, its "
+                            "results are wrong\n");
     }
     return (qkv_bf16_kernel)current;
 }
@@ -1523,7 +1541,7 @@ static void amx_words(const int model, int rows, int w, int np,
     int wv = up16(w);
     for (int i0 = 0; i0 < rows; i0 += AMX_MR)
         for (int j0 = 0; j0 < wv; j0 += 32)
-            amx_piece(model, np, a + (size_t)i0 * lda, lda, b + j0, ldb,
+            amx_piece(model, 0, np, a + (size_t)i0 * lda, lda, b + j0, ldb,
                       wv - j0 > 16, c + (size_t)i0 * ldc + j0, ldc, 0,
                       rows - i0 < AMX_MR ? rows - i0 : AMX_MR);
 }
