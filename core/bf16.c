@@ -636,7 +636,10 @@ qkv_bf16_kernel qkv_bf16_kernel_best(void) {
                                                             : QKV_BF16_PORTABLE;
 }
 
-static int current = -1; /* not chosen yet */
+/* The kernel in use; -1: not chosen yet. Atomic: the first call may come
+ * from two threads at once (a weight's packing, qkv_bf16_pack, runs on the
+ * threads and asks which kernel packs). */
+static atomic_int current = -1;
 
 int qkv_bf16_kernel_env(qkv_bf16_kernel *k, char *why, size_t cap) {
     const char *s = getenv("QKV_BF16_KERNEL");
@@ -657,18 +660,22 @@ int qkv_bf16_kernel_env(qkv_bf16_kernel *k, char *why, size_t cap) {
 }
 
 qkv_bf16_kernel qkv_bf16_get_kernel(void) {
-    if (current < 0) {
+    int c = atomic_load(&current);
+    if (c < 0) {
         qkv_bf16_kernel k;
         char why[200];
         QKV_CHECK(qkv_bf16_kernel_env(&k, why, sizeof why) == 0, "%s", why);
-        current = k;
-        static atomic_int said; /* threads may get here together */
-        if (SKIP_SUMS && !atomic_exchange(&said, 1))
-            fprintf(stderr, "qkv: this build's bf16 products skip their sums "
-                            "(make BF16_SKIP_SUMS=1): for timing only, its "
-                            "results are wrong\n");
+        /* the first to choose sets it (the others chose the same) */
+        if (atomic_compare_exchange_strong(&current, &c, (int)k)) {
+            c = (int)k;
+            if (SKIP_SUMS)
+                fprintf(stderr,
+                        "qkv: this build's bf16 products skip their sums "
+                        "(make BF16_SKIP_SUMS=1): for timing only, its "
+                        "results are wrong\n");
+        }
     }
-    return (qkv_bf16_kernel)current;
+    return (qkv_bf16_kernel)c;
 }
 
 qkv_bf16_kernel qkv_bf16_set_kernel(qkv_bf16_kernel k) {
@@ -676,7 +683,7 @@ qkv_bf16_kernel qkv_bf16_set_kernel(qkv_bf16_kernel k) {
     QKV_CHECK(qkv_bf16_kernel_usable(k, why, sizeof why),
               "qkv_bf16_set_kernel(%s): %s", qkv_bf16_kernel_name(k), why);
     qkv_bf16_kernel old = qkv_bf16_get_kernel();
-    current = k;
+    atomic_store(&current, (int)k);
     return old;
 }
 
