@@ -187,6 +187,19 @@ main() {
             '{print $a == "-" || $b == "-" ? "-" : sprintf("%.3f", $a / $b)}' | median
     }
     col() { echo "$R" | awk -v c=$1 '{print $c}' | median; }
+    # A config's bf16 step (kernel $K) with two programs in turn, 3 rounds:
+    # pair CFG STEPS REPS NAME1 PROGRAM1 NAME2 PROGRAM2; a line a round,
+    # then the medians and the median of the rounds' ratios.
+    pair() {
+        R=""
+        for i in 1 2 3; do
+            a=$(get "$(QKV_BF16_KERNEL=$K $PIN $5 $1 --threads 2 --steps $2 --reps $3 --precision bf16)" ms_per_step)
+            b=$(get "$(QKV_BF16_KERNEL=$K $PIN $7 $1 --threads 2 --steps $2 --reps $3 --precision bf16)" ms_per_step)
+            echo "$1 $K round $i: $4 $a $6 $b"
+            R="${R:+$R$NL}$a $b"
+        done
+        echo "$1 $K: $4 $(col 1), $6 $(col 2), $6/$4 $(echo "$R" | awk '{printf "%.3f\n", $2 / $1}' | median)"
+    }
 
     echo "== training step, 2 threads, 3 alternating rounds (ms per step; raw rounds first)"
     for cfg in small base; do
@@ -220,15 +233,8 @@ main() {
     # step cannot go under without fewer passes over memory.
     echo "== base without its products' arithmetic, 2 threads, 3 alternating rounds (ms per step)"
     BS=$P/bench/bench_train_skipsums
-    R=""
-    for i in 1 2 3; do
-        a=$(get "$(QKV_BF16_KERNEL=$K $PIN $B base --threads 2 --steps 4 --reps 3 --precision bf16)" ms_per_step)
-        b=$(get "$(QKV_BF16_KERNEL=$K $PIN $BS base --threads 2 --steps 4 --reps 3 --precision bf16 2>/dev/null)" ms_per_step)
-        echo "base $K round $i: with $a without $b"
-        R="${R:+$R$NL}$a $b"
-    done
-    echo "base $K: with $(echo "$R" | awk '{print $1}' | median), without $(echo "$R" | awk '{print $2}' | median), without/with $(echo "$R" | awk '{printf "%.3f\n", $2 / $1}' | median)"
-    PS=$(QKV_BF16_KERNEL=$K $PIN $BS base --threads 2 --steps 4 --reps 3 --profile --precision bf16 2>/dev/null)
+    pair base 4 3 with $B without $BS
+    PS=$(QKV_BF16_KERNEL=$K $PIN $BS base --threads 2 --steps 4 --reps 3 --profile --precision bf16)
     profile_table amx "$PA" amx_nosums "$PS"
     echo
 
@@ -250,14 +256,7 @@ main() {
     B5=$P/bench/bench_train_kc512
     for cfg in small base; do
         case $cfg in small) st=20 re=5 ;; base) st=4 re=3 ;; esac
-        R=""
-        for i in 1 2 3; do
-            a=$(get "$(QKV_BF16_KERNEL=$K $PIN $B $cfg --threads 2 --steps $st --reps $re --precision bf16)" ms_per_step)
-            b=$(get "$(QKV_BF16_KERNEL=$K $PIN $B5 $cfg --threads 2 --steps $st --reps $re --precision bf16)" ms_per_step)
-            echo "$cfg $K round $i: kc256 $a kc512 $b"
-            R="${R:+$R$NL}$a $b"
-        done
-        echo "$cfg $K: kc256 $(echo "$R" | awk '{print $1}' | median), kc512 $(echo "$R" | awk '{print $2}' | median), kc512/kc256 $(echo "$R" | awk '{printf "%.3f\n", $2 / $1}' | median)"
+        pair $cfg $st $re kc256 $B kc512 $B5
     done
     echo "all took $(($(date +%s) - T0)) s"
 }
