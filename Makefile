@@ -16,6 +16,8 @@
 #   make NATIVE=0      portable code (no -march=native; build-portable/)
 #   make MARCH=cpu     code for another CPU (-march=cpu; build-cpu/; bench/amx.sh)
 #   make OMP=0         single-threaded, no OpenMP      (build-noomp/)
+#   make TEST_QUICK=1  the tests' learning cases train a few steps, assert
+#                      no accuracy (tests/test.h QUICK; build-quick/)
 #   make BF16_KC=512   bf16 products summed in k blocks of 512, not 256
 #                      (core/bf16.h; objects in build-kc512/; bench/amx.sh)
 #   make BF16_SKIP_SUMS=1  for timing only: the bf16 products without their
@@ -74,6 +76,13 @@ ifeq ($(BF16_SKIP_SUMS),1)
   CFLAGS  += -DQKV_BF16_SKIP_SUMS
 endif
 
+# make TEST_QUICK=1: the tests as in the sanitizer build, learning cases
+# cut to a few steps (tests/test.h); make valgrind's, ~50x slower too.
+TEST_QUICK ?= 0
+ifeq ($(TEST_QUICK),1)
+  CFLAGS  += -DQKV_TEST_QUICK
+endif
+
 # make MPI=1: the same programs built with Open MPI's mpicc (apt-get install
 # openmpi-bin libopenmpi-dev) in build-mpi/, for `mpirun -np K qkv train`
 # (data-parallel, core/comm.h). The default build has no MPI.
@@ -105,7 +114,7 @@ endif
 VARIANT := $(if $(filter 1,$(SAN)),-san,$(if $(filter 1,$(DEBUG)),-debug))$\
            $(if $(filter 1,$(NATIVE)),$(if $(filter-out native,$(MARCH)),-$(MARCH)),-portable)$\
            $(if $(filter 1,$(OMP)),,-noomp)$(if $(BF16_KC),-kc$(BF16_KC))$\
-           $(if $(filter 1,$(BF16_SKIP_SUMS)),-skipsums)$\
+           $(if $(filter 1,$(BF16_SKIP_SUMS)),-skipsums)$(if $(filter 1,$(TEST_QUICK)),-quick)$\
            $(if $(filter openblas,$(BLAS)),-openblas)$(if $(filter 1,$(MPI)),-mpi)$\
            $(if $(findstring clang,$(CC)),-clang)
 BUILD   ?= build$(VARIANT)
@@ -286,12 +295,16 @@ bench-mpi: $(BUILD)/bench/bench_train
 	$(MAKE) --no-print-directory MPI=1 BUILD=build-mpi build-mpi/bench/bench_train
 	@sh bench/mpi.sh $(BUILD) build-mpi
 
-# Every test but the long learning run and the thread-count test (its
-# timing means nothing under valgrind) under valgrind (memcheck), built
-# without -march=native: valgrind 3.19 cannot decode AVX-512.
+# The tests under valgrind (memcheck), built without -march=native (valgrind
+# 3.19 cannot decode AVX-512) and with TEST_QUICK=1: at ~50x slower, the full
+# learning cases would take hours (test_bf16's alone 5 minutes natively). All
+# but test_threads (its timing means nothing here) and test_mpi (its work is
+# mpirun's processes, which valgrind does not follow, checked bit for bit
+# against the default build's).
+VG_BUILD := build-portable-quick
 valgrind:
-	$(MAKE) NATIVE=0 BUILD=build-vg all
-	@RUNNER=tests/vg.sh sh tests/run.sh $(patsubst %,build-vg/tests/%,$(filter-out test_learn test_threads,$(notdir $(TEST_BIN))))
+	$(MAKE) NATIVE=0 TEST_QUICK=1 all
+	@RUNNER=tests/vg.sh sh tests/run.sh $(patsubst %,$(VG_BUILD)/tests/%,$(filter-out test_threads test_mpi,$(notdir $(TEST_BIN))))
 
 # Regenerates the committed PyTorch golden files (needs Debian's python3-torch).
 golden:

@@ -23,6 +23,16 @@
 #include <time.h>
 #include <unistd.h>
 
+/* QUICK is 1 in the builds that run ~50x slower, the sanitizers' (make SAN=1)
+ * and valgrind's (make valgrind: -DQKV_TEST_QUICK): learning cases there
+ * train a few steps, a memory-safety pass over the same code paths, and
+ * assert no accuracy; the normal build's `make test` asserts it. */
+#if defined(__SANITIZE_ADDRESS__) || defined(QKV_TEST_QUICK)
+#define QUICK 1
+#else
+#define QUICK 0
+#endif
+
 static const char *test_prog = "test";
 static int test_failures_case; /* failed checks in the running case */
 static int test_cases_failed;

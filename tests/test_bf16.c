@@ -14,13 +14,8 @@
 #include "test.h"
 #include "trainer.h"
 
-/* Sanitizer builds run ~50x slower: the learning case only runs a few
- * steps there. */
-#if defined(__SANITIZE_ADDRESS__)
-#define QUICK 1
-#else
-#define QUICK 0
-#endif
+/* QUICK (test.h: sanitizers, valgrind): the learning cases only run a few
+ * steps. */
 
 #ifdef _OPENMP
 #include <omp.h>

@@ -14,12 +14,7 @@
 #include "test.h"
 #include "trainer.h"
 
-/* Sanitizer builds run ~50x slower: train and time less there. */
-#if defined(__SANITIZE_ADDRESS__)
-#define QUICK 1
-#else
-#define QUICK 0
-#endif
+/* QUICK (test.h: sanitizers, valgrind): train and time less. */
 
 static void write_bytes(const char *path, const void *bytes, size_t len) {
     FILE *fp = fopen(path, "wb");

@@ -13,13 +13,8 @@
 #include "test.h"
 #include "trainer.h"
 
-/* Sanitizer builds run ~50x slower: there the model trains 5 steps and the
+/* QUICK (test.h: sanitizers, valgrind): the model trains 5 steps and the
  * accuracy comparison is dropped; every exactness check stays. */
-#if defined(__SANITIZE_ADDRESS__)
-#define QUICK 1
-#else
-#define QUICK 0
-#endif
 
 /* log p(y | src) = sum_t log softmax(logits)[y_t] of bos y (n tokens),
  * recomputed in one batch-1 forward pass, in double. */

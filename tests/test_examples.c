@@ -8,10 +8,11 @@
 
 #include "test.h"
 
+/* QUICK (test.h: sanitizers, valgrind): a few steps, no accuracy asserted. */
 #if defined(__SANITIZE_ADDRESS__)
-#define QUICK 1 /* ~50x slower: a few steps, no accuracy asserted */
+#define SAN_FLAGS " SAN=1"
 #else
-#define QUICK 0
+#define SAN_FLAGS ""
 #endif
 
 static char build[PATH_MAX]; /* this test's build directory, e.g. build */
@@ -68,7 +69,7 @@ static void test_installed_copy_builds_with_pkg_config(void) {
     snprintf(cmd, sizeof cmd,
              "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s BUILD=%s%s "
              "install PREFIX=%s",
-             build, QUICK ? " SAN=1" : "", dir);
+             build, SAN_FLAGS, dir);
     int rc = test_shell(cmd, out, sizeof out);
     CHECK(rc == 0, "make install: exit %d: %s", rc, out);
     snprintf(cmd, sizeof cmd,

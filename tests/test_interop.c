@@ -19,14 +19,9 @@
 #include "checkpoint.h"
 #include "test.h"
 
-/* Sanitizer builds run ~50x slower: the round trips train less there (the
+/* QUICK (test.h: sanitizers, valgrind): the round trips train less (the
  * logits are compared all the same; greedy decoding may then repeat one
  * token). */
-#if defined(__SANITIZE_ADDRESS__)
-#define QUICK 1
-#else
-#define QUICK 0
-#endif
 
 static char qkv[1100], build[1024];
 static char out[1 << 16], out2[1 << 16];

@@ -8,14 +8,9 @@
 #include "test.h"
 #include "trainer.h"
 
-/* Sanitizer builds run ~50x slower: there each case trains a few steps and
+/* QUICK (test.h: sanitizers, valgrind): each case trains a few steps and
  * decodes a few sequences, a memory-safety pass over the same code paths; the
  * accuracy targets are asserted by the normal build's `make test`. */
-#if defined(__SANITIZE_ADDRESS__)
-#define QUICK 1
-#else
-#define QUICK 0
-#endif
 
 typedef struct learn_case {
     const char *name;
@@ -98,8 +93,8 @@ static void run_case(const learn_case *lc0) {
     int steps = 0;
     double secs = 0, acc = train(lc, 2, NULL, &steps, &secs);
     if (QUICK) {
-        printf("  %-24s sanitizer pass: %d steps, %.1f%% exact match\n",
-               lc->name, steps, 100 * acc);
+        printf("  %-24s quick pass: %d steps, %.1f%% exact match\n", lc->name,
+               steps, 100 * acc);
         return;
     }
     printf(
