@@ -303,7 +303,7 @@ bench-mpi: $(BUILD)/bench/bench_train
 # against the default build's).
 VG_BUILD := build-portable-quick
 valgrind:
-	$(MAKE) NATIVE=0 TEST_QUICK=1 all
+	$(MAKE) NATIVE=0 TEST_QUICK=1 BUILD=$(VG_BUILD) all
 	@RUNNER=tests/vg.sh sh tests/run.sh $(patsubst %,$(VG_BUILD)/tests/%,$(filter-out test_threads test_mpi,$(notdir $(TEST_BIN))))
 
 # Regenerates the committed PyTorch golden files (needs Debian's python3-torch).

@@ -8,7 +8,8 @@
 
 #include "test.h"
 
-/* QUICK (test.h: sanitizers, valgrind): a few steps, no accuracy asserted. */
+/* QUICK (test.h: sanitizers, valgrind): a few steps, no accuracy asserted.
+ * SAN_FLAGS: make install's flags for the library as this test was built. */
 #if defined(__SANITIZE_ADDRESS__)
 #define SAN_FLAGS " SAN=1"
 #else
