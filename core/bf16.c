@@ -128,7 +128,7 @@ enum { MR = 12, NR = 32, MC = 192, NC = 512, KC = QKV_BF16_KC };
 /* The AMX kernels' pieces of C have AMX_MR rows (their slivers of op(A)
  * too); MR_MAX: the most of either. */
 enum { AMX_MR = 32, MR_MAX = 32 };
-/* The AMX kernels' row blocks are one sliver (AMX_MC rows): its packed
+/* The AMX kernels' row blocks are one sliver (AMX_MR rows): its packed
  * words (16 KB for a k block of 256) stay in L1 while the tiles go across
  * all of op(B)'s slivers, which stream from L2 (2 KB of consecutive words
  * a step). With MC's 6 slivers, 96 KB, each tile load of A came from L2
@@ -138,11 +138,11 @@ enum { AMX_MR = 32, MR_MAX = 32 };
  * 8.05-8.08 against 8.50-8.57, tiny's 1.89-1.92 against 1.94-2.02;
  * products X W^T of 2048 tokens, 256 -> 768: 0.32 against 0.40 ms, 256 ->
  * 1000: 0.38 against 0.54. */
-enum { AMX_MC = AMX_MR };
-_Static_assert(MC % MR == 0 && AMX_MC % AMX_MR == 0, "MC: whole slivers");
-/* the slivers of a row block for a kernel of mrk rows */
-static inline int mc_slivers(int mrk) {
-    return mrk == AMX_MR ? AMX_MC / AMX_MR : MC / mrk;
+_Static_assert(MC % MR == 0, "MC: whole slivers");
+/* The slivers of a row block, of n slivers of a kernel of mrk rows. */
+static inline int block_slivers(int n, int mrk) {
+    int most = mrk == AMX_MR ? 1 : MC / mrk;
+    return n < most ? n : most;
 }
 _Static_assert(KC % 32 == 0 && KC >= 128 && KC <= 1024,
                "QKV_BF16_KC: a multiple of 32 from 128 to 1024 (bf16.h)");
@@ -1105,12 +1105,13 @@ slivers(const uint32_t *whole, int n_all, int across, int trans, int a_rows,
 
 /* One chunk of C: row slivers [r0, r1) (mrk rows each, the kernel's) x
  * column slivers [c0, c1) (NR columns each), computed k block by k block:
- * row blocks (MC rows; AMX_MC on the AMX kernels) outer, so an A block
- * is reused across the B slivers. The operands come packed whole (pre_a: all of op(A), pre_b: all
- * of op(B), either may be NULL), or the chunk packs its own slivers of them
- * into own (the thread's slice of the scratch; stage holds a staged C). No
- * chunk reads what another writes, and the order of every element's
- * operations is the same whichever thread computes it. */
+ * row blocks (MC rows; one sliver on the AMX kernels) outer, so an A block
+ * is reused across the B slivers. The operands come packed whole (pre_a:
+ * all of op(A), pre_b: all of op(B), either may be NULL), or the chunk
+ * packs its own slivers of them into own (the thread's slice of the
+ * scratch; stage holds a staged C). No chunk reads what another writes,
+ * and the order of every element's operations is the same whichever
+ * thread computes it. */
 static inline __attribute__((always_inline)) void
 chunk_rows(kernel_fn *kern, const int mrk, int ta, int a_rows, int tb, int M,
            int N, int K, const float *A, int lda, const float *B, int ldb,
@@ -1121,8 +1122,7 @@ chunk_rows(kernel_fn *kern, const int mrk, int ta, int a_rows, int tb, int M,
     int i_lo = r0 * mrk, i_hi = r1 * mrk < M ? r1 * mrk : M;
     int j_lo = c0 * NR, j_hi = c1 * NR < N ? c1 * NR : N, w = j_hi - j_lo;
     int n_ir = (M + mrk - 1) / mrk, n_jr = (N + NR - 1) / NR;
-    int mcs = mc_slivers(mrk),
-        blk = r1 - r0 < mcs ? r1 - r0 : mcs; /* a row block */
+    int blk = block_slivers(r1 - r0, mrk);
     size_t a_words = pre_a ? 0 : (size_t)blk * mrk * (KC / 2);
     uint32_t *own_b = own + a_words;
     /* C, or a padded copy of this chunk of it (staged()) */
@@ -1140,8 +1140,8 @@ chunk_rows(kernel_fn *kern, const int mrk, int ta, int a_rows, int tb, int M,
         int block = (pc > 0 || how & ADD ? ADD : 0) | /* RELU: last block */
                     (how & RELU && pc + kc == K ? RELU : 0);
         /* column slivers c0.. of this k block, then row slivers a row
-         * block at a time (packed A stays in L2, or L1 for AMX_MC, while
-         * the block's tiles read it) */
+         * block at a time (packed A stays in L2, or L1 for AMX's one
+         * sliver, while the block's tiles read it) */
         const uint32_t *pb = slivers(pre_b, n_jr, 1, tb, 0, B, (size_t)ldb, N,
                                      c0, c1, NR, pc, kc, own_b);
         for (int ib = r0; ib < r1; ib += blk) {
@@ -1247,7 +1247,7 @@ static void gemm_ksplit(kernel_fn *kern, int mrk, int ta, int a_rows, int tb,
     int n_kb = (K + KC - 1) / KC, n_ir = (M + mrk - 1) / mrk,
         n_jr = (N + NR - 1) / NR;
     size_t ldp = lines((size_t)N) + 16, sum = (size_t)M * ldp;
-    int mcs = mc_slivers(mrk), blk = n_ir < mcs ? n_ir : mcs;
+    int blk = block_slivers(n_ir, mrk);
     size_t own_words =
         lines((size_t)blk * mrk * (KC / 2) + (size_t)n_jr * NR * (KC / 2));
     /* block b's sum at sums + b sum; block 0's place is thread 0's */
@@ -1372,7 +1372,7 @@ static void gemm(int ta, int tb, int M, int N, int K, const float *A, int lda,
     size_t whole_words =
         pre ? 0
             : lines(by_rows ? packed_words(K, N) : packed_a_words(M, K, mrk));
-    int blk = smax < mc_slivers(mrk) ? smax : mc_slivers(mrk); /* a row block */
+    int blk = block_slivers(smax, mrk);
     size_t own_words =
         lines((size_t)(by_rows ? blk * mrk : smax * NR) * (KC / 2));
     size_t stage_floats = 0;
